@@ -1,0 +1,135 @@
+//! The command line (clap). Exit codes: 0 success, 2 user error (bad config, bad arguments),
+//! 1 internal error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config;
+use crate::diag::Errors;
+use crate::graph;
+
+#[derive(Parser)]
+#[command(name = "trainer", version, about = "Train neural networks described in one TOML file", long_about = None)]
+pub struct Cli {
+    /// Override a config value: --set optimizer.lr=0.05 (repeatable; applied in order).
+    #[arg(long = "set", global = true, value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate a config and print each layer's output shape, parameters and FLOPs.
+    Check {
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Batch size for the graph (default: data.batch_size).
+        #[arg(long)]
+        batch: Option<usize>,
+    },
+    /// Print the forward graph as Graphviz DOT or JSON.
+    Graph {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        #[arg(long)]
+        batch: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Json,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => ExitCode::from(code),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), u8> {
+    match cli.command {
+        Command::Check {
+            config,
+            json,
+            batch,
+        } => {
+            let (g, sources) = load_graph(&config, &cli.set, batch)?;
+            let summary = graph::summary::summarize(&g, &sources);
+            if json {
+                let v = serde_json::to_value(&summary).map_err(internal)?;
+                let mut obj = serde_json::Map::new();
+                obj.insert("config".into(), config.display().to_string().into());
+                obj.insert("batch".into(), g.batch.into());
+                if let serde_json::Value::Object(m) = v {
+                    obj.extend(m);
+                }
+                print_out(&(serde_json::to_string_pretty(&obj).map_err(internal)? + "\n"))
+            } else {
+                print_out(&format!("{}: ok\n{}", config.display(), summary.table()))
+            }
+        }
+        Command::Graph {
+            config,
+            format,
+            batch,
+        } => {
+            let (g, _) = load_graph(&config, &cli.set, batch)?;
+            let text = match format {
+                GraphFormat::Dot => graph::export::dot(&g),
+                GraphFormat::Json => {
+                    serde_json::to_string_pretty(&graph::export::json(&g)).map_err(internal)? + "\n"
+                }
+            };
+            print_out(&text)
+        }
+    }
+}
+
+fn load_graph(
+    path: &std::path::Path,
+    sets: &[String],
+    batch: Option<usize>,
+) -> Result<(graph::Graph, crate::diag::Sources), u8> {
+    let loaded = config::load(path, sets);
+    let cfg = loaded.result.map_err(|e| user_error(&e, &loaded.sources))?;
+    if batch == Some(0) {
+        eprintln!("error: --batch must be at least 1");
+        return Err(2);
+    }
+    let batch = batch.unwrap_or(cfg.data.batch_size.0);
+    let g = graph::builder::build_with_batch(&cfg, batch)
+        .map_err(|d| user_error(&d.into(), &loaded.sources))?;
+    Ok((g, loaded.sources))
+}
+
+fn user_error(e: &Errors, sources: &crate::diag::Sources) -> u8 {
+    eprint!("{}", e.render(sources));
+    2
+}
+
+fn internal(e: impl std::fmt::Display) -> u8 {
+    eprintln!("internal error: {e}");
+    1
+}
+
+fn print_out(text: &str) -> Result<(), u8> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`trainer graph x | head`) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(internal(format!("cannot write output: {e}"))),
+    }
+}

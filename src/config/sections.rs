@@ -1,0 +1,358 @@
+//! The non-model sections of a config: run, data, loss, optimizer, schedule, train, log.
+//! Each is a `deny_unknown_fields` struct; sections whose keys depend on `kind` are read by
+//! [`super::tagged`] into one struct per kind, so a key that belongs to another kind is an error.
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{Bytes, Count, Finite, Fraction, NonNegFloat, Positive, PositiveFloat};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// Names the run directory runs/<name>/...
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seeds parameter initialisation, data order, augmentation and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub device: Device,
+}
+
+fn default_name() -> String {
+    "run".into()
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run {
+            name: default_name(),
+            seed: 0,
+            device: Device::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    pub dataset: Dataset,
+    /// Where the files are; the shipped datasets default to datasets/<name>/.
+    pub path: Option<String>,
+    #[serde(default = "default_batch")]
+    pub batch_size: Positive,
+    /// Batch size for validation and `trainer eval` (default: batch_size).
+    pub eval_batch_size: Option<Positive>,
+    /// Use at most this many training samples.
+    pub train_limit: Option<Positive>,
+    /// Use at most this many validation samples.
+    pub val_limit: Option<Positive>,
+    /// Hold out this fraction of the training set for validation (0: validate on the test set).
+    #[serde(default = "zero_fraction")]
+    pub val_split: Fraction,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    #[serde(default)]
+    pub augment: Vec<Augment>,
+    pub normalize: Option<Normalize>,
+    /// Number of classes, for `synthetic` and `image-folder` data.
+    pub classes: Option<Positive>,
+    /// Number of samples, for `synthetic` data.
+    pub samples: Option<Positive>,
+}
+
+fn default_batch() -> Positive {
+    Positive(128)
+}
+fn zero_fraction() -> Fraction {
+    Fraction(0.0)
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    FashionMnist,
+    Mnist,
+    Cifar10,
+    Cifar100,
+    /// IDX files (gz or raw) at `path`.
+    Idx,
+    /// root/<class>/*.png|jpg at `path`.
+    ImageFolder,
+    /// Random separable data of the model's input shape.
+    Synthetic,
+}
+
+impl Dataset {
+    /// Per-sample input shape and class count of the datasets whose layout is fixed.
+    pub fn known_layout(self) -> Option<(Vec<usize>, usize)> {
+        match self {
+            Dataset::FashionMnist | Dataset::Mnist => Some((vec![1, 28, 28], 10)),
+            Dataset::Cifar10 => Some((vec![3, 32, 32], 10)),
+            Dataset::Cifar100 => Some((vec![3, 32, 32], 100)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Augment {
+    /// Pad by `padding` on each side, then crop a random `size`×`size` window.
+    RandomCrop {
+        size: Positive,
+        #[serde(default = "zero")]
+        padding: Count,
+    },
+    /// Flip left-right with probability 0.5.
+    Hflip,
+}
+
+fn zero() -> Count {
+    Count(0)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    pub mean: Vec<Finite>,
+    pub std: Vec<PositiveFloat>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Loss {
+    pub kind: LossKind,
+    /// Cross entropy only: mix the one-hot target with the uniform distribution.
+    #[serde(default = "zero_fraction")]
+    pub label_smoothing: Fraction,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    CrossEntropy,
+    Mse,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Optimizer {
+    Sgd(Sgd),
+    Adam(Adam),
+    Adamw(Adam),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sgd {
+    #[serde(rename = "kind", skip_serializing)]
+    pub _kind: Option<String>,
+    pub lr: PositiveFloat,
+    #[serde(default = "zero_fraction")]
+    pub momentum: Fraction,
+    /// Dampening of the momentum buffer, as in torch.optim.SGD.
+    #[serde(default = "zero_fraction")]
+    pub dampening: Fraction,
+    #[serde(default)]
+    pub nesterov: bool,
+    #[serde(default = "zero_nonneg")]
+    pub weight_decay: NonNegFloat,
+    /// Clip the global L2 norm of all gradients to this value.
+    pub clip_grad_norm: Option<PositiveFloat>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adam {
+    #[serde(rename = "kind", skip_serializing)]
+    pub _kind: Option<String>,
+    pub lr: PositiveFloat,
+    #[serde(default = "default_betas")]
+    pub betas: [Fraction; 2],
+    #[serde(default = "default_eps")]
+    pub eps: PositiveFloat,
+    /// Adam: L2 added to the gradient; AdamW: decoupled decay of the weights.
+    #[serde(default = "zero_nonneg")]
+    pub weight_decay: NonNegFloat,
+    pub clip_grad_norm: Option<PositiveFloat>,
+}
+
+fn zero_nonneg() -> NonNegFloat {
+    NonNegFloat(0.0)
+}
+fn default_betas() -> [Fraction; 2] {
+    [Fraction(0.9), Fraction(0.999)]
+}
+fn default_eps() -> PositiveFloat {
+    PositiveFloat(1e-8)
+}
+
+/// The learning-rate schedule. Warmup (linear from 0) combines with any kind.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Linear warmup over this many epochs (fractions allowed).
+    #[serde(default = "zero_nonneg")]
+    pub warmup_epochs: NonNegFloat,
+    /// step: multiply the LR by `gamma` every `step_size` epochs.
+    pub step_size: Option<Positive>,
+    /// multistep: multiply the LR by `gamma` at each of these epochs.
+    pub milestones: Option<Vec<Positive>>,
+    /// step, multistep: the decay factor.
+    pub gamma: Option<PositiveFloat>,
+    /// cosine: the LR reached at the end.
+    pub min_lr: Option<NonNegFloat>,
+    /// onecycle: the peak LR (default: optimizer.lr).
+    pub max_lr: Option<PositiveFloat>,
+    /// onecycle: fraction of the run spent increasing the LR.
+    pub pct_start: Option<Fraction>,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            kind: ScheduleKind::Constant,
+            warmup_epochs: zero_nonneg(),
+            step_size: None,
+            milestones: None,
+            gamma: None,
+            min_lr: None,
+            max_lr: None,
+            pct_start: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    Step,
+    Multistep,
+    Cosine,
+    Onecycle,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    #[serde(default = "one")]
+    pub epochs: Positive,
+    /// Stop after this many optimizer steps even if epochs remain.
+    pub max_steps: Option<Positive>,
+    #[serde(default)]
+    pub checkpointing: Checkpointing,
+    /// How often to save: "1 epoch", "500 steps".
+    #[serde(default = "default_save_every")]
+    pub save_every: String,
+    /// How many recent checkpoints to keep (the best is kept too).
+    #[serde(default = "three")]
+    pub keep: Count,
+    #[serde(default)]
+    pub on_nonfinite: OnNonfinite,
+}
+
+fn one() -> Positive {
+    Positive(1)
+}
+fn three() -> Count {
+    Count(3)
+}
+fn default_save_every() -> String {
+    "1 epoch".into()
+}
+
+impl Default for Train {
+    fn default() -> Self {
+        Train {
+            epochs: one(),
+            max_steps: None,
+            checkpointing: Checkpointing::None,
+            save_every: default_save_every(),
+            keep: three(),
+            on_nonfinite: OnNonfinite::Stop,
+        }
+    }
+}
+
+/// Gradient checkpointing: which activations to recompute in the backward pass.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Checkpointing {
+    #[default]
+    None,
+    Blocks,
+    Sqrt,
+    MemoryBudget(Bytes),
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonfinite {
+    #[default]
+    Stop,
+    SkipStep,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// Parent of the run directories.
+    #[serde(default = "default_dir")]
+    pub dir: String,
+    /// Log training metrics every this many steps.
+    #[serde(default = "fifty")]
+    pub every_steps: Positive,
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    #[serde(default = "yes")]
+    pub csv: bool,
+    #[serde(default)]
+    pub progress: Progress,
+}
+
+fn default_dir() -> String {
+    "runs".into()
+}
+fn fifty() -> Positive {
+    Positive(50)
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            dir: default_dir(),
+            every_steps: fifty(),
+            tensorboard: true,
+            csv: true,
+            progress: Progress::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Progress {
+    /// A bar on a terminal, plain lines otherwise.
+    #[default]
+    Auto,
+    Bar,
+    Plain,
+    Off,
+}

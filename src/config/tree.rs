@@ -1,0 +1,296 @@
+//! The config as a tree of values that remember where they came from. `extends` merging and
+//! `--set` overrides happen on this tree, so a value keeps its own file and span whichever file
+//! or command-line argument it came from.
+
+use indexmap::IndexMap;
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{Diagnostic, Errors, FileId, Loc, Sources};
+
+#[derive(Clone, Debug)]
+pub struct Value {
+    pub kind: Kind,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Datetime(String),
+    Array(Vec<Value>),
+    Table(Table),
+}
+
+/// A table in document order. Each entry keeps the location of its key.
+pub type Table = IndexMap<String, Entry>;
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: Loc,
+    pub value: Value,
+}
+
+impl Value {
+    /// What a type mismatch calls this value: "integer `3`", "a table", ...
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Str(s) => format!("string \"{s}\""),
+            Kind::Int(i) => format!("integer `{i}`"),
+            Kind::Float(f) => format!("float `{f}`"),
+            Kind::Bool(b) => format!("boolean `{b}`"),
+            Kind::Datetime(d) => format!("datetime `{d}`"),
+            Kind::Array(_) => "an array".into(),
+            Kind::Table(_) => "a table".into(),
+        }
+    }
+    pub fn as_table(&self) -> Option<&Table> {
+        match &self.kind {
+            Kind::Table(t) => Some(t),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_table()?.get(key).map(|e| &e.value)
+    }
+}
+
+/// Parses one TOML text into a located tree, reporting every syntax error at once.
+pub fn parse(sources: &Sources, file: FileId) -> Result<Value, Errors> {
+    let text = sources.text(file);
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        let diags = errors
+            .iter()
+            .map(|e| {
+                let d = Diagnostic::new(format!("TOML syntax error: {}", e.message().trim_end()));
+                match e.span() {
+                    Some(span) => d.at(Loc::new(file, span), "here"),
+                    None => d,
+                }
+            })
+            .collect();
+        return Err(Errors(diags));
+    }
+    let span = 0..text.len();
+    convert_table(file, table.get_ref(), Loc::new(file, span))
+}
+
+/// Parses a single TOML value (the right-hand side of `--set key=value`).
+pub fn parse_value(sources: &Sources, file: FileId, offset: usize) -> Option<Value> {
+    let text = &sources.text(file)[offset..];
+    let v = DeValue::parse(text).ok()?;
+    let span = v.span();
+    let mut value = convert(file, v.get_ref(), Loc::new(file, span)).ok()?;
+    shift(&mut value, offset as u32);
+    Some(value)
+}
+
+fn shift(v: &mut Value, by: u32) {
+    v.loc.start += by;
+    v.loc.end += by;
+    match &mut v.kind {
+        Kind::Array(items) => items.iter_mut().for_each(|i| shift(i, by)),
+        Kind::Table(t) => t.values_mut().for_each(|e| {
+            e.key.start += by;
+            e.key.end += by;
+            shift(&mut e.value, by)
+        }),
+        _ => {}
+    }
+}
+
+fn convert_table(file: FileId, t: &DeTable, loc: Loc) -> Result<Value, Errors> {
+    let mut out = Table::new();
+    for (k, v) in t.iter() {
+        let value = convert(file, v.get_ref(), Loc::new(file, v.span()))?;
+        out.insert(
+            k.get_ref().to_string(),
+            Entry {
+                key: Loc::new(file, k.span()),
+                value,
+            },
+        );
+    }
+    Ok(Value {
+        kind: Kind::Table(out),
+        loc,
+    })
+}
+
+fn convert(file: FileId, v: &DeValue, loc: Loc) -> Result<Value, Errors> {
+    let out_of_range =
+        || Diagnostic::new("number out of range").at(loc, "does not fit a 64-bit value");
+    let kind = match v {
+        DeValue::String(s) => Kind::Str(s.to_string()),
+        DeValue::Integer(i) => {
+            Kind::Int(i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| out_of_range())?)
+        }
+        DeValue::Float(f) => {
+            let s = f.as_str();
+            let x = match s.trim_start_matches(['+', '-']) {
+                "inf" => f64::INFINITY,
+                "nan" => f64::NAN,
+                _ => s.parse::<f64>().map_err(|_| out_of_range())?.abs(),
+            };
+            Kind::Float(if s.starts_with('-') { -x } else { x })
+        }
+        DeValue::Boolean(b) => Kind::Bool(*b),
+        DeValue::Datetime(d) => Kind::Datetime(d.to_string()),
+        DeValue::Array(a) => Kind::Array(
+            a.iter()
+                .map(|e| convert(file, e.get_ref(), Loc::new(file, e.span())))
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(t) => return convert_table(file, t, loc),
+    };
+    Ok(Value { kind, loc })
+}
+
+/// Deep merge for `extends`: tables merge key by key, anything else in `over` replaces `base`.
+pub fn merge(base: &mut Value, over: Value) {
+    match (&mut base.kind, over.kind) {
+        (Kind::Table(b), Kind::Table(o)) => {
+            for (k, e) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => {
+                        existing.key = e.key;
+                        merge(&mut existing.value, e.value);
+                    }
+                    None => {
+                        b.insert(k, e);
+                    }
+                }
+            }
+        }
+        (_, kind) => {
+            base.kind = kind;
+            base.loc = over.loc;
+        }
+    }
+}
+
+/// One `--set a.b.c=value` argument: sets a value at a dotted path. Missing tables along the
+/// way are created (schema validation then rejects unknown names with this argument's location);
+/// a path through an array needs an index that exists; a path through a scalar is an error.
+pub fn set_path(
+    root: &mut Value,
+    sources: &mut Sources,
+    arg: &str,
+    index: usize,
+) -> Result<(), Errors> {
+    let file = sources.add(format!("--set #{}", index + 1), arg.to_string());
+    let whole = Loc::new(file, 0..arg.len());
+    let Some(eq) = arg.find('=') else {
+        return Err(Diagnostic::new(format!("`--set {arg}` has no `=`"))
+            .at(whole, "expected key.path=value")
+            .note("example: --set optimizer.lr=0.05")
+            .into());
+    };
+    let path = &arg[..eq];
+    let raw = &arg[eq + 1..];
+    let value = match parse_value(sources, file, eq + 1) {
+        Some(v) => v,
+        // Bare words (`--set run.device=cpu`) are strings, as in Hydra.
+        None if !raw.is_empty()
+            && raw
+                .chars()
+                .all(|c| c.is_alphanumeric() || "-_./:".contains(c)) =>
+        {
+            Value {
+                kind: Kind::Str(raw.to_string()),
+                loc: Loc::new(file, eq + 1..arg.len()),
+            }
+        }
+        None => {
+            return Err(
+                Diagnostic::new(format!("cannot read the value of `--set {arg}`"))
+                    .at(Loc::new(file, eq + 1..arg.len()), "not a TOML value")
+                    .note("quote strings with spaces or symbols: --set 'run.name=\"my run\"'")
+                    .into(),
+            );
+        }
+    };
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(Diagnostic::new(format!("bad key path `{path}` in --set"))
+            .at(
+                Loc::new(file, 0..eq),
+                "expected names separated by dots, like optimizer.lr",
+            )
+            .into());
+    }
+    let mut node = root;
+    let mut start = 0;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let key_loc = Loc::new(file, start..start + part.len());
+        start += part.len() + 1;
+        let last = i + 1 == parts.len();
+        let here = node.loc;
+        let described = node.describe();
+        node = match &mut node.kind {
+            Kind::Table(t) => {
+                if last {
+                    t.insert(
+                        part.to_string(),
+                        Entry {
+                            key: key_loc,
+                            value,
+                        },
+                    );
+                    return Ok(());
+                }
+                let empty = Value {
+                    kind: Kind::Table(Table::new()),
+                    loc: key_loc,
+                };
+                &mut t
+                    .entry(part.to_string())
+                    .or_insert(Entry {
+                        key: key_loc,
+                        value: empty,
+                    })
+                    .value
+            }
+            Kind::Array(items) => {
+                let len = items.len();
+                let Some(item) = part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) else {
+                    return Err(Diagnostic::new(format!(
+                        "`{}` is an array of {len} items: `{part}` is not an index in it",
+                        parts[..i].join(".")
+                    ))
+                    .at(
+                        key_loc,
+                        format!("expected an index 0..{}", len.saturating_sub(1)),
+                    )
+                    .also(here, "the array")
+                    .into());
+                };
+                if last {
+                    *item = value;
+                    return Ok(());
+                }
+                item
+            }
+            _ => {
+                return Err(Diagnostic::new(format!(
+                    "`{}` is {}, not a table: cannot set `{part}` inside it",
+                    parts[..i].join("."),
+                    described
+                ))
+                .at(key_loc, "no such key")
+                .also(here, "defined here")
+                .into());
+            }
+        };
+    }
+    Ok(())
+}

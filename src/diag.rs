@@ -1,0 +1,228 @@
+//! User-facing diagnostics: a message, labelled source locations, notes. Rendered like rustc
+//! (`--> file:line:col`, the offending line, a caret) through codespan-reporting.
+
+use std::ops::Range;
+
+use codespan_reporting::diagnostic as cs;
+use codespan_reporting::files::SimpleFiles;
+use codespan_reporting::term;
+
+/// Index of a source in [`Sources`]: a config file or one `--set` argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub u32);
+
+/// A byte range in one source. Every config value carries one, so any later stage (shape
+/// inference, planning) can point back at the line that caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Loc {
+    pub file: FileId,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Loc {
+    pub fn new(file: FileId, span: Range<usize>) -> Loc {
+        Loc {
+            file,
+            start: span.start as u32,
+            end: span.end as u32,
+        }
+    }
+    fn range(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// Every text a config was read from, so diagnostics can quote it.
+#[derive(Default)]
+pub struct Sources {
+    files: SimpleFiles<String, String>,
+    count: u32,
+}
+
+impl Sources {
+    pub fn add(&mut self, name: impl Into<String>, text: impl Into<String>) -> FileId {
+        self.files.add(name.into(), text.into());
+        self.count += 1;
+        FileId(self.count - 1)
+    }
+    pub fn name(&self, file: FileId) -> &str {
+        self.files
+            .get(file.0 as usize)
+            .map(|f| f.name().as_str())
+            .unwrap_or("?")
+    }
+    pub fn text(&self, file: FileId) -> &str {
+        self.files
+            .get(file.0 as usize)
+            .map(|f| f.source().as_str())
+            .unwrap_or("")
+    }
+    /// `file:line:col` (1-based), as editors and terminals link it.
+    pub fn position(&self, loc: Loc) -> String {
+        use codespan_reporting::files::Files;
+        match self.files.location(loc.file.0 as usize, loc.start as usize) {
+            Ok(l) => format!(
+                "{}:{}:{}",
+                self.name(loc.file),
+                l.line_number,
+                l.column_number
+            ),
+            Err(_) => self.name(loc.file).to_string(),
+        }
+    }
+    /// 1-based line number of a location (for tables and JSON output).
+    pub fn line(&self, loc: Loc) -> usize {
+        use codespan_reporting::files::Files;
+        self.files
+            .line_index(loc.file.0 as usize, loc.start as usize)
+            .map(|l| l + 1)
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Label {
+    pub loc: Loc,
+    pub text: String,
+    pub primary: bool,
+}
+
+/// One user error. `labels[0]`, when present, is where it happened.
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    pub message: String,
+    pub labels: Vec<Label>,
+    pub notes: Vec<String>,
+}
+
+impl Diagnostic {
+    pub fn new(message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            message: message.into(),
+            labels: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+    /// The main location, with a short text under the caret.
+    pub fn at(mut self, loc: Loc, text: impl Into<String>) -> Diagnostic {
+        self.labels.push(Label {
+            loc,
+            text: text.into(),
+            primary: true,
+        });
+        self
+    }
+    /// A related location (the other operand, the block's use site, ...).
+    pub fn also(mut self, loc: Loc, text: impl Into<String>) -> Diagnostic {
+        self.labels.push(Label {
+            loc,
+            text: text.into(),
+            primary: false,
+        });
+        self
+    }
+    pub fn note(mut self, note: impl Into<String>) -> Diagnostic {
+        self.notes.push(note.into());
+        self
+    }
+    pub fn help_did_you_mean<'a>(
+        self,
+        word: &str,
+        candidates: impl IntoIterator<Item = &'a str>,
+    ) -> Diagnostic {
+        match did_you_mean(word, candidates) {
+            Some(s) => self.note(format!("help: did you mean `{s}`?")),
+            None => self,
+        }
+    }
+
+    pub fn render(&self, sources: &Sources) -> String {
+        let mut labels: Vec<cs::Label<usize>> = Vec::new();
+        for l in &self.labels {
+            let style = if l.primary {
+                cs::LabelStyle::Primary
+            } else {
+                cs::LabelStyle::Secondary
+            };
+            labels.push(
+                cs::Label::new(style, l.loc.file.0 as usize, l.loc.range()).with_message(&l.text),
+            );
+        }
+        let d = cs::Diagnostic::error()
+            .with_message(&self.message)
+            .with_labels(labels)
+            .with_notes(self.notes.clone());
+        let config = term::Config {
+            chars: term::Chars::ascii(),
+            ..Default::default()
+        };
+        // A label outside its file would be our bug; still show the message.
+        term::emit_into_string(&config, &sources.files, &d)
+            .unwrap_or_else(|_| format!("error: {}\n", self.message))
+    }
+}
+
+/// One or more user errors (a config may have several syntax errors at once).
+#[derive(Clone, Debug)]
+pub struct Errors(pub Vec<Diagnostic>);
+
+impl From<Diagnostic> for Errors {
+    fn from(d: Diagnostic) -> Errors {
+        Errors(vec![d])
+    }
+}
+
+impl Errors {
+    pub fn render(&self, sources: &Sources) -> String {
+        self.0
+            .iter()
+            .map(|d| d.render(sources))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The closest candidate to a misspelled word, if it is close enough to be a plausible typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let lower = word.to_lowercase();
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&lower, &c.to_lowercase());
+        let close = strsim::damerau_levenshtein(&lower, &c.to_lowercase())
+            <= (c.len().max(3) / 3).max(1)
+            || score >= 0.85;
+        if close && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_words_only() {
+        let keys = ["stride", "padding", "kernel", "out"];
+        assert_eq!(did_you_mean("strid", keys), Some("stride"));
+        assert_eq!(did_you_mean("paddin", keys), Some("padding"));
+        assert_eq!(did_you_mean("kernal", keys), Some("kernel"));
+        assert_eq!(did_you_mean("zzzzzz", keys), None);
+    }
+
+    #[test]
+    fn renders_file_line_col_and_caret() {
+        let mut s = Sources::default();
+        let f = s.add("a.toml", "[run]\nsed = 1\n");
+        let d = Diagnostic::new("unknown key `sed`").at(Loc::new(f, 6..9), "not a key of [run]");
+        let text = d.render(&s);
+        assert!(text.contains("a.toml:2:1"), "{text}");
+        assert!(text.contains("sed = 1"), "{text}");
+        assert!(text.contains("^^^"), "{text}");
+    }
+}

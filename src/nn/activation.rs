@@ -1,0 +1,120 @@
+use serde::Deserialize;
+
+use super::LayerSpec;
+use crate::config::values::{Finite, Fraction};
+use crate::graph::TensorId;
+use crate::graph::builder::Lower;
+use crate::ops::{Dropout, OpKind, Softmax, Unary, UnaryFn};
+
+fn unary(cx: &mut Lower, x: TensorId, f: UnaryFn) -> Result<TensorId, String> {
+    cx.op(OpKind::Unary(Unary { f }), &[x])
+}
+
+macro_rules! plain_activation {
+    ($($name:ident => $f:expr),*) => {$(
+        #[derive(Clone, Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {}
+        impl LayerSpec for $name {
+            fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+                unary(cx, inputs[0], $f)
+            }
+        }
+    )*};
+}
+
+plain_activation!(Relu => UnaryFn::Relu, Sigmoid => UnaryFn::Sigmoid, Tanh => UnaryFn::Tanh);
+
+fn slope() -> Finite {
+    Finite(0.01)
+}
+
+/// max(x, slope·x)
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeakyRelu {
+    #[serde(default = "slope")]
+    pub slope: Finite,
+}
+
+impl LayerSpec for LeakyRelu {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        unary(
+            cx,
+            inputs[0],
+            UnaryFn::LeakyRelu {
+                slope: self.slope.0,
+            },
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Approximate {
+    #[default]
+    None,
+    Tanh,
+}
+
+/// x·Φ(x), exact (erf) or the tanh approximation, as PyTorch's `approximate`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gelu {
+    #[serde(default)]
+    pub approximate: Approximate,
+}
+
+impl LayerSpec for Gelu {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let f = match self.approximate {
+            Approximate::None => UnaryFn::Gelu,
+            Approximate::Tanh => UnaryFn::GeluTanh,
+        };
+        unary(cx, inputs[0], f)
+    }
+}
+
+fn last() -> i64 {
+    -1
+}
+
+/// Softmax along `axis` of each sample (negative counts from the end).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftmaxSpec {
+    #[serde(default = "last")]
+    pub axis: i64,
+}
+
+impl LayerSpec for SoftmaxSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let axis = cx.sample_axis(inputs[0], self.axis)?;
+        cx.op(OpKind::Softmax(Softmax { axis: axis as i64 }), &inputs[..1])
+    }
+}
+
+fn half() -> Fraction {
+    Fraction(0.5)
+}
+
+/// Zeroes elements with probability `p` in training (scaling the rest by 1/(1-p)).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropoutSpec {
+    #[serde(default = "half")]
+    pub p: Fraction,
+}
+
+impl LayerSpec for DropoutSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let stream = cx.next_random_stream();
+        cx.op(
+            OpKind::Dropout(Dropout {
+                p: self.p.0,
+                stream,
+            }),
+            &inputs[..1],
+        )
+    }
+}

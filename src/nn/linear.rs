@@ -1,0 +1,68 @@
+use serde::Deserialize;
+
+use super::LayerSpec;
+use crate::config::values::Positive;
+use crate::graph::builder::Lower;
+use crate::graph::{Init, TensorId};
+use crate::ops::{Binary, BinaryFn, DType, Gather, MatMul, OpKind, fmt_shape};
+
+fn yes() -> bool {
+    true
+}
+
+/// Affine map of the last dim: y = x·Wᵀ + b, weight [out, in].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearSpec {
+    pub out: Positive,
+    #[serde(default = "yes")]
+    pub bias: bool,
+}
+
+impl LayerSpec for LinearSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let x = inputs[0];
+        if cx.ty(x).dtype != DType::F32 {
+            return Err(
+                "linear needs float input; integer ids go through an embedding first".into(),
+            );
+        }
+        let s = cx.sample(x).to_vec();
+        let Some(&fan_in) = s.last() else {
+            return Err("linear needs an input with at least one dim per sample".into());
+        };
+        let out = self.out.0;
+        let w = cx.param("weight", vec![out, fan_in], Init::fan_in_uniform(fan_in));
+        let y = cx.op(OpKind::MatMul(MatMul), &[x, w])?;
+        if !self.bias {
+            return Ok(y);
+        }
+        let b = cx.param("bias", vec![out], Init::fan_in_uniform(fan_in));
+        cx.op(OpKind::Binary(Binary { f: BinaryFn::Add }), &[y, b])
+            .map_err(|_| format!("cannot add bias to {}", fmt_shape(&s)))
+    }
+}
+
+/// Lookup table: integer ids [..] → vectors [.., dim]; weight [vocab, dim] ~ N(0, 1).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSpec {
+    pub vocab: Positive,
+    pub dim: Positive,
+}
+
+impl LayerSpec for EmbeddingSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        if cx.ty(inputs[0]).dtype != DType::I32 {
+            return Err(
+                "embedding reads integer ids: set the model input's dtype = \"i32\"".into(),
+            );
+        }
+        let w = cx.param(
+            "weight",
+            vec![self.vocab.0, self.dim.0],
+            Init::Normal { std: 1.0 },
+        );
+        cx.op(OpKind::Gather(Gather), &[w, inputs[0]])
+    }
+}

@@ -1,0 +1,121 @@
+//! The layer ops a config can name. Each is a `deny_unknown_fields` attribute struct (its keys
+//! are the config keys) that lowers itself to primitive ops. Composites need no gradient of
+//! their own: they get one from their parts. [`layer_ops!`] is the only list of them.
+
+mod activation;
+mod conv;
+mod linear;
+mod norm;
+mod pool;
+mod shape;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::de::{field_names, from_value};
+use crate::config::tree::Value;
+use crate::diag::Diagnostic;
+use crate::graph::TensorId;
+use crate::graph::builder::Lower;
+
+/// How many inputs a layer takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    One,
+    AtLeastTwo,
+}
+
+/// What every layer op implements.
+pub trait LayerSpec: DeserializeOwned + Clone + std::fmt::Debug {
+    const ARITY: Arity = Arity::One;
+    /// Adds the layer's parameters and primitive ops; returns its output. Errors are about
+    /// per-sample shapes (the batch dim is implied), in words a config author can act on.
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String>;
+}
+
+macro_rules! layer_ops {
+    ($($name:literal => $variant:ident($spec:ty)),* $(,)?) => {
+        #[derive(Clone, Debug)]
+        pub enum LayerOp { $($variant($spec)),* }
+
+        /// Every op name a layer may use, in the reference's order.
+        pub const LAYER_OPS: &[&str] = &[$($name),*];
+
+        impl LayerOp {
+            /// Reads the attributes of op `name`; None if no such op.
+            pub fn parse(name: &str, attrs: &Value) -> Option<Result<LayerOp, Diagnostic>> {
+                match name {
+                    $($name => Some(from_value::<$spec>(attrs).map(LayerOp::$variant)),)*
+                    _ => None,
+                }
+            }
+            pub fn name(&self) -> &'static str {
+                match self { $(LayerOp::$variant(_) => $name),* }
+            }
+            pub fn arity(&self) -> Arity {
+                match self { $(LayerOp::$variant(_) => <$spec as LayerSpec>::ARITY),* }
+            }
+            pub fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+                match self { $(LayerOp::$variant(s) => s.lower(cx, inputs)),* }
+            }
+            /// The attribute keys of op `name` (for the reference-documentation check).
+            pub fn attribute_keys(name: &str) -> Option<&'static [&'static str]> {
+                match name {
+                    $($name => Some(field_names::<$spec>()),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+layer_ops! {
+    "conv2d" => Conv2d(conv::Conv2dSpec),
+    "linear" => Linear(linear::LinearSpec),
+    "embedding" => Embedding(linear::EmbeddingSpec),
+    "batchnorm" => BatchNorm(norm::BatchNormSpec),
+    "layernorm" => LayerNorm(norm::LayerNormSpec),
+    "relu" => Relu(activation::Relu),
+    "leaky_relu" => LeakyRelu(activation::LeakyRelu),
+    "gelu" => Gelu(activation::Gelu),
+    "sigmoid" => Sigmoid(activation::Sigmoid),
+    "tanh" => Tanh(activation::Tanh),
+    "softmax" => Softmax(activation::SoftmaxSpec),
+    "dropout" => Dropout(activation::DropoutSpec),
+    "max_pool2d" => MaxPool2d(pool::MaxPool2d),
+    "avg_pool2d" => AvgPool2d(pool::AvgPool2d),
+    "global_avg_pool" => GlobalAvgPool(pool::GlobalAvgPool),
+    "flatten" => Flatten(shape::Flatten),
+    "reshape" => Reshape(shape::ReshapeSpec),
+    "add" => Add(shape::Add),
+    "mul" => Mul(shape::Mul),
+    "concat" => Concat(shape::ConcatSpec),
+}
+
+/// The residual sum of a block's shortcut.
+pub fn shape_add() -> shape::Add {
+    shape::Add {}
+}
+
+/// A 1x1 convolution without bias, as a projection shortcut uses.
+pub fn conv_spec(out: usize, stride: [usize; 2]) -> LayerOp {
+    use crate::config::values::{Count, Pair, Positive};
+    LayerOp::Conv2d(conv::Conv2dSpec {
+        out: Positive(out),
+        kernel: Pair(Positive(1), Positive(1)),
+        stride: Pair(Positive(stride[0]), Positive(stride[1])),
+        padding: Pair(Count(0), Count(0)),
+        dilation: Pair(Positive(1), Positive(1)),
+        groups: Positive(1),
+        bias: false,
+    })
+}
+
+/// A batchnorm with PyTorch's defaults.
+pub fn batchnorm_spec() -> LayerOp {
+    use crate::config::values::{Fraction, PositiveFloat};
+    LayerOp::BatchNorm(norm::BatchNormSpec {
+        eps: PositiveFloat(1e-5),
+        momentum: Fraction(0.1),
+        affine: true,
+    })
+}

@@ -1,0 +1,113 @@
+use serde::Deserialize;
+
+use super::LayerSpec;
+use crate::config::values::{Fraction, Positive, PositiveFloat};
+use crate::graph::builder::Lower;
+use crate::graph::{Init, TensorId};
+use crate::ops::{BatchNorm, DType, LayerNorm, OpKind, TensorType, fmt_shape};
+
+fn eps() -> PositiveFloat {
+    PositiveFloat(1e-5)
+}
+fn momentum() -> Fraction {
+    Fraction(0.1)
+}
+fn yes() -> bool {
+    true
+}
+
+/// Batch normalisation over [C] or [C, ...] samples (PyTorch's BatchNorm1d/2d): learned
+/// `weight`, `bias`; buffers `running_mean`, `running_var`, `num_batches_tracked`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNormSpec {
+    #[serde(default = "eps")]
+    pub eps: PositiveFloat,
+    #[serde(default = "momentum")]
+    pub momentum: Fraction,
+    #[serde(default = "yes")]
+    pub affine: bool,
+}
+
+impl LayerSpec for BatchNormSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        let Some(&c) = s.first() else {
+            return Err(format!(
+                "batchnorm needs [channels] or [channels, ...], got {}",
+                fmt_shape(&s)
+            ));
+        };
+        let mut args = vec![inputs[0]];
+        if self.affine {
+            args.push(cx.param("weight", vec![c], Init::Ones));
+            args.push(cx.param("bias", vec![c], Init::Zeros));
+        }
+        args.push(
+            cx.buffer("running_mean", TensorType::f32(vec![c]), Init::Zeros, true)
+                .expect("read"),
+        );
+        args.push(
+            cx.buffer("running_var", TensorType::f32(vec![c]), Init::Ones, true)
+                .expect("read"),
+        );
+        cx.buffer(
+            "num_batches_tracked",
+            TensorType {
+                shape: vec![],
+                dtype: DType::I32,
+            },
+            Init::Zeros,
+            false,
+        );
+        let op = BatchNorm {
+            eps: self.eps.0,
+            momentum: self.momentum.0,
+            affine: self.affine,
+        };
+        cx.op(OpKind::BatchNorm(op), &args)
+    }
+}
+
+/// Layer normalisation over the last `dims` dims of each sample.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerNormSpec {
+    #[serde(default = "one")]
+    pub dims: Positive,
+    #[serde(default = "eps")]
+    pub eps: PositiveFloat,
+    #[serde(default = "yes")]
+    pub affine: bool,
+}
+
+fn one() -> Positive {
+    Positive(1)
+}
+
+impl LayerSpec for LayerNormSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        let d = self.dims.0;
+        if d > s.len() {
+            return Err(format!(
+                "cannot normalise the last {d} dims of a {} sample",
+                fmt_shape(&s)
+            ));
+        }
+        let normalized = s[s.len() - d..].to_vec();
+        let mut args = vec![inputs[0]];
+        if self.affine {
+            args.push(cx.param("weight", normalized.clone(), Init::Ones));
+            args.push(cx.param("bias", normalized, Init::Zeros));
+        }
+        cx.op(
+            OpKind::LayerNorm(LayerNorm {
+                eps: self.eps.0,
+                dims: d,
+                affine: self.affine,
+            }),
+            &args,
+        )
+    }
+}

@@ -1,0 +1,136 @@
+use serde::Deserialize;
+
+use super::{Arity, LayerSpec};
+use crate::graph::TensorId;
+use crate::graph::builder::Lower;
+use crate::ops::{Binary, BinaryFn, Concat, OpKind, Reshape, broadcast, fmt_shape};
+
+/// All dims of a sample into one: [C, H, W] → [C·H·W].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flatten {}
+
+impl LayerSpec for Flatten {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let n: usize = cx.sample(inputs[0]).iter().product();
+        let shape = vec![cx.batch(), n];
+        cx.op(OpKind::Reshape(Reshape { shape }), &inputs[..1])
+    }
+}
+
+/// A new per-sample shape with the same number of elements; one dim may be -1 (inferred).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshapeSpec {
+    pub shape: Vec<i64>,
+}
+
+impl LayerSpec for ReshapeSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        let n: usize = s.iter().product();
+        let known: i64 = self.shape.iter().filter(|&&d| d != -1).product();
+        let holes = self.shape.iter().filter(|&&d| d == -1).count();
+        if self.shape.iter().any(|&d| d == 0 || d < -1) || holes > 1 || known <= 0 {
+            return Err(format!(
+                "bad shape {:?}: dims are positive, with at most one -1",
+                self.shape
+            ));
+        }
+        let fill = n as i64 / known;
+        let target: Vec<usize> = self
+            .shape
+            .iter()
+            .map(|&d| if d == -1 { fill as usize } else { d as usize })
+            .collect();
+        if target.iter().product::<usize>() != n {
+            return Err(format!(
+                "cannot reshape {} ({n} elements) to {:?}",
+                fmt_shape(&s),
+                self.shape
+            ));
+        }
+        let mut shape = vec![cx.batch()];
+        shape.extend(target);
+        cx.op(OpKind::Reshape(Reshape { shape }), &inputs[..1])
+    }
+}
+
+fn elementwise(
+    cx: &mut Lower,
+    inputs: &[TensorId],
+    f: BinaryFn,
+    name: &str,
+) -> Result<TensorId, String> {
+    // Check all per-sample shapes first, so the message names them without the batch dim.
+    let mut shape = cx.sample(inputs[0]).to_vec();
+    for &t in &inputs[1..] {
+        shape = broadcast(&shape, cx.sample(t)).map_err(|_| {
+            let all: Vec<String> = inputs.iter().map(|&t| fmt_shape(cx.sample(t))).collect();
+            format!("cannot {name} shapes {}", all.join(" and "))
+        })?;
+    }
+    let mut acc = inputs[0];
+    for &t in &inputs[1..] {
+        acc = cx.op(OpKind::Binary(Binary { f }), &[acc, t])?;
+    }
+    Ok(acc)
+}
+
+/// Elementwise sum of two or more tensors (numpy broadcasting).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Add {}
+
+impl LayerSpec for Add {
+    const ARITY: Arity = Arity::AtLeastTwo;
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        elementwise(cx, inputs, BinaryFn::Add, "add")
+    }
+}
+
+/// Elementwise product of two or more tensors (numpy broadcasting).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mul {}
+
+impl LayerSpec for Mul {
+    const ARITY: Arity = Arity::AtLeastTwo;
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        elementwise(cx, inputs, BinaryFn::Mul, "multiply")
+    }
+}
+
+fn channels() -> i64 {
+    0
+}
+
+/// Joins two or more tensors along a per-sample `axis` (0: channels).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcatSpec {
+    #[serde(default = "channels")]
+    pub axis: i64,
+}
+
+impl LayerSpec for ConcatSpec {
+    const ARITY: Arity = Arity::AtLeastTwo;
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let axis = cx.sample_axis(inputs[0], self.axis)?;
+        let first = cx.sample(inputs[0]).to_vec();
+        for &t in &inputs[1..] {
+            let s = cx.sample(t);
+            let fits =
+                s.len() == first.len() && (0..s.len()).all(|i| i + 1 == axis || s[i] == first[i]);
+            if !fits {
+                let all: Vec<String> = inputs.iter().map(|&t| fmt_shape(cx.sample(t))).collect();
+                return Err(format!(
+                    "cannot concat shapes {} along axis {}: the other dims must match",
+                    all.join(" and "),
+                    axis - 1
+                ));
+            }
+        }
+        cx.op(OpKind::Concat(Concat { axis: axis as i64 }), inputs)
+    }
+}

@@ -1,0 +1,201 @@
+//! The primitive ops. Each op is defined in one place (its family's file): its attributes, its
+//! shape rule and its cost. [`OpKind`] is the only list of every op and [`OpKind::primitive`] its
+//! only dispatch point: passes ask an op for properties, never for its name.
+
+mod conv;
+mod elementwise;
+mod loss;
+mod matmul;
+mod movement;
+mod norm;
+mod pool;
+mod random;
+mod reduce;
+
+pub use conv::Conv2d;
+pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, broadcast};
+pub use loss::{CrossEntropy, Mse};
+pub use matmul::MatMul;
+pub use movement::{Concat, Gather, Reshape};
+pub use norm::{BatchNorm, LayerNorm};
+pub use pool::{Pool2d, PoolKind};
+pub use random::Dropout;
+pub use reduce::{MeanAxes, Softmax};
+
+use serde::Serialize;
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    I32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        4
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I32 => "i32",
+        }
+    }
+}
+
+/// Shape and element type: what an edge of the graph carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TensorType {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl TensorType {
+    pub fn f32(shape: Vec<usize>) -> TensorType {
+        TensorType {
+            shape,
+            dtype: DType::F32,
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+/// Shape of a list of dims as the user writes it: [16, 28, 28].
+pub fn fmt_shape(shape: &[usize]) -> String {
+    format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A shape rule's complaint, in words about the op's inputs; the graph builder adds the layer,
+/// the input layers and their config locations.
+pub type ShapeResult = Result<Vec<TensorType>, String>;
+
+/// What every primitive answers. Later stages add evaluation, vjp and kernels here.
+pub trait Primitive {
+    /// The op's name in plans, graphs and errors.
+    fn name(&self) -> &'static str;
+    /// Output types from input types, or why the inputs do not fit.
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult;
+    /// Floating-point operations to compute the outputs (a multiply-add counts 2).
+    fn flops(&self, inputs: &[&TensorType], outputs: &[TensorType]) -> u64;
+    /// Attributes for graph export, as (key, value) text.
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+/// Data fed to the graph each step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Input {
+    pub name: String,
+    pub ty: TensorType,
+}
+
+impl Primitive for Input {
+    fn name(&self) -> &'static str {
+        "input"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 0)?;
+        Ok(vec![self.ty.clone()])
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("name", self.name.clone())]
+    }
+}
+
+/// A learned parameter or a persistent buffer (batchnorm running statistics); its index
+/// points into `Graph::params`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Parameter {
+    pub index: usize,
+    pub ty: TensorType,
+}
+
+impl Primitive for Parameter {
+    fn name(&self) -> &'static str {
+        "parameter"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 0)?;
+        Ok(vec![self.ty.clone()])
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+}
+
+macro_rules! op_kinds {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// Every primitive op. The one place that lists them all.
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        pub enum OpKind { $($variant($ty)),* }
+
+        impl OpKind {
+            pub fn primitive(&self) -> &dyn Primitive {
+                match self { $(OpKind::$variant(p) => p),* }
+            }
+        }
+    };
+}
+
+op_kinds! {
+    Input(Input),
+    Parameter(Parameter),
+    Conv2d(Conv2d),
+    MatMul(MatMul),
+    Unary(Unary),
+    Binary(Binary),
+    Softmax(Softmax),
+    MeanAxes(MeanAxes),
+    BatchNorm(BatchNorm),
+    LayerNorm(LayerNorm),
+    Pool2d(Pool2d),
+    Reshape(Reshape),
+    Concat(Concat),
+    Gather(Gather),
+    Dropout(Dropout),
+    CrossEntropy(CrossEntropy),
+    Mse(Mse),
+}
+
+pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {
+    if inputs.len() != n {
+        return Err(format!("takes {n} input(s), got {}", inputs.len()));
+    }
+    Ok(())
+}
+
+pub(crate) fn expect_f32(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype != DType::F32 {
+        return Err(format!("{what} must be f32, got {}", t.dtype.name()));
+    }
+    Ok(())
+}
+
+/// Resolves a possibly negative axis against a rank.
+pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize, String> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    if a < 0 || a >= rank as i64 {
+        return Err(format!(
+            "axis {axis} is out of range for a tensor of rank {rank}"
+        ));
+    }
+    Ok(a as usize)
+}
