@@ -30,7 +30,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Batch size for the graph (default: data.batch_size).
-        #[arg(long)]
+        #[arg(long, value_parser = batch_size)]
         batch: Option<usize>,
     },
     /// Print the forward graph as Graphviz DOT or JSON.
@@ -38,9 +38,17 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
-        #[arg(long)]
+        /// Batch size for the graph (default: data.batch_size).
+        #[arg(long, value_parser = batch_size)]
         batch: Option<usize>,
     },
+}
+
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=i32::MAX as usize).contains(&n) => Ok(n),
+        _ => Err("expected an integer from 1 to 2147483647".into()),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,10 +112,6 @@ fn load_graph(
 ) -> Result<(graph::Graph, crate::diag::Sources), u8> {
     let loaded = config::load(path, sets);
     let cfg = loaded.result.map_err(|e| user_error(&e, &loaded.sources))?;
-    if batch == Some(0) {
-        eprintln!("error: --batch must be at least 1");
-        return Err(2);
-    }
     let batch = batch.unwrap_or(cfg.data.batch_size.0);
     let g = graph::builder::build_with_batch(&cfg, batch)
         .map_err(|d| user_error(&d.into(), &loaded.sources))?;

@@ -159,6 +159,8 @@ fn convert(file: FileId, v: &DeValue, loc: Loc) -> Result<Value, Errors> {
 pub fn merge(base: &mut Value, over: Value) {
     match (&mut base.kind, over.kind) {
         (Kind::Table(b), Kind::Table(o)) => {
+            // The overriding file is where a reader looks: point there.
+            base.loc = over.loc;
             for (k, e) in o {
                 match b.get_mut(&k) {
                     Some(existing) => {

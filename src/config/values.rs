@@ -12,6 +12,10 @@ pub struct Positive(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Count(pub usize);
 
+/// The largest integer a size-like key accepts: no tensor dim is larger, and products of a
+/// few dims cannot overflow.
+pub const MAX_INT: i64 = i32::MAX as i64;
+
 fn int_visitor<'de, D: Deserializer<'de>>(
     d: D,
     min: i64,
@@ -24,7 +28,7 @@ fn int_visitor<'de, D: Deserializer<'de>>(
             f.write_str(self.1)
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
-            if v < self.0 {
+            if v < self.0 || v > MAX_INT {
                 return Err(E::invalid_value(de::Unexpected::Signed(v), &self));
             }
             Ok(v as usize)
@@ -38,12 +42,12 @@ fn int_visitor<'de, D: Deserializer<'de>>(
 
 impl<'de> Deserialize<'de> for Positive {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_visitor(d, 1, "a positive integer (1 or more)").map(Positive)
+        int_visitor(d, 1, "a positive integer (1 to 2147483647)").map(Positive)
     }
 }
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_visitor(d, 0, "a non-negative integer").map(Count)
+        int_visitor(d, 0, "a non-negative integer (0 to 2147483647)").map(Count)
     }
 }
 

@@ -31,11 +31,18 @@ impl Lower<'_> {
         format!("{}.{local}", self.g.layers[self.layer].name)
     }
     /// A trainable parameter named `<layer>.<local>`.
-    pub fn param(&mut self, local: &str, shape: Vec<usize>, init: Init) -> TensorId {
+    pub fn param(
+        &mut self,
+        local: &str,
+        shape: Vec<usize>,
+        init: Init,
+    ) -> Result<TensorId, String> {
         let name = self.full(local);
-        self.g
-            .add_param(name, TensorType::f32(shape), init, true, self.layer, true)
-            .expect("read")
+        let ty = TensorType::f32(shape);
+        Ok(self
+            .g
+            .add_param(name, ty, init, true, self.layer, true)?
+            .expect("read"))
     }
     /// A persistent, untrained buffer; `read` adds a node for forward ops to read.
     pub fn buffer(
@@ -44,7 +51,7 @@ impl Lower<'_> {
         ty: TensorType,
         init: Init,
         read: bool,
-    ) -> Option<TensorId> {
+    ) -> Result<Option<TensorId>, String> {
         let name = self.full(local);
         self.g.add_param(name, ty, init, false, self.layer, read)
     }
@@ -124,7 +131,7 @@ pub fn build_with_batch(config: &Config, batch: usize) -> Result<Graph, Diagnost
             shape,
             dtype: model.input.dtype,
         },
-    );
+    )?;
     b.g.features = features.tensor;
     for l in &model.layers {
         reject_params(l)?;
@@ -163,19 +170,24 @@ enum Scope<'a> {
 }
 
 impl<'c> Builder<'c> {
-    fn input(&mut self, name: &str, loc: Loc, ty: TensorType) -> Sym {
+    fn input(&mut self, name: &str, loc: Loc, ty: TensorType) -> Result<Sym, Diagnostic> {
         let layer = self.push_layer(name.to_string(), "input", loc);
         let op = OpKind::Input(Input {
             name: name.to_string(),
             ty,
         });
-        let tensor = self.g.add(op, &[], layer).expect("an input has no inputs");
+        // Only the size check can fail: the batch times the sample is too large.
+        let tensor = self.g.add(op, &[], layer).map_err(|e| {
+            Diagnostic::new(format!("the {name} batch is too large: {e}"))
+                .at(loc, "for this sample shape")
+                .note("lower data.batch_size or the sample size")
+        })?;
         self.g.layers[layer].output = Some(tensor);
-        Sym {
+        Ok(Sym {
             tensor,
             name: name.to_string(),
             loc,
-        }
+        })
     }
 
     fn push_layer(&mut self, name: String, op: &str, loc: Loc) -> usize {
@@ -580,7 +592,7 @@ impl<'c> Builder<'c> {
             }
             LossKind::Mse => (self.g.ty(out.tensor).clone(), OpKind::Mse(Mse)),
         };
-        let labels = self.input("labels", kind_loc, labels_ty);
+        let labels = self.input("labels", kind_loc, labels_ty)?;
         self.g.labels = labels.tensor;
         let layer = self.push_layer("loss".into(), op.primitive().name(), kind_loc);
         let loss = self

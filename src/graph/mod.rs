@@ -120,6 +120,7 @@ impl Graph {
     ) -> Result<TensorId, String> {
         let types: Vec<&TensorType> = inputs.iter().map(|&t| self.ty(t)).collect();
         let outputs = op.primitive().infer(&types)?;
+        outputs.iter().try_for_each(TensorType::check_size)?;
         let id = self.dag.add_node(Node {
             op,
             inputs: inputs.to_vec(),
@@ -150,7 +151,9 @@ impl Graph {
         trainable: bool,
         layer: usize,
         read: bool,
-    ) -> Option<TensorId> {
+    ) -> Result<Option<TensorId>, String> {
+        ty.check_size()
+            .map_err(|e| format!("parameter `{name}`: {e}"))?;
         let index = self.params.len();
         let node = read.then(|| {
             let op = OpKind::Parameter(Parameter {
@@ -168,10 +171,10 @@ impl Graph {
             layer,
             node,
         });
-        node.map(|n| TensorId {
+        Ok(node.map(|n| TensorId {
             node: n.index() as u32,
             output: 0,
-        })
+        }))
     }
 
     /// Checks the invariants every pass must keep: acyclic, inputs in range, edges mirror

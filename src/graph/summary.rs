@@ -42,7 +42,8 @@ pub fn summarize(g: &Graph, sources: &Sources) -> Summary {
     let batch = g.batch as u64;
     let mut flops = vec![0u64; g.layers.len()];
     for id in g.dag.node_indices() {
-        flops[g.dag[id].layer] += g.flops(id);
+        let l = g.dag[id].layer;
+        flops[l] = flops[l].saturating_add(g.flops(id));
     }
     let mut params = vec![0usize; g.layers.len()];
     for p in g.params.iter().filter(|p| p.trainable) {
@@ -78,7 +79,10 @@ pub fn summarize(g: &Graph, sources: &Sources) -> Summary {
             .filter(|p| !p.trainable)
             .map(|p| p.ty.numel())
             .sum(),
-        flops_per_sample: flops.iter().sum::<u64>().div_ceil(batch),
+        flops_per_sample: flops
+            .iter()
+            .fold(0u64, |a, &b| a.saturating_add(b))
+            .div_ceil(batch),
         input: g.ty(g.features).shape[1..].to_vec(),
         output: g.ty(g.output).shape[1..].to_vec(),
         layers,

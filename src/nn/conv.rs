@@ -60,7 +60,7 @@ impl LayerSpec for Conv2dSpec {
             "weight",
             vec![out, c / g, kh, kw],
             Init::fan_in_uniform(fan_in),
-        );
+        )?;
         let op = Conv2d {
             stride: [self.stride.0.0, self.stride.1.0],
             padding: [self.padding.0.0, self.padding.1.0],
@@ -71,7 +71,7 @@ impl LayerSpec for Conv2dSpec {
         if !self.bias {
             return Ok(y);
         }
-        let b = cx.param("bias", vec![out], Init::fan_in_uniform(fan_in));
+        let b = cx.param("bias", vec![out], Init::fan_in_uniform(fan_in))?;
         let b = cx.op(
             OpKind::Reshape(Reshape {
                 shape: vec![out, 1, 1],

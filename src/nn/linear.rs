@@ -32,12 +32,12 @@ impl LayerSpec for LinearSpec {
             return Err("linear needs an input with at least one dim per sample".into());
         };
         let out = self.out.0;
-        let w = cx.param("weight", vec![out, fan_in], Init::fan_in_uniform(fan_in));
+        let w = cx.param("weight", vec![out, fan_in], Init::fan_in_uniform(fan_in))?;
         let y = cx.op(OpKind::MatMul(MatMul), &[x, w])?;
         if !self.bias {
             return Ok(y);
         }
-        let b = cx.param("bias", vec![out], Init::fan_in_uniform(fan_in));
+        let b = cx.param("bias", vec![out], Init::fan_in_uniform(fan_in))?;
         cx.op(OpKind::Binary(Binary { f: BinaryFn::Add }), &[y, b])
             .map_err(|_| format!("cannot add bias to {}", fmt_shape(&s)))
     }
@@ -62,7 +62,7 @@ impl LayerSpec for EmbeddingSpec {
             "weight",
             vec![self.vocab.0, self.dim.0],
             Init::Normal { std: 1.0 },
-        );
+        )?;
         cx.op(OpKind::Gather(Gather), &[w, inputs[0]])
     }
 }

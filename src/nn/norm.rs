@@ -40,15 +40,15 @@ impl LayerSpec for BatchNormSpec {
         };
         let mut args = vec![inputs[0]];
         if self.affine {
-            args.push(cx.param("weight", vec![c], Init::Ones));
-            args.push(cx.param("bias", vec![c], Init::Zeros));
+            args.push(cx.param("weight", vec![c], Init::Ones)?);
+            args.push(cx.param("bias", vec![c], Init::Zeros)?);
         }
         args.push(
-            cx.buffer("running_mean", TensorType::f32(vec![c]), Init::Zeros, true)
+            cx.buffer("running_mean", TensorType::f32(vec![c]), Init::Zeros, true)?
                 .expect("read"),
         );
         args.push(
-            cx.buffer("running_var", TensorType::f32(vec![c]), Init::Ones, true)
+            cx.buffer("running_var", TensorType::f32(vec![c]), Init::Ones, true)?
                 .expect("read"),
         );
         cx.buffer(
@@ -59,7 +59,7 @@ impl LayerSpec for BatchNormSpec {
             },
             Init::Zeros,
             false,
-        );
+        )?;
         let op = BatchNorm {
             eps: self.eps.0,
             momentum: self.momentum.0,
@@ -98,8 +98,8 @@ impl LayerSpec for LayerNormSpec {
         let normalized = s[s.len() - d..].to_vec();
         let mut args = vec![inputs[0]];
         if self.affine {
-            args.push(cx.param("weight", normalized.clone(), Init::Ones));
-            args.push(cx.param("bias", normalized, Init::Zeros));
+            args.push(cx.param("weight", normalized.clone(), Init::Ones)?);
+            args.push(cx.param("bias", normalized, Init::Zeros)?);
         }
         cx.op(
             OpKind::LayerNorm(LayerNorm {

@@ -29,19 +29,34 @@ impl LayerSpec for ReshapeSpec {
     fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
         let s = cx.sample(inputs[0]).to_vec();
         let n: usize = s.iter().product();
-        let known: i64 = self.shape.iter().filter(|&&d| d != -1).product();
         let holes = self.shape.iter().filter(|&&d| d == -1).count();
-        if self.shape.iter().any(|&d| d == 0 || d < -1) || holes > 1 || known <= 0 {
-            return Err(format!(
+        let bad = || {
+            format!(
                 "bad shape {:?}: dims are positive, with at most one -1",
                 self.shape
-            ));
+            )
+        };
+        if self.shape.iter().any(|&d| d == 0 || d < -1) || holes > 1 {
+            return Err(bad());
         }
-        let fill = n as i64 / known;
+        // Checked: the dims come straight from the config.
+        let known = self
+            .shape
+            .iter()
+            .filter(|&&d| d != -1)
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .filter(|&k| k <= n.max(1))
+            .ok_or_else(|| {
+                format!(
+                    "cannot reshape {} ({n} elements) to {:?}",
+                    fmt_shape(&s),
+                    self.shape
+                )
+            })?;
         let target: Vec<usize> = self
             .shape
             .iter()
-            .map(|&d| if d == -1 { fill as usize } else { d as usize })
+            .map(|&d| if d == -1 { n / known } else { d as usize })
             .collect();
         if target.iter().product::<usize>() != n {
             return Err(format!(

@@ -67,7 +67,7 @@ impl Primitive for Conv2d {
     fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
         let w = &inputs[1].shape;
         let macs_per_out = (w[1] * w[2] * w[3]) as u64;
-        2 * macs_per_out * out[0].numel() as u64
+        (2 * macs_per_out).saturating_mul(out[0].numel() as u64)
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![

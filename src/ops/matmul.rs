@@ -28,6 +28,6 @@ impl Primitive for MatMul {
         Ok(vec![TensorType::f32(shape)])
     }
     fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
-        2 * inputs[1].shape[1] as u64 * out[0].numel() as u64
+        (2 * inputs[1].shape[1] as u64).saturating_mul(out[0].numel() as u64)
     }
 }

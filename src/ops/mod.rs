@@ -58,13 +58,27 @@ impl TensorType {
             dtype: DType::F32,
         }
     }
+    /// Element count (saturating; a graph never holds a type above [`MAX_ELEMENTS`]).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+    }
+    /// Refuses types too large for any device before their sizes can overflow arithmetic.
+    pub fn check_size(&self) -> Result<(), String> {
+        match self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+            Some(n) if n <= MAX_ELEMENTS => Ok(()),
+            _ => Err(format!(
+                "a tensor of shape {} is larger than the limit of 2^36 elements",
+                fmt_shape(&self.shape)
+            )),
+        }
     }
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
 }
+
+/// The most elements one tensor may have (256 GiB of f32: more than any device holds).
+pub const MAX_ELEMENTS: usize = 1 << 36;
 
 /// Shape of a list of dims as the user writes it: [16, 28, 28].
 pub fn fmt_shape(shape: &[usize]) -> String {

@@ -67,7 +67,7 @@ impl Primitive for Pool2d {
         }
     }
     fn flops(&self, _: &[&TensorType], out: &[TensorType]) -> u64 {
-        out[0].numel() as u64 * (self.kernel[0] * self.kernel[1]) as u64
+        (out[0].numel() as u64).saturating_mul((self.kernel[0] * self.kernel[1]) as u64)
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian/Ubuntu or macOS machine, installing what the
+# tests need first: Graphviz (the tests render `trainer graph` output with `dot`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif need sudo; then sudo "$@"; else "$@"; fi; }
+
+if ! need dot; then
+  if need apt-get; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz
+  elif need brew; then
+    brew install graphviz
+  else
+    echo "warning: install Graphviz (dot) by hand; the graph rendering test needs it" >&2
+  fi
+fi
+if ! need cargo; then
+  echo "error: Rust is not installed: see https://rustup.rs, then run this again" >&2
+  exit 2
+fi
+
+cargo test --locked --all-targets
