@@ -271,3 +271,13 @@ fn sizes_too_large_for_any_device_are_refused_not_overflowed() {
         assert!(err.starts_with("error"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn two_processes_give_byte_identical_graphs() {
+    for c in SHIPPED {
+        let a = ok_stdout(&["graph", c, "--format", "json"]);
+        let b = ok_stdout(&["graph", c, "--format", "json"]);
+        assert_eq!(a, b, "{c}");
+        assert_eq!(ok_stdout(&["graph", c]), ok_stdout(&["graph", c]), "{c}");
+    }
+}
