@@ -1,0 +1,111 @@
+//! Hand-computed shapes and parameter counts for configs that use every layer op, through
+//! the CLI: a DAG (branches, concat, a forward reference, nested blocks) and a token model.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+fn check(config: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["check", config, "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (layer, op, per-sample output, params), worked out by hand from PyTorch's formulas:
+/// out = (in + 2·pad − dilation·(k − 1) − 1) / stride + 1.
+fn expect(j: &Value, rows: &[(&str, &str, Value, u64)]) {
+    let layers = j["layers"].as_array().unwrap();
+    for (name, op, shape, params) in rows {
+        let l = layers
+            .iter()
+            .find(|l| l["name"] == *name)
+            .unwrap_or_else(|| panic!("no layer {name}"));
+        assert_eq!(
+            (&l["op"], &l["output"], l["params"].as_u64().unwrap()),
+            (&json!(op), shape, *params),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn dag_of_image_ops() {
+    let j = check("tests/configs/good/dag.toml");
+    expect(
+        &j,
+        &[
+            ("stem", "conv2d", json!([8, 5, 4]), 8 * 3 * 3 * 5 + 8),
+            ("bn", "batchnorm", json!([8, 5, 4]), 16),
+            ("act", "leaky_relu", json!([8, 5, 4]), 0),
+            ("left", "max_pool2d", json!([8, 3, 2]), 0),
+            ("right", "avg_pool2d", json!([8, 3, 2]), 0),
+            ("cat", "concat", json!([16, 3, 2]), 0),
+            ("dw", "conv2d", json!([16, 3, 2]), 16 * 9 + 16),
+            ("blk.g.0.proj", "conv2d", json!([16, 3, 2]), 16 * 16 + 16),
+            ("blk.g.1.gated", "mul", json!([16, 3, 2]), 0),
+            ("blk.tanh_1", "tanh", json!([16, 3, 2]), 0),
+            ("blk.residual", "add", json!([16, 3, 2]), 0),
+            ("sum", "add", json!([16, 3, 2]), 0),
+            ("pooled", "global_avg_pool", json!([16]), 0),
+            ("flat", "flatten", json!([96]), 0),
+            ("grid", "reshape", json!([24, 4]), 0),
+            ("ln", "layernorm", json!([24, 4]), 8),
+            ("soft", "softmax", json!([24, 4]), 0),
+            ("drop", "dropout", json!([16]), 0),
+            ("gel", "gelu", json!([16]), 0),
+            ("head", "linear", json!([5]), 16 * 5 + 5),
+        ],
+    );
+    assert_eq!(j["params"], 368 + 16 + 160 + 2 * 272 + 8 + 85);
+    // conv: 2 FLOPs per multiply-add × (in/groups·kh·kw) per output element, + the bias add.
+    let stem = j["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "stem")
+        .unwrap();
+    assert_eq!(stem["flops_per_sample"], 2 * 45 * 160 + 160);
+}
+
+#[test]
+fn token_model() {
+    let j = check("tests/configs/good/tokens.toml");
+    expect(
+        &j,
+        &[
+            ("emb", "embedding", json!([6, 8]), 50 * 8),
+            ("norm", "layernorm", json!([6, 8]), 2 * 48),
+            ("mix", "linear", json!([6, 3]), 24),
+            ("relu_3", "relu", json!([6, 3]), 0),
+        ],
+    );
+    assert_eq!(j["params"], 520);
+}
+
+#[test]
+fn every_layer_op_is_exercised_by_a_config() {
+    let mut used = std::collections::BTreeSet::new();
+    for c in [
+        "tests/configs/good/dag.toml",
+        "tests/configs/good/tokens.toml",
+        "configs/resnet.toml",
+        "configs/lenet.toml",
+    ] {
+        for l in check(c)["layers"].as_array().unwrap() {
+            used.insert(l["op"].as_str().unwrap().to_string());
+        }
+    }
+    let missing: Vec<&&str> = trainer::nn::LAYER_OPS
+        .iter()
+        .filter(|op| !used.contains(**op))
+        .collect();
+    assert!(missing.is_empty(), "ops no config exercises: {missing:?}");
+}
