@@ -39,7 +39,7 @@ pub struct InputDecl {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct InputKeys {
+pub struct InputKeys {
     /// Shape of one sample, without the batch dim: [channels, height, width] for images.
     pub shape: Vec<Positive>,
     #[serde(default)]
@@ -48,7 +48,7 @@ pub(crate) struct InputKeys {
 
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum InputDType {
+pub enum InputDType {
     #[default]
     F32,
     I32,
@@ -85,7 +85,7 @@ pub struct ShortcutDecl {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ShortcutKeys {
+pub struct ShortcutKeys {
     pub kind: ShortcutKind,
     #[serde(default = "downsample")]
     pub name: String,
