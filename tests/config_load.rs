@@ -95,3 +95,54 @@ fn the_graph_honours_overrides() {
     assert_eq!(g.ty(g.output).shape, vec![5, 3]);
     assert_eq!(g.param_count(), 4 * 3 + 3);
 }
+
+fn build_err(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "c.toml", text);
+    let loaded = config::load(&dir.path().join("c.toml"), &[]);
+    let c = loaded
+        .result
+        .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
+    match trainer::graph::build(&c) {
+        Ok(_) => panic!("expected an error"),
+        Err(d) => d.render(&loaded.sources),
+    }
+}
+
+#[test]
+fn broadcasting_never_mixes_the_batch_with_a_sample_dim() {
+    // [3, 4] + [4] per sample: the [4] input must be aligned to the sample's last dim at every
+    // batch size, including the batch of 3 that would otherwise line up with the sample's 3.
+    let dir = tempfile::tempdir().unwrap();
+    let text = BASE.replace(
+        "input = { shape = [4] }\nlayers = [{ name = \"fc\", op = \"linear\", out = 3 }]",
+        "input = { shape = [3, 4] }\nlayers = [\n  { name = \"v\", op = \"global_avg_pool\", inputs = [\"img\"] },\n  { name = \"img\", op = \"reshape\", shape = [1, 3, 4], inputs = [\"input\"] },\n  { name = \"row\", op = \"linear\", out = 4, inputs = [\"input\"] },\n  { name = \"r\", op = \"reshape\", shape = [12], inputs = [\"row\"] },\n  { name = \"sum\", op = \"add\", inputs = [\"row\", \"v\"] },\n  { op = \"flatten\" },\n  { name = \"fc\", op = \"linear\", out = 3 },\n]",
+    );
+    write(dir.path(), "c.toml", &text);
+    for batch in [1, 3, 4, 8] {
+        let c = load(
+            &dir.path().join("c.toml"),
+            &[&format!("data.batch_size={batch}")],
+        );
+        let g = trainer::graph::build(&c).unwrap();
+        let sum = g
+            .layers
+            .iter()
+            .find(|l| l.name == "sum")
+            .unwrap()
+            .output
+            .unwrap();
+        assert_eq!(g.ty(sum).shape, vec![batch, 3, 4], "batch {batch}");
+    }
+}
+
+#[test]
+fn generated_layer_names_cannot_collide_with_declared_ones() {
+    let text = BASE.replace(
+        "layers = [{ name = \"fc\", op = \"linear\", out = 3 }]",
+        "layers = [{ name = \"blk\", block = \"b\" }, { name = \"fc\", op = \"linear\", out = 3 }]\n\
+         [model.blocks.b]\nbody = [{ name = \"residual\", op = \"linear\", out = 4 }]\nshortcut = \"identity\"",
+    );
+    let err = build_err(&text);
+    assert!(err.contains("two layers are named `blk.residual`"), "{err}");
+}

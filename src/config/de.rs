@@ -14,6 +14,10 @@ pub struct Error {
     pub loc: Option<Loc>,
     pub label: String,
     pub suggest: Option<(String, Vec<&'static str>)>,
+    /// The table an unknown or missing key belongs to ("[run]", "a `conv2d` layer"): the key
+    /// alone does not say which of several tables with the same keys is meant.
+    pub context: Option<String>,
+    keyed: bool,
 }
 
 impl Error {
@@ -21,8 +25,19 @@ impl Error {
         self.loc.get_or_insert(loc);
         self
     }
+    /// Names the table of an unknown or missing key; the innermost table wins.
+    fn within(mut self, what: &str) -> Error {
+        if self.keyed && self.context.is_none() {
+            self.context = Some(what.to_string());
+        }
+        self
+    }
     pub fn into_diagnostic(self) -> Diagnostic {
-        let mut d = Diagnostic::new(self.message);
+        let message = match &self.context {
+            Some(what) => format!("{} in {what}", self.message),
+            None => self.message,
+        };
+        let mut d = Diagnostic::new(message);
         if let Some(loc) = self.loc {
             d = d.at(loc, self.label);
         }
@@ -37,6 +52,8 @@ impl Error {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
+            } else if candidates.is_empty() {
+                d = d.note("nothing can be set here");
             }
         }
         d
@@ -47,6 +64,8 @@ impl Error {
             loc: None,
             label: label.into(),
             suggest: None,
+            context: None,
+            keyed: false,
         }
     }
 }
@@ -63,38 +82,64 @@ impl de::Error for Error {
         Error::msg(msg.to_string(), "here")
     }
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        Error::msg(format!("expected {exp}, found {unexp}"), "wrong type")
+        Error::msg(
+            format!("expected {}, found {unexp}", plain(exp)),
+            "wrong type",
+        )
     }
     fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        Error::msg(format!("expected {exp}, found {unexp}"), "invalid value")
+        Error::msg(
+            format!("expected {}, found {unexp}", plain(exp)),
+            "invalid value",
+        )
     }
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         Error {
             message: format!("unknown key `{field}`"),
-            loc: None,
             label: "not a known key here".into(),
             suggest: Some((field.to_string(), expected.to_vec())),
+            keyed: true,
+            ..Error::msg(String::new(), "")
         }
     }
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         Error {
             message: format!("unknown value \"{variant}\""),
-            loc: None,
             label: "not one of the allowed values".into(),
             suggest: Some((variant.to_string(), expected.to_vec())),
+            ..Error::msg(String::new(), "")
         }
     }
     fn missing_field(field: &'static str) -> Self {
-        Error::msg(
-            format!("missing required key `{field}`"),
-            &format!("`{field}` must be set in this table"),
-        )
+        Error {
+            keyed: true,
+            ..Error::msg(
+                format!("missing required key `{field}`"),
+                &format!("`{field}` must be set in this table"),
+            )
+        }
+    }
+}
+
+/// serde's names for Rust types ("u64") mean nothing to a config author.
+fn plain(exp: &dyn de::Expected) -> String {
+    match exp.to_string().as_str() {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        other => other.into(),
     }
 }
 
 /// Deserializes a located value into `T`, turning the first error into a diagnostic.
 pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, Diagnostic> {
     T::deserialize(ValueDe(v)).map_err(|e| e.at(v.loc).into_diagnostic())
+}
+
+/// [`from_value`] for a table named `what` ("[run]", "a `conv2d` layer"), which an unknown or
+/// missing key's message then names.
+pub fn from_value_in<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T, Diagnostic> {
+    T::deserialize(ValueDe(v)).map_err(|e| e.at(v.loc).within(what).into_diagnostic())
 }
 
 pub struct ValueDe<'a>(pub &'a Value);
@@ -247,6 +292,16 @@ impl<'de> de::EnumAccess<'de> for EnumAccess<'_> {
     }
 }
 
+impl EnumAccess<'_> {
+    /// The variant's name as written: the string, or the one key of the table.
+    fn name(&self) -> &str {
+        match (&self.tag.kind, self.content) {
+            (Kind::Table(t), Some(_)) => t.keys().next().map(String::as_str).unwrap_or(""),
+            _ => self.tag.as_str().unwrap_or(""),
+        }
+    }
+}
+
 impl<'de> de::VariantAccess<'de> for EnumAccess<'_> {
     type Error = Error;
     fn unit_variant(self) -> Result<(), Error> {
@@ -259,12 +314,11 @@ impl<'de> de::VariantAccess<'de> for EnumAccess<'_> {
     }
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
         match self.content {
-            Some(v) => seed.deserialize(ValueDe(v)).map_err(|e| e.at(v.loc)),
+            Some(v) => seed
+                .deserialize(ValueDe(v))
+                .map_err(|e| e.at(v.loc).within(&format!("`{}`", self.name()))),
             None => Err(Error::msg(
-                format!(
-                    "`{}` needs settings: write it as a table",
-                    self.tag.as_str().unwrap_or("")
-                ),
+                format!("`{}` needs settings: write it as a table", self.name()),
                 "expected a table",
             )
             .at(self.tag.loc)),
@@ -281,9 +335,18 @@ impl<'de> de::VariantAccess<'de> for EnumAccess<'_> {
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
+        let name = self.name();
         match self.content {
-            Some(v) => de::Deserializer::deserialize_map(ValueDe(v), visitor),
-            None => Err(Error::msg("expected a table".into(), "here").at(self.tag.loc)),
+            Some(v) => de::Deserializer::deserialize_map(ValueDe(v), visitor)
+                .map_err(|e| e.within(&format!("`{name}`"))),
+            // A bare name (`augment = ["random_crop"]`) of an option that has settings.
+            None => Err(Error::msg(
+                format!(
+                    "`{name}` needs settings: write it as a table, e.g. {{ {name} = {{ ... }} }}"
+                ),
+                "expected a table",
+            )
+            .at(self.tag.loc)),
         }
     }
 }

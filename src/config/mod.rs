@@ -13,7 +13,7 @@ pub use model::ModelDecl;
 pub use sections::*;
 
 use crate::diag::{Diagnostic, Errors, Loc, Sources};
-use de::from_value;
+use de::from_value_in;
 use tree::{Kind, Value};
 
 /// The top-level sections, in the order the reference documents them.
@@ -66,11 +66,18 @@ pub fn load_tree(sources: &mut Sources, path: &Path, sets: &[String]) -> Result<
     Ok(tree)
 }
 
+/// One file of an `extends` chain: who it is and which `extends` line read it.
+struct Link {
+    canonical: PathBuf,
+    name: String,
+    from: Option<Loc>,
+}
+
 fn read_with_extends(
     sources: &mut Sources,
     path: &Path,
     from: Option<Loc>,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut Vec<Link>,
 ) -> Result<Value, Errors> {
     let text = std::fs::read(path).map_err(|e| {
         let d = Diagnostic::new(format!(
@@ -91,19 +98,32 @@ fn read_with_extends(
         ))
     })?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if let Some(pos) = chain.iter().position(|p| p == &canonical) {
+    if let Some(pos) = chain.iter().position(|l| l.canonical == canonical) {
         let cycle: Vec<String> = chain[pos..]
             .iter()
-            .chain([&canonical])
-            .map(|p| p.display().to_string())
+            .map(|l| l.name.clone())
+            .chain([path.display().to_string()])
             .collect();
         let mut d = Diagnostic::new("`extends` forms a cycle");
         if let Some(loc) = from {
             d = d.at(loc, "this file is already being extended");
         }
-        return Err(d.note(format!("cycle: {}", cycle.join(" -> "))).into());
+        // The other links of the cycle, so each file's `extends` line is shown.
+        for l in &chain[pos + 1..] {
+            if let Some(loc) = l.from {
+                d = d.also(loc, format!("extends {}", l.name));
+            }
+        }
+        return Err(d
+            .note(format!("cycle: {}", cycle.join(" -> ")))
+            .note("help: remove one of these `extends` lines")
+            .into());
     }
-    chain.push(canonical);
+    chain.push(Link {
+        canonical,
+        name: path.display().to_string(),
+        from,
+    });
     let file = sources.add(path.display().to_string(), text);
     let mut value = tree::parse(sources, file)?;
     let Kind::Table(t) = &mut value.kind else {
@@ -118,7 +138,22 @@ fn read_with_extends(
                     .into());
             };
             let base_path = path.parent().unwrap_or(Path::new(".")).join(base_name);
-            let mut base = read_with_extends(sources, &base_path, Some(e.value.loc), chain)?;
+            let from = e.value.loc;
+            // An error inside the base file also shows the line that pulled it in.
+            let mut base =
+                read_with_extends(sources, &base_path, Some(from), chain).map_err(|mut es| {
+                    for d in &mut es.0 {
+                        if d.labels.iter().all(|l| l.loc != from) {
+                            // Primary when the error has no location of its own (bad UTF-8).
+                            d.labels.push(crate::diag::Label {
+                                loc: from,
+                                text: "in the file extended here".into(),
+                                primary: d.labels.is_empty(),
+                            });
+                        }
+                    }
+                    es
+                })?;
             tree::merge(&mut base, value);
             Ok(base)
         }
@@ -139,15 +174,33 @@ impl Config {
     pub fn from_tree(tree: Value) -> Result<Config, Diagnostic> {
         let t = tree.as_table().expect("a document is a table");
         for (k, e) in t {
-            if !SECTIONS.contains(&k.as_str()) {
-                let mut d = Diagnostic::new(format!("unknown section `{k}`"))
-                    .at(e.key, "not a section of a config")
-                    .help_did_you_mean(k, SECTIONS.iter().copied());
-                if !matches!(e.value.kind, Kind::Table(_)) {
-                    d = d.note("top-level keys belong in a section, e.g. [run] seed = 1");
-                }
-                return Err(d.note(format!("sections: {}", SECTIONS.join(", "))));
+            if SECTIONS.contains(&k.as_str()) {
+                continue;
             }
+            if matches!(e.value.kind, Kind::Table(_)) {
+                return Err(Diagnostic::new(format!("unknown section `{k}`"))
+                    .at(e.key, "not a section of a config")
+                    .help_did_you_mean(k, SECTIONS.iter().copied())
+                    .note(format!("sections: {}", SECTIONS.join(", "))));
+            }
+            // A key above the first [section] header: usually a key of a section written
+            // before its header, or a misspelled `extends`.
+            let d = Diagnostic::new(format!("key `{k}` is outside any section"))
+                .at(e.key, "not inside a [section]");
+            let owners = sections_with_key(k);
+            return Err(if k == "extends" {
+                d.note("`extends` is read from a config file before any --set applies")
+            } else if owners.is_empty() {
+                d.help_did_you_mean(k, SECTIONS.iter().copied().chain(["extends"]))
+                    .note(format!("sections: {}", SECTIONS.join(", ")))
+            } else {
+                let full: Vec<String> = owners.iter().map(|o| format!("`{o}.{k}`")).collect();
+                d.note(format!(
+                    "help: `{k}` is a key of [{}] ({}): put it below that section's header",
+                    owners.join("] or ["),
+                    full.join(", ")
+                ))
+            });
         }
         let section = |name: &str| t.get(name).map(|e| &e.value);
         let required = |name: &str, example: &str| {
@@ -164,25 +217,29 @@ impl Config {
             })
         };
         fn or_default<T: serde::de::DeserializeOwned + Default>(
-            v: Option<&Value>,
+            t: &tree::Table,
+            name: &str,
         ) -> Result<T, Diagnostic> {
-            v.map(from_value).transpose().map(Option::unwrap_or_default)
+            t.get(name)
+                .map(|e| from_value_in(&e.value, &format!("[{name}]")))
+                .transpose()
+                .map(Option::unwrap_or_default)
         }
-        let run: Run = or_default(section("run"))?;
-        let data: Data = from_value(required(
-            "data",
-            "dataset = \"fashion-mnist\"\nbatch_size = 128",
-        )?)?;
+        let run: Run = or_default(t, "run")?;
+        let data: Data = from_value_in(
+            required("data", "dataset = \"fashion-mnist\"\nbatch_size = 128")?,
+            "[data]",
+        )?;
         let model_tree = required(
             "model",
             "input = { shape = [1, 28, 28] }\n[[model.layers]]\n...",
         )?;
         let model = model::parse_model(model_tree)?;
-        let loss: Loss = from_value(required("loss", "kind = \"cross_entropy\"")?)?;
+        let loss: Loss = from_value_in(required("loss", "kind = \"cross_entropy\"")?, "[loss]")?;
         let optimizer = parse_optimizer(required("optimizer", "kind = \"sgd\"\nlr = 0.1")?)?;
-        let schedule: Schedule = or_default(section("schedule"))?;
-        let train: Train = or_default(section("train"))?;
-        let log: Log = or_default(section("log"))?;
+        let schedule: Schedule = or_default(t, "schedule")?;
+        let train: Train = or_default(t, "train")?;
+        let log: Log = or_default(t, "log")?;
         let config = Config {
             run,
             data,
@@ -281,6 +338,29 @@ impl Config {
     }
 }
 
+/// The sections that have a key named `key`.
+fn sections_with_key(key: &str) -> Vec<&'static str> {
+    use de::field_names;
+    let keys: [(&str, &[&str]); 9] = [
+        ("run", field_names::<Run>()),
+        ("data", field_names::<Data>()),
+        ("model", model::MODEL_KEYS),
+        ("loss", field_names::<Loss>()),
+        ("optimizer", field_names::<Sgd>()),
+        ("optimizer", field_names::<Adam>()),
+        ("schedule", field_names::<Schedule>()),
+        ("train", field_names::<Train>()),
+        ("log", field_names::<Log>()),
+    ];
+    let mut out: Vec<&str> = Vec::new();
+    for (section, fields) in keys {
+        if fields.contains(&key) && !out.contains(&section) {
+            out.push(section);
+        }
+    }
+    out
+}
+
 fn kind_name(k: ScheduleKind) -> String {
     serde_json::to_value(k)
         .ok()
@@ -307,8 +387,12 @@ pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
 
 /// `[optimizer]` is read into the struct of its `kind`, so a key of another kind is an error.
 fn parse_optimizer(v: &Value) -> Result<Optimizer, Diagnostic> {
-    let kind = match v.get("kind") {
-        Some(k) => k,
+    let Some(t) = v.as_table() else {
+        return Err(Diagnostic::new("[optimizer] must be a table")
+            .at(v.loc, format!("found {}", v.describe())));
+    };
+    let kind = match t.get("kind") {
+        Some(e) => &e.value,
         None => {
             return Err(
                 Diagnostic::new("missing required key `kind` in [optimizer]")
@@ -317,17 +401,48 @@ fn parse_optimizer(v: &Value) -> Result<Optimizer, Diagnostic> {
             );
         }
     };
-    match kind.as_str() {
-        Some("sgd") => Ok(Optimizer::Sgd(from_value(v)?)),
-        Some("adam") => Ok(Optimizer::Adam(from_value(v)?)),
-        Some("adamw") => Ok(Optimizer::Adamw(from_value(v)?)),
-        Some(other) => Err(Diagnostic::new(format!("unknown optimizer \"{other}\""))
-            .at(kind.loc, "not an optimizer")
-            .help_did_you_mean(other, OPTIMIZERS.iter().copied())
-            .note(format!("one of: {}", OPTIMIZERS.join(", ")))),
-        None => Err(Diagnostic::new("`kind` must be a string")
-            .at(kind.loc, format!("found {}", kind.describe()))),
+    let name = match kind.as_str() {
+        Some(k) if OPTIMIZERS.contains(&k) => k,
+        Some(other) => {
+            return Err(Diagnostic::new(format!("unknown optimizer \"{other}\""))
+                .at(kind.loc, "not an optimizer")
+                .help_did_you_mean(other, OPTIMIZERS.iter().copied())
+                .note(format!("one of: {}", OPTIMIZERS.join(", "))));
+        }
+        None => {
+            return Err(Diagnostic::new("`kind` must be a string")
+                .at(kind.loc, format!("found {}", kind.describe())));
+        }
+    };
+    let keys = |k: &str| match k {
+        "sgd" => de::field_names::<Sgd>(),
+        _ => de::field_names::<Adam>(),
+    };
+    // A key of another optimizer (`betas` under sgd) is a mix-up, not a typo: say whose it is.
+    for (k, e) in t {
+        if keys(name).contains(&k.as_str()) {
+            continue;
+        }
+        let owners: Vec<&str> = OPTIMIZERS
+            .iter()
+            .copied()
+            .filter(|o| keys(o).contains(&k.as_str()))
+            .collect();
+        if !owners.is_empty() {
+            return Err(
+                Diagnostic::new(format!("`{k}` is not an option of optimizer \"{name}\""))
+                    .at(e.key, format!("{name} has no `{k}`"))
+                    .also(kind.loc, "optimizer chosen here")
+                    .note(format!("`{k}` belongs to: {}", owners.join(", "))),
+            );
+        }
     }
+    let what = format!("[optimizer] (kind \"{name}\")");
+    Ok(match name {
+        "sgd" => Optimizer::Sgd(from_value_in(v, &what)?),
+        "adam" => Optimizer::Adam(from_value_in(v, &what)?),
+        _ => Optimizer::Adamw(from_value_in(v, &what)?),
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::de::from_value;
+use super::de::{from_value, from_value_in};
 use super::tree::{Entry, Kind, Table, Value};
 use super::values::Positive;
 use crate::diag::{Diagnostic, Loc};
@@ -189,7 +189,7 @@ pub fn parse_model(v: &Value) -> Result<ModelDecl, Diagnostic> {
     check_keys(t, MODEL_KEYS, "[model]")?;
     let input = match t.get("input") {
         Some(e) => {
-            let keys: InputKeys = from_value(&e.value)?;
+            let keys: InputKeys = from_value_in(&e.value, "`model.input`")?;
             let dtype = match keys.dtype {
                 InputDType::F32 => DType::F32,
                 InputDType::I32 => DType::I32,
@@ -301,7 +301,7 @@ fn parse_block(name: Named, v: &Value) -> Result<BlockDef, Diagnostic> {
                     kind: from_value(v)?,
                     name: downsample(),
                 },
-                _ => from_value(v)?,
+                _ => from_value_in(v, "`shortcut`")?,
             };
             Some(ShortcutDecl {
                 kind: keys.kind,
@@ -383,7 +383,10 @@ pub fn parse_layer(v: &Value) -> Result<LayerDecl, Diagnostic> {
                 Some(r) => r?,
                 None => {
                     let hint = if matches!(op_name.name.as_str(), "cross_entropy" | "mse") {
-                        "losses go in the [loss] section: [loss] kind = \"...\"".to_string()
+                        format!(
+                            "`{0}` is a loss, not a layer: remove this layer and set it in the [loss] section: kind = \"{0}\"",
+                            op_name.name
+                        )
                     } else {
                         format!("known ops: {}", quoted(LAYER_OPS))
                     };

@@ -100,8 +100,10 @@ macro_rules! float_range {
                     fn visit_f64<E: de::Error>(self, $x: f64) -> Result<f64, E> {
                         if $ok { Ok($x) } else { Err(E::invalid_value(de::Unexpected::Float($x), &self)) }
                     }
+                    // An integer is reported as written (`0`, not `0.0`).
                     fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
-                        self.visit_f64(v as f64)
+                        let $x = v as f64;
+                        if $ok { Ok($x) } else { Err(E::invalid_value(de::Unexpected::Signed(v), &self)) }
                     }
                 }
                 d.deserialize_f64(V).map($name)

@@ -171,7 +171,7 @@ enum Scope<'a> {
 
 impl<'c> Builder<'c> {
     fn input(&mut self, name: &str, loc: Loc, ty: TensorType) -> Result<Sym, Diagnostic> {
-        let layer = self.push_layer(name.to_string(), "input", loc);
+        let layer = self.push_layer(name.to_string(), "input", loc)?;
         let op = OpKind::Input(Input {
             name: name.to_string(),
             ty,
@@ -190,7 +190,17 @@ impl<'c> Builder<'c> {
         })
     }
 
-    fn push_layer(&mut self, name: String, op: &str, loc: Loc) -> usize {
+    fn push_layer(&mut self, name: String, op: &str, loc: Loc) -> Result<usize, Diagnostic> {
+        // Names become parameter names: two layers with one name would share checkpoint keys.
+        // Scopes reject duplicates among declared names; this also catches generated names
+        // (`<inst>.residual`, an `after` layer named after its op) colliding with declared ones.
+        if let Some(other) = self.g.layers.iter().find(|l| l.name == name) {
+            let d = Diagnostic::new(format!("two layers are named `{name}`"))
+                .at(loc, "this layer")
+                .also(other.loc, "has the same full name as this one")
+                .note("inside a block, `residual` and the `after` layer's op name are taken; rename one of them");
+            return Err(self.in_blocks(d));
+        }
         let uses = self.expanding.iter().map(|(_, l)| *l).collect();
         self.g.layers.push(Layer {
             name,
@@ -199,7 +209,7 @@ impl<'c> Builder<'c> {
             uses,
             output: None,
         });
-        self.g.layers.len() - 1
+        Ok(self.g.layers.len() - 1)
     }
 
     /// Adds the "in block ... used here" context to an error raised inside a block.
@@ -228,10 +238,14 @@ impl<'c> Builder<'c> {
         let mut decls = Vec::with_capacity(raws.len());
         for raw in raws {
             let v = match &scope {
-                Scope::Block { def, args } => def.substitute(raw, args)?,
-                Scope::Model => raw.clone(),
+                Scope::Block { def, args } => def.substitute(raw, args),
+                Scope::Model => Ok(raw.clone()),
             };
-            decls.push(parse_layer(&v)?);
+            // A bad argument shows as a bad attribute of the body: show the use site too.
+            let decl = v
+                .and_then(|v| parse_layer(&v))
+                .map_err(|d| self.in_blocks(d))?;
+            decls.push(decl);
         }
         // Local names: given, or derived from op (or block) and position.
         let names: Vec<String> = decls
@@ -251,12 +265,12 @@ impl<'c> Builder<'c> {
                     .as_ref()
                     .map(|n| n.loc)
                     .unwrap_or(decls[j].loc);
-                return Err(
+                return Err(self.in_blocks(
                     Diagnostic::new(format!("two layers are named `{}`", names[i]))
                         .at(here, "second use of the name")
                         .also(there, "first defined here")
                         .note("layer names must be unique within the model or block"),
-                );
+                ));
             }
         }
         // Dependencies: index into `names`, or None for the scope's input.
@@ -392,7 +406,7 @@ impl<'c> Builder<'c> {
         loc: Loc,
         inputs: &[Sym],
     ) -> Result<Sym, Diagnostic> {
-        let layer = self.push_layer(full.clone(), op.name(), loc);
+        let layer = self.push_layer(full.clone(), op.name(), loc)?;
         let tensors: Vec<TensorId> = inputs.iter().map(|s| s.tensor).collect();
         let mut cx = Lower {
             g: &mut self.g,
@@ -487,6 +501,20 @@ impl<'c> Builder<'c> {
                 ShortcutKind::Projection => true,
                 ShortcutKind::ProjectionIfShapeChanges => x != y,
             };
+            if sc.kind == ShortcutKind::Identity && x != y {
+                // Said in terms of the block, not of the `add` the shortcut lowers to.
+                let d = Diagnostic::new(format!(
+                    "the identity shortcut of block `{}` needs the body to keep the input's shape, but it maps {} to {}",
+                    def.name.name,
+                    fmt_shape(&x),
+                    fmt_shape(&y)
+                ))
+                .at(sc.loc, "identity shortcut")
+                .also(body.loc, format!("`{}` gives {}", body.name, fmt_shape(&y)))
+                .also(input.loc, format!("`{}` gives {}", input.name, fmt_shape(&x)))
+                .note("help: use shortcut = \"projection_if_shape_changes\" (a 1x1 convolution where the shape changes), or keep the width and stride of the input");
+                return Err(self.in_blocks(d));
+            }
             let skip = if project {
                 self.projection(inst, &sc.name, sc.loc, &input, &x, &y)?
             } else {
@@ -594,7 +622,7 @@ impl<'c> Builder<'c> {
         };
         let labels = self.input("labels", kind_loc, labels_ty)?;
         self.g.labels = labels.tensor;
-        let layer = self.push_layer("loss".into(), op.primitive().name(), kind_loc);
+        let layer = self.push_layer("loss".into(), op.primitive().name(), kind_loc)?;
         let loss = self
             .g
             .add(op, &[out.tensor, labels.tensor], layer)

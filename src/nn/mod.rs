@@ -11,7 +11,7 @@ mod shape;
 
 use serde::de::DeserializeOwned;
 
-use crate::config::de::{field_names, from_value};
+use crate::config::de::{field_names, from_value_in};
 use crate::config::tree::Value;
 use crate::diag::Diagnostic;
 use crate::graph::TensorId;
@@ -44,7 +44,10 @@ macro_rules! layer_ops {
             /// Reads the attributes of op `name`; None if no such op.
             pub fn parse(name: &str, attrs: &Value) -> Option<Result<LayerOp, Diagnostic>> {
                 match name {
-                    $($name => Some(from_value::<$spec>(attrs).map(LayerOp::$variant)),)*
+                    $($name => Some(
+                        from_value_in::<$spec>(attrs, concat!("a `", $name, "` layer"))
+                            .map(LayerOp::$variant),
+                    ),)*
                     _ => None,
                 }
             }

@@ -85,8 +85,22 @@ fn elementwise(
             format!("cannot {name} shapes {}", all.join(" and "))
         })?;
     }
-    let mut acc = inputs[0];
-    for &t in &inputs[1..] {
+    // Broadcasting aligns trailing dims, which for batched tensors would match a sample dim
+    // against the batch: give lower-rank samples leading 1s first ([N, 4] → [N, 1, 4]).
+    let mut aligned = Vec::with_capacity(inputs.len());
+    for &t in inputs {
+        let s = cx.sample(t).to_vec();
+        if s.len() == shape.len() {
+            aligned.push(t);
+            continue;
+        }
+        let mut full = vec![cx.batch()];
+        full.extend(std::iter::repeat_n(1, shape.len() - s.len()));
+        full.extend(s);
+        aligned.push(cx.op(OpKind::Reshape(Reshape { shape: full }), &[t])?);
+    }
+    let mut acc = aligned[0];
+    for &t in &aligned[1..] {
         acc = cx.op(OpKind::Binary(Binary { f }), &[acc, t])?;
     }
     Ok(acc)
