@@ -55,7 +55,8 @@ impl LayerSpec for Conv2dSpec {
             ));
         }
         let (kh, kw) = (self.kernel.0.0, self.kernel.1.0);
-        let fan_in = c / g * kh * kw;
+        // Saturating: config dims reach 2^31; the weight's size check then refuses them.
+        let fan_in = (c / g).saturating_mul(kh).saturating_mul(kw);
         let w = cx.param(
             "weight",
             vec![out, c / g, kh, kw],
