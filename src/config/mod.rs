@@ -334,6 +334,78 @@ impl Config {
             )
             .note("examples: \"1 epoch\", \"500 steps\""));
         }
+        if let Optimizer::Sgd(sgd) = &self.optimizer
+            && sgd.nesterov
+            && (sgd.momentum.0 == 0.0 || sgd.dampening.0 != 0.0)
+        {
+            return Err(Diagnostic::new(
+                "nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD requires)",
+            )
+            .at(at(&["optimizer", "nesterov"]), "nesterov set here")
+            .note(format!(
+                "momentum = {}, dampening = {}",
+                sgd.momentum.0, sgd.dampening.0
+            )));
+        }
+        if let Some(m) = &self.schedule.milestones
+            && m.windows(2).any(|w| w[0].0 >= w[1].0)
+        {
+            return Err(Diagnostic::new("`milestones` must be increasing epochs")
+                .at(at(&["schedule", "milestones"]), "for example [30, 60, 90]"));
+        }
+        self.check_data()
+    }
+
+    /// The data section against the model's input: paths, channels, crop sizes, dtype.
+    fn check_data(&self) -> Result<(), Diagnostic> {
+        let at = |path: &[&str]| self.loc(path);
+        let d = &self.data;
+        if matches!(d.dataset, Dataset::Idx | Dataset::ImageFolder) && d.path.is_none() {
+            return Err(Diagnostic::new("this dataset format needs `path`")
+                .at(at(&["data", "dataset"]), "add path = \"...\" to [data]"));
+        }
+        let input = &self.model.input;
+        if d.dataset.known_layout().is_some() && input.dtype != crate::ops::DType::F32 {
+            return Err(Diagnostic::new("image datasets give f32 samples")
+                .at(input.loc, "remove dtype = \"i32\"")
+                .also(at(&["data", "dataset"]), "dataset chosen here"));
+        }
+        let image =
+            (input.shape.len() == 3).then(|| (input.shape[0], input.shape[1], input.shape[2]));
+        if let Some(n) = &d.normalize {
+            let channels = image.map(|(c, _, _)| c);
+            if n.mean.len() != n.std.len() || channels.is_some_and(|c| n.mean.len() != c) {
+                return Err(Diagnostic::new(format!(
+                    "`normalize` needs one mean and one std per channel: {} channels, {} means, {} stds",
+                    channels.map_or("?".into(), |c| c.to_string()),
+                    n.mean.len(),
+                    n.std.len()
+                ))
+                .at(at(&["data", "normalize"]), "here")
+                .also(input.loc, "the model input"));
+            }
+        }
+        for a in &d.augment {
+            let problem = match (a, image) {
+                (_, None) => {
+                    Some("augmentation needs image samples [channels, height, width]".to_string())
+                }
+                (Augment::RandomCrop { size, padding }, Some((_, h, w)))
+                    if size.0 > h.min(w) + 2 * padding.0 =>
+                {
+                    Some(format!(
+                        "random_crop of {} does not fit a {h}x{w} sample padded by {}",
+                        size.0, padding.0
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(p) = problem {
+                return Err(Diagnostic::new(p)
+                    .at(at(&["data", "augment"]), "here")
+                    .also(input.loc, "the model input"));
+            }
+        }
         Ok(())
     }
 }
@@ -441,7 +513,14 @@ fn parse_optimizer(v: &Value) -> Result<Optimizer, Diagnostic> {
     Ok(match name {
         "sgd" => Optimizer::Sgd(from_value_in(v, &what)?),
         "adam" => Optimizer::Adam(from_value_in(v, &what)?),
-        _ => Optimizer::Adamw(from_value_in(v, &what)?),
+        _ => {
+            let mut adamw: Adam = from_value_in(v, &what)?;
+            // Adam and AdamW share their keys but not this default (torch.optim.AdamW's).
+            if v.get("weight_decay").is_none() {
+                adamw.weight_decay = values::NonNegFloat(0.01);
+            }
+            Optimizer::Adamw(adamw)
+        }
     })
 }
 

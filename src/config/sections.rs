@@ -190,6 +190,13 @@ pub struct Adam {
     pub clip_grad_norm: Option<PositiveFloat>,
 }
 
+/// torch.optim.lr_scheduler's defaults: StepLR/MultiStepLR gamma, OneCycleLR pct_start.
+fn tenth() -> PositiveFloat {
+    PositiveFloat(0.1)
+}
+fn pct_start() -> Fraction {
+    Fraction(0.3)
+}
 fn zero_nonneg() -> NonNegFloat {
     NonNegFloat(0.0)
 }
@@ -214,13 +221,16 @@ pub struct Schedule {
     /// multistep: multiply the LR by `gamma` at each of these epochs.
     pub milestones: Option<Vec<Positive>>,
     /// step, multistep: the decay factor.
-    pub gamma: Option<PositiveFloat>,
+    #[serde(default = "tenth")]
+    pub gamma: PositiveFloat,
     /// cosine: the LR reached at the end.
-    pub min_lr: Option<NonNegFloat>,
+    #[serde(default = "zero_nonneg")]
+    pub min_lr: NonNegFloat,
     /// onecycle: the peak LR (default: optimizer.lr).
     pub max_lr: Option<PositiveFloat>,
     /// onecycle: fraction of the run spent increasing the LR.
-    pub pct_start: Option<Fraction>,
+    #[serde(default = "pct_start")]
+    pub pct_start: Fraction,
 }
 
 impl Default for Schedule {
@@ -230,10 +240,10 @@ impl Default for Schedule {
             warmup_epochs: zero_nonneg(),
             step_size: None,
             milestones: None,
-            gamma: None,
-            min_lr: None,
+            gamma: tenth(),
+            min_lr: zero_nonneg(),
             max_lr: None,
-            pct_start: None,
+            pct_start: pct_start(),
         }
     }
 }
