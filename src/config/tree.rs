@@ -263,8 +263,9 @@ pub fn merge(base: &mut Value, over: Value) {
     }
 }
 
-/// One `--set a.b.c=value` argument: sets a value at a dotted path. Missing tables along the
-/// way are created (schema validation then rejects unknown names with this argument's location);
+/// One `--set a.b.c=value` argument: sets a value at a dotted path. The last key may be new
+/// (schema validation then rejects unknown names with this argument's location), and so may
+/// a top-level section; any other missing table on the way is an error (a typo);
 /// a path through an array needs an index that exists; a path through a scalar is an error.
 pub fn set_path(
     root: &mut Value,
@@ -338,6 +339,21 @@ pub fn set_path(
                         },
                     );
                     return Ok(());
+                }
+                // Only a whole section may be new on the way (`--set train.epochs=9` without a
+                // [train]); a missing table deeper down is a typo (`model.blocks.basci.body`).
+                if i > 0 && !t.contains_key(*part) {
+                    let d = Diagnostic::new(format!(
+                        "`--set` path `{path}`: there is no `{part}` in `{}`",
+                        parts[..i].join(".")
+                    ))
+                    .at(key_loc, "no such table")
+                    .help_did_you_mean(part, t.keys().map(String::as_str))
+                    .note(format!(
+                        "to add a whole table, set it at once: --set '{}={{ ... }}'",
+                        parts[..=i].join(".")
+                    ));
+                    return Err(d.into());
                 }
                 let empty = Value {
                     kind: Kind::Table(Table::new()),

@@ -526,6 +526,14 @@ impl<'c> Builder<'c> {
         if let Some(after) = &def.after {
             let v = def.substitute(after, args)?;
             let decl = parse_layer(&v).map_err(|d| self.in_blocks(d))?;
+            if let Some(first) = decl.inputs.as_ref().and_then(|i| i.first()) {
+                let d = Diagnostic::new(
+                    "an `after` layer reads the block's output; it takes no `inputs`",
+                )
+                .at(first.loc, "remove `inputs`")
+                .also(def.name.loc, "block defined here");
+                return Err(self.in_blocks(d));
+            }
             let local = match (&decl.name, &decl.what) {
                 (Some(n), _) => n.name.clone(),
                 (None, What::Op { op, .. }) => op.name().to_string(),
