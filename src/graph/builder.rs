@@ -279,7 +279,7 @@ impl<'c> Builder<'c> {
             let list = match &d.inputs {
                 Some(inputs) => inputs
                     .iter()
-                    .map(|n| self.resolve(n, &names, &decls, i).map(|r| (r, n.loc)))
+                    .map(|n| self.resolve(n, &names).map(|r| (r, n.loc)))
                     .collect::<Result<Vec<_>, _>>()?,
                 None => vec![(i.checked_sub(1), d.loc)],
             };
@@ -333,7 +333,7 @@ impl<'c> Builder<'c> {
             syms[i] = Some(sym);
         }
         let out = match output {
-            Some(n) => match self.resolve(n, &names, &decls, usize::MAX)? {
+            Some(n) => match self.resolve(n, &names)? {
                 Some(j) => syms[j].clone(),
                 None => Some(input),
             },
@@ -342,13 +342,8 @@ impl<'c> Builder<'c> {
         Ok(out.expect("a scope has at least one layer"))
     }
 
-    fn resolve(
-        &self,
-        n: &Named,
-        names: &[String],
-        decls: &[LayerDecl],
-        _at: usize,
-    ) -> Result<Option<usize>, Diagnostic> {
+    /// A tensor name in a scope: `input` (None) or the index of the layer of that name.
+    fn resolve(&self, n: &Named, names: &[String]) -> Result<Option<usize>, Diagnostic> {
         if n.name == "input" {
             return Ok(None);
         }
@@ -365,7 +360,6 @@ impl<'c> Builder<'c> {
         if n.name.contains('.') {
             d = d.note("inside a block only its own layers and `input` are visible; outside, a block's instances are one tensor named after the block use");
         }
-        let _ = decls;
         Err(self.in_blocks(d))
     }
 
