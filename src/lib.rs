@@ -1,10 +1,14 @@
 //! trainer: a declarative TOML config → a static dataflow graph → training.
 //! See docs/ARCHITECTURE.md for the map of the code.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod autodiff;
+#[allow(unsafe_code)]
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod gradcheck;
 pub mod graph;
 pub mod nn;
 pub mod ops;

@@ -26,14 +26,34 @@ pub struct TensorId {
 }
 
 impl TensorId {
+    pub fn of(node: NodeId, output: usize) -> TensorId {
+        TensorId {
+            node: node.index() as u32,
+            output: output as u32,
+        }
+    }
     pub fn node(self) -> NodeId {
         NodeIndex::new(self.node as usize)
     }
 }
 
+/// Which part of a training step a node belongs to. Order matters: the plan runs forward,
+/// then backward (with recomputation interleaved), then the updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Forward,
+    Backward,
+    /// A forward op cloned by checkpointing to bring a dropped activation back in backward.
+    Recompute,
+    /// Optimizer and running-statistics updates, after every gradient is known.
+    Update,
+}
+
 #[derive(Clone, Debug)]
 pub struct Node {
     pub op: OpKind,
+    pub phase: Phase,
     /// Inputs in argument order (petgraph edges mirror them for traversal).
     pub inputs: Vec<TensorId>,
     pub outputs: Vec<TensorType>,
@@ -69,6 +89,9 @@ pub struct Param {
     pub init: Init,
     /// False for buffers (batchnorm running statistics): saved, not trained.
     pub trainable: bool,
+    /// Optimizer state (momentum, Adam moments) of the parameter at this index; such state is
+    /// added by the training graph, not the model.
+    pub optimizer_of: Option<usize>,
     pub layer: usize,
     /// The graph node reading it; None for state no forward op reads (num_batches_tracked).
     #[serde(skip)]
@@ -91,6 +114,27 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A graph with no nodes and one layer called `name`, for building ops by hand (gradient
+    /// checks, tests). Its features, labels, output and loss are set by whoever fills it.
+    pub fn scratch(name: &str) -> Graph {
+        let at = TensorId { node: 0, output: 0 };
+        Graph {
+            dag: DiGraph::default(),
+            layers: vec![Layer {
+                name: name.to_string(),
+                op: name.to_string(),
+                loc: Loc::new(crate::diag::FileId(0), 0..0),
+                uses: Vec::new(),
+                output: None,
+            }],
+            params: Vec::new(),
+            batch: 1,
+            features: at,
+            labels: at,
+            output: at,
+            loss: at,
+        }
+    }
     pub fn node(&self, id: NodeId) -> &Node {
         &self.dag[id]
     }
@@ -111,18 +155,31 @@ impl Graph {
         n.op.primitive().flops(&inputs, &n.outputs)
     }
 
-    /// Adds a node after inferring its output types from its inputs.
+    /// Adds a forward node after inferring its output types; returns its first output.
     pub(crate) fn add(
         &mut self,
         op: OpKind,
         inputs: &[TensorId],
         layer: usize,
     ) -> Result<TensorId, String> {
+        self.add_node(op, inputs, layer, Phase::Forward)
+            .map(|n| TensorId::of(n, 0))
+    }
+
+    /// Adds a node after inferring its output types from its inputs.
+    pub fn add_node(
+        &mut self,
+        op: OpKind,
+        inputs: &[TensorId],
+        layer: usize,
+        phase: Phase,
+    ) -> Result<NodeId, String> {
         let types: Vec<&TensorType> = inputs.iter().map(|&t| self.ty(t)).collect();
         let outputs = op.primitive().infer(&types)?;
         outputs.iter().try_for_each(TensorType::check_size)?;
         let id = self.dag.add_node(Node {
             op,
+            phase,
             inputs: inputs.to_vec(),
             outputs,
             layer,
@@ -137,13 +194,17 @@ impl Graph {
                 },
             );
         }
-        Ok(TensorId {
-            node: id.index() as u32,
-            output: 0,
-        })
+        Ok(id)
     }
 
-    pub(crate) fn add_param(
+    /// Every output of a node.
+    pub fn outputs(&self, id: NodeId) -> Vec<TensorId> {
+        (0..self.dag[id].outputs.len())
+            .map(|k| TensorId::of(id, k))
+            .collect()
+    }
+
+    pub fn add_param(
         &mut self,
         name: String,
         ty: TensorType,
@@ -168,6 +229,7 @@ impl Graph {
             ty,
             init,
             trainable,
+            optimizer_of: None,
             layer,
             node,
         });

@@ -1,9 +1,13 @@
 //! Elementwise ops: one table of unary functions and one of binary functions with numpy-style
-//! broadcasting. Adding an activation is a row here.
+//! broadcasting. Adding an activation is a row here: its value, its derivative, its cost.
 
 use serde::Serialize;
 
-use super::{Primitive, ShapeResult, TensorType, expect_arity, expect_f32, fmt_shape};
+use super::{
+    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, expect_arity,
+    expect_f32, fmt_shape,
+};
+use crate::backend::cpu::{Io, Real};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "fn", rename_all = "snake_case")]
@@ -29,6 +33,64 @@ impl UnaryFn {
             UnaryFn::Gelu | UnaryFn::GeluTanh => 8,
         }
     }
+    /// f(x).
+    pub fn apply<T: Real>(self, x: T) -> T {
+        let half = T::of(0.5);
+        match self {
+            UnaryFn::Relu => x.max(T::ZERO),
+            UnaryFn::LeakyRelu { slope } => {
+                if x > T::ZERO {
+                    x
+                } else {
+                    T::of(slope) * x
+                }
+            }
+            UnaryFn::Gelu => {
+                half * x * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
+            }
+            UnaryFn::GeluTanh => half * x * (T::ONE + gelu_tanh_inner(x).tanh()),
+            UnaryFn::Sigmoid => sigmoid(x),
+            UnaryFn::Tanh => x.tanh(),
+        }
+    }
+    /// f'(x), the exact derivative of `apply` (tanh-gelu's of its own formula, not exact gelu's).
+    pub fn derivative<T: Real>(self, x: T) -> T {
+        let half = T::of(0.5);
+        match self {
+            UnaryFn::Relu => {
+                if x > T::ZERO {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+            UnaryFn::LeakyRelu { slope } => {
+                if x > T::ZERO {
+                    T::ONE
+                } else {
+                    T::of(slope)
+                }
+            }
+            UnaryFn::Gelu => {
+                let cdf = half * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = (-half * x * x).exp() * T::of(0.398_942_280_401_432_7);
+                cdf + x * pdf
+            }
+            UnaryFn::GeluTanh => {
+                let t = gelu_tanh_inner(x).tanh();
+                let du = T::of(0.797_884_560_802_865_4) * (T::ONE + T::of(3.0 * 0.044715) * x * x);
+                half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
+            }
+            UnaryFn::Sigmoid => {
+                let s = sigmoid(x);
+                s * (T::ONE - s)
+            }
+            UnaryFn::Tanh => {
+                let t = x.tanh();
+                T::ONE - t * t
+            }
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             UnaryFn::Relu => "relu",
@@ -41,9 +103,60 @@ impl UnaryFn {
     }
 }
 
+fn sigmoid<T: Real>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+/// sqrt(2/pi) * (x + 0.044715 x^3), the argument of tanh in gelu's approximation.
+fn gelu_tanh_inner<T: Real>(x: T) -> T {
+    T::of(0.797_884_560_802_865_4) * (x + T::of(0.044715) * x * x * x)
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Unary {
     pub f: UnaryFn,
+}
+
+impl Eval for Unary {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let f = self.f;
+        io.map(|[x]| [f.apply(x)]);
+    }
+}
+
+/// The gradient of a unary function: `dx = f'(x) * dy`. Inputs: x, dy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UnaryGrad {
+    pub f: UnaryFn,
+}
+
+impl Primitive for UnaryGrad {
+    fn name(&self) -> &'static str {
+        "unary_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        if inputs[0] != inputs[1] {
+            return Err("x and dy differ".into());
+        }
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, _: &[&TensorType], out: &[TensorType]) -> u64 {
+        out[0].numel() as u64 * (self.f.cost() + 1)
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("fn", self.f.name().to_string())]
+    }
+    fn inplace(&self) -> Option<usize> {
+        Some(1)
+    }
+}
+
+impl Eval for UnaryGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let f = self.f;
+        io.map(|[x, dy]| [f.derivative(x) * dy]);
+    }
 }
 
 impl Primitive for Unary {
@@ -63,6 +176,16 @@ impl Primitive for Unary {
             UnaryFn::LeakyRelu { slope } => vec![("slope", slope.to_string())],
             _ => Vec::new(),
         }
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dx = cx.op(
+            OpKind::UnaryGrad(UnaryGrad { f: self.f }),
+            &[a.inputs[0], a.dy()?],
+        )?;
+        Ok(vec![Some(dx)])
+    }
+    fn inplace(&self) -> Option<usize> {
+        Some(0)
     }
 }
 
@@ -97,6 +220,35 @@ impl Primitive for Binary {
     }
     fn flops(&self, _: &[&TensorType], out: &[TensorType]) -> u64 {
         out[0].numel() as u64
+    }
+    fn vjp(&self, cx: &mut VjpCx, args: &VjpArgs) -> VjpResult {
+        let dy = args.dy()?;
+        let (a, b) = (args.inputs[0], args.inputs[1]);
+        let mut grads = vec![None, None];
+        for (k, (x, other)) in [(a, b), (b, a)].into_iter().enumerate() {
+            if !args.wants(k) {
+                continue;
+            }
+            let full = match self.f {
+                BinaryFn::Add => dy,
+                BinaryFn::Mul => cx.mul(dy, other)?,
+            };
+            let shape = cx.ty(x).shape.clone();
+            grads[k] = Some(cx.sum_to(full, &shape)?);
+        }
+        Ok(grads)
+    }
+    fn inplace(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+impl Eval for Binary {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        match self.f {
+            BinaryFn::Add => io.map(|[a, b]| [a + b]),
+            BinaryFn::Mul => io.map(|[a, b]| [a * b]),
+        }
     }
 }
 

@@ -1,11 +1,21 @@
-//! Matrix product over the last dim: `x [.., K] · wᵀ` with `w [M, K]` (PyTorch's linear layout).
+//! Matrix product over the last dim: `x [.., K] · wᵀ` with `w [N, K]` (PyTorch's linear
+//! layout), and its two gradients. Leading dims of `x` are flattened into the rows.
 
 use serde::Serialize;
 
-use super::{Primitive, ShapeResult, TensorType, expect_arity, expect_f32, fmt_shape};
+use super::{
+    Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
+    expect_arity, expect_f32, fmt_shape,
+};
+use crate::backend::cpu::{Io, Mat, Real, matmul};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MatMul;
+
+/// Rows of a tensor whose last dim is the matrix's columns.
+fn rows(t: &TensorType) -> usize {
+    t.numel() / t.shape.last().copied().unwrap_or(1).max(1)
+}
 
 impl Primitive for MatMul {
     fn name(&self) -> &'static str {
@@ -29,5 +39,133 @@ impl Primitive for MatMul {
     }
     fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
         (2 * inputs[1].shape[1] as u64).saturating_mul(out[0].numel() as u64)
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dy = a.dy()?;
+        let (x, w) = (a.inputs[0], a.inputs[1]);
+        let dx = match a.wants(0) {
+            true => Some(cx.op(OpKind::MatMulGradInput(MatMulGradInput), &[dy, w])?),
+            false => None,
+        };
+        let dw = match a.wants(1) {
+            true => Some(cx.op(OpKind::MatMulGradWeight(MatMulGradWeight), &[dy, x])?),
+            false => None,
+        };
+        Ok(vec![dx, dw])
+    }
+}
+
+impl Eval for MatMul {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (m, k, n) = (rows(io.in_types[0]), io.in_shape(1)[1], io.in_shape(1)[0]);
+        let (ins, mut outs) = io.split();
+        let w = Mat::rows(n, k).t();
+        matmul(
+            ins[0],
+            Mat::rows(m, k),
+            ins[1],
+            w,
+            outs[0],
+            Mat::rows(m, n),
+            false,
+        );
+    }
+}
+
+/// `dx = dy · w`: dy [.., N], w [N, K] → [.., K].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MatMulGradInput;
+
+impl Primitive for MatMulGradInput {
+    fn name(&self) -> &'static str {
+        "matmul_grad_input"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        let (dy, w) = (inputs[0], inputs[1]);
+        if w.rank() != 2 || dy.shape.last() != Some(&w.shape[0]) {
+            return Err(format!(
+                "dy {} does not fit weight {}",
+                fmt_shape(&dy.shape),
+                fmt_shape(&w.shape)
+            ));
+        }
+        let mut shape = dy.shape.clone();
+        *shape.last_mut().expect("rank >= 1") = w.shape[1];
+        Ok(vec![TensorType::f32(shape)])
+    }
+    fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
+        (2 * inputs[1].shape[0] as u64).saturating_mul(out[0].numel() as u64)
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+}
+
+impl Eval for MatMulGradInput {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (m, n, k) = (rows(io.in_types[0]), io.in_shape(1)[0], io.in_shape(1)[1]);
+        let (ins, mut outs) = io.split();
+        matmul(
+            ins[0],
+            Mat::rows(m, n),
+            ins[1],
+            Mat::rows(n, k),
+            outs[0],
+            Mat::rows(m, k),
+            false,
+        );
+    }
+}
+
+/// `dw = dyᵀ · x` summed over every leading dim: dy [.., N], x [.., K] → [N, K].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MatMulGradWeight;
+
+impl Primitive for MatMulGradWeight {
+    fn name(&self) -> &'static str {
+        "matmul_grad_weight"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        let (dy, x) = (inputs[0], inputs[1]);
+        let (Some(&n), Some(&k)) = (dy.shape.last(), x.shape.last()) else {
+            return Err("expects inputs of rank 1 or more".into());
+        };
+        if dy.shape[..dy.rank() - 1] != x.shape[..x.rank() - 1] {
+            return Err(format!(
+                "dy {} and x {} differ in their leading dims",
+                fmt_shape(&dy.shape),
+                fmt_shape(&x.shape)
+            ));
+        }
+        Ok(vec![TensorType::f32(vec![n, k])])
+    }
+    fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
+        (2 * rows(inputs[0]) as u64).saturating_mul(out[0].numel() as u64)
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+}
+
+impl Eval for MatMulGradWeight {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (n, k) = (io.out_shape(0)[0], io.out_shape(0)[1]);
+        let m = rows(io.in_types[0]);
+        let (ins, mut outs) = io.split();
+        let dyt = Mat::rows(m, n).t();
+        matmul(
+            ins[0],
+            dyt,
+            ins[1],
+            Mat::rows(m, k),
+            outs[0],
+            Mat::rows(n, k),
+            false,
+        );
     }
 }

@@ -13,16 +13,19 @@ mod random;
 mod reduce;
 
 pub use conv::Conv2d;
-pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, broadcast};
+pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
 pub use loss::{CrossEntropy, Mse};
-pub use matmul::MatMul;
-pub use movement::{Concat, Gather, Reshape};
+pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
+pub use movement::{Concat, Fill, Gather, Reshape};
 pub use norm::{BatchNorm, LayerNorm};
 pub use pool::{Pool2d, PoolKind};
 pub use random::Dropout;
-pub use reduce::{MeanAxes, Softmax};
+pub use reduce::{MeanAxes, Softmax, SumTo};
 
 use serde::Serialize;
+
+pub use crate::autodiff::{VjpArgs, VjpCx, VjpResult};
+use crate::backend::cpu::{Io, Real};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -96,7 +99,16 @@ pub fn fmt_shape(shape: &[usize]) -> String {
 /// the input layers and their config locations.
 pub type ShapeResult = Result<Vec<TensorType>, String>;
 
-/// What every primitive answers. Later stages add evaluation, vjp and kernels here.
+/// What recomputing an op costs, for checkpointing: memory-bound ops are cheap to bring back
+/// during backward; convolutions and matmuls are kept ("save dots").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cost {
+    Cheap,
+    Compute,
+}
+
+/// What every primitive answers: shape rule, cost, gradient. Its CPU evaluation is [`Eval`].
 pub trait Primitive {
     /// The op's name in plans, graphs and errors.
     fn name(&self) -> &'static str;
@@ -108,6 +120,26 @@ pub trait Primitive {
     fn attrs(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+    /// The vector-Jacobian product, built from graph ops: a gradient for each input that
+    /// `args.wants`, given the gradients of the outputs (None where an output has none).
+    fn vjp(&self, _cx: &mut VjpCx, _args: &VjpArgs) -> VjpResult {
+        Err(format!("`{}` has no gradient", self.name()))
+    }
+    /// Recompute class for checkpointing.
+    fn cost(&self) -> Cost {
+        Cost::Cheap
+    }
+    /// The input whose memory output 0 may take when that input dies here (elementwise ops,
+    /// evaluated through `Io::map`).
+    fn inplace(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// An op's CPU evaluation: reads `io`'s inputs, writes every element of its outputs, allocates
+/// nothing. Generic over the element type so gradient checks run the same code in f64.
+pub trait Eval {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>);
 }
 
 /// Data fed to the graph each step.
@@ -154,6 +186,18 @@ impl Primitive for Parameter {
     }
 }
 
+impl Eval for Input {
+    fn eval<T: Real>(&self, _: &mut Io<'_, T>) {
+        unreachable!("inputs are fed, not evaluated")
+    }
+}
+
+impl Eval for Parameter {
+    fn eval<T: Real>(&self, _: &mut Io<'_, T>) {
+        unreachable!("parameters are fed, not evaluated")
+    }
+}
+
 macro_rules! op_kinds {
     ($($variant:ident($ty:ty)),* $(,)?) => {
         /// Every primitive op. The one place that lists them all.
@@ -164,6 +208,9 @@ macro_rules! op_kinds {
         impl OpKind {
             pub fn primitive(&self) -> &dyn Primitive {
                 match self { $(OpKind::$variant(p) => p),* }
+            }
+            pub fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+                match self { $(OpKind::$variant(p) => p.eval(io)),* }
             }
         }
     };
@@ -187,6 +234,12 @@ op_kinds! {
     Dropout(Dropout),
     CrossEntropy(CrossEntropy),
     Mse(Mse),
+    // Gradients and helpers the vjps build.
+    UnaryGrad(UnaryGrad),
+    MatMulGradInput(MatMulGradInput),
+    MatMulGradWeight(MatMulGradWeight),
+    SumTo(SumTo),
+    Fill(Fill),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {
@@ -213,3 +266,28 @@ pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize, String> {
     }
     Ok(a as usize)
 }
+
+// Placeholders while the op families get their CPU kernels this session (removed before commit).
+macro_rules! pending_eval {
+    ($($t:ty),*) => {$(
+        impl Eval for $t {
+            fn eval<T: Real>(&self, _: &mut Io<'_, T>) {
+                todo!(concat!(stringify!($t), " CPU evaluation"))
+            }
+        }
+    )*};
+}
+pending_eval!(
+    Conv2d,
+    Softmax,
+    MeanAxes,
+    BatchNorm,
+    LayerNorm,
+    Pool2d,
+    Reshape,
+    Concat,
+    Gather,
+    Dropout,
+    CrossEntropy,
+    Mse
+);

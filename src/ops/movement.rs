@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use super::{DType, Primitive, ShapeResult, TensorType, axis, expect_arity, expect_f32, fmt_shape};
+use crate::backend::cpu::{Io, Real};
+
+use super::{
+    DType, Eval, Primitive, ShapeResult, TensorType, axis, expect_arity, expect_f32, fmt_shape,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Reshape {
@@ -103,5 +107,35 @@ impl Primitive for Gather {
     }
     fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
         0
+    }
+}
+
+/// A constant tensor (the loss gradient's seed of 1).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fill {
+    pub ty: TensorType,
+    pub value: f64,
+}
+
+impl Primitive for Fill {
+    fn name(&self) -> &'static str {
+        "fill"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 0)?;
+        Ok(vec![self.ty.clone()])
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("value", self.value.to_string())]
+    }
+}
+
+impl Eval for Fill {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (_, mut outs) = io.split();
+        outs[0].fill(T::of(self.value));
     }
 }

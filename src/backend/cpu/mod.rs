@@ -1,0 +1,13 @@
+//! The CPU backend: the reference every GPU kernel is tested against and the fallback where no
+//! GPU exists. Kernels live with their ops (`ops::*::eval`); this module holds what they share
+//! (the element type, launch I/O, GEMM) and the executors.
+
+mod gemm;
+pub mod interpret;
+mod io;
+mod real;
+
+pub use gemm::{Mat, matmul};
+pub use interpret::{Feeds, interpret};
+pub use io::{Io, StepCtx};
+pub use real::Real;
