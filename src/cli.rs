@@ -41,7 +41,41 @@ pub enum Command {
         /// Batch size for the graph (default: data.batch_size).
         #[arg(long, value_parser = batch_size)]
         batch: Option<usize>,
+        /// The whole training step: forward, backward and optimizer updates
+        #[arg(long)]
+        backward: bool,
     },
+    /// Plan one training step: launches, FLOPs, memory, recomputation
+    Plan {
+        config: PathBuf,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        /// Batch size (default: data.batch_size)
+        #[arg(long, value_parser = batch_size)]
+        batch: Option<usize>,
+    },
+    /// Time full training steps on synthetic data
+    Bench {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        /// Timed steps after two warm-up steps
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        steps: u32,
+        /// Batch size (default: data.batch_size)
+        #[arg(long, value_parser = batch_size)]
+        batch: Option<usize>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum Device {
+    Cpu,
+    Gpu,
 }
 
 fn batch_size(s: &str) -> Result<usize, String> {
@@ -92,8 +126,17 @@ fn run(cli: Cli) -> Result<(), u8> {
             config,
             format,
             batch,
+            backward,
         } => {
-            let (g, _) = load_graph(&config, &cli.set, batch)?;
+            let (g, sources) = load_graph(&config, &cli.set, batch)?;
+            let g = match backward {
+                false => g,
+                true => {
+                    let cfg = load_config(&config, &cli.set)?;
+                    graph::training::training_graph(&g, &cfg.optimizer)
+                        .map_err(|d| user_error(&d.into(), &sources))?
+                }
+            };
             let text = match format {
                 GraphFormat::Dot => graph::export::dot(&g),
                 GraphFormat::Json => {
@@ -102,7 +145,73 @@ fn run(cli: Cli) -> Result<(), u8> {
             };
             print_out(&text)
         }
+        Command::Plan {
+            config,
+            json,
+            batch,
+        } => {
+            let (plan, _) = plan_step(&config, &cli.set, batch)?;
+            let stats = &plan.stats;
+            if json {
+                let mut v = serde_json::to_value(stats).map_err(internal)?;
+                v["config"] = config.display().to_string().into();
+                print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))
+            } else {
+                print_out(&format!("{}\n", crate::schedule::report(&config.display().to_string(), stats)))
+            }
+        }
+        Command::Bench {
+            config,
+            device,
+            steps,
+            batch,
+            json,
+        } => {
+            if device == Device::Gpu {
+                eprintln!("error: this build has no GPU backend yet; use --device cpu");
+                return Err(2);
+            }
+            let (plan, cfg) = plan_step(&config, &cli.set, batch)?;
+            let result = crate::bench::run(plan, cfg.run.seed, steps as usize).map_err(internal)?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+            } else {
+                print_out(&format!(
+                    "{}: {} at batch {}: {:.1} ms/step (median of {}), {:.0} images/s, {} threads\n",
+                    config.display(),
+                    result.device,
+                    result.batch,
+                    result.step_ms,
+                    result.steps,
+                    result.img_per_s,
+                    result.threads
+                ))
+            }
+        }
     }
+}
+
+/// The planned training step of a config, under its `train.checkpointing`.
+fn plan_step(
+    path: &std::path::Path,
+    sets: &[String],
+    batch: Option<usize>,
+) -> Result<(crate::schedule::Plan, config::Config), u8> {
+    let (g, sources) = load_graph(path, sets, batch)?;
+    let cfg = load_config(path, sets)?;
+    let train = graph::training::training_graph(&g, &cfg.optimizer)
+        .map_err(|d| user_error(&d.into(), &sources))?;
+    let plan = crate::schedule::plan(&train, &cfg.train.checkpointing, Default::default())
+        .map_err(|d| {
+            let d = d.at(cfg.loc(&["train", "checkpointing"]), "this policy");
+            user_error(&d.into(), &sources)
+        })?;
+    Ok((plan, cfg))
+}
+
+fn load_config(path: &std::path::Path, sets: &[String]) -> Result<config::Config, u8> {
+    let loaded = config::load(path, sets);
+    loaded.result.map_err(|e| user_error(&e, &loaded.sources))
 }
 
 fn load_graph(

@@ -5,6 +5,7 @@
 pub mod autodiff;
 #[allow(unsafe_code)]
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod diag;
@@ -12,3 +13,4 @@ pub mod gradcheck;
 pub mod graph;
 pub mod nn;
 pub mod ops;
+pub mod schedule;

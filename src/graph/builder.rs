@@ -95,6 +95,8 @@ struct Builder<'c> {
     random_streams: u64,
     /// Blocks being expanded (name, use site), outermost first.
     expanding: Vec<(String, Loc)>,
+    /// Full names of the block instances being expanded, outermost first.
+    instances: Vec<String>,
 }
 
 /// Builds the forward graph (model, labels, loss) at the config's batch size.
@@ -115,12 +117,15 @@ pub fn build_with_batch(config: &Config, batch: usize) -> Result<Graph, Diagnost
         labels: placeholder,
         output: placeholder,
         loss: placeholder,
+        grads: Vec::new(),
+        updates: Vec::new(),
     };
     let mut b = Builder {
         g,
         config,
         random_streams: 0,
         expanding: Vec::new(),
+        instances: Vec::new(),
     };
     let mut shape = vec![batch];
     shape.extend(&model.input.shape);
@@ -207,6 +212,7 @@ impl<'c> Builder<'c> {
             op: op.to_string(),
             loc,
             uses,
+            block: self.instances.last().cloned(),
             output: None,
         });
         Ok(self.g.layers.len() - 1)
@@ -458,7 +464,9 @@ impl<'c> Builder<'c> {
             };
             let args = def.arguments(u, r).map_err(|d| self.in_blocks(d))?;
             self.expanding.push((def.name.name.clone(), u.block.loc));
+            self.instances.push(inst.clone());
             let result = self.instance(&inst, def, &args, cur.clone());
+            self.instances.pop();
             self.expanding.pop();
             cur = Sym {
                 name: inst,

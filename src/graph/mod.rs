@@ -6,6 +6,7 @@ pub mod builder;
 pub mod export;
 pub mod init;
 pub mod summary;
+pub mod training;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
@@ -78,6 +79,8 @@ pub struct Layer {
     pub loc: Loc,
     /// Block use sites it was expanded through, outermost first.
     pub uses: Vec<Loc>,
+    /// The innermost block instance it belongs to (`layer2.0`), a checkpointing segment.
+    pub block: Option<String>,
     pub output: Option<TensorId>,
 }
 
@@ -111,6 +114,10 @@ pub struct Graph {
     pub output: TensorId,
     /// The scalar loss.
     pub loss: TensorId,
+    /// Training graphs: the gradient of each trainable parameter (by index into `params`).
+    pub grads: Vec<(usize, TensorId)>,
+    /// Training graphs: after a step, `params[i]` holds the tensor (optimizer, running stats).
+    pub updates: Vec<(usize, TensorId)>,
 }
 
 impl Graph {
@@ -125,6 +132,7 @@ impl Graph {
                 op: name.to_string(),
                 loc: Loc::new(crate::diag::FileId(0), 0..0),
                 uses: Vec::new(),
+                block: None,
                 output: None,
             }],
             params: Vec::new(),
@@ -133,6 +141,8 @@ impl Graph {
             labels: at,
             output: at,
             loss: at,
+            grads: Vec::new(),
+            updates: Vec::new(),
         }
     }
     pub fn node(&self, id: NodeId) -> &Node {

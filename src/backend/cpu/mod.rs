@@ -2,11 +2,13 @@
 //! GPU exists. Kernels live with their ops (`ops::*::eval`); this module holds what they share
 //! (the element type, launch I/O, GEMM) and the executors.
 
+mod exec;
 mod gemm;
 pub mod interpret;
 mod io;
 mod real;
 
+pub use exec::CpuExec;
 pub use gemm::{Mat, matmul};
 pub use interpret::{Feeds, interpret};
 pub use io::{Io, StepCtx};

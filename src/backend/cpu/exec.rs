@@ -1,0 +1,113 @@
+//! The planned CPU executor: the plan's regions allocated once, then each step runs the
+//! launches in order over views of them. Nothing is allocated or decided per step (kernels
+//! aside that still take scratch space).
+
+use super::{Io, Real, StepCtx};
+use crate::graph::TensorId;
+use crate::ops::OpKind;
+use crate::schedule::{Plan, Region, Slot};
+
+const REGIONS: [Region; 4] = [Region::State, Region::Grads, Region::Inputs, Region::Arena];
+
+fn region_index(r: Region) -> usize {
+    REGIONS.iter().position(|&x| x == r).expect("a region")
+}
+
+pub struct CpuExec<T> {
+    pub plan: Plan,
+    memory: [Vec<T>; 4],
+    /// Per launch: does an output share memory with an input (in-place, updates)?
+    aliased: Vec<bool>,
+}
+
+impl<T: Real> CpuExec<T> {
+    /// Allocates the plan's memory and initialises parameters from `seed` (graph::init).
+    pub fn new(plan: Plan, seed: u64) -> Result<CpuExec<T>, String> {
+        let memory = REGIONS.map(|r| vec![T::ZERO; plan.sizes.get(&r).copied().unwrap_or(0)]);
+        let mut aliased = Vec::with_capacity(plan.launches.len());
+        for l in &plan.launches {
+            for s in l.inputs.iter().chain(&l.outputs) {
+                if s.offset + s.len > memory[region_index(s.region)].len() {
+                    return Err(format!("slot {s:?} lies outside its region (planner bug)"));
+                }
+            }
+            for (j, a) in l.outputs.iter().enumerate() {
+                if l.outputs[..j].iter().any(|b| a.overlaps(b)) {
+                    return Err(format!("two outputs of one launch overlap: {a:?} (planner bug)"));
+                }
+            }
+            aliased.push(
+                l.outputs
+                    .iter()
+                    .any(|o| l.inputs.iter().any(|i| i.overlaps(o))),
+            );
+        }
+        let mut exec = CpuExec {
+            plan,
+            memory,
+            aliased,
+        };
+        for i in 0..exec.plan.graph.params.len() {
+            let p = &exec.plan.graph.params[i];
+            let values: Vec<T> = p
+                .init
+                .values(seed, &p.name, p.ty.numel())
+                .into_iter()
+                .map(|v| T::of(v as f64))
+                .collect();
+            exec.set_param(i, &values);
+        }
+        Ok(exec)
+    }
+
+    fn slot(&self, s: Slot) -> &[T] {
+        &self.memory[region_index(s.region)][s.offset..s.offset + s.len]
+    }
+    fn slot_mut(&mut self, s: Slot) -> &mut [T] {
+        &mut self.memory[region_index(s.region)][s.offset..s.offset + s.len]
+    }
+
+    pub fn param(&self, i: usize) -> &[T] {
+        self.slot(self.plan.params[i])
+    }
+    pub fn set_param(&mut self, i: usize, values: &[T]) {
+        self.slot_mut(self.plan.params[i]).copy_from_slice(values);
+    }
+    /// A tensor that outlives the step: the loss, the logits, a gradient, an input.
+    pub fn read(&self, t: TensorId) -> &[T] {
+        self.slot(self.plan.slots[&t])
+    }
+    /// Writes the batch: `values` for the input tensor `t` (features or labels).
+    pub fn feed(&mut self, t: TensorId, values: &[T]) -> Result<(), String> {
+        let s = self.plan.slots[&t];
+        if values.len() != s.len {
+            return Err(format!("fed {} values for {} elements", values.len(), s.len));
+        }
+        self.slot_mut(s).copy_from_slice(values);
+        Ok(())
+    }
+
+    /// Runs every launch of the plan once.
+    pub fn step(&mut self, ctx: StepCtx) {
+        let bases: Vec<*mut T> = self.memory.iter_mut().map(|m| m.as_mut_ptr()).collect();
+        let g = &self.plan.graph;
+        for (l, &aliased) in self.plan.launches.iter().zip(&self.aliased) {
+            let node = &g.dag[l.node];
+            let ptr = |s: &Slot| {
+                // SAFETY: `new` checked every slot lies inside its region's buffer.
+                unsafe { bases[region_index(s.region)].add(s.offset) }
+            };
+            let ins = l.inputs.iter().map(|s| (ptr(s) as *const T, s.len)).collect();
+            let outs = l.outputs.iter().map(|s| (ptr(s), s.len)).collect();
+            let in_types = node.inputs.iter().map(|&t| g.ty(t)).collect();
+            // SAFETY: the buffers live in `self.memory`, which `&mut self` borrows for the
+            // whole step and which is never resized; the planner gives a launch's outputs
+            // ranges disjoint from each other and, unless `aliased`, from its inputs.
+            let mut io = unsafe { Io::from_raw(ins, outs, aliased, in_types, &node.outputs, ctx) };
+            match &node.op {
+                OpKind::Parameter(_) | OpKind::Input(_) => {}
+                op => op.eval(&mut io),
+            }
+        }
+    }
+}

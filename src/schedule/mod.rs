@@ -1,0 +1,305 @@
+//! Planning: everything about a step decided before step 1. `plan` runs recompute
+//! (checkpointing) → order → memory and returns a `Plan`: a flat list of launches over
+//! planned slots, and the figures `trainer plan` prints. Allocates no device memory.
+
+pub mod memory;
+pub mod recompute;
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::cmp::Reverse;
+
+use serde::Serialize;
+
+pub use memory::{Region, Slot};
+
+use crate::config::sections::Checkpointing;
+use crate::diag::Diagnostic;
+use crate::graph::{Graph, NodeId, Phase, TensorId};
+use crate::ops::OpKind;
+
+/// One kernel launch: a node and where its inputs and outputs live.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub node: NodeId,
+    pub inputs: Vec<Slot>,
+    pub outputs: Vec<Slot>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Flops {
+    pub forward: u64,
+    pub backward: u64,
+    pub recompute: u64,
+    pub update: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Bytes {
+    /// Trainable parameters.
+    pub params: u64,
+    /// Persistent untrained state (batchnorm running statistics).
+    pub buffers: u64,
+    pub grads: u64,
+    pub optimizer: u64,
+    /// The fed batch (features and labels).
+    pub inputs: u64,
+    /// The arena: every activation and backward intermediate, packed by lifetime.
+    pub activations_peak: u64,
+    pub total_peak: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Stats {
+    pub batch: usize,
+    pub checkpointing: String,
+    pub launches: usize,
+    pub in_place: usize,
+    pub recomputed_ops: usize,
+    pub flops: Flops,
+    pub bytes: Bytes,
+}
+
+pub struct Plan {
+    /// The graph the launches index (after checkpointing added its clones).
+    pub graph: Graph,
+    pub launches: Vec<Launch>,
+    /// Elements per region.
+    pub sizes: BTreeMap<Region, usize>,
+    /// Each parameter's slot in `State`.
+    pub params: Vec<Slot>,
+    pub slots: BTreeMap<TensorId, Slot>,
+    pub stats: Stats,
+}
+
+/// Switches for the passes, so a test can show each changes no bits.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub in_place: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { in_place: true }
+    }
+}
+
+/// Plans a training graph (or any graph) under a checkpointing policy.
+pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan, Diagnostic> {
+    let saved = recompute::saved(g);
+    let drop: BTreeSet<TensorId> = match policy {
+        Checkpointing::None => BTreeSet::new(),
+        Checkpointing::Blocks => recompute::blocks(g, &saved),
+        Checkpointing::Sqrt => recompute::sqrt(g, &saved),
+        Checkpointing::MemoryBudget(budget) => {
+            return fit_budget(g, &saved, budget.0, policy, options);
+        }
+    };
+    Ok(build(g, &drop, policy, options))
+}
+
+/// The least recomputation whose activation peak fits `budget` bytes: drop activations in
+/// `budget_order` and binary-search the shortest prefix that fits.
+fn fit_budget(
+    g: &Graph,
+    saved: &recompute::Saved,
+    budget: u64,
+    policy: &Checkpointing,
+    options: Options,
+) -> Result<Plan, Diagnostic> {
+    let order = recompute::budget_order(g, saved);
+    let attempt = |n: usize| build(g, &order[..n].iter().copied().collect(), policy, options);
+    let fits = |p: &Plan| p.stats.bytes.activations_peak <= budget;
+    let none = attempt(0);
+    if fits(&none) {
+        return Ok(none);
+    }
+    let all = attempt(order.len());
+    if !fits(&all) {
+        return Err(Diagnostic::new(format!(
+            "no checkpointing fits the memory budget of {}: recomputing every activation the backward pass reads still peaks at {} of activations ({} without checkpointing)",
+            human(budget),
+            human(all.stats.bytes.activations_peak),
+            human(none.stats.bytes.activations_peak),
+        ))
+        .note("the peak left is the largest layer's working set (its input, output and gradients); raise the budget or lower data.batch_size"));
+    }
+    let (mut lo, mut hi) = (0, order.len());
+    let mut best = all;
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        let p = attempt(mid);
+        if fits(&p) {
+            hi = mid;
+            best = p;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(best)
+}
+
+/// Bytes as people read them: 1.5 GiB, 512 MiB.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn build(g: &Graph, drop: &BTreeSet<TensorId>, policy: &Checkpointing, options: Options) -> Plan {
+    let graph = recompute::rematerialize(g, drop);
+    let order = order(&graph);
+    let layout = memory::plan(&graph, &order, options.in_place);
+    let launches: Vec<Launch> = order
+        .iter()
+        .map(|&id| {
+            let n = &graph.dag[id];
+            Launch {
+                node: id,
+                inputs: n.inputs.iter().map(|t| layout.slots[t]).collect(),
+                outputs: graph.outputs(id).iter().map(|t| layout.slots[t]).collect(),
+            }
+        })
+        .collect();
+    let stats = stats(&graph, &launches, &layout, policy);
+    Plan {
+        graph,
+        launches,
+        sizes: layout.sizes,
+        params: layout.params,
+        slots: layout.slots,
+        stats,
+    }
+}
+
+/// A deterministic topological order of the launches (parameters and inputs are not
+/// launched): Kahn's algorithm, phases in order, ties broken by creation index.
+pub fn order(g: &Graph) -> Vec<NodeId> {
+    let launched = |id: NodeId| !matches!(g.dag[id].op, OpKind::Parameter(_) | OpKind::Input(_));
+    let rank = |id: NodeId| match g.dag[id].phase {
+        Phase::Forward => 0,
+        Phase::Backward | Phase::Recompute => 1,
+        Phase::Update => 2,
+    };
+    let mut waiting: Vec<usize> = vec![0; g.dag.node_count()];
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); g.dag.node_count()];
+    for id in g.dag.node_indices() {
+        let deps: BTreeSet<NodeId> = g.dag[id]
+            .inputs
+            .iter()
+            .map(|t| t.node())
+            .filter(|&n| launched(n))
+            .collect();
+        waiting[id.index()] = deps.len();
+        for d in deps {
+            users[d.index()].push(id);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(u8, NodeId)>> = g
+        .dag
+        .node_indices()
+        .filter(|&id| launched(id) && waiting[id.index()] == 0)
+        .map(|id| Reverse((rank(id), id)))
+        .collect();
+    let mut out = Vec::new();
+    while let Some(Reverse((_, id))) = ready.pop() {
+        out.push(id);
+        for &u in &users[id.index()] {
+            waiting[u.index()] -= 1;
+            if waiting[u.index()] == 0 {
+                ready.push(Reverse((rank(u), u)));
+            }
+        }
+    }
+    out
+}
+
+fn stats(g: &Graph, launches: &[Launch], layout: &memory::Layout, policy: &Checkpointing) -> Stats {
+    let mut flops = Flops::default();
+    let mut recomputed_ops = 0;
+    for l in launches {
+        let f = g.flops(l.node);
+        match g.dag[l.node].phase {
+            Phase::Forward => flops.forward += f,
+            Phase::Backward => flops.backward += f,
+            Phase::Recompute => {
+                flops.recompute += f;
+                recomputed_ops += 1;
+            }
+            Phase::Update => flops.update += f,
+        }
+    }
+    let mut bytes = Bytes::default();
+    for (p, slot) in g.params.iter().zip(&layout.params) {
+        let b = slot.len as u64 * 4;
+        match (p.trainable, p.optimizer_of) {
+            (_, Some(_)) => bytes.optimizer += b,
+            (true, None) => bytes.params += b,
+            (false, None) => bytes.buffers += b,
+        }
+    }
+    let region = |r| layout.sizes.get(&r).copied().unwrap_or(0) as u64 * 4;
+    bytes.grads = region(Region::Grads);
+    bytes.inputs = region(Region::Inputs);
+    bytes.activations_peak = region(Region::Arena);
+    bytes.total_peak = region(Region::State)
+        + bytes.grads
+        + bytes.inputs
+        + bytes.activations_peak;
+    Stats {
+        batch: g.batch,
+        checkpointing: match policy {
+            Checkpointing::None => "none".into(),
+            Checkpointing::Blocks => "blocks".into(),
+            Checkpointing::Sqrt => "sqrt".into(),
+            Checkpointing::MemoryBudget(b) => format!("memory_budget {}", human(b.0)),
+        },
+        launches: launches.len(),
+        in_place: layout.in_place,
+        recomputed_ops,
+        flops,
+        bytes,
+    }
+}
+
+/// The text `trainer plan` prints.
+pub fn report(name: &str, s: &Stats) -> String {
+    let g = |f: u64| format!("{:.2} GFLOP", f as f64 / 1e9);
+    let b = &s.bytes;
+    let lines = [
+        format!(
+            "{name}: one training step at batch {}, checkpointing {}",
+            s.batch, s.checkpointing
+        ),
+        format!(
+            "  launches          {} ({} in place, {} recomputed)",
+            s.launches, s.in_place, s.recomputed_ops
+        ),
+        format!(
+            "  FLOPs             forward {}, backward {}, recompute {}, update {}",
+            g(s.flops.forward),
+            g(s.flops.backward),
+            g(s.flops.recompute),
+            g(s.flops.update)
+        ),
+        format!(
+            "  memory            params {}, buffers {}, grads {}, optimizer {}, inputs {}",
+            human(b.params),
+            human(b.buffers),
+            human(b.grads),
+            human(b.optimizer),
+            human(b.inputs)
+        ),
+        format!("  activations peak  {}", human(b.activations_peak)),
+        format!("  total peak        {}", human(b.total_peak)),
+    ];
+    lines.join("\n")
+}

@@ -1,0 +1,250 @@
+//! Checkpointing (rematerialisation): which forward activations the backward pass keeps, and
+//! clones of forward ops (phase `Recompute`) that bring the others back just before their
+//! first backward use. Every kernel is deterministic, so a clone reproduces its original bit
+//! for bit: gradients do not depend on the policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::graph::{Graph, NodeId, Phase, TensorId};
+use crate::ops::{Cost, OpKind};
+
+/// True for parameters and inputs: they live for the whole step anyway.
+pub fn is_leaf(g: &Graph, t: TensorId) -> bool {
+    matches!(
+        g.dag[t.node()].op,
+        OpKind::Parameter(_) | OpKind::Input(_)
+    )
+}
+
+/// Forward activations the backward pass reads, split into those a policy may drop and those
+/// it must keep (read by the updates, or the loss and logits the step returns).
+pub struct Saved {
+    pub droppable: Vec<TensorId>,
+    pub pinned: BTreeSet<TensorId>,
+}
+
+pub fn saved(g: &Graph) -> Saved {
+    let mut droppable = BTreeSet::new();
+    let mut pinned: BTreeSet<TensorId> = [g.loss, g.output].into_iter().collect();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        for &t in &n.inputs {
+            let producer = &g.dag[t.node()];
+            if producer.phase != Phase::Forward || is_leaf(g, t) {
+                continue;
+            }
+            match n.phase {
+                Phase::Backward | Phase::Recompute => {
+                    droppable.insert(t);
+                }
+                Phase::Update => {
+                    pinned.insert(t);
+                }
+                Phase::Forward => {}
+            }
+        }
+    }
+    let droppable = droppable
+        .into_iter()
+        .filter(|t| !pinned.contains(t))
+        .collect();
+    Saved { droppable, pinned }
+}
+
+/// A copy of `g` where every backward read of a forward activation in `drop` reads a clone
+/// instead. Clones are inserted just before their first reader, so creation order stays a
+/// topological order and the order pass runs each clone as late as possible.
+pub fn rematerialize(g: &Graph, drop: &BTreeSet<TensorId>) -> Graph {
+    if drop.is_empty() {
+        return g.clone();
+    }
+    let mut out = g.clone();
+    out.dag.clear();
+    let mut map: Vec<Option<NodeId>> = vec![None; g.dag.node_count()];
+    let mut clones: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+    let keep = |t: TensorId| is_leaf(g, t) || !drop.contains(&t);
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        let inputs: Vec<TensorId> = n
+            .inputs
+            .iter()
+            .map(|&t| {
+                let from_forward = g.dag[t.node()].phase == Phase::Forward;
+                if n.phase != Phase::Forward && from_forward && !keep(t) {
+                    let c = clone(g, &mut out, &map, &mut clones, t.node(), &keep);
+                    TensorId::of(c, t.output as usize)
+                } else {
+                    remap(&map, t)
+                }
+            })
+            .collect();
+        let new = out
+            .add_node(n.op.clone(), &inputs, n.layer, n.phase)
+            .expect("a copied node keeps its types");
+        map[id.index()] = Some(new);
+    }
+    out.features = remap(&map, g.features);
+    out.labels = remap(&map, g.labels);
+    out.output = remap(&map, g.output);
+    out.loss = remap(&map, g.loss);
+    for (_, t) in out.grads.iter_mut().chain(out.updates.iter_mut()) {
+        *t = remap(&map, *t);
+    }
+    for p in &mut out.params {
+        p.node = p.node.map(|n| map[n.index()].expect("mapped"));
+    }
+    out
+}
+
+fn remap(map: &[Option<NodeId>], t: TensorId) -> TensorId {
+    TensorId::of(
+        map[t.node as usize].expect("inputs come first"),
+        t.output as usize,
+    )
+}
+
+fn clone(
+    g: &Graph,
+    out: &mut Graph,
+    map: &[Option<NodeId>],
+    clones: &mut BTreeMap<NodeId, NodeId>,
+    node: NodeId,
+    keep: &impl Fn(TensorId) -> bool,
+) -> NodeId {
+    if let Some(&c) = clones.get(&node) {
+        return c;
+    }
+    let n = &g.dag[node];
+    let inputs: Vec<TensorId> = n
+        .inputs
+        .iter()
+        .map(|&t| {
+            if keep(t) {
+                remap(map, t)
+            } else {
+                TensorId::of(
+                    clone(g, out, map, clones, t.node(), keep),
+                    t.output as usize,
+                )
+            }
+        })
+        .collect();
+    let c = out
+        .add_node(n.op.clone(), &inputs, n.layer, Phase::Recompute)
+        .expect("a clone keeps its types");
+    clones.insert(node, c);
+    c
+}
+
+/// `blocks`: keep what crosses a block instance's boundary; recompute inside each block.
+pub fn blocks(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
+    let segment = |id: NodeId| {
+        let layer = &g.layers[g.dag[id].layer];
+        layer.block.clone().unwrap_or_else(|| layer.name.clone())
+    };
+    let mut boundary = BTreeSet::new();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        if n.phase != Phase::Forward {
+            continue;
+        }
+        for &t in &n.inputs {
+            if segment(t.node()) != segment(id) {
+                boundary.insert(t);
+            }
+        }
+    }
+    saved
+        .droppable
+        .iter()
+        .filter(|t| !boundary.contains(t))
+        .copied()
+        .collect()
+}
+
+/// `sqrt` (Chen et al. 2016): cut the forward chain at about sqrt(n) articulation points (a
+/// single activation crosses the cut), spaced by equal saved bytes; keep the cut tensors and
+/// the last segment (backward needs it at once), recompute the rest.
+pub fn sqrt(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
+    let forward: Vec<NodeId> = g
+        .dag
+        .node_indices()
+        .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
+        .collect();
+    let pos: BTreeMap<NodeId, usize> = forward.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    // Last forward position reading each activation.
+    let mut last: BTreeMap<TensorId, usize> = BTreeMap::new();
+    for (i, &id) in forward.iter().enumerate() {
+        for &t in &g.dag[id].inputs {
+            if !is_leaf(g, t) {
+                last.insert(t, i);
+            }
+        }
+    }
+    // Sweep: after position i, which activations are still to be read?
+    let mut live: BTreeSet<TensorId> = BTreeSet::new();
+    let mut cuts: Vec<(usize, TensorId)> = Vec::new();
+    for (i, &id) in forward.iter().enumerate() {
+        for t in g.outputs(id) {
+            if last.get(&t).is_some_and(|&l| l > i) {
+                live.insert(t);
+            }
+        }
+        live.retain(|t| last[t] > i);
+        if live.len() == 1 {
+            cuts.push((i, *live.iter().next().expect("one")));
+        }
+    }
+    let droppable: BTreeSet<TensorId> = saved.droppable.iter().copied().collect();
+    let bytes = |t: &TensorId| (g.ty(*t).numel() * 4) as u64;
+    let total: u64 = droppable.iter().map(bytes).sum();
+    let segments = (forward.len() as f64).sqrt().round().max(1.0) as u64;
+    let target = total / segments;
+    let mut keep: BTreeSet<TensorId> = BTreeSet::new();
+    let mut acc = 0u64;
+    let mut last_cut = 0usize;
+    let mut ci = 0;
+    for (i, &id) in forward.iter().enumerate() {
+        acc += g
+            .outputs(id)
+            .iter()
+            .filter(|t| droppable.contains(t))
+            .map(bytes)
+            .sum::<u64>();
+        while ci < cuts.len() && cuts[ci].0 < i {
+            ci += 1;
+        }
+        if ci < cuts.len() && cuts[ci].0 == i && acc >= target {
+            keep.insert(cuts[ci].1);
+            acc = 0;
+            last_cut = i + 1;
+        }
+    }
+    droppable
+        .into_iter()
+        .filter(|t| !keep.contains(t) && pos[&t.node()] < last_cut)
+        .collect()
+}
+
+/// Droppable activations in the order a memory budget gives them up: cheap memory-bound ops
+/// first (batchnorm, activations, adds), convolutions and matmuls last ("save dots"); within
+/// a class, the fewest FLOPs to recompute per byte freed first.
+pub fn budget_order(g: &Graph, saved: &Saved) -> Vec<TensorId> {
+    let mut ranked: Vec<(bool, f64, TensorId)> = saved
+        .droppable
+        .iter()
+        .map(|&t| {
+            let n = &g.dag[t.node()];
+            let compute = n.op.primitive().cost() == Cost::Compute;
+            let bytes = (g.ty(t).numel() * 4).max(1) as f64;
+            (compute, g.flops(t.node()) as f64 / bytes, t)
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        (a.0, a.1)
+            .partial_cmp(&(b.0, b.1))
+            .expect("finite")
+            .then(a.2.cmp(&b.2))
+    });
+    ranked.into_iter().map(|(_, _, t)| t).collect()
+}
