@@ -8,6 +8,7 @@ mod loss;
 mod matmul;
 mod movement;
 mod norm;
+mod optim;
 mod pool;
 mod random;
 mod reduce;
@@ -16,10 +17,11 @@ pub use conv::Conv2d;
 pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
 pub use loss::{CrossEntropy, Mse};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
-pub use movement::{Concat, Fill, Gather, Reshape};
+pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
 pub use norm::{BatchNorm, LayerNorm};
+pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, PoolKind};
-pub use random::Dropout;
+pub use random::{Dropout, DropoutKey};
 pub use reduce::{MeanAxes, Softmax, SumTo};
 
 use serde::Serialize;
@@ -240,6 +242,12 @@ op_kinds! {
     MatMulGradWeight(MatMulGradWeight),
     SumTo(SumTo),
     Fill(Fill),
+    Slice(Slice),
+    GatherGrad(GatherGrad),
+    GradNormCoef(GradNormCoef),
+    SgdStep(SgdStep),
+    AdamStep(AdamStep),
+    CountUp(CountUp),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {
@@ -284,10 +292,6 @@ pending_eval!(
     BatchNorm,
     LayerNorm,
     Pool2d,
-    Reshape,
-    Concat,
-    Gather,
-    Dropout,
     CrossEntropy,
     Mse
 );

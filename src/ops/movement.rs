@@ -1,11 +1,13 @@
-//! Ops that move data without arithmetic: reshape (a view), concat, gather (embedding lookup).
+//! Ops that move data without arithmetic: reshape, concat and its gradient slice, gather
+//! (embedding lookup) and its gradient.
 
 use serde::Serialize;
 
 use crate::backend::cpu::{Io, Real};
 
 use super::{
-    DType, Eval, Primitive, ShapeResult, TensorType, axis, expect_arity, expect_f32, fmt_shape,
+    DType, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, axis,
+    expect_arity, expect_f32, fmt_shape,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -39,6 +41,19 @@ impl Primitive for Reshape {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("shape", fmt_shape(&self.shape))]
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let shape = cx.ty(a.inputs[0]).shape.clone();
+        let dx = cx.op(OpKind::Reshape(Reshape { shape }), &[a.dy()?])?;
+        Ok(vec![Some(dx)])
+    }
+}
+
+/// torch.reshape on a contiguous tensor: the same elements in the same (row-major) order.
+impl Eval for Reshape {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (ins, mut outs) = io.split();
+        outs[0].copy_from_slice(ins[0]);
     }
 }
 
@@ -78,9 +93,113 @@ impl Primitive for Concat {
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("axis", self.axis.to_string())]
     }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dy = a.dy()?;
+        let ax = axis(self.axis, cx.ty(dy).rank())?;
+        let mut grads = Vec::with_capacity(a.inputs.len());
+        let mut start = 0;
+        for (i, &x) in a.inputs.iter().enumerate() {
+            let len = cx.ty(x).shape[ax];
+            grads.push(match a.wants(i) {
+                true => Some(cx.op(
+                    OpKind::Slice(Slice {
+                        axis: ax,
+                        start,
+                        len,
+                    }),
+                    &[dy],
+                )?),
+                false => None,
+            });
+            start += len;
+        }
+        Ok(grads)
+    }
 }
 
-/// Rows of a table [V, D] picked by integer ids [..]: output [.., D].
+/// torch.cat: the inputs one after another along the axis.
+impl Eval for Concat {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let out = io.out_shape(0);
+        let ax = axis(self.axis, out.len()).expect("checked by infer");
+        let outer: usize = out[..ax].iter().product();
+        let (ins, mut outs) = io.split();
+        if outer == 0 {
+            return;
+        }
+        // Each input contributes one contiguous run per outer index.
+        let mut at = 0;
+        for o in 0..outer {
+            for x in &ins {
+                let run = x.len() / outer;
+                outs[0][at..at + run].copy_from_slice(&x[o * run..(o + 1) * run]);
+                at += run;
+            }
+        }
+    }
+}
+
+/// `x[.., start..start + len, ..]` along `axis`: the gradient of concat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Slice {
+    pub axis: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Primitive for Slice {
+    fn name(&self) -> &'static str {
+        "slice"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 1)?;
+        let x = inputs[0];
+        if self.axis >= x.rank() || self.start + self.len > x.shape[self.axis] {
+            return Err(format!(
+                "cannot take {}..{} along axis {} of {}",
+                self.start,
+                self.start + self.len,
+                self.axis,
+                fmt_shape(&x.shape)
+            ));
+        }
+        let mut shape = x.shape.clone();
+        shape[self.axis] = self.len;
+        Ok(vec![TensorType {
+            shape,
+            dtype: x.dtype,
+        }])
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("axis", self.axis.to_string()),
+            ("start", self.start.to_string()),
+            ("len", self.len.to_string()),
+        ]
+    }
+}
+
+impl Eval for Slice {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let x = io.in_shape(0);
+        let outer: usize = x[..self.axis].iter().product();
+        let inner: usize = x[self.axis + 1..].iter().product();
+        let (from, run) = (self.start * inner, self.len * inner);
+        let stride = x[self.axis] * inner;
+        let (ins, mut outs) = io.split();
+        for o in 0..outer {
+            outs[0][o * run..(o + 1) * run]
+                .copy_from_slice(&ins[0][o * stride + from..o * stride + from + run]);
+        }
+    }
+}
+
+/// Rows of a table [V, D] picked by integer ids [..]: output [.., D] (torch.nn.functional.embedding
+/// without padding_idx or max_norm). PyTorch raises on an id outside [0, V); a kernel cannot,
+/// so such an id yields a row of NaN, which the loss then shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Gather;
 
@@ -107,6 +226,94 @@ impl Primitive for Gather {
     }
     fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
         0
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        if !a.wants(0) {
+            return Ok(vec![None, None]);
+        }
+        let vocab = cx.ty(a.inputs[0]).shape[0];
+        let grad = GatherGrad { vocab };
+        let dt = cx.op(OpKind::GatherGrad(grad), &[a.inputs[1], a.dy()?])?;
+        Ok(vec![Some(dt), None])
+    }
+}
+
+/// The row an id picks, or None outside [0, vocab) (negative ids included; NaN fails both tests).
+fn row<T: Real>(id: T, vocab: usize) -> Option<usize> {
+    let v = id.to_f64();
+    (v >= 0.0 && v < vocab as f64).then_some(v as usize)
+}
+
+impl Eval for Gather {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (vocab, d) = (io.in_shape(0)[0], io.in_shape(0)[1]);
+        let (ins, mut outs) = io.split();
+        if d == 0 {
+            return;
+        }
+        for (y, &id) in outs[0].chunks_exact_mut(d).zip(ins[1]) {
+            match row(id, vocab) {
+                Some(r) => y.copy_from_slice(&ins[0][r * d..(r + 1) * d]),
+                None => y.fill(T::of(f64::NAN)),
+            }
+        }
+    }
+}
+
+/// The gradient of gather: ids [..], dy [.., D] → dtable [vocab, D], each dy row added to its
+/// id's row in the order the ids come (sequential: deterministic). Out-of-range ids add nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatherGrad {
+    pub vocab: usize,
+}
+
+impl Primitive for GatherGrad {
+    fn name(&self) -> &'static str {
+        "gather_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        let (ids, dy) = (inputs[0], inputs[1]);
+        expect_f32(dy, "dy")?;
+        if ids.dtype != DType::I32
+            || dy.rank() != ids.rank() + 1
+            || dy.shape[..ids.rank()] != ids.shape[..]
+        {
+            return Err(format!(
+                "ids {} do not fit dy {}",
+                fmt_shape(&ids.shape),
+                fmt_shape(&dy.shape)
+            ));
+        }
+        Ok(vec![TensorType::f32(vec![
+            self.vocab,
+            dy.shape[ids.rank()],
+        ])])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        inputs[1].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("vocab", self.vocab.to_string())]
+    }
+}
+
+impl Eval for GatherGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let d = io.out_shape(0)[1];
+        let (ins, mut outs) = io.split();
+        let dt = &mut outs[0];
+        dt.fill(T::ZERO);
+        if d == 0 {
+            return;
+        }
+        for (dy, &id) in ins[1].chunks_exact(d).zip(ins[0]) {
+            if let Some(r) = row(id, self.vocab) {
+                for (acc, &g) in dt[r * d..(r + 1) * d].iter_mut().zip(dy) {
+                    *acc += g;
+                }
+            }
+        }
     }
 }
 
@@ -137,5 +344,225 @@ impl Eval for Fill {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let (_, mut outs) = io.split();
         outs[0].fill(T::of(self.value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::StepCtx;
+    use crate::gradcheck::{Arg, check_op};
+
+    /// Evaluates `op` once; outputs start as garbage so an unwritten element shows.
+    fn run(op: &OpKind, ins: &[(&[f64], TensorType)]) -> Vec<Vec<f64>> {
+        let types: Vec<&TensorType> = ins.iter().map(|(_, t)| t).collect();
+        let out_types = op.primitive().infer(&types).unwrap();
+        let mut outs: Vec<Vec<f64>> = out_types.iter().map(|t| vec![777.0; t.numel()]).collect();
+        let bufs = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+        let values = ins.iter().map(|(v, _)| *v).collect();
+        let mut io = Io::new(values, bufs, types, &out_types, StepCtx::default());
+        op.eval(&mut io);
+        outs
+    }
+
+    fn data(n: usize, salt: f64) -> Vec<f64> {
+        (0..n).map(|i| (i as f64 * 0.37 + salt).sin()).collect()
+    }
+
+    fn ids(shape: &[usize]) -> TensorType {
+        TensorType {
+            shape: shape.to_vec(),
+            dtype: DType::I32,
+        }
+    }
+
+    fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+        let mut c = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            c[d] = flat % shape[d];
+            flat /= shape[d];
+        }
+        c
+    }
+
+    fn ravel(c: &[usize], shape: &[usize]) -> usize {
+        c.iter().zip(shape).fold(0, |acc, (&c, &d)| acc * d + c)
+    }
+
+    fn assert_grad(op: OpKind, args: &[Arg]) {
+        for seed in 0..3 {
+            let r = check_op(op.clone(), args, &[0], seed).unwrap();
+            assert!(r.worst < 1e-5, "{op:?} seed {seed}: {r:?}");
+            assert!(r.checked > 0);
+        }
+    }
+
+    #[test]
+    fn reshape_copies_in_order() {
+        let x = data(30, 0.0);
+        let op = OpKind::Reshape(Reshape { shape: vec![5, 6] });
+        let y = run(&op, &[(&x, TensorType::f32(vec![3, 5, 2]))]);
+        assert_eq!(y[0], x);
+        let op = Reshape { shape: vec![4, 8] };
+        assert!(op.infer(&[&TensorType::f32(vec![3, 5, 2])]).is_err());
+    }
+
+    #[test]
+    fn reshape_gradient() {
+        let op = OpKind::Reshape(Reshape { shape: vec![5, 6] });
+        assert_grad(op, &[Arg::Float(vec![3, 5, 2])]);
+    }
+
+    #[test]
+    fn concat_matches_naive_indexing() {
+        let cases: [(&[&[usize]], i64); 4] = [
+            (&[&[2, 3, 4], &[2, 1, 4], &[2, 5, 4]], 1),
+            (&[&[3, 2], &[3, 5]], -1),
+            (&[&[1, 3], &[4, 3]], 0),
+            (&[&[2, 0, 3], &[2, 2, 3]], 1),
+        ];
+        for (shapes, ax) in cases {
+            let xs: Vec<Vec<f64>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| data(s.iter().product(), i as f64))
+                .collect();
+            let ins: Vec<(&[f64], TensorType)> = xs
+                .iter()
+                .zip(shapes)
+                .map(|(x, s)| (x.as_slice(), TensorType::f32(s.to_vec())))
+                .collect();
+            let y = run(&OpKind::Concat(Concat { axis: ax }), &ins);
+            let a = axis(ax, shapes[0].len()).unwrap();
+            let mut out_shape = shapes[0].to_vec();
+            out_shape[a] = shapes.iter().map(|s| s[a]).sum();
+            let naive: Vec<f64> = (0..out_shape.iter().product())
+                .map(|flat| {
+                    let mut c = unravel(flat, &out_shape);
+                    let mut i = 0;
+                    while c[a] >= shapes[i][a] {
+                        c[a] -= shapes[i][a];
+                        i += 1;
+                    }
+                    xs[i][ravel(&c, shapes[i])]
+                })
+                .collect();
+            assert_eq!(y[0], naive, "{shapes:?} axis {ax}");
+        }
+    }
+
+    #[test]
+    fn slice_matches_naive_indexing() {
+        let shape = [3, 7, 2];
+        let x = data(42, 0.5);
+        for (ax, start, len) in [(1, 2, 4), (0, 1, 2), (2, 1, 1), (1, 0, 7), (1, 7, 0)] {
+            let op = Slice {
+                axis: ax,
+                start,
+                len,
+            };
+            let y = run(
+                &OpKind::Slice(op.clone()),
+                &[(&x, TensorType::f32(shape.to_vec()))],
+            );
+            let mut out_shape = shape.to_vec();
+            out_shape[ax] = len;
+            let naive: Vec<f64> = (0..out_shape.iter().product())
+                .map(|flat| {
+                    let mut c = unravel(flat, &out_shape);
+                    c[ax] += start;
+                    x[ravel(&c, &shape)]
+                })
+                .collect();
+            assert_eq!(y[0], naive, "{op:?}");
+        }
+        let too_far = Slice {
+            axis: 1,
+            start: 5,
+            len: 3,
+        };
+        assert!(too_far.infer(&[&TensorType::f32(shape.to_vec())]).is_err());
+    }
+
+    #[test]
+    fn concat_gradient_slices_dy() {
+        let op = |axis| OpKind::Concat(Concat { axis });
+        assert_grad(
+            op(1),
+            &[
+                Arg::Float(vec![2, 3, 5]),
+                Arg::Float(vec![2, 1, 5]),
+                Arg::Float(vec![2, 4, 5]),
+            ],
+        );
+        assert_grad(op(-1), &[Arg::Float(vec![3, 2]), Arg::Float(vec![3, 5])]);
+        assert_grad(op(0), &[Arg::Float(vec![1, 3]), Arg::Float(vec![4, 3])]);
+        // An input that wants no gradient gets none, the others still do.
+        assert_grad(
+            op(0),
+            &[Arg::Const(vec![2, 3], -1.0, 1.0), Arg::Float(vec![3, 3])],
+        );
+    }
+
+    #[test]
+    fn gather_picks_rows_and_marks_bad_ids() {
+        let (v, d) = (5, 3);
+        let table = data(v * d, 0.2);
+        let id_values = [4.0, 0.0, 2.0, 2.0, -1.0, 5.0, f64::NAN, 1.0];
+        let y = run(
+            &OpKind::Gather(Gather),
+            &[
+                (&table, TensorType::f32(vec![v, d])),
+                (&id_values, ids(&[2, 4])),
+            ],
+        );
+        for (i, &id) in id_values.iter().enumerate() {
+            for j in 0..d {
+                let got = y[0][i * d + j];
+                if (0.0..v as f64).contains(&id) {
+                    assert_eq!(got, table[id as usize * d + j]);
+                } else {
+                    assert!(got.is_nan(), "id {id} gave {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gather_grad_sums_rows_per_id() {
+        let (v, d) = (4, 3);
+        let id_values = [3.0, 1.0, 3.0, 7.0, 0.0, 3.0];
+        let dy = data(id_values.len() * d, 1.0);
+        let dt = run(
+            &OpKind::GatherGrad(GatherGrad { vocab: v }),
+            &[
+                (&id_values, ids(&[3, 2])),
+                (&dy, TensorType::f32(vec![3, 2, d])),
+            ],
+        );
+        for r in 0..v {
+            for j in 0..d {
+                let naive: f64 = (0..id_values.len())
+                    .filter(|&i| id_values[i] == r as f64)
+                    .map(|i| dy[i * d + j])
+                    .sum();
+                assert_eq!(dt[0][r * d + j], naive);
+            }
+        }
+        // Row 2 is never picked: zero, not the buffer's old contents.
+        assert!(dt[0][2 * d..3 * d].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn gather_gradient() {
+        // Ids repeat (15 draws from 7 rows), so accumulation is checked too.
+        assert_grad(
+            OpKind::Gather(Gather),
+            &[Arg::Float(vec![7, 3]), Arg::Ids(vec![3, 5], 7)],
+        );
+        assert_grad(
+            OpKind::Gather(Gather),
+            &[Arg::Float(vec![2, 5]), Arg::Ids(vec![9], 2)],
+        );
     }
 }
