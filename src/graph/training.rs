@@ -21,7 +21,8 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         .filter_map(|(i, p)| p.node.map(|n| (i, TensorId::of(n, 0))))
         .collect();
     let ids: Vec<TensorId> = wrt.iter().map(|&(_, t)| t).collect();
-    let grads = autodiff::gradients(&mut g, g.loss, &ids)?;
+    let loss = g.loss;
+    let grads = autodiff::gradients(&mut g, loss, &ids)?;
     // A parameter the loss does not reach keeps its value, as in PyTorch (its grad is None).
     g.grads = wrt
         .iter()

@@ -64,6 +64,7 @@ impl LayerSpec for BatchNormSpec {
             eps: self.eps.0,
             momentum: self.momentum.0,
             affine: self.affine,
+            training: true,
         };
         cx.op(OpKind::BatchNorm(op), &args)
     }

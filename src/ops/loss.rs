@@ -1,13 +1,51 @@
-//! Losses, reduced to a scalar mean over the batch (PyTorch's reduction="mean").
+//! Losses, reduced to a scalar mean over the batch (PyTorch's reduction="mean"), and their
+//! gradients. Sums run in f64 in element order (deterministic).
 
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{DType, Primitive, ShapeResult, TensorType, expect_arity, expect_f32, fmt_shape};
+use super::{
+    DType, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
+    expect_arity, expect_f32, fmt_shape,
+};
+use crate::backend::cpu::{Io, Real};
 
-/// Softmax cross entropy of logits [N, C] against class ids [N] (i32), with label smoothing.
+/// PyTorch's `F.cross_entropy(logits, labels, label_smoothing=ε)` of logits [N, C] against
+/// class ids [N] (i32): the mean over rows of (1−ε)·(−log p_y) + ε·mean_c(−log p_c). A label
+/// outside [0, C) makes the loss NaN (there is no `ignore_index`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CrossEntropy {
     pub label_smoothing: f64,
+}
+
+fn cross_entropy_shapes(logits: &TensorType, labels: &TensorType) -> Result<(), String> {
+    expect_f32(logits, "the logits")?;
+    if logits.rank() != 2 {
+        return Err(format!(
+            "expects logits [N, classes], got {}",
+            fmt_shape(&logits.shape)
+        ));
+    }
+    if labels.dtype != DType::I32 || labels.shape != [logits.shape[0]] {
+        return Err(format!(
+            "expects i32 labels [{}], got {}",
+            logits.shape[0],
+            fmt_shape(&labels.shape)
+        ));
+    }
+    Ok(())
+}
+
+/// The class a label names, or None when it is not an integer in [0, classes).
+fn class<T: Real>(label: T, classes: usize) -> Option<usize> {
+    let v = label.to_f64();
+    (v >= 0.0 && v < classes as f64 && v.fract() == 0.0).then_some(v as usize)
+}
+
+/// log Σ exp(row), max-subtracted.
+fn log_sum_exp<T: Real>(row: &[T]) -> f64 {
+    let m = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
+    m + row.iter().map(|v| (v.to_f64() - m).exp()).sum::<f64>().ln()
 }
 
 impl Primitive for CrossEntropy {
@@ -16,21 +54,7 @@ impl Primitive for CrossEntropy {
     }
     fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
         expect_arity(inputs, 2)?;
-        let (logits, labels) = (inputs[0], inputs[1]);
-        expect_f32(logits, "the logits")?;
-        if logits.rank() != 2 {
-            return Err(format!(
-                "expects logits [N, classes], got {}",
-                fmt_shape(&logits.shape)
-            ));
-        }
-        if labels.dtype != DType::I32 || labels.shape != [logits.shape[0]] {
-            return Err(format!(
-                "expects i32 labels [{}], got {}",
-                logits.shape[0],
-                fmt_shape(&labels.shape)
-            ));
-        }
+        cross_entropy_shapes(inputs[0], inputs[1])?;
         Ok(vec![TensorType::f32(vec![])])
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
@@ -39,11 +63,111 @@ impl Primitive for CrossEntropy {
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("label_smoothing", self.label_smoothing.to_string())]
     }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        if !a.wants(0) {
+            return Ok(vec![None, None]);
+        }
+        let op = CrossEntropyGrad {
+            label_smoothing: self.label_smoothing,
+        };
+        let ins = [a.inputs[0], a.inputs[1], a.dy()?];
+        Ok(vec![Some(cx.op(OpKind::CrossEntropyGrad(op), &ins)?), None])
+    }
 }
 
-/// Mean squared error between a prediction and a target of the same shape.
+impl Eval for CrossEntropy {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (n, c) = (io.in_shape(0)[0], io.in_shape(0)[1]);
+        let eps = self.label_smoothing;
+        let (ins, mut outs) = io.split();
+        let (logits, labels) = (ins[0], ins[1]);
+        let mut total = 0.0;
+        for i in 0..n {
+            let row = &logits[i * c..(i + 1) * c];
+            let Some(y) = class(labels[i], c) else {
+                total = f64::NAN;
+                break;
+            };
+            let lse = log_sum_exp(row);
+            let nll = lse - row[y].to_f64();
+            let smooth = lse - row.iter().map(|v| v.to_f64()).sum::<f64>() / c as f64;
+            total += (1.0 - eps) * nll + eps * smooth;
+        }
+        outs[0][0] = T::of(total / n as f64);
+    }
+}
+
+/// The gradient of [`CrossEntropy`]: dlogits = dloss·(softmax − target)/N with target =
+/// (1−ε)·onehot(y) + ε/C. A row with an invalid label gets NaN. Inputs: logits, labels, dloss.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CrossEntropyGrad {
+    pub label_smoothing: f64,
+}
+
+impl Primitive for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "cross_entropy_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 3)?;
+        cross_entropy_shapes(inputs[0], inputs[1])?;
+        if inputs[2].numel() != 1 {
+            return Err("expects a scalar dloss".into());
+        }
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        5 * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("label_smoothing", self.label_smoothing.to_string())]
+    }
+}
+
+impl Eval for CrossEntropyGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (n, c) = (io.in_shape(0)[0], io.in_shape(0)[1]);
+        let eps = self.label_smoothing;
+        let (ins, mut outs) = io.split();
+        let (logits, labels) = (ins[0], ins[1]);
+        let scale = ins[2][0].to_f64() / n as f64;
+        if c == 0 {
+            return;
+        }
+        outs[0]
+            .par_chunks_mut(c)
+            .zip(logits.par_chunks(c))
+            .zip(labels.par_iter())
+            .for_each(|((dx, row), &label)| {
+                let Some(y) = class(label, c) else {
+                    dx.fill(T::of(f64::NAN));
+                    return;
+                };
+                let lse = log_sum_exp(row);
+                for (j, (dx, v)) in dx.iter_mut().zip(row).enumerate() {
+                    let target = eps / c as f64 + if j == y { 1.0 - eps } else { 0.0 };
+                    *dx = T::of(scale * ((v.to_f64() - lse).exp() - target));
+                }
+            });
+    }
+}
+
+/// PyTorch's `F.mse_loss(pred, target)`: mean of (pred − target)² over every element.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Mse;
+
+fn same_shapes(inputs: &[&TensorType]) -> Result<(), String> {
+    expect_f32(inputs[0], "the prediction")?;
+    expect_f32(inputs[1], "the target")?;
+    if inputs[0].shape != inputs[1].shape {
+        return Err(format!(
+            "prediction {} and target {} differ",
+            fmt_shape(&inputs[0].shape),
+            fmt_shape(&inputs[1].shape)
+        ));
+    }
+    Ok(())
+}
 
 impl Primitive for Mse {
     fn name(&self) -> &'static str {
@@ -51,18 +175,180 @@ impl Primitive for Mse {
     }
     fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
         expect_arity(inputs, 2)?;
-        expect_f32(inputs[0], "the prediction")?;
-        expect_f32(inputs[1], "the target")?;
-        if inputs[0].shape != inputs[1].shape {
-            return Err(format!(
-                "prediction {} and target {} differ",
-                fmt_shape(&inputs[0].shape),
-                fmt_shape(&inputs[1].shape)
-            ));
-        }
+        same_shapes(inputs)?;
         Ok(vec![TensorType::f32(vec![])])
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
         3 * inputs[0].numel() as u64
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let (pred, target, dy) = (a.inputs[0], a.inputs[1], a.dy()?);
+        let dpred = match a.wants(0) {
+            true => Some(cx.op(OpKind::MseGrad(MseGrad), &[pred, target, dy])?),
+            false => None,
+        };
+        // The target's gradient is −dpred: the same op with the roles swapped.
+        let dtarget = match a.wants(1) {
+            true => Some(cx.op(OpKind::MseGrad(MseGrad), &[target, pred, dy])?),
+            false => None,
+        };
+        Ok(vec![dpred, dtarget])
+    }
+}
+
+impl Eval for Mse {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (ins, mut outs) = io.split();
+        let (p, t) = (ins[0], ins[1]);
+        let sum: f64 = p
+            .iter()
+            .zip(t)
+            .map(|(p, t)| (p.to_f64() - t.to_f64()).powi(2))
+            .sum();
+        outs[0][0] = T::of(sum / p.len() as f64);
+    }
+}
+
+/// The gradient of [`Mse`] with respect to its first input: dpred = 2·(pred − target)·dloss /
+/// numel. Inputs: pred, target, dloss (scalar).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MseGrad;
+
+impl Primitive for MseGrad {
+    fn name(&self) -> &'static str {
+        "mse_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 3)?;
+        same_shapes(inputs)?;
+        if inputs[2].numel() != 1 {
+            return Err("expects a scalar dloss".into());
+        }
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        3 * inputs[0].numel() as u64
+    }
+    fn inplace(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+impl Eval for MseGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let scale = T::of(2.0 / io.out_types[0].numel() as f64);
+        io.map(|[p, t, d]| [scale * (p - t) * d]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{Arg, check_op};
+    use crate::ops::reduce::tests::{assert_close, eval_f64, f32_input};
+
+    fn ce(label_smoothing: f64) -> OpKind {
+        OpKind::CrossEntropy(CrossEntropy { label_smoothing })
+    }
+
+    fn labels(v: Vec<f64>) -> (TensorType, Vec<f64>) {
+        let ty = TensorType {
+            shape: vec![v.len()],
+            dtype: DType::I32,
+        };
+        (ty, v)
+    }
+
+    #[test]
+    fn cross_entropy_of_known_logits() {
+        let logits = (TensorType::f32(vec![1, 3]), vec![1.0, 2.0, 3.0]);
+        let ins = [logits, labels(vec![2.0])];
+        let got = eval_f64(&ce(0.0), &ins)[0][0];
+        assert!((got - 0.40760596).abs() < 1e-8, "{got}");
+        // lse − 0.9·x_y − 0.1·mean(x) = 3.40760596 − 2.7 − 0.2.
+        let got = eval_f64(&ce(0.1), &ins)[0][0];
+        assert!((got - 0.50760596).abs() < 1e-8, "{got}");
+    }
+
+    #[test]
+    fn cross_entropy_matches_the_formula() {
+        let (n, c) = (4, 5);
+        let x = f32_input(&[n, c], 30);
+        let y = vec![0.0, 4.0, 2.0, 2.0];
+        for eps in [0.0, 0.1, 0.3] {
+            let mut want = 0.0;
+            for i in 0..n {
+                let row = &x.1[i * c..(i + 1) * c];
+                let z: f64 = row.iter().map(|v| v.exp()).sum();
+                let logp: Vec<f64> = row.iter().map(|v| (v.exp() / z).ln()).collect();
+                let mean_logp = logp.iter().sum::<f64>() / c as f64;
+                want += ((1.0 - eps) * -logp[y[i] as usize] - eps * mean_logp) / n as f64;
+            }
+            let got = eval_f64(&ce(eps), &[x.clone(), labels(y.clone())]);
+            assert_close(&got[0], &[want], 1e-12);
+        }
+        // Stable for large logits.
+        let big = (TensorType::f32(vec![1, 3]), vec![1000.0, 0.0, -1000.0]);
+        let got = eval_f64(&ce(0.0), &[big, labels(vec![0.0])]);
+        assert!(got[0][0].abs() < 1e-12, "{:?}", got[0]);
+    }
+
+    #[test]
+    fn cross_entropy_with_a_bad_label_is_nan() {
+        let x = f32_input(&[3, 5], 31);
+        for bad in [5.0, -1.0, 1e9, 0.5] {
+            let y = labels(vec![1.0, bad, 0.0]);
+            let loss = eval_f64(&ce(0.1), &[x.clone(), y.clone()]);
+            assert!(loss[0][0].is_nan());
+            let dloss = (TensorType::f32(vec![]), vec![1.0]);
+            let grad = CrossEntropyGrad {
+                label_smoothing: 0.1,
+            };
+            let dx = eval_f64(&OpKind::CrossEntropyGrad(grad), &[x.clone(), y, dloss]);
+            assert!(dx[0][5..10].iter().all(|v| v.is_nan()));
+            assert!(dx[0][..5].iter().chain(&dx[0][10..]).all(|v| v.is_finite()));
+        }
+    }
+
+    fn gradcheck(op: OpKind, args: &[Arg]) {
+        for seed in 0..3 {
+            let r = check_op(op.clone(), args, &[0], seed).unwrap();
+            assert!(r.worst < 1e-5, "{op:?} seed {seed}: {r:?}");
+            assert!(r.checked > 0);
+        }
+    }
+
+    #[test]
+    fn cross_entropy_gradient() {
+        for eps in [0.0, 0.2] {
+            for (n, c) in [(1, 5), (4, 7), (3, 3)] {
+                gradcheck(ce(eps), &[Arg::Float(vec![n, c]), Arg::Ids(vec![n], c)]);
+            }
+        }
+    }
+
+    #[test]
+    fn mse_matches_the_formula() {
+        let (p, t) = (f32_input(&[3, 7, 5], 32), f32_input(&[3, 7, 5], 33));
+        let want =
+            p.1.iter()
+                .zip(&t.1)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                / 105.0;
+        let got = eval_f64(&OpKind::Mse(Mse), &[p, t]);
+        assert_close(&got[0], &[want], 1e-12);
+    }
+
+    #[test]
+    fn mse_gradient() {
+        gradcheck(
+            OpKind::Mse(Mse),
+            &[Arg::Float(vec![3, 7, 5]), Arg::Float(vec![3, 7, 5])],
+        );
+        gradcheck(
+            OpKind::Mse(Mse),
+            &[Arg::Float(vec![1, 3]), Arg::Const(vec![1, 3], -1.0, 1.0)],
+        );
     }
 }

@@ -15,14 +15,14 @@ mod reduce;
 
 pub use conv::Conv2d;
 pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
-pub use loss::{CrossEntropy, Mse};
+pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
-pub use norm::{BatchNorm, LayerNorm};
+pub use norm::{BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad};
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, PoolKind};
 pub use random::{Dropout, DropoutKey};
-pub use reduce::{MeanAxes, Softmax, SumTo};
+pub use reduce::{MeanAxes, MeanAxesGrad, Softmax, SoftmaxGrad, SumTo};
 
 use serde::Serialize;
 
@@ -248,6 +248,13 @@ op_kinds! {
     SgdStep(SgdStep),
     AdamStep(AdamStep),
     CountUp(CountUp),
+    BatchNormGrad(BatchNormGrad),
+    BatchNormRunningStats(BatchNormRunningStats),
+    LayerNormGrad(LayerNormGrad),
+    SoftmaxGrad(SoftmaxGrad),
+    MeanAxesGrad(MeanAxesGrad),
+    CrossEntropyGrad(CrossEntropyGrad),
+    MseGrad(MseGrad),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {
@@ -285,13 +292,4 @@ macro_rules! pending_eval {
         }
     )*};
 }
-pending_eval!(
-    Conv2d,
-    Softmax,
-    MeanAxes,
-    BatchNorm,
-    LayerNorm,
-    Pool2d,
-    CrossEntropy,
-    Mse
-);
+pending_eval!(Conv2d, Pool2d);

@@ -1,16 +1,49 @@
 //! Normalisations. Batchnorm normalises over every axis but the channel axis 1 (so it covers
-//! both [N, C] and [N, C, H, W]); layernorm over the trailing `dims` axes.
+//! both [N, C] and [N, C, H, W]); layernorm over the trailing `dims` axes. Statistics are summed
+//! in f64 in a fixed order (per channel or per row), so results do not depend on threads.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Primitive, ShapeResult, TensorType, expect_f32, fmt_shape};
+use super::{
+    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, expect_arity,
+    expect_f32, fmt_shape,
+};
+use crate::backend::cpu::{Io, Real};
 
-/// Inputs: x, weight, bias, running_mean, running_var (weight and bias absent without affine).
+/// PyTorch's `F.batch_norm` (BatchNorm1d/2d). Inputs: x, weight, bias, running_mean,
+/// running_var (weight and bias absent without affine). Outputs: y, the batch mean [C] and the
+/// batch biased variance [C]. In eval mode (`training` false) y uses the running statistics and
+/// the mean/var outputs are copies of them. The running statistics are updated by a separate
+/// [`BatchNormRunningStats`] fed the mean/var outputs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BatchNorm {
     pub eps: f64,
     pub momentum: f64,
     pub affine: bool,
+    pub training: bool,
+}
+
+/// (N, C, S): batch, channels and elements per sample and channel of a batchnorm input.
+fn bn_layout(shape: &[usize]) -> (usize, usize, usize) {
+    (shape[0], shape[1], shape[2..].iter().product())
+}
+
+/// Mean and biased variance of channel `ch` of x [N, C, S], two passes in f64.
+fn channel_moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
+    let values = || (0..n).flat_map(move |i| x[(i * c + ch) * s..][..s].iter());
+    let count = (n * s) as f64;
+    let mean = values().map(|v| v.to_f64()).sum::<f64>() / count;
+    let var = values().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / count;
+    (mean, var)
+}
+
+/// Mean and biased variance of one row, two passes in f64.
+fn row_moments<T: Real>(x: &[T]) -> (f64, f64) {
+    let count = x.len() as f64;
+    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / count;
+    let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / count;
+    (mean, var)
 }
 
 impl Primitive for BatchNorm {
@@ -37,7 +70,15 @@ impl Primitive for BatchNorm {
                 fmt_shape(&bad.shape)
             ));
         }
-        Ok(vec![x.clone()])
+        // PyTorch refuses this too: the unbiased running variance would divide by zero.
+        if self.training && x.numel() <= c {
+            return Err(format!(
+                "needs more than one value per channel when training, got {}",
+                fmt_shape(&x.shape)
+            ));
+        }
+        let stats = TensorType::f32(vec![c]);
+        Ok(vec![x.clone(), stats.clone(), stats])
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
         // mean, variance, normalise, scale and shift: about 5 per element.
@@ -47,11 +88,240 @@ impl Primitive for BatchNorm {
         vec![
             ("eps", self.eps.to_string()),
             ("momentum", self.momentum.to_string()),
+            ("training", self.training.to_string()),
+        ]
+    }
+    /// The batch statistics outputs only feed the running statistics, so they carry no
+    /// gradient; in eval mode the running statistics are constants (buffers are never trained).
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        if a.grads[1..].iter().any(Option::is_some) {
+            return Err("the batch mean and variance of batchnorm have no gradient".into());
+        }
+        let stats = if self.affine { 3 } else { 1 };
+        if !self.training && (a.wants(stats) || a.wants(stats + 1)) {
+            return Err("running statistics are buffers and have no gradient".into());
+        }
+        let mut grads = vec![None; a.inputs.len()];
+        if !(0..stats).any(|i| a.wants(i)) {
+            return Ok(grads);
+        }
+        let mut ins = vec![a.inputs[0]];
+        if self.affine {
+            ins.push(a.inputs[1]);
+        }
+        // In eval mode outputs 1 and 2 are the running statistics, which y used.
+        ins.extend([a.outputs[1], a.outputs[2], a.dy()?]);
+        let op = BatchNormGrad {
+            eps: self.eps,
+            affine: self.affine,
+            training: self.training,
+        };
+        let g = cx.op_all(OpKind::BatchNormGrad(op), &ins)?;
+        for (i, slot) in grads.iter_mut().enumerate().take(stats) {
+            if a.wants(i) {
+                *slot = Some(g[i]);
+            }
+        }
+        Ok(grads)
+    }
+}
+
+impl Eval for BatchNorm {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let layout = bn_layout(io.in_shape(0));
+        let (_, c, s) = layout;
+        let (eps, training) = (T::of(self.eps), self.training);
+        let (ins, mut outs) = io.split();
+        let x = ins[0];
+        let affine = self.affine.then(|| (ins[1], ins[2]));
+        let (rm, rv) = (ins[ins.len() - 2], ins[ins.len() - 1]);
+        let [y, mean, var] = outs.as_mut_slice() else {
+            unreachable!("batchnorm has three outputs")
+        };
+        mean.par_iter_mut()
+            .zip(var.par_iter_mut())
+            .enumerate()
+            .for_each(|(ch, (m, v))| {
+                if training {
+                    let (mu, sigma2) = channel_moments(x, layout, ch);
+                    (*m, *v) = (T::of(mu), T::of(sigma2));
+                } else {
+                    (*m, *v) = (rm[ch], rv[ch]);
+                }
+            });
+        let (mean, var) = (&**mean, &**var);
+        if s == 0 {
+            return;
+        }
+        y.par_chunks_mut(s)
+            .zip(x.par_chunks(s))
+            .enumerate()
+            .for_each(|(block, (y, x))| {
+                let ch = block % c;
+                let (w, b) = affine.map_or((T::ONE, T::ZERO), |(w, b)| (w[ch], b[ch]));
+                let scale = w / (var[ch] + eps).sqrt();
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = (x - mean[ch]) * scale + b;
+                }
+            });
+    }
+}
+
+/// The gradient of [`BatchNorm`] (PyTorch's native_batch_norm_backward). Inputs: x, weight
+/// (when affine), mean, var (the statistics y used: the batch's when training, the running ones
+/// in eval mode), dy. Outputs: dx, dweight = Σ dy·x̂, dbias = Σ dy (per channel). The two sums
+/// are outputs even without affine, because dx needs them when training.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BatchNormGrad {
+    pub eps: f64,
+    pub affine: bool,
+    pub training: bool,
+}
+
+impl Primitive for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "batchnorm_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, if self.affine { 5 } else { 4 })?;
+        let (x, dy) = (inputs[0], inputs[inputs.len() - 1]);
+        if x != dy || x.rank() < 2 {
+            return Err(format!(
+                "x {} and dy {} differ or are not [N, C, ...]",
+                fmt_shape(&x.shape),
+                fmt_shape(&dy.shape)
+            ));
+        }
+        let c = x.shape[1];
+        if let Some(bad) = inputs[1..inputs.len() - 1].iter().find(|t| t.shape != [c]) {
+            return Err(format!(
+                "statistics {} do not match {c} channels",
+                fmt_shape(&bad.shape)
+            ));
+        }
+        let stats = TensorType::f32(vec![c]);
+        Ok(vec![x.clone(), stats.clone(), stats])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        8 * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("eps", self.eps.to_string()),
+            ("training", self.training.to_string()),
         ]
     }
 }
 
-/// Inputs: x, then weight and bias of the normalised shape when affine.
+impl Eval for BatchNormGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let layout = bn_layout(io.in_shape(0));
+        let (n, c, s) = layout;
+        let (eps, training) = (self.eps, self.training);
+        let (ins, mut outs) = io.split();
+        let (x, dy) = (ins[0], ins[ins.len() - 1]);
+        let w = self.affine.then(|| ins[1]);
+        let (mean, var) = (ins[ins.len() - 3], ins[ins.len() - 2]);
+        let [dx, dw, db] = outs.as_mut_slice() else {
+            unreachable!("batchnorm_grad has three outputs")
+        };
+        let invstd = |ch: usize| 1.0 / (var[ch].to_f64() + eps).sqrt();
+        dw.par_iter_mut()
+            .zip(db.par_iter_mut())
+            .enumerate()
+            .for_each(|(ch, (dw, db))| {
+                let (mu, mut sum, mut dot) = (mean[ch].to_f64(), 0.0, 0.0);
+                for i in 0..n {
+                    let at = (i * c + ch) * s;
+                    for (&x, &dy) in x[at..at + s].iter().zip(&dy[at..at + s]) {
+                        sum += dy.to_f64();
+                        dot += dy.to_f64() * (x.to_f64() - mu);
+                    }
+                }
+                (*dw, *db) = (T::of(dot * invstd(ch)), T::of(sum));
+            });
+        let (dw, db) = (&**dw, &**db);
+        if s == 0 {
+            return;
+        }
+        let count = (n * s) as f64;
+        dx.par_chunks_mut(s).enumerate().for_each(|(block, dx)| {
+            let ch = block % c;
+            let istd = invstd(ch);
+            let scale = w.map_or(1.0, |w| w[ch].to_f64()) * istd;
+            let at = block * s;
+            let (x, dy) = (&x[at..at + s], &dy[at..at + s]);
+            if !training {
+                for (dx, &dy) in dx.iter_mut().zip(dy) {
+                    *dx = T::of(dy.to_f64() * scale);
+                }
+                return;
+            }
+            // dx = w·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M), with Σ(dy·x̂) = dweight.
+            let (mu, mean_dy) = (mean[ch].to_f64(), db[ch].to_f64() / count);
+            let k = dw[ch].to_f64() * istd / count;
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let centred = x.to_f64() - mu;
+                *dx = T::of((dy.to_f64() - mean_dy - centred * k) * scale);
+            }
+        });
+    }
+}
+
+/// The running-statistics update of a training batchnorm, exactly PyTorch's: rm ← (1−m)·rm +
+/// m·mean, rv ← (1−m)·rv + m·var·count/(count−1) (the unbiased batch variance). Inputs:
+/// running_mean, running_var, batch mean, batch biased var (all [C]). Outputs: the new running
+/// mean and variance. No gradient: it only feeds buffers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BatchNormRunningStats {
+    pub momentum: f64,
+    /// Elements per channel the batch statistics were taken over (N·H·W).
+    pub count: usize,
+}
+
+impl Primitive for BatchNormRunningStats {
+    fn name(&self) -> &'static str {
+        "batchnorm_running_stats"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 4)?;
+        for t in inputs {
+            expect_f32(t, "a statistic")?;
+        }
+        let c = inputs[0];
+        if c.rank() != 1 || inputs.iter().any(|t| t.shape != c.shape) {
+            return Err("expects four statistics of the same shape [C]".into());
+        }
+        if self.count < 2 {
+            return Err(format!(
+                "needs more than one value per channel, got {}",
+                self.count
+            ));
+        }
+        Ok(vec![c.clone(), c.clone()])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        7 * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("momentum", self.momentum.to_string()),
+            ("count", self.count.to_string()),
+        ]
+    }
+}
+
+impl Eval for BatchNormRunningStats {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let m = T::of(self.momentum);
+        let keep = T::ONE - m;
+        let bessel = T::of(self.count as f64 / (self.count - 1) as f64);
+        io.map(|[rm, rv, mean, var]| [m * mean + keep * rm, m * (var * bessel) + keep * rv]);
+    }
+}
+
+/// PyTorch's `F.layer_norm` over the trailing `dims` axes (biased variance, eps inside the
+/// square root). Inputs: x, then weight and bias of the normalised shape when affine.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerNorm {
     pub eps: f64,
@@ -59,29 +329,40 @@ pub struct LayerNorm {
     pub affine: bool,
 }
 
+/// Checks x and the affine parameters of a layernorm over the last `dims` axes; returns the
+/// number of elements each row normalises.
+fn layernorm_shapes(x: &TensorType, params: &[&TensorType], dims: usize) -> Result<usize, String> {
+    expect_f32(x, "the input")?;
+    if dims == 0 || dims >= x.rank() {
+        return Err(format!(
+            "cannot normalise the last {dims} dims of {}",
+            fmt_shape(&x.shape)
+        ));
+    }
+    let normalized = &x.shape[x.rank() - dims..];
+    if let Some(bad) = params.iter().find(|t| t.shape != normalized) {
+        return Err(format!(
+            "weight {} does not match {}",
+            fmt_shape(&bad.shape),
+            fmt_shape(normalized)
+        ));
+    }
+    Ok(normalized.iter().product())
+}
+
+/// Elements each layernorm row normalises: the product of the last `dims` dims.
+fn row_len(shape: &[usize], dims: usize) -> usize {
+    shape[shape.len() - dims..].iter().product()
+}
+
 impl Primitive for LayerNorm {
     fn name(&self) -> &'static str {
         "layernorm"
     }
     fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
-        let x = inputs.first().ok_or("takes an input")?;
-        expect_f32(x, "the input")?;
-        if self.dims == 0 || self.dims >= x.rank() {
-            return Err(format!(
-                "cannot normalise the last {} dims of {}",
-                self.dims,
-                fmt_shape(&x.shape)
-            ));
-        }
-        let normalized = &x.shape[x.rank() - self.dims..];
-        if let Some(bad) = inputs[1..].iter().find(|t| t.shape != normalized) {
-            return Err(format!(
-                "weight {} does not match {}",
-                fmt_shape(&bad.shape),
-                fmt_shape(normalized)
-            ));
-        }
-        Ok(vec![(*x).clone()])
+        expect_arity(inputs, if self.affine { 3 } else { 1 })?;
+        layernorm_shapes(inputs[0], &inputs[1..], self.dims)?;
+        Ok(vec![inputs[0].clone()])
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
         5 * inputs[0].numel() as u64
@@ -91,5 +372,378 @@ impl Primitive for LayerNorm {
             ("eps", self.eps.to_string()),
             ("dims", self.dims.to_string()),
         ]
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let mut ins = vec![a.inputs[0]];
+        if self.affine {
+            ins.push(a.inputs[1]);
+        }
+        ins.push(a.dy()?);
+        let op = LayerNormGrad {
+            eps: self.eps,
+            dims: self.dims,
+            affine: self.affine,
+        };
+        let g = cx.op_all(OpKind::LayerNormGrad(op), &ins)?;
+        Ok((0..a.inputs.len())
+            .map(|i| a.wants(i).then(|| g[i]))
+            .collect())
+    }
+}
+
+impl Eval for LayerNorm {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let m = row_len(io.in_shape(0), self.dims);
+        let eps = self.eps;
+        let (ins, mut outs) = io.split();
+        let affine = self.affine.then(|| (ins[1], ins[2]));
+        if m == 0 {
+            return;
+        }
+        outs[0]
+            .par_chunks_mut(m)
+            .zip(ins[0].par_chunks(m))
+            .for_each(|(y, x)| {
+                let (mean, var) = row_moments(x);
+                let rstd = 1.0 / (var + eps).sqrt();
+                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    let xhat = T::of((x.to_f64() - mean) * rstd);
+                    *y = match affine {
+                        Some((w, b)) => xhat * w[j] + b[j],
+                        None => xhat,
+                    };
+                }
+            });
+    }
+}
+
+/// The gradient of [`LayerNorm`]; recomputes each row's mean and rstd. Inputs: x, weight (when
+/// affine), dy. Outputs: dx, then dweight = Σ_rows dy·x̂ and dbias = Σ_rows dy when affine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerNormGrad {
+    pub eps: f64,
+    pub dims: usize,
+    pub affine: bool,
+}
+
+impl Primitive for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layernorm_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, if self.affine { 3 } else { 2 })?;
+        let (x, dy) = (inputs[0], inputs[inputs.len() - 1]);
+        if x != dy {
+            return Err("x and dy differ".into());
+        }
+        layernorm_shapes(x, &inputs[1..inputs.len() - 1], self.dims)?;
+        let mut out = vec![x.clone()];
+        if self.affine {
+            let normalized = TensorType::f32(x.shape[x.rank() - self.dims..].to_vec());
+            out.extend([normalized.clone(), normalized]);
+        }
+        Ok(out)
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        10 * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("eps", self.eps.to_string()),
+            ("dims", self.dims.to_string()),
+        ]
+    }
+}
+
+impl Eval for LayerNormGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let m = row_len(io.in_shape(0), self.dims);
+        let eps = self.eps;
+        let (ins, mut outs) = io.split();
+        let (x, dy) = (ins[0], ins[ins.len() - 1]);
+        let w = self.affine.then(|| ins[1]);
+        if m == 0 {
+            return;
+        }
+        let stats = |x: &[T]| {
+            let (mean, var) = row_moments(x);
+            (mean, 1.0 / (var + eps).sqrt())
+        };
+        // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row.
+        outs[0]
+            .par_chunks_mut(m)
+            .zip(x.par_chunks(m).zip(dy.par_chunks(m)))
+            .for_each(|(dx, (x, dy))| {
+                let (mean, rstd) = stats(x);
+                let g = |j: usize| dy[j].to_f64() * w.map_or(1.0, |w| w[j].to_f64());
+                let xhat = |j: usize| (x[j].to_f64() - mean) * rstd;
+                let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+                for j in 0..m {
+                    sum_g += g(j);
+                    sum_gx += g(j) * xhat(j);
+                }
+                let (mean_g, mean_gx) = (sum_g / m as f64, sum_gx / m as f64);
+                for (j, dx) in dx.iter_mut().enumerate() {
+                    *dx = T::of(rstd * (g(j) - mean_g - xhat(j) * mean_gx));
+                }
+            });
+        if let [_, dw, db] = outs.as_mut_slice() {
+            // Rows in order, so each column's sum has a fixed order.
+            dw.fill(T::ZERO);
+            db.fill(T::ZERO);
+            for (x, dy) in x.chunks(m).zip(dy.chunks(m)) {
+                let (mean, rstd) = stats(x);
+                for j in 0..m {
+                    dw[j] += dy[j] * T::of((x[j].to_f64() - mean) * rstd);
+                    db[j] += dy[j];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{Arg, check_op};
+    use crate::ops::reduce::tests::{assert_close, eval_f64, f32_input, uniform, unravel};
+
+    fn bn(affine: bool, training: bool) -> OpKind {
+        OpKind::BatchNorm(BatchNorm {
+            eps: 1e-5,
+            momentum: 0.1,
+            affine,
+            training,
+        })
+    }
+
+    /// x, then weight, bias (when affine), running mean, running var (positive).
+    fn bn_inputs(shape: &[usize], affine: bool) -> Vec<(TensorType, Vec<f64>)> {
+        let c = shape[1];
+        let mut ins = vec![f32_input(shape, 10)];
+        if affine {
+            ins.push(f32_input(&[c], 11));
+            ins.push(f32_input(&[c], 12));
+        }
+        ins.push(f32_input(&[c], 13));
+        ins.push((TensorType::f32(vec![c]), uniform(14, c, 0.5, 2.0)));
+        ins
+    }
+
+    /// y from per-channel statistics, straight from the definition.
+    fn bn_naive(ins: &[(TensorType, Vec<f64>)], affine: bool, stats: (&[f64], &[f64])) -> Vec<f64> {
+        let (shape, x) = (&ins[0].0.shape, &ins[0].1);
+        x.iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                let ch = unravel(k, shape)[1];
+                let xhat = (v - stats.0[ch]) / (stats.1[ch] + 1e-5).sqrt();
+                match affine {
+                    true => xhat * ins[1].1[ch] + ins[2].1[ch],
+                    false => xhat,
+                }
+            })
+            .collect()
+    }
+
+    /// Per-channel mean and biased variance, by coordinates.
+    fn batch_stats(shape: &[usize], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let c = shape[1];
+        let count = (x.len() / c) as f64;
+        let mut mean = vec![0.0; c];
+        for (k, v) in x.iter().enumerate() {
+            mean[unravel(k, shape)[1]] += v / count;
+        }
+        let mut var = vec![0.0; c];
+        for (k, v) in x.iter().enumerate() {
+            let ch = unravel(k, shape)[1];
+            var[ch] += (v - mean[ch]).powi(2) / count;
+        }
+        (mean, var)
+    }
+
+    #[test]
+    fn batchnorm_training_uses_batch_statistics() {
+        for shape in [
+            vec![2, 3, 7, 5],
+            vec![1, 3, 7, 5],
+            vec![5, 3],
+            vec![4, 3, 7],
+        ] {
+            for affine in [true, false] {
+                let ins = bn_inputs(&shape, affine);
+                let (mean, var) = batch_stats(&shape, &ins[0].1);
+                let got = eval_f64(&bn(affine, true), &ins);
+                assert_close(&got[1], &mean, 1e-12);
+                assert_close(&got[2], &var, 1e-12);
+                assert_close(&got[0], &bn_naive(&ins, affine, (&mean, &var)), 1e-10);
+            }
+        }
+    }
+
+    #[test]
+    fn batchnorm_eval_uses_running_statistics() {
+        for affine in [true, false] {
+            let ins = bn_inputs(&[2, 3, 7, 5], affine);
+            let n = ins.len();
+            let (rm, rv) = (&ins[n - 2].1, &ins[n - 1].1);
+            let got = eval_f64(&bn(affine, false), &ins);
+            assert_eq!(&got[1], rm);
+            assert_eq!(&got[2], rv);
+            assert_close(&got[0], &bn_naive(&ins, affine, (rm, rv)), 1e-12);
+        }
+        // One value per channel is fine in eval mode, refused in training (as in PyTorch).
+        let x = TensorType::f32(vec![1, 3]);
+        let c = TensorType::f32(vec![3]);
+        let types = [&x, &c, &c];
+        assert!(bn(false, false).primitive().infer(&types).is_ok());
+        assert!(bn(false, true).primitive().infer(&types).is_err());
+    }
+
+    fn gradcheck(op: OpKind, args: &[Arg]) {
+        for seed in 0..2 {
+            let r = check_op(op.clone(), args, &[0], seed).unwrap();
+            assert!(r.worst < 1e-5, "{op:?} seed {seed}: {r:?}");
+            assert!(r.checked > 0);
+        }
+    }
+
+    #[test]
+    fn batchnorm_gradient() {
+        for shape in [vec![2, 3, 7, 5], vec![1, 3, 7, 5], vec![5, 3]] {
+            for affine in [true, false] {
+                for training in [true, false] {
+                    let c = shape[1];
+                    let mut args = vec![Arg::Float(shape.clone())];
+                    if affine {
+                        args.extend([Arg::Float(vec![c]), Arg::Float(vec![c])]);
+                    }
+                    args.push(Arg::Const(vec![c], -1.0, 1.0));
+                    args.push(Arg::Const(vec![c], 0.5, 2.0));
+                    gradcheck(bn(affine, training), &args);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn running_stats_after_one_update() {
+        let op = OpKind::BatchNormRunningStats(BatchNormRunningStats {
+            momentum: 0.1,
+            count: 5,
+        });
+        let t = TensorType::f32(vec![2]);
+        let ins = [
+            (t.clone(), vec![0.0, 1.0]),
+            (t.clone(), vec![1.0, 2.0]),
+            (t.clone(), vec![2.0, -1.0]),
+            (t, vec![4.0, 0.5]),
+        ];
+        let got = eval_f64(&op, &ins);
+        // 0.9·0 + 0.1·2; 0.9·1 + 0.1·(−1).
+        assert_close(&got[0], &[0.2, 0.8], 1e-15);
+        // 0.9·1 + 0.1·4·5/4; 0.9·2 + 0.1·0.5·5/4.
+        assert_close(&got[1], &[1.4, 1.8625], 1e-15);
+    }
+
+    #[test]
+    fn running_stats_follow_a_training_batchnorm() {
+        // The unbiased batch variance, as torch.var(unbiased=True) over every axis but 1.
+        let shape = [2, 3, 7, 5];
+        let ins = bn_inputs(&shape, true);
+        let y = eval_f64(&bn(true, true), &ins);
+        let c = TensorType::f32(vec![3]);
+        let stats = [
+            ins[3].clone(),
+            ins[4].clone(),
+            (c.clone(), y[1].clone()),
+            (c, y[2].clone()),
+        ];
+        let op = OpKind::BatchNormRunningStats(BatchNormRunningStats {
+            momentum: 0.25,
+            count: 70,
+        });
+        let got = eval_f64(&op, &stats);
+        let (mean, _) = batch_stats(&shape, &ins[0].1);
+        let mut unbiased = [0.0; 3];
+        for (k, v) in ins[0].1.iter().enumerate() {
+            let ch = unravel(k, &shape)[1];
+            unbiased[ch] += (v - mean[ch]).powi(2) / 69.0;
+        }
+        let rm: Vec<f64> = (0..3)
+            .map(|i| 0.75 * ins[3].1[i] + 0.25 * mean[i])
+            .collect();
+        let rv: Vec<f64> = (0..3)
+            .map(|i| 0.75 * ins[4].1[i] + 0.25 * unbiased[i])
+            .collect();
+        assert_close(&got[0], &rm, 1e-12);
+        assert_close(&got[1], &rv, 1e-12);
+        let one = TensorType::f32(vec![3]);
+        let bad = BatchNormRunningStats {
+            momentum: 0.1,
+            count: 1,
+        };
+        assert!(bad.infer(&[&one, &one, &one, &one]).is_err());
+    }
+
+    fn ln(dims: usize, affine: bool) -> OpKind {
+        OpKind::LayerNorm(LayerNorm {
+            eps: 1e-5,
+            dims,
+            affine,
+        })
+    }
+
+    #[test]
+    fn layernorm_matches_a_naive_layernorm() {
+        for (shape, dims) in [
+            (vec![2, 3, 7, 5], 2),
+            (vec![2, 3, 7, 5], 1),
+            (vec![1, 7, 5], 2),
+        ] {
+            for affine in [true, false] {
+                let norm = &shape[shape.len() - dims..];
+                let m: usize = norm.iter().product();
+                let mut ins = vec![f32_input(&shape, 20)];
+                if affine {
+                    ins.push(f32_input(norm, 21));
+                    ins.push(f32_input(norm, 22));
+                }
+                let x = &ins[0].1;
+                let mut want = vec![0.0; x.len()];
+                for r in 0..x.len() / m {
+                    let row = &x[r * m..(r + 1) * m];
+                    let mean = row.iter().sum::<f64>() / m as f64;
+                    let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m as f64;
+                    for j in 0..m {
+                        let xhat = (row[j] - mean) / (var + 1e-5).sqrt();
+                        want[r * m + j] = match affine {
+                            true => xhat * ins[1].1[j] + ins[2].1[j],
+                            false => xhat,
+                        };
+                    }
+                }
+                let got = eval_f64(&ln(dims, affine), &ins);
+                assert_close(&got[0], &want, 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn layernorm_gradient() {
+        for (shape, dims) in [
+            (vec![2, 3, 7, 5], 2),
+            (vec![2, 3, 7, 5], 1),
+            (vec![1, 7, 5], 2),
+        ] {
+            for affine in [true, false] {
+                let norm = shape[shape.len() - dims..].to_vec();
+                let mut args = vec![Arg::Float(shape.clone())];
+                if affine {
+                    args.extend([Arg::Float(norm.clone()), Arg::Float(norm)]);
+                }
+                gradcheck(ln(dims, affine), &args);
+            }
+        }
     }
 }

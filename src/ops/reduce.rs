@@ -1,14 +1,61 @@
-//! Reductions: mean over axes (global average pooling) and softmax along one axis.
+//! Reductions: mean over axes (global average pooling) and softmax along one axis, with their
+//! gradients; and `SumTo`, the gradient of a broadcast.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Eval, Primitive, ShapeResult, TensorType, axis, expect_arity, expect_f32};
+use super::{
+    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, axis,
+    expect_arity, expect_f32, fmt_shape,
+};
 use crate::backend::cpu::{Io, Real};
 
-/// Mean over the given axes, which are removed from the shape.
+/// Mean over the given axes, which are removed from the shape (PyTorch's `x.mean(dim=axes)`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MeanAxes {
     pub axes: Vec<usize>,
+}
+
+/// The shape without `axes`, or why `axes` do not fit a tensor of `shape`.
+fn reduced_shape(shape: &[usize], axes: &[usize]) -> Result<Vec<usize>, String> {
+    if let Some(a) = axes.iter().find(|&&a| a >= shape.len()) {
+        return Err(format!(
+            "axis {a} is out of range for a tensor of rank {}",
+            shape.len()
+        ));
+    }
+    if let Some((i, a)) = axes
+        .iter()
+        .enumerate()
+        .find(|(i, a)| axes[..*i].contains(a))
+    {
+        return Err(format!("axis {a} is listed twice (position {i})"));
+    }
+    Ok((0..shape.len())
+        .filter(|i| !axes.contains(i))
+        .map(|i| shape[i])
+        .collect())
+}
+
+/// Row-major strides of `shape`.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![0; shape.len()];
+    let mut acc = 1;
+    for d in (0..shape.len()).rev() {
+        s[d] = acc;
+        acc *= shape[d];
+    }
+    s
+}
+
+/// The offset of row-major index `k` over dims of (size, stride).
+fn offset(mut k: usize, dims: &[(usize, usize)]) -> usize {
+    let mut off = 0;
+    for &(size, stride) in dims.iter().rev() {
+        off += (k % size) * stride;
+        k /= size;
+    }
+    off
 }
 
 impl Primitive for MeanAxes {
@@ -19,17 +66,7 @@ impl Primitive for MeanAxes {
         expect_arity(inputs, 1)?;
         let x = inputs[0];
         expect_f32(x, "the input")?;
-        if let Some(a) = self.axes.iter().find(|&&a| a >= x.rank()) {
-            return Err(format!(
-                "axis {a} is out of range for a tensor of rank {}",
-                x.rank()
-            ));
-        }
-        let shape = (0..x.rank())
-            .filter(|i| !self.axes.contains(i))
-            .map(|i| x.shape[i])
-            .collect();
-        Ok(vec![TensorType::f32(shape)])
+        Ok(vec![TensorType::f32(reduced_shape(&x.shape, &self.axes)?)])
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
         inputs[0].numel() as u64
@@ -37,12 +74,111 @@ impl Primitive for MeanAxes {
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("axes", format!("{:?}", self.axes))]
     }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let shape = cx.ty(a.inputs[0]).shape.clone();
+        let grad = MeanAxesGrad {
+            axes: self.axes.clone(),
+            shape,
+        };
+        Ok(vec![Some(cx.op(OpKind::MeanAxesGrad(grad), &[a.dy()?])?)])
+    }
 }
 
+impl Eval for MeanAxes {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let shape = io.in_shape(0);
+        let st = strides(shape);
+        let split = |keep: bool| -> Vec<(usize, usize)> {
+            (0..shape.len())
+                .filter(|i| self.axes.contains(i) != keep)
+                .map(|i| (shape[i], st[i]))
+                .collect()
+        };
+        let (kept, reduced) = (split(true), split(false));
+        let count: usize = reduced.iter().map(|d| d.0).product();
+        let (ins, mut outs) = io.split();
+        let x = ins[0];
+        // Each output sums its own elements in index order (f64), so threads never share a sum.
+        outs[0].par_iter_mut().enumerate().for_each(|(o, y)| {
+            let base = offset(o, &kept);
+            let sum: f64 = (0..count)
+                .map(|r| x[base + offset(r, &reduced)].to_f64())
+                .sum();
+            *y = T::of(sum / count as f64);
+        });
+    }
+}
+
+/// The gradient of [`MeanAxes`]: dy broadcast back over `axes` to `shape`, divided by the
+/// number of elements each mean took. Input: dy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MeanAxesGrad {
+    pub axes: Vec<usize>,
+    /// The shape of the forward input (the gradient's shape).
+    pub shape: Vec<usize>,
+}
+
+impl Primitive for MeanAxesGrad {
+    fn name(&self) -> &'static str {
+        "mean_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 1)?;
+        let want = reduced_shape(&self.shape, &self.axes)?;
+        if inputs[0].shape != want {
+            return Err(format!(
+                "dy {} does not match the mean's output {}",
+                fmt_shape(&inputs[0].shape),
+                fmt_shape(&want)
+            ));
+        }
+        Ok(vec![TensorType::f32(self.shape.clone())])
+    }
+    fn flops(&self, _: &[&TensorType], out: &[TensorType]) -> u64 {
+        out[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("axes", format!("{:?}", self.axes)),
+            ("shape", fmt_shape(&self.shape)),
+        ]
+    }
+}
+
+impl Eval for MeanAxesGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let dy_strides = strides(io.in_shape(0));
+        // dy's stride along each dim of dx (0 along the reduced axes).
+        let mut kept = dy_strides.iter();
+        let dims: Vec<(usize, usize)> = (0..self.shape.len())
+            .map(|i| match self.axes.contains(&i) {
+                true => (self.shape[i], 0),
+                false => (self.shape[i], *kept.next().expect("rank checked by infer")),
+            })
+            .collect();
+        let count: usize = self.axes.iter().map(|&a| self.shape[a]).product();
+        let scale = T::ONE / T::of(count as f64);
+        let (ins, mut outs) = io.split();
+        let dy = ins[0];
+        outs[0]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(k, dx)| *dx = dy[offset(k, &dims)] * scale);
+    }
+}
+
+/// Softmax along one axis, max-subtracted for stability (PyTorch's `torch.softmax(x, dim)`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Softmax {
     /// Axis of the full tensor (batch included); negative counts from the end.
     pub axis: i64,
+}
+
+/// (outer, len, inner): the dims before, at and after axis `a`.
+fn around(shape: &[usize], a: usize) -> (usize, usize, usize) {
+    let outer = shape[..a].iter().product();
+    let inner = shape[a + 1..].iter().product();
+    (outer, shape[a], inner)
 }
 
 impl Primitive for Softmax {
@@ -60,6 +196,96 @@ impl Primitive for Softmax {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("axis", self.axis.to_string())]
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let grad = SoftmaxGrad { axis: self.axis };
+        let dx = cx.op(OpKind::SoftmaxGrad(grad), &[a.outputs[0], a.dy()?])?;
+        Ok(vec![Some(dx)])
+    }
+}
+
+impl Eval for Softmax {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let shape = io.in_shape(0);
+        let a = axis(self.axis, shape.len()).expect("checked by infer");
+        let (_, len, inner) = around(shape, a);
+        let block = len * inner;
+        let (ins, mut outs) = io.split();
+        if block == 0 {
+            return;
+        }
+        outs[0]
+            .par_chunks_mut(block)
+            .zip(ins[0].par_chunks(block))
+            .for_each(|(y, x)| {
+                for i in 0..inner {
+                    let at = |k: usize| k * inner + i;
+                    let m = (1..len).fold(x[at(0)], |m, k| m.max(x[at(k)]));
+                    let mut sum = T::ZERO;
+                    for k in 0..len {
+                        let e = (x[at(k)] - m).exp();
+                        y[at(k)] = e;
+                        sum += e;
+                    }
+                    for k in 0..len {
+                        y[at(k)] = y[at(k)] / sum;
+                    }
+                }
+            });
+    }
+}
+
+/// The gradient of [`Softmax`]: `dx = y · (dy − Σ_axis dy·y)`. Inputs: y, dy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SoftmaxGrad {
+    pub axis: i64,
+}
+
+impl Primitive for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        if inputs[0] != inputs[1] {
+            return Err("y and dy differ".into());
+        }
+        axis(self.axis, inputs[0].rank())?;
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, _: &[&TensorType], out: &[TensorType]) -> u64 {
+        4 * out[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("axis", self.axis.to_string())]
+    }
+}
+
+impl Eval for SoftmaxGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let shape = io.in_shape(0);
+        let a = axis(self.axis, shape.len()).expect("checked by infer");
+        let (_, len, inner) = around(shape, a);
+        let block = len * inner;
+        let (ins, mut outs) = io.split();
+        if block == 0 {
+            return;
+        }
+        outs[0]
+            .par_chunks_mut(block)
+            .zip(ins[0].par_chunks(block).zip(ins[1].par_chunks(block)))
+            .for_each(|(dx, (y, dy))| {
+                for i in 0..inner {
+                    let at = |k: usize| k * inner + i;
+                    let mut dot = T::ZERO;
+                    for k in 0..len {
+                        dot += dy[at(k)] * y[at(k)];
+                    }
+                    for k in 0..len {
+                        dx[at(k)] = y[at(k)] * (dy[at(k)] - dot);
+                    }
+                }
+            });
     }
 }
 
@@ -133,6 +359,187 @@ impl Eval for SumTo {
                 }
                 coord[d] = 0;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::backend::cpu::StepCtx;
+    use crate::gradcheck::{Arg, check_op};
+
+    /// Evaluates `op` once in f64 on the given inputs. Outputs start as NaN, so an element the
+    /// kernel forgets to write fails every comparison.
+    pub(crate) fn eval_f64(op: &OpKind, ins: &[(TensorType, Vec<f64>)]) -> Vec<Vec<f64>> {
+        let types: Vec<&TensorType> = ins.iter().map(|(t, _)| t).collect();
+        let out_types = op.primitive().infer(&types).unwrap();
+        let mut outs: Vec<Vec<f64>> = out_types
+            .iter()
+            .map(|t| vec![f64::NAN; t.numel()])
+            .collect();
+        let mut io = Io::new(
+            ins.iter().map(|(_, v)| v.as_slice()).collect(),
+            outs.iter_mut().map(|v| v.as_mut_slice()).collect(),
+            types,
+            &out_types,
+            StepCtx::default(),
+        );
+        op.eval(&mut io);
+        outs
+    }
+
+    pub(crate) fn uniform(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(lo..hi)).collect()
+    }
+
+    pub(crate) fn f32_input(shape: &[usize], seed: u64) -> (TensorType, Vec<f64>) {
+        let n = shape.iter().product();
+        (TensorType::f32(shape.to_vec()), uniform(seed, n, -2.0, 2.0))
+    }
+
+    pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "element {k}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// The coordinates of row-major index `k` in `shape`.
+    pub(crate) fn unravel(mut k: usize, shape: &[usize]) -> Vec<usize> {
+        let mut c = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            c[d] = k % shape[d];
+            k /= shape[d];
+        }
+        c
+    }
+
+    fn ravel(c: &[usize], shape: &[usize]) -> usize {
+        c.iter().zip(shape).fold(0, |acc, (&i, &d)| acc * d + i)
+    }
+
+    fn gradcheck(op: OpKind, args: &[Arg]) {
+        for seed in 0..2 {
+            let r = check_op(op.clone(), args, &[0], seed).unwrap();
+            assert!(r.worst < 1e-5, "{op:?} seed {seed}: {r:?}");
+            assert!(r.checked > 0);
+        }
+    }
+
+    const SHAPE: [usize; 4] = [2, 3, 7, 5];
+
+    #[test]
+    fn mean_axes_matches_a_naive_mean() {
+        let x = f32_input(&SHAPE, 1);
+        for axes in [
+            vec![2, 3],
+            vec![0, 2],
+            vec![1],
+            vec![3, 0],
+            vec![0, 1, 2, 3],
+        ] {
+            let out_shape: Vec<usize> = (0..4)
+                .filter(|i| !axes.contains(i))
+                .map(|i| SHAPE[i])
+                .collect();
+            let count: usize = axes.iter().map(|&a| SHAPE[a]).product();
+            let mut want = vec![0.0; out_shape.iter().product()];
+            for (k, v) in x.1.iter().enumerate() {
+                let c = unravel(k, &SHAPE);
+                let kept: Vec<usize> = (0..4).filter(|i| !axes.contains(i)).map(|i| c[i]).collect();
+                want[ravel(&kept, &out_shape)] += v / count as f64;
+            }
+            let op = OpKind::MeanAxes(MeanAxes { axes: axes.clone() });
+            let got = eval_f64(&op, std::slice::from_ref(&x));
+            assert_close(&got[0], &want, 1e-12);
+        }
+    }
+
+    #[test]
+    fn mean_axes_rejects_bad_axes() {
+        let x = TensorType::f32(SHAPE.to_vec());
+        for axes in [vec![4], vec![2, 2]] {
+            assert!(MeanAxes { axes }.infer(&[&x]).is_err());
+        }
+    }
+
+    #[test]
+    fn mean_axes_gradient() {
+        for axes in [vec![2, 3], vec![0, 2], vec![1]] {
+            gradcheck(
+                OpKind::MeanAxes(MeanAxes { axes }),
+                &[Arg::Float(SHAPE.to_vec())],
+            );
+        }
+        gradcheck(
+            OpKind::MeanAxes(MeanAxes { axes: vec![2, 3] }),
+            &[Arg::Float(vec![1, 3, 7, 5])],
+        );
+    }
+
+    #[test]
+    fn softmax_matches_a_naive_softmax() {
+        let mut x = f32_input(&SHAPE, 2);
+        // Large logits: only a max-subtracted kernel stays finite.
+        x.1[0] = 800.0;
+        for (axis, a) in [(1, 1), (-1, 3), (0, 0), (2, 2)] {
+            let mut want = vec![0.0; x.1.len()];
+            for (k, w) in want.iter_mut().enumerate() {
+                let mut c = unravel(k, &SHAPE);
+                let at = |c: &mut Vec<usize>, j: usize| {
+                    c[a] = j;
+                    x.1[ravel(c, &SHAPE)]
+                };
+                let m = (0..SHAPE[a])
+                    .map(|j| at(&mut c, j))
+                    .fold(f64::MIN, f64::max);
+                let den: f64 = (0..SHAPE[a]).map(|j| (at(&mut c, j) - m).exp()).sum();
+                *w = (x.1[k] - m).exp() / den;
+            }
+            let got = eval_f64(&OpKind::Softmax(Softmax { axis }), std::slice::from_ref(&x));
+            assert_close(&got[0], &want, 1e-12);
+            assert!(got[0].iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn softmax_gradient() {
+        for axis in [1, -1, 0] {
+            gradcheck(
+                OpKind::Softmax(Softmax { axis }),
+                &[Arg::Float(SHAPE.to_vec())],
+            );
+        }
+        gradcheck(
+            OpKind::Softmax(Softmax { axis: -1 }),
+            &[Arg::Float(vec![1, 7])],
+        );
+    }
+
+    #[test]
+    fn sum_to_matches_a_naive_sum() {
+        let x = f32_input(&SHAPE, 3);
+        for to in [vec![3, 1, 5], vec![1], vec![7, 1], vec![2, 1, 1, 5], vec![]] {
+            let pad = SHAPE.len() - to.len();
+            let mut want = vec![0.0; to.iter().product()];
+            for (k, v) in x.1.iter().enumerate() {
+                let c = unravel(k, &SHAPE);
+                let o: Vec<usize> = (0..to.len())
+                    .map(|d| if to[d] == 1 { 0 } else { c[pad + d] })
+                    .collect();
+                want[ravel(&o, &to)] += v;
+            }
+            let op = OpKind::SumTo(SumTo { shape: to.clone() });
+            let got = eval_f64(&op, std::slice::from_ref(&x));
+            assert_close(&got[0], &want, 1e-12);
         }
     }
 }
