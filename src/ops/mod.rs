@@ -12,13 +12,13 @@ mod pool;
 mod random;
 mod reduce;
 
-pub use conv::Conv2d;
+pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
 pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
 pub use loss::{CrossEntropy, Mse};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, Reshape};
 pub use norm::{BatchNorm, LayerNorm};
-pub use pool::{Pool2d, PoolKind};
+pub use pool::{Pool2d, Pool2dGrad, PoolKind};
 pub use random::Dropout;
 pub use reduce::{MeanAxes, Softmax, SumTo};
 
@@ -240,6 +240,9 @@ op_kinds! {
     MatMulGradWeight(MatMulGradWeight),
     SumTo(SumTo),
     Fill(Fill),
+    Conv2dGradInput(Conv2dGradInput),
+    Conv2dGradWeight(Conv2dGradWeight),
+    Pool2dGrad(Pool2dGrad),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {
@@ -278,12 +281,10 @@ macro_rules! pending_eval {
     )*};
 }
 pending_eval!(
-    Conv2d,
     Softmax,
     MeanAxes,
     BatchNorm,
     LayerNorm,
-    Pool2d,
     Reshape,
     Concat,
     Gather,
