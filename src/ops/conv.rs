@@ -1,8 +1,16 @@
-//! 2-D convolution, NCHW input, OIHW weight (PyTorch's layouts).
+//! 2-D convolution, NCHW input, OIHW weight, no bias (PyTorch's `F.conv2d(x, w, None, stride,
+//! padding, dilation, groups)`: zero padding, floor output size, group g owning input channels
+//! g*C/G.. and output channels g*O/G..), and its two gradients. CPU kernels: im2col + GEMM per
+//! image and group, parallel over images.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{Primitive, ShapeResult, TensorType, expect_arity, expect_f32, fmt_shape};
+use super::{
+    Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
+    expect_arity, expect_f32, fmt_shape,
+};
+use crate::backend::cpu::{Io, Mat, Real, matmul};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Conv2d {
@@ -26,6 +34,70 @@ pub fn window_out(
     (padded >= span).then(|| (padded - span) / stride + 1)
 }
 
+fn expect_image(t: &TensorType, what: &str) -> Result<[usize; 4], String> {
+    match t.shape[..] {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(format!(
+            "expects {what} [N, C, H, W], got {}: put a reshape before it",
+            fmt_shape(&t.shape)
+        )),
+    }
+}
+
+impl Conv2d {
+    /// The output's spatial size for an input of `hw` and a kernel of `k`, or why it does not fit.
+    fn out_hw(&self, hw: [usize; 2], k: [usize; 2]) -> Result<[usize; 2], String> {
+        if self.stride.contains(&0) || self.dilation.contains(&0) || self.groups == 0 {
+            return Err(format!(
+                "stride {:?}, dilation {:?} and groups {} must be at least 1",
+                self.stride, self.dilation, self.groups
+            ));
+        }
+        if k.contains(&0) {
+            return Err(format!("a {}x{} kernel is empty", k[0], k[1]));
+        }
+        let oh = window_out(
+            hw[0],
+            k[0],
+            self.stride[0],
+            self.padding[0],
+            self.dilation[0],
+        );
+        let ow = window_out(
+            hw[1],
+            k[1],
+            self.stride[1],
+            self.padding[1],
+            self.dilation[1],
+        );
+        match (oh, ow) {
+            (Some(oh), Some(ow)) => Ok([oh, ow]),
+            _ => Err(format!(
+                "a {}x{} kernel (dilation {:?}, padding {:?}) does not fit a {}x{} input",
+                k[0], k[1], self.dilation, self.padding, hw[0], hw[1]
+            )),
+        }
+    }
+    /// Checks that `groups` splits `c` input and `o` output channels.
+    fn check_groups(&self, c: usize, o: usize) -> Result<(), String> {
+        if !c.is_multiple_of(self.groups) || !o.is_multiple_of(self.groups) {
+            return Err(format!(
+                "groups = {} must divide both the input channels ({c}) and the output channels ({o})",
+                self.groups
+            ));
+        }
+        Ok(())
+    }
+    fn attr_list(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("stride", format!("{:?}", self.stride)),
+            ("padding", format!("{:?}", self.padding)),
+            ("dilation", format!("{:?}", self.dilation)),
+            ("groups", self.groups.to_string()),
+        ]
+    }
+}
+
 impl Primitive for Conv2d {
     fn name(&self) -> &'static str {
         "conv2d"
@@ -34,35 +106,18 @@ impl Primitive for Conv2d {
         expect_arity(inputs, 2)?;
         let (x, w) = (inputs[0], inputs[1]);
         expect_f32(x, "the input")?;
-        if x.rank() != 4 {
-            return Err(format!(
-                "expects an image batch [N, C, H, W], got {}: put a reshape before it",
-                fmt_shape(&x.shape)
-            ));
-        }
-        let [n, c, h, wd] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-        let [o, ci, kh, kw] = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
-        if c % self.groups != 0 || o % self.groups != 0 {
-            return Err(format!(
-                "groups = {} must divide both the input channels ({c}) and the output channels ({o})",
-                self.groups
-            ));
-        }
+        expect_f32(w, "the weight")?;
+        let [n, c, h, wd] = expect_image(x, "an image batch")?;
+        let [o, ci, kh, kw] = expect_image(w, "a weight")?;
+        let [oh, ow] = self.out_hw([h, wd], [kh, kw])?;
+        self.check_groups(c, o)?;
         if ci * self.groups != c {
             return Err(format!(
                 "input has {c} channels, the weight expects {}",
                 ci * self.groups
             ));
         }
-        let oh = window_out(h, kh, self.stride[0], self.padding[0], self.dilation[0]);
-        let ow = window_out(wd, kw, self.stride[1], self.padding[1], self.dilation[1]);
-        match (oh, ow) {
-            (Some(oh), Some(ow)) => Ok(vec![TensorType::f32(vec![n, o, oh, ow])]),
-            _ => Err(format!(
-                "a {kh}x{kw} kernel (dilation {:?}, padding {:?}) does not fit a {h}x{wd} input",
-                self.dilation, self.padding
-            )),
-        }
+        Ok(vec![TensorType::f32(vec![n, o, oh, ow])])
     }
     fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
         let w = &inputs[1].shape;
@@ -70,11 +125,782 @@ impl Primitive for Conv2d {
         (2 * macs_per_out).saturating_mul(out[0].numel() as u64)
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
+        self.attr_list()
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dy = a.dy()?;
+        let (x, w) = (a.inputs[0], a.inputs[1]);
+        let dx = match a.wants(0) {
+            true => {
+                let s = &cx.ty(x).shape;
+                let op = Conv2dGradInput {
+                    conv: self.clone(),
+                    input: [s[2], s[3]],
+                };
+                Some(cx.op(OpKind::Conv2dGradInput(op), &[dy, w])?)
+            }
+            false => None,
+        };
+        let dw = match a.wants(1) {
+            true => {
+                let s = &cx.ty(w).shape;
+                let op = Conv2dGradWeight {
+                    conv: self.clone(),
+                    kernel: [s[2], s[3]],
+                };
+                Some(cx.op(OpKind::Conv2dGradWeight(op), &[x, dy])?)
+            }
+            false => None,
+        };
+        Ok(vec![dx, dw])
+    }
+}
+
+/// `dx` of a convolution: inputs dy [N, O, OH, OW], w [O, C/G, kh, kw] → [N, C, H, W]. The
+/// input's size is an attribute because a stride > 1 may have dropped its last rows/columns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conv2dGradInput {
+    pub conv: Conv2d,
+    /// The convolution input's [H, W].
+    pub input: [usize; 2],
+}
+
+impl Primitive for Conv2dGradInput {
+    fn name(&self) -> &'static str {
+        "conv2d_grad_input"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        let [n, o, oh, ow] = expect_image(inputs[0], "dy")?;
+        let [wo, ci, kh, kw] = expect_image(inputs[1], "a weight")?;
+        let out = self.conv.out_hw(self.input, [kh, kw])?;
+        self.conv.check_groups(ci * self.conv.groups, o)?;
+        if wo != o || out != [oh, ow] {
+            return Err(format!(
+                "dy {} does not fit weight {} on a {:?} input",
+                fmt_shape(&inputs[0].shape),
+                fmt_shape(&inputs[1].shape),
+                self.input
+            ));
+        }
+        let [h, w] = self.input;
+        Ok(vec![TensorType::f32(vec![n, ci * self.conv.groups, h, w])])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        let w = &inputs[1].shape;
+        (2 * (w[1] * w[2] * w[3]) as u64).saturating_mul(inputs[0].numel() as u64)
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        let mut a = self.conv.attr_list();
+        a.push(("input", format!("{:?}", self.input)));
+        a
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+}
+
+/// `dw` of a convolution: inputs x [N, C, H, W], dy [N, O, OH, OW] → [O, C/G, kh, kw].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conv2dGradWeight {
+    pub conv: Conv2d,
+    /// The weight's [kh, kw].
+    pub kernel: [usize; 2],
+}
+
+impl Primitive for Conv2dGradWeight {
+    fn name(&self) -> &'static str {
+        "conv2d_grad_weight"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        let [n, c, h, w] = expect_image(inputs[0], "an image batch")?;
+        let [dn, o, oh, ow] = expect_image(inputs[1], "dy")?;
+        let out = self.conv.out_hw([h, w], self.kernel)?;
+        self.conv.check_groups(c, o)?;
+        if dn != n || out != [oh, ow] {
+            return Err(format!(
+                "dy {} does not fit input {} and a {:?} kernel",
+                fmt_shape(&inputs[1].shape),
+                fmt_shape(&inputs[0].shape),
+                self.kernel
+            ));
+        }
+        let [kh, kw] = self.kernel;
+        Ok(vec![TensorType::f32(vec![o, c / self.conv.groups, kh, kw])])
+    }
+    fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
+        let dy = &inputs[1].shape;
+        (2 * (dy[0] * dy[2] * dy[3]) as u64).saturating_mul(out[0].numel() as u64)
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        let mut a = self.conv.attr_list();
+        a.push(("kernel", format!("{:?}", self.kernel)));
+        a
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+}
+
+/// Sizes of one convolution, from the shapes of its input, output and kernel.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    groups: usize,
+}
+
+impl Geom {
+    fn new(conv: &Conv2d, x: &[usize], y: &[usize], k: [usize; 2]) -> Geom {
+        Geom {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            o: y[1],
+            kh: k[0],
+            kw: k[1],
+            oh: y[2],
+            ow: y[3],
+            stride: conv.stride,
+            pad: conv.padding,
+            dil: conv.dilation,
+            groups: conv.groups,
+        }
+    }
+    /// Input and output channels per group.
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Rows of the unfolded input: the GEMM's inner dim.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Output pixels per image: the GEMM's columns.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    /// A 1x1, stride-1, unpadded conv reads the input as the unfolded matrix itself.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0]
+    }
+    /// im2col scratch per image and group (none when pointwise).
+    fn cols_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.k() * self.p()
+        }
+    }
+}
+
+/// The outputs `lo..hi` along one dim whose tap `out * stride + off` lies inside `0..len`.
+fn valid(outs: usize, stride: usize, off: isize, len: usize) -> (usize, usize) {
+    let lo = if off >= 0 {
+        0
+    } else {
+        off.unsigned_abs().div_ceil(stride)
+    };
+    let end = len as isize - off;
+    let hi = if end <= 0 {
+        0
+    } else {
+        (end as usize).div_ceil(stride).min(outs)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Tap offset of kernel index `k` along one dim.
+fn tap(k: usize, dil: usize, pad: usize) -> isize {
+    (k * dil) as isize - pad as isize
+}
+
+/// Unfolds one image's group of channels `x [cg, h, w]` into `cols [cg*kh*kw, oh*ow]`, with
+/// zeros where a tap falls in the padding.
+fn im2col<T: Real>(g: &Geom, x: &[T], cols: &mut [T]) {
+    let (p, ow, [sy, sx]) = (g.p(), g.ow, g.stride);
+    for ci in 0..g.cg() {
+        let plane = &x[ci * g.hw()..][..g.hw()];
+        for ki in 0..g.kh {
+            let offy = tap(ki, g.dil[0], g.pad[0]);
+            let (ylo, yhi) = valid(g.oh, sy, offy, g.h);
+            for kj in 0..g.kw {
+                let offx = tap(kj, g.dil[1], g.pad[1]);
+                let (xlo, xhi) = valid(ow, sx, offx, g.w);
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let dst = &mut cols[row * p..][..p];
+                dst[..ylo * ow].fill(T::ZERO);
+                dst[yhi * ow..].fill(T::ZERO);
+                for oy in ylo..yhi {
+                    let iy = ((oy * sy) as isize + offy) as usize;
+                    let src = &plane[iy * g.w..][..g.w];
+                    let d = &mut dst[oy * ow..][..ow];
+                    d[..xlo].fill(T::ZERO);
+                    d[xhi..].fill(T::ZERO);
+                    if xhi == xlo {
+                        continue;
+                    }
+                    let ix0 = ((xlo * sx) as isize + offx) as usize;
+                    if sx == 1 {
+                        d[xlo..xhi].copy_from_slice(&src[ix0..ix0 + xhi - xlo]);
+                    } else {
+                        for (v, &s) in d[xlo..xhi].iter_mut().zip(src[ix0..].iter().step_by(sx)) {
+                            *v = s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: sums `cols [cg*kh*kw, oh*ow]` back into `x [cg, h, w]`, which it
+/// overwrites, in a fixed order (kernel row, kernel column, output pixel).
+fn col2im<T: Real>(g: &Geom, cols: &[T], x: &mut [T]) {
+    x.fill(T::ZERO);
+    let (p, ow, [sy, sx]) = (g.p(), g.ow, g.stride);
+    for ci in 0..g.cg() {
+        let plane = &mut x[ci * g.hw()..][..g.hw()];
+        for ki in 0..g.kh {
+            let offy = tap(ki, g.dil[0], g.pad[0]);
+            let (ylo, yhi) = valid(g.oh, sy, offy, g.h);
+            for kj in 0..g.kw {
+                let offx = tap(kj, g.dil[1], g.pad[1]);
+                let (xlo, xhi) = valid(ow, sx, offx, g.w);
+                if xhi == xlo {
+                    continue;
+                }
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let src = &cols[row * p..][..p];
+                for oy in ylo..yhi {
+                    let iy = ((oy * sy) as isize + offy) as usize;
+                    let dst = &mut plane[iy * g.w..][..g.w];
+                    let s = &src[oy * ow + xlo..oy * ow + xhi];
+                    let ix0 = ((xlo * sx) as isize + offx) as usize;
+                    if sx == 1 {
+                        // Contiguous: a plain zip vectorises, `step_by` does not.
+                        for (d, &v) in dst[ix0..ix0 + s.len()].iter_mut().zip(s) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, &v) in dst[ix0..].iter_mut().step_by(sx).zip(s) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(first image, its outputs, scratch)` over runs of images of `out` (`image_len`
+/// elements each), in parallel, one run per thread. Only for ops whose images are independent,
+/// so the split cannot change any result.
+fn par_images<T: Real>(
+    out: &mut [T],
+    image_len: usize,
+    scratch_len: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let n = out.len() / image_len;
+    let per = n.div_ceil(rayon::current_num_threads()).max(1);
+    let s = scratch_len.max(1);
+    // A per-call allocation, one im2col buffer per run, until the planner provides workspace.
+    let mut scratch = vec![T::ZERO; n.div_ceil(per) * s];
+    out.par_chunks_mut(per * image_len)
+        .zip(scratch.par_chunks_mut(s))
+        .enumerate()
+        .for_each(|(t, (out, scratch))| f(t * per, out, scratch));
+}
+
+impl Eval for Conv2d {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let ws = io.in_shape(1);
+        let g = Geom::new(self, io.in_shape(0), io.out_shape(0), [ws[2], ws[3]]);
+        let (ins, mut outs) = io.split();
+        let (x, w) = (ins[0], ins[1]);
+        let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
+        par_images(outs[0], g.o * p, g.cols_len(), |n0, ys, cols| {
+            for (i, y) in ys.chunks_mut(g.o * p).enumerate() {
+                let xi = &x[(n0 + i) * g.c * hw..][..g.c * hw];
+                for gi in 0..g.groups {
+                    let xg = &xi[gi * cg * hw..][..cg * hw];
+                    let b = if g.pointwise() {
+                        xg
+                    } else {
+                        im2col(&g, xg, cols);
+                        &cols[..k * p]
+                    };
+                    matmul(
+                        &w[gi * og * k..][..og * k],
+                        Mat::rows(og, k),
+                        b,
+                        Mat::rows(k, p),
+                        &mut y[gi * og * p..][..og * p],
+                        Mat::rows(og, p),
+                        false,
+                    );
+                }
+            }
+        });
+    }
+}
+
+impl Eval for Conv2dGradInput {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let ws = io.in_shape(1);
+        let g = Geom::new(&self.conv, io.out_shape(0), io.in_shape(0), [ws[2], ws[3]]);
+        let (ins, mut outs) = io.split();
+        let (dy, w) = (ins[0], ins[1]);
+        let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
+        par_images(outs[0], g.c * hw, g.cols_len(), |n0, dxs, cols| {
+            for (i, dx) in dxs.chunks_mut(g.c * hw).enumerate() {
+                let dyi = &dy[(n0 + i) * g.o * p..][..g.o * p];
+                for gi in 0..g.groups {
+                    let wg = &w[gi * og * k..][..og * k];
+                    let dyg = &dyi[gi * og * p..][..og * p];
+                    let dxg = &mut dx[gi * cg * hw..][..cg * hw];
+                    let dcols = if g.pointwise() {
+                        &mut *dxg
+                    } else {
+                        &mut cols[..k * p]
+                    };
+                    // dcols [k, p] = wgᵀ [k, og] · dyg [og, p]
+                    matmul(
+                        wg,
+                        Mat::rows(og, k).t(),
+                        dyg,
+                        Mat::rows(og, p),
+                        dcols,
+                        Mat::rows(k, p),
+                        false,
+                    );
+                    if !g.pointwise() {
+                        col2im(&g, &cols[..k * p], dxg);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs of images whose weight gradients `Conv2dGradWeight` sums in parallel: fixed, so the
+/// order of the sum over images does not depend on the machine's thread count.
+const GRAD_WEIGHT_RUNS: usize = 16;
+
+impl Eval for Conv2dGradWeight {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let g = Geom::new(&self.conv, io.in_shape(0), io.in_shape(1), self.kernel);
+        let (ins, mut outs) = io.split();
+        let (x, dy) = (ins[0], ins[1]);
+        let dw = &mut *outs[0];
+        let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
+        if dw.is_empty() {
+            return;
+        }
+        if g.n == 0 {
+            dw.fill(T::ZERO);
+            return;
+        }
+        let per = g.n.div_ceil(GRAD_WEIGHT_RUNS);
+        let runs = g.n.div_ceil(per);
+        let len = dw.len();
+        let s = g.cols_len().max(1);
+        // Per-call allocations (run partials and im2col buffers) until the planner provides
+        // workspace. Run 0 accumulates straight into dw.
+        let mut partials = vec![T::ZERO; (runs - 1) * len];
+        let mut scratch = vec![T::ZERO; runs * s];
+        {
+            let mut accs: Vec<&mut [T]> = std::iter::once(&mut *dw)
+                .chain(partials.chunks_mut(len))
+                .collect();
+            accs.par_iter_mut()
+                .zip(scratch.par_chunks_mut(s))
+                .enumerate()
+                .for_each(|(r, (acc, cols))| {
+                    let images = r * per..((r + 1) * per).min(g.n);
+                    for n in images.clone() {
+                        for gi in 0..g.groups {
+                            let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
+                            let b = if g.pointwise() {
+                                xg
+                            } else {
+                                im2col(&g, xg, cols);
+                                &cols[..k * p]
+                            };
+                            // acc_g [og, k] (+)= dy_g [og, p] · colsᵀ [p, k]
+                            matmul(
+                                &dy[(n * g.o + gi * og) * p..][..og * p],
+                                Mat::rows(og, p),
+                                b,
+                                Mat::rows(k, p).t(),
+                                &mut acc[gi * og * k..][..og * k],
+                                Mat::rows(og, k),
+                                n != images.start,
+                            );
+                        }
+                    }
+                });
+        }
+        for part in partials.chunks(len) {
+            for (d, &v) in dw.iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::backend::cpu::StepCtx;
+    use crate::gradcheck::{Arg, check_op};
+
+    fn conv(
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        groups: usize,
+    ) -> Conv2d {
+        Conv2d {
+            stride,
+            padding,
+            dilation,
+            groups,
+        }
+    }
+
+    /// (x shape, w shape, conv): odd sizes, batch 1, groups, dilation, stride dropping rows,
+    /// padding 0..3, 1x1 (pointwise and not) and 7x7 kernels.
+    fn cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         vec![
-            ("stride", format!("{:?}", self.stride)),
-            ("padding", format!("{:?}", self.padding)),
-            ("dilation", format!("{:?}", self.dilation)),
-            ("groups", self.groups.to_string()),
+            ([1, 3, 7, 5], [4, 3, 3, 3], conv([1, 1], [1, 1], [1, 1], 1)),
+            ([2, 6, 7, 5], [6, 2, 3, 2], conv([2, 2], [1, 2], [1, 1], 3)),
+            ([2, 3, 9, 7], [5, 3, 3, 3], conv([2, 1], [3, 0], [2, 2], 1)),
+            ([2, 3, 8, 6], [4, 3, 3, 3], conv([2, 2], [0, 0], [1, 1], 1)),
+            ([1, 3, 7, 5], [2, 3, 1, 1], conv([1, 1], [0, 0], [1, 1], 1)),
+            ([2, 6, 5, 7], [4, 3, 1, 1], conv([1, 1], [0, 0], [1, 1], 2)),
+            ([2, 4, 7, 5], [3, 4, 1, 1], conv([2, 2], [1, 1], [1, 1], 1)),
+            ([1, 3, 11, 9], [2, 3, 7, 7], conv([1, 1], [3, 3], [1, 1], 1)),
+            ([3, 6, 8, 6], [9, 2, 7, 7], conv([2, 2], [2, 3], [1, 1], 3)),
+            ([1, 3, 4, 5], [3, 1, 3, 3], conv([3, 2], [2, 2], [2, 1], 3)),
+            ([1, 3, 2, 1], [2, 3, 3, 3], conv([1, 1], [2, 3], [1, 1], 1)),
         ]
+    }
+
+    fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// Evaluates `op` on `ins`; the output starts as NaN so an unwritten element shows.
+    fn run<T: Real>(op: &OpKind, ins: &[(&[T], Vec<usize>)]) -> (Vec<T>, Vec<usize>) {
+        let types: Vec<TensorType> = ins
+            .iter()
+            .map(|(_, s)| TensorType::f32(s.clone()))
+            .collect();
+        let out_types = op
+            .primitive()
+            .infer(&types.iter().collect::<Vec<_>>())
+            .unwrap();
+        let mut out = vec![T::of(f64::NAN); out_types[0].numel()];
+        let mut io = Io::new(
+            ins.iter().map(|(v, _)| *v).collect(),
+            vec![&mut out[..]],
+            types.iter().collect(),
+            &out_types,
+            StepCtx::default(),
+        );
+        op.eval(&mut io);
+        (out, out_types[0].shape.clone())
+    }
+
+    /// The definition, one loop per index: y, and the products dx = ∂⟨y, dy⟩/∂x and
+    /// dw = ∂⟨y, dy⟩/∂w for a given dy.
+    struct Naive {
+        y: Vec<f64>,
+        dx: Vec<f64>,
+        dw: Vec<f64>,
+        y_shape: [usize; 4],
+    }
+
+    fn out_shape(xs: [usize; 4], ws: [usize; 4], cv: &Conv2d) -> [usize; 4] {
+        let out = |i: usize, k: usize, d: usize| {
+            (i + 2 * cv.padding[d] - cv.dilation[d] * (k - 1) - 1) / cv.stride[d] + 1
+        };
+        [xs[0], ws[0], out(xs[2], ws[2], 0), out(xs[3], ws[3], 1)]
+    }
+
+    fn naive(
+        x: &[f64],
+        xs: [usize; 4],
+        w: &[f64],
+        ws: [usize; 4],
+        cv: &Conv2d,
+        dy: &[f64],
+    ) -> Naive {
+        let [n, c, h, wd] = xs;
+        let [o, cg, kh, kw] = ws;
+        let og = o / cv.groups;
+        let [_, _, oh, ow] = out_shape(xs, ws, cv);
+        let mut r = Naive {
+            y: vec![0.0; n * o * oh * ow],
+            dx: vec![0.0; x.len()],
+            dw: vec![0.0; w.len()],
+            y_shape: [n, o, oh, ow],
+        };
+        for b in 0..n {
+            for oc in 0..o {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let yi = ((b * o + oc) * oh + oy) * ow + ox;
+                        for ci in 0..cg {
+                            let ic = (oc / og) * cg + ci;
+                            for ki in 0..kh {
+                                for kj in 0..kw {
+                                    let iy = (oy * cv.stride[0] + ki * cv.dilation[0]) as i64
+                                        - cv.padding[0] as i64;
+                                    let ix = (ox * cv.stride[1] + kj * cv.dilation[1]) as i64
+                                        - cv.padding[1] as i64;
+                                    if iy < 0 || ix < 0 || iy >= h as i64 || ix >= wd as i64 {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + ic) * h + iy as usize) * wd + ix as usize;
+                                    let wi = ((oc * cg + ci) * kh + ki) * kw + kj;
+                                    r.y[yi] += x[xi] * w[wi];
+                                    r.dx[xi] += w[wi] * dy[yi];
+                                    r.dw[wi] += x[xi] * dy[yi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn conv_and_its_gradients_match_the_definition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (xs, ws, cv) in cases() {
+            let x = random(&mut rng, xs.iter().product());
+            let w = random(&mut rng, ws.iter().product());
+            let dy = random(&mut rng, out_shape(xs, ws, &cv).iter().product());
+            let want = naive(&x, xs, &w, ws, &cv, &dy);
+            let what = format!("{xs:?} {ws:?} {cv:?}");
+
+            let (y, shape) = run(
+                &OpKind::Conv2d(cv.clone()),
+                &[(&x, xs.into()), (&w, ws.into())],
+            );
+            assert_eq!(shape, want.y_shape, "{what}");
+            assert_close(&format!("y {what}"), &y, &want.y);
+
+            let gi = OpKind::Conv2dGradInput(Conv2dGradInput {
+                conv: cv.clone(),
+                input: [xs[2], xs[3]],
+            });
+            let (dx, shape) = run(&gi, &[(&dy, want.y_shape.into()), (&w, ws.into())]);
+            assert_eq!(shape, xs, "{what}");
+            assert_close(&format!("dx {what}"), &dx, &want.dx);
+
+            let gw = OpKind::Conv2dGradWeight(Conv2dGradWeight {
+                conv: cv.clone(),
+                kernel: [ws[2], ws[3]],
+            });
+            let (dw, shape) = run(&gw, &[(&x, xs.into()), (&dy, want.y_shape.into())]);
+            assert_eq!(shape, ws, "{what}");
+            assert_close(&format!("dw {what}"), &dw, &want.dw);
+        }
+    }
+
+    #[test]
+    fn conv_gradients_pass_gradcheck() {
+        for (seed, (xs, ws, cv)) in cases().into_iter().enumerate() {
+            let op = OpKind::Conv2d(cv);
+            let both = [Arg::Float(xs.into()), Arg::Float(ws.into())];
+            let r = check_op(op.clone(), &both, &[0], seed as u64).unwrap();
+            assert!(r.worst < 1e-5 && r.checked > 0, "{op:?}: {r:?}");
+            // One input constant: the vjp must skip the other's gradient op.
+            for args in [
+                [Arg::Float(xs.into()), Arg::Const(ws.into(), -1.0, 1.0)],
+                [Arg::Const(xs.into(), -1.0, 1.0), Arg::Float(ws.into())],
+            ] {
+                let r = check_op(op.clone(), &args, &[0], seed as u64).unwrap();
+                assert!(r.worst < 1e-5 && r.checked > 0, "{op:?}: {r:?}");
+            }
+        }
+    }
+
+    /// Worst |a - b| relative to the largest |b|.
+    fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+        diff / scale
+    }
+
+    #[test]
+    fn f32_agrees_with_f64_on_a_resnet_layer() {
+        let (xs, ws) = ([8, 16, 28, 28], [32, 16, 3, 3]);
+        let cv = conv([2, 2], [1, 1], [1, 1], 1);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let x = random(&mut rng, xs.iter().product());
+        let w = random(&mut rng, ws.iter().product());
+        let dy = random(&mut rng, 8 * 32 * 14 * 14);
+        let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+        let (x32, w32, dy32) = (f(&x), f(&w), f(&dy));
+        let ys = vec![8, 32, 14, 14];
+        let ops = [
+            (
+                OpKind::Conv2d(cv.clone()),
+                [(&x, &x32, xs.to_vec()), (&w, &w32, ws.to_vec())],
+            ),
+            (
+                OpKind::Conv2dGradInput(Conv2dGradInput {
+                    conv: cv.clone(),
+                    input: [28, 28],
+                }),
+                [(&dy, &dy32, ys.clone()), (&w, &w32, ws.to_vec())],
+            ),
+            (
+                OpKind::Conv2dGradWeight(Conv2dGradWeight {
+                    conv: cv.clone(),
+                    kernel: [3, 3],
+                }),
+                [(&x, &x32, xs.to_vec()), (&dy, &dy32, ys.clone())],
+            ),
+        ];
+        for (op, ins) in ops {
+            let a: Vec<(&[f64], Vec<usize>)> =
+                ins.iter().map(|(v, _, s)| (&v[..], s.clone())).collect();
+            let b: Vec<(&[f32], Vec<usize>)> =
+                ins.iter().map(|(_, v, s)| (&v[..], s.clone())).collect();
+            let (y64, _) = run(&op, &a);
+            let (y32, _) = run(&op, &b);
+            let e = rel_err(&y32, &y64);
+            assert!(e < 1e-5, "{op:?}: relative error {e}");
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (xs, ws) = ([37, 6, 9, 7], [4, 3, 3, 3]);
+        let cv = conv([2, 1], [1, 1], [1, 1], 2);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let x: Vec<f32> = random(&mut rng, xs.iter().product())
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let w: Vec<f32> = random(&mut rng, ws.iter().product())
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let ys = vec![37, 4, 5, 7];
+        let dy: Vec<f32> = random(&mut rng, ys.iter().product())
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let all = || {
+            let gi = Conv2dGradInput {
+                conv: cv.clone(),
+                input: [9, 7],
+            };
+            let gw = Conv2dGradWeight {
+                conv: cv.clone(),
+                kernel: [3, 3],
+            };
+            [
+                run(
+                    &OpKind::Conv2d(cv.clone()),
+                    &[(&x, xs.into()), (&w, ws.into())],
+                )
+                .0,
+                run(
+                    &OpKind::Conv2dGradInput(gi),
+                    &[(&dy, ys.clone()), (&w, ws.into())],
+                )
+                .0,
+                run(
+                    &OpKind::Conv2dGradWeight(gw),
+                    &[(&x, xs.into()), (&dy, ys.clone())],
+                )
+                .0,
+            ]
+        };
+        let many = all();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(all);
+            for (a, b) in got.iter().zip(&many) {
+                assert!(
+                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{threads} threads"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shape_rules_refuse_what_does_not_fit() {
+        let x = TensorType::f32(vec![2, 6, 7, 5]);
+        let w = TensorType::f32(vec![4, 3, 3, 3]);
+        assert!(conv([1, 1], [0, 0], [1, 1], 2).infer(&[&x, &w]).is_ok());
+        assert!(conv([1, 1], [0, 0], [1, 1], 1).infer(&[&x, &w]).is_err());
+        assert!(conv([0, 1], [0, 0], [1, 1], 2).infer(&[&x, &w]).is_err());
+        assert!(conv([1, 1], [0, 0], [4, 1], 2).infer(&[&x, &w]).is_err());
+        let dy = TensorType::f32(vec![2, 4, 5, 3]);
+        let gi = |h| Conv2dGradInput {
+            conv: conv([1, 1], [0, 0], [1, 1], 2),
+            input: [h, 5],
+        };
+        assert_eq!(gi(7).infer(&[&dy, &w]).unwrap()[0], x);
+        assert!(gi(8).infer(&[&dy, &w]).is_err());
+        let gw = Conv2dGradWeight {
+            conv: conv([1, 1], [0, 0], [1, 1], 2),
+            kernel: [3, 3],
+        };
+        assert_eq!(gw.infer(&[&x, &dy]).unwrap()[0], w);
     }
 }

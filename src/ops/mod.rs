@@ -13,14 +13,14 @@ mod pool;
 mod random;
 mod reduce;
 
-pub use conv::Conv2d;
+pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
 pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
 pub use norm::{BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad};
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
-pub use pool::{Pool2d, PoolKind};
+pub use pool::{Pool2d, Pool2dGrad, PoolKind};
 pub use random::{Dropout, DropoutKey};
 pub use reduce::{MeanAxes, MeanAxesGrad, Softmax, SoftmaxGrad, SumTo};
 
@@ -255,6 +255,9 @@ op_kinds! {
     MeanAxesGrad(MeanAxesGrad),
     CrossEntropyGrad(CrossEntropyGrad),
     MseGrad(MseGrad),
+    Conv2dGradInput(Conv2dGradInput),
+    Conv2dGradWeight(Conv2dGradWeight),
+    Pool2dGrad(Pool2dGrad),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {
@@ -281,15 +284,3 @@ pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize, String> {
     }
     Ok(a as usize)
 }
-
-// Placeholders while the op families get their CPU kernels this session (removed before commit).
-macro_rules! pending_eval {
-    ($($t:ty),*) => {$(
-        impl Eval for $t {
-            fn eval<T: Real>(&self, _: &mut Io<'_, T>) {
-                todo!(concat!(stringify!($t), " CPU evaluation"))
-            }
-        }
-    )*};
-}
-pending_eval!(Conv2d, Pool2d);
