@@ -34,7 +34,13 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
     let labels_ty = plan.graph.ty(labels).clone();
-    let classes = plan.graph.ty(plan.graph.output).shape.last().copied().unwrap_or(1);
+    let classes = plan
+        .graph
+        .ty(plan.graph.output)
+        .shape
+        .last()
+        .copied()
+        .unwrap_or(1);
     let y: Vec<f32> = (0..labels_ty.numel())
         .map(|_| match labels_ty.dtype {
             DType::I32 => rng.random_range(0..classes) as f32,

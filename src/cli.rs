@@ -157,7 +157,10 @@ fn run(cli: Cli) -> Result<(), u8> {
                 v["config"] = config.display().to_string().into();
                 print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))
             } else {
-                print_out(&format!("{}\n", crate::schedule::report(&config.display().to_string(), stats)))
+                print_out(&format!(
+                    "{}\n",
+                    crate::schedule::report(&config.display().to_string(), stats)
+                ))
             }
         }
         Command::Bench {

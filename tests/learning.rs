@@ -27,14 +27,18 @@ fn mlp_learns_separable_data_in_200_steps() {
 
     // Ten Gaussian clusters around random prototypes.
     let mut rng = ChaCha8Rng::seed_from_u64(42);
-    let prototypes: Vec<f32> = (0..classes * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let prototypes: Vec<f32> = (0..classes * dim)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let samples = 640;
     let ys: Vec<usize> = (0..samples).map(|i| i % classes).collect();
     let xs: Vec<f32> = ys
         .iter()
         .flat_map(|&y| {
             let p = prototypes[y * dim..(y + 1) * dim].to_vec();
-            p.into_iter().map(|v| v + 0.5 * rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>()
+            p.into_iter()
+                .map(|v| v + 0.5 * rng.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>()
         })
         .collect();
 
@@ -42,10 +46,15 @@ fn mlp_learns_separable_data_in_200_steps() {
     let mut losses = Vec::new();
     for step in 0..200 {
         let start = (step * batch) % samples;
-        exec.feed(features, &xs[start * dim..(start + batch) * dim]).unwrap();
+        exec.feed(features, &xs[start * dim..(start + batch) * dim])
+            .unwrap();
         let y: Vec<f32> = ys[start..start + batch].iter().map(|&y| y as f32).collect();
         exec.feed(labels, &y).unwrap();
-        exec.step(StepCtx { lr, step: step as u64 + 1, seed: cfg.run.seed });
+        exec.step(StepCtx {
+            lr,
+            step: step as u64 + 1,
+            seed: cfg.run.seed,
+        });
         losses.push(exec.read(loss)[0]);
     }
     let first = losses[0];

@@ -31,13 +31,20 @@ fn check(path: &str, batch: usize, samples: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let mut feeds: Feeds<f64> = Feeds::default();
     for p in &g.params {
-        let mut v: Vec<f64> = p.init.values(4, &p.name, p.ty.numel()).into_iter().map(f64::from).collect();
+        let mut v: Vec<f64> = p
+            .init
+            .values(4, &p.name, p.ty.numel())
+            .into_iter()
+            .map(f64::from)
+            .collect();
         if p.name.ends_with("running_var") {
             v.iter_mut().for_each(|x| *x = 1.0);
         }
         feeds.params.push(v);
     }
-    let x: Vec<f64> = (0..g.ty(g.features).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let x: Vec<f64> = (0..g.ty(g.features).numel())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let classes = *g.ty(g.output).shape.last().unwrap();
     let lt = g.ty(g.labels).clone();
     let y: Vec<f64> = (0..lt.numel())
@@ -59,7 +66,11 @@ fn check(path: &str, batch: usize, samples: usize) {
     let loss = g.loss;
     let grads = autodiff::gradients(&mut g, loss, &ids).expect("differentiable");
     g.verify().unwrap();
-    let ctx = StepCtx { lr: 0.0, step: 1, seed: 9 };
+    let ctx = StepCtx {
+        lr: 0.0,
+        step: 1,
+        seed: 9,
+    };
     let values = interpret(&g, &feeds, ctx).unwrap();
     let mut worst = (0.0f64, String::new());
     for ((i, _), dt) in wrt.iter().zip(&grads) {
@@ -77,11 +88,22 @@ fn check(path: &str, batch: usize, samples: usize) {
             let numeric = (up - down) / (2.0 * h);
             let err = (analytic[e] - numeric).abs() / (1e-6 + numeric.abs().max(analytic[e].abs()));
             if err > worst.0 {
-                worst = (err, format!("{} [{e}]: analytic {} numeric {numeric}", g.params[*i].name, analytic[e]));
+                worst = (
+                    err,
+                    format!(
+                        "{} [{e}]: analytic {} numeric {numeric}",
+                        g.params[*i].name, analytic[e]
+                    ),
+                );
             }
         }
     }
-    assert!(worst.0 < 1e-4, "{path}: worst relative error {:e} at {}", worst.0, worst.1);
+    assert!(
+        worst.0 < 1e-4,
+        "{path}: worst relative error {:e} at {}",
+        worst.0,
+        worst.1
+    );
 }
 
 #[test]

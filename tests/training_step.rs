@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::cpu::{CpuExec, Feeds, Real, StepCtx, interpret};
-use trainer::config::{self, Config};
 use trainer::config::sections::Checkpointing;
 use trainer::config::values::Bytes;
+use trainer::config::{self, Config};
 use trainer::graph::{Graph, builder, training};
 use trainer::ops::DType;
 use trainer::schedule::{self, Options, Plan};
@@ -57,7 +57,10 @@ fn step<T: Real>(plan: Plan, seed: u64) -> (T, BTreeMap<usize, Vec<T>>) {
         step: 1,
         seed,
     });
-    let gs = grads.iter().map(|&(i, t)| (i, exec.read(t).to_vec())).collect();
+    let gs = grads
+        .iter()
+        .map(|&(i, t)| (i, exec.read(t).to_vec()))
+        .collect();
     (exec.read(loss)[0], gs)
 }
 
@@ -94,7 +97,11 @@ fn checkpointing_and_in_place_change_no_bits() {
 
 #[test]
 fn planned_executor_matches_the_interpreter() {
-    for path in ["configs/mlp.toml", "configs/lenet.toml", "configs/resnet.toml"] {
+    for path in [
+        "configs/mlp.toml",
+        "configs/lenet.toml",
+        "configs/resnet.toml",
+    ] {
         let cfg = load(path, &[]);
         let g = train_graph(&cfg, 2);
         let plan = schedule::plan(&g, &Checkpointing::Sqrt, Options::default()).unwrap();

@@ -39,7 +39,9 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         Some(max_norm) if !g.grads.is_empty() => {
             let all: Vec<TensorId> = g.grads.iter().map(|&(_, t)| t).collect();
             let op = OpKind::GradNormCoef(GradNormCoef { max_norm });
-            let n = g.add_node(op, &all, loss_layer, Phase::Update).map_err(fail)?;
+            let n = g
+                .add_node(op, &all, loss_layer, Phase::Update)
+                .map_err(fail)?;
             Some(TensorId::of(n, 0))
         }
         _ => None,
@@ -83,7 +85,9 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         };
         inputs.extend(states.iter().map(|&(_, t)| t));
         inputs.extend(coef);
-        let n = g.add_node(op, &inputs, layer, Phase::Update).map_err(fail)?;
+        let n = g
+            .add_node(op, &inputs, layer, Phase::Update)
+            .map_err(fail)?;
         g.updates.push((i, TensorId::of(n, 0)));
         for (k, &(s, _)) in states.iter().enumerate() {
             g.updates.push((s, TensorId::of(n, k + 1)));

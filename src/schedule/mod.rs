@@ -5,8 +5,8 @@
 pub mod memory;
 pub mod recompute;
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use serde::Serialize;
 
@@ -89,7 +89,13 @@ pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan,
     let drop: BTreeSet<TensorId> = match policy {
         Checkpointing::None => BTreeSet::new(),
         Checkpointing::Blocks => recompute::blocks(g, &saved),
-        Checkpointing::Sqrt => recompute::sqrt(g, &saved),
+        Checkpointing::Sqrt => {
+            let best = sqrt_plans(g, &saved, policy, options)
+                .into_iter()
+                .min_by_key(|p| (p.stats.bytes.activations_peak, p.stats.flops.recompute))
+                .expect("at least one segment count");
+            return Ok(best);
+        }
         Checkpointing::MemoryBudget(budget) => {
             return fit_budget(g, &saved, budget.0, policy, options);
         }
@@ -97,8 +103,10 @@ pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan,
     Ok(build(g, &drop, policy, options))
 }
 
-/// The least recomputation whose activation peak fits `budget` bytes: drop activations in
-/// `budget_order` and binary-search the shortest prefix that fits.
+/// The least recomputation whose activation peak fits `budget` bytes. Candidates: the
+/// shortest prefix of `budget_order` that fits (binary search), once over every droppable
+/// activation and once keeping the articulation cuts (dropping a cut makes later
+/// recomputations restart further back), and the `sqrt` segmentations.
 fn fit_budget(
     g: &Graph,
     saved: &recompute::Saved,
@@ -106,36 +114,72 @@ fn fit_budget(
     policy: &Checkpointing,
     options: Options,
 ) -> Result<Plan, Diagnostic> {
-    let order = recompute::budget_order(g, saved);
-    let attempt = |n: usize| build(g, &order[..n].iter().copied().collect(), policy, options);
     let fits = |p: &Plan| p.stats.bytes.activations_peak <= budget;
-    let none = attempt(0);
+    let none = build(g, &BTreeSet::new(), policy, options);
     if fits(&none) {
         return Ok(none);
     }
-    let all = attempt(order.len());
-    if !fits(&all) {
-        return Err(Diagnostic::new(format!(
-            "no checkpointing fits the memory budget of {}: recomputing every activation the backward pass reads still peaks at {} of activations ({} without checkpointing)",
-            human(budget),
-            human(all.stats.bytes.activations_peak),
-            human(none.stats.bytes.activations_peak),
-        ))
-        .note("the peak left is the largest layer's working set (its input, output and gradients); raise the budget or lower data.batch_size"));
-    }
-    let (mut lo, mut hi) = (0, order.len());
-    let mut best = all;
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        let p = attempt(mid);
-        if fits(&p) {
-            hi = mid;
-            best = p;
-        } else {
-            lo = mid;
+    let all = recompute::budget_order(g, saved);
+    let cuts = recompute::cuts(g);
+    let inner: Vec<TensorId> = all.iter().filter(|t| !cuts.contains(t)).copied().collect();
+    let mut candidates = sqrt_plans(g, saved, policy, options);
+    let mut least = none.stats.bytes.activations_peak;
+    for order in [all, inner] {
+        let attempt = |n: usize| build(g, &order[..n].iter().copied().collect(), policy, options);
+        let full = attempt(order.len());
+        least = least.min(full.stats.bytes.activations_peak);
+        if !fits(&full) {
+            continue;
         }
+        let (mut lo, mut hi) = (0, order.len());
+        let mut best = full;
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            let p = attempt(mid);
+            if fits(&p) {
+                hi = mid;
+                best = p;
+            } else {
+                lo = mid;
+            }
+        }
+        candidates.push(best);
     }
-    Ok(best)
+    least = candidates
+        .iter()
+        .map(|p| p.stats.bytes.activations_peak)
+        .fold(least, u64::min);
+    candidates
+        .into_iter()
+        .filter(fits)
+        .min_by_key(|p| (p.stats.flops.recompute, p.stats.bytes.activations_peak))
+        .ok_or_else(|| {
+            Diagnostic::new(format!(
+                "no checkpointing fits the memory budget of {}: the least activation peak any recomputation reaches is {} ({} without checkpointing)",
+                human(budget),
+                human(least),
+                human(none.stats.bytes.activations_peak),
+            ))
+            .note("what remains is the working set of the largest layers (inputs, outputs and gradients at once); raise the budget or lower data.batch_size")
+        })
+}
+
+/// `sqrt` segmentations: about sqrt(n) segments; as articulation points fall unevenly, every
+/// count between sqrt(n)/2 and 2 sqrt(n).
+fn sqrt_plans(
+    g: &Graph,
+    saved: &recompute::Saved,
+    policy: &Checkpointing,
+    options: Options,
+) -> Vec<Plan> {
+    let root = (recompute::forward_launches(g) as f64).sqrt();
+    let (lo, hi) = (
+        (root / 2.0).floor().max(1.0) as usize,
+        (2.0 * root).ceil() as usize,
+    );
+    (lo..=hi)
+        .map(|k| build(g, &recompute::sqrt(g, saved, k), policy, options))
+        .collect()
 }
 
 /// Bytes as people read them: 1.5 GiB, 512 MiB.
@@ -250,10 +294,7 @@ fn stats(g: &Graph, launches: &[Launch], layout: &memory::Layout, policy: &Check
     bytes.grads = region(Region::Grads);
     bytes.inputs = region(Region::Inputs);
     bytes.activations_peak = region(Region::Arena);
-    bytes.total_peak = region(Region::State)
-        + bytes.grads
-        + bytes.inputs
-        + bytes.activations_peak;
+    bytes.total_peak = region(Region::State) + bytes.grads + bytes.inputs + bytes.activations_peak;
     Stats {
         batch: g.batch,
         checkpointing: match policy {

@@ -10,10 +10,7 @@ use crate::ops::{Cost, OpKind};
 
 /// True for parameters and inputs: they live for the whole step anyway.
 pub fn is_leaf(g: &Graph, t: TensorId) -> bool {
-    matches!(
-        g.dag[t.node()].op,
-        OpKind::Parameter(_) | OpKind::Input(_)
-    )
+    matches!(g.dag[t.node()].op, OpKind::Parameter(_) | OpKind::Input(_))
 }
 
 /// Forward activations the backward pass reads, split into those a policy may drop and those
@@ -162,44 +159,24 @@ pub fn blocks(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
         .collect()
 }
 
-/// `sqrt` (Chen et al. 2016): cut the forward chain at about sqrt(n) articulation points (a
-/// single activation crosses the cut), spaced by equal saved bytes; keep the cut tensors and
-/// the last segment (backward needs it at once), recompute the rest.
-pub fn sqrt(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
-    let forward: Vec<NodeId> = g
-        .dag
+/// The number of forward launches: `sqrt` cuts into about the square root of it.
+pub fn forward_launches(g: &Graph) -> usize {
+    g.dag
         .node_indices()
         .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
-        .collect();
+        .count()
+}
+
+/// `sqrt` (Chen et al. 2016): cut the forward chain into `segments` at articulation points (a
+/// single activation crosses the cut), spaced by equal saved bytes; keep the cut tensors and
+/// the last segment (backward needs it at once), recompute the rest.
+pub fn sqrt(g: &Graph, saved: &Saved, segments: usize) -> BTreeSet<TensorId> {
+    let (forward, cuts) = articulation(g);
     let pos: BTreeMap<NodeId, usize> = forward.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    // Last forward position reading each activation.
-    let mut last: BTreeMap<TensorId, usize> = BTreeMap::new();
-    for (i, &id) in forward.iter().enumerate() {
-        for &t in &g.dag[id].inputs {
-            if !is_leaf(g, t) {
-                last.insert(t, i);
-            }
-        }
-    }
-    // Sweep: after position i, which activations are still to be read?
-    let mut live: BTreeSet<TensorId> = BTreeSet::new();
-    let mut cuts: Vec<(usize, TensorId)> = Vec::new();
-    for (i, &id) in forward.iter().enumerate() {
-        for t in g.outputs(id) {
-            if last.get(&t).is_some_and(|&l| l > i) {
-                live.insert(t);
-            }
-        }
-        live.retain(|t| last[t] > i);
-        if live.len() == 1 {
-            cuts.push((i, *live.iter().next().expect("one")));
-        }
-    }
     let droppable: BTreeSet<TensorId> = saved.droppable.iter().copied().collect();
     let bytes = |t: &TensorId| (g.ty(*t).numel() * 4) as u64;
     let total: u64 = droppable.iter().map(bytes).sum();
-    let segments = (forward.len() as f64).sqrt().round().max(1.0) as u64;
-    let target = total / segments;
+    let target = total / segments.max(1) as u64;
     let mut keep: BTreeSet<TensorId> = BTreeSet::new();
     let mut acc = 0u64;
     let mut last_cut = 0usize;
@@ -224,6 +201,44 @@ pub fn sqrt(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
         .into_iter()
         .filter(|t| !keep.contains(t) && pos[&t.node()] < last_cut)
         .collect()
+}
+
+/// Activations that alone cross a cut of the forward chain (block outputs in a ResNet).
+pub fn cuts(g: &Graph) -> BTreeSet<TensorId> {
+    articulation(g).1.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Forward launches in order, and each position after which a single activation is live.
+fn articulation(g: &Graph) -> (Vec<NodeId>, Vec<(usize, TensorId)>) {
+    let forward: Vec<NodeId> = g
+        .dag
+        .node_indices()
+        .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
+        .collect();
+    // Last forward position reading each activation.
+    let mut last: BTreeMap<TensorId, usize> = BTreeMap::new();
+    for (i, &id) in forward.iter().enumerate() {
+        for &t in &g.dag[id].inputs {
+            if !is_leaf(g, t) {
+                last.insert(t, i);
+            }
+        }
+    }
+    // Sweep: after position i, which activations are still to be read?
+    let mut live: BTreeSet<TensorId> = BTreeSet::new();
+    let mut cuts: Vec<(usize, TensorId)> = Vec::new();
+    for (i, &id) in forward.iter().enumerate() {
+        for t in g.outputs(id) {
+            if last.get(&t).is_some_and(|&l| l > i) {
+                live.insert(t);
+            }
+        }
+        live.retain(|t| last[t] > i);
+        if live.len() == 1 {
+            cuts.push((i, *live.iter().next().expect("one")));
+        }
+    }
+    (forward, cuts)
 }
 
 /// Droppable activations in the order a memory budget gives them up: cheap memory-bound ops

@@ -33,7 +33,9 @@ impl<T: Real> CpuExec<T> {
             }
             for (j, a) in l.outputs.iter().enumerate() {
                 if l.outputs[..j].iter().any(|b| a.overlaps(b)) {
-                    return Err(format!("two outputs of one launch overlap: {a:?} (planner bug)"));
+                    return Err(format!(
+                        "two outputs of one launch overlap: {a:?} (planner bug)"
+                    ));
                 }
             }
             aliased.push(
@@ -81,7 +83,11 @@ impl<T: Real> CpuExec<T> {
     pub fn feed(&mut self, t: TensorId, values: &[T]) -> Result<(), String> {
         let s = self.plan.slots[&t];
         if values.len() != s.len {
-            return Err(format!("fed {} values for {} elements", values.len(), s.len));
+            return Err(format!(
+                "fed {} values for {} elements",
+                values.len(),
+                s.len
+            ));
         }
         self.slot_mut(s).copy_from_slice(values);
         Ok(())
@@ -97,7 +103,11 @@ impl<T: Real> CpuExec<T> {
                 // SAFETY: `new` checked every slot lies inside its region's buffer.
                 unsafe { bases[region_index(s.region)].add(s.offset) }
             };
-            let ins = l.inputs.iter().map(|s| (ptr(s) as *const T, s.len)).collect();
+            let ins = l
+                .inputs
+                .iter()
+                .map(|s| (ptr(s) as *const T, s.len))
+                .collect();
             let outs = l.outputs.iter().map(|s| (ptr(s), s.len)).collect();
             let in_types = node.inputs.iter().map(|&t| g.ty(t)).collect();
             // SAFETY: the buffers live in `self.memory`, which `&mut self` borrows for the
