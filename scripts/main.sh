@@ -13,3 +13,5 @@ cargo build --release --locked
 mkdir -p runs
 ./target/release/trainer graph configs/resnet.toml > runs/resnet.dot
 echo "graph written to runs/resnet.dot (render: dot -Tsvg runs/resnet.dot > runs/resnet.svg)"
+./target/release/trainer plan configs/resnet.toml
+./target/release/trainer bench configs/resnet.toml --steps 3

@@ -12,7 +12,9 @@ use trainer::schedule::{self, Options};
 #[test]
 fn mlp_learns_separable_data_in_200_steps() {
     let loaded = config::load(std::path::Path::new("configs/mlp.toml"), &[]);
-    let cfg = loaded.result.ok().expect("mlp.toml loads");
+    let Ok(cfg) = loaded.result else {
+        panic!("mlp.toml loads")
+    };
     let batch = 64;
     let g = builder::build_with_batch(&cfg, batch).unwrap();
     let g = training::training_graph(&g, &cfg.optimizer).unwrap();
