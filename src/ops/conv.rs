@@ -624,20 +624,16 @@ mod tests {
             .iter()
             .map(|(_, s)| TensorType::f32(s.clone()))
             .collect();
-        let out_types = op
+        let args: Vec<(&TensorType, &[T])> =
+            types.iter().zip(ins).map(|(t, (v, _))| (t, *v)).collect();
+        let mut outs = crate::backend::cpu::eval_once(op, &args, StepCtx::default()).unwrap();
+        let shape = op
             .primitive()
             .infer(&types.iter().collect::<Vec<_>>())
-            .unwrap();
-        let mut out = vec![T::of(f64::NAN); out_types[0].numel()];
-        let mut io = Io::new(
-            ins.iter().map(|(v, _)| *v).collect(),
-            vec![&mut out[..]],
-            types.iter().collect(),
-            &out_types,
-            StepCtx::default(),
-        );
-        op.eval(&mut io);
-        (out, out_types[0].shape.clone())
+            .unwrap()
+            .swap_remove(0)
+            .shape;
+        (outs.swap_remove(0), shape)
     }
 
     /// The definition, one loop per index: y, and the products dx = ∂⟨y, dy⟩/∂x and

@@ -301,20 +301,10 @@ mod tests {
             .iter()
             .map(|(_, s)| TensorType::f32(s.clone()))
             .collect();
-        let out_types = op
-            .primitive()
-            .infer(&types.iter().collect::<Vec<_>>())
-            .unwrap();
-        let mut out = vec![T::of(f64::NAN); out_types[0].numel()];
-        let mut io = Io::new(
-            ins.iter().map(|(v, _)| *v).collect(),
-            vec![&mut out[..]],
-            types.iter().collect(),
-            &out_types,
-            StepCtx::default(),
-        );
-        op.eval(&mut io);
-        out
+        let args: Vec<(&TensorType, &[T])> =
+            types.iter().zip(ins).map(|(t, (v, _))| (t, *v)).collect();
+        let mut outs = crate::backend::cpu::eval_once(op, &args, StepCtx::default()).unwrap();
+        outs.swap_remove(0)
     }
 
     /// The definition over every window position, padding included: y, dx for a given dy,

@@ -375,21 +375,8 @@ pub(crate) mod tests {
     /// Evaluates `op` once in f64 on the given inputs. Outputs start as NaN, so an element the
     /// kernel forgets to write fails every comparison.
     pub(crate) fn eval_f64(op: &OpKind, ins: &[(TensorType, Vec<f64>)]) -> Vec<Vec<f64>> {
-        let types: Vec<&TensorType> = ins.iter().map(|(t, _)| t).collect();
-        let out_types = op.primitive().infer(&types).unwrap();
-        let mut outs: Vec<Vec<f64>> = out_types
-            .iter()
-            .map(|t| vec![f64::NAN; t.numel()])
-            .collect();
-        let mut io = Io::new(
-            ins.iter().map(|(_, v)| v.as_slice()).collect(),
-            outs.iter_mut().map(|v| v.as_mut_slice()).collect(),
-            types,
-            &out_types,
-            StepCtx::default(),
-        );
-        op.eval(&mut io);
-        outs
+        let ins: Vec<(&TensorType, &[f64])> = ins.iter().map(|(t, v)| (t, v.as_slice())).collect();
+        crate::backend::cpu::eval_once(op, &ins, StepCtx::default()).unwrap()
     }
 
     pub(crate) fn uniform(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {

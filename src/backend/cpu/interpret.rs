@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{Io, Real, StepCtx};
 use crate::graph::{Graph, TensorId};
-use crate::ops::OpKind;
+use crate::ops::{OpKind, TensorType};
 
 /// Values for a graph's leaves: every parameter (by index) and every input (by name).
 #[derive(Clone, Debug, Default)]
@@ -44,26 +44,17 @@ pub fn interpret<T: Real>(g: &Graph, feeds: &Feeds<T>, ctx: StepCtx) -> Result<V
                 vec![v.clone()]
             }
             op => {
-                let mut outs: Vec<Vec<T>> = node
-                    .outputs
-                    .iter()
-                    .map(|t| vec![T::ZERO; t.numel()])
-                    .collect();
-                let ins: Vec<&[T]> = node
+                let ins: Vec<(&TensorType, &[T])> = node
                     .inputs
                     .iter()
-                    .map(|t| values[t.node as usize][t.output as usize].as_slice())
+                    .map(|&t| {
+                        (
+                            g.ty(t),
+                            values[t.node as usize][t.output as usize].as_slice(),
+                        )
+                    })
                     .collect();
-                let in_types = node.inputs.iter().map(|&t| g.ty(t)).collect();
-                let mut io = Io::new(
-                    ins,
-                    outs.iter_mut().map(|v| v.as_mut_slice()).collect(),
-                    in_types,
-                    &node.outputs,
-                    ctx,
-                );
-                op.eval(&mut io);
-                outs
+                eval_once(op, &ins, ctx)?
             }
         };
         for (v, t) in outs.iter().zip(&node.outputs) {
@@ -80,4 +71,28 @@ pub fn interpret<T: Real>(g: &Graph, feeds: &Feeds<T>, ctx: StepCtx) -> Result<V
         values.push(outs);
     }
     Ok(Values(values))
+}
+
+/// Evaluates one op on fresh buffers. Outputs start as NaN, so an element a kernel forgets to
+/// write cannot pass a comparison.
+pub fn eval_once<T: Real>(
+    op: &OpKind,
+    ins: &[(&TensorType, &[T])],
+    ctx: StepCtx,
+) -> Result<Vec<Vec<T>>, String> {
+    let types: Vec<&TensorType> = ins.iter().map(|(t, _)| *t).collect();
+    let out_types = op.primitive().infer(&types)?;
+    let mut outs: Vec<Vec<T>> = out_types
+        .iter()
+        .map(|t| vec![T::of(f64::NAN); t.numel()])
+        .collect();
+    let mut io = Io::new(
+        ins.iter().map(|(_, v)| *v).collect(),
+        outs.iter_mut().map(|v| v.as_mut_slice()).collect(),
+        types,
+        &out_types,
+        ctx,
+    );
+    op.eval(&mut io);
+    Ok(outs)
 }

@@ -10,6 +10,6 @@ mod real;
 
 pub use exec::CpuExec;
 pub use gemm::{Mat, matmul};
-pub use interpret::{Feeds, interpret};
+pub use interpret::{Feeds, eval_once, interpret};
 pub use io::{Io, StepCtx};
 pub use real::Real;
