@@ -91,6 +91,29 @@ impl UnaryFn {
             }
         }
     }
+    /// Whether f'(x) can be computed from y = f(x) alone, bit for bit, as PyTorch does for
+    /// relu, sigmoid and tanh. The backward pass then keeps y instead of x, so the op can run in
+    /// place over x (a conv-bn-relu saves two activations, not three).
+    fn grad_from_output(self) -> bool {
+        match self {
+            UnaryFn::Relu | UnaryFn::Sigmoid | UnaryFn::Tanh => true,
+            // y > 0 exactly when x > 0 only for a positive slope.
+            UnaryFn::LeakyRelu { slope } => slope > 0.0,
+            UnaryFn::Gelu | UnaryFn::GeluTanh => false,
+        }
+    }
+    /// f'(x) given y = f(x); only for functions where `grad_from_output` holds. Each formula is
+    /// the one `derivative` uses once it has computed f(x), so both give the same bits.
+    pub fn derivative_from_output<T: Real>(self, y: T) -> T {
+        match self {
+            UnaryFn::Relu | UnaryFn::LeakyRelu { .. } => self.derivative(y),
+            UnaryFn::Sigmoid => y * (T::ONE - y),
+            UnaryFn::Tanh => T::ONE - y * y,
+            UnaryFn::Gelu | UnaryFn::GeluTanh => {
+                unreachable!("{} needs its input for its gradient", self.name())
+            }
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             UnaryFn::Relu => "relu",
@@ -124,10 +147,12 @@ impl Eval for Unary {
     }
 }
 
-/// The gradient of a unary function: `dx = f'(x) * dy`. Inputs: x, dy.
+/// The gradient of a unary function: `dx = f'(x) * dy`. Inputs: x (or y = f(x) when
+/// `from_output`), dy.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UnaryGrad {
     pub f: UnaryFn,
+    pub from_output: bool,
 }
 
 impl Primitive for UnaryGrad {
@@ -145,7 +170,8 @@ impl Primitive for UnaryGrad {
         out[0].numel() as u64 * (self.f.cost() + 1)
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![("fn", self.f.name().to_string())]
+        let of = if self.from_output { "y" } else { "x" };
+        vec![("fn", self.f.name().to_string()), ("of", of.to_string())]
     }
     fn inplace(&self) -> Option<usize> {
         Some(1)
@@ -155,7 +181,11 @@ impl Primitive for UnaryGrad {
 impl Eval for UnaryGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let f = self.f;
-        io.map(|[x, dy]| [f.derivative(x) * dy]);
+        if self.from_output {
+            io.map(|[y, dy]| [f.derivative_from_output(y) * dy]);
+        } else {
+            io.map(|[x, dy]| [f.derivative(x) * dy]);
+        }
     }
 }
 
@@ -178,9 +208,18 @@ impl Primitive for Unary {
         }
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let from_output = self.f.grad_from_output();
+        let at = if from_output {
+            a.outputs[0]
+        } else {
+            a.inputs[0]
+        };
         let dx = cx.op(
-            OpKind::UnaryGrad(UnaryGrad { f: self.f }),
-            &[a.inputs[0], a.dy()?],
+            OpKind::UnaryGrad(UnaryGrad {
+                f: self.f,
+                from_output,
+            }),
+            &[at, a.dy()?],
         )?;
         Ok(vec![Some(dx)])
     }
@@ -285,7 +324,27 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::broadcast;
+    use super::{UnaryFn, broadcast};
+
+    #[test]
+    fn gradient_from_the_output_equals_gradient_from_the_input_bit_for_bit() {
+        let fns = [
+            UnaryFn::Relu,
+            UnaryFn::LeakyRelu { slope: 0.01 },
+            UnaryFn::Sigmoid,
+            UnaryFn::Tanh,
+        ];
+        for f in fns {
+            assert!(f.grad_from_output(), "{}", f.name());
+            for i in -400..400 {
+                let x = i as f32 * 0.0173 + 0.0005;
+                let (a, b) = (f.derivative(x), f.derivative_from_output(f.apply(x)));
+                assert_eq!(a.to_bits(), b.to_bits(), "{} at {x}", f.name());
+            }
+        }
+        assert!(!UnaryFn::LeakyRelu { slope: -0.5 }.grad_from_output());
+        assert!(!UnaryFn::Gelu.grad_from_output());
+    }
 
     #[test]
     fn broadcasting_follows_numpy() {

@@ -21,31 +21,36 @@ pub struct Saved {
 }
 
 pub fn saved(g: &Graph) -> Saved {
-    let mut droppable = BTreeSet::new();
     let mut pinned: BTreeSet<TensorId> = [g.loss, g.output].into_iter().collect();
-    for id in g.dag.node_indices() {
-        let n = &g.dag[id];
-        for &t in &n.inputs {
-            let producer = &g.dag[t.node()];
-            if producer.phase != Phase::Forward || is_leaf(g, t) {
-                continue;
-            }
-            match n.phase {
-                Phase::Backward | Phase::Recompute => {
-                    droppable.insert(t);
-                }
-                Phase::Update => {
-                    pinned.insert(t);
-                }
-                Phase::Forward => {}
-            }
-        }
-    }
-    let droppable = droppable
+    pinned.extend(forward_reads_by(g, |p| p == Phase::Update));
+    let droppable = backward_reads(g)
         .into_iter()
         .filter(|t| !pinned.contains(t))
         .collect();
     Saved { droppable, pinned }
+}
+
+/// Forward activations (not leaves) that a backward or recompute op reads.
+fn backward_reads(g: &Graph) -> BTreeSet<TensorId> {
+    forward_reads_by(g, |p| matches!(p, Phase::Backward | Phase::Recompute))
+}
+
+/// Forward activations (not leaves) read by an op whose phase passes `reader`, plus the ones
+/// the step returns.
+fn forward_reads_by(g: &Graph, reader: impl Fn(Phase) -> bool) -> BTreeSet<TensorId> {
+    let mut out = BTreeSet::new();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        if !reader(n.phase) {
+            continue;
+        }
+        for &t in &n.inputs {
+            if g.dag[t.node()].phase == Phase::Forward && !is_leaf(g, t) {
+                out.insert(t);
+            }
+        }
+    }
+    out
 }
 
 /// A copy of `g` where every backward read of a forward activation in `drop` reads a clone
@@ -59,7 +64,14 @@ pub fn rematerialize(g: &Graph, drop: &BTreeSet<TensorId>) -> Graph {
     out.dag.clear();
     let mut map: Vec<Option<NodeId>> = vec![None; g.dag.node_count()];
     let mut clones: BTreeMap<NodeId, NodeId> = BTreeMap::new();
-    let keep = |t: TensorId| is_leaf(g, t) || !drop.contains(&t);
+    // What the forward pass leaves behind: leaves, and the saved activations not dropped. A
+    // forward tensor no backward op reads (a batchnorm output that relu overwrote in place)
+    // is gone by then, so a clone that needs it recomputes it too.
+    let kept: BTreeSet<TensorId> = backward_reads(g)
+        .into_iter()
+        .filter(|t| !drop.contains(t))
+        .collect();
+    let keep = |t: TensorId| is_leaf(g, t) || kept.contains(&t);
     for id in g.dag.node_indices() {
         let n = &g.dag[id];
         let inputs: Vec<TensorId> = n
@@ -167,39 +179,61 @@ pub fn forward_launches(g: &Graph) -> usize {
         .count()
 }
 
-/// `sqrt` (Chen et al. 2016): cut the forward chain into `segments` at articulation points (a
-/// single activation crosses the cut), spaced by equal saved bytes; keep the cut tensors and
-/// the last segment (backward needs it at once), recompute the rest.
-pub fn sqrt(g: &Graph, saved: &Saved, segments: usize) -> BTreeSet<TensorId> {
-    let (forward, cuts) = articulation(g);
-    let pos: BTreeMap<NodeId, usize> = forward.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+/// Saved activations that alone cross a cut of the forward chain (block outputs in a
+/// ResNet), in forward order: where a `sqrt` segmentation may restart recomputation. One no
+/// backward op reads (an add that relu overwrites in place) is not there to restart from.
+pub fn saved_cuts(g: &Graph, saved: &Saved) -> Vec<TensorId> {
     let droppable: BTreeSet<TensorId> = saved.droppable.iter().copied().collect();
-    let bytes = |t: &TensorId| (g.ty(*t).numel() * 4) as u64;
-    let total: u64 = droppable.iter().map(bytes).sum();
+    articulation(g)
+        .1
+        .into_iter()
+        .map(|(_, t)| t)
+        .filter(|t| droppable.contains(t))
+        .collect()
+}
+
+/// Chen et al. 2016: of `cuts` (in forward order), those that split the forward chain into
+/// about `segments` runs of equal bytes. A segment is recomputed whole, so it is sized by
+/// everything it produces.
+pub fn even_segments(g: &Graph, cuts: &[TensorId], segments: usize) -> BTreeSet<TensorId> {
+    let bytes = |t: TensorId| (g.ty(t).numel() * 4) as u64;
+    let forward: Vec<NodeId> = g
+        .dag
+        .node_indices()
+        .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
+        .collect();
+    let total: u64 = forward
+        .iter()
+        .flat_map(|&id| g.outputs(id))
+        .map(bytes)
+        .sum();
     let target = total / segments.max(1) as u64;
-    let mut keep: BTreeSet<TensorId> = BTreeSet::new();
+    let cut_set: BTreeSet<TensorId> = cuts.iter().copied().collect();
+    let mut keep = BTreeSet::new();
     let mut acc = 0u64;
-    let mut last_cut = 0usize;
-    let mut ci = 0;
-    for (i, &id) in forward.iter().enumerate() {
-        acc += g
-            .outputs(id)
-            .iter()
-            .filter(|t| droppable.contains(t))
-            .map(bytes)
-            .sum::<u64>();
-        while ci < cuts.len() && cuts[ci].0 < i {
-            ci += 1;
-        }
-        if ci < cuts.len() && cuts[ci].0 == i && acc >= target {
-            keep.insert(cuts[ci].1);
-            acc = 0;
-            last_cut = i + 1;
+    for &id in &forward {
+        for t in g.outputs(id) {
+            acc += bytes(t);
+            if cut_set.contains(&t) && acc >= target {
+                keep.insert(t);
+                acc = 0;
+            }
         }
     }
-    droppable
-        .into_iter()
-        .filter(|t| !keep.contains(t) && pos[&t.node()] < last_cut)
+    keep
+}
+
+/// The drop set of a segmentation: keep the `kept` cuts and everything after the last one
+/// (the backward pass needs the last segment at once); recompute the rest.
+pub fn segmented(saved: &Saved, kept: &BTreeSet<TensorId>) -> BTreeSet<TensorId> {
+    let Some(last) = kept.iter().map(|t| t.node()).max() else {
+        return BTreeSet::new();
+    };
+    saved
+        .droppable
+        .iter()
+        .filter(|t| !kept.contains(t) && t.node() < last)
+        .copied()
         .collect()
 }
 
