@@ -4,10 +4,11 @@
 use serde::Serialize;
 
 use super::{
-    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, expect_arity,
-    expect_f32, fmt_shape,
+    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, Params, Shader, per_element};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "fn", rename_all = "snake_case")]
@@ -94,7 +95,7 @@ impl UnaryFn {
     /// Whether f'(x) can be computed from y = f(x) alone, bit for bit, as PyTorch does for
     /// relu, sigmoid and tanh. The backward pass then keeps y instead of x, so the op can run in
     /// place over x (a conv-bn-relu saves two activations, not three).
-    fn grad_from_output(self) -> bool {
+    pub fn grad_from_output(self) -> bool {
         match self {
             UnaryFn::Relu | UnaryFn::Sigmoid | UnaryFn::Tanh => true,
             // y > 0 exactly when x > 0 only for a positive slope.
@@ -112,6 +113,36 @@ impl UnaryFn {
             UnaryFn::Gelu | UnaryFn::GeluTanh => {
                 unreachable!("{} needs its input for its gradient", self.name())
             }
+        }
+    }
+    /// f(a) in WGSL (kernels/elementwise.wgsl defines the helpers; `p.alpha` is the slope).
+    fn wgsl(self) -> &'static str {
+        match self {
+            UnaryFn::Relu => "max(a, 0.0)",
+            UnaryFn::LeakyRelu { .. } => "select(p.alpha * a, a, a > 0.0)",
+            UnaryFn::Gelu => "gelu(a)",
+            UnaryFn::GeluTanh => "gelu_tanh(a)",
+            UnaryFn::Sigmoid => "sigmoid(a)",
+            UnaryFn::Tanh => "tanh_safe(a)",
+        }
+    }
+    /// f'(a) in WGSL; with `from_output`, a is y = f(x).
+    fn wgsl_derivative(self, from_output: bool) -> &'static str {
+        match (self, from_output) {
+            (UnaryFn::Relu, _) => "select(0.0, 1.0, a > 0.0)",
+            (UnaryFn::LeakyRelu { .. }, _) => "select(p.alpha, 1.0, a > 0.0)",
+            (UnaryFn::Gelu, _) => "gelu_grad(a)",
+            (UnaryFn::GeluTanh, _) => "gelu_tanh_grad(a)",
+            (UnaryFn::Sigmoid, false) => "sigmoid(a) * (1.0 - sigmoid(a))",
+            (UnaryFn::Sigmoid, true) => "a * (1.0 - a)",
+            (UnaryFn::Tanh, false) => "1.0 - tanh_safe(a) * tanh_safe(a)",
+            (UnaryFn::Tanh, true) => "1.0 - a * a",
+        }
+    }
+    fn alpha(self) -> f64 {
+        match self {
+            UnaryFn::LeakyRelu { slope } => slope,
+            _ => 0.0,
         }
     }
     pub fn name(self) -> &'static str {
@@ -176,6 +207,10 @@ impl Primitive for UnaryGrad {
     fn inplace(&self) -> Option<usize> {
         Some(1)
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let expr = format!("({}) * b", self.f.wgsl_derivative(self.from_output));
+        elementwise_kernel(&expr, 2, self.f.alpha(), args)
+    }
 }
 
 impl Eval for UnaryGrad {
@@ -226,6 +261,83 @@ impl Primitive for Unary {
     fn inplace(&self) -> Option<usize> {
         Some(0)
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        elementwise_kernel(self.f.wgsl(), 1, self.f.alpha(), args)
+    }
+}
+
+/// The elementwise template (kernels/elementwise.wgsl) with `expr` of `a` (and `b`) filled in:
+/// one thread per element of output 0, inputs broadcast to it by strides.
+fn elementwise_kernel(
+    expr: &str,
+    inputs: usize,
+    alpha: f64,
+    args: &KernelArgs,
+) -> Result<Vec<Dispatch>, String> {
+    const TEMPLATE: &str = include_str!("../../kernels/elementwise.wgsl");
+    let out = &args.outputs[0].shape;
+    let n = args.numel_out(0);
+    let same = args.inputs.iter().all(|t| &t.shape == out);
+    let rank = if same { 0 } else { out.len() };
+    if rank > 8 {
+        return Err(format!("broadcasting over rank {rank} (at most 8)"));
+    }
+    let mut params = Params::new().u32(n).u32(rank).f32(alpha).u32(0);
+    let mut words = [[0usize; 8]; 3];
+    if !same {
+        words[0][..rank].copy_from_slice(out);
+        for (k, t) in args.inputs.iter().enumerate() {
+            words[1 + k][..rank].copy_from_slice(&broadcast_strides(&t.shape, out));
+        }
+    }
+    for w in words.iter().flatten() {
+        params = params.u32(*w);
+    }
+    let (bindings, body) = if inputs == 1 {
+        (
+            "@group(0) @binding(2) var<storage, read_write> a: array<f32>;\n\
+             @group(0) @binding(3) var<storage, read_write> out: array<f32>;",
+            "out[i] = f(a[o.x], 0.0);",
+        )
+    } else {
+        (
+            "@group(0) @binding(2) var<storage, read_write> a: array<f32>;\n\
+             @group(0) @binding(3) var<storage, read_write> b: array<f32>;\n\
+             @group(0) @binding(4) var<storage, read_write> out: array<f32>;",
+            "out[i] = f(a[o.x], b[o.y]);",
+        )
+    };
+    let source = format!(
+        "{}\n{}",
+        crate::backend::gpu::kernel::PREAMBLE,
+        TEMPLATE
+            .replace("//BINDINGS", bindings)
+            .replace("/*EXPR*/", expr)
+            .replace("//BODY", body)
+    );
+    let mut binds: Vec<Bind> = (0..inputs).map(Bind::In).collect();
+    binds.push(Bind::Out(0));
+    Ok(per_element(
+        Shader {
+            source: source.into(),
+            entry: "main",
+        },
+        binds,
+        params.done(),
+        n,
+    ))
+}
+
+/// An input's element strides along each output dimension: 0 where it is broadcast.
+fn broadcast_strides(input: &[usize], out: &[usize]) -> Vec<usize> {
+    let pad = out.len() - input.len();
+    let mut strides = vec![0; out.len()];
+    let mut s = 1;
+    for d in (0..input.len()).rev() {
+        strides[pad + d] = if input[d] == 1 { 0 } else { s };
+        s *= input[d];
+    }
+    strides
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -279,6 +391,18 @@ impl Primitive for Binary {
     }
     fn inplace(&self) -> Option<usize> {
         Some(0)
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        elementwise_kernel(self.f.wgsl(), 2, 0.0, args)
+    }
+}
+
+impl BinaryFn {
+    fn wgsl(self) -> &'static str {
+        match self {
+            BinaryFn::Add => "a + b",
+            BinaryFn::Mul => "a * b",
+        }
     }
 }
 

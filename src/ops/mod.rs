@@ -28,6 +28,7 @@ use serde::Serialize;
 
 pub use crate::autodiff::{VjpArgs, VjpCx, VjpResult};
 use crate::backend::cpu::{Io, Real};
+pub use crate::backend::gpu::kernel::{Dispatch, KernelArgs};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -135,6 +136,10 @@ pub trait Primitive {
     /// evaluated through `Io::map`).
     fn inplace(&self) -> Option<usize> {
         None
+    }
+    /// The GPU kernels the op launches, in order (backend/gpu/kernel.rs has the conventions).
+    fn gpu(&self, _args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        Err(format!("`{}` has no GPU kernel yet", self.name()))
     }
 }
 

@@ -1,0 +1,539 @@
+//! The planned GPU executor. `GpuExec::new` does all the work a step could repeat: one buffer
+//! per memory region (the plan's arena is the GPU memory plan), every pipeline, every bind
+//! group, every kernel's parameters in one uniform buffer. `step` then only writes the step's
+//! scalars, records every dispatch into one compute pass and submits once.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU64;
+
+use super::kernel::{Bind, Dispatch, KernelArgs, Shader};
+use super::{Gpu, GpuError};
+use crate::backend::cpu::StepCtx;
+use crate::graph::TensorId;
+use crate::ops::{OpKind, TensorType};
+use crate::schedule::{Plan, Region, Slot};
+
+const REGIONS: [Region; 4] = [Region::State, Region::Grads, Region::Inputs, Region::Arena];
+const STEP_BYTES: u64 = 16;
+
+fn region_index(r: Region) -> usize {
+    REGIONS.iter().position(|&x| x == r).expect("a region")
+}
+
+/// Shader modules, pipelines and bind group layouts, created once each.
+pub(super) struct Kernels {
+    layouts: BTreeMap<usize, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    pipelines: BTreeMap<Shader, wgpu::ComputePipeline>,
+}
+
+impl Kernels {
+    pub(super) fn new() -> Kernels {
+        Kernels {
+            layouts: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
+        }
+    }
+
+    /// The layout for `storage` storage bindings after the two uniforms.
+    fn layout(
+        &mut self,
+        gpu: &Gpu,
+        storage: usize,
+    ) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        self.layouts.entry(storage).or_insert_with(|| {
+            let uniform = |binding| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            };
+            let mut entries = vec![uniform(0), uniform(1)];
+            entries.extend((0..storage).map(|k| wgpu::BindGroupLayoutEntry {
+                binding: 2 + k as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: false },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }));
+            let bgl = gpu
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: None,
+                    entries: &entries,
+                });
+            let pl = gpu
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+            (bgl, pl)
+        })
+    }
+
+    fn pipeline(&mut self, gpu: &Gpu, d: &Dispatch) -> Result<wgpu::ComputePipeline, GpuError> {
+        if let Some(p) = self.pipelines.get(&d.shader) {
+            return Ok(p.clone());
+        }
+        let layout = self.layout(gpu, d.bindings.len()).1.clone();
+        let pipeline = gpu.scoped(|| {
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(d.shader.entry),
+                source: wgpu::ShaderSource::Wgsl(d.shader.source.clone()),
+            };
+            let module = if gpu.shader_checks {
+                gpu.device.create_shader_module(desc)
+            } else {
+                // SAFETY: every kernel guards its indices against the sizes in its `Params`,
+                // which `bind` checked against the bound ranges; the test suite builds every
+                // kernel with checks on (TRAINER_SHADER_CHECKS=1). Checks cost up to 48x.
+                unsafe {
+                    gpu.device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            };
+            gpu.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(d.shader.entry),
+                    layout: Some(&layout),
+                    module: &module,
+                    entry_point: Some(d.shader.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        });
+        let pipeline = pipeline.map_err(|e| {
+            GpuError::Plan(format!("kernel `{}` does not build: {e}", d.shader.entry))
+        })?;
+        self.pipelines.insert(d.shader.clone(), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn bind_group(
+        &mut self,
+        gpu: &Gpu,
+        storage: &[wgpu::BufferBinding<'_>],
+        params: wgpu::BufferBinding<'_>,
+        step: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let layout = self.layout(gpu, storage.len()).0.clone();
+        let mut entries = vec![
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(params),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: step.as_entire_binding(),
+            },
+        ];
+        entries.extend(
+            storage
+                .iter()
+                .enumerate()
+                .map(|(k, b)| wgpu::BindGroupEntry {
+                    binding: 2 + k as u32,
+                    resource: wgpu::BindingResource::Buffer(b.clone()),
+                }),
+        );
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// One prepared dispatch.
+struct Prepared {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+/// The dispatches of one op, checked: workgroup counts within the adapter's limit.
+pub(super) fn dispatches(
+    gpu: &Gpu,
+    op: &OpKind,
+    inputs: &[&TensorType],
+    outputs: &[TensorType],
+    layer: &str,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let name = op.primitive().name();
+    let ds = op
+        .primitive()
+        .gpu(&KernelArgs { inputs, outputs })
+        .map_err(|e| GpuError::Plan(format!("layer `{layer}` ({name}): {e}")))?;
+    let max = gpu.limits.max_compute_workgroups_per_dimension;
+    for d in &ds {
+        if d.workgroups.iter().any(|&w| w > max) {
+            return Err(GpuError::Plan(format!(
+                "layer `{layer}` ({name}): kernel `{}` needs {:?} workgroups, above the adapter's {max} per dimension",
+                d.shader.entry, d.workgroups
+            )));
+        }
+        for b in &d.bindings {
+            let ok = match *b {
+                Bind::In(i) => i < inputs.len(),
+                Bind::Out(j) => j < outputs.len(),
+            };
+            if !ok {
+                return Err(GpuError::Plan(format!(
+                    "layer `{layer}` ({name}): kernel `{}` binds {b:?}, which the op does not have",
+                    d.shader.entry
+                )));
+            }
+        }
+    }
+    Ok(ds)
+}
+
+/// Uniform offsets must be multiples of this (WebGPU's default and maximum requirement).
+const UNIFORM_ALIGN: u64 = 256;
+
+/// Parameters of all dispatches packed into one uniform buffer: (buffer, offset and size of
+/// each). Each `Params` is padded to 16 bytes, as WGSL lays out uniform structs.
+fn pack_params(gpu: &Gpu, all: &[&[u32]]) -> (wgpu::Buffer, Vec<(u64, u64)>) {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut at = Vec::with_capacity(all.len());
+    for p in all {
+        let offset = bytes.len() as u64;
+        let mut words = p.to_vec();
+        words.resize(words.len().div_ceil(4).max(1) * 4, 0);
+        bytes.extend_from_slice(bytemuck::cast_slice(&words));
+        at.push((offset, (words.len() * 4) as u64));
+        bytes.resize(bytes.len().next_multiple_of(UNIFORM_ALIGN as usize), 0);
+    }
+    if bytes.is_empty() {
+        bytes.resize(16, 0);
+    }
+    let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size: bytes.len() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue.write_buffer(&buffer, 0, &bytes);
+    (buffer, at)
+}
+
+fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("step"),
+        size: STEP_BYTES,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+fn step_bytes(ctx: StepCtx) -> [u32; 4] {
+    [
+        (ctx.lr as f32).to_bits(),
+        ctx.step as u32,
+        ctx.seed as u32,
+        (ctx.seed >> 32) as u32,
+    ]
+}
+
+fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        // A zero-sized buffer cannot be bound; every binding is at least 4 bytes.
+        size: bytes.max(4).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Copies `bytes` from `buffer` at `offset` to the host (blocking: tests, checkpoints).
+fn download(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<f32>, GpuError> {
+    let bytes = (len.max(1) * 4) as u64;
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+    gpu.queue.submit([encoder.finish()]);
+    let slice = staging.slice(..);
+    slice.map_async(wgpu::MapMode::Read, |_| {});
+    gpu.wait()?;
+    let view = slice
+        .get_mapped_range()
+        .map_err(|e| GpuError::Runtime(format!("reading back: {e}")))?;
+    let values: Vec<f32> = bytemuck::cast_slice(&view)[..len].to_vec();
+    drop(view);
+    staging.unmap();
+    Ok(values)
+}
+
+pub struct GpuExec<'g> {
+    gpu: &'g Gpu,
+    pub plan: Plan,
+    regions: Vec<wgpu::Buffer>,
+    step: wgpu::Buffer,
+    prepared: Vec<Prepared>,
+    /// Kept alive for the bind groups that point into it.
+    _params: wgpu::Buffer,
+}
+
+impl<'g> GpuExec<'g> {
+    /// Builds everything a step needs and initialises parameters from `seed` (graph::init), the
+    /// same values the CPU backend starts from.
+    pub fn new(gpu: &'g Gpu, plan: Plan, seed: u64) -> Result<GpuExec<'g>, GpuError> {
+        let g = &plan.graph;
+        let max_binding = gpu.limits.max_storage_buffer_binding_size;
+        let mut regions = Vec::new();
+        for r in REGIONS {
+            let bytes = plan.sizes.get(&r).copied().unwrap_or(0) as u64 * 4;
+            if bytes > gpu.limits.max_buffer_size {
+                return Err(GpuError::Plan(format!(
+                    "the {r:?} region needs {} but the adapter's largest buffer is {}; lower data.batch_size or use train.checkpointing",
+                    crate::schedule::human(bytes),
+                    crate::schedule::human(gpu.limits.max_buffer_size)
+                )));
+            }
+            regions.push(storage_buffer(gpu, &format!("{r:?}"), bytes));
+        }
+        let mut all: Vec<(usize, Dispatch)> = Vec::new();
+        for (li, l) in plan.launches.iter().enumerate() {
+            let node = &g.dag[l.node];
+            if matches!(node.op, OpKind::Parameter(_) | OpKind::Input(_)) {
+                continue;
+            }
+            let layer = &g.layers[node.layer].name;
+            let in_types: Vec<&TensorType> = node.inputs.iter().map(|&t| g.ty(t)).collect();
+            for d in dispatches(gpu, &node.op, &in_types, &node.outputs, layer)? {
+                for b in &d.bindings {
+                    let (slot, ty) = match *b {
+                        Bind::In(i) => (l.inputs[i], in_types[i]),
+                        Bind::Out(j) => (l.outputs[j], &node.outputs[j]),
+                    };
+                    if slot.len * 4 > max_binding as usize {
+                        return Err(GpuError::Plan(format!(
+                            "layer `{layer}`: a tensor of shape {} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
+                            crate::ops::fmt_shape(&ty.shape),
+                            crate::schedule::human(slot.len as u64 * 4),
+                            crate::schedule::human(max_binding)
+                        )));
+                    }
+                }
+                all.push((li, d));
+            }
+        }
+        let param_words: Vec<&[u32]> = all.iter().map(|(_, d)| d.params.as_slice()).collect();
+        let (params, at) = pack_params(gpu, &param_words);
+        let step = step_buffer(gpu);
+        let mut kernels = Kernels::new();
+        let mut prepared = Vec::with_capacity(all.len());
+        for ((li, d), &(offset, size)) in all.iter().zip(&at) {
+            let l = &plan.launches[*li];
+            let storage: Vec<wgpu::BufferBinding<'_>> = d
+                .bindings
+                .iter()
+                .map(|b| {
+                    let slot: Slot = match *b {
+                        Bind::In(i) => l.inputs[i],
+                        Bind::Out(j) => l.outputs[j],
+                    };
+                    wgpu::BufferBinding {
+                        buffer: &regions[region_index(slot.region)],
+                        offset: slot.offset as u64 * 4,
+                        size: NonZeroU64::new(slot.len.max(1) as u64 * 4),
+                    }
+                })
+                .collect();
+            let pipeline = kernels.pipeline(gpu, d)?;
+            let uniform = wgpu::BufferBinding {
+                buffer: &params,
+                offset,
+                size: NonZeroU64::new(size),
+            };
+            let bind_group = gpu.scoped(|| kernels.bind_group(gpu, &storage, uniform, &step))?;
+            prepared.push(Prepared {
+                pipeline,
+                bind_group,
+                workgroups: d.workgroups,
+            });
+        }
+        let mut exec = GpuExec {
+            gpu,
+            plan,
+            regions,
+            step,
+            prepared,
+            _params: params,
+        };
+        for i in 0..exec.plan.graph.params.len() {
+            let p = &exec.plan.graph.params[i];
+            let values = p.init.values(seed, &p.name, p.ty.numel());
+            exec.set_param(i, &values);
+        }
+        gpu.check()?;
+        Ok(exec)
+    }
+
+    /// Dispatches per step (an op may take several).
+    pub fn dispatch_count(&self) -> usize {
+        self.prepared.len()
+    }
+
+    fn write(&self, s: Slot, values: &[f32]) {
+        self.gpu.queue.write_buffer(
+            &self.regions[region_index(s.region)],
+            s.offset as u64 * 4,
+            bytemuck::cast_slice(values),
+        );
+    }
+
+    pub fn set_param(&mut self, i: usize, values: &[f32]) {
+        let s = self.plan.params[i];
+        assert_eq!(values.len(), s.len, "parameter {i} has {} elements", s.len);
+        self.write(s, values);
+    }
+
+    /// Writes the batch: `values` for the input tensor `t` (features or labels).
+    pub fn feed(&mut self, t: TensorId, values: &[f32]) -> Result<(), GpuError> {
+        let s = self.plan.slots[&t];
+        if values.len() != s.len {
+            return Err(GpuError::Plan(format!(
+                "fed {} values for {} elements",
+                values.len(),
+                s.len
+            )));
+        }
+        self.write(s, values);
+        Ok(())
+    }
+
+    /// Records every launch of the plan into one compute pass and submits it. Does not wait.
+    pub fn step(&mut self, ctx: StepCtx) -> Result<(), GpuError> {
+        self.gpu
+            .queue
+            .write_buffer(&self.step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
+        let mut encoder = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("step"),
+                timestamp_writes: None,
+            });
+            for p in &self.prepared {
+                pass.set_pipeline(&p.pipeline);
+                pass.set_bind_group(0, &p.bind_group, &[]);
+                let [x, y, z] = p.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.check()
+    }
+
+    /// A tensor that outlives the step (blocking: waits for the queue).
+    pub fn read(&self, t: TensorId) -> Result<Vec<f32>, GpuError> {
+        self.read_slot(self.plan.slots[&t])
+    }
+    pub fn param(&self, i: usize) -> Result<Vec<f32>, GpuError> {
+        self.read_slot(self.plan.params[i])
+    }
+    fn read_slot(&self, s: Slot) -> Result<Vec<f32>, GpuError> {
+        download(
+            self.gpu,
+            &self.regions[region_index(s.region)],
+            s.offset as u64 * 4,
+            s.len,
+        )
+    }
+}
+
+/// Evaluates one op on the GPU on fresh buffers, outputs NaN-filled first so an element the
+/// kernel forgets cannot pass: the GPU twin of `cpu::eval_once`, for kernel tests.
+pub fn eval_once(
+    gpu: &Gpu,
+    op: &OpKind,
+    ins: &[(&TensorType, &[f32])],
+    ctx: StepCtx,
+) -> Result<Vec<Vec<f32>>, GpuError> {
+    let types: Vec<&TensorType> = ins.iter().map(|(t, _)| *t).collect();
+    let out_types = op.primitive().infer(&types).map_err(GpuError::Plan)?;
+    let ds = dispatches(gpu, op, &types, &out_types, "eval_once")?;
+    let upload = |label: &str, values: &[f32]| {
+        let b = storage_buffer(gpu, label, values.len() as u64 * 4);
+        gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(values));
+        b
+    };
+    let inputs: Vec<wgpu::Buffer> = ins.iter().map(|(_, v)| upload("in", v)).collect();
+    let outputs: Vec<wgpu::Buffer> = out_types
+        .iter()
+        .map(|t| upload("out", &vec![f32::NAN; t.numel()]))
+        .collect();
+    let words: Vec<&[u32]> = ds.iter().map(|d| d.params.as_slice()).collect();
+    let (params, at) = pack_params(gpu, &words);
+    let step = step_buffer(gpu);
+    gpu.queue
+        .write_buffer(&step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
+    let mut kernels = Kernels::new();
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    let mut groups = Vec::new();
+    for (d, &(offset, size)) in ds.iter().zip(&at) {
+        let storage: Vec<wgpu::BufferBinding<'_>> = d
+            .bindings
+            .iter()
+            .map(|b| {
+                let buffer = match *b {
+                    Bind::In(i) => &inputs[i],
+                    Bind::Out(j) => &outputs[j],
+                };
+                buffer.as_entire_buffer_binding()
+            })
+            .collect();
+        let uniform = wgpu::BufferBinding {
+            buffer: &params,
+            offset,
+            size: NonZeroU64::new(size),
+        };
+        let pipeline = kernels.pipeline(gpu, d)?;
+        let bg = gpu.scoped(|| kernels.bind_group(gpu, &storage, uniform, &step))?;
+        groups.push((pipeline, bg, d.workgroups));
+    }
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        for (pipeline, bg, [x, y, z]) in &groups {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(*x, *y, *z);
+        }
+    }
+    gpu.queue.submit([encoder.finish()]);
+    gpu.check()?;
+    out_types
+        .iter()
+        .zip(&outputs)
+        .map(|(t, b)| download(gpu, b, 0, t.numel()))
+        .collect()
+}

@@ -1,0 +1,145 @@
+//! What an op asks the GPU to run: pure data, no wgpu types, so every op's file can say which
+//! WGSL kernel it launches, over which of its tensors, with which parameters and grid
+//! (`Primitive::gpu`). The executor turns these into pipelines and bind groups once, at
+//! prepare time.
+//!
+//! The binding convention every kernel follows (`PREAMBLE` declares the first two):
+//! - `@binding(0)`: `var<uniform> p: Params` (the kernel's own struct of 32-bit fields);
+//! - `@binding(1)`: `var<uniform> step: Step` (runtime scalars: learning rate, step, seed);
+//! - `@binding(2 + k)`: `var<storage, read_write>` for `Dispatch::bindings[k]`.
+//!
+//! Every storage binding is `read_write`, inputs too: an in-place launch binds two ranges of
+//! one buffer, and WebGPU forbids one buffer as read-only and writable storage in one dispatch.
+
+use std::borrow::Cow;
+
+use crate::ops::TensorType;
+
+/// Threads per workgroup of the one-dimensional kernels.
+pub const WORKGROUP: u32 = 256;
+/// WebGPU's guaranteed `max_compute_workgroups_per_dimension`.
+pub const MAX_GROUPS: u32 = 65_535;
+
+/// The WGSL every kernel starts with: the two uniforms and the linear thread index of a grid
+/// that `grid` may have folded into two dimensions.
+pub const PREAMBLE: &str = include_str!("../../../kernels/common.wgsl");
+
+/// Which tensor a storage binding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bind {
+    In(usize),
+    Out(usize),
+}
+
+/// WGSL source and the entry point to run.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Shader {
+    /// A kernel file (`include_str!` of kernels/*.wgsl, after `PREAMBLE`), or source generated
+    /// from a template (the elementwise table).
+    pub source: Cow<'static, str>,
+    pub entry: &'static str,
+}
+
+impl Shader {
+    /// A kernel from a file: `PREAMBLE` followed by the file's text.
+    pub fn file(text: &'static str, entry: &'static str) -> Shader {
+        Shader {
+            source: Cow::Owned(format!("{PREAMBLE}\n{text}")),
+            entry,
+        }
+    }
+}
+
+/// One compute dispatch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    pub shader: Shader,
+    pub bindings: Vec<Bind>,
+    /// `Params` as 32-bit words (f32 fields as their bits: `Params::f32`).
+    pub params: Vec<u32>,
+    pub workgroups: [u32; 3],
+}
+
+/// What a kernel is planned for: the launch's input and output types.
+pub struct KernelArgs<'a> {
+    pub inputs: &'a [&'a TensorType],
+    pub outputs: &'a [TensorType],
+}
+
+impl KernelArgs<'_> {
+    pub fn numel_in(&self, i: usize) -> usize {
+        self.inputs[i].numel()
+    }
+    pub fn numel_out(&self, j: usize) -> usize {
+        self.outputs[j].numel()
+    }
+}
+
+/// Builds a `Params` struct word by word, in the order its WGSL fields are declared.
+#[derive(Default)]
+pub struct Params(pub Vec<u32>);
+
+impl Params {
+    pub fn new() -> Params {
+        Params(Vec::new())
+    }
+    pub fn u32(mut self, v: usize) -> Params {
+        self.0
+            .push(u32::try_from(v).expect("a kernel parameter above u32 (checked at plan)"));
+        self
+    }
+    pub fn f32(mut self, v: f64) -> Params {
+        self.0.push((v as f32).to_bits());
+        self
+    }
+    pub fn done(self) -> Vec<u32> {
+        self.0
+    }
+}
+
+/// The grid for `threads` threads of `WORKGROUP`: folded into two dimensions past 65,535
+/// workgroups (`PREAMBLE`'s `linear_index` unfolds it). Kernels guard `i < n` themselves.
+pub fn grid(threads: usize) -> [u32; 3] {
+    groups(threads.div_ceil(WORKGROUP as usize))
+}
+
+/// `n` workgroups folded into two dimensions where needed.
+pub fn groups(n: usize) -> [u32; 3] {
+    let n = n.max(1) as u64;
+    let max = MAX_GROUPS as u64;
+    if n <= max {
+        [n as u32, 1, 1]
+    } else {
+        let y = n.div_ceil(max);
+        [n.div_ceil(y) as u32, y as u32, 1]
+    }
+}
+
+/// A single dispatch over the whole of output 0, one thread per element.
+pub fn per_element(
+    shader: Shader,
+    bindings: Vec<Bind>,
+    params: Vec<u32>,
+    n: usize,
+) -> Vec<Dispatch> {
+    vec![Dispatch {
+        shader,
+        bindings,
+        params,
+        workgroups: grid(n),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_fold_past_the_dimension_limit() {
+        assert_eq!(grid(1), [1, 1, 1]);
+        assert_eq!(grid(257), [2, 1, 1]);
+        let g = grid(40_000_000);
+        assert!(g[0] <= MAX_GROUPS && g[1] > 1);
+        assert!(g[0] as usize * g[1] as usize * WORKGROUP as usize >= 40_000_000);
+    }
+}
