@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::backend::cpu::{CpuExec, StepCtx};
+use crate::backend::gpu::{Gpu, GpuError, GpuExec};
 use crate::ops::DType;
 use crate::schedule::Plan;
 
@@ -26,40 +27,44 @@ pub struct BenchResult {
 
 pub const WARMUP: usize = 2;
 
-pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
-    let batch = plan.graph.batch;
-    let (features, labels) = (plan.graph.features, plan.graph.labels);
+/// A synthetic batch for a plan: features uniform in [-1, 1), labels uniform over the classes.
+fn synthetic_batch(plan: &Plan, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let g = &plan.graph;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..plan.graph.ty(features).numel())
+    let x: Vec<f32> = (0..g.ty(g.features).numel())
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
-    let labels_ty = plan.graph.ty(labels).clone();
-    let classes = plan
-        .graph
-        .ty(plan.graph.output)
-        .shape
-        .last()
-        .copied()
-        .unwrap_or(1);
+    let labels_ty = g.ty(g.labels).clone();
+    let classes = g.ty(g.output).shape.last().copied().unwrap_or(1);
     let y: Vec<f32> = (0..labels_ty.numel())
         .map(|_| match labels_ty.dtype {
             DType::I32 => rng.random_range(0..classes) as f32,
             DType::F32 => rng.random_range(-1.0..1.0),
         })
         .collect();
-    let loss_t = plan.graph.loss;
+    (x, y)
+}
+
+fn ctx(step: usize, seed: u64) -> StepCtx {
+    StepCtx {
+        lr: 0.01,
+        step: step as u64 + 1,
+        seed,
+    }
+}
+
+/// The median of `WARMUP + steps` CPU steps, warm-up excluded.
+pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
+    let batch = plan.graph.batch;
+    let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
+    let (x, y) = synthetic_batch(&plan, seed);
     let mut exec: CpuExec<f32> = CpuExec::new(plan, seed)?;
     exec.feed(features, &x)?;
     exec.feed(labels, &y)?;
     let mut times = Vec::with_capacity(steps);
     for step in 0..WARMUP + steps {
-        let ctx = StepCtx {
-            lr: 0.01,
-            step: step as u64 + 1,
-            seed,
-        };
         let t0 = Instant::now();
-        exec.step(ctx);
+        exec.step(ctx(step, seed));
         if step >= WARMUP {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -75,5 +80,37 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
         warmup: WARMUP,
         threads: rayon::current_num_threads(),
         loss: exec.read(loss_t)[0] as f64,
+    })
+}
+
+/// GPU steps are queued back to back as in training (nothing waits between them), so the
+/// step time is the wall time of `steps` steps, after warm-up, divided by `steps`.
+pub fn run_gpu(gpu: &Gpu, plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
+    let batch = plan.graph.batch;
+    let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
+    let (x, y) = synthetic_batch(&plan, seed);
+    let err = |e: GpuError| e.to_string();
+    let mut exec = GpuExec::new(gpu, plan, seed).map_err(err)?;
+    exec.feed(features, &x).map_err(err)?;
+    exec.feed(labels, &y).map_err(err)?;
+    for step in 0..WARMUP {
+        exec.step(ctx(step, seed)).map_err(err)?;
+    }
+    gpu.wait().map_err(err)?;
+    let t0 = Instant::now();
+    for step in WARMUP..WARMUP + steps {
+        exec.step(ctx(step, seed)).map_err(err)?;
+    }
+    gpu.wait().map_err(err)?;
+    let step_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    Ok(BenchResult {
+        device: format!("gpu ({}, {})", gpu.adapter.name, gpu.adapter.backend),
+        batch,
+        step_ms,
+        img_per_s: batch as f64 / (step_ms / 1e3),
+        steps,
+        warmup: WARMUP,
+        threads: 0,
+        loss: exec.read(loss_t).map_err(err)?[0] as f64,
     })
 }

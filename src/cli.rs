@@ -58,8 +58,9 @@ pub enum Command {
     /// Time full training steps on synthetic data
     Bench {
         config: PathBuf,
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
+        /// Backend (default: the config's run.device)
+        #[arg(long, value_enum)]
+        device: Option<Device>,
         /// Timed steps after two warm-up steps
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
         steps: u32,
@@ -70,12 +71,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the GPU adapters wgpu can see: name, backend, driver, limits, features
+    Devices {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub enum Device {
+    Auto,
     Cpu,
     Gpu,
+}
+
+/// The backend a run gets: `auto` takes a GPU where one opens, else the CPU with a notice.
+enum Backend {
+    Cpu,
+    Gpu(Box<crate::backend::gpu::Gpu>),
+}
+
+fn open_backend(device: Device) -> Result<Backend, u8> {
+    match device {
+        Device::Cpu => Ok(Backend::Cpu),
+        Device::Gpu => match crate::backend::gpu::Gpu::new() {
+            Ok(g) => Ok(Backend::Gpu(Box::new(g))),
+            Err(e) => {
+                eprintln!("error: --device gpu: {e}");
+                Err(2)
+            }
+        },
+        Device::Auto => match crate::backend::gpu::Gpu::new() {
+            Ok(g) => Ok(Backend::Gpu(Box::new(g))),
+            Err(e) => {
+                eprintln!("note: running on the CPU: {e}");
+                Ok(Backend::Cpu)
+            }
+        },
+    }
 }
 
 fn batch_size(s: &str) -> Result<usize, String> {
@@ -170,26 +204,63 @@ fn run(cli: Cli) -> Result<(), u8> {
             batch,
             json,
         } => {
-            if device == Device::Gpu {
-                eprintln!("error: this build has no GPU backend yet; use --device cpu");
-                return Err(2);
-            }
             let (plan, cfg) = plan_step(&config, &cli.set, batch)?;
-            let result = crate::bench::run(plan, cfg.run.seed, steps as usize).map_err(internal)?;
+            let device = device.unwrap_or(match cfg.run.device {
+                config::sections::Device::Auto => Device::Auto,
+                config::sections::Device::Gpu => Device::Gpu,
+                config::sections::Device::Cpu => Device::Cpu,
+            });
+            let (seed, steps) = (cfg.run.seed, steps as usize);
+            let result = match open_backend(device)? {
+                Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
+                Backend::Gpu(gpu) => {
+                    crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
+                        eprintln!("error: {e}");
+                        2
+                    })?
+                }
+            };
             if json {
                 print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
             } else {
                 print_out(&format!(
-                    "{}: {} at batch {}: {:.1} ms/step (median of {}), {:.0} images/s, {} threads\n",
+                    "{}: {} at batch {}: {:.1} ms/step ({} steps), {:.0} images/s\n",
                     config.display(),
                     result.device,
                     result.batch,
                     result.step_ms,
                     result.steps,
                     result.img_per_s,
-                    result.threads
                 ))
             }
+        }
+        Command::Devices { json } => {
+            let adapters = crate::backend::gpu::adapters();
+            if json {
+                return print_out(
+                    &(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"),
+                );
+            }
+            if adapters.is_empty() {
+                return print_out("no GPU adapters found; trainer runs on the CPU\n");
+            }
+            let mut text = String::new();
+            for a in &adapters {
+                text += &format!(
+                    "{} ({}, {})\n  driver: {} {}\n  limits: storage binding {}, buffer {}, {} workgroups per dimension, {} workgroup memory\n  features: {}\n",
+                    a.name,
+                    a.backend,
+                    a.device_type,
+                    a.driver,
+                    a.driver_info,
+                    crate::schedule::human(a.max_storage_buffer_binding_size),
+                    crate::schedule::human(a.max_buffer_size),
+                    a.max_compute_workgroups_per_dimension,
+                    crate::schedule::human(a.max_compute_workgroup_storage_size as u64),
+                    a.features.join(", ")
+                );
+            }
+            print_out(&text)
         }
     }
 }

@@ -40,13 +40,18 @@ pub struct AdapterSummary {
     pub features: Vec<String>,
 }
 
-fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+/// An instance over `backends`, unless `WGPU_BACKEND` names others.
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::from_env().unwrap_or(backends);
+    wgpu::Instance::new(desc)
 }
 
-/// Every adapter wgpu can see, for `trainer devices`.
+/// Every adapter wgpu can see (OpenGL included), for `trainer devices`.
 pub fn adapters() -> Vec<AdapterSummary> {
-    let all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    let all = pollster::block_on(
+        instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
+    );
     all.iter().map(summary).collect()
 }
 
@@ -87,7 +92,9 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the high-performance adapter with its real limits (not WebGPU's defaults).
     pub fn new() -> Result<Gpu, GpuError> {
-        let instance = instance();
+        // Vulkan, Metal and DX12 (OpenGL only by WGPU_BACKEND=gl: its compute is a fallback
+        // of a fallback, and probing it prints windowing-system noise on headless machines).
+        let instance = instance(wgpu::Backends::PRIMARY);
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,

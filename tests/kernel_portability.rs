@@ -1,0 +1,131 @@
+//! Every WGSL kernel the shipped and test configs launch (forward, backward, optimizer; with
+//! gradient clipping too) parses and validates with naga and translates to Metal (MSL),
+//! Vulkan (SPIR-V) and DX12 (HLSL): a kernel that would not compile on a Mac cannot land,
+//! even though CI only has Vulkan. Needs no GPU.
+
+use std::collections::BTreeMap;
+
+use trainer::config;
+use trainer::graph::{builder, training};
+use trainer::ops::{KernelArgs, OpKind, TensorType};
+
+const CONFIGS: [&str; 7] = [
+    "configs/mlp.toml",
+    "configs/lenet.toml",
+    "configs/resnet.toml",
+    "configs/resnet18.toml",
+    "tests/configs/good/dag.toml",
+    "tests/configs/good/resnet_tiny.toml",
+    "tests/configs/good/tokens.toml",
+];
+
+/// Each distinct kernel source with its entry points, and the op and layer that first used it.
+fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
+    let mut out: BTreeMap<String, (Vec<&'static str>, String)> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for path in CONFIGS {
+        for sets in [vec![], vec!["optimizer.clip_grad_norm=1.0".to_string()]] {
+            let loaded = config::load(std::path::Path::new(path), &sets);
+            let cfg = loaded
+                .result
+                .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
+            let g = builder::build_with_batch(&cfg, 2).expect("builds");
+            let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
+            for id in t.dag.node_indices() {
+                let n = &t.dag[id];
+                if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
+                    continue;
+                }
+                let inputs: Vec<&TensorType> = n.inputs.iter().map(|&x| t.ty(x)).collect();
+                let args = KernelArgs {
+                    inputs: &inputs,
+                    outputs: &n.outputs,
+                };
+                let what = format!(
+                    "{path}: layer `{}` ({})",
+                    t.layers[n.layer].name,
+                    n.op.primitive().name()
+                );
+                match n.op.primitive().gpu(&args) {
+                    Ok(ds) => {
+                        for d in ds {
+                            let e = out
+                                .entry(d.shader.source.to_string())
+                                .or_insert_with(|| (Vec::new(), what.clone()));
+                            if !e.0.contains(&d.shader.entry) {
+                                e.0.push(d.shader.entry);
+                            }
+                        }
+                    }
+                    Err(e) => missing.push(format!("{what}: {e}")),
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "ops without GPU kernels:\n{}",
+        missing.join("\n")
+    );
+    out
+}
+
+#[test]
+fn every_kernel_translates_to_metal_spirv_and_hlsl() {
+    let all = kernels();
+    assert!(all.len() > 10, "only {} kernels found", all.len());
+    let mut failures = Vec::new();
+    for (source, (entries, what)) in &all {
+        let module = match naga::front::wgsl::parse_str(source) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(format!("{what}: WGSL: {}", e.emit_to_string(source)));
+                continue;
+            }
+        };
+        let info = match naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(format!("{what}: validation: {}", e.emit_to_string(source)));
+                continue;
+            }
+        };
+        for &entry in entries {
+            let stage = Some((naga::ShaderStage::Compute, entry.to_string()));
+            let msl = naga::back::msl::PipelineOptions {
+                entry_point: stage.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = naga::back::msl::write_string(&module, &info, &Default::default(), &msl)
+            {
+                failures.push(format!("{what}: `{entry}` to Metal: {e}"));
+            }
+            let spv = naga::back::spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: entry.to_string(),
+            };
+            if let Err(e) =
+                naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&spv))
+            {
+                failures.push(format!("{what}: `{entry}` to SPIR-V: {e}"));
+            }
+            let hlsl_options = naga::back::hlsl::Options::default();
+            let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
+                entry_point: stage.clone(),
+            };
+            let mut text = String::new();
+            let mut w = naga::back::hlsl::Writer::new(&mut text, &hlsl_options, &hlsl_pipeline);
+            if let Err(e) = w.write(&module, &info, None) {
+                failures.push(format!("{what}: `{entry}` to HLSL: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
