@@ -5,11 +5,24 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::reduce::section;
 use super::{
-    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, expect_arity,
-    expect_f32, fmt_shape,
+    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, Params, grid, groups};
+
+const KERNELS: &str = include_str!("../../kernels/norm.wgsl");
+
+fn dispatch(entry: &'static str, bindings: Vec<Bind>, params: Params, wg: [u32; 3]) -> Dispatch {
+    Dispatch {
+        shader: section(KERNELS, entry),
+        bindings,
+        params: params.done(),
+        workgroups: wg,
+    }
+}
 
 /// PyTorch's `F.batch_norm` (BatchNorm1d/2d). Inputs: x, weight, bias, running_mean,
 /// running_var (weight and bias absent without affine). Outputs: y, the batch mean [C] and the
@@ -124,6 +137,48 @@ impl Primitive for BatchNorm {
         }
         Ok(grads)
     }
+    /// Statistics (a workgroup per channel, or copies of the running ones in eval mode), then
+    /// y from them, a thread per element.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let (n, c, s) = bn_layout(&args.inputs[0].shape);
+        let k = args.inputs.len();
+        let (rm, rv) = (Bind::In(k - 2), Bind::In(k - 1));
+        let stats = match self.training {
+            true => dispatch(
+                "bn_stats",
+                vec![Bind::In(0), Bind::Out(1), Bind::Out(2)],
+                Params::new().u32(c).u32(n).u32(s).u32(0),
+                groups(c),
+            ),
+            false => dispatch(
+                "bn_copy_stats",
+                vec![rm, rv, Bind::Out(1), Bind::Out(2)],
+                Params::new().u32(c).u32(0).u32(0).u32(0),
+                grid(c),
+            ),
+        };
+        // Without affine, x stands in for weight and bias (never read).
+        let (w, b) = match self.affine {
+            true => (Bind::In(1), Bind::In(2)),
+            false => (Bind::In(0), Bind::In(0)),
+        };
+        let total = args.numel_in(0);
+        let apply = dispatch(
+            "bn_apply",
+            vec![Bind::In(0), w, b, Bind::Out(1), Bind::Out(2), Bind::Out(0)],
+            Params::new()
+                .u32(total)
+                .u32(c)
+                .u32(s)
+                .u32(self.affine as usize)
+                .f32(self.eps)
+                .u32(0)
+                .u32(0)
+                .u32(0),
+            grid(total),
+        );
+        Ok(vec![stats, apply])
+    }
 }
 
 impl Eval for BatchNorm {
@@ -210,6 +265,57 @@ impl Primitive for BatchNormGrad {
             ("eps", self.eps.to_string()),
             ("training", self.training.to_string()),
         ]
+    }
+    /// dweight and dbias a workgroup per channel, then dx a thread per element from them.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let (n, c, s) = bn_layout(&args.inputs[0].shape);
+        let k = args.inputs.len();
+        let (mean, var, dy) = (Bind::In(k - 3), Bind::In(k - 2), Bind::In(k - 1));
+        let sums = dispatch(
+            "bn_grad_sums",
+            vec![Bind::In(0), mean, var, dy, Bind::Out(1), Bind::Out(2)],
+            Params::new()
+                .u32(c)
+                .u32(n)
+                .u32(s)
+                .u32(0)
+                .f32(self.eps)
+                .u32(0)
+                .u32(0)
+                .u32(0),
+            groups(c),
+        );
+        // Without affine, x stands in for the weight (never read).
+        let w = if self.affine {
+            Bind::In(1)
+        } else {
+            Bind::In(0)
+        };
+        let total = args.numel_in(0);
+        let dx = dispatch(
+            "bn_grad_dx",
+            vec![
+                Bind::In(0),
+                w,
+                mean,
+                var,
+                dy,
+                Bind::Out(1),
+                Bind::Out(2),
+                Bind::Out(0),
+            ],
+            Params::new()
+                .u32(total)
+                .u32(c)
+                .u32(s)
+                .u32(self.affine as usize)
+                .u32(self.training as usize)
+                .f32((n * s) as f64)
+                .f32(self.eps)
+                .u32(0),
+            grid(total),
+        );
+        Ok(vec![sums, dx])
     }
 }
 
@@ -309,6 +415,24 @@ impl Primitive for BatchNormRunningStats {
             ("count", self.count.to_string()),
         ]
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let c = args.numel_in(0);
+        // The CPU's f32 constants, rounded the same way.
+        let m = self.momentum as f32;
+        let bessel = (self.count as f64 / (self.count - 1) as f64) as f32;
+        let mut bindings: Vec<Bind> = (0..4).map(Bind::In).collect();
+        bindings.extend([Bind::Out(0), Bind::Out(1)]);
+        Ok(vec![dispatch(
+            "bn_running_stats",
+            bindings,
+            Params::new()
+                .u32(c)
+                .f32(m as f64)
+                .f32((1.0 - m) as f64)
+                .f32(bessel as f64),
+            grid(c),
+        )])
+    }
 }
 
 impl Eval for BatchNormRunningStats {
@@ -389,6 +513,27 @@ impl Primitive for LayerNorm {
             .map(|i| a.wants(i).then(|| g[i]))
             .collect())
     }
+    /// One workgroup per row.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = args.inputs[0];
+        let m = row_len(&x.shape, self.dims);
+        let rows = x.numel().checked_div(m).unwrap_or(0);
+        // Without affine, x stands in for weight and bias (never read).
+        let (w, b) = match self.affine {
+            true => (Bind::In(1), Bind::In(2)),
+            false => (Bind::In(0), Bind::In(0)),
+        };
+        Ok(vec![dispatch(
+            "ln_forward",
+            vec![Bind::In(0), w, b, Bind::Out(0)],
+            ln_params(rows, m, self.affine, self.eps),
+            groups(rows),
+        )])
+    }
+}
+
+fn ln_params(rows: usize, m: usize, affine: bool, eps: f64) -> Params {
+    Params::new().u32(rows).u32(m).u32(affine as usize).f32(eps)
 }
 
 impl Eval for LayerNorm {
@@ -452,6 +597,43 @@ impl Primitive for LayerNormGrad {
             ("eps", self.eps.to_string()),
             ("dims", self.dims.to_string()),
         ]
+    }
+    /// With affine, dweight and dbias first (row statistics parked in dx, then a workgroup per
+    /// column); then dx, a workgroup per row.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = args.inputs[0];
+        let m = row_len(&x.shape, self.dims);
+        let rows = x.numel().checked_div(m).unwrap_or(0);
+        let dy = Bind::In(args.inputs.len() - 1);
+        let params = || ln_params(rows, m, self.affine, self.eps);
+        let mut out = Vec::new();
+        if self.affine {
+            out.push(dispatch(
+                "ln_row_stats",
+                vec![Bind::In(0), Bind::Out(0)],
+                params(),
+                groups(rows),
+            ));
+            out.push(dispatch(
+                "ln_grad_cols",
+                vec![Bind::In(0), dy, Bind::Out(0), Bind::Out(1), Bind::Out(2)],
+                params(),
+                groups(m),
+            ));
+        }
+        // Without affine, x stands in for the weight (never read).
+        let w = if self.affine {
+            Bind::In(1)
+        } else {
+            Bind::In(0)
+        };
+        out.push(dispatch(
+            "ln_grad_dx",
+            vec![Bind::In(0), w, dy, Bind::Out(0)],
+            params(),
+            groups(rows),
+        ));
+        Ok(out)
     }
 }
 

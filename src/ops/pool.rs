@@ -9,11 +9,40 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::conv::window_out;
+use super::reduce::section;
 use super::{
-    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, expect_arity,
-    expect_f32, fmt_shape,
+    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, Params, per_element};
+
+/// The pooling kernel `entry` over `total` threads; `x` and `y` are the forward's shapes.
+fn pool_kernel(
+    pool: &Pool2d,
+    entry: &'static str,
+    bindings: Vec<Bind>,
+    total: usize,
+    x: &[usize],
+    y: &[usize],
+) -> Vec<Dispatch> {
+    let params = Params::new()
+        .u32(total)
+        .u32(x[2])
+        .u32(x[3])
+        .u32(y[2])
+        .u32(y[3])
+        .u32(pool.kernel[0])
+        .u32(pool.kernel[1])
+        .u32(pool.stride[0])
+        .u32(pool.stride[1])
+        .u32(pool.padding[0])
+        .u32(pool.padding[1])
+        .u32((pool.kind == PoolKind::Avg) as usize)
+        .done();
+    let shader = section(include_str!("../../kernels/pool.wgsl"), entry);
+    per_element(shader, bindings, params, total)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +138,19 @@ impl Primitive for Pool2d {
         };
         Ok(vec![dx])
     }
+    /// One thread per output element.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let (x, y) = (&args.inputs[0].shape, &args.outputs[0].shape);
+        let bindings = vec![Bind::In(0), Bind::Out(0)];
+        Ok(pool_kernel(
+            self,
+            "pool_forward",
+            bindings,
+            args.numel_out(0),
+            x,
+            y,
+        ))
+    }
 }
 
 /// The gradient of a pooling: inputs x, dy → dx shaped like x. Max routes each dy to its
@@ -143,6 +185,20 @@ impl Primitive for Pool2dGrad {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         self.pool.attrs()
+    }
+    /// One thread per input element, gathering from the windows that hold it.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let (x, y) = (&args.inputs[0].shape, &args.inputs[1].shape);
+        let bindings = vec![Bind::In(0), Bind::In(1), Bind::Out(0)];
+        let total = args.numel_out(0);
+        Ok(pool_kernel(
+            &self.pool,
+            "pool_backward",
+            bindings,
+            total,
+            x,
+            y,
+        ))
     }
 }
 

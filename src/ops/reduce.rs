@@ -5,10 +5,121 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, axis,
-    expect_arity, expect_f32, fmt_shape,
+    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, axis, expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, PREAMBLE, Params, Shader, grid, groups};
+
+const KERNELS: &str = include_str!("../../kernels/reduce.wgsl");
+
+/// Entry `entry` of a sectioned kernel file (kernels/reduce.wgsl, norm.wgsl, pool.wgsl): the
+/// preamble, the file's shared head (before its first `// @entry` line) and that entry's own
+/// section, so that each module declares each binding once (entries differ in `Params`).
+pub(crate) fn section(text: &'static str, entry: &'static str) -> Shader {
+    let mut parts = text.split("\n// @entry ");
+    let head = parts.next().unwrap_or_default();
+    let body = parts
+        .find(|s| s.split_whitespace().next() == Some(entry))
+        .unwrap_or_else(|| panic!("kernel file has no section `{entry}`"));
+    Shader {
+        source: format!("{PREAMBLE}\n{head}\n// {body}").into(),
+        entry,
+    }
+}
+
+/// Rows at most this long are reduced by one thread each; longer ones by a workgroup each.
+const SHORT_ROW: usize = 32;
+
+/// Dims of (size, stride) with size-1 dims dropped and neighbours merged where one steps
+/// exactly over the other (so a row-major walk visits the same offsets); at most 8 remain.
+fn merge_dims(dims: &[(usize, usize)]) -> Result<Vec<(usize, usize)>, String> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &(size, stride) in dims.iter().filter(|d| d.0 != 1) {
+        match out.last_mut() {
+            Some(last) if last.1 == size * stride => *last = (last.0 * size, stride),
+            _ => out.push((size, stride)),
+        }
+    }
+    if out.len() > 8 {
+        return Err(format!(
+            "a reduction over {} separate dims (at most 8)",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Up to 8 dims as two vec4<u32> of sizes then two of strides (unused dims are size 1).
+fn dim_words(mut params: Params, dims: &[(usize, usize)]) -> Params {
+    for k in 0..8 {
+        params = params.u32(dims.get(k).map_or(1, |d| d.0));
+    }
+    for k in 0..8 {
+        params = params.u32(dims.get(k).map_or(0, |d| d.1));
+    }
+    params
+}
+
+/// Sums (or means) x over `reduced` dims into one output per row-major index over `kept`
+/// (both lists of (size, x stride)): a thread per output when each sums few elements, else a
+/// workgroup per output.
+fn reduce_axes(
+    kept: &[(usize, usize)],
+    reduced: &[(usize, usize)],
+    mean: bool,
+) -> Result<Vec<Dispatch>, String> {
+    let outputs: usize = kept.iter().map(|d| d.0).product();
+    let count: usize = reduced.iter().map(|d| d.0).product();
+    let (kept, reduced) = (merge_dims(kept)?, merge_dims(reduced)?);
+    let params = Params::new()
+        .u32(outputs)
+        .u32(count)
+        .u32(kept.len())
+        .u32(reduced.len())
+        .u32(mean as usize)
+        .u32(0)
+        .u32(0)
+        .u32(0);
+    let params = dim_words(dim_words(params, &kept), &reduced).done();
+    let (entry, workgroups) = if count <= SHORT_ROW {
+        ("axes_thread", grid(outputs))
+    } else {
+        ("axes_group", groups(outputs))
+    };
+    Ok(vec![Dispatch {
+        shader: section(KERNELS, entry),
+        bindings: vec![Bind::In(0), Bind::Out(0)],
+        params,
+        workgroups,
+    }])
+}
+
+/// Softmax and its gradient: rows along the axis, short ones a thread each, long ones a
+/// workgroup each.
+fn softmax_kernel(
+    shape: &[usize],
+    ax: i64,
+    thread: &'static str,
+    group: &'static str,
+    bindings: Vec<Bind>,
+) -> Result<Vec<Dispatch>, String> {
+    let a = axis(ax, shape.len())?;
+    let (outer, len, inner) = around(shape, a);
+    let rows = outer * inner;
+    let params = Params::new().u32(rows).u32(len).u32(inner).u32(0).done();
+    let (entry, workgroups) = if len <= SHORT_ROW {
+        (thread, grid(rows))
+    } else {
+        (group, groups(rows))
+    };
+    Ok(vec![Dispatch {
+        shader: section(KERNELS, entry),
+        bindings,
+        params,
+        workgroups,
+    }])
+}
 
 /// Mean over the given axes, which are removed from the shape (PyTorch's `x.mean(dim=axes)`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +193,17 @@ impl Primitive for MeanAxes {
         };
         Ok(vec![Some(cx.op(OpKind::MeanAxesGrad(grad), &[a.dy()?])?)])
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let shape = &args.inputs[0].shape;
+        let st = strides(shape);
+        let split = |keep: bool| -> Vec<(usize, usize)> {
+            (0..shape.len())
+                .filter(|i| self.axes.contains(i) != keep)
+                .map(|i| (shape[i], st[i]))
+                .collect()
+        };
+        reduce_axes(&split(true), &split(false), true)
+    }
 }
 
 impl Eval for MeanAxes {
@@ -143,6 +265,32 @@ impl Primitive for MeanAxesGrad {
             ("shape", fmt_shape(&self.shape)),
         ]
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let dy_strides = strides(&args.inputs[0].shape);
+        let mut kept = dy_strides.iter();
+        let dims: Vec<(usize, usize)> = (0..self.shape.len())
+            .map(|i| match self.axes.contains(&i) {
+                true => (self.shape[i], 0),
+                false => (self.shape[i], *kept.next().unwrap_or(&0)),
+            })
+            .collect();
+        let dims = merge_dims(&dims)?;
+        let count: usize = self.axes.iter().map(|&a| self.shape[a]).product();
+        // The CPU's scale, rounded to f32 the same way.
+        let scale = 1.0f32 / count as f32;
+        let n = args.numel_out(0);
+        let params = Params::new()
+            .u32(n)
+            .u32(dims.len())
+            .f32(scale as f64)
+            .u32(0);
+        Ok(vec![Dispatch {
+            shader: section(KERNELS, "mean_grad"),
+            bindings: vec![Bind::In(0), Bind::Out(0)],
+            params: dim_words(params, &dims).done(),
+            workgroups: grid(n),
+        }])
+    }
 }
 
 impl Eval for MeanAxesGrad {
@@ -202,6 +350,17 @@ impl Primitive for Softmax {
         let dx = cx.op(OpKind::SoftmaxGrad(grad), &[a.outputs[0], a.dy()?])?;
         Ok(vec![Some(dx)])
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let bindings = vec![Bind::In(0), Bind::Out(0)];
+        let shape = &args.inputs[0].shape;
+        softmax_kernel(
+            shape,
+            self.axis,
+            "softmax_thread",
+            "softmax_group",
+            bindings,
+        )
+    }
 }
 
 impl Eval for Softmax {
@@ -258,6 +417,11 @@ impl Primitive for SoftmaxGrad {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("axis", self.axis.to_string())]
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let bindings = vec![Bind::In(0), Bind::In(1), Bind::Out(0)];
+        let (thread, group) = ("softmax_grad_thread", "softmax_grad_group");
+        softmax_kernel(&args.inputs[0].shape, self.axis, thread, group, bindings)
     }
 }
 
@@ -317,6 +481,20 @@ impl Primitive for SumTo {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("shape", super::fmt_shape(&self.shape))]
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        // Numpy rules reversed: x's leading dims and those the target has as 1 are summed.
+        let x = &args.inputs[0].shape;
+        let st = strides(x);
+        let pad = x.len() - self.shape.len();
+        let summed = |d: usize| d < pad || self.shape[d - pad] == 1;
+        let split = |sum: bool| -> Vec<(usize, usize)> {
+            (0..x.len())
+                .filter(|&d| summed(d) == sum)
+                .map(|d| (x[d], st[d]))
+                .collect()
+        };
+        reduce_axes(&split(false), &split(true), false)
     }
 }
 

@@ -1,0 +1,438 @@
+// Normalisations: batchnorm (statistics, apply, gradient, running statistics) and layernorm
+// (forward, gradient) (src/ops/norm.rs).
+//
+// A sectioned file: each `// @entry NAME` section is compiled with the shared head above the
+// first section only (reduce.rs `section`), so each module declares each binding once.
+//
+// Statistics are reduced one workgroup per channel (batchnorm) or per row (layernorm): each
+// thread sums a fixed strided range, then a fixed tree in workgroup memory. No atomics, so the
+// same inputs give the same bits. Two passes (mean, then squared deviations), like the CPU.
+//
+// Non-affine variants bind x in place of weight and bias (`affine` 0) so that every entry has a
+// fixed number of bindings.
+
+var<workgroup> red: array<vec2<f32>, 256>;
+
+// The workgroup's total of `v` (both lanes), in a fixed tree order; every thread gets it.
+// Call from uniform control flow with all WORKGROUP threads.
+fn tree_sum(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var half = WORKGROUP / 2u; half > 0u; half = half / 2u) {
+        if (lid < half) {
+            red[lid] = red[lid] + red[lid + half];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    // Nobody may overwrite red[0] before everyone has read it.
+    workgroupBarrier();
+    return total;
+}
+
+// @entry bn_stats
+// Training batchnorm statistics: one workgroup per channel writes its mean and biased variance.
+// Channel ch of x [N, C, S] holds (i*C + ch)*S + j for i < N, j < S.
+struct Params {
+    c: u32,
+    n: u32,
+    s: u32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> var_: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    // Uniform across the workgroup, so the early return keeps barriers uniform.
+    let ch = wid.y * nwg.x + wid.x;
+    if (ch >= p.c) {
+        return;
+    }
+    let count = p.n * p.s;
+    var sum = 0.0;
+    for (var t = lid.x; t < count; t = t + WORKGROUP) {
+        sum = sum + x[((t / p.s) * p.c + ch) * p.s + t % p.s];
+    }
+    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(count);
+    var sq = 0.0;
+    for (var t = lid.x; t < count; t = t + WORKGROUP) {
+        let d = x[((t / p.s) * p.c + ch) * p.s + t % p.s] - mu;
+        sq = sq + d * d;
+    }
+    let sigma2 = tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(count);
+    if (lid.x == 0u) {
+        mean[ch] = mu;
+        var_[ch] = sigma2;
+    }
+}
+
+// @entry bn_copy_stats
+// Eval-mode batchnorm: the statistics outputs are copies of the running ones.
+struct Params {
+    c: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> rm: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> var_: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_copy_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ch = linear_index(wid, nwg, lid);
+    if (ch >= p.c) {
+        return;
+    }
+    mean[ch] = rm[ch];
+    var_[ch] = rv[ch];
+}
+
+// @entry bn_apply
+// y = (x - mean) * w / sqrt(var + eps) + b, one thread per element, from the statistics an
+// earlier dispatch wrote (the CPU's f32 sequence).
+struct Params {
+    total: u32,
+    c: u32,
+    s: u32,
+    affine: u32,
+    eps: f32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(6) var<storage, read_write> var_: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    let ch = (i / p.s) % p.c;
+    var wc = 1.0;
+    var bc = 0.0;
+    if (p.affine == 1u) {
+        wc = w[ch];
+        bc = b[ch];
+    }
+    let scale = wc / sqrt(var_[ch] + p.eps);
+    y[i] = (x[i] - mean[ch]) * scale + bc;
+}
+
+// @entry bn_grad_sums
+// Batchnorm gradient, per channel (a workgroup each): dbias = sum dy, dweight = sum dy*xhat.
+struct Params {
+    c: u32,
+    n: u32,
+    s: u32,
+    _p0: u32,
+    eps: f32,
+    _p1: u32,
+    _p2: u32,
+    _p3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> var_: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(7) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ch = wid.y * nwg.x + wid.x;
+    if (ch >= p.c) {
+        return;
+    }
+    let count = p.n * p.s;
+    let mu = mean[ch];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var t = lid.x; t < count; t = t + WORKGROUP) {
+        let at = ((t / p.s) * p.c + ch) * p.s + t % p.s;
+        acc = acc + vec2<f32>(dy[at], dy[at] * (x[at] - mu));
+    }
+    let total = tree_sum(lid.x, acc);
+    if (lid.x == 0u) {
+        dw[ch] = total.y / sqrt(var_[ch] + p.eps);
+        db[ch] = total.x;
+    }
+}
+
+// @entry bn_grad_dx
+// Batchnorm dx, one thread per element, from the sums bn_grad_sums wrote:
+// training: dx = w*invstd*(dy - sum(dy)/M - (x - mean)*invstd*sum(dy*xhat)/M); eval: w*invstd*dy.
+struct Params {
+    total: u32,
+    c: u32,
+    s: u32,
+    affine: u32,
+    training: u32,
+    count: f32,
+    eps: f32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> var_: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(8) var<storage, read_write> db: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    let ch = (i / p.s) % p.c;
+    let istd = 1.0 / sqrt(var_[ch] + p.eps);
+    var scale = istd;
+    if (p.affine == 1u) {
+        scale = w[ch] * istd;
+    }
+    if (p.training == 0u) {
+        dx[i] = dy[i] * scale;
+        return;
+    }
+    let mean_dy = db[ch] / p.count;
+    let k = dw[ch] * istd / p.count;
+    dx[i] = (dy[i] - mean_dy - (x[i] - mean[ch]) * k) * scale;
+}
+
+// @entry bn_running_stats
+// rm <- m*mean + (1-m)*rm; rv <- m*var*bessel + (1-m)*rv, per channel. The outputs may be
+// written over rm and rv: each thread reads its element of every input before writing.
+struct Params {
+    c: u32,
+    m: f32,
+    keep: f32,
+    bessel: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> rm: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> var_: array<f32>;
+@group(0) @binding(6) var<storage, read_write> new_rm: array<f32>;
+@group(0) @binding(7) var<storage, read_write> new_rv: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_running_stats(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.c) {
+        return;
+    }
+    let a = rm[i];
+    let v = rv[i];
+    let mu = mean[i];
+    let s2 = var_[i];
+    new_rm[i] = p.m * mu + p.keep * a;
+    new_rv[i] = p.m * (s2 * p.bessel) + p.keep * v;
+}
+
+// @entry ln_forward
+// Layernorm, one workgroup per row of m elements: mean, biased variance, then y.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn ln_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.m;
+    var sum = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        sum = sum + x[base + j];
+    }
+    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(p.m);
+    var sq = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let d = x[base + j] - mu;
+        sq = sq + d * d;
+    }
+    let rstd = 1.0 / sqrt(tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let xhat = (x[base + j] - mu) * rstd;
+        if (p.affine == 1u) {
+            y[base + j] = xhat * w[j] + b[j];
+        } else {
+            y[base + j] = xhat;
+        }
+    }
+}
+
+// @entry ln_row_stats
+// Layernorm gradient, first pass (affine only): each row's mean and rstd, parked in dx as
+// scratch (dx[2r], dx[2r+1]; dx has rows*m >= 2*rows elements when m >= 2) for ln_grad_cols.
+// ln_grad_dx overwrites them last.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn ln_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows || p.m < 2u) {
+        return;
+    }
+    let base = r * p.m;
+    var sum = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        sum = sum + x[base + j];
+    }
+    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(p.m);
+    var sq = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let d = x[base + j] - mu;
+        sq = sq + d * d;
+    }
+    let rstd = 1.0 / sqrt(tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    if (lid.x == 0u) {
+        dx[2u * r] = mu;
+        dx[2u * r + 1u] = rstd;
+    }
+}
+
+// @entry ln_grad_cols
+// Layernorm dweight = sum_rows dy*xhat and dbias = sum_rows dy: one workgroup per column j,
+// row statistics from ln_row_stats' scratch (for m == 1, xhat is 0: x equals its row mean).
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(6) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(256)
+fn ln_grad_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wid.y * nwg.x + wid.x;
+    if (j >= p.m) {
+        return;
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var r = lid.x; r < p.rows; r = r + WORKGROUP) {
+        let at = r * p.m + j;
+        var xhat = 0.0;
+        if (p.m >= 2u) {
+            xhat = (x[at] - dx[2u * r]) * dx[2u * r + 1u];
+        }
+        acc = acc + vec2<f32>(dy[at] * xhat, dy[at]);
+    }
+    let total = tree_sum(lid.x, acc);
+    if (lid.x == 0u) {
+        dw[j] = total.x;
+        db[j] = total.y;
+    }
+}
+
+// @entry ln_grad_dx
+// Layernorm dx, one workgroup per row (statistics recomputed):
+// dx = rstd*(g - mean(g) - xhat*mean(g*xhat)), g = dy*w.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+
+fn g_of(at: u32, j: u32) -> f32 {
+    if (p.affine == 1u) {
+        return dy[at] * w[j];
+    }
+    return dy[at];
+}
+
+@compute @workgroup_size(256)
+fn ln_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.m;
+    var sum = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        sum = sum + x[base + j];
+    }
+    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(p.m);
+    var sq = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let d = x[base + j] - mu;
+        sq = sq + d * d;
+    }
+    let rstd = 1.0 / sqrt(tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let g = g_of(base + j, j);
+        acc = acc + vec2<f32>(g, g * (x[base + j] - mu) * rstd);
+    }
+    let means = tree_sum(lid.x, acc) / f32(p.m);
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let xhat = (x[base + j] - mu) * rstd;
+        dx[base + j] = rstd * (g_of(base + j, j) - means.x - xhat * means.y);
+    }
+}

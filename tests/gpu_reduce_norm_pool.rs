@@ -1,0 +1,355 @@
+//! Reduction, normalisation and pooling kernels against the CPU backend, on odd shapes, both
+//! kernel shapes of each reduction (a thread per row and a workgroup per row), every mode of
+//! batchnorm and layernorm, and pooling ties; fresh seeds every run.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use trainer::backend::cpu::StepCtx;
+use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::ops::{
+    BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
+    MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo, TensorType,
+};
+
+fn random(rng: &mut impl Rng, shape: &[usize], lo: f32, hi: f32) -> (TensorType, Vec<f32>) {
+    let n = shape.iter().product();
+    let v = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    (TensorType::f32(shape.to_vec()), v)
+}
+
+fn normal(rng: &mut impl Rng, shape: &[usize]) -> (TensorType, Vec<f32>) {
+    random(rng, shape, -3.0, 3.0)
+}
+
+fn assert_close(op: &OpKind, ins: &[(TensorType, Vec<f32>)]) {
+    let gpu = test_gpu().expect("GPU");
+    let errs = compare_with_cpu(gpu, op, ins, StepCtx::default()).unwrap();
+    for (k, e) in errs.iter().enumerate() {
+        assert!(*e < 1e-4, "{op:?} output {k}: relative error {e}");
+    }
+}
+
+/// A seeded generator, its seed printed so a failure can be replayed.
+fn rng() -> ChaCha8Rng {
+    let seed = rand::random();
+    eprintln!("seed {seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+#[test]
+fn sum_to_reverses_broadcasting() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    let x = normal(&mut rng, &[2, 3, 7, 5]);
+    // Few elements per output (a thread each) and many (a workgroup each).
+    let targets: [&[usize]; 9] = [
+        &[3, 1, 1],
+        &[7, 5],
+        &[1],
+        &[],
+        &[2, 1, 1, 5],
+        &[3, 7, 1],
+        &[2, 3, 7, 5],
+        &[1, 3, 1, 5],
+        &[5],
+    ];
+    for to in targets {
+        let op = OpKind::SumTo(SumTo { shape: to.to_vec() });
+        assert_close(&op, std::slice::from_ref(&x));
+    }
+    // A long reduction: 40 * 37 elements into each of 3 outputs.
+    let x = normal(&mut rng, &[40, 3, 37]);
+    let op = OpKind::SumTo(SumTo { shape: vec![3, 1] });
+    assert_close(&op, std::slice::from_ref(&x));
+}
+
+#[test]
+fn mean_over_axes_and_its_gradient() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for batch in [1, 3] {
+        let shape = [batch, 3, 7, 5];
+        let x = normal(&mut rng, &shape);
+        for axes in [
+            vec![2, 3],
+            vec![0, 2],
+            vec![1],
+            vec![3, 0],
+            vec![0, 1, 2, 3],
+            vec![3],
+        ] {
+            assert_close(
+                &OpKind::MeanAxes(MeanAxes { axes: axes.clone() }),
+                std::slice::from_ref(&x),
+            );
+            let out: Vec<usize> = (0..4)
+                .filter(|i| !axes.contains(i))
+                .map(|i| shape[i])
+                .collect();
+            let dy = normal(&mut rng, &out);
+            let grad = MeanAxesGrad {
+                axes,
+                shape: shape.to_vec(),
+            };
+            assert_close(&OpKind::MeanAxesGrad(grad), &[dy]);
+        }
+    }
+}
+
+#[test]
+fn softmax_and_its_gradient_along_any_axis() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    // Short rows (a thread each) and long rows (a workgroup each), inner strides of 1 and more.
+    let cases: [(&[usize], &[i64]); 4] = [
+        (&[2, 3, 7, 5], &[0, 1, 2, -1]),
+        (&[3, 300], &[-1, 0]),
+        (&[2, 70, 3], &[1]),
+        (&[1, 7], &[-1]),
+    ];
+    for (shape, axes) in cases {
+        let mut x = normal(&mut rng, shape);
+        // A large logit: only a max-subtracted kernel stays finite.
+        x.1[0] = 80.0;
+        for &axis in axes {
+            assert_close(&OpKind::Softmax(Softmax { axis }), std::slice::from_ref(&x));
+            let y = random(&mut rng, shape, 0.0, 1.0);
+            let dy = normal(&mut rng, shape);
+            assert_close(&OpKind::SoftmaxGrad(SoftmaxGrad { axis }), &[y, dy]);
+        }
+    }
+}
+
+/// Per-channel mean and biased variance of x [N, C, ...].
+fn channel_stats(x: &(TensorType, Vec<f32>)) -> (Vec<f32>, Vec<f32>) {
+    let (n, c) = (x.0.shape[0], x.0.shape[1]);
+    let s: usize = x.0.shape[2..].iter().product();
+    let values = |ch: usize| (0..n).flat_map(move |i| (0..s).map(move |j| (i * c + ch) * s + j));
+    let count = (n * s) as f64;
+    let mut mean = Vec::new();
+    let mut var = Vec::new();
+    for ch in 0..c {
+        let m = values(ch).map(|k| x.1[k] as f64).sum::<f64>() / count;
+        let v = values(ch).map(|k| (x.1[k] as f64 - m).powi(2)).sum::<f64>() / count;
+        mean.push(m as f32);
+        var.push(v as f32);
+    }
+    (mean, var)
+}
+
+const BN_SHAPES: [&[usize]; 5] = [&[1, 3, 7, 5], &[3, 3, 7, 5], &[5, 3], &[3, 3], &[4, 3, 7]];
+
+#[test]
+fn batchnorm_in_every_mode() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for shape in BN_SHAPES {
+        let c = shape[1];
+        for affine in [true, false] {
+            for training in [true, false] {
+                let mut ins = vec![normal(&mut rng, shape)];
+                // An offset, so the variance is not that of centred data.
+                ins[0].1.iter_mut().for_each(|v| *v += 1.5);
+                if affine {
+                    ins.push(normal(&mut rng, &[c]));
+                    ins.push(normal(&mut rng, &[c]));
+                }
+                ins.push(normal(&mut rng, &[c]));
+                ins.push(random(&mut rng, &[c], 0.5, 2.0));
+                let op = BatchNorm {
+                    eps: 1e-5,
+                    momentum: 0.1,
+                    affine,
+                    training,
+                };
+                assert_close(&OpKind::BatchNorm(op), &ins);
+            }
+        }
+    }
+}
+
+#[test]
+fn batchnorm_gradient_in_every_mode() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for shape in BN_SHAPES {
+        let c = shape[1];
+        for affine in [true, false] {
+            for training in [true, false] {
+                let x = normal(&mut rng, shape);
+                // Training: the batch statistics; eval: running statistics.
+                let (mean, var) = match training {
+                    true => {
+                        let (m, v) = channel_stats(&x);
+                        let t = TensorType::f32(vec![c]);
+                        ((t.clone(), m), (t, v))
+                    }
+                    false => (normal(&mut rng, &[c]), random(&mut rng, &[c], 0.5, 2.0)),
+                };
+                let mut ins = vec![x];
+                if affine {
+                    ins.push(normal(&mut rng, &[c]));
+                }
+                ins.extend([mean, var, normal(&mut rng, shape)]);
+                let op = BatchNormGrad {
+                    eps: 1e-5,
+                    affine,
+                    training,
+                };
+                assert_close(&OpKind::BatchNormGrad(op), &ins);
+            }
+        }
+    }
+}
+
+#[test]
+fn batchnorm_running_statistics() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for (c, count, momentum) in [(3, 70, 0.1), (5, 2, 0.25), (300, 9, 0.01)] {
+        let ins = [
+            normal(&mut rng, &[c]),
+            random(&mut rng, &[c], 0.5, 2.0),
+            normal(&mut rng, &[c]),
+            random(&mut rng, &[c], 0.0, 2.0),
+        ];
+        let op = BatchNormRunningStats { momentum, count };
+        assert_close(&OpKind::BatchNormRunningStats(op), &ins);
+    }
+}
+
+/// (x shape, dims normalised): short and long rows (past one workgroup's 256 threads), and
+/// rows of one element.
+const LN_CASES: [(&[usize], usize); 7] = [
+    (&[3, 7, 5], 1),
+    (&[3, 7, 5], 2),
+    (&[1, 3, 7, 5], 2),
+    (&[1, 3, 7, 5], 3),
+    (&[2, 300], 1),
+    (&[6, 1], 1),
+    (&[600, 3], 1),
+];
+
+#[test]
+fn layernorm_and_its_gradient() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for (shape, dims) in LN_CASES {
+        let norm = &shape[shape.len() - dims..];
+        for affine in [true, false] {
+            let mut x = normal(&mut rng, shape);
+            x.1.iter_mut().for_each(|v| *v += 1.5);
+            let (w, b) = (normal(&mut rng, norm), normal(&mut rng, norm));
+            let dy = normal(&mut rng, shape);
+            let (fwd, bwd) = match affine {
+                true => (
+                    vec![x.clone(), w.clone(), b],
+                    vec![x.clone(), w, dy.clone()],
+                ),
+                false => (vec![x.clone()], vec![x.clone(), dy.clone()]),
+            };
+            let op = LayerNorm {
+                eps: 1e-5,
+                dims,
+                affine,
+            };
+            assert_close(&OpKind::LayerNorm(op), &fwd);
+            let op = LayerNormGrad {
+                eps: 1e-5,
+                dims,
+                affine,
+            };
+            assert_close(&OpKind::LayerNormGrad(op), &bwd);
+        }
+    }
+}
+
+#[test]
+fn pooling_and_its_gradient() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        for k in [2, 3] {
+            for s in [1, 2] {
+                for pad in [0, 1] {
+                    for batch in [1, 3] {
+                        let pool = Pool2d {
+                            kind,
+                            kernel: [k, k],
+                            stride: [s, s],
+                            padding: [pad, pad],
+                        };
+                        let x = normal(&mut rng, &[batch, 3, 7, 5]);
+                        check_pool(&mut rng, &pool, x);
+                    }
+                }
+            }
+        }
+        // Rectangular windows and strides.
+        let pool = Pool2d {
+            kind,
+            kernel: [3, 2],
+            stride: [2, 1],
+            padding: [1, 0],
+        };
+        let x = normal(&mut rng, &[3, 3, 7, 5]);
+        check_pool(&mut rng, &pool, x);
+    }
+}
+
+/// The pooling of x and its gradient for a random dy.
+fn check_pool(rng: &mut impl Rng, pool: &Pool2d, x: (TensorType, Vec<f32>)) {
+    let op = OpKind::Pool2d(pool.clone());
+    assert_close(&op, std::slice::from_ref(&x));
+    let y = op.primitive().infer(&[&x.0]).unwrap().remove(0);
+    let dy = normal(rng, &y.shape);
+    let grad = OpKind::Pool2dGrad(Pool2dGrad { pool: pool.clone() });
+    assert_close(&grad, &[x, dy]);
+}
+
+#[test]
+fn max_pooling_breaks_ties_and_routes_nan_like_the_cpu() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for (k, s, pad) in [(2, 2, 0), (3, 1, 1), (3, 2, 1), (2, 1, 1)] {
+        let pool = Pool2d {
+            kind: PoolKind::Max,
+            kernel: [k, k],
+            stride: [s, s],
+            padding: [pad, pad],
+        };
+        // Few distinct values: ties in most windows.
+        let shape = [3, 3, 7, 5];
+        let n = shape.iter().product();
+        let mut x = (
+            TensorType::f32(shape.to_vec()),
+            (0..n)
+                .map(|_| rng.random_range(0..3) as f32)
+                .collect::<Vec<_>>(),
+        );
+        check_pool(&mut rng, &pool, x.clone());
+        // A NaN wins its windows; two NaNs in one window: the last one.
+        x.1[8] = f32::NAN;
+        x.1[9] = f32::NAN;
+        x.1[40] = f32::NAN;
+        check_pool(&mut rng, &pool, x);
+    }
+}
