@@ -11,6 +11,7 @@ use super::{
     expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Mat, Real, matmul};
+use crate::backend::gpu::kernel::{Bind, Dispatch, KernelArgs, PREAMBLE, Params, Shader, groups};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Conv2d {
@@ -130,6 +131,16 @@ impl Primitive for Conv2d {
     fn cost(&self) -> Cost {
         Cost::Compute
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let ws = &args.inputs[1].shape;
+        let g = Geom::new(
+            self,
+            &args.inputs[0].shape,
+            &args.outputs[0].shape,
+            [ws[2], ws[3]],
+        );
+        conv_kernel(&g, GpuMode::Forward)
+    }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let dy = a.dy()?;
         let (x, w) = (a.inputs[0], a.inputs[1]);
@@ -201,6 +212,16 @@ impl Primitive for Conv2dGradInput {
     fn cost(&self) -> Cost {
         Cost::Compute
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let ws = &args.inputs[1].shape;
+        let g = Geom::new(
+            &self.conv,
+            &args.outputs[0].shape,
+            &args.inputs[0].shape,
+            [ws[2], ws[3]],
+        );
+        conv_kernel(&g, GpuMode::GradInput)
+    }
 }
 
 /// `dw` of a convolution: inputs x [N, C, H, W], dy [N, O, OH, OW] → [O, C/G, kh, kw].
@@ -243,6 +264,15 @@ impl Primitive for Conv2dGradWeight {
     }
     fn cost(&self) -> Cost {
         Cost::Compute
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let g = Geom::new(
+            &self.conv,
+            &args.inputs[0].shape,
+            &args.inputs[1].shape,
+            self.kernel,
+        );
+        conv_kernel(&g, GpuMode::GradWeight)
     }
 }
 
@@ -312,6 +342,62 @@ impl Geom {
             self.k() * self.p()
         }
     }
+}
+
+/// Which GEMM kernels/conv.wgsl runs (its `MODE`).
+#[derive(Clone, Copy)]
+enum GpuMode {
+    Forward = 0,
+    GradInput = 1,
+    GradWeight = 2,
+}
+
+/// The implicit-GEMM kernel of kernels/conv.wgsl for `mode`, over inputs 0, 1 and output 0,
+/// one 64x64 tile of the group's GEMM per workgroup and one group per z.
+fn conv_kernel(g: &Geom, mode: GpuMode) -> Result<Vec<Dispatch>, String> {
+    const TEXT: &str = include_str!("../../kernels/conv.wgsl");
+    const TILE: usize = 64;
+    let (rows, cols) = match mode {
+        GpuMode::Forward => (g.og(), g.n * g.p()),
+        GpuMode::GradInput => (g.cg(), g.n * g.hw()),
+        GpuMode::GradWeight => (g.og(), g.k()),
+    };
+    if g.groups > crate::backend::gpu::kernel::MAX_GROUPS as usize {
+        return Err(format!("{} groups (at most 65535 on the GPU)", g.groups));
+    }
+    let text = TEXT.replacen(
+        "const MODE: u32 = 0u;",
+        &format!("const MODE: u32 = {}u;", mode as u32),
+        1,
+    );
+    let params = Params::new()
+        .u32(g.n)
+        .u32(g.c)
+        .u32(g.h)
+        .u32(g.w)
+        .u32(g.o)
+        .u32(g.kh)
+        .u32(g.kw)
+        .u32(g.oh)
+        .u32(g.ow)
+        .u32(g.stride[0])
+        .u32(g.stride[1])
+        .u32(g.pad[0])
+        .u32(g.pad[1])
+        .u32(g.dil[0])
+        .u32(g.dil[1])
+        .u32(g.groups)
+        .done();
+    let [x, y, _] = groups(rows.div_ceil(TILE) * cols.div_ceil(TILE));
+    Ok(vec![Dispatch {
+        shader: Shader {
+            source: format!("{PREAMBLE}\n{text}").into(),
+            entry: "main",
+        },
+        bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+        params,
+        workgroups: [x, y, g.groups as u32],
+    }])
 }
 
 /// The outputs `lo..hi` along one dim whose tap `out * stride + off` lies inside `0..len`.

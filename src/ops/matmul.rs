@@ -8,9 +8,38 @@ use super::{
     expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Mat, Real, matmul};
+use crate::backend::gpu::kernel::{Bind, Dispatch, KernelArgs, Params, Shader, groups};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MatMul;
+
+/// One strided GEMM (kernels/matmul.wgsl): `c [m, n] = a [m, k] · b [k, n]` with `a` at
+/// `a[i * a_m + l * a_k]`, `b` at `b[l * b_k + j * b_n]`, `c` row-major; `a` is input 0, `b`
+/// input 1, `c` output 0.
+fn gemm_kernel(
+    [m, n, k]: [usize; 3],
+    [a_m, a_k]: [usize; 2],
+    [b_k, b_n]: [usize; 2],
+) -> Vec<Dispatch> {
+    const TILE: usize = 64;
+    let params = Params::new()
+        .u32(m)
+        .u32(n)
+        .u32(k)
+        .u32(a_m)
+        .u32(a_k)
+        .u32(b_k)
+        .u32(b_n)
+        .u32(usize::from(a_k == 1))
+        .u32(usize::from(b_k == 1))
+        .done();
+    vec![Dispatch {
+        shader: Shader::file(include_str!("../../kernels/matmul.wgsl"), "main"),
+        bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+        params,
+        workgroups: groups(m.div_ceil(TILE) * n.div_ceil(TILE)),
+    }]
+}
 
 /// Rows of a tensor whose last dim is the matrix's columns.
 fn rows(t: &TensorType) -> usize {
@@ -42,6 +71,15 @@ impl Primitive for MatMul {
     }
     fn cost(&self) -> Cost {
         Cost::Compute
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        // y [m, n] = x [m, k] · wᵀ, w [n, k].
+        let (m, n, k) = (
+            rows(args.inputs[0]),
+            args.inputs[1].shape[0],
+            args.inputs[1].shape[1],
+        );
+        Ok(gemm_kernel([m, n, k], [k, 1], [1, k]))
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let dy = a.dy()?;
@@ -103,6 +141,15 @@ impl Primitive for MatMulGradInput {
     fn cost(&self) -> Cost {
         Cost::Compute
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        // dx [m, k] = dy [m, n] · w [n, k].
+        let (m, n, k) = (
+            rows(args.inputs[0]),
+            args.inputs[1].shape[0],
+            args.inputs[1].shape[1],
+        );
+        Ok(gemm_kernel([m, k, n], [n, 1], [k, 1]))
+    }
 }
 
 impl Eval for MatMulGradInput {
@@ -149,6 +196,12 @@ impl Primitive for MatMulGradWeight {
     }
     fn cost(&self) -> Cost {
         Cost::Compute
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        // dw [n, k] = dyᵀ · x: dy [m, n], x [m, k]; the inner dim is the m rows.
+        let (n, k) = (args.outputs[0].shape[0], args.outputs[0].shape[1]);
+        let m = rows(args.inputs[0]);
+        Ok(gemm_kernel([n, k, m], [1, n], [k, 1]))
     }
 }
 

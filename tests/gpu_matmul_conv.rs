@@ -1,0 +1,221 @@
+//! Matmul and convolution kernels (tiled and implicit GEMMs) against the CPU backend: sizes
+//! that are not multiples of the 64x64 tiles, leading dims, strides, padding, dilation, groups
+//! (depthwise too); fresh seeds every run; and bit-identical results run to run.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use trainer::backend::cpu::StepCtx;
+use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
+use trainer::ops::{
+    Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulGradInput, MatMulGradWeight, OpKind,
+    TensorType,
+};
+
+/// A tensor's type and values.
+type Input = (TensorType, Vec<f32>);
+
+fn random(rng: &mut impl Rng, shape: &[usize]) -> Input {
+    let n = shape.iter().product();
+    let v = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    (TensorType::f32(shape.to_vec()), v)
+}
+
+fn seeded() -> ChaCha8Rng {
+    let seed = rand::random();
+    eprintln!("seed {seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn assert_close(op: &OpKind, ins: &[(TensorType, Vec<f32>)]) {
+    let gpu = test_gpu().expect("GPU");
+    let errs = compare_with_cpu(gpu, op, ins, StepCtx::default()).unwrap();
+    let shapes: Vec<_> = ins.iter().map(|(t, _)| &t.shape).collect();
+    for (k, e) in errs.iter().enumerate() {
+        assert!(
+            *e < 1e-4,
+            "{op:?} on {shapes:?} output {k}: relative error {e}"
+        );
+    }
+}
+
+/// The output shape of `op` on `ins`.
+fn out_shape(op: &OpKind, ins: &[&[usize]]) -> Vec<usize> {
+    let types: Vec<TensorType> = ins.iter().map(|s| TensorType::f32(s.to_vec())).collect();
+    let refs: Vec<&TensorType> = types.iter().collect();
+    op.primitive().infer(&refs).unwrap().swap_remove(0).shape
+}
+
+/// x [lead.., k], w [n, k]: the product and both gradients.
+fn check_matmul(rng: &mut ChaCha8Rng, lead: &[usize], n: usize, k: usize) {
+    let xs: Vec<usize> = lead.iter().copied().chain([k]).collect();
+    let ys: Vec<usize> = lead.iter().copied().chain([n]).collect();
+    let (x, w, dy) = (random(rng, &xs), random(rng, &[n, k]), random(rng, &ys));
+    assert_close(&OpKind::MatMul(MatMul), &[x.clone(), w.clone()]);
+    assert_close(&OpKind::MatMulGradInput(MatMulGradInput), &[dy.clone(), w]);
+    assert_close(&OpKind::MatMulGradWeight(MatMulGradWeight), &[dy, x]);
+}
+
+#[test]
+fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = seeded();
+    let cases: [(&[usize], usize, usize); 10] = [
+        (&[1], 1, 1),
+        (&[3], 1, 17),
+        (&[1], 17, 3),
+        (&[17], 33, 3),
+        (&[33], 3, 65),
+        (&[2, 5], 17, 33),
+        (&[2, 3, 7], 70, 19),
+        (&[65], 67, 130),
+        (&[130], 5, 1),
+        (&[4], 3, 0),
+    ];
+    for (lead, n, k) in cases {
+        check_matmul(&mut rng, lead, n, k);
+    }
+    // A random one.
+    let lead = [rng.random_range(1..4), rng.random_range(1..40)];
+    let (n, k) = (rng.random_range(1..80), rng.random_range(1..80));
+    check_matmul(&mut rng, &lead, n, k);
+}
+
+fn conv(stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], groups: usize) -> Conv2d {
+    Conv2d {
+        stride,
+        padding,
+        dilation,
+        groups,
+    }
+}
+
+/// The convolution and both gradients on x of `xs`, w of `ws`.
+fn check_conv(rng: &mut ChaCha8Rng, xs: [usize; 4], ws: [usize; 4], cv: Conv2d) {
+    let fwd = OpKind::Conv2d(cv.clone());
+    let ys = out_shape(&fwd, &[&xs, &ws]);
+    let (x, w, dy) = (random(rng, &xs), random(rng, &ws), random(rng, &ys));
+    assert_close(&fwd, &[x.clone(), w.clone()]);
+    let gi = OpKind::Conv2dGradInput(Conv2dGradInput {
+        conv: cv.clone(),
+        input: [xs[2], xs[3]],
+    });
+    assert_close(&gi, &[dy.clone(), w]);
+    let gw = OpKind::Conv2dGradWeight(Conv2dGradWeight {
+        conv: cv,
+        kernel: [ws[2], ws[3]],
+    });
+    assert_close(&gw, &[x, dy]);
+}
+
+/// (x, w, conv): batch 1 and 2, 3 channels, 1x1, 3x3 and 7x7 kernels, strides that drop
+/// rows, padding 0..3, dilation 2, groups 2 and 3, depthwise, odd spatial sizes.
+fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
+    vec![
+        ([1, 3, 7, 5], [4, 3, 3, 3], conv([1, 1], [1, 1], [1, 1], 1)),
+        ([2, 3, 9, 11], [5, 3, 3, 3], conv([2, 2], [0, 0], [1, 1], 1)),
+        ([2, 3, 9, 11], [5, 3, 3, 3], conv([2, 1], [3, 2], [2, 2], 1)),
+        ([1, 3, 7, 5], [2, 3, 1, 1], conv([1, 1], [0, 0], [1, 1], 1)),
+        ([2, 3, 7, 5], [6, 3, 1, 1], conv([2, 2], [1, 1], [1, 1], 1)),
+        ([1, 3, 11, 9], [2, 3, 7, 7], conv([1, 1], [3, 3], [1, 1], 1)),
+        ([2, 3, 9, 11], [4, 3, 7, 7], conv([2, 2], [3, 2], [1, 1], 1)),
+        ([2, 4, 7, 5], [6, 2, 3, 3], conv([1, 1], [1, 0], [1, 1], 2)),
+        ([2, 6, 9, 7], [6, 2, 3, 2], conv([2, 2], [1, 2], [2, 1], 3)),
+        // Depthwise.
+        ([2, 5, 9, 11], [5, 1, 3, 3], conv([1, 1], [1, 1], [1, 1], 5)),
+        ([1, 4, 7, 5], [8, 1, 3, 3], conv([2, 2], [2, 2], [2, 2], 4)),
+        // More rows and columns than one 64x64 tile; an input smaller than the kernel.
+        (
+            [2, 3, 13, 12],
+            [70, 3, 3, 3],
+            conv([1, 1], [1, 1], [1, 1], 1),
+        ),
+        (
+            [1, 70, 5, 7],
+            [66, 70, 1, 1],
+            conv([1, 1], [0, 0], [1, 1], 1),
+        ),
+        ([1, 3, 2, 1], [2, 3, 3, 3], conv([1, 1], [2, 3], [1, 1], 1)),
+    ]
+}
+
+#[test]
+fn conv_and_its_gradients_match_the_cpu() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = seeded();
+    for (xs, ws, cv) in conv_cases() {
+        check_conv(&mut rng, xs, ws, cv);
+    }
+    // A random one.
+    let groups = rng.random_range(1..3);
+    let c = groups * rng.random_range(1..4);
+    let o = groups * rng.random_range(1..4);
+    let k = [rng.random_range(1..4), rng.random_range(1..4)];
+    let cv = conv(
+        [rng.random_range(1..3), rng.random_range(1..3)],
+        [rng.random_range(0..3), rng.random_range(0..3)],
+        [rng.random_range(1..3), rng.random_range(1..3)],
+        groups,
+    );
+    let xs = [
+        rng.random_range(1..3),
+        c,
+        rng.random_range(7..12),
+        rng.random_range(7..12),
+    ];
+    check_conv(&mut rng, xs, [o, c / groups, k[0], k[1]], cv);
+}
+
+#[test]
+fn results_are_bit_identical_run_to_run() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let mut rng = seeded();
+    let cv = conv([2, 1], [1, 1], [1, 1], 2);
+    let (xs, ws) = ([3, 4, 9, 7], [6, 2, 3, 3]);
+    let ys = out_shape(&OpKind::Conv2d(cv.clone()), &[&xs, &ws]);
+    let (x, w, dy) = (
+        random(&mut rng, &xs),
+        random(&mut rng, &ws),
+        random(&mut rng, &ys),
+    );
+    let (mx, mw, mdy) = (
+        random(&mut rng, &[2, 19, 33]),
+        random(&mut rng, &[17, 33]),
+        random(&mut rng, &[2, 19, 17]),
+    );
+    let runs: Vec<(OpKind, Vec<Input>)> = vec![
+        (OpKind::Conv2d(cv.clone()), vec![x.clone(), w.clone()]),
+        (
+            OpKind::Conv2dGradInput(Conv2dGradInput {
+                conv: cv.clone(),
+                input: [9, 7],
+            }),
+            vec![dy.clone(), w],
+        ),
+        (
+            OpKind::Conv2dGradWeight(Conv2dGradWeight {
+                conv: cv,
+                kernel: [3, 3],
+            }),
+            vec![x, dy],
+        ),
+        (OpKind::MatMul(MatMul), vec![mx.clone(), mw.clone()]),
+        (
+            OpKind::MatMulGradInput(MatMulGradInput),
+            vec![mdy.clone(), mw],
+        ),
+        (OpKind::MatMulGradWeight(MatMulGradWeight), vec![mdy, mx]),
+    ];
+    for (op, ins) in runs {
+        let refs: Vec<(&TensorType, &[f32])> = ins.iter().map(|(t, v)| (t, &v[..])).collect();
+        let a = eval_once(gpu, &op, &refs, StepCtx::default()).unwrap();
+        let b = eval_once(gpu, &op, &refs, StepCtx::default()).unwrap();
+        let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> { v[0].iter().map(|f| f.to_bits()).collect() };
+        assert_eq!(bits(&a), bits(&b), "{op:?}");
+    }
+}
