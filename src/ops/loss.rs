@@ -5,10 +5,88 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    DType, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
-    expect_arity, expect_f32, fmt_shape,
+    DType, Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, expect_arity, expect_f32, fmt_shape,
 };
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, Params, Shader, WORKGROUP, grid, groups};
+
+/// A kernel of kernels/loss.wgsl.
+fn shader(entry: &'static str) -> Shader {
+    Shader::file(include_str!("../../kernels/loss.wgsl"), entry)
+}
+
+/// loss.wgsl's `Params`, in field order.
+struct LossParams {
+    rows: usize,
+    cols: usize,
+    lanes: usize,
+    n: usize,
+    label_smoothing: f64,
+    scale: f64,
+}
+
+impl LossParams {
+    fn words(&self) -> Vec<u32> {
+        let eps = self.label_smoothing;
+        let eps_c = if self.cols == 0 {
+            0.0
+        } else {
+            eps / self.cols as f64
+        };
+        Params::new()
+            .u32(self.rows)
+            .u32(self.cols)
+            .u32(self.lanes)
+            .u32(self.n)
+            .f32(eps)
+            .f32(1.0 - eps)
+            .f32(eps_c)
+            .f32(self.scale)
+            .f32(f64::NAN)
+            .done()
+    }
+}
+
+/// Threads per cross-entropy row: a power of two giving each lane about four classes, so few
+/// classes leave room for many rows at once and many classes take the whole workgroup.
+fn lanes(cols: usize) -> usize {
+    cols.div_ceil(4)
+        .next_power_of_two()
+        .clamp(1, WORKGROUP as usize)
+}
+
+/// Cross-entropy (`grad`: its gradient) over logits [rows, cols].
+fn cross_entropy_kernel(eps: f64, grad: bool, args: &KernelArgs) -> Vec<Dispatch> {
+    let (rows, cols) = (args.inputs[0].shape[0], args.inputs[0].shape[1]);
+    let lanes = lanes(cols);
+    let params = LossParams {
+        rows,
+        cols,
+        lanes,
+        n: 0,
+        label_smoothing: eps,
+        scale: 0.0,
+    }
+    .words();
+    if grad {
+        let per_group = WORKGROUP as usize / lanes;
+        vec![Dispatch {
+            shader: shader("cross_entropy_grad"),
+            bindings: vec![Bind::In(0), Bind::In(1), Bind::In(2), Bind::Out(0)],
+            params,
+            workgroups: groups(rows.div_ceil(per_group)),
+        }]
+    } else {
+        // One workgroup: the mean is one fixed-order reduction over every row.
+        vec![Dispatch {
+            shader: shader("cross_entropy"),
+            bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+            params,
+            workgroups: [1, 1, 1],
+        }]
+    }
+}
 
 /// PyTorch's `F.cross_entropy(logits, labels, label_smoothing=ε)` of logits [N, C] against
 /// class ids [N] (i32): the mean over rows of (1−ε)·(−log p_y) + ε·mean_c(−log p_c). A label
@@ -73,6 +151,9 @@ impl Primitive for CrossEntropy {
         let ins = [a.inputs[0], a.inputs[1], a.dy()?];
         Ok(vec![Some(cx.op(OpKind::CrossEntropyGrad(op), &ins)?), None])
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        Ok(cross_entropy_kernel(self.label_smoothing, false, args))
+    }
 }
 
 impl Eval for CrossEntropy {
@@ -121,6 +202,9 @@ impl Primitive for CrossEntropyGrad {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("label_smoothing", self.label_smoothing.to_string())]
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        Ok(cross_entropy_kernel(self.label_smoothing, true, args))
     }
 }
 
@@ -194,6 +278,24 @@ impl Primitive for Mse {
         };
         Ok(vec![dpred, dtarget])
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let n = args.numel_in(0);
+        let params = LossParams {
+            rows: 0,
+            cols: 0,
+            lanes: 1,
+            n,
+            label_smoothing: 0.0,
+            scale: 0.0,
+        };
+        // One workgroup: a fixed-order reduction of every element.
+        Ok(vec![Dispatch {
+            shader: shader("mse"),
+            bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+            params: params.words(),
+            workgroups: [1, 1, 1],
+        }])
+    }
 }
 
 impl Eval for Mse {
@@ -231,6 +333,23 @@ impl Primitive for MseGrad {
     }
     fn inplace(&self) -> Option<usize> {
         Some(0)
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let n = args.numel_out(0);
+        let params = LossParams {
+            rows: 0,
+            cols: 0,
+            lanes: 1,
+            n,
+            label_smoothing: 0.0,
+            scale: 2.0 / n as f64,
+        };
+        Ok(vec![Dispatch {
+            shader: shader("mse_grad"),
+            bindings: vec![Bind::In(0), Bind::In(1), Bind::In(2), Bind::Out(0)],
+            params: params.words(),
+            workgroups: grid(n),
+        }])
     }
 }
 

@@ -4,11 +4,46 @@
 use serde::Serialize;
 
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, Params, Shader, grid};
 
 use super::{
-    DType, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, axis,
-    expect_arity, expect_f32, fmt_shape,
+    DType, Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, axis, expect_arity, expect_f32, fmt_shape,
 };
+
+/// movement.wgsl's `Params`, in field order (fields an entry does not use stay 0).
+#[derive(Default)]
+struct MoveParams {
+    n: usize,
+    run: usize,
+    stride: usize,
+    offset: usize,
+    vocab: usize,
+    width: usize,
+    count: usize,
+    value: f64,
+}
+
+/// One dispatch of kernels/movement.wgsl, one thread per element of `params.n`.
+fn kernel(entry: &'static str, bindings: Vec<Bind>, params: MoveParams) -> Dispatch {
+    let words = Params::new()
+        .u32(params.n)
+        .u32(params.run)
+        .u32(params.stride)
+        .u32(params.offset)
+        .u32(params.vocab)
+        .u32(params.width)
+        .u32(params.count)
+        .f32(params.value)
+        .f32(f64::NAN)
+        .done();
+    Dispatch {
+        shader: Shader::file(include_str!("../../kernels/movement.wgsl"), entry),
+        bindings,
+        params: words,
+        workgroups: grid(params.n),
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Reshape {
@@ -46,6 +81,17 @@ impl Primitive for Reshape {
         let shape = cx.ty(a.inputs[0]).shape.clone();
         let dx = cx.op(OpKind::Reshape(Reshape { shape }), &[a.dy()?])?;
         Ok(vec![Some(dx)])
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let n = args.numel_out(0);
+        Ok(vec![kernel(
+            "copy",
+            vec![Bind::In(0), Bind::Out(0)],
+            MoveParams {
+                n,
+                ..Default::default()
+            },
+        )])
     }
 }
 
@@ -115,6 +161,34 @@ impl Primitive for Concat {
         }
         Ok(grads)
     }
+    /// One dispatch per input (a concat may have more inputs than a dispatch has bindings),
+    /// each copying its rows into their place; empty inputs have nothing to copy.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let out = &args.outputs[0].shape;
+        let ax = axis(self.axis, out.len())?;
+        let inner: usize = out[ax + 1..].iter().product();
+        let mut offset = 0;
+        let mut ds = Vec::new();
+        for (k, x) in args.inputs.iter().enumerate() {
+            let run = x.shape[ax] * inner;
+            if x.numel() > 0 {
+                let params = MoveParams {
+                    n: x.numel(),
+                    run,
+                    stride: out[ax] * inner,
+                    offset,
+                    ..Default::default()
+                };
+                ds.push(kernel(
+                    "concat_part",
+                    vec![Bind::In(k), Bind::Out(0)],
+                    params,
+                ));
+            }
+            offset += run;
+        }
+        Ok(ds)
+    }
 }
 
 /// torch.cat: the inputs one after another along the axis.
@@ -180,6 +254,22 @@ impl Primitive for Slice {
             ("len", self.len.to_string()),
         ]
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = &args.inputs[0].shape;
+        let inner: usize = x[self.axis + 1..].iter().product();
+        let params = MoveParams {
+            n: args.numel_out(0),
+            run: self.len * inner,
+            stride: x[self.axis] * inner,
+            offset: self.start * inner,
+            ..Default::default()
+        };
+        Ok(vec![kernel(
+            "slice",
+            vec![Bind::In(0), Bind::Out(0)],
+            params,
+        )])
+    }
 }
 
 impl Eval for Slice {
@@ -235,6 +325,19 @@ impl Primitive for Gather {
         let grad = GatherGrad { vocab };
         let dt = cx.op(OpKind::GatherGrad(grad), &[a.inputs[1], a.dy()?])?;
         Ok(vec![Some(dt), None])
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let params = MoveParams {
+            n: args.numel_out(0),
+            vocab: args.inputs[0].shape[0],
+            width: args.inputs[0].shape[1],
+            ..Default::default()
+        };
+        Ok(vec![kernel(
+            "gather",
+            vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+            params,
+        )])
     }
 }
 
@@ -296,6 +399,22 @@ impl Primitive for GatherGrad {
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("vocab", self.vocab.to_string())]
     }
+    /// One thread per element of dtable, each scanning every id in order: deterministic
+    /// without atomics, at the cost of vocab · width · ids comparisons.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let params = MoveParams {
+            n: args.numel_out(0),
+            vocab: self.vocab,
+            width: args.outputs[0].shape[1],
+            count: args.numel_in(0),
+            ..Default::default()
+        };
+        Ok(vec![kernel(
+            "gather_grad",
+            vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+            params,
+        )])
+    }
 }
 
 impl Eval for GatherGrad {
@@ -337,6 +456,14 @@ impl Primitive for Fill {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("value", self.value.to_string())]
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let params = MoveParams {
+            n: args.numel_out(0),
+            value: self.value,
+            ..Default::default()
+        };
+        Ok(vec![kernel("fill", vec![Bind::Out(0)], params)])
     }
 }
 

@@ -5,8 +5,75 @@
 
 use serde::Serialize;
 
-use super::{DType, Eval, Primitive, ShapeResult, TensorType, expect_arity, expect_f32, fmt_shape};
+use super::{
+    DType, Dispatch, Eval, KernelArgs, Primitive, ShapeResult, TensorType, expect_arity,
+    expect_f32, fmt_shape,
+};
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, PREAMBLE, Params, Shader, grid};
+
+const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
+
+/// optim.wgsl's `Params`, in field order (fields an entry does not use stay 0).
+#[derive(Default)]
+struct OptimParams {
+    n: usize,
+    flags: u32,
+    max_norm: f64,
+    momentum: f64,
+    damp: f64,
+    weight_decay: f64,
+    w1: f64,
+    beta2: f64,
+    c2: f64,
+    eps: f64,
+    ln_beta1: f64,
+    ln_beta2: f64,
+    sizes: [usize; 8],
+}
+
+const FLAG_NESTEROV: u32 = 1;
+const FLAG_DECAY: u32 = 2;
+const FLAG_DECOUPLED: u32 = 4;
+const FLAG_FIRST: u32 = 8;
+const FLAG_LAST: u32 = 16;
+
+/// Gradients one grad_norm dispatch sums (eight storage bindings, one for the output).
+const GRADS_PER_DISPATCH: usize = 7;
+
+impl OptimParams {
+    fn words(&self) -> Vec<u32> {
+        let mut p = Params::new()
+            .u32(self.n)
+            .u32(self.flags as usize)
+            .f32(self.max_norm)
+            .f32(self.momentum)
+            .f32(self.damp)
+            .f32(self.weight_decay)
+            .f32(self.w1)
+            .f32(self.beta2)
+            .f32(self.c2)
+            .f32(self.eps)
+            .f32(self.ln_beta1)
+            .f32(self.ln_beta2);
+        for &s in &self.sizes {
+            p = p.u32(s);
+        }
+        p.done()
+    }
+}
+
+/// An update over every element of the parameter: inputs then outputs, bound in order.
+fn update(entry: &'static str, params: OptimParams, args: &KernelArgs) -> Vec<Dispatch> {
+    let mut bindings: Vec<Bind> = (0..args.inputs.len()).map(Bind::In).collect();
+    bindings.extend((0..args.outputs.len()).map(Bind::Out));
+    vec![Dispatch {
+        shader: Shader::file(KERNELS, entry),
+        bindings,
+        workgroups: grid(params.n),
+        params: params.words(),
+    }]
+}
 
 /// The coefficient torch.nn.utils.clip_grad_norm_(grads, max_norm) multiplies every gradient
 /// by: `min(1, max_norm / (total_norm + 1e-6))` with `total_norm = sqrt(Σ g²)` over every
@@ -35,6 +102,47 @@ impl Primitive for GradNormCoef {
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("max_norm", self.max_norm.to_string())]
+    }
+    /// One single-workgroup dispatch per seven gradients, in input order, each adding its
+    /// gradients' Σ g² into the output; the last turns the total into the coefficient.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let chunks: Vec<&[&TensorType]> = args.inputs.chunks(GRADS_PER_DISPATCH).collect();
+        let last = chunks.len() - 1;
+        let mut first_input = 0;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (c, grads) in chunks.iter().enumerate() {
+            let mut sizes = [0; 8];
+            let mut sums = String::new();
+            for (k, g) in grads.iter().enumerate() {
+                sizes[k] = g.numel();
+                // Each thread sums a fixed strided range: the same order every run.
+                sums += &format!(
+                    "for (var j = lid; j < size({k}u); j = j + WORKGROUP) {{ let v = b{}[j]; s = s + v * v; }}\n    ",
+                    k + 1
+                );
+            }
+            let flags =
+                (if c == 0 { FLAG_FIRST } else { 0 }) | (if c == last { FLAG_LAST } else { 0 });
+            let params = OptimParams {
+                flags,
+                max_norm: self.max_norm,
+                sizes,
+                ..Default::default()
+            };
+            let mut bindings = vec![Bind::Out(0)];
+            bindings.extend((first_input..first_input + grads.len()).map(Bind::In));
+            first_input += grads.len();
+            out.push(Dispatch {
+                shader: Shader {
+                    source: format!("{PREAMBLE}\n{}", KERNELS.replace("//SUMS", &sums)).into(),
+                    entry: "grad_norm",
+                },
+                bindings,
+                params: params.words(),
+                workgroups: [1, 1, 1],
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -125,6 +233,30 @@ impl Primitive for SgdStep {
     fn inplace(&self) -> Option<usize> {
         Some(0)
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let entry = match (self.has_buf(), self.clip) {
+            (false, false) => "sgd",
+            (false, true) => "sgd_clip",
+            (true, false) => "sgd_momentum",
+            (true, true) => "sgd_momentum_clip",
+        };
+        let mut flags = 0;
+        if self.nesterov {
+            flags |= FLAG_NESTEROV;
+        }
+        if self.weight_decay != 0.0 {
+            flags |= FLAG_DECAY;
+        }
+        let params = OptimParams {
+            n: args.numel_in(0),
+            flags,
+            momentum: self.momentum,
+            damp: 1.0 - self.dampening,
+            weight_decay: self.weight_decay,
+            ..Default::default()
+        };
+        Ok(update(entry, params, args))
+    }
 }
 
 impl Eval for SgdStep {
@@ -205,6 +337,36 @@ impl Primitive for AdamStep {
     fn inplace(&self) -> Option<usize> {
         Some(0)
     }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let wd = self.weight_decay;
+        let mut flags = 0;
+        if wd != 0.0 {
+            flags |= if self.decoupled {
+                FLAG_DECOUPLED
+            } else {
+                FLAG_DECAY
+            };
+        }
+        // The bias corrections 1 − β^t depend on the runtime step: the kernel computes them
+        // from ln β (in f64 here) without cancellation.
+        let params = OptimParams {
+            n: args.numel_in(0),
+            flags,
+            weight_decay: wd,
+            w1: 1.0 - self.beta1,
+            beta2: self.beta2,
+            c2: 1.0 - self.beta2,
+            eps: self.eps,
+            ln_beta1: self.beta1.ln(),
+            ln_beta2: self.beta2.ln(),
+            ..Default::default()
+        };
+        Ok(update(
+            if self.clip { "adam_clip" } else { "adam" },
+            params,
+            args,
+        ))
+    }
 }
 
 /// ATen's `lerp(a, b, w)`: `a + w·(b − a)` for |w| < 0.5, else `b − (b − a)·(1 − w)`.
@@ -274,6 +436,14 @@ impl Primitive for CountUp {
     }
     fn inplace(&self) -> Option<usize> {
         Some(0)
+    }
+    fn gpu(&self, _: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        Ok(vec![Dispatch {
+            shader: Shader::file(KERNELS, "count_up"),
+            bindings: vec![Bind::In(0), Bind::Out(0)],
+            params: OptimParams::default().words(),
+            workgroups: [1, 1, 1],
+        }])
     }
 }
 

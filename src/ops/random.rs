@@ -5,10 +5,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult, expect_arity,
-    expect_f32,
+    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
+    VjpResult, expect_arity, expect_f32,
 };
 use crate::backend::cpu::{Io, Real};
+use crate::backend::gpu::kernel::{Bind, Params, Shader, per_element};
 
 /// torch.nn.functional.dropout(x, p, training=True): `y = x · m` with `m = 1/(1-p)` where element
 /// k is kept and 0 where dropped (a multiply, so a dropped NaN stays NaN as in PyTorch); p = 1
@@ -44,6 +45,27 @@ impl Primitive for Dropout {
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let dx = cx.op(OpKind::Dropout(self.clone()), &[a.dy()?])?;
         Ok(vec![Some(dx)])
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let n = args.numel_out(0);
+        let scale = if self.p < 1.0 {
+            1.0 / (1.0 - self.p)
+        } else {
+            0.0
+        };
+        let params = Params::new()
+            .u32(n)
+            .u32(threshold(self.p) as usize)
+            .u32((self.stream as u32) as usize)
+            .u32((self.stream >> 32) as usize)
+            .f32(scale)
+            .done();
+        Ok(per_element(
+            Shader::file(include_str!("../../kernels/random.wgsl"), "dropout"),
+            vec![Bind::In(0), Bind::Out(0)],
+            params,
+            n,
+        ))
     }
 }
 

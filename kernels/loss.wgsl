@@ -1,0 +1,203 @@
+// Losses and their gradients (src/ops/loss.rs): cross-entropy with label smoothing, mean
+// squared error. Every entry shares one Params struct (fields an entry does not use are 0).
+//
+// Cross-entropy rows are reduced by segments: a workgroup splits into runs of `lanes`
+// consecutive threads (a power of two, at most 256); each run owns one row at a time, its lanes
+// stride over the row's columns, and a tree inside the run combines them. Small class counts
+// then keep most threads busy, large ones use the whole workgroup per row.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    // Threads per row (a power of two dividing WORKGROUP).
+    lanes: u32,
+    // Elements (mse, mse_grad).
+    n: u32,
+    // Label smoothing ε, 1 − ε and ε / C, rounded from f64 on the host.
+    eps: f32,
+    keep: f32,
+    eps_c: f32,
+    // mse_grad: 2 / numel.
+    scale: f32,
+    // A quiet NaN (uniform, so no compiler folds it away): what an invalid label gives.
+    nan: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// b_k is Dispatch::bindings[k]; each entry names what it binds.
+@group(0) @binding(2) var<storage, read_write> b0: array<f32>;
+@group(0) @binding(3) var<storage, read_write> b1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> b2: array<f32>;
+@group(0) @binding(5) var<storage, read_write> b3: array<f32>;
+
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+
+// The max of v over this thread's run of `lanes` threads, given to every thread of the run.
+// All threads must call it (it has barriers).
+fn segment_max(lid: u32, v: f32) -> f32 {
+    let lane = lid % p.lanes;
+    red_a[lid] = v;
+    workgroupBarrier();
+    for (var s = p.lanes / 2u; s > 0u; s = s / 2u) {
+        if (lane < s) {
+            red_a[lid] = max(red_a[lid], red_a[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red_a[lid - lane];
+    workgroupBarrier();
+    return r;
+}
+
+// The sums of v.x and v.y over this thread's run (fixed tree: deterministic).
+fn segment_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    let lane = lid % p.lanes;
+    red_a[lid] = v.x;
+    red_b[lid] = v.y;
+    workgroupBarrier();
+    for (var s = p.lanes / 2u; s > 0u; s = s / 2u) {
+        if (lane < s) {
+            red_a[lid] = red_a[lid] + red_a[lid + s];
+            red_b[lid] = red_b[lid] + red_b[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = vec2<f32>(red_a[lid - lane], red_b[lid - lane]);
+    workgroupBarrier();
+    return r;
+}
+
+// The sum of v over the whole workgroup, valid in thread 0.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    red_a[lid] = v;
+    workgroupBarrier();
+    for (var s = WORKGROUP / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red_a[lid] = red_a[lid] + red_a[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return red_a[0];
+}
+
+// Whether a label (an integer stored as f32) names a class in [0, cols), as the CPU's `class`.
+fn valid_label(y: f32) -> bool {
+    return y >= 0.0 && y < f32(p.cols) && fract(y) == 0.0 && u32(y) < p.cols;
+}
+
+// Max, then Σ exp(x − max) and Σ x of row `row` (row < rows where `live`), per run.
+struct RowStats {
+    m: f32,
+    sum_exp: f32,
+    sum_x: f32,
+}
+
+fn row_stats(lid: u32, row: u32, live: bool) -> RowStats {
+    let lane = lid % p.lanes;
+    let base = row * p.cols;
+    var m = -3.4028235e38;
+    if (live) {
+        for (var j = lane; j < p.cols; j = j + p.lanes) {
+            m = max(m, b0[base + j]);
+        }
+    }
+    m = segment_max(lid, m);
+    var acc = vec2<f32>(0.0, 0.0);
+    if (live) {
+        for (var j = lane; j < p.cols; j = j + p.lanes) {
+            let v = b0[base + j];
+            acc = acc + vec2<f32>(exp(v - m), v);
+        }
+    }
+    acc = segment_sum2(lid, acc);
+    return RowStats(m, acc.x, acc.y);
+}
+
+// Mean cross-entropy in one workgroup: b0 logits [rows, cols], b1 labels [rows], b2 loss [].
+// Each run's first lane accumulates its rows' losses in row order; a fixed tree adds the runs.
+@compute @workgroup_size(256)
+fn cross_entropy(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let lane = lid % p.lanes;
+    let per = WORKGROUP / p.lanes;
+    var total = 0.0;
+    for (var r0 = 0u; r0 < p.rows; r0 = r0 + per) {
+        let row = r0 + lid / p.lanes;
+        let live = row < p.rows;
+        let st = row_stats(lid, row, live);
+        if (live && lane == 0u) {
+            let y = b1[row];
+            if (valid_label(y)) {
+                let lse = st.m + log(st.sum_exp);
+                let nll = lse - b0[row * p.cols + u32(y)];
+                let smoothed = lse - st.sum_x / f32(p.cols);
+                total = total + (p.keep * nll + p.eps * smoothed);
+            } else {
+                total = p.nan;
+            }
+        }
+    }
+    let sum = workgroup_sum(lid, total);
+    if (lid == 0u) {
+        b2[0] = sum / f32(p.rows);
+    }
+}
+
+// dlogits = dloss / rows · (softmax − target): b0 logits, b1 labels, b2 dloss [], b3 dlogits.
+// Each workgroup takes WORKGROUP / lanes rows, one per run.
+@compute @workgroup_size(256)
+fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let lane = lid % p.lanes;
+    let group = wid.y * nwg.x + wid.x;
+    let row = group * (WORKGROUP / p.lanes) + lid / p.lanes;
+    let live = row < p.rows;
+    let st = row_stats(lid, row, live);
+    if (!live) {
+        return;
+    }
+    let base = row * p.cols;
+    let y = b1[row];
+    let ok = valid_label(y);
+    let scale = b2[0] / f32(p.rows);
+    let lse = st.m + log(st.sum_exp);
+    for (var j = lane; j < p.cols; j = j + p.lanes) {
+        var d = p.nan;
+        if (ok) {
+            let want = p.eps_c + select(0.0, p.keep, j == u32(y));
+            d = scale * (exp(b0[base + j] - lse) - want);
+        }
+        b3[base + j] = d;
+    }
+}
+
+// Mean of (pred − target)² in one workgroup: b0 pred, b1 target, b2 loss [].
+@compute @workgroup_size(256)
+fn mse(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var s = 0.0;
+    for (var i = lid; i < p.n; i = i + WORKGROUP) {
+        let d = b0[i] - b1[i];
+        s = s + d * d;
+    }
+    let sum = workgroup_sum(lid, s);
+    if (lid == 0u) {
+        b2[0] = sum / f32(p.n);
+    }
+}
+
+// dpred = scale · (pred − target) · dloss: b0 pred, b1 target, b2 dloss [], b3 dpred. dpred may
+// be pred's memory: each thread reads its element before writing it.
+@compute @workgroup_size(256)
+fn mse_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    b3[i] = p.scale * (b0[i] - b1[i]) * b2[0];
+}

@@ -1,0 +1,293 @@
+//! Loss, optimizer, data-movement and dropout kernels against the CPU backend, on odd shapes
+//! and every attribute variant, fresh seeds every run.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use trainer::backend::cpu::StepCtx;
+use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::ops::{
+    AdamStep, Concat, CountUp, CrossEntropy, CrossEntropyGrad, DType, Dropout, Fill, Gather,
+    GatherGrad, GradNormCoef, Mse, MseGrad, OpKind, Reshape, SgdStep, Slice, TensorType,
+};
+
+type Tensor = (TensorType, Vec<f32>);
+
+fn rng() -> ChaCha8Rng {
+    let seed = rand::random();
+    eprintln!("seed {seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn uniform(rng: &mut impl Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n = shape.iter().product();
+    let v = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    (TensorType::f32(shape.to_vec()), v)
+}
+
+fn random(rng: &mut impl Rng, shape: &[usize]) -> Tensor {
+    uniform(rng, shape, -3.0, 3.0)
+}
+
+fn scalar(v: f32) -> Tensor {
+    (TensorType::f32(vec![]), vec![v])
+}
+
+/// Integer ids in [0, n) stored as f32, as the CPU backend stores i32 tensors.
+fn ids(rng: &mut impl Rng, shape: &[usize], n: usize) -> Tensor {
+    let count = shape.iter().product();
+    let ty = TensorType {
+        shape: shape.to_vec(),
+        dtype: DType::I32,
+    };
+    (
+        ty,
+        (0..count).map(|_| rng.random_range(0..n) as f32).collect(),
+    )
+}
+
+fn check(op: &OpKind, ins: &[Tensor], ctx: StepCtx, tol: f64) {
+    let gpu = test_gpu().expect("GPU");
+    let errs = compare_with_cpu(gpu, op, ins, ctx).unwrap();
+    for (k, e) in errs.iter().enumerate() {
+        assert!(
+            *e < tol,
+            "{op:?} at {ctx:?}, output {k}: relative error {e}"
+        );
+    }
+}
+
+fn assert_close(op: &OpKind, ins: &[Tensor]) {
+    check(op, ins, StepCtx::default(), 1e-4);
+}
+
+#[test]
+fn losses_and_their_gradients_match_the_cpu() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for (n, c) in [
+        (1, 1),
+        (1, 5),
+        (7, 3),
+        (13, 10),
+        (37, 17),
+        (5, 300),
+        (3, 1001),
+    ] {
+        for label_smoothing in [0.0, 0.1] {
+            let logits = random(&mut rng, &[n, c]);
+            let labels = ids(&mut rng, &[n], c);
+            let ce = OpKind::CrossEntropy(CrossEntropy { label_smoothing });
+            assert_close(&ce, &[logits.clone(), labels.clone()]);
+            let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad { label_smoothing });
+            let dloss = scalar(rng.random_range(0.5..2.0));
+            assert_close(&grad, &[logits, labels, dloss]);
+        }
+    }
+    // A label outside [0, C) makes the loss NaN and its row of the gradient NaN.
+    let logits = random(&mut rng, &[4, 6]);
+    let mut labels = ids(&mut rng, &[4], 6);
+    for bad in [6.0, -1.0, 2.5] {
+        labels.1[2] = bad;
+        let ce = OpKind::CrossEntropy(CrossEntropy {
+            label_smoothing: 0.1,
+        });
+        assert_close(&ce, &[logits.clone(), labels.clone()]);
+        let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
+            label_smoothing: 0.1,
+        });
+        assert_close(&grad, &[logits.clone(), labels.clone(), scalar(1.0)]);
+    }
+    for shape in [&[1][..], &[3, 7, 5], &[2, 333], &[1100]] {
+        let (pred, target) = (random(&mut rng, shape), random(&mut rng, shape));
+        assert_close(&OpKind::Mse(Mse), &[pred.clone(), target.clone()]);
+        let dloss = scalar(rng.random_range(0.5..2.0));
+        assert_close(&OpKind::MseGrad(MseGrad), &[pred, target, dloss]);
+    }
+}
+
+/// p, g and the optimizer state (`states` tensors like p), then the clip coefficient.
+fn update_inputs(rng: &mut impl Rng, shape: &[usize], states: usize, clip: bool) -> Vec<Tensor> {
+    let mut ins = vec![random(rng, shape), random(rng, shape)];
+    match states {
+        1 => ins.push(random(rng, shape)),
+        2 => {
+            ins.push(uniform(rng, shape, -0.5, 0.5));
+            // The second moment is never negative.
+            ins.push(uniform(rng, shape, 0.0, 0.1));
+        }
+        _ => {}
+    }
+    if clip {
+        ins.push(scalar(rng.random_range(0.05..1.0)));
+    }
+    ins
+}
+
+#[test]
+fn optimizer_updates_match_the_cpu() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    let shape = [7, 37];
+    for step in [1, 7] {
+        let ctx = StepCtx {
+            lr: rng.random_range(0.001..0.2),
+            step,
+            seed: 0,
+        };
+        // (momentum, dampening, nesterov, weight decay)
+        let sgds = [
+            (0.0, 0.0, false, 0.0),
+            (0.0, 0.0, false, 0.01),
+            (0.9, 0.0, false, 0.0),
+            (0.9, 0.1, false, 1e-3),
+            (0.9, 0.0, true, 0.0),
+            (0.8, 0.0, true, 0.05),
+        ];
+        for (momentum, dampening, nesterov, weight_decay) in sgds {
+            for clip in [false, true] {
+                let op = OpKind::SgdStep(SgdStep {
+                    momentum,
+                    dampening,
+                    nesterov,
+                    weight_decay,
+                    clip,
+                });
+                let states = (momentum != 0.0) as usize;
+                check(
+                    &op,
+                    &update_inputs(&mut rng, &shape, states, clip),
+                    ctx,
+                    1e-4,
+                );
+            }
+        }
+        for (weight_decay, decoupled) in [(0.0, false), (0.01, false), (0.0, true), (0.05, true)] {
+            for clip in [false, true] {
+                for (beta1, beta2) in [(0.9, 0.999), (0.5, 0.9)] {
+                    let op = OpKind::AdamStep(AdamStep {
+                        beta1,
+                        beta2,
+                        eps: 1e-8,
+                        weight_decay,
+                        decoupled,
+                        clip,
+                    });
+                    check(&op, &update_inputs(&mut rng, &shape, 2, clip), ctx, 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn clip_coefficient_and_counter_match_the_cpu() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for count in [1, 3, 7, 8, 11] {
+        let grads: Vec<Tensor> = (0..count)
+            .map(|_| {
+                let shape = [1 + rng.random_range(0..5), 1 + rng.random_range(0..300)];
+                uniform(&mut rng, &shape, -0.1, 0.1)
+            })
+            .collect();
+        // A small max_norm clips, a large one gives exactly 1.
+        for max_norm in [0.05, 1.0, 1e6] {
+            let op = OpKind::GradNormCoef(GradNormCoef { max_norm });
+            assert_close(&op, &grads);
+        }
+    }
+    let counter = TensorType {
+        shape: vec![],
+        dtype: DType::I32,
+    };
+    for n in [0.0, 41.0] {
+        assert_close(&OpKind::CountUp(CountUp), &[(counter.clone(), vec![n])]);
+    }
+}
+
+#[test]
+fn movement_ops_match_the_cpu() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    let x = random(&mut rng, &[3, 5, 7]);
+    assert_close(
+        &OpKind::Reshape(Reshape { shape: vec![15, 7] }),
+        &[x.clone()],
+    );
+    let cases: [(&[&[usize]], i64); 6] = [
+        (&[&[2, 5], &[3, 5]], 0),
+        (&[&[2, 5], &[3, 5], &[1, 5]], 0),
+        (&[&[4, 3], &[4, 9]], 1),
+        (&[&[3, 2, 5], &[3, 1, 5], &[3, 4, 5]], 1),
+        (&[&[3, 2, 5], &[3, 0, 5], &[3, 4, 5]], -2),
+        (&[&[2, 3, 4], &[2, 3, 1]], -1),
+    ];
+    for (shapes, axis) in cases {
+        let ins: Vec<Tensor> = shapes.iter().map(|s| random(&mut rng, s)).collect();
+        assert_close(&OpKind::Concat(Concat { axis }), &ins);
+    }
+    for (axis, start, len) in [(1, 2, 3), (0, 1, 2), (2, 0, 7), (2, 6, 1), (1, 0, 5)] {
+        let op = OpKind::Slice(Slice { axis, start, len });
+        assert_close(&op, std::slice::from_ref(&x));
+    }
+    // Ids repeat (many draws from few rows), so the gradient accumulates.
+    for (vocab, width, id_shape) in [(7, 3, &[3, 5][..]), (2, 5, &[9]), (11, 1, &[300])] {
+        let table = random(&mut rng, &[vocab, width]);
+        let mut idx = ids(&mut rng, id_shape, vocab);
+        assert_close(&OpKind::Gather(Gather), &[table.clone(), idx.clone()]);
+        let mut dy_shape = id_shape.to_vec();
+        dy_shape.push(width);
+        let dy = random(&mut rng, &dy_shape);
+        let grad = OpKind::GatherGrad(GatherGrad { vocab });
+        assert_close(&grad, &[idx.clone(), dy.clone()]);
+        // Out-of-range ids: a NaN row forward, nothing added backward.
+        idx.1[1] = vocab as f32;
+        idx.1[2] = -1.0;
+        assert_close(&OpKind::Gather(Gather), &[table, idx.clone()]);
+        assert_close(&grad, &[idx, dy]);
+    }
+    for (shape, value) in [(vec![], 1.0), (vec![3, 101], -0.25)] {
+        let op = OpKind::Fill(Fill {
+            ty: TensorType::f32(shape),
+            value,
+        });
+        assert_close(&op, &[]);
+    }
+}
+
+#[test]
+fn dropout_masks_equal_the_cpu_masks() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    let x = uniform(&mut rng, &[5, 333], 0.5, 2.0);
+    let seeds = [0, 42, rng.random::<u64>(), u64::MAX];
+    for p in [0.1, 0.5, 0.0, 1.0] {
+        for (k, &seed) in seeds.iter().enumerate() {
+            for step in [1, 2, 1000 + k as u64] {
+                let ctx = StepCtx {
+                    lr: 0.0,
+                    step,
+                    seed,
+                };
+                let stream = [0, 3, 1 << 40][k % 3];
+                // One differing mask bit of 1665 elements is an error near 0.03.
+                check(
+                    &OpKind::Dropout(Dropout { p, stream }),
+                    &[x.clone()],
+                    ctx,
+                    1e-6,
+                );
+            }
+        }
+    }
+}
