@@ -220,7 +220,7 @@ fn movement_ops_match_the_cpu() {
     let x = random(&mut rng, &[3, 5, 7]);
     assert_close(
         &OpKind::Reshape(Reshape { shape: vec![15, 7] }),
-        &[x.clone()],
+        std::slice::from_ref(&x),
     );
     let cases: [(&[&[usize]], i64); 6] = [
         (&[&[2, 5], &[3, 5]], 0),
@@ -283,7 +283,7 @@ fn dropout_masks_equal_the_cpu_masks() {
                 // One differing mask bit of 1665 elements is an error near 0.03.
                 check(
                     &OpKind::Dropout(Dropout { p, stream }),
-                    &[x.clone()],
+                    std::slice::from_ref(&x),
                     ctx,
                     1e-6,
                 );

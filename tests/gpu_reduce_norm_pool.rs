@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::cpu::StepCtx;
-use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
     MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo, TensorType,
@@ -351,5 +351,46 @@ fn max_pooling_breaks_ties_and_routes_nan_like_the_cpu() {
         x.1[9] = f32::NAN;
         x.1[40] = f32::NAN;
         check_pool(&mut rng, &pool, x);
+    }
+}
+
+#[test]
+fn reductions_give_the_same_bits_every_run() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let mut rng = rng();
+    let x = normal(&mut rng, &[40, 3, 37]);
+    let dy = normal(&mut rng, &[40, 3, 37]);
+    let (mean, var) = channel_stats(&x);
+    let c = TensorType::f32(vec![3]);
+    let cases = [
+        (OpKind::SumTo(SumTo { shape: vec![3, 1] }), vec![x.clone()]),
+        (
+            OpKind::BatchNormGrad(BatchNormGrad {
+                eps: 1e-5,
+                affine: false,
+                training: true,
+            }),
+            vec![x.clone(), (c.clone(), mean), (c, var), dy.clone()],
+        ),
+        (
+            OpKind::LayerNormGrad(LayerNormGrad {
+                eps: 1e-5,
+                dims: 2,
+                affine: false,
+            }),
+            vec![x.clone(), dy],
+        ),
+    ];
+    for (op, ins) in cases {
+        let refs: Vec<(&TensorType, &[f32])> = ins.iter().map(|(t, v)| (t, v.as_slice())).collect();
+        let bits = || -> Vec<Vec<u32>> {
+            let outs = eval_once(gpu, &op, &refs, StepCtx::default()).unwrap();
+            outs.iter()
+                .map(|o| o.iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(bits(), bits(), "{op:?}");
     }
 }
