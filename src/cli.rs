@@ -103,6 +103,14 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
             }
         },
         Device::Auto => match crate::backend::gpu::Gpu::new() {
+            // A software adapter (Mesa's lavapipe) is a CPU too, and slower than ours.
+            Ok(g) if g.adapter.device_type == "Cpu" => {
+                eprintln!(
+                    "note: running on the CPU: the only GPU adapter is a software one ({}); --device gpu forces it",
+                    g.adapter.name
+                );
+                Ok(Backend::Cpu)
+            }
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
             Err(e) => {
                 eprintln!("note: running on the CPU: {e}");
