@@ -1,0 +1,93 @@
+//! The GPU through the binary: adapter listing, device selection, and limits refused with a
+//! clear message instead of a crash.
+
+use std::process::Command;
+
+use trainer::backend::gpu::test_gpu;
+
+fn trainer(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn devices_lists_the_adapters_with_limits() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let (code, out, err) = trainer(&["devices", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let first = &v.as_array().expect("a list")[0];
+    for key in [
+        "name",
+        "backend",
+        "driver",
+        "max_storage_buffer_binding_size",
+        "features",
+    ] {
+        assert!(!first[key].is_null(), "{key} missing in {first}");
+    }
+}
+
+#[test]
+fn no_adapter_is_an_error_for_gpu_and_a_notice_for_auto() {
+    // No adapter can exist for a backend this platform lacks.
+    let none = [("WGPU_BACKEND", if cfg!(windows) { "metal" } else { "dx12" })];
+    let (code, _, err) = trainer(
+        &[
+            "bench",
+            "configs/mlp.toml",
+            "--device",
+            "gpu",
+            "--steps",
+            "1",
+        ],
+        &none,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no GPU adapter found"), "{err}");
+    let (code, out, err) = trainer(&["bench", "configs/mlp.toml", "--steps", "1"], &none);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: running on the CPU"), "{err}");
+    assert!(out.contains(": cpu at batch"), "{out}");
+}
+
+#[test]
+fn a_tensor_above_the_binding_limit_is_refused_by_name() {
+    let Some(gpu) = test_gpu() else { return };
+    // configs/mlp.toml's input is 784 floats a sample: pick a batch just past the limit.
+    let limit = gpu.limits.max_storage_buffer_binding_size;
+    let batch = (limit / (784 * 4) + 1).to_string();
+    let (code, _, err) = trainer(
+        &[
+            "bench",
+            "configs/mlp.toml",
+            "--device",
+            "gpu",
+            "--steps",
+            "1",
+            "--batch",
+            &batch,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("above the adapter's storage binding limit"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("[{batch}, 1, 28, 28]")) || err.contains(&format!("[{batch}, 784]")),
+        "{err}"
+    );
+}
