@@ -19,6 +19,8 @@ fn trainer(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+const GPU_BENCH: &[&str] = &["bench", "configs/mlp.toml", "--device", "gpu"];
+
 #[test]
 fn devices_lists_the_adapters_with_limits() {
     if test_gpu().is_none() {
@@ -43,17 +45,7 @@ fn devices_lists_the_adapters_with_limits() {
 fn no_adapter_is_an_error_for_gpu_and_a_notice_for_auto() {
     // No adapter can exist for a backend this platform lacks.
     let none = [("WGPU_BACKEND", if cfg!(windows) { "metal" } else { "dx12" })];
-    let (code, _, err) = trainer(
-        &[
-            "bench",
-            "configs/mlp.toml",
-            "--device",
-            "gpu",
-            "--steps",
-            "1",
-        ],
-        &none,
-    );
+    let (code, _, err) = trainer(&[GPU_BENCH, &["--steps", "1"]].concat(), &none);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no GPU adapter found"), "{err}");
     let (code, out, err) = trainer(&["bench", "configs/mlp.toml", "--steps", "1"], &none);
@@ -69,16 +61,7 @@ fn a_tensor_above_the_binding_limit_is_refused_by_name() {
     let limit = gpu.limits.max_storage_buffer_binding_size;
     let batch = (limit / (784 * 4) + 1).to_string();
     let (code, _, err) = trainer(
-        &[
-            "bench",
-            "configs/mlp.toml",
-            "--device",
-            "gpu",
-            "--steps",
-            "1",
-            "--batch",
-            &batch,
-        ],
+        &[GPU_BENCH, &["--steps", "1", "--batch", &batch]].concat(),
         &[],
     );
     assert_eq!(code, 2, "{err}");
