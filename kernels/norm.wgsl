@@ -11,25 +11,6 @@
 // Non-affine variants bind x in place of weight and bias (`affine` 0) so that every entry has a
 // fixed number of bindings.
 
-var<workgroup> red: array<vec2<f32>, 256>;
-
-// The workgroup's total of `v` (both lanes), in a fixed tree order; every thread gets it.
-// Call from uniform control flow with all WORKGROUP threads.
-fn tree_sum(lid: u32, v: vec2<f32>) -> vec2<f32> {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var half = WORKGROUP / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            red[lid] = red[lid] + red[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    // Nobody may overwrite red[0] before everyone has read it.
-    workgroupBarrier();
-    return total;
-}
-
 // @entry bn_stats
 // Training batchnorm statistics: one workgroup per channel writes its mean and biased variance.
 // Channel ch of x [N, C, S] holds (i*C + ch)*S + j for i < N, j < S.

@@ -14,16 +14,17 @@ use crate::backend::gpu::kernel::{Bind, PREAMBLE, Params, Shader, grid, groups};
 const KERNELS: &str = include_str!("../../kernels/reduce.wgsl");
 
 /// Entry `entry` of a sectioned kernel file (kernels/reduce.wgsl, norm.wgsl, pool.wgsl): the
-/// preamble, the file's shared head (before its first `// @entry` line) and that entry's own
+/// preamble, the shared tree reductions (kernels/tree.wgsl), the file's shared head (before its first `// @entry` line) and that entry's own
 /// section, so that each module declares each binding once (entries differ in `Params`).
 pub(crate) fn section(text: &'static str, entry: &'static str) -> Shader {
+    const TREE: &str = include_str!("../../kernels/tree.wgsl");
     let mut parts = text.split("\n// @entry ");
     let head = parts.next().unwrap_or_default();
     let body = parts
         .find(|s| s.split_whitespace().next() == Some(entry))
         .unwrap_or_else(|| panic!("kernel file has no section `{entry}`"));
     Shader {
-        source: format!("{PREAMBLE}\n{head}\n// {body}").into(),
+        source: format!("{PREAMBLE}\n{TREE}\n{head}\n// {body}").into(),
         entry,
     }
 }
