@@ -661,6 +661,7 @@ impl Eval for Conv2dGradWeight {
 
 #[cfg(test)]
 mod tests {
+    use crate::ops::testing::assert_matches_definition as assert_close;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -785,16 +786,6 @@ mod tests {
             }
         }
         r
-    }
-
-    fn assert_close(what: &str, got: &[f64], want: &[f64]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
-                "{what}[{i}]: {a} vs {b}"
-            );
-        }
     }
 
     #[test]

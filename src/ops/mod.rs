@@ -289,3 +289,18 @@ pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize, String> {
     }
     Ok(a as usize)
 }
+
+/// Shared by the ops' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `got` equals `want` (a direct formula in f64) to 1e-12 relative, element by element.
+    pub(crate) fn assert_matches_definition(what: &str, got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+}
