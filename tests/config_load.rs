@@ -146,3 +146,25 @@ fn generated_layer_names_cannot_collide_with_declared_ones() {
     let err = build_err(&text);
     assert!(err.contains("two layers are named `blk.residual`"), "{err}");
 }
+
+/// `config.resolved.toml` loads back to the same config: every shipped config, with defaults
+/// filled in and an override applied, survives the round trip unchanged.
+#[test]
+fn resolved_config_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir("configs").unwrap() {
+        let path = entry.unwrap().path();
+        let sets = vec!["optimizer.lr=0.0125".to_string()];
+        let first = config::load(&path, &sets).result.unwrap();
+        let text = first.resolved_toml().unwrap();
+        assert!(text.contains("lr = 0.0125"), "{}: {text}", path.display());
+        let copy = dir.path().join("config.resolved.toml");
+        std::fs::write(&copy, &text).unwrap();
+        let loaded = config::load(&copy, &[]);
+        let second = match loaded.result {
+            Ok(c) => c,
+            Err(e) => panic!("{}:\n{}\n{text}", path.display(), e.render(&loaded.sources)),
+        };
+        assert_eq!(second.resolved_toml().unwrap(), text, "{}", path.display());
+    }
+}

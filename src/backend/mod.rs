@@ -2,3 +2,97 @@
 
 pub mod cpu;
 pub mod gpu;
+
+use cpu::{CpuExec, StepCtx};
+use gpu::{Gpu, GpuExec};
+
+use crate::graph::TensorId;
+use crate::schedule::Plan;
+
+/// A prepared plan on one backend: what the training loop, `eval` and `predict` drive. Both
+/// backends take the same feeds and give the same tensors; only where the memory lives differs.
+pub enum Exec<'g> {
+    Cpu(Box<CpuExec<f32>>),
+    Gpu(Box<GpuExec<'g>>),
+}
+
+impl<'g> Exec<'g> {
+    /// Prepares `plan` on the GPU when `gpu` is given, else on the CPU; parameters start from
+    /// `seed` (graph::init), identically on both.
+    pub fn new(gpu: Option<&'g Gpu>, plan: Plan, seed: u64) -> Result<Exec<'g>, String> {
+        Ok(match gpu {
+            Some(gpu) => Exec::Gpu(Box::new(
+                GpuExec::new(gpu, plan, seed).map_err(|e| e.to_string())?,
+            )),
+            None => Exec::Cpu(Box::new(CpuExec::new(plan, seed)?)),
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        match self {
+            Exec::Cpu(e) => &e.plan,
+            Exec::Gpu(e) => &e.plan,
+        }
+    }
+
+    pub fn feed(&mut self, t: TensorId, values: &[f32]) -> Result<(), String> {
+        match self {
+            Exec::Cpu(e) => e.feed(t, values),
+            Exec::Gpu(e) => e.feed(t, values).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Runs one step. On the GPU it is queued, not waited for; `read` waits.
+    pub fn step(&mut self, ctx: StepCtx) -> Result<(), String> {
+        match self {
+            Exec::Cpu(e) => {
+                e.step(ctx);
+                Ok(())
+            }
+            Exec::Gpu(e) => e.step(ctx).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A tensor that outlives the step (the loss, the logits).
+    pub fn read(&self, t: TensorId) -> Result<Vec<f32>, String> {
+        match self {
+            Exec::Cpu(e) => Ok(e.read(t).to_vec()),
+            Exec::Gpu(e) => e.read(t).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Every parameter and state tensor, in `plan().graph.params` order.
+    pub fn params(&self) -> Result<Vec<Vec<f32>>, String> {
+        match self {
+            Exec::Cpu(e) => Ok((0..e.plan.params.len())
+                .map(|i| e.param(i).to_vec())
+                .collect()),
+            Exec::Gpu(e) => e.params().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Overwrites parameter `i`; the caller checked the length against the graph's type.
+    pub fn set_param(&mut self, i: usize, values: &[f32]) -> Result<(), String> {
+        let want = self.plan().params[i].len;
+        if values.len() != want {
+            let name = &self.plan().graph.params[i].name;
+            return Err(format!(
+                "{name}: {} values for {want} elements",
+                values.len()
+            ));
+        }
+        match self {
+            Exec::Cpu(e) => e.set_param(i, values),
+            Exec::Gpu(e) => e.set_param(i, values),
+        }
+        Ok(())
+    }
+
+    /// "cpu" or "gpu (NVIDIA H100, Vulkan)".
+    pub fn device(&self) -> String {
+        match self {
+            Exec::Cpu(_) => format!("cpu ({} threads)", rayon::current_num_threads()),
+            Exec::Gpu(e) => format!("gpu ({}, {})", e.adapter().name, e.adapter().backend),
+        }
+    }
+}

@@ -43,6 +43,36 @@ pub struct Config {
     pub tree: Value,
 }
 
+impl Config {
+    /// `config.resolved.toml`: every section with its defaults filled in, after `extends` and
+    /// `--set` (and any change made in code to the typed sections), the model as written.
+    /// Loading it gives back this config.
+    pub fn resolved_toml(&self) -> Result<String, String> {
+        fn section<T: serde::Serialize>(name: &str, v: &T) -> Result<toml::Value, String> {
+            toml::Value::try_from(v).map_err(|e| format!("[{name}] cannot be written as TOML: {e}"))
+        }
+        let mut t = toml::Table::new();
+        t.insert("run".into(), section("run", &self.run)?);
+        t.insert("data".into(), section("data", &self.data)?);
+        if let Some(model) = self.tree.get("model") {
+            t.insert("model".into(), model.to_toml());
+        }
+        t.insert("loss".into(), section("loss", &self.loss)?);
+        t.insert("optimizer".into(), section("optimizer", &self.optimizer)?);
+        let mut schedule = section("schedule", &self.schedule)?;
+        if let toml::Value::Table(t) = &mut schedule {
+            let kind = self.schedule.kind;
+            t.retain(|k, _| {
+                !ScheduleKind::KIND_KEYS.contains(&k.as_ref()) || kind.keys().contains(&k.as_ref())
+            });
+        }
+        t.insert("schedule".into(), schedule);
+        t.insert("train".into(), section("train", &self.train)?);
+        t.insert("log".into(), section("log", &self.log)?);
+        toml::to_string(&t).map_err(|e| format!("the resolved config cannot be written: {e}"))
+    }
+}
+
 /// Everything read for one config: the texts (for diagnostics) and the result.
 pub struct Loaded {
     pub sources: Sources,
@@ -290,21 +320,7 @@ impl Config {
             ScheduleKind::Multistep => need(s.milestones.is_some(), "milestones")?,
             _ => {}
         }
-        let allowed: &[&str] = match s.kind {
-            ScheduleKind::Constant => &[],
-            ScheduleKind::Step => &["step_size", "gamma"],
-            ScheduleKind::Multistep => &["milestones", "gamma"],
-            ScheduleKind::Cosine => &["min_lr"],
-            ScheduleKind::Onecycle => &["max_lr", "pct_start"],
-        };
-        let per_kind = [
-            "step_size",
-            "milestones",
-            "gamma",
-            "min_lr",
-            "max_lr",
-            "pct_start",
-        ];
+        let (allowed, per_kind) = (s.kind.keys(), ScheduleKind::KIND_KEYS);
         if let Some(t) = self.tree.get("schedule").and_then(Value::as_table) {
             for (k, e) in t {
                 if per_kind.contains(&k.as_str()) && !allowed.contains(&k.as_str()) {

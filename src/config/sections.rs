@@ -259,6 +259,28 @@ pub enum ScheduleKind {
     Onecycle,
 }
 
+impl ScheduleKind {
+    /// The [schedule] keys that belong to one kind or another.
+    pub const KIND_KEYS: &[&str] = &[
+        "step_size",
+        "milestones",
+        "gamma",
+        "min_lr",
+        "max_lr",
+        "pct_start",
+    ];
+    /// The kind-specific keys this kind reads.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            ScheduleKind::Constant => &[],
+            ScheduleKind::Step => &["step_size", "gamma"],
+            ScheduleKind::Multistep => &["milestones", "gamma"],
+            ScheduleKind::Cosine => &["min_lr"],
+            ScheduleKind::Onecycle => &["max_lr", "pct_start"],
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Train {

@@ -401,3 +401,53 @@ pub fn set_path(
     }
     Ok(())
 }
+
+impl Value {
+    /// The plain TOML value (spans dropped), for `config.resolved.toml`.
+    pub fn to_toml(&self) -> toml::Value {
+        match &self.kind {
+            Kind::Str(s) => toml::Value::String(s.clone()),
+            Kind::Int(i) => toml::Value::Integer(*i),
+            Kind::Float(f) => toml::Value::Float(*f),
+            Kind::Bool(b) => toml::Value::Boolean(*b),
+            Kind::Datetime(d) => d
+                .parse()
+                .map(toml::Value::Datetime)
+                .unwrap_or_else(|_| toml::Value::String(d.clone())),
+            Kind::Array(a) => toml::Value::Array(a.iter().map(Value::to_toml).collect()),
+            Kind::Table(t) => toml::Value::Table(
+                t.iter()
+                    .map(|(k, e)| (k.clone(), e.value.to_toml()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Every leaf of a TOML value as `dotted.path = value` (array items as `path[i]`), in document
+/// order: the unit in which two configs are compared (`trainer resume` lists the differences).
+pub fn leaves(v: &toml::Value) -> Vec<(String, String)> {
+    fn walk(v: &toml::Value, path: String, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, p, out);
+                }
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, format!("{path}[{i}]"), out);
+                }
+            }
+            leaf => out.push((path, leaf.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, String::new(), &mut out);
+    out
+}

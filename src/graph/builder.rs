@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
-use super::{Graph, Init, Layer, TensorId};
+use super::{Graph, Init, Layer, Mode, TensorId};
 use crate::config::model::{
     BlockUse, LayerDecl, Named, ShortcutKind, What, parse_layer, reject_params,
 };
@@ -24,9 +24,14 @@ pub struct Lower<'a> {
     g: &'a mut Graph,
     layer: usize,
     random_streams: &'a mut u64,
+    mode: Mode,
 }
 
 impl Lower<'_> {
+    /// Training graphs use batch statistics and dropout; evaluation graphs do not.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
     fn full(&self, local: &str) -> String {
         format!("{}.{local}", self.g.layers[self.layer].name)
     }
@@ -93,6 +98,7 @@ struct Builder<'c> {
     g: Graph,
     config: &'c Config,
     random_streams: u64,
+    mode: Mode,
     /// Blocks being expanded (name, use site), outermost first.
     expanding: Vec<(String, Loc)>,
     /// Full names of the block instances being expanded, outermost first.
@@ -105,6 +111,13 @@ pub fn build(config: &Config) -> Result<Graph, Diagnostic> {
 }
 
 pub fn build_with_batch(config: &Config, batch: usize) -> Result<Graph, Diagnostic> {
+    build_for(config, batch, Mode::Train)
+}
+
+/// The forward graph in `mode`: `Eval` graphs (validation, `trainer eval`, `predict`) normalise
+/// with running statistics and skip dropout; their parameters are the training graph's, in the
+/// same order, so weights carry over by index.
+pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Diagnostic> {
     let model = &config.model;
     check_data(config)?;
     let placeholder = TensorId { node: 0, output: 0 };
@@ -124,6 +137,7 @@ pub fn build_with_batch(config: &Config, batch: usize) -> Result<Graph, Diagnost
         g,
         config,
         random_streams: 0,
+        mode,
         expanding: Vec::new(),
         instances: Vec::new(),
     };
@@ -412,6 +426,7 @@ impl<'c> Builder<'c> {
             g: &mut self.g,
             layer,
             random_streams: &mut self.random_streams,
+            mode: self.mode,
         };
         match op.lower(&mut cx, &tensors) {
             Ok(tensor) => {

@@ -11,7 +11,7 @@ pub mod training;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
-pub use builder::build;
+pub use builder::{build, build_for};
 pub use init::Init;
 
 use crate::diag::Loc;
@@ -49,6 +49,13 @@ pub enum Phase {
     Recompute,
     /// Optimizer and running-statistics updates, after every gradient is known.
     Update,
+}
+
+/// What a forward graph is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
 }
 
 #[derive(Clone, Debug)]

@@ -2,8 +2,8 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::{Finite, Fraction};
-use crate::graph::TensorId;
 use crate::graph::builder::Lower;
+use crate::graph::{Mode, TensorId};
 use crate::ops::{Dropout, OpKind, Softmax, Unary, UnaryFn};
 
 fn unary(cx: &mut Lower, x: TensorId, f: UnaryFn) -> Result<TensorId, String> {
@@ -108,7 +108,11 @@ pub struct DropoutSpec {
 
 impl LayerSpec for DropoutSpec {
     fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        // The stream is taken in both modes so that later layers' streams do not shift.
         let stream = cx.next_random_stream();
+        if cx.mode() == Mode::Eval {
+            return Ok(inputs[0]);
+        }
         cx.op(
             OpKind::Dropout(Dropout {
                 p: self.p.0,

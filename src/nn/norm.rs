@@ -3,7 +3,7 @@ use serde::Deserialize;
 use super::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
 use crate::graph::builder::Lower;
-use crate::graph::{Init, TensorId};
+use crate::graph::{Init, Mode, TensorId};
 use crate::ops::{BatchNorm, DType, LayerNorm, OpKind, TensorType, fmt_shape};
 
 fn eps() -> PositiveFloat {
@@ -64,7 +64,7 @@ impl LayerSpec for BatchNormSpec {
             eps: self.eps.0,
             momentum: self.momentum.0,
             affine: self.affine,
-            training: true,
+            training: cx.mode() == Mode::Train,
         };
         cx.op(OpKind::BatchNorm(op), &args)
     }

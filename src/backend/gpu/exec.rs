@@ -392,6 +392,10 @@ impl<'g> GpuExec<'g> {
         Ok(exec)
     }
 
+    pub fn adapter(&self) -> &super::AdapterSummary {
+        &self.gpu.adapter
+    }
+
     /// Dispatches per step (an op may take several).
     pub fn dispatch_count(&self) -> usize {
         self.prepared.len()
@@ -458,6 +462,18 @@ impl<'g> GpuExec<'g> {
     }
     pub fn param(&self, i: usize) -> Result<Vec<f32>, GpuError> {
         self.read_slot(self.plan.params[i])
+    }
+    /// Every parameter and state tensor, in `graph.params` order, from one download of the
+    /// State region (checkpoints and evaluation read them all at once).
+    pub fn params(&self) -> Result<Vec<Vec<f32>>, GpuError> {
+        let len = self.plan.sizes.get(&Region::State).copied().unwrap_or(0);
+        let state = download(self.gpu, &self.regions[region_index(Region::State)], 0, len)?;
+        Ok(self
+            .plan
+            .params
+            .iter()
+            .map(|s| state[s.offset..s.offset + s.len].to_vec())
+            .collect())
     }
     fn read_slot(&self, s: Slot) -> Result<Vec<f32>, GpuError> {
         download(
