@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job. Today `trainer fit` does not exist yet (it lands with the training-run issue):
-# this builds trainer and validates configs/resnet.toml, printing its layer table (272,186
-# parameters, output shapes, FLOPs per sample) and its graph as Graphviz DOT in runs/.
+# The main job: trains configs/resnet.toml (ResNet-20 on the shipped Fashion-MNIST) with
+# `trainer fit`, on the GPU where one opens, else on the CPU. The run directory
+# (runs/resnet20-fashion/<time>/) gets metrics.csv, TensorBoard events and checkpoints;
+# Ctrl-C saves a checkpoint and `trainer resume <run dir>` continues it. Extra arguments go to
+# `trainer fit` (e.g. --device cpu, --set train.epochs=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -9,9 +11,4 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 2
 fi
 cargo build --release --locked
-./target/release/trainer check configs/resnet.toml
-mkdir -p runs
-./target/release/trainer graph configs/resnet.toml > runs/resnet.dot
-echo "graph written to runs/resnet.dot (render: dot -Tsvg runs/resnet.dot > runs/resnet.svg)"
-./target/release/trainer plan configs/resnet.toml
-./target/release/trainer bench configs/resnet.toml --steps 3
+exec ./target/release/trainer fit configs/resnet.toml "$@"

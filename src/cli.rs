@@ -71,12 +71,79 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a config: data, validation every epoch, TensorBoard and CSV logs, checkpoints
+    Fit {
+        config: PathBuf,
+        /// Write the run here instead of <log.dir>/<run.name>/<YYYYmmdd-HHMMSS>
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
+        /// Continue the run in RUN_DIR from its latest checkpoint
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "run_dir")]
+        resume: Option<PathBuf>,
+        /// With --resume: continue even though the config differs from the run's
+        #[arg(long, requires = "resume")]
+        force: bool,
+        /// Backend (default: the config's run.device)
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+    },
+    /// Continue a run from its latest checkpoint, bit for bit, with the run's own config
+    Resume {
+        run_dir: PathBuf,
+        /// Continue even though --set makes the config differ from the run's
+        #[arg(long)]
+        force: bool,
+        /// Backend (default: the config's run.device)
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+    },
+    /// Evaluate a checkpoint: loss, accuracy, per-class accuracy, confusion matrix
+    Eval {
+        config: PathBuf,
+        /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+        #[arg(long, value_name = "PATH")]
+        checkpoint: PathBuf,
+        /// Which split to evaluate
+        #[arg(long, value_enum, default_value_t = SplitName::Test)]
+        split: SplitName,
+        /// Backend (default: the config's run.device)
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify inputs (IDX image files, PNG or JPEG images) with a checkpoint
+    Predict {
+        config: PathBuf,
+        /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+        #[arg(long, value_name = "PATH")]
+        checkpoint: PathBuf,
+        /// IDX image files or PNG/JPEG images
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// How many classes to show per input
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        top_k: u32,
+        /// Backend (default: the config's run.device)
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// List the GPU adapters wgpu can see: name, backend, driver, limits, features
     Devices {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum SplitName {
+    Test,
+    Val,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -213,11 +280,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             json,
         } => {
             let (plan, cfg) = plan_step(&config, &cli.set, batch)?;
-            let device = device.unwrap_or(match cfg.run.device {
-                config::sections::Device::Auto => Device::Auto,
-                config::sections::Device::Gpu => Device::Gpu,
-                config::sections::Device::Cpu => Device::Cpu,
-            });
+            let device = device_of(device, &cfg);
             let (seed, steps) = (cfg.run.seed, steps as usize);
             let result = match open_backend(device)? {
                 Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
@@ -240,6 +303,100 @@ fn run(cli: Cli) -> Result<(), u8> {
                     result.steps,
                     result.img_per_s,
                 ))
+            }
+        }
+        Command::Fit {
+            config,
+            run_dir,
+            resume,
+            force,
+            device,
+        } => {
+            let cfg = load_config(&config, &cli.set)?;
+            let opts = crate::train::fit::FitOptions {
+                config_path: config,
+                run_dir,
+                resume,
+                force,
+                command: std::env::args().collect(),
+            };
+            fit(&cfg, device, &opts)
+        }
+        Command::Resume {
+            run_dir,
+            force,
+            device,
+        } => {
+            let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
+            if !resolved.exists() {
+                eprintln!(
+                    "error: {} is not a run directory (it has no {})",
+                    run_dir.display(),
+                    crate::train::run_dir::RESOLVED
+                );
+                return Err(2);
+            }
+            let cfg = load_config(&resolved, &cli.set)?;
+            let opts = crate::train::fit::FitOptions {
+                config_path: resolved,
+                run_dir: None,
+                resume: Some(run_dir),
+                force,
+                command: std::env::args().collect(),
+            };
+            fit(&cfg, device, &opts)
+        }
+        Command::Eval {
+            config,
+            checkpoint,
+            split,
+            device,
+            json,
+        } => {
+            let cfg = load_config(&config, &cli.set)?;
+            let backend = open_backend(device_of(device, &cfg))?;
+            let result = crate::train::inference::evaluate(
+                &cfg,
+                &config,
+                gpu_of(&backend),
+                &checkpoint,
+                split == SplitName::Val,
+            )
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                2
+            })?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+            } else {
+                print_out(&result.table())
+            }
+        }
+        Command::Predict {
+            config,
+            checkpoint,
+            inputs,
+            top_k,
+            device,
+            json,
+        } => {
+            let cfg = load_config(&config, &cli.set)?;
+            let backend = open_backend(device_of(device, &cfg))?;
+            let result = crate::train::inference::predict(
+                &cfg,
+                gpu_of(&backend),
+                &checkpoint,
+                &inputs,
+                top_k as usize,
+            )
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                2
+            })?;
+            if json {
+                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+            } else {
+                print_out(&crate::train::inference::predictions_table(&result))
             }
         }
         Command::Devices { json } => {
@@ -269,6 +426,61 @@ fn run(cli: Cli) -> Result<(), u8> {
                 );
             }
             print_out(&text)
+        }
+    }
+}
+
+/// The backend a command asked for, else the config's `run.device`.
+fn device_of(device: Option<Device>, cfg: &config::Config) -> Device {
+    device.unwrap_or(match cfg.run.device {
+        config::sections::Device::Auto => Device::Auto,
+        config::sections::Device::Gpu => Device::Gpu,
+        config::sections::Device::Cpu => Device::Cpu,
+    })
+}
+
+fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
+    match backend {
+        Backend::Cpu => None,
+        Backend::Gpu(g) => Some(g),
+    }
+}
+
+/// `trainer fit` and `trainer resume`. Exit codes: 130 after a signal (checkpoint saved), 3 when
+/// the loss stopped being finite, 2 for bad input, 1 when the device or disk failed.
+fn fit(
+    cfg: &config::Config,
+    device: Option<Device>,
+    opts: &crate::train::fit::FitOptions,
+) -> Result<(), u8> {
+    use crate::train::fit::FitError;
+    let backend = open_backend(device_of(device, cfg))?;
+    match crate::train::fit::fit(cfg, gpu_of(&backend), opts) {
+        Ok(report) if report.finished => {
+            let best = match (report.best_val_accuracy, report.best_epoch) {
+                (Some(a), Some(e)) => format!(", best val accuracy {:.2}% (epoch {e})", 100.0 * a),
+                _ => String::new(),
+            };
+            let last = report
+                .history
+                .last()
+                .map(|r| format!(": val accuracy {:.2}%", 100.0 * r.val_accuracy))
+                .unwrap_or_default();
+            eprintln!(
+                "done after {} steps{last}{best}; run in {}",
+                report.steps,
+                report.run_dir.display()
+            );
+            Ok(())
+        }
+        Ok(_) => Err(crate::train::signals::EXIT_INTERRUPTED),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(match e {
+                FitError::User(_) => 2,
+                FitError::NonFinite(_) => 3,
+                FitError::Runtime(_) => 1,
+            })
         }
     }
 }

@@ -26,7 +26,7 @@ pub enum GpuError {
 }
 
 /// One adapter as `trainer devices` lists it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdapterSummary {
     pub name: String,
     pub backend: String,

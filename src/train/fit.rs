@@ -1,0 +1,536 @@
+//! `trainer fit`: the training loop. Everything a step needs is prepared before step 1 (the
+//! planned training step, the evaluation model, the data loader thread); each step feeds a batch,
+//! sets the learning rate the schedule gives for that step, runs the plan and reads the loss and
+//! logits back. Epoch ends validate, log and checkpoint.
+//!
+//! Bit-exact resume follows from what is a pure function of what: data order and augmentation
+//! of (seed, epoch, position), the learning rate of the step count, dropout of (seed, step), and
+//! everything else lives in the saved tensors (weights, running statistics, optimizer moments).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::Exec;
+use crate::backend::cpu::StepCtx;
+use crate::backend::gpu::Gpu;
+use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
+use crate::config::{Config, OnNonfinite, Optimizer, parse_every};
+use crate::data::{self, Batch, Loader, Splits};
+use crate::graph::{build_for, training::training_graph, Mode};
+use crate::train::evaluate::{EvalModel, named_tensors};
+use crate::train::logger::Logger;
+use crate::train::metrics::{Evaluation, Running};
+use crate::train::progress::Progress;
+use crate::train::run_dir::{self, Manifest, RunDir};
+use crate::train::schedule::LrSchedule;
+use crate::train::signals;
+
+/// How a fit is started, beyond its config.
+#[derive(Clone, Debug, Default)]
+pub struct FitOptions {
+    /// Where the config came from (relative `data.path` resolves against its directory).
+    pub config_path: PathBuf,
+    /// Write the run here instead of `<log.dir>/<run.name>/<time>`.
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Resume even though the config differs from the run's.
+    pub force: bool,
+    /// The command line, for the manifest.
+    pub command: Vec<String>,
+}
+
+/// Why a fit did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// Bad input: config, data, run directory, a refused resume (exit 2).
+    #[error("{0}")]
+    User(String),
+    /// The loss became NaN or infinite (exit 3).
+    #[error("{0}")]
+    NonFinite(String),
+    /// The device or the file system failed under us (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// One epoch's (or the final partial epoch's) figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub step: u64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub lr: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FitReport {
+    pub run_dir: PathBuf,
+    /// False when a signal stopped the run (a checkpoint was saved first).
+    pub finished: bool,
+    pub steps: u64,
+    pub history: Vec<EpochRecord>,
+    pub best_val_accuracy: Option<f64>,
+    pub best_epoch: Option<u64>,
+    pub device: String,
+}
+
+/// Trains `cfg` on `gpu` (or the CPU), writing the run directory; see the module doc.
+pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitReport, FitError> {
+    let user = FitError::User;
+    let resolved = cfg.resolved_toml().map_err(user)?;
+    let config_dir = opts
+        .config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let config_dir = std::fs::canonicalize(&config_dir).unwrap_or(config_dir);
+    let seed = cfg.run.seed;
+
+    // The run directory: a new one, or the one being resumed (whose config must match).
+    let (run, manifest) = match &opts.resume {
+        Some(dir) => resume_dir(dir, &resolved, opts.force)?,
+        None => {
+            let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
+            let manifest = Manifest {
+                trainer_version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: run_dir::git_commit(),
+                config: opts.config_path.display().to_string(),
+                config_dir: config_dir.clone(),
+                config_hash: run_dir::hash(&resolved),
+                seed,
+                device: device_name(gpu),
+                adapter: gpu.map(|g| g.adapter.clone()),
+                command: opts.command.clone(),
+                started: chrono::Local::now().to_rfc3339(),
+            };
+            let run = run_dir::create(&path, &resolved, &manifest).map_err(user)?;
+            (run, manifest)
+        }
+    };
+    if manifest.device != device_name(gpu) {
+        eprintln!(
+            "warning: this run started on {} and continues on {}: it stays correct but is no longer bit-identical to an uninterrupted run",
+            manifest.device,
+            device_name(gpu)
+        );
+    }
+
+    // Data, the training step and the evaluation model, all before step 1.
+    let input_shape = &cfg.model.input.shape;
+    let splits = data::open(&cfg.data, &manifest.config_dir, input_shape, seed)
+        .map_err(|e| FitError::User(e.to_string()))?;
+    let batch = cfg.data.batch_size.0;
+    let eval_batch = cfg.data.eval_batch_size.map_or(batch, |b| b.0);
+    let steps_per_epoch = data::batches_per_epoch(splits.train.len(), batch);
+    if steps_per_epoch == 0 {
+        return Err(user(format!(
+            "the training split has {} samples, fewer than one batch of {batch}; lower data.batch_size",
+            splits.train.len()
+        )));
+    }
+    let diag = |d: crate::diag::Diagnostic| FitError::User(d.message().to_string());
+    let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
+    let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
+    let plan = crate::schedule::plan(&train_graph, &cfg.train.checkpointing, Default::default())
+        .map_err(diag)?;
+    let (features, labels, loss_t, output) =
+        (forward.features, forward.labels, forward.loss, forward.output);
+    let mut exec = Exec::new(gpu, plan, seed).map_err(FitError::Runtime)?;
+    let mut eval = EvalModel::new(cfg, gpu, eval_batch).map_err(diag)?;
+
+    let epochs = cfg.train.epochs.0 as u64;
+    let total_steps = {
+        let all = epochs * steps_per_epoch as u64;
+        cfg.train.max_steps.map_or(all, |m| all.min(m.0 as u64))
+    };
+    let base_lr = match &cfg.optimizer {
+        Optimizer::Sgd(s) => s.lr.0,
+        Optimizer::Adam(a) | Optimizer::Adamw(a) => a.lr.0,
+    };
+    let schedule = LrSchedule::new(
+        &cfg.schedule,
+        base_lr,
+        steps_per_epoch,
+        total_steps as usize,
+    )
+    .map_err(user)?;
+    let save_every = parse_every(&cfg.train.save_every).ok_or_else(|| {
+        user(format!(
+            "train.save_every = \"{}\": expected \"N epochs\" or \"N steps\"",
+            cfg.train.save_every
+        ))
+    })?;
+    let store = Store::new(&run.checkpoints(), cfg.train.keep.0);
+
+    // Where to start: step 0, or the latest good checkpoint.
+    let mut state = TrainState {
+        format_version: FORMAT_VERSION,
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        seed,
+        config_hash: run.config_hash.clone(),
+        best_metric: None,
+        best_epoch: None,
+        lr: schedule.lr_at(0),
+        trainer_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    if opts.resume.is_some() {
+        let (ckpt, warnings) = store
+            .load_latest()
+            .map_err(|e| FitError::User(e.to_string()))?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        restore(&mut exec, &ckpt).map_err(FitError::User)?;
+        state = TrainState {
+            config_hash: run.config_hash.clone(),
+            ..ckpt.state
+        };
+        eprintln!(
+            "resuming {} at step {} (epoch {}, batch {})",
+            run.path.display(),
+            state.step,
+            state.epoch + 1,
+            state.batch_in_epoch
+        );
+    }
+
+    signals::install().map_err(FitError::Runtime)?;
+    signals::clear();
+    let mut logger = Logger::start(&run.path, &cfg.log);
+    let mut progress = Progress::new(cfg.log.progress, total_steps, steps_per_epoch as u64);
+    progress.message(&format!(
+        "training {} on {}: {}, {} steps of {} ({} per epoch), run dir {}",
+        cfg.run.name,
+        exec.device(),
+        splits.source,
+        total_steps,
+        batch,
+        steps_per_epoch,
+        run.path.display()
+    ));
+    let mut loader = Loader::train(
+        splits.train.clone(),
+        &cfg.data,
+        batch,
+        seed,
+        state.epoch,
+        state.batch_in_epoch as usize,
+    )
+    .map_err(|e| FitError::User(e.to_string()))?;
+
+    let ctx = Loop {
+        cfg,
+        splits: &splits,
+        store: &store,
+        features,
+        labels,
+        loss_t,
+        output,
+        steps_per_epoch: steps_per_epoch as u64,
+        total_steps,
+        save_every,
+    };
+    let mut history = Vec::new();
+    let result = ctx.run(
+        &mut exec,
+        &mut eval,
+        &mut loader,
+        &schedule,
+        &mut state,
+        &mut logger,
+        &mut progress,
+        &mut history,
+    );
+    progress.finish();
+    for w in logger.finish() {
+        eprintln!("warning: {w}");
+    }
+    let finished = result?;
+    Ok(FitReport {
+        run_dir: run.path.clone(),
+        finished,
+        steps: state.step,
+        history,
+        best_val_accuracy: state.best_metric,
+        best_epoch: state.best_epoch,
+        device: exec.device(),
+    })
+}
+
+/// What the loop reads but never changes.
+struct Loop<'a> {
+    cfg: &'a Config,
+    splits: &'a Splits,
+    store: &'a Store,
+    features: crate::graph::TensorId,
+    labels: crate::graph::TensorId,
+    loss_t: crate::graph::TensorId,
+    output: crate::graph::TensorId,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    save_every: (u64, bool),
+}
+
+impl Loop<'_> {
+    /// Steps until done (Ok(true)) or a signal (Ok(false), after a checkpoint).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        exec: &mut Exec,
+        eval: &mut EvalModel,
+        loader: &mut Loader,
+        schedule: &LrSchedule,
+        state: &mut TrainState,
+        logger: &mut Logger,
+        progress: &mut Progress,
+        history: &mut Vec<EpochRecord>,
+    ) -> Result<bool, FitError> {
+        let rt = FitError::Runtime;
+        let every = self.cfg.log.every_steps.0 as u64;
+        let mut window = Running::new();
+        let mut epoch_metrics = Running::new();
+        let mut window_start = Instant::now();
+        let mut window_images = 0usize;
+        let mut img_per_s = 0.0;
+        while state.step < self.total_steps {
+            let batch: Batch = loader
+                .next()
+                .ok_or_else(|| rt("the data loader stopped".into()))?;
+            let lr = schedule.lr_at(state.step as usize);
+            exec.feed(self.features, &batch.features).map_err(rt)?;
+            exec.feed(self.labels, &batch.labels).map_err(rt)?;
+            exec.step(StepCtx {
+                lr,
+                step: state.step + 1,
+                seed: state.seed,
+            })
+            .map_err(rt)?;
+            let loss = exec.read(self.loss_t).map_err(rt)?[0] as f64;
+            let logits = exec.read(self.output).map_err(rt)?;
+            if !loss.is_finite() {
+                return self.non_finite(loss, state);
+            }
+            let correct = correct(&logits, &batch.labels, batch.len);
+            window.add(loss, correct, batch.len);
+            epoch_metrics.add(loss, correct, batch.len);
+            window_images += batch.len;
+            state.step += 1;
+            state.batch_in_epoch = batch.index as u64 + 1;
+            state.epoch = batch.epoch;
+            state.lr = lr;
+
+            let epoch_done = state.batch_in_epoch == self.steps_per_epoch;
+            let last = state.step == self.total_steps;
+            if state.step.is_multiple_of(every) || last {
+                let secs = window_start.elapsed().as_secs_f64();
+                img_per_s = window_images as f64 / secs.max(1e-9);
+                logger.scalar("train/loss", state.step, window.loss());
+                logger.scalar("train/accuracy", state.step, window.accuracy());
+                logger.scalar("lr", state.step, lr);
+                logger.scalar("img_per_s", state.step, img_per_s);
+                window = Running::new();
+                window_start = Instant::now();
+                window_images = 0;
+            }
+            progress.update(
+                state.step,
+                state.epoch,
+                epoch_metrics.loss(),
+                epoch_metrics.accuracy(),
+                img_per_s,
+            );
+
+            let mut best = false;
+            if epoch_done || last {
+                let val = self.validate(exec, eval)?;
+                let record = EpochRecord {
+                    epoch: state.epoch + 1,
+                    step: state.step,
+                    train_loss: epoch_metrics.loss(),
+                    train_accuracy: epoch_metrics.accuracy(),
+                    val_loss: val.loss(),
+                    val_accuracy: val.accuracy(),
+                    lr,
+                };
+                best = state.best_metric.is_none_or(|b| record.val_accuracy > b);
+                if best {
+                    state.best_metric = Some(record.val_accuracy);
+                    state.best_epoch = Some(record.epoch);
+                }
+                logger.scalar("val/loss", state.step, record.val_loss);
+                logger.scalar("val/accuracy", state.step, record.val_accuracy);
+                logger.row(
+                    state.step,
+                    record.epoch,
+                    &[
+                        ("train_loss", record.train_loss),
+                        ("train_accuracy", record.train_accuracy),
+                        ("val_loss", record.val_loss),
+                        ("val_accuracy", record.val_accuracy),
+                        ("lr", lr),
+                        ("img_per_s", img_per_s),
+                    ],
+                );
+                logger.flush();
+                progress.message(&format!(
+                    "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{}",
+                    record.epoch,
+                    self.cfg.train.epochs.0,
+                    record.train_loss,
+                    100.0 * record.train_accuracy,
+                    record.val_loss,
+                    100.0 * record.val_accuracy,
+                    if best { " (best)" } else { "" }
+                ));
+                history.push(record);
+                epoch_metrics = Running::new();
+            }
+            if epoch_done {
+                state.epoch += 1;
+                state.batch_in_epoch = 0;
+            }
+            let (n, epochs) = self.save_every;
+            let due = match epochs {
+                true => epoch_done && state.epoch.is_multiple_of(n),
+                false => state.step.is_multiple_of(n),
+            };
+            let stop = signals::stop_requested();
+            if due || last || stop {
+                self.save(exec, state, best)?;
+            }
+            if stop {
+                progress.message(&format!(
+                    "stopped at step {}: checkpoint saved; continue with `trainer resume`",
+                    state.step
+                ));
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn validate(&self, exec: &Exec, eval: &mut EvalModel) -> Result<Evaluation, FitError> {
+        eval.copy_from(exec).map_err(FitError::Runtime)?;
+        eval.evaluate(self.splits.val.clone(), &self.cfg.data)
+            .map_err(FitError::Runtime)
+    }
+
+    fn save(&self, exec: &Exec, state: &TrainState, best: bool) -> Result<(), FitError> {
+        let ckpt = checkpoint_of(exec, state).map_err(FitError::Runtime)?;
+        self.store
+            .save(&ckpt, best)
+            .map_err(|e| FitError::Runtime(e.to_string()))?;
+        Ok(())
+    }
+
+    fn non_finite(&self, loss: f64, state: &TrainState) -> Result<bool, FitError> {
+        let last = match self.store.latest_dir() {
+            Some(d) => format!("the last good checkpoint is {}", d.display()),
+            None => "no checkpoint was saved before it".into(),
+        };
+        let what = match self.cfg.train.on_nonfinite {
+            OnNonfinite::Stop => "stopping",
+            OnNonfinite::SkipStep => "stopping (skip_step cannot undo an update yet)",
+        };
+        Err(FitError::NonFinite(format!(
+            "the loss is {loss} at step {} (epoch {}): {what}; {last}. Lower optimizer.lr or set optimizer.clip_grad_norm",
+            state.step + 1,
+            state.epoch + 1
+        )))
+    }
+}
+
+/// How many of the first `len` rows' arg-max equal their label.
+fn correct(logits: &[f32], labels: &[f32], len: usize) -> usize {
+    let classes = logits.len() / labels.len().max(1);
+    (0..len)
+        .filter(|&r| {
+            let row = &logits[r * classes..(r + 1) * classes];
+            let arg = (0..classes)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            arg as f32 == labels[r]
+        })
+        .count()
+}
+
+fn checkpoint_of(exec: &Exec, state: &TrainState) -> Result<Checkpoint, String> {
+    let tensors = named_tensors(exec)?;
+    let g = &exec.plan().graph;
+    let (mut weights, mut optimizer) = (Vec::new(), Vec::new());
+    for (t, p) in tensors.into_iter().zip(&g.params) {
+        match p.optimizer_of {
+            None => weights.push(t),
+            Some(_) => optimizer.push(t),
+        }
+    }
+    Ok(Checkpoint {
+        weights,
+        optimizer,
+        state: state.clone(),
+    })
+}
+
+/// Sets every tensor of the training plan (weights, buffers, optimizer state) from a checkpoint.
+fn restore(exec: &mut Exec, ckpt: &Checkpoint) -> Result<(), String> {
+    let params = exec.plan().graph.params.clone();
+    for (i, p) in params.iter().enumerate() {
+        let t = ckpt
+            .weights
+            .iter()
+            .chain(&ckpt.optimizer)
+            .find(|t| t.name == p.name)
+            .ok_or_else(|| format!("the checkpoint has no tensor `{}`", p.name))?;
+        if t.shape != p.ty.shape {
+            return Err(format!(
+                "`{}` has shape {} in the checkpoint but {} in the model",
+                p.name,
+                crate::ops::fmt_shape(&t.shape),
+                crate::ops::fmt_shape(&p.ty.shape)
+            ));
+        }
+        exec.set_param(i, &t.data)?;
+    }
+    Ok(())
+}
+
+fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manifest), FitError> {
+    let (old, manifest) = run_dir::open(dir).map_err(FitError::User)?;
+    let diff = run_dir::differences(&old, resolved).map_err(FitError::User)?;
+    if !diff.is_empty() {
+        if !force {
+            return Err(FitError::User(format!(
+                "the config differs from the run's {} in {} key(s):\n  {}\nresume with the run's own config (`trainer resume {}`), or pass --force to continue with the new one",
+                dir.join(run_dir::RESOLVED).display(),
+                diff.len(),
+                diff.join("\n  "),
+                dir.display()
+            )));
+        }
+        eprintln!(
+            "warning: --force: continuing with a config that differs in:\n  {}",
+            diff.join("\n  ")
+        );
+    }
+    Ok((
+        RunDir {
+            path: dir.to_path_buf(),
+            config_hash: run_dir::hash(resolved),
+        },
+        manifest,
+    ))
+}
+
+fn device_name(gpu: Option<&Gpu>) -> String {
+    match gpu {
+        Some(g) => format!("gpu ({}, {})", g.adapter.name, g.adapter.backend),
+        None => "cpu".into(),
+    }
+}

@@ -1,0 +1,204 @@
+//! `trainer eval` and `trainer predict`: a checkpoint's weights in the evaluation model.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend::gpu::Gpu;
+use crate::checkpoint::{NamedTensor, Store, load_weights};
+use crate::config::Config;
+use crate::train::evaluate::EvalModel;
+use crate::train::metrics::top_k;
+
+#[derive(Debug, Serialize)]
+pub struct ClassScore {
+    pub class: String,
+    pub accuracy: f64,
+    pub samples: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: PathBuf,
+    pub split: String,
+    pub data: String,
+    pub device: String,
+    pub samples: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub per_class: Vec<ClassScore>,
+    /// `confusion[true][predicted]`, in the order of `per_class`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl EvalReport {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{} on the {} split of {} ({}): loss {:.4}, accuracy {:.2}% of {} samples\n\nper class:\n",
+            self.checkpoint.display(),
+            self.split,
+            self.data,
+            self.device,
+            self.loss,
+            100.0 * self.accuracy,
+            self.samples
+        );
+        let width = self.per_class.iter().map(|c| c.class.len()).max().unwrap_or(5);
+        for c in &self.per_class {
+            s += &format!(
+                "  {:<width$}  {:6.2}%  ({} samples)\n",
+                c.class,
+                100.0 * c.accuracy,
+                c.samples
+            );
+        }
+        s += "\nconfusion matrix (rows: true class, columns: predicted):\n";
+        let cell = self
+            .confusion
+            .iter()
+            .flatten()
+            .map(|n| n.to_string().len())
+            .max()
+            .unwrap_or(1)
+            .max(3);
+        for (c, row) in self.per_class.iter().zip(&self.confusion) {
+            s += &format!("  {:<width$} ", c.class);
+            for n in row {
+                s += &format!(" {n:>cell$}");
+            }
+            s += "\n";
+        }
+        s
+    }
+}
+
+/// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file.
+pub fn checkpoint_weights(path: &Path) -> Result<(PathBuf, Vec<NamedTensor>), String> {
+    let dir = path.join("checkpoints");
+    let at = if dir.is_dir() {
+        Store::new(&dir, 0).latest_dir().ok_or_else(|| {
+            format!(
+                "the run {} has no checkpoint yet",
+                path.display()
+            )
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    let weights = load_weights(&at).map_err(|e| e.to_string())?;
+    Ok((at, weights))
+}
+
+fn model<'g>(
+    cfg: &Config,
+    gpu: Option<&'g Gpu>,
+    checkpoint: &Path,
+) -> Result<(EvalModel<'g>, PathBuf), String> {
+    let batch = cfg
+        .data
+        .eval_batch_size
+        .map_or(cfg.data.batch_size.0, |b| b.0);
+    let mut m = EvalModel::new(cfg, gpu, batch).map_err(|d| d.message().to_string())?;
+    let (at, weights) = checkpoint_weights(checkpoint)?;
+    m.load(&weights)
+        .map_err(|e| format!("{}: {e}", at.display()))?;
+    Ok((m, at))
+}
+
+pub fn evaluate(
+    cfg: &Config,
+    config_path: &Path,
+    gpu: Option<&Gpu>,
+    checkpoint: &Path,
+    val: bool,
+) -> Result<EvalReport, String> {
+    let (mut m, at) = model(cfg, gpu, checkpoint)?;
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let splits = crate::data::open(&cfg.data, dir, &cfg.model.input.shape, cfg.run.seed)
+        .map_err(|e| e.to_string())?;
+    let split = if val { &splits.val } else { &splits.test };
+    let names = split.class_names();
+    let e = m.evaluate(split.clone(), &cfg.data)?;
+    let confusion = e.confusion();
+    let per_class = names
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let samples: u64 = confusion[c].iter().sum();
+            ClassScore {
+                class: name.clone(),
+                accuracy: if samples == 0 {
+                    0.0
+                } else {
+                    confusion[c][c] as f64 / samples as f64
+                },
+                samples,
+            }
+        })
+        .collect();
+    Ok(EvalReport {
+        checkpoint: at,
+        split: if val { "val" } else { "test" }.into(),
+        data: splits.source.clone(),
+        device: m.device(),
+        samples: e.count(),
+        loss: e.loss(),
+        accuracy: e.accuracy(),
+        per_class,
+        confusion,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    pub input: String,
+    /// Best first: (class, probability).
+    pub top: Vec<(String, f64)>,
+}
+
+pub fn predict(
+    cfg: &Config,
+    gpu: Option<&Gpu>,
+    checkpoint: &Path,
+    inputs: &[PathBuf],
+    k: usize,
+) -> Result<Vec<Prediction>, String> {
+    let samples = crate::data::read_inputs(inputs, &cfg.data, &cfg.model.input.shape)
+        .map_err(|e| e.to_string())?;
+    let (mut m, _) = model(cfg, gpu, checkpoint)?;
+    let names = crate::data::class_names(&cfg.data, m.classes);
+    let per = cfg.model.input.shape.iter().product::<usize>();
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(m.batch) {
+        let mut features = vec![0.0f32; m.batch * per];
+        for (i, (_, x)) in chunk.iter().enumerate() {
+            features[i * per..(i + 1) * per].copy_from_slice(x);
+        }
+        let logits = m.logits(&features)?;
+        for (i, (name, _)) in chunk.iter().enumerate() {
+            let row = &logits[i * m.classes..(i + 1) * m.classes];
+            let top = top_k(row, k)
+                .into_iter()
+                .map(|(c, p)| (names[c].clone(), p))
+                .collect();
+            out.push(Prediction {
+                input: name.clone(),
+                top,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn predictions_table(preds: &[Prediction]) -> String {
+    let mut s = String::new();
+    for p in preds {
+        let top: Vec<String> = p
+            .top
+            .iter()
+            .map(|(c, prob)| format!("{c} {:.1}%", 100.0 * prob))
+            .collect();
+        s += &format!("{}: {}\n", p.input, top.join(", "));
+    }
+    s
+}
