@@ -2,5 +2,6 @@
 //! running and evaluation metrics, the logger (TensorBoard event files and metrics.csv, on its
 //! own thread) and the progress display. The training loop that drives them lives here too.
 
+pub mod logger;
 pub mod metrics;
 pub mod schedule;
