@@ -4,4 +4,5 @@
 
 pub mod logger;
 pub mod metrics;
+pub mod progress;
 pub mod schedule;
