@@ -399,6 +399,65 @@ mod tests {
         assert_eq!(LrSchedule::new(&c, 0.1, 10, 50).unwrap().warmup_steps(), 2);
     }
 
+    /// The LR of every step under real PyTorch (2.11) schedulers, from tests/py/torch_lr.py
+    /// (its output is tests/data/torch_lr.json; torch is not needed to run this test).
+    #[test]
+    fn matches_recorded_pytorch() {
+        let json: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/data/torch_lr.json")).unwrap();
+        let cases = json["cases"].as_object().unwrap();
+        assert_eq!(cases.len(), 8);
+        for (name, case) in cases {
+            let num = |k: &str| case[k].as_f64().unwrap();
+            let int = |k: &str| case[k].as_u64().unwrap() as usize;
+            let mut c = match name.as_str() {
+                "step" => {
+                    let mut c = cfg(ScheduleKind::Step);
+                    c.step_size = Some(Positive(2));
+                    c.gamma = PositiveFloat(0.5);
+                    c
+                }
+                "multistep" => {
+                    let mut c = cfg(ScheduleKind::Multistep);
+                    c.milestones = Some(vec![Positive(3), Positive(5)]);
+                    c
+                }
+                "cosine" => {
+                    let mut c = cfg(ScheduleKind::Cosine);
+                    c.min_lr = NonNegFloat(0.001);
+                    c
+                }
+                "warmup_cosine" => cfg(ScheduleKind::Cosine),
+                "warmup_step" => {
+                    let mut c = cfg(ScheduleKind::Step);
+                    c.step_size = Some(Positive(1));
+                    c
+                }
+                n if n.starts_with("onecycle") => {
+                    let mut c = cfg(ScheduleKind::Onecycle);
+                    c.max_lr = Some(PositiveFloat(num("max_lr")));
+                    c.pct_start = crate::config::values::Fraction(num("pct_start"));
+                    c
+                }
+                n => panic!("unknown case {n}"),
+            };
+            if let Some(w) = case.get("warmup_epochs") {
+                c.warmup_epochs = NonNegFloat(w.as_f64().unwrap());
+            }
+            let s = LrSchedule::new(&c, num("lr"), int("spe"), int("total")).unwrap();
+            let lrs = case["lrs"].as_array().unwrap();
+            assert_eq!(lrs.len(), int("total"));
+            for (step, want) in lrs.iter().enumerate() {
+                let (got, want) = (s.lr_at(step), want.as_f64().unwrap());
+                // PyTorch's chainable updates drift from the closed form by a few ulps.
+                assert!(
+                    (got - want).abs() <= 1e-9 * want.abs(),
+                    "{name} step {step}: {got} vs torch {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn errors() {
         assert!(LrSchedule::new(&cfg(ScheduleKind::Step), 0.1, 10, 100).is_err());
