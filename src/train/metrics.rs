@@ -154,7 +154,7 @@ impl Evaluation {
 
 /// `log Σ exp(row) − row[label]` in f64, with the maximum subtracted first so no exp
 /// overflows (log-sum-exp). A row holding +inf or NaN gives NaN or inf, as PyTorch does.
-pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
+fn cross_entropy(row: &[f32], label: usize) -> f64 {
     log_sum_exp(row) - f64::from(row[label])
 }
 
