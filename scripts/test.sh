@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian/Ubuntu or macOS machine, installing what the
-# tests need first: Graphviz (the tests render `trainer graph` output with `dot`) and, on
-# Linux, Mesa's software Vulkan driver (lavapipe), so the GPU kernels run even with no GPU.
+# tests need first: Graphviz (the tests render `trainer graph` output with `dot`), on
+# Linux Mesa's software Vulkan driver (lavapipe), so the GPU kernels run even with no GPU,
+# and a Python venv with TensorBoard (target/py) whose reader checks our event files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,20 @@ if ! need cargo; then
   echo "error: Rust is not installed: see https://rustup.rs, then run this again" >&2
   exit 2
 fi
+
+# A Python venv with TensorBoard (its own reader checks our event files), safetensors and
+# numpy, at target/py; reused when it already imports them.
+py=target/py/bin/python
+if ! "$py" -c 'import tensorboard, safetensors, numpy' >/dev/null 2>&1; then
+  if { ! need python3 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; } && need apt-get; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+  fi
+  rm -rf target/py
+  python3 -m venv target/py
+  "$py" -m pip install -q tensorboard safetensors numpy
+fi
+export TRAINER_PYTHON="$PWD/target/py/bin/python"
 
 # Every kernel is built with naga's bounds checks, so an out-of-bounds index fails a test
 # instead of corrupting memory silently (in normal runs kernels are unchecked, for speed).

@@ -14,3 +14,4 @@ pub mod graph;
 pub mod nn;
 pub mod ops;
 pub mod schedule;
+

@@ -1,7 +1,14 @@
-//! The training run: the loop (`fit`), its run directory, evaluation, signals.
+//! The training run: the loop (`fit`) and what surrounds the step itself: the run directory,
+//! the learning-rate schedule, running and evaluation metrics, the logger (TensorBoard event
+//! files and metrics.csv, on its own thread), the progress display, evaluation and inference
+//! with a checkpoint, and signals.
 
 pub mod evaluate;
 pub mod fit;
-pub mod run_dir;
-pub mod signals;
 pub mod inference;
+pub mod logger;
+pub mod metrics;
+pub mod progress;
+pub mod run_dir;
+pub mod schedule;
+pub mod signals;

@@ -1,0 +1,280 @@
+//! Progress display: an indicatif bar on a terminal, throttled plain lines elsewhere.
+//!
+//! A bar redraws in place, which in a log file (CI, nohup, a cluster job) becomes thousands
+//! of carriage-return fragments; so off a terminal we print one self-contained line at most
+//! every N seconds (10 by default, `TRAINER_PROGRESS_SECS` overrides), which greps and tails
+//! well: `epoch 3/15 step 1200/7020 loss 0.3121 acc 88.4% 2410 img/s eta 4m12s`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::Progress as Mode;
+
+/// Default seconds between two plain lines.
+const PLAIN_EVERY_SECS: f64 = 10.0;
+
+/// The run's progress display; see the module docs.
+pub struct Progress {
+    display: Display,
+    total_steps: usize,
+    total_epochs: usize,
+    /// The first update's time and step: the ETA is measured from there, so a resumed run
+    /// does not count the steps of the process before it as done in no time.
+    origin: Option<(Instant, usize)>,
+}
+
+enum Display {
+    Bar(ProgressBar),
+    Plain {
+        every: Duration,
+        last_print: Option<Instant>,
+        /// The latest line not yet printed (printed by `finish`).
+        pending: Option<String>,
+    },
+    Off,
+}
+
+impl Progress {
+    /// `mode`: auto and bar draw a bar on a terminal (stderr); auto and plain print lines off
+    /// one. Bar off a terminal falls back to plain lines (a bar cannot be drawn there, and
+    /// silence would hide a hung run); plain on a terminal stays plain.
+    pub fn new(mode: Mode, total_steps: usize, steps_per_epoch: usize) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let display = match mode {
+            Mode::Off => Display::Off,
+            Mode::Auto | Mode::Bar if terminal => Display::Bar(bar(total_steps)),
+            Mode::Auto | Mode::Bar | Mode::Plain => Display::Plain {
+                every: plain_interval(std::env::var("TRAINER_PROGRESS_SECS").ok().as_deref()),
+                last_print: None,
+                pending: None,
+            },
+        };
+        Progress {
+            display,
+            total_steps,
+            total_epochs: total_steps.div_ceil(steps_per_epoch.max(1)),
+            origin: None,
+        }
+    }
+
+    /// `step`: optimizer steps done (1 after the first); `epoch`: the epoch running,
+    /// 1-based; `accuracy` in [0, 1], None for losses without one (mse).
+    pub fn update(
+        &mut self,
+        step: usize,
+        epoch: usize,
+        loss: f64,
+        accuracy: Option<f64>,
+        img_per_s: f64,
+    ) {
+        let now = Instant::now();
+        let (t0, s0) = *self.origin.get_or_insert((now, step));
+        let eta = eta(
+            now - t0,
+            step.saturating_sub(s0),
+            self.total_steps.saturating_sub(step),
+        );
+        let s = Status {
+            epoch,
+            epochs: self.total_epochs,
+            step,
+            steps: self.total_steps,
+            loss,
+            accuracy,
+            img_per_s,
+            eta,
+        };
+        match &mut self.display {
+            Display::Off => {}
+            Display::Bar(bar) => {
+                bar.set_position(step as u64);
+                bar.set_prefix(format!("{epoch}/{}", self.total_epochs));
+                bar.set_message(metrics(&s));
+            }
+            Display::Plain {
+                every,
+                last_print,
+                pending,
+            } => {
+                let line = format_line(&s);
+                if last_print.is_none_or(|t| now - t >= *every) {
+                    eprintln!("{line}");
+                    *last_print = Some(now);
+                    *pending = None;
+                } else {
+                    *pending = Some(line);
+                }
+            }
+        }
+    }
+
+    /// A line printed above the bar (or among the plain lines), in every mode: messages such
+    /// as "saved checkpoint" are not progress.
+    pub fn message(&self, text: &str) {
+        match &self.display {
+            Display::Bar(bar) => bar.println(text),
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    /// Ends the display: the bar stays on screen as it is; plain mode prints the last state
+    /// if the throttle held it back.
+    pub fn finish(&mut self) {
+        match &mut self.display {
+            Display::Bar(bar) => bar.abandon(),
+            Display::Plain { pending, .. } => {
+                if let Some(line) = pending.take() {
+                    eprintln!("{line}");
+                }
+            }
+            Display::Off => {}
+        }
+    }
+}
+
+fn bar(total_steps: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::stderr());
+    // The template is a constant; if indicatif ever refused it, its default style is fine.
+    if let Ok(style) =
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// `TRAINER_PROGRESS_SECS` (seconds, fractions allowed; 0 prints every update) or 10.
+fn plain_interval(env: Option<&str>) -> Duration {
+    env.and_then(|s| s.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::from_secs_f64(PLAIN_EVERY_SECS))
+}
+
+/// What one progress line shows.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+    pub img_per_s: f64,
+    pub eta: Option<Duration>,
+}
+
+/// The ETA from the pace so far: `elapsed / done × remaining` (None before a step is done).
+pub fn eta(elapsed: Duration, done: usize, remaining: usize) -> Option<Duration> {
+    if done == 0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(elapsed.as_secs_f64() / done as f64 * remaining as f64).ok()
+}
+
+/// `epoch 3/15 step 1200/7020 loss 0.3121 acc 88.4% 2410 img/s eta 4m12s`.
+pub fn format_line(s: &Status) -> String {
+    format!(
+        "epoch {}/{} step {}/{} {} eta {}",
+        s.epoch,
+        s.epochs,
+        s.step,
+        s.steps,
+        metrics(s),
+        s.eta.map_or("?".into(), format_eta)
+    )
+}
+
+/// `loss 0.3121 acc 88.4% 2410 img/s` (no `acc` without an accuracy).
+fn metrics(s: &Status) -> String {
+    let acc = s
+        .accuracy
+        .map_or(String::new(), |a| format!(" acc {:.1}%", a * 100.0));
+    format!("loss {:.4}{acc} {:.0} img/s", s.loss, s.img_per_s)
+}
+
+/// Two units, largest first: `42s`, `4m12s`, `3h07m`, `2d05h`.
+pub fn format_eta(d: Duration) -> String {
+    let s = d.as_secs_f64().round() as u64;
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{hours:02}h")
+    } else if hours > 0 {
+        format!("{hours}h{mins:02}m")
+    } else if mins > 0 {
+        format!("{mins}m{secs:02}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_as_documented() {
+        let s = Status {
+            epoch: 3,
+            epochs: 15,
+            step: 1200,
+            steps: 7020,
+            loss: 0.31214,
+            accuracy: Some(0.8841),
+            img_per_s: 2410.4,
+            eta: Some(Duration::from_secs(252)),
+        };
+        assert_eq!(
+            format_line(&s),
+            "epoch 3/15 step 1200/7020 loss 0.3121 acc 88.4% 2410 img/s eta 4m12s"
+        );
+        let s = Status {
+            accuracy: None,
+            eta: None,
+            loss: f64::NAN,
+            ..s
+        };
+        assert_eq!(
+            format_line(&s),
+            "epoch 3/15 step 1200/7020 loss NaN 2410 img/s eta ?"
+        );
+    }
+
+    #[test]
+    fn eta_formats() {
+        let f = |s| format_eta(Duration::from_secs(s));
+        assert_eq!(f(0), "0s");
+        assert_eq!(f(59), "59s");
+        assert_eq!(f(60), "1m00s");
+        assert_eq!(f(252), "4m12s");
+        assert_eq!(f(3600 * 3 + 7 * 60 + 30), "3h07m");
+        assert_eq!(f(86400 * 2 + 5 * 3600), "2d05h");
+        assert_eq!(format_eta(Duration::from_millis(59_600)), "1m00s");
+    }
+
+    #[test]
+    fn eta_from_pace() {
+        assert_eq!(eta(Duration::from_secs(10), 0, 100), None);
+        assert_eq!(
+            eta(Duration::from_secs(10), 100, 300),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(eta(Duration::from_secs(10), 5, 0), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn interval_from_env() {
+        assert_eq!(plain_interval(None), Duration::from_secs(10));
+        assert_eq!(plain_interval(Some("0")), Duration::ZERO);
+        assert_eq!(plain_interval(Some("0.5")), Duration::from_millis(500));
+        assert_eq!(plain_interval(Some("soon")), Duration::from_secs(10));
+        assert_eq!(plain_interval(Some("-1")), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn epochs_round_up() {
+        let p = Progress::new(Mode::Off, 7020, 468);
+        assert_eq!(p.total_epochs, 15);
+    }
+}
