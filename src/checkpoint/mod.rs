@@ -110,6 +110,7 @@ struct Checksums {
 /// Loads a checkpoint directory (checksums verified), or a `.safetensors` file as weights only
 /// (no optimizer state, `TrainState::default()`): what `trainer eval --checkpoint PATH` takes.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    exists(path)?;
     if path.is_dir() {
         return load_dir(path);
     }
@@ -123,12 +124,20 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
 /// Loads only the weights of a checkpoint directory or a `.safetensors` file (checksum
 /// verified when the directory, or the file's own directory, has a checksums.json).
 pub fn load_weights(path: &Path) -> Result<Vec<NamedTensor>, CheckpointError> {
+    exists(path)?;
     if path.is_dir() {
         let sums = read_checksums(path)?;
         let bytes = read_verified(path, MODEL_FILE, &sums)?;
         return tensors::decode(&path.join(MODEL_FILE), &bytes);
     }
     load_weights_file(path)
+}
+
+/// "No such file" for a path that is not there, rather than "not a checkpoint".
+fn exists(path: &Path) -> Result<(), CheckpointError> {
+    fs::metadata(path)
+        .map(|_| ())
+        .map_err(CheckpointError::io("reading", path))
 }
 
 /// A bare tensor file. Inside a checkpoint directory it is verified against the checksum

@@ -229,55 +229,64 @@ impl Store {
                 dir: self.dir.clone(),
             });
         }
-        let mut failures = Vec::new();
+        let latest_path = self.dir.join(LATEST);
+        // Why `latest` itself could not be followed, if it could not.
+        let mut pointer_problem = None;
         let mut candidates: Vec<String> = Vec::new();
         match self.read_pointer(LATEST) {
             Ok(Some(name)) if parse_step_dir(&name).is_some() => candidates.push(name),
-            Ok(Some(name)) => failures.push(format!(
-                "{}: names `{name}`, not a checkpoint directory",
-                self.dir.join(LATEST).display()
-            )),
-            Ok(None) => {}
-            Err(e) => failures.push(e.to_string()),
+            Ok(Some(name)) => {
+                pointer_problem = Some(format!(
+                    "{} names `{name}`, which is not a checkpoint directory",
+                    latest_path.display()
+                ))
+            }
+            Ok(None) => pointer_problem = Some(format!("{} is missing", latest_path.display())),
+            Err(e) => pointer_problem = Some(e.to_string()),
         }
         for (_, name) in self.steps()?.into_iter().rev() {
             if !candidates.contains(&name) {
                 candidates.push(name);
             }
         }
-        if candidates.is_empty() && failures.is_empty() {
-            return Err(CheckpointError::NotFound {
-                dir: self.dir.clone(),
+        if candidates.is_empty() {
+            return Err(match pointer_problem {
+                Some(problem) if latest_path.exists() => CheckpointError::NoValid {
+                    dir: self.dir.clone(),
+                    tried: vec![problem],
+                },
+                _ => CheckpointError::NotFound {
+                    dir: self.dir.clone(),
+                },
             });
         }
+        // (checkpoint name, why it failed)
+        let mut failures: Vec<(String, CheckpointError)> = Vec::new();
         for name in candidates {
             let path = self.dir.join(&name);
-            let result = if path.is_dir() {
-                load_dir(&path)
-            } else {
-                Err(CheckpointError::io("reading", &path)(io::Error::from(
-                    io::ErrorKind::NotFound,
-                )))
-            };
+            let result = fs::metadata(&path)
+                .map_err(CheckpointError::io("reading", &path))
+                .and_then(|_| load_dir(&path));
             match result {
                 Ok(ckpt) => {
-                    let warnings = failures
+                    let mut warnings: Vec<String> = pointer_problem
                         .into_iter()
-                        .map(|f| {
-                            format!(
-                                "skipped an unusable checkpoint: {f}; loaded {} instead",
-                                path.display()
-                            )
-                        })
+                        .map(|p| format!("{p}; loaded the newest valid checkpoint, {name}"))
                         .collect();
+                    warnings.extend(failures.into_iter().map(|(failed, e)| {
+                        format!("checkpoint {failed} is unusable: {e}; loaded {name} instead")
+                    }));
                     return Ok((ckpt, warnings));
                 }
-                Err(e) => failures.push(format!("{name}: {e}")),
+                Err(e) => failures.push((name, e)),
             }
         }
         Err(CheckpointError::NoValid {
             dir: self.dir.clone(),
-            tried: failures,
+            tried: pointer_problem
+                .into_iter()
+                .chain(failures.into_iter().map(|(name, e)| format!("{name}: {e}")))
+                .collect(),
         })
     }
 

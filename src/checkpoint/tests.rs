@@ -252,7 +252,16 @@ fn corrupt_latest_falls_back_with_a_warning() {
         warnings[0]
     );
     assert!(warnings[0].contains("checksum mismatch"), "{}", warnings[0]);
-    assert!(warnings[0].contains("step-000000002"), "{}", warnings[0]);
+    assert!(
+        warnings[0].starts_with("checkpoint step-000000003 is unusable: "),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[0].ends_with("; loaded step-000000002 instead"),
+        "{}",
+        warnings[0]
+    );
 
     // A truncated state.json in step 2 as well.
     let state = dir.join("step-000000002").join(STATE_FILE);
@@ -315,12 +324,33 @@ fn latest_pointer_missing_or_dangling() {
     fs::write(dir.join("latest"), "step-000000009\n").expect("write");
     let (ckpt, warnings) = store.load_latest().expect("fallback");
     assert_eq!(ckpt.state.step, 2);
-    assert!(warnings[0].contains("step-000000009"), "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("checkpoint step-000000009 is unusable: reading ")
+            && warnings[0]
+                .ends_with("step-000000009: No such file or directory (os error 2); loaded step-000000002 instead"),
+        "{warnings:?}"
+    );
+    fs::write(dir.join("latest"), "garbage\n").expect("write");
+    let (ckpt, warnings) = store.load_latest().expect("newest");
+    assert_eq!(ckpt.state.step, 2);
+    assert!(warnings[0].ends_with("latest names `garbage`, which is not a checkpoint directory; loaded the newest valid checkpoint, step-000000002"), "{warnings:?}");
     fs::remove_file(dir.join("latest")).expect("rm");
     let (ckpt, warnings) = store.load_latest().expect("newest");
     assert_eq!(ckpt.state.step, 2);
-    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(
+        warnings[0]
+            .ends_with("latest is missing; loaded the newest valid checkpoint, step-000000002"),
+        "{warnings:?}"
+    );
     assert_eq!(store.latest_dir(), None);
+    // Only a pointer, to nothing: an error, not a fresh start.
+    for name in ["step-000000001", "step-000000002"] {
+        fs::remove_dir_all(dir.join(name)).expect("rm");
+    }
+    fs::write(dir.join("latest"), "step-000000002\n").expect("write");
+    let err = store.load_latest().expect_err("nothing valid");
+    assert!(matches!(err, CheckpointError::NoValid { .. }), "{err}");
 }
 
 #[test]
@@ -538,11 +568,20 @@ fn unsupported_dtypes_are_named() {
         msg.contains("short.safetensors: not a valid safetensors file"),
         "{msg}"
     );
+    fs::write(dir.join("notes.txt"), "").expect("write");
     let msg = load(&dir.join("notes.txt"))
         .expect_err("not a checkpoint")
         .to_string();
     assert!(
         msg.ends_with("notes.txt: not a checkpoint directory or a .safetensors file"),
+        "{msg}"
+    );
+    let msg = load(&dir.join("step-000000001"))
+        .expect_err("missing")
+        .to_string();
+    assert!(
+        msg.starts_with("reading ")
+            && msg.ends_with("step-000000001: No such file or directory (os error 2)"),
         "{msg}"
     );
 }
@@ -580,6 +619,52 @@ fn step_dir_names_are_canonical() {
     ] {
         assert_eq!(store::parse_step_dir(bad), None, "{bad}");
     }
+}
+
+/// A real full disk: a 256 KiB tmpfs, where this process may mount one (root in a container);
+/// elsewhere the test returns quietly (the injected failure above covers the logic).
+#[test]
+fn full_tmpfs_changes_nothing_visible() {
+    let mount_point = tempfile::tempdir().expect("tempdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(mount_point.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("notice: cannot mount a tmpfs here; skipping the real full-disk test");
+        return;
+    }
+    /// Unmounts on the way out, panics included, before the temporary directory goes.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount_point.path().to_path_buf());
+    let dir = mount_point.path().join("checkpoints");
+    let store = Store::new(&dir, 3);
+    store
+        .save(&sample(900), false)
+        .expect("a small checkpoint fits");
+    let before = snapshot(&dir);
+    let mut big = sample(1000);
+    big.weights
+        .push(tensor("huge", &[100_000], vec![1.0; 100_000])); // 400 kB
+    let msg = store
+        .save(&big, false)
+        .expect_err("does not fit")
+        .to_string();
+    assert!(
+        msg.ends_with(
+            ".tmp-step-000001000/model.safetensors: No space left on device (os error 28); \
+             the previous checkpoint step-000000900 is intact"
+        ),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&dir), before);
+    assert_eq!(store.load_latest().expect("load").0.state.step, 900);
 }
 
 /// safetensors' own Python reader agrees on names, dtypes, shapes and values. Skipped with a
