@@ -107,10 +107,12 @@ struct Checksums {
     sha256: BTreeMap<String, String>,
 }
 
-/// Loads a checkpoint directory (checksums verified), or a `.safetensors` file as weights only
+/// Loads a checkpoint directory (checksums verified; a run's checkpoints/ directory stands for
+/// the one its `latest` names), or a `.safetensors` file as weights only
 /// (no optimizer state, `TrainState::default()`): what `trainer eval --checkpoint PATH` takes.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     exists(path)?;
+    let path = &follow_latest(path)?;
     if path.is_dir() {
         return load_dir(path);
     }
@@ -125,12 +127,24 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
 /// verified when the directory, or the file's own directory, has a checksums.json).
 pub fn load_weights(path: &Path) -> Result<Vec<NamedTensor>, CheckpointError> {
     exists(path)?;
+    let path = &follow_latest(path)?;
     if path.is_dir() {
         let sums = read_checksums(path)?;
         let bytes = read_verified(path, MODEL_FILE, &sums)?;
         return tensors::decode(&path.join(MODEL_FILE), &bytes);
     }
     load_weights_file(path)
+}
+
+/// A run's checkpoints/ directory (it has `latest`, not checksums.json) stands for the
+/// checkpoint `latest` names, strictly: no fallback, which is `Store::load_latest`'s job.
+fn follow_latest(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let latest = path.join("latest");
+    if !path.is_dir() || path.join(CHECKSUMS_FILE).exists() || !latest.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let name = fs::read_to_string(&latest).map_err(CheckpointError::io("reading", &latest))?;
+    Ok(path.join(name.trim()))
 }
 
 /// "No such file" for a path that is not there, rather than "not a checkpoint".

@@ -106,14 +106,21 @@ impl Store {
         }
 
         let final_dir = self.dir.join(&name);
-        self.commit(
+        let committed = self.commit(
             &tmp_dir,
             &final_dir,
             &tmp_latest,
             is_best.then_some(&tmp_best),
             &name,
-        )
-        .map_err(|e| note(e, ""))?;
+        );
+        if let Err((e, dir_in_place)) = committed {
+            let extra = if dir_in_place {
+                format!("; {name} is complete, but `latest` may still name the previous one")
+            } else {
+                String::new()
+            };
+            return Err(note(e, &extra));
+        }
 
         // The save has succeeded; a checkpoint that cannot be deleted now is retried next time.
         if let Err(e) = self.prune() {
@@ -146,7 +153,8 @@ impl Store {
     }
 
     /// Renames the written checkpoint and pointers into place. A directory already holding this
-    /// step is moved aside first and removed after.
+    /// step is moved aside first and removed after. On an error, the `bool` says whether the new
+    /// directory had already taken its name (it is then complete, but `latest` may not name it).
     fn commit(
         &self,
         tmp_dir: &Path,
@@ -154,31 +162,43 @@ impl Store {
         tmp_latest: &Path,
         tmp_best: Option<&PathBuf>,
         name: &str,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<(), (CheckpointError, bool)> {
+        // Temporaries are removed by the next save anyway; this is only tidiness.
+        let cleanup = || {
+            let _ = [
+                Some(tmp_dir),
+                Some(tmp_latest),
+                tmp_best.map(|b| b.as_path()),
+            ]
+            .map(|p| p.map(remove_any));
+        };
         let replaced = self.dir.join(format!("{TMP_PREFIX}replaced-{name}"));
         let had_old = final_dir.exists();
-        if had_old {
-            rename(final_dir, &replaced)?;
+        if had_old && let Err(e) = rename(final_dir, &replaced) {
+            cleanup();
+            return Err((e, false));
         }
         if let Err(e) = rename(tmp_dir, final_dir) {
             if had_old {
                 // Put the old one back; if that fails too, load falls back past it.
                 let _ = rename(&replaced, final_dir);
             }
-            let _ = [tmp_dir, tmp_latest].map(remove_any);
-            if let Some(b) = tmp_best {
-                let _ = remove_any(b);
+            cleanup();
+            return Err((e, false));
+        }
+        let pointers = || -> Result<(), CheckpointError> {
+            sync_dir(&self.dir)?;
+            if let Some(tmp_best) = tmp_best {
+                rename(tmp_best, &self.dir.join(BEST))?;
             }
-            return Err(e);
+            rename(tmp_latest, &self.dir.join(LATEST))?;
+            sync_dir(&self.dir)
+        };
+        if let Err(e) = pointers() {
+            cleanup();
+            return Err((e, true));
         }
-        sync_dir(&self.dir)?;
-        if let Some(tmp_best) = tmp_best {
-            rename(tmp_best, &self.dir.join(BEST))?;
-        }
-        rename(tmp_latest, &self.dir.join(LATEST))?;
-        sync_dir(&self.dir)?;
         if had_old {
-            // A leftover `.tmp-*` is removed by the next save.
             let _ = remove_any(&replaced);
         }
         Ok(())

@@ -137,6 +137,9 @@ fn round_trip_is_bit_exact() {
         &load_weights(&written).expect("weights of dir"),
         &ckpt.weights,
     );
+    let via_root = load(&dir).expect("checkpoints/ stands for latest");
+    assert_same_bits(&via_root.weights, &ckpt.weights);
+    assert_eq!(via_root.state, ckpt.state);
     let file = load(&written.join(MODEL_FILE)).expect("load file");
     assert_same_bits(&file.weights, &ckpt.weights);
     assert!(file.optimizer.is_empty());
