@@ -6,6 +6,7 @@ pub mod autodiff;
 #[allow(unsafe_code)]
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod diag;

@@ -1,0 +1,408 @@
+//! `Store`: one run's checkpoints/ directory: atomic saves, retention, and loading the newest
+//! valid checkpoint.
+//!
+//! Layout: `step-NNNNNNNNN/` checkpoint directories, `latest` and `best` (text files holding a
+//! directory name), and, only while a save runs or after a crash, `.tmp-*` entries. Loading
+//! ignores `.tmp-*`; the next save removes them. A save writes every byte (the checkpoint files,
+//! checksums.json and the new `latest`/`best` contents) under `.tmp-*` names and fsyncs them
+//! before the first rename, so a failed write (a full disk) changes nothing visible; the commit
+//! is then renames only: the directory, then `best`, then `latest`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::atomic::{Disk, remove_any, rename, sha256_hex, sync_dir};
+use super::{
+    CHECKSUMS_FILE, Checkpoint, CheckpointError, Checksums, FORMAT_VERSION, MODEL_FILE,
+    OPTIMIZER_FILE, STATE_FILE, load_dir, step_dir_name, tensors,
+};
+
+const LATEST: &str = "latest";
+const BEST: &str = "best";
+const TMP_PREFIX: &str = ".tmp-";
+
+/// A run's checkpoints directory. Assumes one writer at a time (the training process).
+pub struct Store {
+    dir: PathBuf,
+    keep: usize,
+    /// Tests only: bytes a save may write before the "disk" is full.
+    write_limit: Option<u64>,
+}
+
+/// The step of a checkpoint directory name (`step-000001234` → 1234); `None` for anything
+/// else, including non-canonical spellings, so two names never claim one step.
+pub(crate) fn parse_step_dir(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step-")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let step = digits.parse().ok()?;
+    (step_dir_name(step) == name).then_some(step)
+}
+
+impl Store {
+    /// `dir` is the run's checkpoints/ directory (created on the first save); `keep` is how
+    /// many of the newest checkpoints to keep besides the best (at least 1: the one just saved).
+    pub fn new(dir: &Path, keep: usize) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+            keep: keep.max(1),
+            write_limit: None,
+        }
+    }
+
+    /// Tests only: the save fails with ENOSPC once it has written `bytes` bytes.
+    #[cfg(test)]
+    pub(crate) fn with_write_limit(mut self, bytes: u64) -> Store {
+        self.write_limit = Some(bytes);
+        self
+    }
+
+    /// Writes `ckpt` as `step-<state.step>/` atomically and durably, points `latest` (and
+    /// `best` when `is_best`) at it, then deletes checkpoints beyond the last `keep` and the
+    /// best. Returns the checkpoint directory. On failure nothing visible has changed: the
+    /// error says what failed, where, and that the previous checkpoint is intact. Saving a step
+    /// that already exists replaces it.
+    pub fn save(&self, ckpt: &Checkpoint, is_best: bool) -> Result<PathBuf, CheckpointError> {
+        // Everything that can be refused without touching the disk comes first.
+        let files = encode(ckpt)?;
+        let name = step_dir_name(ckpt.state.step);
+        let previous = self.read_pointer(LATEST).ok().flatten();
+        let note = |source: CheckpointError, extra: &str| {
+            let intact = match &previous {
+                Some(p) => format!("the previous checkpoint {p} is intact"),
+                None => "there is no previous checkpoint".to_string(),
+            };
+            CheckpointError::Save {
+                source: Box::new(source),
+                note: format!("{intact}{extra}"),
+            }
+        };
+
+        fs::create_dir_all(&self.dir)
+            .map_err(CheckpointError::io("creating directory", &self.dir))
+            .map_err(|e| note(e, ""))?;
+        self.remove_stale_temps().map_err(|e| note(e, ""))?;
+
+        let tmp_dir = self.dir.join(format!("{TMP_PREFIX}{name}"));
+        let tmp_latest = self.dir.join(format!("{TMP_PREFIX}{LATEST}"));
+        let tmp_best = self.dir.join(format!("{TMP_PREFIX}{BEST}"));
+        let written = self.write_all(
+            &tmp_dir,
+            &files,
+            &tmp_latest,
+            is_best.then_some(&tmp_best),
+            &name,
+        );
+        if let Err(e) = written {
+            let cleanup = [&tmp_dir, &tmp_latest, &tmp_best]
+                .into_iter()
+                .filter_map(|p| remove_any(p).err())
+                .map(|e| format!("; also failed to clean up: {e}"))
+                .collect::<String>();
+            return Err(note(e, &cleanup));
+        }
+
+        let final_dir = self.dir.join(&name);
+        let committed = self.commit(
+            &tmp_dir,
+            &final_dir,
+            &tmp_latest,
+            is_best.then_some(&tmp_best),
+            &name,
+        );
+        if let Err((e, dir_in_place)) = committed {
+            let extra = if dir_in_place {
+                format!("; {name} is complete, but `latest` may still name the previous one")
+            } else {
+                String::new()
+            };
+            return Err(note(e, &extra));
+        }
+
+        // The save has succeeded; a checkpoint that cannot be deleted now is retried next time.
+        if let Err(e) = self.prune() {
+            eprintln!("warning: removing old checkpoints: {e}; will retry after the next save");
+        }
+        Ok(final_dir)
+    }
+
+    /// Writes and fsyncs every byte of the save under temporary names.
+    fn write_all(
+        &self,
+        tmp_dir: &Path,
+        files: &[(&str, Vec<u8>)],
+        tmp_latest: &Path,
+        tmp_best: Option<&PathBuf>,
+        name: &str,
+    ) -> Result<(), CheckpointError> {
+        let disk = Disk::new(self.write_limit);
+        fs::create_dir(tmp_dir).map_err(CheckpointError::io("creating directory", tmp_dir))?;
+        for (file, bytes) in files {
+            disk.write_new(&tmp_dir.join(file), bytes)?;
+        }
+        sync_dir(tmp_dir)?;
+        let pointer = format!("{name}\n");
+        disk.write_new(tmp_latest, pointer.as_bytes())?;
+        if let Some(tmp_best) = tmp_best {
+            disk.write_new(tmp_best, pointer.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Renames the written checkpoint and pointers into place. A directory already holding this
+    /// step is moved aside first and removed after. On an error, the `bool` says whether the new
+    /// directory had already taken its name (it is then complete, but `latest` may not name it).
+    fn commit(
+        &self,
+        tmp_dir: &Path,
+        final_dir: &Path,
+        tmp_latest: &Path,
+        tmp_best: Option<&PathBuf>,
+        name: &str,
+    ) -> Result<(), (CheckpointError, bool)> {
+        // Temporaries are removed by the next save anyway; this is only tidiness.
+        let cleanup = || {
+            let _ = [
+                Some(tmp_dir),
+                Some(tmp_latest),
+                tmp_best.map(|b| b.as_path()),
+            ]
+            .map(|p| p.map(remove_any));
+        };
+        let replaced = self.dir.join(format!("{TMP_PREFIX}replaced-{name}"));
+        let had_old = final_dir.exists();
+        if had_old && let Err(e) = rename(final_dir, &replaced) {
+            cleanup();
+            return Err((e, false));
+        }
+        if let Err(e) = rename(tmp_dir, final_dir) {
+            if had_old {
+                // Put the old one back; if that fails too, load falls back past it.
+                let _ = rename(&replaced, final_dir);
+            }
+            cleanup();
+            return Err((e, false));
+        }
+        let pointers = || -> Result<(), CheckpointError> {
+            sync_dir(&self.dir)?;
+            if let Some(tmp_best) = tmp_best {
+                rename(tmp_best, &self.dir.join(BEST))?;
+            }
+            rename(tmp_latest, &self.dir.join(LATEST))?;
+            sync_dir(&self.dir)
+        };
+        if let Err(e) = pointers() {
+            cleanup();
+            return Err((e, true));
+        }
+        if had_old {
+            let _ = remove_any(&replaced);
+        }
+        Ok(())
+    }
+
+    /// Removes `.tmp-*` entries a crashed or failed save left behind.
+    fn remove_stale_temps(&self) -> Result<(), CheckpointError> {
+        for entry in self.entries()? {
+            if entry.starts_with(TMP_PREFIX) {
+                remove_any(&self.dir.join(entry))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes checkpoints other than the newest `keep`, the best and the latest. Each is renamed
+    /// to a `.tmp-*` name first, so a crash mid-delete never leaves a half-deleted checkpoint
+    /// under a name `load_latest` would try.
+    fn prune(&self) -> Result<(), CheckpointError> {
+        let steps = self.steps()?;
+        let mut keep: Vec<String> = steps
+            .iter()
+            .rev()
+            .take(self.keep)
+            .map(|(_, n)| n.clone())
+            .collect();
+        keep.extend(self.read_pointer(BEST).ok().flatten());
+        keep.extend(self.read_pointer(LATEST).ok().flatten());
+        let mut removed = false;
+        for (_, name) in steps.iter().filter(|(_, n)| !keep.contains(n)) {
+            let doomed = self.dir.join(format!("{TMP_PREFIX}delete-{name}"));
+            rename(&self.dir.join(name), &doomed)?;
+            removed = true;
+            remove_any(&doomed)?;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the checkpoint `latest` names; if it is missing or invalid, the newest valid one
+    /// by step, with a warning per checkpoint skipped saying why. `NotFound` when there is no
+    /// checkpoint at all (a fresh run), `NoValid` (listing each failure) when none loads.
+    pub fn load_latest(&self) -> Result<(Checkpoint, Vec<String>), CheckpointError> {
+        if !self.dir.is_dir() {
+            return Err(CheckpointError::NotFound {
+                dir: self.dir.clone(),
+            });
+        }
+        let latest_path = self.dir.join(LATEST);
+        // Why `latest` itself could not be followed, if it could not.
+        let mut pointer_problem = None;
+        let mut candidates: Vec<String> = Vec::new();
+        match self.read_pointer(LATEST) {
+            Ok(Some(name)) if parse_step_dir(&name).is_some() => candidates.push(name),
+            Ok(Some(name)) => {
+                pointer_problem = Some(format!(
+                    "{} names `{name}`, which is not a checkpoint directory",
+                    latest_path.display()
+                ))
+            }
+            Ok(None) => pointer_problem = Some(format!("{} is missing", latest_path.display())),
+            Err(e) => pointer_problem = Some(e.to_string()),
+        }
+        for (_, name) in self.steps()?.into_iter().rev() {
+            if !candidates.contains(&name) {
+                candidates.push(name);
+            }
+        }
+        if candidates.is_empty() {
+            return Err(match pointer_problem {
+                Some(problem) if latest_path.exists() => CheckpointError::NoValid {
+                    dir: self.dir.clone(),
+                    tried: vec![problem],
+                },
+                _ => CheckpointError::NotFound {
+                    dir: self.dir.clone(),
+                },
+            });
+        }
+        // (checkpoint name, why it failed)
+        let mut failures: Vec<(String, CheckpointError)> = Vec::new();
+        for name in candidates {
+            let path = self.dir.join(&name);
+            let result = fs::metadata(&path)
+                .map_err(CheckpointError::io("reading", &path))
+                .and_then(|_| load_dir(&path));
+            match result {
+                Ok(ckpt) => {
+                    let mut warnings: Vec<String> = pointer_problem
+                        .into_iter()
+                        .map(|p| format!("{p}; loaded the newest valid checkpoint, {name}"))
+                        .collect();
+                    warnings.extend(failures.into_iter().map(|(failed, e)| {
+                        format!("checkpoint {failed} is unusable: {e}; loaded {name} instead")
+                    }));
+                    return Ok((ckpt, warnings));
+                }
+                Err(e) => failures.push((name, e)),
+            }
+        }
+        Err(CheckpointError::NoValid {
+            dir: self.dir.clone(),
+            tried: pointer_problem
+                .into_iter()
+                .chain(failures.into_iter().map(|(name, e)| format!("{name}: {e}")))
+                .collect(),
+        })
+    }
+
+    /// The directory `latest` names, if it exists (not verified: `load_latest` does that).
+    pub fn latest_dir(&self) -> Option<PathBuf> {
+        self.pointer_dir(LATEST)
+    }
+
+    /// The directory `best` names, if it exists (not verified).
+    pub fn best_dir(&self) -> Option<PathBuf> {
+        self.pointer_dir(BEST)
+    }
+
+    fn pointer_dir(&self, pointer: &str) -> Option<PathBuf> {
+        let name = self.read_pointer(pointer).ok().flatten()?;
+        parse_step_dir(&name)?;
+        let dir = self.dir.join(name);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// The directory name a pointer file holds; `Ok(None)` when the file does not exist.
+    fn read_pointer(&self, pointer: &str) -> Result<Option<String>, CheckpointError> {
+        let path = self.dir.join(pointer);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CheckpointError::io("reading", path)(e)),
+        }
+    }
+
+    /// Checkpoint directories present, ascending by step.
+    fn steps(&self) -> Result<Vec<(u64, String)>, CheckpointError> {
+        let mut steps: Vec<(u64, String)> = self
+            .entries()?
+            .into_iter()
+            .filter_map(|n| parse_step_dir(&n).map(|s| (s, n)))
+            .filter(|(_, n)| self.dir.join(n).is_dir())
+            .collect();
+        steps.sort();
+        Ok(steps)
+    }
+
+    /// Names in the directory (those that are valid UTF-8; we write no others).
+    fn entries(&self) -> Result<Vec<String>, CheckpointError> {
+        let read = fs::read_dir(&self.dir).map_err(CheckpointError::io("listing", &self.dir))?;
+        let mut names = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(CheckpointError::io("listing", &self.dir))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// The bytes of each file of a checkpoint, checksums.json last. Refuses a state JSON cannot
+/// hold exactly (a NaN becomes `null`) or one this build would not read back.
+fn encode(ckpt: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>, CheckpointError> {
+    let state = &ckpt.state;
+    if state.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::InvalidState(format!(
+            "format_version is {}; this build writes {FORMAT_VERSION}",
+            state.format_version
+        )));
+    }
+    for (field, value) in [("lr", Some(state.lr)), ("best_metric", state.best_metric)] {
+        if let Some(v) = value
+            && !v.is_finite()
+        {
+            return Err(CheckpointError::InvalidState(format!(
+                "{field} is {v}, which JSON cannot hold"
+            )));
+        }
+    }
+    let mut state_json = serde_json::to_vec_pretty(state)
+        .map_err(|e| CheckpointError::InvalidState(e.to_string()))?;
+    state_json.push(b'\n');
+    let mut files = vec![
+        (MODEL_FILE, tensors::encode(MODEL_FILE, &ckpt.weights)?),
+        (
+            OPTIMIZER_FILE,
+            tensors::encode(OPTIMIZER_FILE, &ckpt.optimizer)?,
+        ),
+        (STATE_FILE, state_json),
+    ];
+    let sums = Checksums {
+        format_version: FORMAT_VERSION,
+        sha256: files
+            .iter()
+            .map(|(name, bytes)| (name.to_string(), sha256_hex(bytes)))
+            .collect::<BTreeMap<_, _>>(),
+    };
+    let mut sums_json = serde_json::to_vec_pretty(&sums)
+        .map_err(|e| CheckpointError::InvalidState(e.to_string()))?;
+    sums_json.push(b'\n');
+    files.push((CHECKSUMS_FILE, sums_json));
+    Ok(files)
+}
