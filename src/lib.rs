@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod diag;
 pub mod gradcheck;
 pub mod graph;
