@@ -40,7 +40,7 @@ pub(crate) fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     Err(DataError::Missing {
         path: raw,
         hint: format!(
-            "nor {name}.gz; set data.path to the directory that holds the IDX files \
+            "neither is {name}.gz; set data.path to the directory that holds the IDX files \
              (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
              t10k-labels-idx1-ubyte, each raw or .gz)"
         ),

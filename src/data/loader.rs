@@ -23,6 +23,17 @@ pub fn batches_per_epoch(split_len: usize, batch: usize) -> usize {
     split_len.checked_div(batch).unwrap_or(0)
 }
 
+/// A batch's features must be allocatable: at most 2³⁶ elements, the graph's own limit.
+fn check_batch_size(split: &Split, batch: usize) -> Result<(), DataError> {
+    match batch.checked_mul(split.sample_len()) {
+        Some(n) if n <= 1 << 36 => Ok(()),
+        _ => Err(DataError::Config(format!(
+            "a batch of {batch} samples of {:?} is too large",
+            split.sample_shape()
+        ))),
+    }
+}
+
 /// Everything that decides a training batch.
 pub(crate) struct TrainPlan {
     split: Arc<Split>,
@@ -44,6 +55,7 @@ impl TrainPlan {
                 "the batch size must be at least 1".into(),
             ));
         }
+        check_batch_size(&split, batch)?;
         if batches_per_epoch(split.len(), batch) == 0 {
             return Err(DataError::Config(format!(
                 "the training split has {} samples, fewer than one batch of {batch}; lower \
@@ -163,6 +175,7 @@ impl Loader {
                 "the batch size must be at least 1".into(),
             ));
         }
+        check_batch_size(&split, batch)?;
         let pipe = Pipeline::new(cfg, split.sample_shape(), false)?;
         let n = split.len().div_ceil(batch);
         Loader::spawn(Some(n), move |tx| {

@@ -174,7 +174,7 @@ pub fn open(
         Dataset::Synthetic => {
             let samples = cfg.samples.map_or(1024, |s| s.0);
             let classes = cfg.classes.map_or(10, |c| c.0);
-            let (train, test) = synthetic::generate(input_shape, samples, classes, seed);
+            let (train, test) = synthetic::generate(input_shape, samples, classes, seed)?;
             (
                 train,
                 Some(test),
@@ -195,6 +195,8 @@ pub fn open(
             t.shape, train.shape
         )));
     }
+    // Augment and normalize settings are checked now, before any training starts.
+    augment::Pipeline::new(cfg, &train.shape, true)?;
     let source = format!(
         "{name}{place} ({} train, {} test)",
         train.len(),

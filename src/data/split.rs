@@ -11,7 +11,6 @@ pub(crate) enum Pixels {
 }
 
 /// All samples read from one source file set (e.g. the training files).
-#[derive(Debug)]
 pub(crate) struct Store {
     pub pixels: Pixels,
     pub labels: Vec<u32>,
@@ -25,11 +24,35 @@ impl Store {
     }
 }
 
+/// A summary: the pixels would fill a terminal.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.pixels {
+            Pixels::U8(_) => "u8",
+            Pixels::F32(_) => "f32",
+        };
+        f.debug_struct("Store")
+            .field("samples", &self.len())
+            .field("shape", &self.shape)
+            .field("pixels", &kind)
+            .field("classes", &self.class_names.len())
+            .finish()
+    }
+}
+
 /// The samples of one split (train, validation or test).
-#[derive(Debug)]
 pub struct Split {
     store: Arc<Store>,
     rows: Vec<usize>,
+}
+
+impl std::fmt::Debug for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Split")
+            .field("len", &self.len())
+            .field("store", &self.store)
+            .finish()
+    }
 }
 
 impl Split {

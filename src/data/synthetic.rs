@@ -7,10 +7,14 @@ use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
 
+use super::DataError;
 use super::order::{Purpose, below, rng_for, unit};
 use super::split::{Pixels, Store};
 
 const NOISE: f64 = 0.1;
+
+/// Elements of synthetic data we are willing to allocate (16 GiB of f32).
+const MAX_ELEMENTS: usize = 1 << 32;
 
 /// (train, test) stores of `samples` and ⌈samples/4⌉ samples of `shape`.
 pub(crate) fn generate(
@@ -18,8 +22,17 @@ pub(crate) fn generate(
     samples: usize,
     classes: usize,
     seed: u64,
-) -> (Store, Store) {
+) -> Result<(Store, Store), DataError> {
     let len: usize = shape.iter().product();
+    let total = samples
+        .checked_add(samples.div_ceil(4))
+        .and_then(|n| n.max(classes).checked_mul(len));
+    if total.is_none_or(|t| t > MAX_ELEMENTS) {
+        return Err(DataError::Config(format!(
+            "synthetic data of {samples} samples (and {classes} prototypes) of shape {shape:?} \
+             is too large: lower data.samples"
+        )));
+    }
     let mut rng = rng_for(seed, Purpose::SyntheticPrototypes, 0, 0);
     let protos: Vec<f32> = (0..classes * len).map(|_| unit(&mut rng) as f32).collect();
     let names = Arc::new((0..classes).map(|i| i.to_string()).collect::<Vec<_>>());
@@ -41,10 +54,10 @@ pub(crate) fn generate(
             class_names: names.clone(),
         }
     };
-    (
+    Ok((
         make(samples, Purpose::SyntheticTrain),
         make(samples.div_ceil(4), Purpose::SyntheticTest),
-    )
+    ))
 }
 
 /// A standard normal draw (Box–Muller), portable because it uses only our own `unit`.
@@ -67,23 +80,32 @@ mod tests {
 
     #[test]
     fn sizes_labels_and_determinism() {
-        let (train, test) = generate(&[2, 3], 40, 4, 9);
+        let (train, test) = generate(&[2, 3], 40, 4, 9).unwrap();
         assert_eq!(train.len(), 40);
         assert_eq!(test.len(), 10);
         assert_eq!(f32s(&train).len(), 40 * 6);
         assert!(train.labels.iter().all(|&l| l < 4));
-        let (again, _) = generate(&[2, 3], 40, 4, 9);
+        let (again, _) = generate(&[2, 3], 40, 4, 9).unwrap();
         assert_eq!(f32s(&train), f32s(&again));
-        let (other, _) = generate(&[2, 3], 40, 4, 10);
+        let (other, _) = generate(&[2, 3], 40, 4, 10).unwrap();
         assert_ne!(f32s(&train), f32s(&other));
         // Train and test come from different streams.
         assert_ne!(&f32s(&train)[..60], f32s(&test));
     }
 
     #[test]
+    fn too_large_is_an_error_not_an_abort() {
+        let e = generate(&[1 << 20, 1 << 20], 1 << 30, 10, 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
     fn nearest_prototype_classifies_test_samples() {
         // Learnable: the class mean of the training samples classifies the test samples.
-        let (train, test) = generate(&[16], 400, 5, 3);
+        let (train, test) = generate(&[16], 400, 5, 3).unwrap();
         let (tp, sp) = (f32s(&train), f32s(&test));
         let mut means = vec![0f32; 5 * 16];
         let mut counts = [0f32; 5];

@@ -210,3 +210,64 @@ fn read_inputs_takes_idx_and_png_and_normalises() {
         .to_string();
     assert!(e.contains("nope.png: not found"), "{e}");
 }
+
+#[test]
+fn open_checks_normalize_and_augment_before_training() {
+    let dir = mnist_dir(8, 2);
+    let mut c = cfg(Dataset::Mnist, Some(dir.path()));
+    c.normalize = Some(Normalize {
+        mean: vec![Finite(0.5); 3],
+        std: vec![PositiveFloat(0.5); 3],
+    });
+    let e = open(&c, Path::new("/"), &[1, 28, 28], 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("have 1, normalize has 3 means and 3 stds"),
+        "{e}"
+    );
+    c.normalize = None;
+    c.augment = vec![Augment::RandomCrop {
+        size: Positive(24),
+        padding: Count(0),
+    }];
+    let e = open(&c, Path::new("/"), &[1, 28, 28], 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("random_crop size 24 must equal"), "{e}");
+}
+
+#[test]
+fn arbitrary_bytes_give_errors_not_panics() {
+    use rand::RngCore;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rng_for(0, Purpose::Augment, 99, 0);
+    for len in [0usize, 1, 3, 4, 7, 8, 15, 16, 17, 40, 3073, 6146, 9000] {
+        for lead in [
+            [0u8, 0, 8, 3],
+            [0, 0, 8, 1],
+            [0x1f, 0x8b, 8, 0],
+            [9, 9, 9, 9],
+        ] {
+            let mut b = vec![0u8; len];
+            rng.fill_bytes(&mut b);
+            for (d, s) in b.iter_mut().zip(lead) {
+                *d = s;
+            }
+            let p = dir.path().join("f");
+            std::fs::write(&p, &b).unwrap();
+            if let Ok(bytes) = idx::read_maybe_gz(&p) {
+                let _ = idx::parse(&p, bytes.clone(), idx::IMAGES_MAGIC, "IDX images");
+                let _ = idx::parse(&p, bytes, idx::LABELS_MAGIC, "IDX labels");
+            }
+            let _ = Cifar::Ten.parse(&p, &b);
+            let _ = Cifar::Hundred.parse(&p, &b);
+            let _ = folder::decode_bytes(&p, &b, 3, 2, 2);
+            let _ = read_inputs(
+                std::slice::from_ref(&p),
+                &cfg(Dataset::Mnist, None),
+                &[1, 2, 2],
+            );
+        }
+    }
+}
