@@ -9,10 +9,12 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod diag;
 pub mod gradcheck;
 pub mod graph;
 pub mod nn;
 pub mod ops;
 pub mod schedule;
+pub mod train;
 

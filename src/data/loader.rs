@@ -1,0 +1,407 @@
+//! `Loader`: a thread that assembles the next batches while the caller computes. Each batch
+//! is a pure function of (split, config, seed, epoch, batch index), so a loader started at
+//! (epoch, index) continues exactly where an uninterrupted one would be, and the rayon
+//! parallelism inside a batch (one task per sample) cannot change its bytes.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use super::augment::Pipeline;
+use super::order::epoch_order;
+use super::{Batch, DataError, Split};
+use crate::config::sections::Data;
+
+/// Batches the loader keeps ready ahead of the caller.
+const AHEAD: usize = 2;
+
+/// Full training batches per epoch: the last partial batch is dropped (the graph's batch size
+/// is fixed).
+pub fn batches_per_epoch(split_len: usize, batch: usize) -> usize {
+    split_len.checked_div(batch).unwrap_or(0)
+}
+
+/// A batch's features must be allocatable: at most 2³⁶ elements, the graph's own limit.
+fn check_batch_size(split: &Split, batch: usize) -> Result<(), DataError> {
+    match batch.checked_mul(split.sample_len()) {
+        Some(n) if n <= 1 << 36 => Ok(()),
+        _ => Err(DataError::Config(format!(
+            "a batch of {batch} samples of {:?} is too large",
+            split.sample_shape()
+        ))),
+    }
+}
+
+/// Everything that decides a training batch.
+pub(crate) struct TrainPlan {
+    split: Arc<Split>,
+    pipe: Pipeline,
+    batch: usize,
+    seed: u64,
+    shuffle: bool,
+}
+
+impl TrainPlan {
+    pub(crate) fn new(
+        split: Arc<Split>,
+        cfg: &Data,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self, DataError> {
+        if batch == 0 {
+            return Err(DataError::Config(
+                "the batch size must be at least 1".into(),
+            ));
+        }
+        check_batch_size(&split, batch)?;
+        if batches_per_epoch(split.len(), batch) == 0 {
+            return Err(DataError::Config(format!(
+                "the training split has {} samples, fewer than one batch of {batch}; lower \
+                 data.batch_size or raise data.train_limit",
+                split.len()
+            )));
+        }
+        let pipe = Pipeline::new(cfg, split.sample_shape(), true)?;
+        Ok(TrainPlan {
+            split,
+            pipe,
+            batch,
+            seed,
+            shuffle: cfg.shuffle,
+        })
+    }
+
+    pub(crate) fn per_epoch(&self) -> usize {
+        batches_per_epoch(self.split.len(), self.batch)
+    }
+
+    pub(crate) fn order(&self, epoch: u64) -> Vec<usize> {
+        epoch_order(self.split.len(), self.seed, epoch, self.shuffle)
+    }
+
+    /// Batch `index` of `epoch`, given that epoch's order.
+    pub(crate) fn batch(&self, order: &[usize], epoch: u64, index: usize) -> Batch {
+        let first = index * self.batch;
+        let rows = &order[first..first + self.batch];
+        let (features, labels) = assemble(
+            &self.split,
+            &self.pipe,
+            rows,
+            self.batch,
+            Some((self.seed, epoch, first)),
+        );
+        Batch {
+            features,
+            labels,
+            len: self.batch,
+            epoch,
+            index,
+        }
+    }
+}
+
+/// The features and labels of `rows` (positions in `split`), padded with zeros and label 0
+/// up to `batch`. With `augment` = (seed, epoch, position of rows[0] in the epoch), sample j
+/// is augmented with the key (seed, epoch, position + j).
+fn assemble(
+    split: &Split,
+    pipe: &Pipeline,
+    rows: &[usize],
+    batch: usize,
+    augment: Option<(u64, u64, usize)>,
+) -> (Vec<f32>, Vec<f32>) {
+    let len = split.sample_len();
+    let mut features = vec![0.0f32; batch * len];
+    if len > 0 {
+        features
+            .par_chunks_mut(len)
+            .zip(rows.par_iter())
+            .enumerate()
+            .for_each(|(j, (out, &row))| {
+                split.write_sample(row, out);
+                let key = augment.map(|(seed, epoch, p)| (seed, epoch, (p + j) as u64));
+                pipe.apply(out, key);
+            });
+    }
+    let mut labels: Vec<f32> = rows.iter().map(|&r| split.label(r) as f32).collect();
+    labels.resize(batch, 0.0);
+    (features, labels)
+}
+
+/// Batches from a background thread; dropping it stops the thread.
+pub struct Loader {
+    rx: Option<Receiver<Batch>>,
+    handle: Option<JoinHandle<()>>,
+    batches: Option<usize>,
+}
+
+impl Loader {
+    /// Training batches forever (epoch after epoch), starting at `epoch`, batch `index`
+    /// (resume). An `index` at or past the end of an epoch carries into the next epochs.
+    pub fn train(
+        split: Arc<Split>,
+        cfg: &Data,
+        batch: usize,
+        seed: u64,
+        epoch: u64,
+        index: usize,
+    ) -> Result<Loader, DataError> {
+        let plan = TrainPlan::new(split, cfg, batch, seed)?;
+        let per_epoch = plan.per_epoch();
+        let mut epoch = epoch.saturating_add((index / per_epoch) as u64);
+        let mut index = index % per_epoch;
+        Loader::spawn(None, move |tx| {
+            loop {
+                let order = plan.order(epoch);
+                while index < per_epoch {
+                    if tx.send(plan.batch(&order, epoch, index)).is_err() {
+                        return;
+                    }
+                    index += 1;
+                }
+                index = 0;
+                epoch = epoch.saturating_add(1);
+            }
+        })
+    }
+
+    /// One pass over the split in order, no augmentation (normalisation yes), last batch
+    /// padded with zeros and label 0 (`Batch::len` counts the real samples).
+    pub fn eval(split: Arc<Split>, cfg: &Data, batch: usize) -> Result<Loader, DataError> {
+        if batch == 0 {
+            return Err(DataError::Config(
+                "the batch size must be at least 1".into(),
+            ));
+        }
+        check_batch_size(&split, batch)?;
+        let pipe = Pipeline::new(cfg, split.sample_shape(), false)?;
+        let n = split.len().div_ceil(batch);
+        Loader::spawn(Some(n), move |tx| {
+            for index in 0..n {
+                let rows: Vec<usize> =
+                    (index * batch..((index + 1) * batch).min(split.len())).collect();
+                let (features, labels) = assemble(&split, &pipe, &rows, batch, None);
+                let b = Batch {
+                    features,
+                    labels,
+                    len: rows.len(),
+                    epoch: 0,
+                    index,
+                };
+                if tx.send(b).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    fn spawn(
+        batches: Option<usize>,
+        work: impl FnOnce(std::sync::mpsc::SyncSender<Batch>) + Send + 'static,
+    ) -> Result<Loader, DataError> {
+        let (tx, rx) = sync_channel(AHEAD);
+        let handle = std::thread::Builder::new()
+            .name("data-loader".into())
+            .spawn(move || work(tx))
+            .map_err(|e| DataError::Config(format!("cannot start the data loader thread: {e}")))?;
+        Ok(Loader {
+            rx: Some(rx),
+            handle: Some(handle),
+            batches,
+        })
+    }
+
+    /// The next batch; for an eval loader None after the last one.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Batch> {
+        self.rx.as_ref()?.recv().ok()
+    }
+
+    /// Number of batches of an eval loader (None for a training loader, which never ends).
+    pub fn batches(&self) -> Option<usize> {
+        self.batches
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Dropping the receiver makes the thread's next (or pending) send fail, so it returns.
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::sections::{Augment, Dataset, Normalize};
+    use crate::config::values::{Count, Finite, Fraction, Positive, PositiveFloat};
+    use crate::data::split::{Pixels, Store};
+
+    /// 23 samples of [1, 4, 4], sample i's pixel k = i + 10k (pixel 0 identifies it),
+    /// label i % 3.
+    fn split() -> Arc<Split> {
+        let n = 23;
+        let store = Store {
+            pixels: Pixels::U8(
+                (0..n * 16)
+                    .map(|v| (v / 16 + 10 * (v % 16)) as u8)
+                    .collect(),
+            ),
+            labels: (0..n as u32).map(|i| i % 3).collect(),
+            shape: vec![1, 4, 4],
+            class_names: Arc::new(vec!["a".into(), "b".into(), "c".into()]),
+        };
+        Arc::new(Split::all(Arc::new(store)))
+    }
+
+    fn cfg() -> Data {
+        Data {
+            dataset: Dataset::Synthetic,
+            path: None,
+            batch_size: Positive(5),
+            eval_batch_size: None,
+            train_limit: None,
+            val_limit: None,
+            val_split: Fraction(0.0),
+            shuffle: true,
+            augment: vec![
+                Augment::RandomCrop {
+                    size: Positive(4),
+                    padding: Count(1),
+                },
+                Augment::Hflip,
+            ],
+            normalize: Some(Normalize {
+                mean: vec![Finite(0.5)],
+                std: vec![PositiveFloat(0.25)],
+            }),
+            classes: None,
+            samples: None,
+        }
+    }
+
+    fn key(b: &Batch) -> (u64, usize, usize, Vec<u32>, Vec<u32>) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect();
+        (b.epoch, b.index, b.len, bits(&b.features), bits(&b.labels))
+    }
+
+    #[test]
+    fn batches_per_epoch_drops_the_last_partial_batch() {
+        assert_eq!(batches_per_epoch(23, 5), 4);
+        assert_eq!(batches_per_epoch(20, 5), 4);
+        assert_eq!(batches_per_epoch(4, 5), 0);
+        assert_eq!(batches_per_epoch(4, 0), 0);
+    }
+
+    #[test]
+    fn training_visits_each_sample_at_most_once_per_epoch() {
+        let mut c = cfg();
+        c.augment.clear();
+        c.normalize = None;
+        let mut l = Loader::train(split(), &c, 5, 7, 0, 0).unwrap();
+        let mut epochs = vec![Vec::new(), Vec::new()];
+        for e in 0..2 {
+            for i in 0..4 {
+                let b = l.next().unwrap();
+                assert_eq!((b.epoch, b.index, b.len), (e, i, 5));
+                assert_eq!(b.features.len(), 5 * 16);
+                for (j, &label) in b.labels.iter().enumerate() {
+                    let id = (b.features[j * 16] * 255.0).round() as usize;
+                    assert_eq!(label, (id % 3) as f32);
+                    epochs[e as usize].push(id);
+                }
+            }
+        }
+        assert_ne!(epochs[0], epochs[1]);
+        for mut ids in epochs {
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), 20);
+        }
+    }
+
+    #[test]
+    fn resumed_loader_continues_the_uninterrupted_one() {
+        let mut full = Loader::train(split(), &cfg(), 5, 11, 0, 0).unwrap();
+        let all: Vec<_> = (0..11).map(|_| key(&full.next().unwrap())).collect();
+        // Resume at epoch 1, batch 2 (= the 7th batch overall), and once more via carry.
+        for (e, i) in [(1, 2), (0, 6)] {
+            let mut resumed = Loader::train(split(), &cfg(), 5, 11, e, i).unwrap();
+            for want in &all[6..] {
+                assert_eq!(&key(&resumed.next().unwrap()), want);
+            }
+        }
+        // A different seed gives different batches.
+        let mut other = Loader::train(split(), &cfg(), 5, 12, 0, 0).unwrap();
+        assert_ne!(key(&other.next().unwrap()), all[0]);
+    }
+
+    #[test]
+    fn same_bytes_with_one_and_two_threads() {
+        let plan = TrainPlan::new(split(), &cfg(), 5, 3).unwrap();
+        let order = plan.order(2);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                (0..4)
+                    .map(|i| key(&plan.batch(&order, 2, i)))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
+
+    #[test]
+    fn shuffle_off_keeps_file_order_without_augment() {
+        let mut c = cfg();
+        c.shuffle = false;
+        c.augment.clear();
+        c.normalize = None;
+        let mut l = Loader::train(split(), &c, 5, 3, 0, 1).unwrap();
+        let b = l.next().unwrap();
+        assert_eq!(b.labels, [2., 0., 1., 2., 0.]); // samples 5..10
+        assert_eq!(b.features[0], 5.0 / 255.0);
+    }
+
+    #[test]
+    fn eval_pads_the_last_batch_and_ends() {
+        let mut l = Loader::eval(split(), &cfg(), 10).unwrap();
+        assert_eq!(l.batches(), Some(3));
+        let b0 = l.next().unwrap();
+        // Normalised, not augmented: sample 0 pixel 1 = (10/255 − 0.5) / 0.25.
+        assert_eq!(b0.features[1], (10.0 / 255.0 - 0.5) / 0.25);
+        l.next().unwrap();
+        let last = l.next().unwrap();
+        assert_eq!((last.len, last.index), (3, 2));
+        assert!(last.features[3 * 16..].iter().all(|&v| v == 0.0));
+        assert_eq!(&last.labels[..4], &[2., 0., 1., 0.]);
+        assert!(l.next().is_none());
+        assert!(l.next().is_none());
+    }
+
+    #[test]
+    fn too_small_split_and_zero_batch_are_errors() {
+        let e = Loader::train(split(), &cfg(), 24, 0, 0, 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("23 samples, fewer than one batch of 24"), "{e}");
+        assert!(Loader::eval(split(), &cfg(), 0).is_err());
+    }
+
+    #[test]
+    fn dropping_a_loader_stops_its_thread() {
+        // The thread is blocked on a full channel; drop must still return.
+        let mut l = Loader::train(split(), &cfg(), 5, 0, 0, 0).unwrap();
+        l.next().unwrap();
+        drop(l);
+    }
+}

@@ -1,0 +1,142 @@
+//! Synthetic data that a model can learn: each class has a seeded random prototype (uniform in
+//! [0, 1) per element) and its samples are the prototype plus Gaussian noise (σ = 0.1), labels
+//! drawn uniformly. Train and test share the prototypes but draw samples from separate
+//! streams; the test split has ⌈samples / 4⌉ samples.
+
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+
+use super::DataError;
+use super::order::{Purpose, below, rng_for, unit};
+use super::split::{Pixels, Store};
+
+const NOISE: f64 = 0.1;
+
+/// Elements of synthetic data we are willing to allocate (16 GiB of f32).
+const MAX_ELEMENTS: usize = 1 << 32;
+
+/// (train, test) stores of `samples` and ⌈samples/4⌉ samples of `shape`.
+pub(crate) fn generate(
+    shape: &[usize],
+    samples: usize,
+    classes: usize,
+    seed: u64,
+) -> Result<(Store, Store), DataError> {
+    let len: usize = shape.iter().product();
+    let total = samples
+        .checked_add(samples.div_ceil(4))
+        .and_then(|n| n.max(classes).checked_mul(len));
+    if total.is_none_or(|t| t > MAX_ELEMENTS) {
+        return Err(DataError::Config(format!(
+            "synthetic data of {samples} samples (and {classes} prototypes) of shape {shape:?} \
+             is too large: lower data.samples"
+        )));
+    }
+    let mut rng = rng_for(seed, Purpose::SyntheticPrototypes, 0, 0);
+    let protos: Vec<f32> = (0..classes * len).map(|_| unit(&mut rng) as f32).collect();
+    let names = Arc::new((0..classes).map(|i| i.to_string()).collect::<Vec<_>>());
+    let make = |n: usize, purpose: Purpose| {
+        let mut rng = rng_for(seed, purpose, 0, 0);
+        let mut pixels = Vec::with_capacity(n * len);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = below(&mut rng, classes as u64) as usize;
+            labels.push(k as u32);
+            for &p in &protos[k * len..(k + 1) * len] {
+                pixels.push(p + (NOISE * gaussian(&mut rng)) as f32);
+            }
+        }
+        Store {
+            pixels: Pixels::F32(pixels),
+            labels,
+            shape: shape.to_vec(),
+            class_names: names.clone(),
+        }
+    };
+    Ok((
+        make(samples, Purpose::SyntheticTrain),
+        make(samples.div_ceil(4), Purpose::SyntheticTest),
+    ))
+}
+
+/// A standard normal draw (Box–Muller), portable because it uses only our own `unit`.
+fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
+    let u1 = 1.0 - unit(rng); // (0, 1], so ln is finite
+    let u2 = unit(rng);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(s: &Store) -> &[f32] {
+        match &s.pixels {
+            Pixels::F32(p) => p,
+            Pixels::U8(_) => panic!("synthetic data is f32"),
+        }
+    }
+
+    #[test]
+    fn sizes_labels_and_determinism() {
+        let (train, test) = generate(&[2, 3], 40, 4, 9).unwrap();
+        assert_eq!(train.len(), 40);
+        assert_eq!(test.len(), 10);
+        assert_eq!(f32s(&train).len(), 40 * 6);
+        assert!(train.labels.iter().all(|&l| l < 4));
+        let (again, _) = generate(&[2, 3], 40, 4, 9).unwrap();
+        assert_eq!(f32s(&train), f32s(&again));
+        let (other, _) = generate(&[2, 3], 40, 4, 10).unwrap();
+        assert_ne!(f32s(&train), f32s(&other));
+        // Train and test come from different streams.
+        assert_ne!(&f32s(&train)[..60], f32s(&test));
+    }
+
+    #[test]
+    fn too_large_is_an_error_not_an_abort() {
+        let e = generate(&[1 << 20, 1 << 20], 1 << 30, 10, 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn nearest_prototype_classifies_test_samples() {
+        // Learnable: the class mean of the training samples classifies the test samples.
+        let (train, test) = generate(&[16], 400, 5, 3).unwrap();
+        let (tp, sp) = (f32s(&train), f32s(&test));
+        let mut means = vec![0f32; 5 * 16];
+        let mut counts = [0f32; 5];
+        for (i, &l) in train.labels.iter().enumerate() {
+            counts[l as usize] += 1.0;
+            for j in 0..16 {
+                means[l as usize * 16 + j] += tp[i * 16 + j];
+            }
+        }
+        for k in 0..5 {
+            for j in 0..16 {
+                means[k * 16 + j] /= counts[k].max(1.0);
+            }
+        }
+        let correct = test
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|&(i, &l)| {
+                let d = |k: usize| -> f32 {
+                    (0..16)
+                        .map(|j| (sp[i * 16 + j] - means[k * 16 + j]).powi(2))
+                        .sum()
+                };
+                (0..5).min_by(|&a, &b| d(a).total_cmp(&d(b))) == Some(l as usize)
+            })
+            .count();
+        assert!(
+            correct as f64 >= 0.95 * test.len() as f64,
+            "{correct}/{}",
+            test.len()
+        );
+    }
+}
