@@ -41,14 +41,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // lenet.toml is a classifier (cross-entropy), so validation figures are there.
     for r in &report.history {
         println!(
             "epoch {} (step {}): train loss {:.4}, val loss {:.4}, val accuracy {:.2}%",
             r.epoch,
             r.step,
             r.train_loss,
-            r.val_loss,
-            100.0 * r.val_accuracy
+            r.val_loss.unwrap_or(f64::NAN),
+            100.0 * r.val_accuracy.unwrap_or(f64::NAN)
         );
     }
     println!("run directory: {}", report.run_dir.display());

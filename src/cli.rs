@@ -312,7 +312,6 @@ fn run(cli: Cli) -> Result<(), u8> {
             force,
             device,
         } => {
-            let cfg = load_config(&config, &cli.set)?;
             let opts = crate::train::fit::FitOptions {
                 config_path: config,
                 run_dir,
@@ -320,7 +319,7 @@ fn run(cli: Cli) -> Result<(), u8> {
                 force,
                 command: std::env::args().collect(),
             };
-            fit(&cfg, device, &opts)
+            fit(&cli.set, device, &opts)
         }
         Command::Resume {
             run_dir,
@@ -336,7 +335,6 @@ fn run(cli: Cli) -> Result<(), u8> {
                 );
                 return Err(2);
             }
-            let cfg = load_config(&resolved, &cli.set)?;
             let opts = crate::train::fit::FitOptions {
                 config_path: resolved,
                 run_dir: None,
@@ -344,7 +342,7 @@ fn run(cli: Cli) -> Result<(), u8> {
                 force,
                 command: std::env::args().collect(),
             };
-            fit(&cfg, device, &opts)
+            fit(&cli.set, device, &opts)
         }
         Command::Eval {
             config,
@@ -384,6 +382,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             let backend = open_backend(device_of(device, &cfg))?;
             let result = crate::train::inference::predict(
                 &cfg,
+                &config,
                 gpu_of(&backend),
                 &checkpoint,
                 &inputs,
@@ -449,13 +448,15 @@ fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
 /// `trainer fit` and `trainer resume`. Exit codes: 130 after a signal (checkpoint saved), 3 when
 /// the loss stopped being finite, 2 for bad input, 1 when the device or disk failed.
 fn fit(
-    cfg: &config::Config,
+    sets: &[String],
     device: Option<Device>,
     opts: &crate::train::fit::FitOptions,
 ) -> Result<(), u8> {
     use crate::train::fit::FitError;
-    let backend = open_backend(device_of(device, cfg))?;
-    match crate::train::fit::fit(cfg, gpu_of(&backend), opts) {
+    let loaded = config::load(&opts.config_path, sets);
+    let cfg = loaded.result.map_err(|e| user_error(&e, &loaded.sources))?;
+    let backend = open_backend(device_of(device, &cfg))?;
+    match crate::train::fit::fit(&cfg, gpu_of(&backend), opts) {
         Ok(report) if report.finished => {
             let best = match (report.best_val_accuracy, report.best_epoch) {
                 (Some(a), Some(e)) => format!(", best val accuracy {:.2}% (epoch {e})", 100.0 * a),
@@ -464,7 +465,8 @@ fn fit(
             let last = report
                 .history
                 .last()
-                .map(|r| format!(": val accuracy {:.2}%", 100.0 * r.val_accuracy))
+                .and_then(|r| r.val_accuracy)
+                .map(|a| format!(": val accuracy {:.2}%", 100.0 * a))
                 .unwrap_or_default();
             eprintln!(
                 "done after {} steps{last}{best}; run in {}",
@@ -474,10 +476,11 @@ fn fit(
             Ok(())
         }
         Ok(_) => Err(crate::train::signals::EXIT_INTERRUPTED),
+        Err(FitError::Config(d)) => Err(user_error(&(*d).into(), &loaded.sources)),
         Err(e) => {
             eprintln!("error: {e}");
             Err(match e {
-                FitError::User(_) => 2,
+                FitError::User(_) | FitError::Config(_) => 2,
                 FitError::NonFinite(_) => 3,
                 FitError::Runtime(_) => 1,
             })

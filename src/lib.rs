@@ -17,4 +17,3 @@ pub mod nn;
 pub mod ops;
 pub mod schedule;
 pub mod train;
-

@@ -114,17 +114,16 @@ fn resnet_fits_for_200_steps_and_leaves_a_complete_run() {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["seed"], 42);
     assert_eq!(manifest["device"], "cpu");
     assert_eq!(manifest["config_hash"].as_str().unwrap().len(), 64);
     let (header, rows) = csv(&dir);
-    let loss = column(&header, &rows, "train_loss");
+    let loss = column(&header, &rows, "train/loss");
     assert!(loss.len() >= 10, "{header:?} {rows:?}");
     let (first, last) = (loss[0], loss[loss.len() - 1]);
     assert!(last < 0.75 * first, "train loss {first} → {last}");
-    let acc = column(&header, &rows, "val_accuracy");
+    let acc = column(&header, &rows, "val/accuracy");
     assert!(acc.last().is_some_and(|&a| a > 0.5), "val accuracy {acc:?}");
 
     let ckpt = latest(&dir);
@@ -364,8 +363,15 @@ fn kill_and_resume_matches_straight_run(device: &str) {
         at.display()
     );
     let out = ok(&["resume", k, "--device", device]);
-    assert!(text(&out.stderr).contains("resuming"), "{}", text(&out.stderr));
-    assert!(final_bytes(&straight) == final_bytes(&killed), "resumed weights differ");
+    assert!(
+        text(&out.stderr).contains("resuming"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        final_bytes(&straight) == final_bytes(&killed),
+        "resumed weights differ"
+    );
     // The log continues without repeating its header.
     let (_, rows) = csv(&killed);
     assert!(rows.iter().all(|r| r[0] != "step"));
@@ -429,7 +435,7 @@ fn sigint_checkpoints_and_exits_130_then_resume_finishes() {
     let config = tiny(tmp.path());
     let dir = tmp.path().join("run");
     let d = dir.to_str().unwrap();
-    let mut child = start(&[
+    let child = start(&[
         "fit",
         config.to_str().unwrap(),
         "--device",
@@ -448,7 +454,13 @@ fn sigint_checkpoints_and_exits_130_then_resume_finishes() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     let at = latest(&dir);
@@ -474,5 +486,8 @@ fn a_diverging_run_stops_with_the_step_and_exit_3() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("the loss is") && err.contains("at step"), "{err}");
+    assert!(
+        err.contains("the loss is") && err.contains("at step"),
+        "{err}"
+    );
 }

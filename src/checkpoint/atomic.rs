@@ -96,8 +96,32 @@ pub(crate) fn remove_any(path: &Path) -> Result<(), CheckpointError> {
     result.map_err(CheckpointError::io("removing", path))
 }
 
+/// Replaces the file `path` with `bytes` durably: a sibling `.tmp-` file, written and fsynced,
+/// renamed over it, the directory fsynced. Readers see the old file or the new one, never a
+/// part of it (the run directory's config and manifest use this too).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{name}"));
+    remove_any(&tmp)?;
+    let written = Disk::new(None)
+        .write_new(&tmp, bytes)
+        .and_then(|()| rename(&tmp, path))
+        .and_then(|()| sync_dir(dir));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Lowercase hex SHA-256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

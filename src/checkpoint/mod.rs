@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use atomic::{sha256_hex, write_file};
 pub use error::CheckpointError;
 pub use store::Store;
 

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::DataError;
 
 /// The sums listed in `dir/SHA256SUMS`, by file name; empty when the file is absent.
@@ -43,12 +41,7 @@ pub(crate) fn read_sums(dir: &Path) -> Result<HashMap<String, String>, DataError
     Ok(sums)
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub(crate) use crate::checkpoint::sha256_hex;
 
 /// Checks `bytes` (the uncompressed content of `path`) against `expected`, if any.
 pub(crate) fn verify(

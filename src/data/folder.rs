@@ -86,6 +86,12 @@ pub(crate) fn image_shape(shape: &[usize]) -> Result<(usize, usize, usize), Data
     Ok((c, h, w))
 }
 
+/// The class names of an image folder (its class directories, sorted), without reading images.
+pub(crate) fn class_names(root: &Path) -> Result<Vec<String>, DataError> {
+    let train = root.join("train");
+    subdirs(if train.is_dir() { &train } else { root })
+}
+
 /// Sorted names of the non-hidden subdirectories of `dir`.
 fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
     let mut names = Vec::new();

@@ -128,6 +128,29 @@ fn digit_names(n: usize) -> Arc<Vec<String>> {
     Arc::new((0..n).map(|i| i.to_string()).collect())
 }
 
+/// The names of the model's `classes` output classes, without reading the samples (for
+/// `trainer predict`): the dataset's own names where it has them, else "0", "1", ...
+pub fn class_names(cfg: &Data, config_dir: &Path, classes: usize) -> Vec<String> {
+    let named: Option<Vec<String>> = match cfg.dataset {
+        Dataset::FashionMnist => Some(FASHION_NAMES.map(String::from).to_vec()),
+        Dataset::Cifar10 | Dataset::Cifar100 => {
+            let kind = match cfg.dataset {
+                Dataset::Cifar10 => Cifar::Ten,
+                _ => Cifar::Hundred,
+            };
+            let dir = resolve_path(cfg, config_dir).unwrap_or_default();
+            Some(kind.class_names(&dir).as_ref().clone())
+        }
+        Dataset::ImageFolder => resolve_path(cfg, config_dir)
+            .ok()
+            .and_then(|dir| folder::class_names(&dir).ok()),
+        _ => None,
+    };
+    named
+        .filter(|n| n.len() == classes)
+        .unwrap_or_else(|| digit_names(classes).as_ref().clone())
+}
+
 /// Reads the dataset and makes the train, validation and test splits.
 ///
 /// `config_dir` is the directory of the config file (relative data.path resolves against it);

@@ -74,7 +74,8 @@ impl<'g> EvalModel<'g> {
         let mut loader = Loader::eval(split, data, self.batch).map_err(|e| e.to_string())?;
         while let Some(b) = loader.next() {
             let logits = self.logits(&b.features)?;
-            eval.add(&logits, &b.labels, b.len);
+            let labels: Vec<i32> = b.labels.iter().map(|&l| l as i32).collect();
+            eval.add_batch(&logits, &labels, b.len)?;
         }
         Ok(eval)
     }

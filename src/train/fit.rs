@@ -8,16 +8,15 @@
 //! everything else lives in the saved tensors (weights, running statistics, optimizer moments).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::Exec;
 use crate::backend::cpu::StepCtx;
 use crate::backend::gpu::Gpu;
-use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
+use crate::checkpoint::{Checkpoint, FORMAT_VERSION, Store, TrainState};
 use crate::config::{Config, OnNonfinite, Optimizer, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
-use crate::graph::{build_for, training::training_graph, Mode};
+use crate::graph::{Mode, build_for, training::training_graph};
 use crate::train::evaluate::{EvalModel, named_tensors};
 use crate::train::logger::Logger;
 use crate::train::metrics::{Evaluation, Running};
@@ -47,6 +46,9 @@ pub enum FitError {
     /// Bad input: config, data, run directory, a refused resume (exit 2).
     #[error("{0}")]
     User(String),
+    /// The model cannot be built or planned: a diagnostic that points into the config (exit 2).
+    #[error("{}", .0.message)]
+    Config(Box<crate::diag::Diagnostic>),
     /// The loss became NaN or infinite (exit 3).
     #[error("{0}")]
     NonFinite(String),
@@ -61,9 +63,10 @@ pub struct EpochRecord {
     pub epoch: u64,
     pub step: u64,
     pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
+    /// Classification losses only (cross-entropy), like the validation figures.
+    pub train_accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
     pub lr: f64,
 }
 
@@ -133,13 +136,17 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
             splits.train.len()
         )));
     }
-    let diag = |d: crate::diag::Diagnostic| FitError::User(d.message().to_string());
+    let diag = |d: crate::diag::Diagnostic| FitError::Config(Box::new(d));
     let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
     let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
     let plan = crate::schedule::plan(&train_graph, &cfg.train.checkpointing, Default::default())
         .map_err(diag)?;
-    let (features, labels, loss_t, output) =
-        (forward.features, forward.labels, forward.loss, forward.output);
+    let (features, labels, loss_t, output) = (
+        forward.features,
+        forward.labels,
+        forward.loss,
+        forward.output,
+    );
     let mut exec = Exec::new(gpu, plan, seed).map_err(FitError::Runtime)?;
     let mut eval = EvalModel::new(cfg, gpu, eval_batch).map_err(diag)?;
 
@@ -204,7 +211,10 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
     signals::install().map_err(FitError::Runtime)?;
     signals::clear();
     let mut logger = Logger::start(&run.path, &cfg.log);
-    let mut progress = Progress::new(cfg.log.progress, total_steps, steps_per_epoch as u64);
+    let mut progress = Progress::new(cfg.log.progress, total_steps as usize, steps_per_epoch);
+    if opts.resume.is_some() {
+        logger.session_start(state.step);
+    }
     progress.message(&format!(
         "training {} on {}: {}, {} steps of {} ({} per epoch), run dir {}",
         cfg.run.name,
@@ -236,6 +246,7 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
         steps_per_epoch: steps_per_epoch as u64,
         total_steps,
         save_every,
+        classify: cfg.loss.kind == crate::config::LossKind::CrossEntropy,
     };
     let mut history = Vec::new();
     let result = ctx.run(
@@ -276,6 +287,8 @@ struct Loop<'a> {
     steps_per_epoch: u64,
     total_steps: u64,
     save_every: (u64, bool),
+    /// Cross-entropy: accuracy and validation make sense.
+    classify: bool,
 }
 
 impl Loop<'_> {
@@ -328,69 +341,66 @@ impl Loop<'_> {
 
             let epoch_done = state.batch_in_epoch == self.steps_per_epoch;
             let last = state.step == self.total_steps;
+            // One metrics.csv row per log point and per epoch end (one row when both).
+            let mut row: Vec<(&str, f64)> = Vec::new();
             if state.step.is_multiple_of(every) || last {
                 let secs = window_start.elapsed().as_secs_f64();
                 img_per_s = window_images as f64 / secs.max(1e-9);
-                logger.scalar("train/loss", state.step, window.loss());
-                logger.scalar("train/accuracy", state.step, window.accuracy());
-                logger.scalar("lr", state.step, lr);
-                logger.scalar("img_per_s", state.step, img_per_s);
-                window = Running::new();
+                row.push(("train/loss", window.mean_loss().unwrap_or(loss)));
+                if let Some(a) = window.accuracy().filter(|_| self.classify) {
+                    row.push(("train/accuracy", a));
+                }
+                row.extend([("lr", lr), ("img_per_s", img_per_s)]);
+                window.reset();
                 window_start = Instant::now();
                 window_images = 0;
             }
             progress.update(
-                state.step,
-                state.epoch,
-                epoch_metrics.loss(),
-                epoch_metrics.accuracy(),
+                state.step as usize,
+                state.epoch as usize + 1,
+                epoch_metrics.mean_loss().unwrap_or(loss),
+                epoch_metrics.accuracy().filter(|_| self.classify),
                 img_per_s,
             );
 
             let mut best = false;
             if epoch_done || last {
-                let val = self.validate(exec, eval)?;
+                let val = match self.classify {
+                    true => Some(self.validate(exec, eval)?),
+                    false => None,
+                };
                 let record = EpochRecord {
                     epoch: state.epoch + 1,
                     step: state.step,
-                    train_loss: epoch_metrics.loss(),
-                    train_accuracy: epoch_metrics.accuracy(),
-                    val_loss: val.loss(),
-                    val_accuracy: val.accuracy(),
+                    train_loss: epoch_metrics.mean_loss().unwrap_or(loss),
+                    train_accuracy: epoch_metrics.accuracy().filter(|_| self.classify),
+                    val_loss: val.as_ref().and_then(Evaluation::loss),
+                    val_accuracy: val.as_ref().and_then(Evaluation::accuracy),
                     lr,
                 };
-                best = state.best_metric.is_none_or(|b| record.val_accuracy > b);
-                if best {
-                    state.best_metric = Some(record.val_accuracy);
-                    state.best_epoch = Some(record.epoch);
+                if let Some(acc) = record.val_accuracy {
+                    best = state.best_metric.is_none_or(|b| acc > b);
+                    if best {
+                        state.best_metric = Some(acc);
+                        state.best_epoch = Some(record.epoch);
+                    }
                 }
-                logger.scalar("val/loss", state.step, record.val_loss);
-                logger.scalar("val/accuracy", state.step, record.val_accuracy);
-                logger.row(
-                    state.step,
-                    record.epoch,
-                    &[
-                        ("train_loss", record.train_loss),
-                        ("train_accuracy", record.train_accuracy),
-                        ("val_loss", record.val_loss),
-                        ("val_accuracy", record.val_accuracy),
-                        ("lr", lr),
-                        ("img_per_s", img_per_s),
-                    ],
-                );
-                logger.flush();
-                progress.message(&format!(
-                    "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{}",
-                    record.epoch,
-                    self.cfg.train.epochs.0,
-                    record.train_loss,
-                    100.0 * record.train_accuracy,
-                    record.val_loss,
-                    100.0 * record.val_accuracy,
-                    if best { " (best)" } else { "" }
-                ));
+                for (tag, v) in [
+                    ("val/loss", record.val_loss),
+                    ("val/accuracy", record.val_accuracy),
+                ] {
+                    row.extend(v.map(|v| (tag, v)));
+                }
+                progress.message(&epoch_line(&record, self.cfg.train.epochs.0, best));
                 history.push(record);
-                epoch_metrics = Running::new();
+                epoch_metrics.reset();
+            }
+            if !row.is_empty() {
+                for &(tag, v) in &row {
+                    logger.scalar(tag, state.step, v);
+                }
+                let epoch_pos = state.step as f64 / self.steps_per_epoch as f64;
+                logger.row(state.step, epoch_pos, &row);
             }
             if epoch_done {
                 state.epoch += 1;
@@ -404,6 +414,7 @@ impl Loop<'_> {
             let stop = signals::stop_requested();
             if due || last || stop {
                 self.save(exec, state, best)?;
+                logger.flush();
             }
             if stop {
                 progress.message(&format!(
@@ -445,6 +456,24 @@ impl Loop<'_> {
             state.epoch + 1
         )))
     }
+}
+
+fn epoch_line(r: &EpochRecord, epochs: usize, best: bool) -> String {
+    let pct = |v: Option<f64>| {
+        v.map(|a| format!(" acc {:.2}%", 100.0 * a))
+            .unwrap_or_default()
+    };
+    let val = match r.val_loss {
+        Some(l) => format!(" | val loss {l:.4}{}", pct(r.val_accuracy)),
+        None => String::new(),
+    };
+    format!(
+        "epoch {}/{epochs}: train loss {:.4}{}{val}{}",
+        r.epoch,
+        r.train_loss,
+        pct(r.train_accuracy),
+        if best { " (best)" } else { "" }
+    )
 }
 
 /// How many of the first `len` rows' arg-max equal their label.

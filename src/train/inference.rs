@@ -43,7 +43,12 @@ impl EvalReport {
             100.0 * self.accuracy,
             self.samples
         );
-        let width = self.per_class.iter().map(|c| c.class.len()).max().unwrap_or(5);
+        let width = self
+            .per_class
+            .iter()
+            .map(|c| c.class.len())
+            .max()
+            .unwrap_or(5);
         for c in &self.per_class {
             s += &format!(
                 "  {:<width$}  {:6.2}%  ({} samples)\n",
@@ -76,12 +81,9 @@ impl EvalReport {
 pub fn checkpoint_weights(path: &Path) -> Result<(PathBuf, Vec<NamedTensor>), String> {
     let dir = path.join("checkpoints");
     let at = if dir.is_dir() {
-        Store::new(&dir, 0).latest_dir().ok_or_else(|| {
-            format!(
-                "the run {} has no checkpoint yet",
-                path.display()
-            )
-        })?
+        Store::new(&dir, 0)
+            .latest_dir()
+            .ok_or_else(|| format!("the run {} has no checkpoint yet", path.display()))?
     } else {
         path.to_path_buf()
     };
@@ -98,7 +100,7 @@ fn model<'g>(
         .data
         .eval_batch_size
         .map_or(cfg.data.batch_size.0, |b| b.0);
-    let mut m = EvalModel::new(cfg, gpu, batch).map_err(|d| d.message().to_string())?;
+    let mut m = EvalModel::new(cfg, gpu, batch).map_err(|d| d.message)?;
     let (at, weights) = checkpoint_weights(checkpoint)?;
     m.load(&weights)
         .map_err(|e| format!("{}: {e}", at.display()))?;
@@ -119,7 +121,7 @@ pub fn evaluate(
     let split = if val { &splits.val } else { &splits.test };
     let names = split.class_names();
     let e = m.evaluate(split.clone(), &cfg.data)?;
-    let confusion = e.confusion();
+    let confusion = e.confusion().to_vec();
     let per_class = names
         .iter()
         .enumerate()
@@ -141,9 +143,9 @@ pub fn evaluate(
         split: if val { "val" } else { "test" }.into(),
         data: splits.source.clone(),
         device: m.device(),
-        samples: e.count(),
-        loss: e.loss(),
-        accuracy: e.accuracy(),
+        samples: e.count() as u64,
+        loss: e.loss().unwrap_or(f64::NAN),
+        accuracy: e.accuracy().unwrap_or(0.0),
         per_class,
         confusion,
     })
@@ -158,6 +160,7 @@ pub struct Prediction {
 
 pub fn predict(
     cfg: &Config,
+    config_path: &Path,
     gpu: Option<&Gpu>,
     checkpoint: &Path,
     inputs: &[PathBuf],
@@ -166,7 +169,8 @@ pub fn predict(
     let samples = crate::data::read_inputs(inputs, &cfg.data, &cfg.model.input.shape)
         .map_err(|e| e.to_string())?;
     let (mut m, _) = model(cfg, gpu, checkpoint)?;
-    let names = crate::data::class_names(&cfg.data, m.classes);
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let names = crate::data::class_names(&cfg.data, dir, m.classes);
     let per = cfg.model.input.shape.iter().product::<usize>();
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(m.batch) {

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 
@@ -43,10 +42,7 @@ impl RunDir {
 
 /// SHA-256 (hex) of the resolved config text: what a checkpoint is tied to.
 pub fn hash(resolved: &str) -> String {
-    Sha256::digest(resolved.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::checkpoint::sha256_hex(resolved.as_bytes())
 }
 
 /// Picks the directory of a new run: `explicit`, or `<log.dir>/<run.name>/<local time>`, with a
@@ -78,8 +74,8 @@ pub fn create(path: &Path, resolved: &str, manifest: &Manifest) -> Result<RunDir
     }
     let io = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
     std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| io("create", e))?;
-    crate::checkpoint::write_atomic(&path.join(RESOLVED), resolved.as_bytes())
-        .map_err(|e| io("write into", e))?;
+    crate::checkpoint::write_file(&path.join(RESOLVED), resolved.as_bytes())
+        .map_err(|e| e.to_string())?;
     write_manifest(path, manifest)?;
     Ok(RunDir {
         path: path.to_path_buf(),
@@ -89,8 +85,7 @@ pub fn create(path: &Path, resolved: &str, manifest: &Manifest) -> Result<RunDir
 
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), String> {
     let text = serde_json::to_string_pretty(manifest).map_err(|e| e.to_string())? + "\n";
-    crate::checkpoint::write_atomic(&dir.join(MANIFEST), text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", dir.join(MANIFEST).display()))
+    crate::checkpoint::write_file(&dir.join(MANIFEST), text.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// An existing run: its resolved config text and manifest.
@@ -117,9 +112,7 @@ pub fn differences(old: &str, new: &str) -> Result<Vec<String>, String> {
     };
     let (old, new) = (parse(old)?, parse(new)?);
     let find = |list: &[(String, String)], key: &str| {
-        list.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
+        list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     };
     let mut keys: Vec<&String> = old.iter().chain(&new).map(|(k, _)| k).collect();
     keys.sort();
