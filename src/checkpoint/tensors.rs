@@ -3,9 +3,11 @@
 //! The layout is PyTorch's: names are state_dict keys, data is row-major little-endian, F32,
 //! and I64 for tensors marked `integer` (`num_batches_tracked` is an int64 scalar in PyTorch,
 //! and `load_state_dict` copies into the existing buffer, so its dtype must match). The header
-//! metadata holds `"format": "pt"` (what `safetensors.torch.save_file` writes) and the tensors'
-//! order: safetensors stores tensors sorted by dtype and name, and the caller's order (the
-//! state_dict order) is what a reader listing the tensors expects back.
+//! metadata holds `"format": "pt"` (what `safetensors.torch.save_file` writes) and nothing else:
+//! safetensors keeps metadata in a `HashMap`, whose order differs from process to process, and
+//! a second key would make two identical checkpoints differ in their header bytes (a resumed
+//! run must end byte for byte where an uninterrupted one does). Tensors come back in file
+//! order (safetensors sorts them by dtype, then name); callers match them by name.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -14,9 +16,6 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, View};
 
 use super::{CheckpointError, NamedTensor};
-
-/// Header metadata key holding the tensors' order as a JSON array of names.
-const ORDER_KEY: &str = "trainer.order";
 
 /// One tensor's bytes, ready for `safetensors::serialize`.
 struct Raw {
@@ -91,15 +90,7 @@ pub(crate) fn encode(
             },
         ));
     }
-    let order: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-    let metadata = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        (
-            ORDER_KEY.to_string(),
-            serde_json::to_string(&order)
-                .map_err(|e| CheckpointError::InvalidState(e.to_string()))?,
-        ),
-    ]);
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(raws.iter().map(|(n, r)| (*n, r)), Some(metadata)).map_err(|source| {
         CheckpointError::Safetensors {
             path: file.into(),
@@ -108,8 +99,7 @@ pub(crate) fn encode(
     })
 }
 
-/// Parses a safetensors file's bytes (read from `path`) into tensors, in the order recorded by
-/// `encode`, or in file order for files written by other programs.
+/// Parses a safetensors file's bytes (read from `path`) into tensors, in file order.
 pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Vec<NamedTensor>, CheckpointError> {
     check_dtypes(path, bytes)?;
     let st_err = |source| CheckpointError::Safetensors {
@@ -118,22 +108,8 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Vec<NamedTensor>, Chec
     };
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(st_err)?;
     let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
-    let mut names = metadata.offset_keys();
-    let recorded: Option<Vec<String>> = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(ORDER_KEY))
-        .and_then(|s| serde_json::from_str(s).ok());
-    if let Some(order) = recorded {
-        let mut sorted = order.clone();
-        sorted.sort();
-        let mut file_names = names.clone();
-        file_names.sort();
-        if sorted == file_names {
-            names = order;
-        }
-    }
-    names
+    metadata
+        .offset_keys()
         .into_iter()
         .map(|name| {
             let view = st.tensor(&name).map_err(st_err)?;
