@@ -62,9 +62,7 @@ impl Config {
         let mut schedule = section("schedule", &self.schedule)?;
         if let toml::Value::Table(t) = &mut schedule {
             let kind = self.schedule.kind;
-            t.retain(|k, _| {
-                !ScheduleKind::KIND_KEYS.contains(&k.as_ref()) || kind.keys().contains(&k.as_ref())
-            });
+            t.retain(|k, _| !ScheduleKind::KIND_KEYS.contains(&k) || kind.keys().contains(&k));
         }
         t.insert("schedule".into(), schedule);
         t.insert("train".into(), section("train", &self.train)?);

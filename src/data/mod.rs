@@ -93,8 +93,11 @@ pub fn resolve_path(cfg: &Data, config_dir: &Path) -> Result<PathBuf, DataError>
             "data.dataset = \"{name}\" needs data.path: the directory that holds its files"
         )));
     }
+    // The config's checkout, the working directory's (a run resumed on another machine), the
+    // checkout trainer was built from.
     let candidates = [
         config_dir.join("..").join("datasets").join(name),
+        Path::new("datasets").join(name),
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("datasets")
             .join(name),
@@ -104,8 +107,9 @@ pub fn resolve_path(cfg: &Data, config_dir: &Path) -> Result<PathBuf, DataError>
         None => Err(DataError::Missing {
             path: candidates[0].clone(),
             hint: format!(
-                "nor {}; set data.path to the directory that holds the Fashion-MNIST IDX files",
-                candidates[1].display()
+                "nor {}, nor {}; set data.path to the directory that holds the Fashion-MNIST IDX files",
+                candidates[1].display(),
+                candidates[2].display()
             ),
         }),
     }
