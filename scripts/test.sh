@@ -43,3 +43,15 @@ export TRAINER_PYTHON="$PWD/target/py/bin/python"
 # instead of corrupting memory silently (in normal runs kernels are unchecked, for speed).
 export TRAINER_SHADER_CHECKS=1
 cargo test --locked --all-targets
+
+# examples/train.rs drives the library as an embedding program would: it changes a loaded
+# config in code, trains 40 steps and prints each epoch's metrics, which are checked here.
+run_dir="$(mktemp -d)"
+example="$(cargo run --quiet --locked --example train -- configs/lenet.toml "$run_dir/run")"
+rm -rf "$run_dir"
+echo "$example"
+if [ "$(grep -c 'val accuracy' <<<"$example")" != 2 ] || ! grep -q 'epoch 2 (step 40)' <<<"$example"; then
+  echo "error: examples/train.rs did not report its two epochs" >&2
+  exit 1
+fi
+echo "example: 1 passed, 0 failed"

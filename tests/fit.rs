@@ -467,12 +467,12 @@ fn sigint_checkpoints_and_exits_130_then_resume_finishes() {
     assert!(at.join("model.safetensors").is_file(), "{}", at.display());
 }
 
-#[test]
-fn a_diverging_run_stops_with_the_step_and_exit_3() {
+/// The tiny run at a learning rate of 1e30, which makes the loss infinite or NaN within steps.
+fn diverge(extra: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let config = tiny(tmp.path());
     let dir = tmp.path().join("run");
-    let out = run(&[
+    let mut args = vec![
         "fit",
         config.to_str().unwrap(),
         "--device",
@@ -483,11 +483,28 @@ fn a_diverging_run_stops_with_the_step_and_exit_3() {
         "optimizer.lr=1e30",
         "--set",
         "schedule.warmup_epochs=0.0",
-    ]);
+    ];
+    args.extend(extra);
+    let out = run(&args);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
+    text(&out.stderr)
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_exit_3() {
+    let err = diverge(&[]);
     assert!(
         err.contains("the loss is") && err.contains("at step"),
+        "{err}"
+    );
+}
+
+#[test]
+fn skip_step_skips_bad_steps_then_stops_when_they_never_end() {
+    let err = diverge(&["--set", "train.on_nonfinite=\"skip_step\""]);
+    assert_eq!(err.matches("step skipped").count(), 19, "{err}");
+    assert!(
+        err.contains("stopping after skipping the 19 steps before it too"),
         "{err}"
     );
 }

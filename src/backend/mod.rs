@@ -88,6 +88,28 @@ impl<'g> Exec<'g> {
         Ok(())
     }
 
+    /// Copies every parameter and state tensor aside (on the device; nothing is read back).
+    pub fn save_state(&mut self) -> Result<(), String> {
+        match self {
+            Exec::Cpu(e) => {
+                e.save_state();
+                Ok(())
+            }
+            Exec::Gpu(e) => e.save_state().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Undoes the steps since `save_state`: weights, running statistics, optimizer moments.
+    pub fn restore_state(&mut self) -> Result<(), String> {
+        match self {
+            Exec::Cpu(e) => {
+                e.restore_state();
+                Ok(())
+            }
+            Exec::Gpu(e) => e.restore_state().map_err(|e| e.to_string()),
+        }
+    }
+
     /// "cpu" or "gpu (NVIDIA H100, Vulkan)".
     pub fn device(&self) -> String {
         match self {

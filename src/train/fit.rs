@@ -275,6 +275,10 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
     })
 }
 
+/// `on_nonfinite = "skip_step"` stops the run when this many steps in a row were not finite:
+/// the weights themselves have gone bad, and skipping cannot recover them.
+const MAX_SKIPPED_IN_A_ROW: usize = 20;
+
 /// What the loop reads but never changes.
 struct Loop<'a> {
     cfg: &'a Config,
@@ -312,6 +316,8 @@ impl Loop<'_> {
         let mut window_start = Instant::now();
         let mut window_images = 0usize;
         let mut img_per_s = 0.0;
+        let skip_bad = self.cfg.train.on_nonfinite == OnNonfinite::SkipStep;
+        let mut skipped_in_a_row = 0;
         while state.step < self.total_steps {
             let batch: Batch = loader
                 .next()
@@ -319,6 +325,9 @@ impl Loop<'_> {
             let lr = schedule.lr_at(state.step as usize);
             exec.feed(self.features, &batch.features).map_err(rt)?;
             exec.feed(self.labels, &batch.labels).map_err(rt)?;
+            if skip_bad {
+                exec.save_state().map_err(rt)?;
+            }
             exec.step(StepCtx {
                 lr,
                 step: state.step + 1,
@@ -327,12 +336,23 @@ impl Loop<'_> {
             .map_err(rt)?;
             let loss = exec.read(self.loss_t).map_err(rt)?[0] as f64;
             let logits = exec.read(self.output).map_err(rt)?;
-            if !loss.is_finite() {
-                return self.non_finite(loss, state);
+            if loss.is_finite() {
+                skipped_in_a_row = 0;
+                let correct = correct(&logits, &batch.labels, batch.len);
+                window.add(loss, correct, batch.len);
+                epoch_metrics.add(loss, correct, batch.len);
+            } else if !skip_bad || skipped_in_a_row + 1 >= MAX_SKIPPED_IN_A_ROW {
+                return self.non_finite(loss, state, skipped_in_a_row);
+            } else {
+                // The update ran in the same plan as the loss: undo it. The batch and the step
+                // number are used up, as PyTorch's scheduler still steps when GradScaler skips.
+                exec.restore_state().map_err(rt)?;
+                skipped_in_a_row += 1;
+                progress.message(&format!(
+                    "warning: the loss is {loss} at step {}: step skipped (weights, statistics and optimizer state unchanged)",
+                    state.step + 1
+                ));
             }
-            let correct = correct(&logits, &batch.labels, batch.len);
-            window.add(loss, correct, batch.len);
-            epoch_metrics.add(loss, correct, batch.len);
             window_images += batch.len;
             state.step += 1;
             state.batch_in_epoch = batch.index as u64 + 1;
@@ -441,14 +461,16 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn non_finite(&self, loss: f64, state: &TrainState) -> Result<bool, FitError> {
+    fn non_finite(&self, loss: f64, state: &TrainState, skipped: usize) -> Result<bool, FitError> {
         let last = match self.store.latest_dir() {
             Some(d) => format!("the last good checkpoint is {}", d.display()),
             None => "no checkpoint was saved before it".into(),
         };
         let what = match self.cfg.train.on_nonfinite {
-            OnNonfinite::Stop => "stopping",
-            OnNonfinite::SkipStep => "stopping (skip_step cannot undo an update yet)",
+            OnNonfinite::Stop => "stopping".to_string(),
+            OnNonfinite::SkipStep => {
+                format!("stopping after skipping the {skipped} steps before it too")
+            }
         };
         Err(FitError::NonFinite(format!(
             "the loss is {loss} at step {} (epoch {}): {what}; {last}. Lower optimizer.lr or set optimizer.clip_grad_norm",

@@ -18,6 +18,8 @@ pub struct CpuExec<T> {
     memory: [Vec<T>; 4],
     /// Per launch: does an output share memory with an input (in-place, updates)?
     aliased: Vec<bool>,
+    /// The State region as `save_state` left it (`train.on_nonfinite = "skip_step"`).
+    backup: Vec<T>,
 }
 
 impl<T: Real> CpuExec<T> {
@@ -48,6 +50,7 @@ impl<T: Real> CpuExec<T> {
             plan,
             memory,
             aliased,
+            backup: Vec::new(),
         };
         for i in 0..exec.plan.graph.params.len() {
             let p = &exec.plan.graph.params[i];
@@ -91,6 +94,20 @@ impl<T: Real> CpuExec<T> {
         }
         self.slot_mut(s).copy_from_slice(values);
         Ok(())
+    }
+
+    /// Copies every parameter and state tensor aside (the buffer is reused step after step).
+    pub fn save_state(&mut self) {
+        let state = &self.memory[region_index(Region::State)];
+        self.backup.clear();
+        self.backup.extend_from_slice(state);
+    }
+    /// Puts back what `save_state` copied: the step since then never happened.
+    pub fn restore_state(&mut self) {
+        let state = &mut self.memory[region_index(Region::State)];
+        if self.backup.len() == state.len() {
+            state.copy_from_slice(&self.backup);
+        }
     }
 
     /// Runs every launch of the plan once.

@@ -294,6 +294,8 @@ pub struct GpuExec<'g> {
     prepared: Vec<Prepared>,
     /// Kept alive for the bind groups that point into it.
     _params: wgpu::Buffer,
+    /// A copy of the State region (`train.on_nonfinite = "skip_step"`), made on first use.
+    backup: Option<wgpu::Buffer>,
 }
 
 impl<'g> GpuExec<'g> {
@@ -382,6 +384,7 @@ impl<'g> GpuExec<'g> {
             step,
             prepared,
             _params: params,
+            backup: None,
         };
         for i in 0..exec.plan.graph.params.len() {
             let p = &exec.plan.graph.params[i];
@@ -427,6 +430,35 @@ impl<'g> GpuExec<'g> {
         }
         self.write(s, values);
         Ok(())
+    }
+
+    /// Copies every parameter and state tensor aside, on the GPU, before the next step.
+    pub fn save_state(&mut self) -> Result<(), GpuError> {
+        let bytes = self.regions[region_index(Region::State)].size();
+        if self.backup.is_none() {
+            self.backup = Some(storage_buffer(self.gpu, "state backup", bytes));
+        }
+        let backup = self.backup.as_ref().expect("made above");
+        self.copy(&self.regions[region_index(Region::State)], backup, bytes)
+    }
+    /// Puts back what `save_state` copied: the steps since then never happened.
+    pub fn restore_state(&mut self) -> Result<(), GpuError> {
+        let Some(backup) = &self.backup else {
+            return Ok(());
+        };
+        let state = &self.regions[region_index(Region::State)];
+        self.copy(backup, state, state.size())
+    }
+    fn copy(&self, from: &wgpu::Buffer, to: &wgpu::Buffer, bytes: u64) -> Result<(), GpuError> {
+        let mut encoder = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("state copy"),
+            });
+        encoder.copy_buffer_to_buffer(from, 0, to, 0, bytes);
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.check()
     }
 
     /// Records every launch of the plan into one compute pass and submits it. Does not wait.
