@@ -210,6 +210,10 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
 
     signals::install().map_err(FitError::Runtime)?;
     signals::clear();
+    if opts.resume.is_some() {
+        crate::train::logger::forget_rows_after(&run.path, state.step)
+            .map_err(FitError::Runtime)?;
+    }
     let mut logger = Logger::start(&run.path, &cfg.log);
     let mut progress = Progress::new(cfg.log.progress, total_steps as usize, steps_per_epoch);
     if opts.resume.is_some() {

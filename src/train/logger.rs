@@ -63,6 +63,31 @@ enum Msg {
     Flush(Sender<()>),
 }
 
+/// A resumed run continues from its checkpoint's step, so the rows that the interrupted process
+/// logged after it are dropped (TensorBoard drops its points by itself, via SessionLog START).
+/// The file is rewritten atomically; a missing file is fine.
+pub fn forget_rows_after(run_dir: &Path, step: u64) -> Result<(), String> {
+    let path = run_dir.join(CSV_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut kept = String::with_capacity(text.len());
+    for (i, line) in text.lines().enumerate() {
+        let row_step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
+        // The header, and rows up to the checkpoint (a line cut short by a crash goes too).
+        if i == 0 || row_step.is_some_and(|s| s <= step) && line.split(',').count() > 2 {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    crate::checkpoint::write_file(&path, kept.as_bytes()).map_err(|e| e.to_string())
+}
+
 impl Logger {
     /// Starts the logger thread for `run_dir` (created if missing) with metrics.csv's
     /// columns [`COLUMNS`]. `cfg.tensorboard` and `cfg.csv` choose the sinks. Nothing here
@@ -599,6 +624,21 @@ mod events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_forgets_the_rows_after_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CSV_NAME);
+        let text = "step,epoch,train/loss\n10,0.5,2.1\n20,1,1.9\n30,1.5,1.7\n3";
+        std::fs::write(&path, text).unwrap();
+        forget_rows_after(dir.path(), 20).unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(kept, "step,epoch,train/loss\n10,0.5,2.1\n20,1,1.9\n");
+        forget_rows_after(dir.path(), 20).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+        // No file yet (a run stopped before its first log row): nothing to do.
+        forget_rows_after(&dir.path().join("none"), 5).unwrap();
+    }
 
     fn cfg() -> Log {
         Log::default()
