@@ -525,3 +525,55 @@ fn skip_step_skips_bad_steps_then_stops_when_they_never_end() {
         "{err}"
     );
 }
+
+/// Bad data is found before anything is written: a clear error naming the file, exit 2, and no
+/// run directory left behind (so the same --run-dir works once the data is fixed).
+#[test]
+fn missing_or_corrupt_data_is_named_and_leaves_no_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/fashion-mnist");
+    for f in [
+        "train-images-idx3-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        std::fs::copy(shipped.join(f), data.join(f)).unwrap();
+    }
+    let dir = tmp.path().join("run");
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "configs/lenet.toml",
+            "--device",
+            "cpu",
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    let path = format!("data.path=\"{}\"", data.display());
+    let out = fit(&["--set", &path]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("train-labels-idx1-ubyte"), "{err}");
+    assert!(!dir.exists(), "a failed start left {}", dir.display());
+
+    // A truncated labels file: named, with what the header promised.
+    let labels = std::fs::read(shipped.join("train-labels-idx1-ubyte.gz")).unwrap();
+    std::fs::write(
+        data.join("train-labels-idx1-ubyte.gz"),
+        &labels[..labels.len() / 2],
+    )
+    .unwrap();
+    let out = fit(&["--set", &path]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("train-labels-idx1-ubyte.gz"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.exists());
+}

@@ -94,11 +94,14 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
     let config_dir = std::fs::canonicalize(&config_dir).unwrap_or(config_dir);
     let seed = cfg.run.seed;
 
-    // The run directory: a new one, or the one being resumed (whose config must match).
-    let (run, manifest) = match &opts.resume {
-        Some(dir) => resume_dir(dir, &resolved, opts.force)?,
+    // The run directory: the one being resumed (whose config must match), or a new one, made
+    // once everything below has been checked (a config or data error leaves no directory).
+    let (resumed, manifest) = match &opts.resume {
+        Some(dir) => {
+            let (run, manifest) = resume_dir(dir, &resolved, opts.force)?;
+            (Some(run), manifest)
+        }
         None => {
-            let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
             let manifest = Manifest {
                 trainer_version: env!("CARGO_PKG_VERSION").into(),
                 git_commit: run_dir::git_commit(),
@@ -111,8 +114,7 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
                 command: opts.command.clone(),
                 started: chrono::Local::now().to_rfc3339(),
             };
-            let run = run_dir::create(&path, &resolved, &manifest).map_err(user)?;
-            (run, manifest)
+            (None, manifest)
         }
     };
     if manifest.device != device_name(gpu) {
@@ -172,6 +174,13 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
             cfg.train.save_every
         ))
     })?;
+    let run = match resumed {
+        Some(run) => run,
+        None => {
+            let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
+            run_dir::create(&path, &resolved, &manifest).map_err(user)?
+        }
+    };
     let store = Store::new(&run.checkpoints(), cfg.train.keep.0);
 
     // Where to start: step 0, or the latest good checkpoint.
