@@ -359,16 +359,8 @@ fn run(cli: Cli) -> Result<(), u8> {
                 gpu_of(&backend),
                 &checkpoint,
                 split == SplitName::Val,
-            )
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                2
-            })?;
-            if json {
-                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
-            } else {
-                print_out(&result.table())
-            }
+            );
+            report(result, json, |r| r.table())
         }
         Command::Predict {
             config,
@@ -387,16 +379,10 @@ fn run(cli: Cli) -> Result<(), u8> {
                 &checkpoint,
                 &inputs,
                 top_k as usize,
-            )
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                2
-            })?;
-            if json {
-                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
-            } else {
-                print_out(&crate::train::inference::predictions_table(&result))
-            }
+            );
+            report(result, json, |r| {
+                crate::train::inference::predictions_table(r)
+            })
         }
         Command::Devices { json } => {
             let adapters = crate::backend::gpu::adapters();
@@ -426,6 +412,24 @@ fn run(cli: Cli) -> Result<(), u8> {
             }
             print_out(&text)
         }
+    }
+}
+
+/// Prints what `eval` or `predict` found, as JSON or as text; their errors are the user's
+/// (a missing checkpoint, unreadable inputs): exit 2.
+fn report<T: serde::Serialize>(
+    result: Result<T, String>,
+    json: bool,
+    text: impl Fn(&T) -> String,
+) -> Result<(), u8> {
+    let result = result.map_err(|e| {
+        eprintln!("error: {e}");
+        2
+    })?;
+    if json {
+        print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+    } else {
+        print_out(&text(&result))
     }
 }
 

@@ -61,6 +61,14 @@ impl<'g> Exec<'g> {
         }
     }
 
+    /// Several tensors at once (on the GPU, one wait instead of one per tensor).
+    pub fn read_many(&self, ts: &[TensorId]) -> Result<Vec<Vec<f32>>, String> {
+        match self {
+            Exec::Cpu(e) => Ok(ts.iter().map(|&t| e.read(t).to_vec()).collect()),
+            Exec::Gpu(e) => e.read_many(ts).map_err(|e| e.to_string()),
+        }
+    }
+
     /// Every parameter and state tensor, in `plan().graph.params` order.
     pub fn params(&self) -> Result<Vec<Vec<f32>>, String> {
         match self {

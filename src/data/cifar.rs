@@ -198,18 +198,19 @@ pub(crate) mod tests {
         assert_eq!(s.class_names.len(), 100);
     }
 
+    /// The error reading dir/test_batch.bin as CIFAR-10 gives.
+    fn read_error(dir: &std::path::Path) -> String {
+        Cifar::Ten
+            .read(dir, &["test_batch.bin".into()], Cifar::Ten.class_names(dir))
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn length_not_a_multiple_of_the_record() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("test_batch.bin"), vec![0u8; 1234]).unwrap();
-        let e = Cifar::Ten
-            .read(
-                dir.path(),
-                &["test_batch.bin".into()],
-                Cifar::Ten.class_names(dir.path()),
-            )
-            .unwrap_err()
-            .to_string();
+        let e = read_error(dir.path());
         assert!(
             e.contains("test_batch.bin: CIFAR-10 file length 1234 is not a multiple of 3073"),
             "{e}"
@@ -222,14 +223,7 @@ pub(crate) mod tests {
         let mut b = records(Cifar::Ten, 3);
         b[2 * 3073] = 10;
         std::fs::write(dir.path().join("test_batch.bin"), b).unwrap();
-        let e = Cifar::Ten
-            .read(
-                dir.path(),
-                &["test_batch.bin".into()],
-                Cifar::Ten.class_names(dir.path()),
-            )
-            .unwrap_err()
-            .to_string();
+        let e = read_error(dir.path());
         assert!(
             e.contains("label 10 out of range for 10 classes at index 2"),
             "{e}"

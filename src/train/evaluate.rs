@@ -40,23 +40,7 @@ impl<'g> EvalModel<'g> {
     /// Sets every parameter and buffer of the model from `tensors`, by PyTorch name. Every one
     /// must be present with its shape; extra tensors (optimizer state) are ignored.
     pub fn load(&mut self, tensors: &[NamedTensor]) -> Result<(), String> {
-        let params = self.exec.plan().graph.params.clone();
-        for (i, p) in params.iter().enumerate() {
-            let t = tensors
-                .iter()
-                .find(|t| t.name == p.name)
-                .ok_or_else(|| format!("the checkpoint has no tensor `{}`", p.name))?;
-            if t.shape != p.ty.shape {
-                return Err(format!(
-                    "`{}` has shape {} in the checkpoint but {} in the model",
-                    p.name,
-                    crate::ops::fmt_shape(&t.shape),
-                    crate::ops::fmt_shape(&p.ty.shape)
-                ));
-            }
-            self.exec.set_param(i, &t.data)?;
-        }
-        Ok(())
+        load_named(&mut self.exec, &tensors.iter().collect::<Vec<_>>())
     }
 
     /// Takes the current weights of a training run (same names, same order of model params).
@@ -90,6 +74,28 @@ impl<'g> EvalModel<'g> {
     pub fn device(&self) -> String {
         self.exec.device()
     }
+}
+
+/// Sets every tensor of a prepared plan from `tensors`, by name; each must be there with its
+/// shape, and tensors the plan does not have are ignored.
+pub fn load_named(exec: &mut Exec, tensors: &[&NamedTensor]) -> Result<(), String> {
+    let params = exec.plan().graph.params.clone();
+    for (i, p) in params.iter().enumerate() {
+        let t = tensors
+            .iter()
+            .find(|t| t.name == p.name)
+            .ok_or_else(|| format!("the checkpoint has no tensor `{}`", p.name))?;
+        if t.shape != p.ty.shape {
+            return Err(format!(
+                "`{}` has shape {} in the checkpoint but {} in the model",
+                p.name,
+                crate::ops::fmt_shape(&t.shape),
+                crate::ops::fmt_shape(&p.ty.shape)
+            ));
+        }
+        exec.set_param(i, &t.data)?;
+    }
+    Ok(())
 }
 
 /// Every parameter, buffer and optimizer state tensor of a prepared plan, with its name.

@@ -13,11 +13,11 @@ use std::time::Instant;
 use crate::backend::Exec;
 use crate::backend::cpu::StepCtx;
 use crate::backend::gpu::Gpu;
-use crate::checkpoint::{Checkpoint, FORMAT_VERSION, Store, TrainState};
+use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
 use crate::config::{Config, OnNonfinite, Optimizer, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
 use crate::graph::{Mode, build_for, training::training_graph};
-use crate::train::evaluate::{EvalModel, named_tensors};
+use crate::train::evaluate::{EvalModel, load_named, named_tensors};
 use crate::train::logger::Logger;
 use crate::train::metrics::{Evaluation, Running};
 use crate::train::progress::Progress;
@@ -203,7 +203,9 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
         for w in warnings {
             eprintln!("warning: {w}");
         }
-        restore(&mut exec, &ckpt).map_err(FitError::User)?;
+        // Weights, buffers and optimizer state: every tensor of the training plan.
+        let saved: Vec<&NamedTensor> = ckpt.weights.iter().chain(&ckpt.optimizer).collect();
+        load_named(&mut exec, &saved).map_err(FitError::User)?;
         state = TrainState {
             config_hash: run.config_hash.clone(),
             ..ckpt.state
@@ -347,8 +349,8 @@ impl Loop<'_> {
                 seed: state.seed,
             })
             .map_err(rt)?;
-            let loss = exec.read(self.loss_t).map_err(rt)?[0] as f64;
-            let logits = exec.read(self.output).map_err(rt)?;
+            let mut read = exec.read_many(&[self.loss_t, self.output]).map_err(rt)?;
+            let (logits, loss) = (read.pop().unwrap_or_default(), read[0][0] as f64);
             if loss.is_finite() {
                 skipped_in_a_row = 0;
                 let correct = correct(&logits, &batch.labels, batch.len);
@@ -540,29 +542,6 @@ fn checkpoint_of(exec: &Exec, state: &TrainState) -> Result<Checkpoint, String> 
         optimizer,
         state: state.clone(),
     })
-}
-
-/// Sets every tensor of the training plan (weights, buffers, optimizer state) from a checkpoint.
-fn restore(exec: &mut Exec, ckpt: &Checkpoint) -> Result<(), String> {
-    let params = exec.plan().graph.params.clone();
-    for (i, p) in params.iter().enumerate() {
-        let t = ckpt
-            .weights
-            .iter()
-            .chain(&ckpt.optimizer)
-            .find(|t| t.name == p.name)
-            .ok_or_else(|| format!("the checkpoint has no tensor `{}`", p.name))?;
-        if t.shape != p.ty.shape {
-            return Err(format!(
-                "`{}` has shape {} in the checkpoint but {} in the model",
-                p.name,
-                crate::ops::fmt_shape(&t.shape),
-                crate::ops::fmt_shape(&p.ty.shape)
-            ));
-        }
-        exec.set_param(i, &t.data)?;
-    }
-    Ok(())
 }
 
 fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manifest), FitError> {

@@ -255,24 +255,38 @@ fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
     })
 }
 
-/// Copies `bytes` from `buffer` at `offset` to the host (blocking: tests, checkpoints).
+/// Copies `len` floats from `buffer` at `offset` to the host (blocking: tests, checkpoints).
 fn download(
     gpu: &Gpu,
     buffer: &wgpu::Buffer,
     offset: u64,
     len: usize,
 ) -> Result<Vec<f32>, GpuError> {
-    let bytes = (len.max(1) * 4) as u64;
+    Ok(download_many(gpu, &[(buffer, offset, len)])?.remove(0))
+}
+
+/// Copies several ranges `(buffer, offset, floats)` to the host with one submit and one wait
+/// (the training loop reads the loss and the logits after every step).
+fn download_many(
+    gpu: &Gpu,
+    ranges: &[(&wgpu::Buffer, u64, usize)],
+) -> Result<Vec<Vec<f32>>, GpuError> {
+    let total: usize = ranges.iter().map(|&(_, _, len)| len.max(1)).sum();
     let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
-        size: bytes,
+        size: total as u64 * 4,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
     let mut encoder = gpu
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
+    let mut at = 0u64;
+    for &(buffer, offset, len) in ranges {
+        let bytes = len.max(1) as u64 * 4;
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, at, bytes);
+        at += bytes;
+    }
     gpu.queue.submit([encoder.finish()]);
     let slice = staging.slice(..);
     slice.map_async(wgpu::MapMode::Read, |_| {});
@@ -280,7 +294,16 @@ fn download(
     let view = slice
         .get_mapped_range()
         .map_err(|e| GpuError::Runtime(format!("reading back: {e}")))?;
-    let values: Vec<f32> = bytemuck::cast_slice(&view)[..len].to_vec();
+    let all: &[f32] = bytemuck::cast_slice(&view);
+    let mut start = 0;
+    let values = ranges
+        .iter()
+        .map(|&(_, _, len)| {
+            let v = all[start..start + len].to_vec();
+            start += len.max(1);
+            v
+        })
+        .collect();
     drop(view);
     staging.unmap();
     Ok(values)
@@ -491,6 +514,21 @@ impl<'g> GpuExec<'g> {
     /// A tensor that outlives the step (blocking: waits for the queue).
     pub fn read(&self, t: TensorId) -> Result<Vec<f32>, GpuError> {
         self.read_slot(self.plan.slots[&t])
+    }
+    /// Several tensors with one wait for the queue.
+    pub fn read_many(&self, ts: &[TensorId]) -> Result<Vec<Vec<f32>>, GpuError> {
+        let ranges: Vec<_> = ts
+            .iter()
+            .map(|t| {
+                let s = self.plan.slots[t];
+                (
+                    &self.regions[region_index(s.region)],
+                    s.offset as u64 * 4,
+                    s.len,
+                )
+            })
+            .collect();
+        download_many(self.gpu, &ranges)
     }
     pub fn param(&self, i: usize) -> Result<Vec<f32>, GpuError> {
         self.read_slot(self.plan.params[i])
