@@ -50,11 +50,10 @@ fn plan_json_has_the_documented_keys() {
     assert_eq!(get(&v, "bytes.optimizer"), 2 * get(&v, "bytes.params"));
 }
 
-/// The figures measured in docs/performance.md, as bounds a regression would break. Issue 3
-/// asks for sqrt ≤ 1/3 of none and a 50% budget at ≤ 10% recompute; both were set against a
-/// `none` that also kept relu's input. Relu now runs in place (its gradient reads its output,
-/// as in PyTorch), which cut `none` by a third, and the bounds below are what remains:
-/// docs/performance.md shows why 7 full-width tensors of stage 1 is the floor.
+/// Issue 3's figures for configs/resnet18.toml at batch 128: `sqrt` at most 1/3 of `none`'s
+/// activation peak with at most one extra forward of recomputation; a budget of half of
+/// `none`'s peak fits with at most 10% of forward FLOPs recomputed. Also the 75% and 30%
+/// budgets of docs/performance.md's table.
 #[test]
 fn resnet18_checkpointing_meets_the_figures() {
     let cfg = "configs/resnet18.toml";
@@ -66,15 +65,12 @@ fn resnet18_checkpointing_meets_the_figures() {
     // Saved per basic block: conv1 out, relu1 out, conv2 out, block out (4, as PyTorch).
     assert!(peak <= 580 << 20, "none peak {peak}");
     let sqrt_peak = get(&sqrt, "bytes.activations_peak");
+    assert!(sqrt_peak * 3 <= peak, "sqrt peak {sqrt_peak} vs none {peak}");
     assert!(
-        sqrt_peak * 100 <= peak * 39,
-        "sqrt peak {sqrt_peak} vs none {peak}"
+        get(&sqrt, "flops.recompute") <= forward,
+        "sqrt recomputes more than one forward"
     );
-    assert!(
-        get(&sqrt, "flops.recompute") * 100 <= forward * 55,
-        "sqrt recomputes more than 55% of a forward"
-    );
-    for (percent, most_recompute) in [(75, 2), (50, 33)] {
+    for (percent, most_recompute) in [(75, 1), (50, 10), (30, 100)] {
         let budget = peak * percent / 100;
         let set = format!("train.checkpointing={{ memory_budget = {budget} }}");
         let p = plan(cfg, &[&set]);

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use serde::Serialize;
 
 pub use memory::{Region, Slot};
+pub use recompute::Remat;
 
 use crate::config::sections::Checkpointing;
 use crate::diag::Diagnostic;
@@ -71,6 +72,70 @@ pub struct Plan {
     pub stats: Stats,
 }
 
+impl Plan {
+    /// Arena bytes in use at each launch: every slot holding a tensor that was written and is
+    /// still to be read (an in-place chain counts once). Its maximum is the activation peak
+    /// when the arena packs without gaps.
+    pub fn live_bytes(&self) -> Vec<u64> {
+        let n = self.launches.len();
+        let mut span: BTreeMap<TensorId, (usize, usize)> = BTreeMap::new();
+        for (i, l) in self.launches.iter().enumerate() {
+            for (k, s) in l.outputs.iter().enumerate() {
+                if s.region == Region::Arena {
+                    span.insert(TensorId::of(l.node, k), (i, i));
+                }
+            }
+            for t in &self.graph.dag[l.node].inputs {
+                if let Some(sp) = span.get_mut(t) {
+                    sp.1 = i;
+                }
+            }
+        }
+        for t in [self.graph.loss, self.graph.output] {
+            if let Some(sp) = span.get_mut(&t) {
+                sp.1 = n.saturating_sub(1);
+            }
+        }
+        // Per slot, the union of its tensors' spans: an in-place write continues its input.
+        let mut by_slot: BTreeMap<(usize, usize), Vec<(usize, usize)>> = BTreeMap::new();
+        for (t, sp) in span {
+            let s = self.slots[&t];
+            by_slot.entry((s.offset, s.len)).or_default().push(sp);
+        }
+        let mut delta = vec![0i64; n + 1];
+        for ((_, len), mut spans) in by_slot {
+            spans.sort();
+            let mut merged: Vec<(usize, usize)> = Vec::new();
+            for (a, b) in spans {
+                match merged.last_mut() {
+                    Some(m) if a <= m.1 => m.1 = m.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            for (a, b) in merged {
+                delta[a] += len as i64 * 4;
+                delta[b + 1] -= len as i64 * 4;
+            }
+        }
+        let mut live = 0i64;
+        delta[..n]
+            .iter()
+            .map(|d| {
+                live += d;
+                live as u64
+            })
+            .collect()
+    }
+
+    /// How many launches run at the activation peak: fewer means the peak is closer to
+    /// falling (a search tie-break).
+    fn launches_at_peak(&self) -> usize {
+        let live = self.live_bytes();
+        let max = live.iter().copied().max().unwrap_or(0);
+        live.iter().filter(|&&b| b == max).count()
+    }
+}
+
 /// Switches for the passes, so a test can show each changes no bits.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -100,13 +165,16 @@ pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan,
             return fit_budget(g, &saved, budget.0, policy, options);
         }
     };
-    Ok(build(g, &drop, policy, options))
+    Ok(build(g, &Remat::dropping(drop), policy, options))
 }
 
-/// The least recomputation whose activation peak fits `budget` bytes. Candidates: the
+/// The least recomputation whose activation peak fits `budget` bytes. Starting points: the
 /// shortest prefix of `budget_order` that fits (binary search), once over every droppable
 /// activation and once keeping the articulation cuts (dropping a cut makes later
-/// recomputations restart further back), and the `sqrt` segmentations.
+/// recomputations restart further back); "save dots" (drop every memory-bound activation,
+/// keep convolution and matmul outputs); and the `sqrt` segmentations. Each is then refined
+/// by local search: drop or keep one activation, or recompute one op per use, while the plan
+/// improves: first its peak until it fits, then its recomputation while it still fits.
 fn fit_budget(
     g: &Graph,
     saved: &recompute::Saved,
@@ -115,40 +183,86 @@ fn fit_budget(
     options: Options,
 ) -> Result<Plan, Diagnostic> {
     let fits = |p: &Plan| p.stats.bytes.activations_peak <= budget;
-    let none = build(g, &BTreeSet::new(), policy, options);
+    let none = build(g, &Remat::default(), policy, options);
     if fits(&none) {
         return Ok(none);
     }
     let all = recompute::budget_order(g, saved);
     let cuts = recompute::cuts(g);
     let inner: Vec<TensorId> = all.iter().filter(|t| !cuts.contains(t)).copied().collect();
-    let mut candidates = sqrt_plans(g, saved, policy, options);
-    let mut least = none.stats.bytes.activations_peak;
-    for order in [all, inner] {
-        let attempt = |n: usize| build(g, &order[..n].iter().copied().collect(), policy, options);
-        let full = attempt(order.len());
-        least = least.min(full.stats.bytes.activations_peak);
-        if !fits(&full) {
+    let all_dropped: BTreeSet<TensorId> = saved.droppable.iter().copied().collect();
+    let ops = recompute::recomputable(g, &all_dropped);
+    let lowest = |p: &Plan| {
+        (
+            p.stats.bytes.activations_peak,
+            p.launches_at_peak() as u64,
+            p.stats.flops.recompute,
+        )
+    };
+    // A drop set, with the ops recomputed per use that lower its peak most.
+    let shaped = |drop: BTreeSet<TensorId>, cheap_chains_per_use: bool| {
+        let remat = Remat {
+            drop,
+            per_use: BTreeSet::new(),
+            cheap_chains_per_use,
+        };
+        let first = build(g, &remat, policy, options);
+        improve(g, remat, first, &[], &ops, lowest, policy, options)
+    };
+    let mut starts: Vec<Remat> = Vec::new();
+    for (order, cheap_chains_per_use) in
+        [(&all, false), (&inner, false), (&all, true), (&inner, true)]
+    {
+        let prefix = |n: usize| shaped(order[..n].iter().copied().collect(), cheap_chains_per_use);
+        let full = prefix(order.len());
+        if !fits(&full.1) {
+            starts.push(full.0);
             continue;
         }
-        let (mut lo, mut hi) = (0, order.len());
-        let mut best = full;
+        let (mut lo, mut hi, mut best) = (0, order.len(), full.0);
         while hi - lo > 1 {
             let mid = (lo + hi) / 2;
-            let p = attempt(mid);
-            if fits(&p) {
-                hi = mid;
-                best = p;
-            } else {
-                lo = mid;
+            let (remat, p) = prefix(mid);
+            match fits(&p) {
+                true => (hi, best) = (mid, remat),
+                false => lo = mid,
             }
         }
-        candidates.push(best);
+        starts.push(best);
     }
-    least = candidates
+    for cheap_chains_per_use in [false, true] {
+        starts.push(Remat {
+            cheap_chains_per_use,
+            ..Remat::dropping(recompute::cheap(g, saved))
+        });
+    }
+    let key = |p: &Plan| match fits(p) {
+        true => (
+            false,
+            p.stats.flops.recompute,
+            p.stats.bytes.activations_peak,
+            0,
+        ),
+        false => (
+            true,
+            p.stats.bytes.activations_peak,
+            p.launches_at_peak() as u64,
+            p.stats.flops.recompute,
+        ),
+    };
+    let droppable = &saved.droppable;
+    let all_dropped: BTreeSet<TensorId> = droppable.iter().copied().collect();
+    let ops = recompute::recomputable(g, &all_dropped);
+    let mut candidates = sqrt_plans(g, saved, policy, options);
+    for start in starts {
+        let first = build(g, &start, policy, options);
+        candidates.push(improve(g, start, first, droppable, &ops, key, policy, options).1);
+    }
+    let least = candidates
         .iter()
         .map(|p| p.stats.bytes.activations_peak)
-        .fold(least, u64::min);
+        .min()
+        .unwrap_or(none.stats.bytes.activations_peak);
     candidates
         .into_iter()
         .filter(fits)
@@ -162,6 +276,45 @@ fn fit_budget(
             ))
             .note("what remains is the working set of the largest layers (inputs, outputs and gradients at once); raise the budget or lower data.batch_size")
         })
+}
+
+fn toggle<T: Ord>(set: &mut BTreeSet<T>, x: T) {
+    if !set.remove(&x) {
+        set.insert(x);
+    }
+}
+
+/// Local search from `remat`: toggle one activation between kept and dropped, or one op
+/// between recomputed once and per use, in a fixed order, pass after pass, keeping each
+/// toggle that lowers `key`. Each plan takes a millisecond or two.
+#[allow(clippy::too_many_arguments)]
+fn improve<K: Ord>(
+    g: &Graph,
+    mut remat: Remat,
+    mut best: Plan,
+    droppable: &[TensorId],
+    ops: &[NodeId],
+    key: impl Fn(&Plan) -> K,
+    policy: &Checkpointing,
+    options: Options,
+) -> (Remat, Plan) {
+    loop {
+        let mut improved = false;
+        for i in 0..droppable.len() + ops.len() {
+            let mut trial = remat.clone();
+            match droppable.get(i) {
+                Some(t) => toggle(&mut trial.drop, *t),
+                None => toggle(&mut trial.per_use, ops[i - droppable.len()]),
+            }
+            let p = build(g, &trial, policy, options);
+            if key(&p) < key(&best) {
+                (remat, best, improved) = (trial, p, true);
+            }
+        }
+        if !improved {
+            return (remat, best);
+        }
+    }
 }
 
 /// `sqrt` segmentations. Chen et al.'s even split into about sqrt(n) segments, for every
@@ -183,8 +336,14 @@ fn sqrt_plans(
         (2.0 * root).ceil() as usize,
     );
     let score = |p: &Plan| (p.stats.bytes.activations_peak, p.stats.flops.recompute);
-    let attempt =
-        |kept: &BTreeSet<TensorId>| build(g, &recompute::segmented(saved, kept), policy, options);
+    let attempt = |kept: &BTreeSet<TensorId>| {
+        build(
+            g,
+            &Remat::dropping(recompute::segmented(saved, kept)),
+            policy,
+            options,
+        )
+    };
     let mut plans: Vec<(BTreeSet<TensorId>, Plan)> = (lo..=hi)
         .map(|k| {
             let kept = recompute::even_segments(g, &cuts, k);
@@ -192,30 +351,59 @@ fn sqrt_plans(
             (kept, p)
         })
         .collect();
-    let Some((mut kept, mut best)) = plans
+    let Some(start) = plans
         .iter()
         .min_by_key(|(_, p)| score(p))
-        .map(|(k, _)| (k.clone(), attempt(k)))
+        .map(|(k, _)| k.clone())
     else {
         return Vec::new();
     };
-    loop {
-        let mut improved = false;
-        for &c in &cuts {
-            let mut trial = kept.clone();
-            if !trial.remove(&c) {
-                trial.insert(c);
+    // Local search, within Chen's bound of one extra forward pass: toggle one kept cut, or
+    // one op between recomputed once (shared) and per use, while the plan improves; once
+    // with memory-bound rebuilds shared, once per use.
+    let within = |p: &Plan| p.stats.flops.recompute <= p.stats.flops.forward;
+    let score = |p: &Plan| {
+        (
+            p.stats.bytes.activations_peak,
+            p.launches_at_peak(),
+            p.stats.flops.recompute,
+        )
+    };
+    let all: BTreeSet<TensorId> = saved.droppable.iter().copied().collect();
+    let ops = recompute::recomputable(g, &all);
+    for cheap_chains_per_use in [false, true] {
+        let remat = |kept: &BTreeSet<TensorId>, per_use: &BTreeSet<NodeId>| Remat {
+            drop: recompute::segmented(saved, kept),
+            per_use: per_use.clone(),
+            cheap_chains_per_use,
+        };
+        let mut kept = start.clone();
+        let mut per_use: BTreeSet<NodeId> = BTreeSet::new();
+        let mut best = build(g, &remat(&kept, &per_use), policy, options);
+        loop {
+            let mut improved = false;
+            for &c in &cuts {
+                let mut trial = kept.clone();
+                toggle(&mut trial, c);
+                let p = build(g, &remat(&trial, &per_use), policy, options);
+                if within(&p) && score(&p) < score(&best) {
+                    (kept, best, improved) = (trial, p, true);
+                }
             }
-            let p = attempt(&trial);
-            if score(&p) < score(&best) {
-                (kept, best, improved) = (trial, p, true);
+            for &op in &ops {
+                let mut trial = per_use.clone();
+                toggle(&mut trial, op);
+                let p = build(g, &remat(&kept, &trial), policy, options);
+                if within(&p) && score(&p) < score(&best) {
+                    (per_use, best, improved) = (trial, p, true);
+                }
+            }
+            if !improved {
+                break;
             }
         }
-        if !improved {
-            break;
-        }
+        plans.push((kept, best));
     }
-    plans.push((kept, best));
     plans.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -235,8 +423,8 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-fn build(g: &Graph, drop: &BTreeSet<TensorId>, policy: &Checkpointing, options: Options) -> Plan {
-    let graph = recompute::rematerialize(g, drop);
+fn build(g: &Graph, remat: &Remat, policy: &Checkpointing, options: Options) -> Plan {
+    let graph = recompute::rematerialize(g, remat);
     let order = order(&graph);
     let layout = memory::plan(&graph, &order, options.in_place);
     let launches: Vec<Launch> = order

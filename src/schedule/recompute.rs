@@ -53,10 +53,40 @@ fn forward_reads_by(g: &Graph, reader: impl Fn(Phase) -> bool) -> BTreeSet<Tenso
     out
 }
 
-/// A copy of `g` where every backward read of a forward activation in `drop` reads a clone
-/// instead. Clones are inserted just before their first reader, so creation order stays a
-/// topological order and the order pass runs each clone as late as possible.
-pub fn rematerialize(g: &Graph, drop: &BTreeSet<TensorId>) -> Graph {
+/// What a checkpointing policy decides: which saved activations the backward pass drops, and
+/// which forward ops are recomputed afresh for each backward op that needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Remat {
+    /// Saved activations not kept from the forward pass: recomputed before their first use.
+    pub drop: BTreeSet<TensorId>,
+    /// Forward ops whose clone is not shared across backward ops: each backward op that needs
+    /// one (directly or through other clones) gets its own, which dies with that use. Costs
+    /// FLOPs, saves memory where one clone would live across a long stretch of backward (a
+    /// conv output needed first to recompute the next conv, then much later by its batchnorm's
+    /// gradient).
+    pub per_use: BTreeSet<NodeId>,
+    /// A memory-bound op's clone made only to rebuild another clone lives only within the
+    /// current backward op (a residual stream rebuilt from a kept block output would otherwise
+    /// stay alive from its first use to its last); later readers rebuild it.
+    pub cheap_chains_per_use: bool,
+}
+
+impl Remat {
+    pub fn dropping(drop: BTreeSet<TensorId>) -> Remat {
+        Remat {
+            drop,
+            ..Remat::default()
+        }
+    }
+}
+
+/// A copy of `g` where every backward read of a forward activation in `remat.drop` reads a
+/// clone instead. Clones are inserted just before the backward op that first needs them, so
+/// creation order stays a topological order and the order pass runs each clone as late as
+/// possible. A clone is shared by every later reader, except clones of `remat.per_use` ops,
+/// which are shared only within the backward op they were made for.
+pub fn rematerialize(g: &Graph, remat: &Remat) -> Graph {
+    let drop = &remat.drop;
     if drop.is_empty() {
         return g.clone();
     }
@@ -74,13 +104,19 @@ pub fn rematerialize(g: &Graph, drop: &BTreeSet<TensorId>) -> Graph {
     let keep = |t: TensorId| is_leaf(g, t) || kept.contains(&t);
     for id in g.dag.node_indices() {
         let n = &g.dag[id];
+        let mut memo = Memo {
+            g,
+            remat,
+            shared: &mut clones,
+            local: BTreeMap::new(),
+        };
         let inputs: Vec<TensorId> = n
             .inputs
             .iter()
             .map(|&t| {
                 let from_forward = g.dag[t.node()].phase == Phase::Forward;
                 if n.phase != Phase::Forward && from_forward && !keep(t) {
-                    let c = clone(g, &mut out, &map, &mut clones, t.node(), &keep);
+                    let c = clone(g, &mut out, &map, &mut memo, t.node(), false, &keep);
                     TensorId::of(c, t.output as usize)
                 } else {
                     remap(&map, t)
@@ -112,37 +148,113 @@ fn remap(map: &[Option<NodeId>], t: TensorId) -> TensorId {
     )
 }
 
+/// The clones made so far: shared by every later backward op, or only within the current one
+/// (`Remat::per_use` ops, and with `cheap_chains_per_use` memory-bound clones made to rebuild
+/// other clones).
+struct Memo<'a> {
+    g: &'a Graph,
+    remat: &'a Remat,
+    shared: &'a mut BTreeMap<NodeId, NodeId>,
+    local: BTreeMap<NodeId, NodeId>,
+}
+
+impl Memo<'_> {
+    fn is_local(&self, node: NodeId, chain: bool) -> bool {
+        self.remat.per_use.contains(&node)
+            || (self.remat.cheap_chains_per_use
+                && chain
+                && self.g.dag[node].op.primitive().cost() == Cost::Cheap)
+    }
+    fn get(&self, node: NodeId, chain: bool) -> Option<NodeId> {
+        match self.is_local(node, chain) {
+            true => self.local.get(&node).copied(),
+            false => self.shared.get(&node).copied(),
+        }
+    }
+    fn insert(&mut self, node: NodeId, chain: bool, clone: NodeId) {
+        match self.is_local(node, chain) {
+            true => self.local.insert(node, clone),
+            false => self.shared.insert(node, clone),
+        };
+    }
+}
+
 fn clone(
     g: &Graph,
     out: &mut Graph,
     map: &[Option<NodeId>],
-    clones: &mut BTreeMap<NodeId, NodeId>,
+    clones: &mut Memo<'_>,
     node: NodeId,
+    chain: bool,
     keep: &impl Fn(TensorId) -> bool,
 ) -> NodeId {
-    if let Some(&c) = clones.get(&node) {
+    if let Some(c) = clones.get(node, chain) {
         return c;
     }
     let n = &g.dag[node];
+    // Rebuild the longest chain first (Sethi–Ullman): its intermediates die along the way,
+    // while a short one built first would stay alive through it.
+    let mut todo: Vec<usize> = (0..n.inputs.len())
+        .filter(|&k| !keep(n.inputs[k]))
+        .collect();
+    todo.sort_by_key(|&k| std::cmp::Reverse(chain_len(g, n.inputs[k].node(), keep)));
+    let mut made: BTreeMap<usize, NodeId> = BTreeMap::new();
+    for k in todo {
+        made.insert(
+            k,
+            clone(g, out, map, clones, n.inputs[k].node(), true, keep),
+        );
+    }
     let inputs: Vec<TensorId> = n
         .inputs
         .iter()
-        .map(|&t| {
-            if keep(t) {
-                remap(map, t)
-            } else {
-                TensorId::of(
-                    clone(g, out, map, clones, t.node(), keep),
-                    t.output as usize,
-                )
-            }
+        .enumerate()
+        .map(|(k, &t)| match made.get(&k) {
+            Some(&c) => TensorId::of(c, t.output as usize),
+            None => remap(map, t),
         })
         .collect();
     let c = out
         .add_node(n.op.clone(), &inputs, n.layer, Phase::Recompute)
         .expect("a clone keeps its types");
-    clones.insert(node, c);
+    clones.insert(node, chain, c);
     c
+}
+
+/// How many ops rebuilding `node` recomputes, back to what the forward pass kept.
+fn chain_len(g: &Graph, node: NodeId, keep: &impl Fn(TensorId) -> bool) -> usize {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![node];
+    while let Some(id) = stack.pop() {
+        if seen.insert(id) {
+            stack.extend(
+                g.dag[id]
+                    .inputs
+                    .iter()
+                    .filter(|&&t| !keep(t))
+                    .map(|t| t.node()),
+            );
+        }
+    }
+    seen.len()
+}
+
+/// Forward ops a clone may be made of under `drop`: launched ops none of whose outputs the
+/// forward pass leaves for the backward pass. The candidates for `Remat::per_use`.
+pub fn recomputable(g: &Graph, drop: &BTreeSet<TensorId>) -> Vec<NodeId> {
+    let kept: BTreeSet<TensorId> = backward_reads(g)
+        .into_iter()
+        .filter(|t| !drop.contains(t))
+        .collect();
+    g.dag
+        .node_indices()
+        .filter(|&id| {
+            let n = &g.dag[id];
+            n.phase == Phase::Forward
+                && !n.inputs.is_empty()
+                && g.outputs(id).iter().all(|t| !kept.contains(t))
+        })
+        .collect()
 }
 
 /// `blocks`: keep what crosses a block instance's boundary; recompute inside each block.
@@ -273,6 +385,17 @@ fn articulation(g: &Graph) -> (Vec<NodeId>, Vec<(usize, TensorId)>) {
         }
     }
     (forward, cuts)
+}
+
+/// "Save dots": the droppable activations of memory-bound ops (batchnorm, activations,
+/// adds); convolution and matmul outputs are kept.
+pub fn cheap(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
+    saved
+        .droppable
+        .iter()
+        .filter(|t| g.dag[t.node()].op.primitive().cost() != Cost::Compute)
+        .copied()
+        .collect()
 }
 
 /// Droppable activations in the order a memory budget gives them up: cheap memory-bound ops
