@@ -23,6 +23,10 @@ pub struct BenchResult {
     pub warmup: usize,
     pub threads: usize,
     pub loss: f64,
+    /// GPU only: how many submits one step is cut into (so that no command buffer runs long
+    /// enough for a GPU watchdog to stop it; `TRAINER_GPU_SUBMIT_MS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submits_per_step: Option<usize>,
 }
 
 pub const WARMUP: usize = 2;
@@ -80,28 +84,28 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
         warmup: WARMUP,
         threads: rayon::current_num_threads(),
         loss: exec.read(loss_t)[0] as f64,
+        submits_per_step: None,
     })
 }
 
 /// GPU steps are queued back to back as in training (nothing waits between them), so the
 /// step time is the wall time of `steps` steps, after warm-up, divided by `steps`.
-pub fn run_gpu(gpu: &Gpu, plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
+pub fn run_gpu(gpu: &Gpu, plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, GpuError> {
     let batch = plan.graph.batch;
     let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
     let (x, y) = synthetic_batch(&plan, seed);
-    let err = |e: GpuError| e.to_string();
-    let mut exec = GpuExec::new(gpu, plan, seed).map_err(err)?;
-    exec.feed(features, &x).map_err(err)?;
-    exec.feed(labels, &y).map_err(err)?;
+    let mut exec = GpuExec::new(gpu, plan, seed)?;
+    exec.feed(features, &x)?;
+    exec.feed(labels, &y)?;
     for step in 0..WARMUP {
-        exec.step(ctx(step, seed)).map_err(err)?;
+        exec.step(ctx(step, seed))?;
     }
-    gpu.wait().map_err(err)?;
+    gpu.wait()?;
     let t0 = Instant::now();
     for step in WARMUP..WARMUP + steps {
-        exec.step(ctx(step, seed)).map_err(err)?;
+        exec.step(ctx(step, seed))?;
     }
-    gpu.wait().map_err(err)?;
+    gpu.wait()?;
     let step_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
     Ok(BenchResult {
         device: format!("gpu ({}, {})", gpu.adapter.name, gpu.adapter.backend),
@@ -111,6 +115,7 @@ pub fn run_gpu(gpu: &Gpu, plan: Plan, seed: u64, steps: usize) -> Result<BenchRe
         steps,
         warmup: WARMUP,
         threads: 0,
-        loss: exec.read(loss_t).map_err(err)?[0] as f64,
+        loss: exec.read(loss_t)?[0] as f64,
+        submits_per_step: Some(exec.submits_per_step()),
     })
 }

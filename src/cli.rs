@@ -287,15 +287,19 @@ fn run(cli: Cli) -> Result<(), u8> {
                 Backend::Gpu(gpu) => {
                     crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
                         eprintln!("error: {e}");
-                        2
+                        e.exit_code()
                     })?
                 }
             };
             if json {
                 print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
             } else {
+                let submits = match result.submits_per_step {
+                    Some(n) => format!(", {n} submit{} a step", if n == 1 { "" } else { "s" }),
+                    None => String::new(),
+                };
                 print_out(&format!(
-                    "{}: {} at batch {}: {:.1} ms/step ({} steps), {:.0} images/s\n",
+                    "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n",
                     config.display(),
                     result.device,
                     result.batch,
@@ -450,7 +454,8 @@ fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
 }
 
 /// `trainer fit` and `trainer resume`. Exit codes: 130 after a signal (checkpoint saved), 3 when
-/// the loss stopped being finite, 2 for bad input, 1 when the device or disk failed.
+/// the loss stopped being finite, 2 for bad input (a plan the GPU cannot hold included), 1 when
+/// the device or disk failed.
 fn fit(
     sets: &[String],
     device: Option<Device>,

@@ -27,7 +27,8 @@ impl<'g> EvalModel<'g> {
         let (features, output) = (g.features, g.output);
         let classes = g.ty(output).shape.last().copied().unwrap_or(1);
         let plan = crate::schedule::plan(&g, &Checkpointing::None, Default::default())?;
-        let exec = Exec::new(gpu, plan, cfg.run.seed).map_err(Diagnostic::new)?;
+        let exec =
+            Exec::new(gpu, plan, cfg.run.seed).map_err(|e| Diagnostic::new(e.to_string()))?;
         Ok(EvalModel {
             exec,
             features,

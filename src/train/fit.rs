@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::backend::Exec;
 use crate::backend::cpu::StepCtx;
 use crate::backend::gpu::Gpu;
+use crate::backend::{Exec, PrepareError};
 use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
 use crate::config::{Config, OnNonfinite, Optimizer, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
@@ -149,7 +149,11 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
         forward.loss,
         forward.output,
     );
-    let mut exec = Exec::new(gpu, plan, seed).map_err(FitError::Runtime)?;
+    // A plan the device cannot hold (out of memory, above a limit) is the config's to fix.
+    let mut exec = Exec::new(gpu, plan, seed).map_err(|e| match e {
+        PrepareError::DoesNotFit(m) => FitError::User(m),
+        PrepareError::Failed(m) => FitError::Runtime(m),
+    })?;
     let mut eval = EvalModel::new(cfg, gpu, eval_batch).map_err(diag)?;
 
     let epochs = cfg.train.epochs.0 as u64;

@@ -1,19 +1,22 @@
 //! The planned GPU executor. `GpuExec::new` does all the work a step could repeat: one buffer
 //! per memory region (the plan's arena is the GPU memory plan), every pipeline, every bind
-//! group, every kernel's parameters in one uniform buffer. `step` then only writes the step's
-//! scalars, records every dispatch into one compute pass and submits once.
+//! group, every kernel's parameters in one uniform buffer, and where the step's dispatches are
+//! cut into submits (`submit.rs`). `step` then only writes the step's scalars and records the
+//! dispatches into one compute pass per submit.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
+use std::ops::Range;
 
+use super::alloc::REGIONS;
+use super::fault::Fault;
 use super::kernel::{Bind, Dispatch, KernelArgs, Shader};
-use super::{Gpu, GpuError};
+use super::{Gpu, GpuError, submit};
 use crate::backend::cpu::StepCtx;
 use crate::graph::TensorId;
 use crate::ops::{OpKind, TensorType};
 use crate::schedule::{Plan, Region, Slot};
 
-const REGIONS: [Region; 4] = [Region::State, Region::Grads, Region::Inputs, Region::Arena];
 const STEP_BYTES: u64 = 16;
 
 fn region_index(r: Region) -> usize {
@@ -243,7 +246,7 @@ fn step_bytes(ctx: StepCtx) -> [u32; 4] {
     ]
 }
 
-fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
+pub(super) fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         // A zero-sized buffer cannot be bound; every binding is at least 4 bytes.
@@ -315,6 +318,9 @@ pub struct GpuExec<'g> {
     regions: Vec<wgpu::Buffer>,
     step: wgpu::Buffer,
     prepared: Vec<Prepared>,
+    /// Estimated seconds of each prepared dispatch, and the runs of them submitted together.
+    costs: Vec<f64>,
+    submits: Vec<Range<usize>>,
     /// Kept alive for the bind groups that point into it.
     _params: wgpu::Buffer,
     /// A copy of the State region (`train.on_nonfinite = "skip_step"`), made on first use.
@@ -327,18 +333,6 @@ impl<'g> GpuExec<'g> {
     pub fn new(gpu: &'g Gpu, plan: Plan, seed: u64) -> Result<GpuExec<'g>, GpuError> {
         let g = &plan.graph;
         let max_binding = gpu.limits.max_storage_buffer_binding_size;
-        let mut regions = Vec::new();
-        for r in REGIONS {
-            let bytes = plan.sizes.get(&r).copied().unwrap_or(0) as u64 * 4;
-            if bytes > gpu.limits.max_buffer_size {
-                return Err(GpuError::Plan(format!(
-                    "the {r:?} region needs {} but the adapter's largest buffer is {}; lower data.batch_size or use train.checkpointing",
-                    crate::schedule::human(bytes),
-                    crate::schedule::human(gpu.limits.max_buffer_size)
-                )));
-            }
-            regions.push(storage_buffer(gpu, &format!("{r:?}"), bytes));
-        }
         let mut all: Vec<(usize, Dispatch)> = Vec::new();
         for (li, l) in plan.launches.iter().enumerate() {
             let node = &g.dag[l.node];
@@ -365,6 +359,42 @@ impl<'g> GpuExec<'g> {
                 all.push((li, d));
             }
         }
+        let rate = submit::Rate::for_adapter(&gpu.adapter.device_type);
+        let mut kernels_of: BTreeMap<usize, u64> = BTreeMap::new();
+        for (li, _) in &all {
+            *kernels_of.entry(*li).or_default() += 1;
+        }
+        let costs: Vec<f64> = all
+            .iter()
+            .map(|(li, d)| {
+                let l = &plan.launches[*li];
+                // An op's FLOPs, shared evenly by its dispatches; bytes are what each binds.
+                let kernels = kernels_of[li];
+                let bytes: usize = d
+                    .bindings
+                    .iter()
+                    .map(|b| match *b {
+                        Bind::In(i) => l.inputs[i].len,
+                        Bind::Out(j) => l.outputs[j].len,
+                    })
+                    .sum();
+                rate.seconds(g.flops(l.node) / kernels, bytes as u64 * 4)
+            })
+            .collect();
+        let long: Vec<(String, f64)> = all
+            .iter()
+            .zip(&costs)
+            .filter(|&(_, &c)| c > gpu.submit_budget)
+            .map(|((li, _), &c)| {
+                (
+                    g.layers[g.dag[plan.launches[*li].node].layer].name.clone(),
+                    c,
+                )
+            })
+            .collect();
+        submit::warn_long(&long, gpu.submit_budget);
+        let submits = submit::split(&costs, gpu.submit_budget);
+        let regions = super::alloc::regions(gpu, &plan)?;
         let param_words: Vec<&[u32]> = all.iter().map(|(_, d)| d.params.as_slice()).collect();
         let (params, at) = pack_params(gpu, &param_words);
         let step = step_buffer(gpu);
@@ -406,6 +436,8 @@ impl<'g> GpuExec<'g> {
             regions,
             step,
             prepared,
+            costs,
+            submits,
             _params: params,
             backup: None,
         };
@@ -484,31 +516,58 @@ impl<'g> GpuExec<'g> {
         self.gpu.check()
     }
 
-    /// Records every launch of the plan into one compute pass and submits it. Does not wait.
+    /// Submits per step: runs of dispatches each estimated within the submit budget.
+    pub fn submits_per_step(&self) -> usize {
+        self.submits.len()
+    }
+
+    /// Cuts the step anew for an estimated `seconds` per submit (`f64::INFINITY`: one
+    /// submit); `Gpu::submit_budget` is the default.
+    pub fn set_submit_budget(&mut self, seconds: f64) {
+        self.submits = submit::split(&self.costs, seconds);
+    }
+
+    /// Records the plan's launches, one compute pass and submit per run of `submits`, in
+    /// order. Does not wait.
     pub fn step(&mut self, ctx: StepCtx) -> Result<(), GpuError> {
-        self.gpu
-            .queue
-            .write_buffer(&self.step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
-        let mut encoder = self
-            .gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("step"),
-                timestamp_writes: None,
-            });
-            for p in &self.prepared {
-                pass.set_pipeline(&p.pipeline);
-                pass.set_bind_group(0, &p.bind_group, &[]);
-                let [x, y, z] = p.workgroups;
-                pass.dispatch_workgroups(x, y, z);
-            }
+        let gpu = self.gpu;
+        // A lost device fails every call: stop here rather than queue work that cannot run.
+        gpu.check()?;
+        if ctx.step > 0 {
+            gpu.set_step(ctx.step);
         }
-        self.gpu.queue.submit([encoder.finish()]);
-        self.gpu.check()
+        gpu.queue
+            .write_buffer(&self.step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
+        for run in &self.submits {
+            let mut encoder = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes: None,
+                });
+                for p in &self.prepared[run.clone()] {
+                    pass.set_pipeline(&p.pipeline);
+                    pass.set_bind_group(0, &p.bind_group, &[]);
+                    let [x, y, z] = p.workgroups;
+                    pass.dispatch_workgroups(x, y, z);
+                }
+            }
+            gpu.submit(encoder.finish());
+        }
+        match gpu.fault() {
+            // Outside any error scope: the uncaptured handler gets it, as it would an
+            // out-of-memory error raised by the step.
+            Some(Fault::Error(n)) if n == ctx.step => {
+                storage_buffer(gpu, "fault", gpu.limits.max_buffer_size.saturating_add(4));
+            }
+            Some(Fault::Lost(n)) if n == ctx.step => gpu.device.destroy(),
+            _ => {}
+        }
+        gpu.check()
     }
 
     /// A tensor that outlives the step (blocking: waits for the queue).

@@ -2,10 +2,16 @@
 //! device, its limits and features, and the errors wgpu reports; `exec` runs a plan; kernels
 //! are declared by their ops (`Primitive::gpu`) with the types in `kernel`.
 
+mod alloc;
 mod exec;
+mod fault;
+mod health;
 pub mod kernel;
+mod submit;
 
-use std::sync::{Arc, Mutex};
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use exec::{GpuExec, eval_once};
 pub use kernel::{Bind, Dispatch, KernelArgs, Params, Shader};
@@ -17,12 +23,35 @@ pub enum GpuError {
     NoAdapter { hint: String },
     #[error("the GPU device could not be opened: {0}")]
     Device(String),
+    /// The plan does not fit this device (a tensor above a binding limit, a kernel that does
+    /// not build): the config has to change.
     #[error("{0}")]
     Plan(String),
+    /// A region of the plan could not be allocated; the whole one-screen report.
+    #[error("{0}")]
+    OutOfMemory(String),
     #[error("the GPU reported an error: {0}")]
     Runtime(String),
-    #[error("the GPU device was lost: {0}")]
+    /// The device is gone (driver reset, unplugged, destroyed); the whole message.
+    #[error("{0}")]
     Lost(String),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl GpuError {
+    /// The process exit code: 2 when the config must change for this device (the plan does
+    /// not fit, or its memory cannot be allocated: retrying unchanged fails the same way), 1
+    /// when the device failed under a plan that fit (lost, hung, an error mid-step).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GpuError::NoAdapter { .. } | GpuError::Plan(_) | GpuError::OutOfMemory(_) => 2,
+            GpuError::Device(_)
+            | GpuError::Runtime(_)
+            | GpuError::Lost(_)
+            | GpuError::Timeout(_) => 1,
+        }
+    }
 }
 
 /// One adapter as `trainer devices` lists it.
@@ -79,19 +108,28 @@ fn summary(a: &wgpu::Adapter) -> AdapterSummary {
 
 /// An open device: what every executor on it shares.
 pub struct Gpu {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
+    /// Dropped by hand (`Drop`): not at all once the device hung.
+    pub device: ManuallyDrop<wgpu::Device>,
+    pub queue: ManuallyDrop<wgpu::Queue>,
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
     /// Build kernels with naga's bounds checks (`TRAINER_SHADER_CHECKS=1`; the test suite).
     pub shader_checks: bool,
-    /// The first error wgpu reported outside an error scope, and device loss.
-    errors: Arc<Mutex<Option<GpuError>>>,
+    /// The estimated seconds one submit may take (`TRAINER_GPU_SUBMIT_MS`; see `submit`).
+    pub submit_budget: f64,
+    /// How long one submit may take before the device counts as hung.
+    pub timeout: Duration,
+    /// `TRAINER_GPU_FAULT`, a testing hook (`fault`).
+    fault: Option<fault::Fault>,
+    health: Arc<health::Health>,
 }
 
 impl Gpu {
     /// Opens the high-performance adapter with its real limits (not WebGPU's defaults).
     pub fn new() -> Result<Gpu, GpuError> {
+        let fault = fault::Fault::from_env()?;
+        let timeout = health::timeout_from_env()?;
+        let submit_budget = submit::budget_from_env()?;
         // Vulkan, Metal and DX12 (OpenGL only by WGPU_BACKEND=gl: its compute is a fallback
         // of a fallback, and probing it prints windowing-system noise on headless machines).
         let instance = instance(wgpu::Backends::PRIMARY);
@@ -119,79 +157,173 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| GpuError::Device(e.to_string()))?;
-        let errors: Arc<Mutex<Option<GpuError>>> = Arc::new(Mutex::new(None));
-        let sink = errors.clone();
+        let health = Arc::new(health::Health::default());
         // The default handler panics; keep the first error for the next `check`.
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = Some(classify(&e));
-            }
-        }));
-        let sink = errors.clone();
+        let sink = health.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.error(&e)));
+        let sink = health.clone();
+        let hook = fault.map(|f| f.describe());
         device.set_device_lost_callback(move |reason, message| {
-            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() && reason != wgpu::DeviceLostReason::Destroyed {
-                *slot = Some(GpuError::Lost(format!("{reason:?}: {message}")));
-            }
+            sink.lost(reason, &message, hook.as_deref())
         });
         Ok(Gpu {
             adapter: summary(&adapter),
-            device,
-            queue,
+            device: ManuallyDrop::new(device),
+            queue: ManuallyDrop::new(queue),
             limits,
             shader_checks: std::env::var("TRAINER_SHADER_CHECKS").is_ok_and(|v| v == "1"),
-            errors,
+            submit_budget,
+            timeout,
+            fault,
+            health,
         })
     }
 
-    /// The first error the device reported since the last call, if any.
+    /// The first error the device reported since the last call, if any; once the device is
+    /// lost, that, on every call.
     pub fn check(&self) -> Result<(), GpuError> {
-        let mut slot = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.health.check()
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes.
     pub fn scoped<R>(&self, f: impl FnOnce() -> R) -> Result<R, GpuError> {
+        self.scoped_raw(f).map_err(|e| classify(&e, ""))
+    }
+
+    /// `scoped`, with wgpu's error as it came (to tell out-of-memory from a refusal).
+    pub fn scoped_raw<R>(&self, f: impl FnOnce() -> R) -> Result<R, wgpu::Error> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let r = f();
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
         match (o, v) {
-            (Some(e), _) | (None, Some(e)) => Err(classify(&e)),
+            (Some(e), _) | (None, Some(e)) => Err(e),
             (None, None) => Ok(r),
         }
     }
 
-    /// Waits until the queue is idle.
+    /// Submits work and remembers it for `wait`'s per-submit deadline.
+    pub fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.health.submitted(self.queue.submit([commands]));
+    }
+
+    /// Notes the training step being submitted, for error messages.
+    pub(crate) fn set_step(&self, step: u64) {
+        self.health.set_step(step);
+    }
+
+    /// Waits until the queue is idle. Each submit made through `submit` gets `timeout` of its
+    /// own (a queue of many steps may rightly take long); past it, or once the device is
+    /// lost, this returns an error instead of waiting on.
     pub fn wait(&self) -> Result<(), GpuError> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Runtime(e.to_string()))?;
-        self.check()
+        // Errors are checked after the wait: a device loss is only reported (by its callback)
+        // during a poll, and the errors it caused meanwhile (a buffer it invalidated) must
+        // not be reported in its place.
+        loop {
+            let next = self.health.next_in_flight();
+            let last = next.is_none();
+            if let Err(e) = self.wait_for(next) {
+                self.health.forget_in_flight();
+                return Err(e);
+            }
+            if last {
+                return self.check();
+            }
+        }
+    }
+
+    /// Waits for one submission (`None`: the latest that succeeded).
+    fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<(), GpuError> {
+        let specific = index.is_some();
+        let poll = wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: Some(self.timeout),
+        };
+        match health::quiet_panics(|| self.device.poll(poll)) {
+            Ok(Ok(_)) => Ok(()),
+            // A submit that failed (on a lost device, say) never completes: wait for what
+            // did run; a loss is reported by its callback during that wait.
+            Ok(Err(wgpu::PollError::WrongSubmissionIndex(..))) if specific => self.wait_for(None),
+            Ok(Err(wgpu::PollError::Timeout)) => {
+                self.check()?;
+                self.health.set_hung();
+                Err(GpuError::Timeout(format!(
+                    "the GPU did not finish its work within {} s{}: the device is hung, or far slower than this run expects (TRAINER_GPU_TIMEOUT_SECS sets the limit; TRAINER_GPU_SUBMIT_MS the work per submit)",
+                    self.timeout.as_secs_f64(),
+                    self.health.when()
+                )))
+            }
+            Ok(Err(e)) => {
+                self.check()?;
+                Err(GpuError::Runtime(format!(
+                    "waiting{}: {e}",
+                    self.health.when()
+                )))
+            }
+            // wgpu panics when the driver fails the wait: the device is gone.
+            Err(panic) => {
+                self.check()?;
+                Err(GpuError::Lost(format!(
+                    "the GPU device failed{} ({panic})",
+                    self.health.when()
+                )))
+            }
+        }
+    }
+
+    /// The testing hook, if set (`fault`).
+    pub(crate) fn fault(&self) -> Option<fault::Fault> {
+        self.fault
     }
 }
 
-/// wgpu's Display is terse ("Validation Error"): the real text is down the source chain.
-fn classify(e: &wgpu::Error) -> GpuError {
-    let mut text = e.to_string();
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // Dropping the queue waits for it to drain (wgpu-core's `Queue::drop`), which a hung
+        // device never does: leave both to the operating system instead.
+        if self.health.hung() {
+            return;
+        }
+        // SAFETY: `self` is being dropped, so neither field is used again, and each is
+        // dropped exactly once here.
+        unsafe {
+            ManuallyDrop::drop(&mut self.queue);
+            ManuallyDrop::drop(&mut self.device);
+        }
+    }
+}
+
+/// An error on one line: its kind, then the source chain ("In Device::create_buffer, label =
+/// 'Arena': Buffer size ... is greater than ..."). wgpu's own Display is the same chain as a
+/// multi-line tree, or just "Out of Memory".
+fn error_text(e: &wgpu::Error) -> String {
+    let mut text = match e {
+        wgpu::Error::OutOfMemory { .. } => "out of memory",
+        wgpu::Error::Validation { .. } => "validation error",
+        wgpu::Error::Internal { .. } => "internal error",
+    }
+    .to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text = format!("{text}: {s}");
         source = s.source();
     }
+    text
+}
+
+/// An error wgpu raised, for the user; `when` is "" or " after step N was submitted".
+fn classify(e: &wgpu::Error, when: &str) -> GpuError {
+    // One line: the source chain holds what the multi-line `description` says.
+    let text = error_text(e);
     match e {
         wgpu::Error::OutOfMemory { .. } => GpuError::Runtime(format!(
-            "out of GPU memory ({text}); lower data.batch_size or use train.checkpointing"
+            "out of GPU memory{when} ({text}); lower data.batch_size or use train.checkpointing"
         )),
-        wgpu::Error::Validation { description, .. } => {
-            GpuError::Runtime(format!("{description} ({text})"))
-        }
-        _ => GpuError::Runtime(text),
+        _ => match when.trim() {
+            "" => GpuError::Runtime(text),
+            w => GpuError::Runtime(format!("{w}: {text}")),
+        },
     }
 }
 
