@@ -1,9 +1,11 @@
 //! The GPU backend: WGSL kernels through wgpu (Metal, Vulkan, DX12). This module owns the
-//! device, its limits and features, and the errors wgpu reports; `exec` runs a plan; kernels
-//! are declared by their ops (`Primitive::gpu`) with the types in `kernel`.
+//! device, its limits and features, and the errors wgpu reports; `exec` runs a plan;
+//! `readback` reads tensors back after steps without waiting for them; kernels are declared
+//! by their ops (`Primitive::gpu`) with the types in `kernel`.
 
 mod exec;
 pub mod kernel;
+mod readback;
 
 use std::sync::{Arc, Mutex};
 
