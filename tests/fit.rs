@@ -577,3 +577,143 @@ fn missing_or_corrupt_data_is_named_and_leaves_no_run_directory() {
     );
     assert!(!dir.exists());
 }
+
+/// metrics.csv rows without `img_per_s` (a wall-clock figure), as text.
+fn rows_without_timing(run: &Path) -> Vec<Vec<String>> {
+    let (header, rows) = csv(run);
+    let t = header
+        .iter()
+        .position(|h| h == "img_per_s")
+        .expect("img_per_s");
+    let mut all = vec![header];
+    all.extend(rows);
+    for r in &mut all {
+        if t < r.len() {
+            r.remove(t);
+        }
+    }
+    all
+}
+
+/// On the GPU the loop reads the loss back without waiting (log every 3 steps: readbacks
+/// that straddle epoch ends and checkpoints); with `skip_step` it reads it synchronously after
+/// every step. Without a bad step both must log the same rows, value for value, and end with
+/// the same weights.
+#[test]
+fn the_async_loop_logs_what_the_synchronous_one_logs_on_lavapipe() {
+    if !common::gpu_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny(tmp.path());
+    let fit = |name: &str, mode: &str| {
+        let dir = tmp.path().join(name);
+        let policy = format!("train.on_nonfinite=\"{mode}\"");
+        ok(&[
+            "fit",
+            config.to_str().unwrap(),
+            "--device",
+            "gpu",
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--set",
+            "log.every_steps=3",
+            "--set",
+            "train.save_every=\"10 steps\"",
+            "--set",
+            &policy,
+        ]);
+        dir
+    };
+    let (fast, sync) = (fit("async", "stop"), fit("sync", "skip_step"));
+    let rows = rows_without_timing(&fast);
+    // A header, then a row per log point and per epoch end (32 steps; one row when both).
+    let logged = (1..=128).filter(|s| s % 3 == 0 || s % 32 == 0).count();
+    assert_eq!(rows.len(), 1 + logged, "{rows:?}");
+    assert_eq!(rows, rows_without_timing(&sync));
+    assert!(final_bytes(&fast) == final_bytes(&sync), "weights differ");
+}
+
+/// A run whose learning rate jumps to 5e28 after the first epoch (StepLR, gamma 1e30) has a
+/// NaN loss a few steps into epoch 2. On lavapipe, where the loss is read back
+/// asynchronously, it must stop (exit 3) naming the first bad step, which the synchronous
+/// `skip_step` loop on the same device reports as its first skipped step; its metrics.csv
+/// holds the rows of the steps before it, as the CPU loop's does; no checkpoint is written
+/// after it even though later steps had already been queued.
+#[test]
+fn a_diverging_run_on_lavapipe_stops_at_the_first_bad_step() {
+    if !common::gpu_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny(tmp.path());
+    let fit = |name: &str, device: &str, mode: &str| {
+        let dir = tmp.path().join(name);
+        let policy = format!("train.on_nonfinite=\"{mode}\"");
+        let out = run(&[
+            "fit",
+            config.to_str().unwrap(),
+            "--device",
+            device,
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--set",
+            "schedule.kind=\"step\"",
+            "--set",
+            "schedule.step_size=1",
+            "--set",
+            "schedule.gamma=1e30",
+            "--set",
+            "schedule.warmup_epochs=0.0",
+            "--set",
+            "log.every_steps=4",
+            "--set",
+            "train.save_every=\"10 steps\"",
+            "--set",
+            &policy,
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        (dir, text(&out.stderr))
+    };
+    let step_after = |err: &str, what: &str| -> u64 {
+        let at = err
+            .find(what)
+            .unwrap_or_else(|| panic!("no `{what}` in {err}"));
+        let digits: String = err[at + what.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let (gpu, err) = fit("gpu", "gpu", "stop");
+    let bad = step_after(&err, " at step ");
+    assert!(
+        err.contains("the loss is") && err.contains("stopping"),
+        "{err}"
+    );
+    let (_, skipping) = fit("gpu-sync", "gpu", "skip_step");
+    let first_skipped = step_after(&skipping, " at step ");
+    assert!(skipping.contains(&format!("at step {first_skipped}: step skipped")));
+    assert_eq!(bad, first_skipped, "async and synchronous loops disagree");
+    assert!(
+        bad > 32,
+        "diverged at step {bad}, before the LR jump: the test no longer tests the async path"
+    );
+
+    let steps =
+        |run: &Path| -> Vec<u64> { csv(run).1.iter().map(|r| r[0].parse().unwrap()).collect() };
+    let want: Vec<u64> = (1..bad).filter(|s| s % 4 == 0 || s % 32 == 0).collect();
+    assert_eq!(steps(&gpu), want);
+    let (cpu, cpu_err) = fit("cpu", "cpu", "stop");
+    if step_after(&cpu_err, " at step ") == bad {
+        assert_eq!(steps(&cpu), steps(&gpu));
+    }
+    // The last checkpoint is the last one due before the bad step, never one after it.
+    let last_due = (bad - 1) / 10 * 10;
+    assert!(
+        latest(&gpu).ends_with(format!("step-{last_due:09}")),
+        "{}",
+        latest(&gpu).display()
+    );
+    assert!(err.contains(&format!("step-{last_due:09}")), "{err}");
+}

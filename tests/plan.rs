@@ -65,7 +65,10 @@ fn resnet18_checkpointing_meets_the_figures() {
     // Saved per basic block: conv1 out, relu1 out, conv2 out, block out (4, as PyTorch).
     assert!(peak <= 580 << 20, "none peak {peak}");
     let sqrt_peak = get(&sqrt, "bytes.activations_peak");
-    assert!(sqrt_peak * 3 <= peak, "sqrt peak {sqrt_peak} vs none {peak}");
+    assert!(
+        sqrt_peak * 3 <= peak,
+        "sqrt peak {sqrt_peak} vs none {peak}"
+    );
     assert!(
         get(&sqrt, "flops.recompute") <= forward,
         "sqrt recomputes more than one forward"

@@ -9,6 +9,15 @@ use gpu::{Gpu, GpuExec};
 use crate::graph::TensorId;
 use crate::schedule::Plan;
 
+/// The tensors one `Exec::capture` copied, as they were after the step before it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Captured {
+    /// Which capture this is: 0 for an executor's first, then one more per capture.
+    pub seq: u64,
+    /// One vector per tensor, in the order `capture` named them.
+    pub values: Vec<Vec<f32>>,
+}
+
 /// A prepared plan on one backend: what the training loop, `eval` and `predict` drive. Both
 /// backends take the same feeds and give the same tensors; only where the memory lives differs.
 pub enum Exec<'g> {
@@ -62,7 +71,7 @@ impl<'g> Exec<'g> {
         }
     }
 
-    /// Runs one step. On the GPU it is queued, not waited for; `read` waits.
+    /// Runs one step. On the GPU it is queued, not waited for; `read` waits, `capture` does not.
     pub fn step(&mut self, ctx: StepCtx) -> Result<(), String> {
         match self {
             Exec::Cpu(e) => {
@@ -86,6 +95,54 @@ impl<'g> Exec<'g> {
         match self {
             Exec::Cpu(e) => Ok(ts.iter().map(|&t| e.read(t).to_vec()).collect()),
             Exec::Gpu(e) => e.read_many(ts).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Keeps `ts` as the step just run left them, to be returned by `poll_captures` or
+    /// `drain_captures`, without waiting for the step: on the GPU a copy into a mapped-later
+    /// staging buffer is queued behind the step (gpu/readback.rs); on the CPU the values are
+    /// copied at once. The first capture fixes the set of tensors; another set needs a drain
+    /// first. A capture may wait for the step a few steps back, so that the host never queues
+    /// more than a few steps ahead of the device.
+    pub fn capture(&mut self, ts: &[TensorId]) -> Result<(), String> {
+        match self {
+            Exec::Cpu(e) => e.capture(ts),
+            Exec::Gpu(e) => e.capture(ts).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Starts reading back the captures queued so far, without waiting (a log point). On the
+    /// GPU captures are otherwise read back when a staging buffer is full (at most 64 steps).
+    pub fn flush_captures(&mut self) -> Result<(), String> {
+        match self {
+            Exec::Cpu(_) => Ok(()),
+            Exec::Gpu(e) => e.flush_captures().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The captures whose values have arrived, oldest first; never waits.
+    pub fn poll_captures(&mut self) -> Result<Vec<Captured>, String> {
+        match self {
+            Exec::Cpu(e) => Ok(e.take_captures()),
+            Exec::Gpu(e) => e.poll_captures().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Every capture not yet returned, oldest first: waits for the device (before validation,
+    /// checkpoints and the end of a run, or to know a step's loss before the next).
+    pub fn drain_captures(&mut self) -> Result<Vec<Captured>, String> {
+        match self {
+            Exec::Cpu(e) => Ok(e.take_captures()),
+            Exec::Gpu(e) => e.drain_captures().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// How many times the host has waited for the device to hand data back (reads, drains);
+    /// always 0 on the CPU.
+    pub fn blocking_waits(&self) -> u64 {
+        match self {
+            Exec::Cpu(_) => 0,
+            Exec::Gpu(e) => e.blocking_waits(),
         }
     }
 

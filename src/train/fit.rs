@@ -1,12 +1,14 @@
 //! `trainer fit`: the training loop. Everything a step needs is prepared before step 1 (the
 //! planned training step, the evaluation model, the data loader thread); each step feeds a batch,
-//! sets the learning rate the schedule gives for that step, runs the plan and reads the loss and
-//! logits back. Epoch ends validate, log and checkpoint.
+//! sets the learning rate the schedule gives for that step, runs the plan and captures the loss
+//! and logits, which are read back without waiting and accounted for in step order when they
+//! arrive (`Loop::run` says when it waits). Epoch ends validate, log and checkpoint.
 //!
 //! Bit-exact resume follows from what is a pure function of what: data order and augmentation
 //! of (seed, epoch, position), the learning rate of the step count, dropout of (seed, step), and
 //! everything else lives in the saved tensors (weights, running statistics, optimizer moments).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -314,8 +316,40 @@ struct Loop<'a> {
     classify: bool,
 }
 
+/// A step the loop has queued on the executor and whose loss has not been read back yet: what
+/// accounting for it needs, kept in order until its capture arrives.
+struct Queued {
+    /// 1-based, as logged.
+    step: u64,
+    epoch: u64,
+    index: usize,
+    len: usize,
+    /// Only for accuracy (cross-entropy); empty otherwise.
+    labels: Vec<f32>,
+    lr: f64,
+}
+
+/// Figures kept between log points and epoch ends.
+struct Books {
+    window: Running,
+    epoch: Running,
+    window_start: Instant,
+    window_images: usize,
+    img_per_s: f64,
+    skipped_in_a_row: usize,
+}
+
 impl Loop<'_> {
     /// Steps until done (Ok(true)) or a signal (Ok(false), after a checkpoint).
+    ///
+    /// The host never waits for a step to feed the next: each step is followed by a capture
+    /// of its loss (and logits), read back without blocking and accounted for (`complete`)
+    /// when it arrives, at the latest a log interval later (`Exec::flush_captures` at each log
+    /// point). The loop waits for every pending result (`Exec::drain_captures`) only where the
+    /// weights of the step just run are needed or the run ends: an epoch end (validation), a
+    /// checkpoint, a signal, the last step; so a non-finite loss is found before any
+    /// checkpoint after it. `on_nonfinite = "skip_step"` waits after every step, since the
+    /// step must be undone before the next runs.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -330,18 +364,28 @@ impl Loop<'_> {
     ) -> Result<bool, FitError> {
         let rt = FitError::Runtime;
         let every = self.cfg.log.every_steps.0 as u64;
-        let mut window = Running::new();
-        let mut epoch_metrics = Running::new();
-        let mut window_start = Instant::now();
-        let mut window_images = 0usize;
-        let mut img_per_s = 0.0;
         let skip_bad = self.cfg.train.on_nonfinite == OnNonfinite::SkipStep;
-        let mut skipped_in_a_row = 0;
-        while state.step < self.total_steps {
+        let reads = match self.classify {
+            true => vec![self.loss_t, self.output],
+            false => vec![self.loss_t],
+        };
+        let mut books = Books {
+            window: Running::new(),
+            epoch: Running::new(),
+            window_start: Instant::now(),
+            window_images: 0,
+            img_per_s: 0.0,
+            skipped_in_a_row: 0,
+        };
+        let mut queued: VecDeque<Queued> = VecDeque::new();
+        // Capture k of this executor is step `first + k + 1`.
+        let first = state.step;
+        let mut issued = state.step;
+        while issued < self.total_steps {
             let batch: Batch = loader
                 .next()
                 .ok_or_else(|| rt("the data loader stopped".into()))?;
-            let lr = schedule.lr_at(state.step as usize);
+            let lr = schedule.lr_at(issued as usize);
             exec.feed(self.features, &batch.features).map_err(rt)?;
             exec.feed(self.labels, &batch.labels).map_err(rt)?;
             if skip_bad {
@@ -349,108 +393,66 @@ impl Loop<'_> {
             }
             exec.step(StepCtx {
                 lr,
-                step: state.step + 1,
+                step: issued + 1,
                 seed: state.seed,
             })
             .map_err(rt)?;
-            let mut read = exec.read_many(&[self.loss_t, self.output]).map_err(rt)?;
-            let (logits, loss) = (read.pop().unwrap_or_default(), read[0][0] as f64);
-            if loss.is_finite() {
-                skipped_in_a_row = 0;
-                let correct = correct(&logits, &batch.labels, batch.len);
-                window.add(loss, correct, batch.len);
-                epoch_metrics.add(loss, correct, batch.len);
-            } else if !skip_bad || skipped_in_a_row + 1 >= MAX_SKIPPED_IN_A_ROW {
-                return self.non_finite(loss, state, skipped_in_a_row);
-            } else {
-                // The update ran in the same plan as the loss: undo it. The batch and the step
-                // number are used up, as PyTorch's scheduler still steps when GradScaler skips.
-                exec.restore_state().map_err(rt)?;
-                skipped_in_a_row += 1;
-                progress.message(&format!(
-                    "warning: the loss is {loss} at step {}: step skipped (weights, statistics and optimizer state unchanged)",
-                    state.step + 1
-                ));
-            }
-            window_images += batch.len;
-            state.step += 1;
-            state.batch_in_epoch = batch.index as u64 + 1;
-            state.epoch = batch.epoch;
-            state.lr = lr;
-
-            let epoch_done = state.batch_in_epoch == self.steps_per_epoch;
-            let last = state.step == self.total_steps;
-            // One metrics.csv row per log point and per epoch end (one row when both).
-            let mut row: Vec<(&str, f64)> = Vec::new();
-            if state.step.is_multiple_of(every) || last {
-                let secs = window_start.elapsed().as_secs_f64();
-                img_per_s = window_images as f64 / secs.max(1e-9);
-                row.push(("train/loss", window.mean_loss().unwrap_or(loss)));
-                if let Some(a) = window.accuracy().filter(|_| self.classify) {
-                    row.push(("train/accuracy", a));
-                }
-                row.extend([("lr", lr), ("img_per_s", img_per_s)]);
-                window.reset();
-                window_start = Instant::now();
-                window_images = 0;
-            }
-            progress.update(
-                state.step as usize,
-                state.epoch as usize + 1,
-                epoch_metrics.mean_loss().unwrap_or(loss),
-                epoch_metrics.accuracy().filter(|_| self.classify),
-                img_per_s,
-            );
-
-            let mut best = false;
-            if epoch_done || last {
-                let val = match self.classify {
-                    true => Some(self.validate(exec, eval)?),
-                    false => None,
-                };
-                let record = EpochRecord {
-                    epoch: state.epoch + 1,
-                    step: state.step,
-                    train_loss: epoch_metrics.mean_loss().unwrap_or(loss),
-                    train_accuracy: epoch_metrics.accuracy().filter(|_| self.classify),
-                    val_loss: val.as_ref().and_then(Evaluation::loss),
-                    val_accuracy: val.as_ref().and_then(Evaluation::accuracy),
-                    lr,
-                };
-                if let Some(acc) = record.val_accuracy {
-                    best = state.best_metric.is_none_or(|b| acc > b);
-                    if best {
-                        state.best_metric = Some(acc);
-                        state.best_epoch = Some(record.epoch);
-                    }
-                }
-                for (tag, v) in [
-                    ("val/loss", record.val_loss),
-                    ("val/accuracy", record.val_accuracy),
-                ] {
-                    row.extend(v.map(|v| (tag, v)));
-                }
-                progress.message(&epoch_line(&record, self.cfg.train.epochs.0, best));
-                history.push(record);
-                epoch_metrics.reset();
-            }
-            if !row.is_empty() {
-                for &(tag, v) in &row {
-                    logger.scalar(tag, state.step, v);
-                }
-                let epoch_pos = state.step as f64 / self.steps_per_epoch as f64;
-                logger.row(state.step, epoch_pos, &row);
-            }
-            if epoch_done {
-                state.epoch += 1;
-                state.batch_in_epoch = 0;
-            }
+            exec.capture(&reads).map_err(rt)?;
+            issued += 1;
+            let epoch_done = batch.index as u64 + 1 == self.steps_per_epoch;
+            let last = issued == self.total_steps;
             let (n, epochs) = self.save_every;
             let due = match epochs {
-                true => epoch_done && state.epoch.is_multiple_of(n),
-                false => state.step.is_multiple_of(n),
+                true => epoch_done && (batch.epoch + 1).is_multiple_of(n),
+                false => issued.is_multiple_of(n),
             };
+            queued.push_back(Queued {
+                step: issued,
+                epoch: batch.epoch,
+                index: batch.index,
+                len: batch.len,
+                labels: if self.classify {
+                    batch.labels
+                } else {
+                    Vec::new()
+                },
+                lr,
+            });
+            if issued.is_multiple_of(every) {
+                exec.flush_captures().map_err(rt)?;
+            }
             let stop = signals::stop_requested();
+            let sync = skip_bad || epoch_done || last || due || stop;
+            let arrived = match sync {
+                true => exec.drain_captures(),
+                false => exec.poll_captures(),
+            }
+            .map_err(rt)?;
+            let mut best = false;
+            for c in arrived {
+                let q = queued
+                    .pop_front()
+                    .filter(|q| q.step == first + c.seq + 1)
+                    .ok_or_else(|| {
+                        rt(format!(
+                            "internal error: capture {} arrived out of step order",
+                            c.seq
+                        ))
+                    })?;
+                let current = sync && queued.is_empty();
+                best = self.complete(
+                    q, c.values, current, exec, eval, state, &mut books, logger, progress, history,
+                )?;
+            }
+            if !sync {
+                continue;
+            }
+            if !queued.is_empty() {
+                return Err(rt(format!(
+                    "internal error: {} steps' losses missing after a drain",
+                    queued.len()
+                )));
+            }
             if due || last || stop {
                 self.save(exec, state, best)?;
                 logger.flush();
@@ -466,6 +468,137 @@ impl Loop<'_> {
         Ok(true)
     }
 
+    /// Accounts for one step whose loss (and logits) arrived, exactly as if it had been read
+    /// right after the step: the non-finite policy, metrics, log rows at the step's own number,
+    /// the progress bar and, at an epoch end, validation. `current`: no step was queued after
+    /// it, so the executor holds its weights (validation and undoing a step need that; the
+    /// loop drains at those steps). Returns whether this epoch end was the best so far.
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        &self,
+        q: Queued,
+        values: Vec<Vec<f32>>,
+        current: bool,
+        exec: &mut Exec,
+        eval: &mut EvalModel,
+        state: &mut TrainState,
+        books: &mut Books,
+        logger: &mut Logger,
+        progress: &mut Progress,
+        history: &mut Vec<EpochRecord>,
+    ) -> Result<bool, FitError> {
+        let rt = FitError::Runtime;
+        let behind = || {
+            rt(format!(
+                "internal error: step {} accounted for after later steps ran",
+                q.step
+            ))
+        };
+        let every = self.cfg.log.every_steps.0 as u64;
+        let skip_bad = self.cfg.train.on_nonfinite == OnNonfinite::SkipStep;
+        let loss = match values.first().and_then(|v| v.first()) {
+            Some(&l) => l as f64,
+            None => return Err(rt("internal error: a capture without the loss".into())),
+        };
+        if loss.is_finite() {
+            books.skipped_in_a_row = 0;
+            let correct = values.get(1).map_or(0, |l| correct(l, &q.labels, q.len));
+            books.window.add(loss, correct, q.len);
+            books.epoch.add(loss, correct, q.len);
+        } else if !skip_bad || books.skipped_in_a_row + 1 >= MAX_SKIPPED_IN_A_ROW {
+            return self.non_finite(loss, state, books.skipped_in_a_row);
+        } else {
+            // The update ran in the same plan as the loss: undo it. The batch and the step
+            // number are used up, as PyTorch's scheduler still steps when GradScaler skips.
+            if !current {
+                return Err(behind());
+            }
+            exec.restore_state().map_err(rt)?;
+            books.skipped_in_a_row += 1;
+            progress.message(&format!(
+                "warning: the loss is {loss} at step {}: step skipped (weights, statistics and optimizer state unchanged)",
+                q.step
+            ));
+        }
+        books.window_images += q.len;
+        state.step = q.step;
+        state.batch_in_epoch = q.index as u64 + 1;
+        state.epoch = q.epoch;
+        state.lr = q.lr;
+        let lr = q.lr;
+
+        let epoch_done = state.batch_in_epoch == self.steps_per_epoch;
+        let last = state.step == self.total_steps;
+        // One metrics.csv row per log point and per epoch end (one row when both).
+        let mut row: Vec<(&str, f64)> = Vec::new();
+        if state.step.is_multiple_of(every) || last {
+            let secs = books.window_start.elapsed().as_secs_f64();
+            books.img_per_s = books.window_images as f64 / secs.max(1e-9);
+            row.push(("train/loss", books.window.mean_loss().unwrap_or(loss)));
+            if let Some(a) = books.window.accuracy().filter(|_| self.classify) {
+                row.push(("train/accuracy", a));
+            }
+            row.extend([("lr", lr), ("img_per_s", books.img_per_s)]);
+            books.window.reset();
+            books.window_start = Instant::now();
+            books.window_images = 0;
+        }
+        progress.update(
+            state.step as usize,
+            state.epoch as usize + 1,
+            books.epoch.mean_loss().unwrap_or(loss),
+            books.epoch.accuracy().filter(|_| self.classify),
+            books.img_per_s,
+        );
+
+        let mut best = false;
+        if epoch_done || last {
+            if !current {
+                return Err(behind());
+            }
+            let val = match self.classify {
+                true => Some(self.validate(exec, eval)?),
+                false => None,
+            };
+            let record = EpochRecord {
+                epoch: state.epoch + 1,
+                step: state.step,
+                train_loss: books.epoch.mean_loss().unwrap_or(loss),
+                train_accuracy: books.epoch.accuracy().filter(|_| self.classify),
+                val_loss: val.as_ref().and_then(Evaluation::loss),
+                val_accuracy: val.as_ref().and_then(Evaluation::accuracy),
+                lr,
+            };
+            if let Some(acc) = record.val_accuracy {
+                best = state.best_metric.is_none_or(|b| acc > b);
+                if best {
+                    state.best_metric = Some(acc);
+                    state.best_epoch = Some(record.epoch);
+                }
+            }
+            for (tag, v) in [
+                ("val/loss", record.val_loss),
+                ("val/accuracy", record.val_accuracy),
+            ] {
+                row.extend(v.map(|v| (tag, v)));
+            }
+            progress.message(&epoch_line(&record, self.cfg.train.epochs.0, best));
+            history.push(record);
+            books.epoch.reset();
+        }
+        if !row.is_empty() {
+            for &(tag, v) in &row {
+                logger.scalar(tag, state.step, v);
+            }
+            let epoch_pos = state.step as f64 / self.steps_per_epoch as f64;
+            logger.row(state.step, epoch_pos, &row);
+        }
+        if epoch_done {
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+        }
+        Ok(best)
+    }
     fn validate(&self, exec: &Exec, eval: &mut EvalModel) -> Result<Evaluation, FitError> {
         eval.copy_from(exec).map_err(FitError::Runtime)?;
         eval.evaluate(self.splits.val.clone(), &self.cfg.data)

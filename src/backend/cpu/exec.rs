@@ -2,7 +2,10 @@
 //! launches in order over views of them. Nothing is allocated or decided per step (kernels
 //! aside that still take scratch space).
 
+use std::collections::VecDeque;
+
 use super::{Io, Real, StepCtx};
+use crate::backend::Captured;
 use crate::graph::TensorId;
 use crate::ops::OpKind;
 use crate::schedule::{Plan, Region, Slot};
@@ -20,6 +23,9 @@ pub struct CpuExec<T> {
     aliased: Vec<bool>,
     /// The State region as `save_state` left it (`train.on_nonfinite = "skip_step"`).
     backup: Vec<T>,
+    /// What `capture` copied and `take_captures` has not yet handed out.
+    captured: VecDeque<Captured>,
+    next_capture: u64,
 }
 
 impl<T: Real> CpuExec<T> {
@@ -51,6 +57,8 @@ impl<T: Real> CpuExec<T> {
             memory,
             aliased,
             backup: Vec::new(),
+            captured: VecDeque::new(),
+            next_capture: 0,
         };
         for i in 0..exec.plan.graph.params.len() {
             let p = &exec.plan.graph.params[i];
@@ -136,5 +144,30 @@ impl<T: Real> CpuExec<T> {
                 op => op.eval(&mut io),
             }
         }
+    }
+}
+
+impl CpuExec<f32> {
+    /// Copies `ts` now (a CPU step is finished when `step` returns); `take_captures` returns
+    /// them, so the training loop drives both backends the same way.
+    pub fn capture(&mut self, ts: &[TensorId]) -> Result<(), String> {
+        let values = ts
+            .iter()
+            .map(|t| match self.plan.slots.get(t) {
+                Some(&s) => Ok(self.slot(s).to_vec()),
+                None => Err(format!("tensor {t:?} is not kept by the plan")),
+            })
+            .collect::<Result<_, _>>()?;
+        self.captured.push_back(Captured {
+            seq: self.next_capture,
+            values,
+        });
+        self.next_capture += 1;
+        Ok(())
+    }
+
+    /// Every capture not handed out yet, oldest first.
+    pub fn take_captures(&mut self) -> Vec<Captured> {
+        self.captured.drain(..).collect()
     }
 }

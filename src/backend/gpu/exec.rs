@@ -325,6 +325,8 @@ pub struct GpuExec<'g> {
     _params: wgpu::Buffer,
     /// A copy of the State region (`train.on_nonfinite = "skip_step"`), made on first use.
     backup: Option<wgpu::Buffer>,
+    /// Captures read back without waiting, and the wait counter (readback.rs).
+    pub(super) readback: super::readback::Readback,
 }
 
 impl<'g> GpuExec<'g> {
@@ -440,6 +442,7 @@ impl<'g> GpuExec<'g> {
             submits,
             _params: params,
             backup: None,
+            readback: Default::default(),
         };
         for i in 0..exec.plan.graph.params.len() {
             let p = &exec.plan.graph.params[i];
@@ -448,6 +451,17 @@ impl<'g> GpuExec<'g> {
         }
         gpu.check()?;
         Ok(exec)
+    }
+
+    pub(super) fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Where tensor `t` lives: its region's buffer, byte offset and byte length.
+    pub(super) fn source(&self, t: TensorId) -> Option<(wgpu::Buffer, u64, u64)> {
+        let s = self.plan.slots.get(&t)?;
+        let buffer = self.regions[region_index(s.region)].clone();
+        Some((buffer, s.offset as u64 * 4, s.len as u64 * 4))
     }
 
     pub fn adapter(&self) -> &super::AdapterSummary {
@@ -587,6 +601,7 @@ impl<'g> GpuExec<'g> {
                 )
             })
             .collect();
+        self.readback.count_wait();
         download_many(self.gpu, &ranges)
     }
     pub fn param(&self, i: usize) -> Result<Vec<f32>, GpuError> {
@@ -596,6 +611,7 @@ impl<'g> GpuExec<'g> {
     /// State region (checkpoints and evaluation read them all at once).
     pub fn params(&self) -> Result<Vec<Vec<f32>>, GpuError> {
         let len = self.plan.sizes.get(&Region::State).copied().unwrap_or(0);
+        self.readback.count_wait();
         let state = download(self.gpu, &self.regions[region_index(Region::State)], 0, len)?;
         Ok(self
             .plan
@@ -605,6 +621,7 @@ impl<'g> GpuExec<'g> {
             .collect())
     }
     fn read_slot(&self, s: Slot) -> Result<Vec<f32>, GpuError> {
+        self.readback.count_wait();
         download(
             self.gpu,
             &self.regions[region_index(s.region)],

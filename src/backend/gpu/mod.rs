@@ -1,12 +1,14 @@
 //! The GPU backend: WGSL kernels through wgpu (Metal, Vulkan, DX12). This module owns the
-//! device, its limits and features, and the errors wgpu reports; `exec` runs a plan; kernels
-//! are declared by their ops (`Primitive::gpu`) with the types in `kernel`.
+//! device, its limits and features, and the errors wgpu reports; `exec` runs a plan;
+//! `readback` reads tensors back after steps without waiting for them; kernels are declared
+//! by their ops (`Primitive::gpu`) with the types in `kernel`.
 
 mod alloc;
 mod exec;
 mod fault;
 mod health;
 pub mod kernel;
+mod readback;
 mod submit;
 
 use std::mem::ManuallyDrop;
@@ -204,8 +206,37 @@ impl Gpu {
     }
 
     /// Submits work and remembers it for `wait`'s per-submit deadline.
-    pub fn submit(&self, commands: wgpu::CommandBuffer) {
-        self.health.submitted(self.queue.submit([commands]));
+    pub fn submit(&self, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        let index = self.queue.submit([commands]);
+        self.health.submitted(index.clone());
+        index
+    }
+
+    /// Processes finished work (mapping callbacks) without blocking.
+    pub(super) fn poll(&self) -> Result<(), GpuError> {
+        match health::quiet_panics(|| self.device.poll(wgpu::PollType::Poll)) {
+            Ok(Ok(_)) => self.check(),
+            Ok(Err(e)) => {
+                self.check()?;
+                Err(GpuError::Runtime(format!(
+                    "polling the device{}: {e}",
+                    self.health.when()
+                )))
+            }
+            Err(panic) => {
+                self.check()?;
+                Err(GpuError::Lost(format!(
+                    "the GPU device failed{} ({panic})",
+                    self.health.when()
+                )))
+            }
+        }
+    }
+
+    /// Waits for one submission, with `wait`'s deadline and error handling.
+    pub(super) fn wait_until(&self, index: wgpu::SubmissionIndex) -> Result<(), GpuError> {
+        self.wait_for(Some(index))?;
+        self.check()
     }
 
     /// Notes the training step being submitted, for error messages.
