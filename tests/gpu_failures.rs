@@ -272,7 +272,7 @@ fn a_wait_past_the_timeout_is_an_error() {
         &e,
         1,
         &[
-            "error: the GPU did not finish its work within 0.000001 s after step 2 was submitted",
+            "error: the GPU did not finish its work within 0.000001 s after step 1 was submitted",
             "TRAINER_GPU_TIMEOUT_SECS",
         ],
     );

@@ -321,6 +321,10 @@ pub struct GpuExec<'g> {
     /// Estimated seconds of each prepared dispatch, and the runs of them submitted together.
     costs: Vec<f64>,
     submits: Vec<Range<usize>>,
+    /// Estimated seconds a submit may take (`TRAINER_GPU_SUBMIT_MS`).
+    budget: f64,
+    /// Whether a step was timed to correct `costs` (see `calibrate`).
+    calibrated: bool,
     /// Kept alive for the bind groups that point into it.
     _params: wgpu::Buffer,
     /// A copy of the State region (`train.on_nonfinite = "skip_step"`), made on first use.
@@ -440,6 +444,8 @@ impl<'g> GpuExec<'g> {
             prepared,
             costs,
             submits,
+            budget: gpu.submit_budget,
+            calibrated: false,
             _params: params,
             backup: None,
             readback: Default::default(),
@@ -538,11 +544,32 @@ impl<'g> GpuExec<'g> {
     /// Cuts the step anew for an estimated `seconds` per submit (`f64::INFINITY`: one
     /// submit); `Gpu::submit_budget` is the default.
     pub fn set_submit_budget(&mut self, seconds: f64) {
+        self.budget = seconds;
         self.submits = submit::split(&self.costs, seconds);
     }
 
+    /// The plan-time estimates assume a slow GPU, so that no submit can reach the watchdog
+    /// before anything was measured; on a fast one they cut a step into many submits for
+    /// nothing. The first step cut in several is timed (one wait), every estimate is scaled
+    /// by measured / estimated, with a margin of 2, and the step is cut anew. Cuts only end
+    /// command buffers: no result changes.
+    fn calibrate(&mut self, started: std::time::Instant) -> Result<(), GpuError> {
+        self.gpu.wait()?;
+        self.calibrated = true;
+        let measured = started.elapsed().as_secs_f64();
+        let estimated: f64 = self.costs.iter().sum();
+        if estimated > 0.0 && measured > 0.0 {
+            let scale = 2.0 * measured / estimated;
+            for c in &mut self.costs {
+                *c *= scale;
+            }
+            self.submits = submit::split(&self.costs, self.budget);
+        }
+        Ok(())
+    }
+
     /// Records the plan's launches, one compute pass and submit per run of `submits`, in
-    /// order. Does not wait.
+    /// order. Does not wait, except to time the first step that is cut (`calibrate`).
     pub fn step(&mut self, ctx: StepCtx) -> Result<(), GpuError> {
         let gpu = self.gpu;
         // A lost device fails every call: stop here rather than queue work that cannot run.
@@ -552,6 +579,7 @@ impl<'g> GpuExec<'g> {
         }
         gpu.queue
             .write_buffer(&self.step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
+        let started = std::time::Instant::now();
         for run in &self.submits {
             let mut encoder = gpu
                 .device
@@ -571,6 +599,9 @@ impl<'g> GpuExec<'g> {
                 }
             }
             gpu.submit(encoder.finish());
+        }
+        if !self.calibrated && self.submits.len() > 1 {
+            self.calibrate(started)?;
         }
         match gpu.fault() {
             // Outside any error scope: the uncaptured handler gets it, as it would an
