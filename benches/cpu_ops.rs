@@ -26,13 +26,18 @@ fn main() {
     };
     let g = builder::build_with_batch(&cfg, batch).expect("builds");
     let g = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
-    let plan = trainer::schedule::plan(&g, &Checkpointing::None, Default::default()).expect("plans");
+    let plan =
+        trainer::schedule::plan(&g, &Checkpointing::None, Default::default()).expect("plans");
     let names: Vec<String> = plan
         .launches
         .iter()
         .map(|l| {
             let node = &plan.graph.dag[l.node];
-            let shape = node.outputs.first().map(|t| format!("{:?}", t.shape)).unwrap_or_default();
+            let shape = node
+                .outputs
+                .first()
+                .map(|t| format!("{:?}", t.shape))
+                .unwrap_or_default();
             format!("{} {}", node.op.primitive().name(), shape)
         })
         .collect();
@@ -44,7 +49,9 @@ fn main() {
     let features = plan.graph.features;
     let n = plan.graph.ty(features).numel();
     let mut exec: CpuExec<f32> = CpuExec::new(plan, 1).expect("executor");
-    let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0)
+        .collect();
     exec.feed(features, &x).expect("feed");
     let ctx = |step: usize| StepCtx {
         lr: 0.01,
@@ -70,7 +77,10 @@ fn main() {
         "{path} batch {batch}, {} threads: {wall:.1} ms/step (mean of {steps})",
         rayon::current_num_threads()
     );
-    println!("{:<28} {:>9} {:>6} {:>8}", "op", "ms/step", "share", "launches");
+    println!(
+        "{:<28} {:>9} {:>6} {:>8}",
+        "op", "ms/step", "share", "launches"
+    );
     for (k, (ms, count)) in &rows {
         println!("{k:<28} {ms:>9.2} {:>5.1}% {count:>8}", 100.0 * ms / wall);
     }
@@ -78,6 +88,10 @@ fn main() {
     order.sort_by(|&a, &b| per_launch[b].total_cmp(&per_launch[a]));
     println!("\nslowest launches:");
     for &i in order.iter().take(25) {
-        println!("{:>8.2} ms  #{i:<4} {}", per_launch[i] / steps as f64 * 1e3, names[i]);
+        println!(
+            "{:>8.2} ms  #{i:<4} {}",
+            per_launch[i] / steps as f64 * 1e3,
+            names[i]
+        );
     }
 }

@@ -51,7 +51,9 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn a_prepared_resnet_step_allocates_nothing() {
     let loaded = config::load(std::path::Path::new("configs/resnet.toml"), &[]);
-    let cfg = loaded.result.unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
+    let cfg = loaded
+        .result
+        .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
     let g = builder::build_with_batch(&cfg, 6).expect("builds");
     let g = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
     let plan = trainer::schedule::plan(&g, &Checkpointing::None, Default::default()).unwrap();

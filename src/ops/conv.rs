@@ -615,7 +615,11 @@ impl Eval for Conv2d {
         let (og, k) = (g.og(), g.k());
         let pl = packed_len::<T>(og, k);
         for gi in 0..g.groups {
-            pack_lhs(&w[gi * og * k..][..og * k], Mat::rows(og, k), &mut packed[gi * pl..]);
+            pack_lhs(
+                &w[gi * og * k..][..og * k],
+                Mat::rows(og, k),
+                &mut packed[gi * pl..],
+            );
         }
         forward(&g, x, packed, pl, y, cols);
     }
@@ -666,7 +670,11 @@ impl Eval for Conv2dGradInput {
         // Strided: dcols [k, p] = wᵀ [k, og] · dy [og, p] per image and group, then col2im.
         let pl = packed_len::<T>(k, og);
         for gi in 0..g.groups {
-            pack_lhs(&w[gi * og * k..][..og * k], Mat::rows(og, k).t(), &mut packed[gi * pl..]);
+            pack_lhs(
+                &w[gi * og * k..][..og * k],
+                Mat::rows(og, k).t(),
+                &mut packed[gi * pl..],
+            );
         }
         if dx.is_empty() {
             return;
@@ -698,7 +706,12 @@ impl Eval for Conv2dGradInput {
     }
     fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
         let ws = &inputs[1].shape;
-        let g = Geom::new(&self.conv, &outputs[0].shape, &inputs[0].shape, [ws[2], ws[3]]);
+        let g = Geom::new(
+            &self.conv,
+            &outputs[0].shape,
+            &inputs[0].shape,
+            [ws[2], ws[3]],
+        );
         grad_input_work(&g).len(workers(g.n, threads))
     }
 }
@@ -729,7 +742,10 @@ impl Eval for Conv2dGradWeight {
         let g = Geom::new(&self.conv, io.in_shape(0), io.in_shape(1), self.kernel);
         let work = grad_weight_work(&g);
         let (per, runs) = grad_weight_runs(g.n);
-        let slots = work.slots(io.scratch_len(), workers(runs, rayon::current_num_threads()));
+        let slots = work.slots(
+            io.scratch_len(),
+            workers(runs, rayon::current_num_threads()),
+        );
         let (ins, [dw], scratch) = io.split_scratch::<1>(work.len(slots));
         let [x, dy] = ins.array();
         let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
@@ -763,7 +779,11 @@ impl Eval for Conv2dGradWeight {
                                 &cols[..k * p]
                             };
                             let dyp = &mut dyp[gi * pl..][..pl];
-                            pack_lhs(&dy[(n * g.o + gi * og) * p..][..og * p], Mat::rows(og, p), dyp);
+                            pack_lhs(
+                                &dy[(n * g.o + gi * og) * p..][..og * p],
+                                Mat::rows(og, p),
+                                dyp,
+                            );
                             // acc_g [og, k] (+)= dy_g [og, p] · colsᵀ [p, k]
                             product(
                                 dyp,

@@ -440,7 +440,11 @@ impl Eval for SoftmaxGrad {
         }
         outs[0]
             .par_chunks_mut(block)
-            .zip(ins.get(0).par_chunks(block).zip(ins.get(1).par_chunks(block)))
+            .zip(
+                ins.get(0)
+                    .par_chunks(block)
+                    .zip(ins.get(1).par_chunks(block)),
+            )
             .for_each(|(dx, (y, dy))| {
                 for i in 0..inner {
                     let at = |k: usize| k * inner + i;

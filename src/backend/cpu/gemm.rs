@@ -69,14 +69,14 @@ pub struct Micro<T: 'static> {
 }
 
 macro_rules! micro {
-    ($name:ident, $ty:ty, $module:path, $lanes:expr) => {
+    ($name:ident, $ty:ty, $module:path, $lanes:expr, [$($row:expr),*]) => {
         static $name: Micro<$ty> = {
             use $module as m;
             Micro {
                 mr: m::MR_DIV_N * $lanes,
                 nr: m::NR,
                 lanes: $lanes,
-                table: &[&m::UKR[0], &m::UKR[1]],
+                table: &[$(&m::UKR[$row]),*],
             }
         };
         const _: () = {
@@ -86,40 +86,85 @@ macro_rules! micro {
     };
 }
 
-micro!(F32_SCALAR, f32, gemm_f32::microkernel::scalar::f32, 1);
-micro!(F64_SCALAR, f64, gemm_f64::microkernel::scalar::f64, 1);
+micro!(
+    F32_SCALAR,
+    f32,
+    gemm_f32::microkernel::scalar::f32,
+    1,
+    [0, 1]
+);
+micro!(
+    F64_SCALAR,
+    f64,
+    gemm_f64::microkernel::scalar::f64,
+    1,
+    [0, 1]
+);
 #[cfg(target_arch = "x86_64")]
-micro!(F32_FMA, f32, gemm_f32::microkernel::fma::f32, 8);
+micro!(F32_FMA, f32, gemm_f32::microkernel::fma::f32, 8, [0, 1]);
 #[cfg(target_arch = "x86_64")]
-micro!(F64_FMA, f64, gemm_f64::microkernel::fma::f64, 4);
+micro!(F64_FMA, f64, gemm_f64::microkernel::fma::f64, 4, [0, 1]);
+#[cfg(target_arch = "x86_64")]
+micro!(
+    F32_AVX512,
+    f32,
+    gemm_f32::microkernel::avx512f::f32,
+    16,
+    [0, 1, 2, 3]
+);
+#[cfg(target_arch = "x86_64")]
+micro!(
+    F64_AVX512,
+    f64,
+    gemm_f64::microkernel::avx512f::f64,
+    8,
+    [0, 1, 2, 3]
+);
 
-fn has_fma() -> bool {
+/// The widest microkernels this CPU runs: AVX-512, else AVX2 with FMA, else scalar.
+#[derive(Clone, Copy, PartialEq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            return Isa::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Isa::Fma;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::Scalar
 }
 
 /// The microkernels of f32 on this CPU.
 pub fn micro_f32() -> &'static Micro<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if has_fma() {
-        return &F32_FMA;
+    match isa() {
+        Isa::Scalar => &F32_SCALAR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Fma => &F32_FMA,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => &F32_AVX512,
     }
-    &F32_SCALAR
 }
 
 /// The microkernels of f64 on this CPU.
 pub fn micro_f64() -> &'static Micro<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if has_fma() {
-        return &F64_FMA;
+    match isa() {
+        Isa::Scalar => &F64_SCALAR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Fma => &F64_FMA,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => &F64_AVX512,
     }
-    &F64_SCALAR
 }
 
 /// Elements `pack_lhs` writes for a `rows x k` left operand: whole panels of `MR` rows.
@@ -128,7 +173,7 @@ pub fn packed_len<T: Real>(rows: usize, k: usize) -> usize {
 }
 
 /// The largest `MR` of any element type and CPU; every `MR` divides it.
-const MAX_MR: usize = 16;
+const MAX_MR: usize = 64;
 
 /// At least [`packed_len`] for every element type: what workspace sizes (which do not know
 /// the type) reserve for a packed operand.
@@ -306,7 +351,13 @@ mod tests {
 
     #[test]
     fn matches_the_definition_with_transposes_and_accumulation() {
-        for (m, n, k) in [(37, 19, 53), (1, 1, 1), (16, 6, 300), (17, 7, 600), (3, 40, 2)] {
+        for (m, n, k) in [
+            (37, 19, 53),
+            (1, 1, 1),
+            (16, 6, 300),
+            (17, 7, 600),
+            (3, 40, 2),
+        ] {
             let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
             let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64) * 0.5).collect();
             // b stored as [n, k] and read transposed
@@ -360,8 +411,12 @@ mod tests {
     #[test]
     fn f32_products_do_not_depend_on_the_thread_count() {
         let (m, n, k) = (70, 300, 700);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32) / 997.0 - 0.5).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 1000) as f32) / 991.0 - 0.5).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1000) as f32) / 997.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729 % 1000) as f32) / 991.0 - 0.5)
+            .collect();
         let run = || {
             let mut scratch = vec![0.0; matmul_scratch(m, k)];
             let mut c = vec![0.0f32; m * n];
@@ -384,7 +439,11 @@ mod tests {
                 .build()
                 .unwrap();
             let got = pool.install(run);
-            assert!(got.iter().zip(&many).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(
+                got.iter()
+                    .zip(&many)
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
+            );
         }
     }
 }

@@ -347,9 +347,7 @@ impl Broadcast {
                 continue;
             }
             match inner {
-                Some((dim, st))
-                    if (st == 0 && stride == 0) || (st != 0 && stride == st * dim) =>
-                {
+                Some((dim, st)) if (st == 0 && stride == 0) || (st != 0 && stride == st * dim) => {
                     inner = Some((dim * od, st));
                 }
                 Some(prev) => {

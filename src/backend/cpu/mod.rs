@@ -9,7 +9,9 @@ mod io;
 mod real;
 
 pub use exec::{CpuExec, on_pool};
-pub use gemm::{Mat, matmul, matmul_scratch, pack_lhs, pack_with, packed_bound, packed_len, product};
+pub use gemm::{
+    Mat, matmul, matmul_scratch, pack_lhs, pack_with, packed_bound, packed_len, product,
+};
 pub use interpret::{Feeds, eval_once, interpret};
 pub use io::{Io, StepCtx};
 pub use real::Real;
