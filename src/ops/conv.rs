@@ -1,7 +1,8 @@
 //! 2-D convolution, NCHW input, OIHW weight, no bias (PyTorch's `F.conv2d(x, w, None, stride,
 //! padding, dilation, groups)`: zero padding, floor output size, group g owning input channels
 //! g*C/G.. and output channels g*O/G..), and its two gradients. CPU kernels: im2col + GEMM per
-//! image and group, parallel over images.
+//! image and group on the packed weights, parallel over runs of images, in workspace the
+//! executor sizes from `Eval::scratch` (nothing allocated per call).
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -10,7 +11,7 @@ use super::{
     Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
     expect_arity, expect_f32, fmt_shape,
 };
-use crate::backend::cpu::{Io, Mat, Real, matmul};
+use crate::backend::cpu::{Io, Mat, Real, pack_lhs, pack_with, packed_bound, packed_len, product};
 use crate::backend::gpu::kernel::{Bind, Dispatch, KernelArgs, PREAMBLE, Params, Shader, groups};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -499,59 +500,146 @@ fn col2im<T: Real>(g: &Geom, cols: &[T], x: &mut [T]) {
     }
 }
 
-/// Runs `f(first image, its outputs, scratch)` over runs of images of `out` (`image_len`
-/// elements each), in parallel, one run per thread. Only for ops whose images are independent,
-/// so the split cannot change any result.
-fn par_images<T: Real>(
-    out: &mut [T],
-    image_len: usize,
-    scratch_len: usize,
-    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
-) {
-    if out.is_empty() {
+/// Threads that share a launch's images: at most one per image.
+fn workers(items: usize, threads: usize) -> usize {
+    threads.min(items).max(1)
+}
+
+/// How a convolution launch divides its workspace: the weights packed once (`packed`, shared),
+/// then `slots` private slots of `slot` elements, one per worker (an im2col buffer, and for the
+/// weight gradient the packed dy), after `accs` accumulators (the weight gradient's runs).
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    packed: usize,
+    accs: usize,
+    slot: usize,
+}
+
+impl Work {
+    fn len(&self, slots: usize) -> usize {
+        self.packed + self.accs + slots * self.slot
+    }
+    /// Slots `available` elements hold, at least one (the `Io` allocates when a caller gave
+    /// less than one slot's worth) and at most `most`.
+    fn slots(&self, available: usize, most: usize) -> usize {
+        (available.saturating_sub(self.packed + self.accs) / self.slot).clamp(1, most.max(1))
+    }
+}
+
+/// The flipped geometry of a stride-1 convolution's input gradient: dx is the convolution of
+/// dy with the weights transposed (in/out channels swapped) and rotated 180°, padded by
+/// dilation·(k−1) − padding, which must not be negative.
+fn flipped(g: &Geom) -> Option<Geom> {
+    let pad = |d: usize, k: usize| (g.dil[d] * (k - 1)).checked_sub(g.pad[d]);
+    match (g.stride, pad(0, g.kh), pad(1, g.kw)) {
+        ([1, 1], Some(py), Some(px)) => Some(Geom {
+            n: g.n,
+            c: g.o,
+            h: g.oh,
+            w: g.ow,
+            o: g.c,
+            kh: g.kh,
+            kw: g.kw,
+            oh: g.h,
+            ow: g.w,
+            stride: [1, 1],
+            pad: [py, px],
+            dil: g.dil,
+            groups: g.groups,
+        }),
+        _ => None,
+    }
+}
+
+/// Workspace of a forward convolution of geometry `g` (also the flipped input gradient).
+fn forward_work(g: &Geom) -> Work {
+    Work {
+        packed: g.groups * packed_bound(g.og(), g.k()),
+        accs: 0,
+        slot: g.cols_len().max(1),
+    }
+}
+
+/// y = conv(x, w) for geometry `g`, given the weights of each group packed as the `og x k`
+/// left operand (`pl` elements apart), in parallel over runs of images, one per slot of
+/// `cols`.
+fn forward<T: Real>(g: &Geom, x: &[T], packed: &[T], pl: usize, y: &mut [T], cols: &mut [T]) {
+    let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
+    let (image, slot) = (g.o * p, g.cols_len().max(1));
+    if y.is_empty() {
         return;
     }
-    let n = out.len() / image_len;
-    let per = n.div_ceil(rayon::current_num_threads()).max(1);
-    let s = scratch_len.max(1);
-    // A per-call allocation, one im2col buffer per run, until the planner provides workspace.
-    let mut scratch = vec![T::ZERO; n.div_ceil(per) * s];
-    out.par_chunks_mut(per * image_len)
-        .zip(scratch.par_chunks_mut(s))
+    let slots = cols.len() / slot;
+    let per = g.n.div_ceil(slots);
+    // With fewer images than threads, each product is split across the pool too.
+    let inner = g.n.div_ceil(per) < rayon::current_num_threads();
+    y.par_chunks_mut(per * image)
+        .zip(cols.par_chunks_mut(slot))
         .enumerate()
-        .for_each(|(t, (out, scratch))| f(t * per, out, scratch));
+        .for_each(|(run, (ys, cols))| {
+            for (i, y) in ys.chunks_mut(image).enumerate() {
+                let xi = &x[(run * per + i) * g.c * hw..][..g.c * hw];
+                for gi in 0..g.groups {
+                    let xg = &xi[gi * cg * hw..][..cg * hw];
+                    let b = if g.pointwise() {
+                        xg
+                    } else {
+                        im2col(g, xg, cols);
+                        &cols[..k * p]
+                    };
+                    product(
+                        &packed[gi * pl..][..pl],
+                        og,
+                        k,
+                        b,
+                        Mat::rows(k, p),
+                        &mut y[gi * og * p..][..og * p],
+                        Mat::rows(og, p),
+                        false,
+                        inner,
+                    );
+                }
+            }
+        });
 }
 
 impl Eval for Conv2d {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let ws = io.in_shape(1);
         let g = Geom::new(self, io.in_shape(0), io.out_shape(0), [ws[2], ws[3]]);
-        let (ins, mut outs) = io.split();
-        let (x, w) = (ins[0], ins[1]);
-        let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
-        par_images(outs[0], g.o * p, g.cols_len(), |n0, ys, cols| {
-            for (i, y) in ys.chunks_mut(g.o * p).enumerate() {
-                let xi = &x[(n0 + i) * g.c * hw..][..g.c * hw];
-                for gi in 0..g.groups {
-                    let xg = &xi[gi * cg * hw..][..cg * hw];
-                    let b = if g.pointwise() {
-                        xg
-                    } else {
-                        im2col(&g, xg, cols);
-                        &cols[..k * p]
-                    };
-                    matmul(
-                        &w[gi * og * k..][..og * k],
-                        Mat::rows(og, k),
-                        b,
-                        Mat::rows(k, p),
-                        &mut y[gi * og * p..][..og * p],
-                        Mat::rows(og, p),
-                        false,
-                    );
-                }
-            }
-        });
+        let work = forward_work(&g);
+        let slots = work.slots(io.scratch_len(), workers(g.n, rayon::current_num_threads()));
+        let (ins, [y], scratch) = io.split_scratch::<1>(work.len(slots));
+        let [x, w] = ins.array();
+        let (packed, cols) = scratch.split_at_mut(work.packed);
+        let (og, k) = (g.og(), g.k());
+        let pl = packed_len::<T>(og, k);
+        for gi in 0..g.groups {
+            pack_lhs(
+                &w[gi * og * k..][..og * k],
+                Mat::rows(og, k),
+                &mut packed[gi * pl..],
+            );
+        }
+        forward(&g, x, packed, pl, y, cols);
+    }
+    fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
+        let ws = &inputs[1].shape;
+        let g = Geom::new(self, &inputs[0].shape, &outputs[0].shape, [ws[2], ws[3]]);
+        forward_work(&g).len(workers(g.n, threads))
+    }
+}
+
+/// Workspace of an input gradient: the flipped forward convolution's, or the weights packed
+/// transposed and one unfolded-gradient (col2im) buffer per slot.
+fn grad_input_work(g: &Geom) -> Work {
+    match flipped(g) {
+        Some(f) => forward_work(&f),
+        None => Work {
+            packed: g.groups * packed_bound(g.k(), g.og()),
+            accs: 0,
+            slot: g.cols_len().max(1),
+        },
     }
 }
 
@@ -559,37 +647,72 @@ impl Eval for Conv2dGradInput {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let ws = io.in_shape(1);
         let g = Geom::new(&self.conv, io.out_shape(0), io.in_shape(0), [ws[2], ws[3]]);
-        let (ins, mut outs) = io.split();
-        let (dy, w) = (ins[0], ins[1]);
+        let work = grad_input_work(&g);
+        let slots = work.slots(io.scratch_len(), workers(g.n, rayon::current_num_threads()));
+        let (ins, [dx], scratch) = io.split_scratch::<1>(work.len(slots));
+        let [dy, w] = ins.array();
+        let (packed, cols) = scratch.split_at_mut(work.packed);
         let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
-        par_images(outs[0], g.c * hw, g.cols_len(), |n0, dxs, cols| {
-            for (i, dx) in dxs.chunks_mut(g.c * hw).enumerate() {
-                let dyi = &dy[(n0 + i) * g.o * p..][..g.o * p];
-                for gi in 0..g.groups {
-                    let wg = &w[gi * og * k..][..og * k];
-                    let dyg = &dyi[gi * og * p..][..og * p];
-                    let dxg = &mut dx[gi * cg * hw..][..cg * hw];
-                    let dcols = if g.pointwise() {
-                        &mut *dxg
-                    } else {
-                        &mut cols[..k * p]
-                    };
-                    // dcols [k, p] = wgᵀ [k, og] · dyg [og, p]
-                    matmul(
-                        wg,
-                        Mat::rows(og, k).t(),
-                        dyg,
-                        Mat::rows(og, p),
-                        dcols,
-                        Mat::rows(k, p),
-                        false,
-                    );
-                    if !g.pointwise() {
-                        col2im(&g, &cols[..k * p], dxg);
+        let khw = g.kh * g.kw;
+        if let Some(f) = flipped(&g) {
+            // w' [c, (o, i, j)] = w [o, c, kh-1-i, kw-1-j], each group's [cg, og·kh·kw].
+            let pl = packed_len::<T>(cg, f.k());
+            for gi in 0..g.groups {
+                let wg = &w[gi * og * k..][..og * k];
+                pack_with(cg, f.k(), &mut packed[gi * pl..], |c, q| {
+                    let (o, tap) = (q / khw, q % khw);
+                    wg[(o * cg + c) * khw + khw - 1 - tap]
+                });
+            }
+            forward(&f, dy, packed, pl, dx, cols);
+            return;
+        }
+        // Strided: dcols [k, p] = wᵀ [k, og] · dy [og, p] per image and group, then col2im.
+        let pl = packed_len::<T>(k, og);
+        for gi in 0..g.groups {
+            pack_lhs(
+                &w[gi * og * k..][..og * k],
+                Mat::rows(og, k).t(),
+                &mut packed[gi * pl..],
+            );
+        }
+        if dx.is_empty() {
+            return;
+        }
+        let (image, slot) = (g.c * hw, work.slot);
+        let per = g.n.div_ceil(cols.len() / slot);
+        dx.par_chunks_mut(per * image)
+            .zip(cols.par_chunks_mut(slot))
+            .enumerate()
+            .for_each(|(run, (dxs, cols))| {
+                for (i, dx) in dxs.chunks_mut(image).enumerate() {
+                    let dyi = &dy[(run * per + i) * g.o * p..][..g.o * p];
+                    for gi in 0..g.groups {
+                        product(
+                            &packed[gi * pl..][..pl],
+                            k,
+                            og,
+                            &dyi[gi * og * p..][..og * p],
+                            Mat::rows(og, p),
+                            &mut cols[..k * p],
+                            Mat::rows(k, p),
+                            false,
+                            false,
+                        );
+                        col2im(&g, &cols[..k * p], &mut dx[gi * cg * hw..][..cg * hw]);
                     }
                 }
-            }
-        });
+            });
+    }
+    fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
+        let ws = &inputs[1].shape;
+        let g = Geom::new(
+            &self.conv,
+            &outputs[0].shape,
+            &inputs[0].shape,
+            [ws[2], ws[3]],
+        );
+        grad_input_work(&g).len(workers(g.n, threads))
     }
 }
 
@@ -597,12 +720,34 @@ impl Eval for Conv2dGradInput {
 /// order of the sum over images does not depend on the machine's thread count.
 const GRAD_WEIGHT_RUNS: usize = 16;
 
+/// (images per run, runs) of a weight gradient over `n` images.
+fn grad_weight_runs(n: usize) -> (usize, usize) {
+    let per = n.div_ceil(GRAD_WEIGHT_RUNS).max(1);
+    (per, n.div_ceil(per))
+}
+
+/// Workspace of a weight gradient: an accumulator per run, and per slot an im2col buffer and
+/// each group's dy packed as the left operand.
+fn grad_weight_work(g: &Geom) -> Work {
+    let (_, runs) = grad_weight_runs(g.n);
+    Work {
+        packed: 0,
+        accs: runs * g.o * g.k(),
+        slot: (g.cols_len() + g.groups * packed_bound(g.og(), g.p())).max(1),
+    }
+}
+
 impl Eval for Conv2dGradWeight {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let g = Geom::new(&self.conv, io.in_shape(0), io.in_shape(1), self.kernel);
-        let (ins, mut outs) = io.split();
-        let (x, dy) = (ins[0], ins[1]);
-        let dw = &mut *outs[0];
+        let work = grad_weight_work(&g);
+        let (per, runs) = grad_weight_runs(g.n);
+        let slots = work.slots(
+            io.scratch_len(),
+            workers(runs, rayon::current_num_threads()),
+        );
+        let (ins, [dw], scratch) = io.split_scratch::<1>(work.len(slots));
+        let [x, dy] = ins.array();
         let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
         if dw.is_empty() {
             return;
@@ -611,23 +756,19 @@ impl Eval for Conv2dGradWeight {
             dw.fill(T::ZERO);
             return;
         }
-        let per = g.n.div_ceil(GRAD_WEIGHT_RUNS);
-        let runs = g.n.div_ceil(per);
+        let (accs, slot_mem) = scratch.split_at_mut(work.accs);
         let len = dw.len();
-        let s = g.cols_len().max(1);
-        // Per-call allocations (run partials and im2col buffers) until the planner provides
-        // workspace. Run 0 accumulates straight into dw.
-        let mut partials = vec![T::ZERO; (runs - 1) * len];
-        let mut scratch = vec![T::ZERO; runs * s];
-        {
-            let mut accs: Vec<&mut [T]> = std::iter::once(&mut *dw)
-                .chain(partials.chunks_mut(len))
-                .collect();
-            accs.par_iter_mut()
-                .zip(scratch.par_chunks_mut(s))
-                .enumerate()
-                .for_each(|(r, (acc, cols))| {
-                    let images = r * per..((r + 1) * per).min(g.n);
+        let pl = packed_len::<T>(og, p);
+        // Slot s sums runs s·rps.. into their own accumulators.
+        let rps = runs.div_ceil(slots);
+        accs.par_chunks_mut(rps * len)
+            .zip(slot_mem.par_chunks_mut(work.slot))
+            .enumerate()
+            .for_each(|(s, (accs, mem))| {
+                let (cols, dyp) = mem.split_at_mut(g.cols_len());
+                for (r, acc) in accs.chunks_mut(len).enumerate() {
+                    let run = s * rps + r;
+                    let images = run * per..((run + 1) * per).min(g.n);
                     for n in images.clone() {
                         for gi in 0..g.groups {
                             let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
@@ -637,25 +778,40 @@ impl Eval for Conv2dGradWeight {
                                 im2col(&g, xg, cols);
                                 &cols[..k * p]
                             };
-                            // acc_g [og, k] (+)= dy_g [og, p] · colsᵀ [p, k]
-                            matmul(
+                            let dyp = &mut dyp[gi * pl..][..pl];
+                            pack_lhs(
                                 &dy[(n * g.o + gi * og) * p..][..og * p],
                                 Mat::rows(og, p),
+                                dyp,
+                            );
+                            // acc_g [og, k] (+)= dy_g [og, p] · colsᵀ [p, k]
+                            product(
+                                dyp,
+                                og,
+                                p,
                                 b,
                                 Mat::rows(k, p).t(),
                                 &mut acc[gi * og * k..][..og * k],
                                 Mat::rows(og, k),
                                 n != images.start,
+                                false,
                             );
                         }
                     }
-                });
-        }
-        for part in partials.chunks(len) {
+                }
+            });
+        // The runs in order, so the sum over images has one order.
+        dw.copy_from_slice(&accs[..len]);
+        for part in accs[len..].chunks(len) {
             for (d, &v) in dw.iter_mut().zip(part) {
                 *d += v;
             }
         }
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], threads: usize) -> usize {
+        let g = Geom::new(&self.conv, &inputs[0].shape, &inputs[1].shape, self.kernel);
+        let (_, runs) = grad_weight_runs(g.n);
+        grad_weight_work(&g).len(workers(runs, threads))
     }
 }
 

@@ -173,8 +173,11 @@ pub struct Unary {
 
 impl Eval for Unary {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let f = self.f;
-        io.map(|[x]| [f.apply(x)]);
+        // Relu as a constant, so its loop compiles to a vector max.
+        match self.f {
+            UnaryFn::Relu => io.map(|[x]| [UnaryFn::Relu.apply(x)]),
+            f => io.map(|[x]| [f.apply(x)]),
+        }
     }
 }
 
@@ -215,11 +218,13 @@ impl Primitive for UnaryGrad {
 
 impl Eval for UnaryGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let f = self.f;
-        if self.from_output {
-            io.map(|[y, dy]| [f.derivative_from_output(y) * dy]);
-        } else {
-            io.map(|[x, dy]| [f.derivative(x) * dy]);
+        // Relu as a constant, so its loop compiles to a vector select.
+        match (self.f, self.from_output) {
+            (UnaryFn::Relu, true) => {
+                io.map(|[y, dy]| [UnaryFn::Relu.derivative_from_output(y) * dy])
+            }
+            (f, true) => io.map(|[y, dy]| [f.derivative_from_output(y) * dy]),
+            (f, false) => io.map(|[x, dy]| [f.derivative(x) * dy]),
         }
     }
 }

@@ -160,8 +160,8 @@ impl Eval for CrossEntropy {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let (n, c) = (io.in_shape(0)[0], io.in_shape(0)[1]);
         let eps = self.label_smoothing;
-        let (ins, mut outs) = io.split();
-        let (logits, labels) = (ins[0], ins[1]);
+        let (ins, outs) = io.split::<1>();
+        let (logits, labels) = (ins.get(0), ins.get(1));
         let mut total = 0.0;
         for i in 0..n {
             let row = &logits[i * c..(i + 1) * c];
@@ -212,9 +212,9 @@ impl Eval for CrossEntropyGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let (n, c) = (io.in_shape(0)[0], io.in_shape(0)[1]);
         let eps = self.label_smoothing;
-        let (ins, mut outs) = io.split();
-        let (logits, labels) = (ins[0], ins[1]);
-        let scale = ins[2][0].to_f64() / n as f64;
+        let (ins, outs) = io.split::<1>();
+        let (logits, labels) = (ins.get(0), ins.get(1));
+        let scale = ins.get(2)[0].to_f64() / n as f64;
         if c == 0 {
             return;
         }
@@ -300,8 +300,8 @@ impl Primitive for Mse {
 
 impl Eval for Mse {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (ins, mut outs) = io.split();
-        let (p, t) = (ins[0], ins[1]);
+        let (ins, outs) = io.split::<1>();
+        let (p, t) = (ins.get(0), ins.get(1));
         let sum: f64 = p
             .iter()
             .zip(t)

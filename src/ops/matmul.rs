@@ -7,7 +7,7 @@ use super::{
     Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
     expect_arity, expect_f32, fmt_shape,
 };
-use crate::backend::cpu::{Io, Mat, Real, matmul};
+use crate::backend::cpu::{Io, Mat, Real, matmul, matmul_scratch};
 use crate::backend::gpu::kernel::{Bind, Dispatch, KernelArgs, Params, Shader, groups};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -98,18 +98,22 @@ impl Primitive for MatMul {
 
 impl Eval for MatMul {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (m, k, n) = (rows(io.in_types[0]), io.in_shape(1)[1], io.in_shape(1)[0]);
-        let (ins, mut outs) = io.split();
+        let (m, k, n) = (rows(io.in_type(0)), io.in_shape(1)[1], io.in_shape(1)[0]);
+        let (ins, outs, scratch) = io.split_scratch::<1>(matmul_scratch(m, k));
         let w = Mat::rows(n, k).t();
         matmul(
-            ins[0],
+            ins.get(0),
             Mat::rows(m, k),
-            ins[1],
+            ins.get(1),
             w,
             outs[0],
             Mat::rows(m, n),
             false,
+            scratch,
         );
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        matmul_scratch(rows(inputs[0]), inputs[1].shape[1])
     }
 }
 
@@ -154,17 +158,21 @@ impl Primitive for MatMulGradInput {
 
 impl Eval for MatMulGradInput {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (m, n, k) = (rows(io.in_types[0]), io.in_shape(1)[0], io.in_shape(1)[1]);
-        let (ins, mut outs) = io.split();
+        let (m, n, k) = (rows(io.in_type(0)), io.in_shape(1)[0], io.in_shape(1)[1]);
+        let (ins, outs, scratch) = io.split_scratch::<1>(matmul_scratch(m, n));
         matmul(
-            ins[0],
+            ins.get(0),
             Mat::rows(m, n),
-            ins[1],
+            ins.get(1),
             Mat::rows(n, k),
             outs[0],
             Mat::rows(m, k),
             false,
+            scratch,
         );
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        matmul_scratch(rows(inputs[0]), inputs[1].shape[0])
     }
 }
 
@@ -208,17 +216,21 @@ impl Primitive for MatMulGradWeight {
 impl Eval for MatMulGradWeight {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let (n, k) = (io.out_shape(0)[0], io.out_shape(0)[1]);
-        let m = rows(io.in_types[0]);
-        let (ins, mut outs) = io.split();
+        let m = rows(io.in_type(0));
+        let (ins, outs, scratch) = io.split_scratch::<1>(matmul_scratch(n, m));
         let dyt = Mat::rows(m, n).t();
         matmul(
-            ins[0],
+            ins.get(0),
             dyt,
-            ins[1],
+            ins.get(1),
             Mat::rows(m, k),
             outs[0],
             Mat::rows(n, k),
             false,
+            scratch,
         );
+    }
+    fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], _: usize) -> usize {
+        matmul_scratch(outputs[0].shape[0], rows(inputs[0]))
     }
 }

@@ -147,6 +147,12 @@ pub trait Primitive {
 /// nothing. Generic over the element type so gradient checks run the same code in f64.
 pub trait Eval {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>);
+    /// Elements of workspace `eval` takes through `Io::split_scratch` for these types when the
+    /// pool has `threads` threads. The executor allocates the largest once, in `CpuExec::new`;
+    /// a kernel's results must not depend on `threads` or on how much it was given.
+    fn scratch(&self, _inputs: &[&TensorType], _outputs: &[TensorType], _threads: usize) -> usize {
+        0
+    }
 }
 
 /// Data fed to the graph each step.
@@ -218,6 +224,15 @@ macro_rules! op_kinds {
             }
             pub fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
                 match self { $(OpKind::$variant(p) => p.eval(io)),* }
+            }
+            /// [`Eval::scratch`] of the op.
+            pub fn scratch(
+                &self,
+                inputs: &[&TensorType],
+                outputs: &[TensorType],
+                threads: usize,
+            ) -> usize {
+                match self { $(OpKind::$variant(p) => p.scratch(inputs, outputs, threads)),* }
             }
         }
     };

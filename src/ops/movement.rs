@@ -98,8 +98,8 @@ impl Primitive for Reshape {
 /// torch.reshape on a contiguous tensor: the same elements in the same (row-major) order.
 impl Eval for Reshape {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (ins, mut outs) = io.split();
-        outs[0].copy_from_slice(ins[0]);
+        let (ins, outs) = io.split::<1>();
+        outs[0].copy_from_slice(ins.get(0));
     }
 }
 
@@ -197,14 +197,14 @@ impl Eval for Concat {
         let out = io.out_shape(0);
         let ax = axis(self.axis, out.len()).expect("checked by infer");
         let outer: usize = out[..ax].iter().product();
-        let (ins, mut outs) = io.split();
+        let (ins, outs) = io.split::<1>();
         if outer == 0 {
             return;
         }
         // Each input contributes one contiguous run per outer index.
         let mut at = 0;
         for o in 0..outer {
-            for x in &ins {
+            for x in ins.iter() {
                 let run = x.len() / outer;
                 outs[0][at..at + run].copy_from_slice(&x[o * run..(o + 1) * run]);
                 at += run;
@@ -279,10 +279,10 @@ impl Eval for Slice {
         let inner: usize = x[self.axis + 1..].iter().product();
         let (from, run) = (self.start * inner, self.len * inner);
         let stride = x[self.axis] * inner;
-        let (ins, mut outs) = io.split();
+        let (ins, outs) = io.split::<1>();
         for o in 0..outer {
             outs[0][o * run..(o + 1) * run]
-                .copy_from_slice(&ins[0][o * stride + from..o * stride + from + run]);
+                .copy_from_slice(&ins.get(0)[o * stride + from..o * stride + from + run]);
         }
     }
 }
@@ -350,13 +350,13 @@ fn row<T: Real>(id: T, vocab: usize) -> Option<usize> {
 impl Eval for Gather {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let (vocab, d) = (io.in_shape(0)[0], io.in_shape(0)[1]);
-        let (ins, mut outs) = io.split();
+        let (ins, outs) = io.split::<1>();
         if d == 0 {
             return;
         }
-        for (y, &id) in outs[0].chunks_exact_mut(d).zip(ins[1]) {
+        for (y, &id) in outs[0].chunks_exact_mut(d).zip(ins.get(1)) {
             match row(id, vocab) {
-                Some(r) => y.copy_from_slice(&ins[0][r * d..(r + 1) * d]),
+                Some(r) => y.copy_from_slice(&ins.get(0)[r * d..(r + 1) * d]),
                 None => y.fill(T::of(f64::NAN)),
             }
         }
@@ -420,13 +420,13 @@ impl Primitive for GatherGrad {
 impl Eval for GatherGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let d = io.out_shape(0)[1];
-        let (ins, mut outs) = io.split();
+        let (ins, mut outs) = io.split::<1>();
         let dt = &mut outs[0];
         dt.fill(T::ZERO);
         if d == 0 {
             return;
         }
-        for (dy, &id) in ins[1].chunks_exact(d).zip(ins[0]) {
+        for (dy, &id) in ins.get(1).chunks_exact(d).zip(ins.get(0)) {
             if let Some(r) = row(id, self.vocab) {
                 for (acc, &g) in dt[r * d..(r + 1) * d].iter_mut().zip(dy) {
                     *acc += g;
@@ -469,7 +469,7 @@ impl Primitive for Fill {
 
 impl Eval for Fill {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (_, mut outs) = io.split();
+        let (_, outs) = io.split::<1>();
         outs[0].fill(T::of(self.value));
     }
 }

@@ -42,13 +42,59 @@ fn bn_layout(shape: &[usize]) -> (usize, usize, usize) {
     (shape[0], shape[1], shape[2..].iter().product())
 }
 
-/// Mean and biased variance of channel `ch` of x [N, C, S], two passes in f64.
+/// Independent accumulators of the block sums below: enough for the compiler to keep a few
+/// SIMD registers of partial sums (and no result depends on the machine).
+const LANES: usize = 16;
+
+/// Σ f(i) over a block of `len` elements, in `LANES` running sums of `T` (element i in lane
+/// i mod LANES, in order), added up in f64. A fixed order: the same bits on every machine.
+#[inline(always)]
+fn lanes_sum<T: Real>(len: usize, f: impl Fn(usize) -> T) -> f64 {
+    let mut acc = [T::ZERO; LANES];
+    let whole = len - len % LANES;
+    for base in (0..whole).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let mut sum = 0.0;
+    for a in acc {
+        sum += a.to_f64();
+    }
+    for i in whole..len {
+        sum += f(i).to_f64();
+    }
+    sum
+}
+
+/// Mean and biased variance of channel `ch` of x [N, C, S]. Each image's block of S values
+/// gets its own mean and sum of squared deviations (two passes over the block, which stays in
+/// cache; sums in `lanes_sum`), and the blocks are merged in image order in f64 (Chan et al.'s
+/// pairwise update), so the statistics are exact to a few f32 roundings per block and do not
+/// depend on threads.
 fn channel_moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
-    let values = || (0..n).flat_map(move |i| x[(i * c + ch) * s..][..s].iter());
-    let count = (n * s) as f64;
-    let mean = values().map(|v| v.to_f64()).sum::<f64>() / count;
-    let var = values().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / count;
-    (mean, var)
+    let (mut count, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+    if s == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    for i in 0..n {
+        let block = &x[(i * c + ch) * s..][..s];
+        let k = s as f64;
+        let mb = lanes_sum(s, |j| block[j]) / k;
+        let centre = T::of(mb);
+        // Σ (x − centre)² = Σ (x − mb)² + s·(mb − centre)², centre being mb rounded to T.
+        let shift = mb - centre.to_f64();
+        let m2b = lanes_sum(s, |j| {
+            let d = block[j] - centre;
+            d * d
+        }) - k * shift * shift;
+        let total = count + k;
+        let delta = mb - mean;
+        mean += delta * k / total;
+        m2 += m2b + delta * delta * count * k / total;
+        count = total;
+    }
+    (mean, m2.max(0.0) / count)
 }
 
 /// Mean and biased variance of one row, two passes in f64.
@@ -186,10 +232,10 @@ impl Eval for BatchNorm {
         let layout = bn_layout(io.in_shape(0));
         let (_, c, s) = layout;
         let (eps, training) = (T::of(self.eps), self.training);
-        let (ins, mut outs) = io.split();
-        let x = ins[0];
-        let affine = self.affine.then(|| (ins[1], ins[2]));
-        let (rm, rv) = (ins[ins.len() - 2], ins[ins.len() - 1]);
+        let (ins, mut outs) = io.split::<3>();
+        let x = ins.get(0);
+        let affine = self.affine.then(|| (ins.get(1), ins.get(2)));
+        let (rm, rv) = (ins.get(ins.len() - 2), ins.get(ins.len() - 1));
         let [y, mean, var] = outs.as_mut_slice() else {
             unreachable!("batchnorm has three outputs")
         };
@@ -324,25 +370,27 @@ impl Eval for BatchNormGrad {
         let layout = bn_layout(io.in_shape(0));
         let (n, c, s) = layout;
         let (eps, training) = (self.eps, self.training);
-        let (ins, mut outs) = io.split();
-        let (x, dy) = (ins[0], ins[ins.len() - 1]);
-        let w = self.affine.then(|| ins[1]);
-        let (mean, var) = (ins[ins.len() - 3], ins[ins.len() - 2]);
+        let (ins, mut outs) = io.split::<3>();
+        let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
+        let w = self.affine.then(|| ins.get(1));
+        let (mean, var) = (ins.get(ins.len() - 3), ins.get(ins.len() - 2));
         let [dx, dw, db] = outs.as_mut_slice() else {
             unreachable!("batchnorm_grad has three outputs")
         };
         let invstd = |ch: usize| 1.0 / (var[ch].to_f64() + eps).sqrt();
+        // Per channel, image blocks in order: Σ dy and Σ dy·(x − mean) (`lanes_sum` per block,
+        // f64 across blocks).
         dw.par_iter_mut()
             .zip(db.par_iter_mut())
             .enumerate()
             .for_each(|(ch, (dw, db))| {
-                let (mu, mut sum, mut dot) = (mean[ch].to_f64(), 0.0, 0.0);
+                let mu = mean[ch];
+                let (mut sum, mut dot) = (0.0, 0.0);
                 for i in 0..n {
                     let at = (i * c + ch) * s;
-                    for (&x, &dy) in x[at..at + s].iter().zip(&dy[at..at + s]) {
-                        sum += dy.to_f64();
-                        dot += dy.to_f64() * (x.to_f64() - mu);
-                    }
+                    let (x, dy) = (&x[at..at + s], &dy[at..at + s]);
+                    sum += lanes_sum(s, |j| dy[j]);
+                    dot += lanes_sum(s, |j| dy[j] * (x[j] - mu));
                 }
                 (*dw, *db) = (T::of(dot * invstd(ch)), T::of(sum));
             });
@@ -357,18 +405,20 @@ impl Eval for BatchNormGrad {
             let scale = w.map_or(1.0, |w| w[ch].to_f64()) * istd;
             let at = block * s;
             let (x, dy) = (&x[at..at + s], &dy[at..at + s]);
+            let tscale = T::of(scale);
             if !training {
                 for (dx, &dy) in dx.iter_mut().zip(dy) {
-                    *dx = T::of(dy.to_f64() * scale);
+                    *dx = dy * tscale;
                 }
                 return;
             }
-            // dx = w·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M), with Σ(dy·x̂) = dweight.
-            let (mu, mean_dy) = (mean[ch].to_f64(), db[ch].to_f64() / count);
-            let k = dw[ch].to_f64() * istd / count;
+            // dx = w·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M), with Σ(dy·x̂) = dweight: the
+            // per-channel coefficients in f64, the elementwise part in T.
+            let mu = mean[ch];
+            let mean_dy = T::of(db[ch].to_f64() / count);
+            let k = T::of(dw[ch].to_f64() * istd / count);
             for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let centred = x.to_f64() - mu;
-                *dx = T::of((dy.to_f64() - mean_dy - centred * k) * scale);
+                *dx = (dy - mean_dy - (x - mu) * k) * tscale;
             }
         });
     }
@@ -540,14 +590,14 @@ impl Eval for LayerNorm {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let m = row_len(io.in_shape(0), self.dims);
         let eps = self.eps;
-        let (ins, mut outs) = io.split();
-        let affine = self.affine.then(|| (ins[1], ins[2]));
+        let (ins, outs) = io.split::<1>();
+        let affine = self.affine.then(|| (ins.get(1), ins.get(2)));
         if m == 0 {
             return;
         }
         outs[0]
             .par_chunks_mut(m)
-            .zip(ins[0].par_chunks(m))
+            .zip(ins.get(0).par_chunks(m))
             .for_each(|(y, x)| {
                 let (mean, var) = row_moments(x);
                 let rstd = 1.0 / (var + eps).sqrt();
@@ -641,9 +691,10 @@ impl Eval for LayerNormGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let m = row_len(io.in_shape(0), self.dims);
         let eps = self.eps;
-        let (ins, mut outs) = io.split();
-        let (x, dy) = (ins[0], ins[ins.len() - 1]);
-        let w = self.affine.then(|| ins[1]);
+        let io_outputs = io.out_types.len();
+        let (ins, mut outs) = io.split::<3>();
+        let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
+        let w = self.affine.then(|| ins.get(1));
         if m == 0 {
             return;
         }
@@ -669,7 +720,7 @@ impl Eval for LayerNormGrad {
                     *dx = T::of(rstd * (g(j) - mean_g - xhat(j) * mean_gx));
                 }
             });
-        if let [_, dw, db] = outs.as_mut_slice() {
+        if let ([_, dw, db], true) = (outs.as_mut_slice(), io_outputs == 3) {
             // Rows in order, so each column's sum has a fixed order.
             dw.fill(T::ZERO);
             db.fill(T::ZERO);

@@ -148,9 +148,9 @@ impl Primitive for GradNormCoef {
 
 impl Eval for GradNormCoef {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (ins, mut outs) = io.split();
+        let (ins, outs) = io.split::<1>();
         let mut sq = 0.0f64;
-        for g in &ins {
+        for g in ins.iter() {
             for &v in g.iter() {
                 let v = v.to_f64();
                 sq += v * v;

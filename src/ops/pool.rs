@@ -259,8 +259,8 @@ impl Windows {
 impl Eval for Pool2d {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let win = Windows::new(self, io.in_shape(0), io.out_shape(0));
-        let (ins, mut outs) = io.split();
-        let x = ins[0];
+        let (ins, outs) = io.split::<1>();
+        let x = ins.get(0);
         let y = &mut *outs[0];
         let (plane, area) = (win.h * win.w, win.area::<T>());
         if y.is_empty() {
@@ -291,8 +291,8 @@ impl Eval for Pool2d {
 impl Eval for Pool2dGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let win = Windows::new(&self.pool, io.in_shape(0), io.in_shape(1));
-        let (ins, mut outs) = io.split();
-        let (x, dy) = (ins[0], ins[1]);
+        let (ins, outs) = io.split::<1>();
+        let (x, dy) = (ins.get(0), ins.get(1));
         let dx = &mut *outs[0];
         let (plane, out_plane, area) = (win.h * win.w, win.oh * win.ow, win.area::<T>());
         if dx.is_empty() {

@@ -77,8 +77,8 @@ impl Eval for Dropout {
             true => T::of(1.0 / (1.0 - self.p)),
             false => T::ZERO,
         };
-        let (ins, mut outs) = io.split();
-        let (x, y) = (ins[0], &mut outs[0]);
+        let (ins, mut outs) = io.split::<1>();
+        let (x, y) = (ins.get(0), &mut outs[0]);
         // Elements are independent, so splitting them across threads changes nothing.
         const CHUNK: usize = 1 << 14;
         y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, y)| {

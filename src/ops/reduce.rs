@@ -160,16 +160,6 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-/// The offset of row-major index `k` over dims of (size, stride).
-fn offset(mut k: usize, dims: &[(usize, usize)]) -> usize {
-    let mut off = 0;
-    for &(size, stride) in dims.iter().rev() {
-        off += (k % size) * stride;
-        k /= size;
-    }
-    off
-}
-
 impl Primitive for MeanAxes {
     fn name(&self) -> &'static str {
         "mean"
@@ -210,26 +200,33 @@ impl Primitive for MeanAxes {
 impl Eval for MeanAxes {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let shape = io.in_shape(0);
-        let st = strides(shape);
-        let split = |keep: bool| -> Vec<(usize, usize)> {
-            (0..shape.len())
-                .filter(|i| self.axes.contains(i) != keep)
-                .map(|i| (shape[i], st[i]))
-                .collect()
-        };
-        let (kept, reduced) = (split(true), split(false));
-        let count: usize = reduced.iter().map(|d| d.0).product();
-        let (ins, mut outs) = io.split();
-        let x = ins[0];
+        let axes = &self.axes;
+        let count: usize = axes.iter().map(|&a| shape[a]).product();
+        let (ins, outs) = io.split::<1>();
+        let x = ins.get(0);
         // Each output sums its own elements in index order (f64), so threads never share a sum.
         outs[0].par_iter_mut().enumerate().for_each(|(o, y)| {
-            let base = offset(o, &kept);
+            let base = offset_over(shape, |d| !axes.contains(&d), o);
             let sum: f64 = (0..count)
-                .map(|r| x[base + offset(r, &reduced)].to_f64())
+                .map(|r| x[base + offset_over(shape, |d| axes.contains(&d), r)].to_f64())
                 .sum();
             *y = T::of(sum / count as f64);
         });
     }
+}
+
+/// The offset in a row-major tensor of `shape` of row-major index `k` over the dims `pick`
+/// selects (the others at 0). Allocates nothing.
+fn offset_over(shape: &[usize], pick: impl Fn(usize) -> bool, mut k: usize) -> usize {
+    let (mut off, mut stride) = (0, 1);
+    for d in (0..shape.len()).rev() {
+        if pick(d) {
+            off += (k % shape[d]) * stride;
+            k /= shape[d];
+        }
+        stride *= shape[d];
+    }
+    off
 }
 
 /// The gradient of [`MeanAxes`]: dy broadcast back over `axes` to `shape`, divided by the
@@ -296,23 +293,28 @@ impl Primitive for MeanAxesGrad {
 
 impl Eval for MeanAxesGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let dy_strides = strides(io.in_shape(0));
-        // dy's stride along each dim of dx (0 along the reduced axes).
-        let mut kept = dy_strides.iter();
-        let dims: Vec<(usize, usize)> = (0..self.shape.len())
-            .map(|i| match self.axes.contains(&i) {
-                true => (self.shape[i], 0),
-                false => (self.shape[i], *kept.next().expect("rank checked by infer")),
-            })
-            .collect();
-        let count: usize = self.axes.iter().map(|&a| self.shape[a]).product();
+        let (shape, axes) = (&self.shape, &self.axes);
+        let count: usize = axes.iter().map(|&a| shape[a]).product();
         let scale = T::ONE / T::of(count as f64);
-        let (ins, mut outs) = io.split();
-        let dy = ins[0];
+        let (ins, outs) = io.split::<1>();
+        let dy = ins.get(0);
+        // dx index k → dy offset: dx's coordinates on the kept dims, in dy's row-major strides.
+        let at = |mut k: usize| {
+            let (mut off, mut stride) = (0, 1);
+            for d in (0..shape.len()).rev() {
+                let c = k % shape[d];
+                k /= shape[d];
+                if !axes.contains(&d) {
+                    off += c * stride;
+                    stride *= shape[d];
+                }
+            }
+            off
+        };
         outs[0]
             .par_iter_mut()
             .enumerate()
-            .for_each(|(k, dx)| *dx = dy[offset(k, &dims)] * scale);
+            .for_each(|(k, dx)| *dx = dy[at(k)] * scale);
     }
 }
 
@@ -370,13 +372,13 @@ impl Eval for Softmax {
         let a = axis(self.axis, shape.len()).expect("checked by infer");
         let (_, len, inner) = around(shape, a);
         let block = len * inner;
-        let (ins, mut outs) = io.split();
+        let (ins, outs) = io.split::<1>();
         if block == 0 {
             return;
         }
         outs[0]
             .par_chunks_mut(block)
-            .zip(ins[0].par_chunks(block))
+            .zip(ins.get(0).par_chunks(block))
             .for_each(|(y, x)| {
                 for i in 0..inner {
                     let at = |k: usize| k * inner + i;
@@ -432,13 +434,17 @@ impl Eval for SoftmaxGrad {
         let a = axis(self.axis, shape.len()).expect("checked by infer");
         let (_, len, inner) = around(shape, a);
         let block = len * inner;
-        let (ins, mut outs) = io.split();
+        let (ins, outs) = io.split::<1>();
         if block == 0 {
             return;
         }
         outs[0]
             .par_chunks_mut(block)
-            .zip(ins[0].par_chunks(block).zip(ins[1].par_chunks(block)))
+            .zip(
+                ins.get(0)
+                    .par_chunks(block)
+                    .zip(ins.get(1).par_chunks(block)),
+            )
             .for_each(|(dx, (y, dy))| {
                 for i in 0..inner {
                     let at = |k: usize| k * inner + i;
@@ -502,24 +508,29 @@ impl Primitive for SumTo {
 impl Eval for SumTo {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let x_shape = io.in_shape(0);
-        let (ins, mut outs) = io.split();
-        let (x, y) = (ins[0], &mut outs[0]);
+        let (ins, mut outs) = io.split::<1>();
+        let (x, y) = (ins.get(0), &mut outs[0]);
         y.fill(T::ZERO);
-        // Output stride of each input dim (0 where the output broadcasts).
         let pad = x_shape.len() - self.shape.len();
-        let mut strides = vec![0; x_shape.len()];
-        let mut s = 1;
-        for d in (0..self.shape.len()).rev() {
-            strides[pad + d] = if self.shape[d] == 1 { 0 } else { s };
-            s *= self.shape[d];
-        }
+        // Output stride of input dim d (0 where the output broadcasts).
+        let out_stride = |d: usize| -> usize {
+            if d < pad || self.shape[d - pad] == 1 {
+                0
+            } else {
+                self.shape[d - pad + 1..].iter().product()
+            }
+        };
         // Walk x in order with the innermost dim as a run.
+        let rank = x_shape.len();
         let inner = *x_shape.last().unwrap_or(&1);
-        let inner_stride = *strides.last().unwrap_or(&0);
-        let outer_dims = &x_shape[..x_shape.len().saturating_sub(1)];
-        let mut coord = vec![0; outer_dims.len()];
-        for run in x.chunks(inner.max(1)) {
-            let base: usize = coord.iter().zip(&strides).map(|(c, s)| c * s).sum();
+        let inner_stride = if rank == 0 { 0 } else { out_stride(rank - 1) };
+        for (r, run) in x.chunks(inner.max(1)).enumerate() {
+            // The output offset of run r: its coordinates on the outer dims.
+            let (mut base, mut rest) = (0, r);
+            for d in (0..rank.saturating_sub(1)).rev() {
+                base += (rest % x_shape[d]) * out_stride(d);
+                rest /= x_shape[d];
+            }
             if inner_stride == 0 {
                 let mut acc = y[base];
                 for &v in run {
@@ -530,13 +541,6 @@ impl Eval for SumTo {
                 for (j, &v) in run.iter().enumerate() {
                     y[base + j] += v;
                 }
-            }
-            for d in (0..coord.len()).rev() {
-                coord[d] += 1;
-                if coord[d] < outer_dims[d] {
-                    break;
-                }
-                coord[d] = 0;
             }
         }
     }

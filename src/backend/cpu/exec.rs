@@ -1,13 +1,16 @@
-//! The planned CPU executor: the plan's regions allocated once, then each step runs the
-//! launches in order over views of them. Nothing is allocated or decided per step (kernels
-//! aside that still take scratch space).
+//! The planned CPU executor: the plan's regions allocated once, then each step runs the launches
+//! in order over views of them. Everything a launch needs (its buffers' ranges, its input types,
+//! its workspace) is laid out in `CpuExec::new`, so a step allocates nothing
+//! (tests/cpu_no_alloc.rs).
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
+use super::io::Raw;
 use super::{Io, Real, StepCtx};
 use crate::backend::Captured;
 use crate::graph::TensorId;
-use crate::ops::OpKind;
+use crate::ops::{OpKind, TensorType};
 use crate::schedule::{Plan, Region, Slot};
 
 const REGIONS: [Region; 4] = [Region::State, Region::Grads, Region::Inputs, Region::Arena];
@@ -16,11 +19,38 @@ fn region_index(r: Region) -> usize {
     REGIONS.iter().position(|&x| x == r).expect("a region")
 }
 
+/// One launch as `new` laid it out: its inputs' and outputs' entries in `CpuExec::slots`, its
+/// input types in `CpuExec::types`.
+struct Prepared {
+    ins: Range<usize>,
+    outs: Range<usize>,
+    types: Range<usize>,
+    /// Does an output share memory with an input (in-place, updates)?
+    aliased: bool,
+    /// Parameters and inputs are fed, not evaluated.
+    skip: bool,
+}
+
+/// The raw ranges of every launch's buffers, refreshed at the start of each step from
+/// `CpuExec::slots` (the pointers of `memory`, which is never resized).
+struct Ranges<T>(Vec<Raw<T>>);
+// SAFETY: the pointers are only dereferenced inside `CpuExec::step`, under `&mut CpuExec`, which
+// owns the memory they point into.
+unsafe impl<T: Send> Send for Ranges<T> {}
+unsafe impl<T: Sync> Sync for Ranges<T> {}
+
 pub struct CpuExec<T> {
     pub plan: Plan,
     memory: [Vec<T>; 4],
-    /// Per launch: does an output share memory with an input (in-place, updates)?
-    aliased: Vec<bool>,
+    launches: Vec<Prepared>,
+    /// (region index, offset, length) of every launch's inputs then outputs, in launch order.
+    slots: Vec<(usize, usize, usize)>,
+    ranges: Ranges<T>,
+    /// Every launch's input types, in launch order.
+    types: Vec<TensorType>,
+    /// Workspace shared by the launches (they run one at a time), sized in `new` to the
+    /// largest `Eval::scratch` of any launch.
+    scratch: Vec<T>,
     /// The State region as `save_state` left it (`train.on_nonfinite = "skip_step"`).
     backup: Vec<T>,
     /// What `capture` copied and `take_captures` has not yet handed out.
@@ -32,7 +62,10 @@ impl<T: Real> CpuExec<T> {
     /// Allocates the plan's memory and initialises parameters from `seed` (graph::init).
     pub fn new(plan: Plan, seed: u64) -> Result<CpuExec<T>, String> {
         let memory = REGIONS.map(|r| vec![T::ZERO; plan.sizes.get(&r).copied().unwrap_or(0)]);
-        let mut aliased = Vec::with_capacity(plan.launches.len());
+        let threads = rayon::current_num_threads();
+        let (mut launches, mut slots, mut types) = (Vec::new(), Vec::new(), Vec::new());
+        let mut scratch = 0;
+        let g = &plan.graph;
         for l in &plan.launches {
             for s in l.inputs.iter().chain(&l.outputs) {
                 if s.offset + s.len > memory[region_index(s.region)].len() {
@@ -46,16 +79,40 @@ impl<T: Real> CpuExec<T> {
                     ));
                 }
             }
-            aliased.push(
-                l.outputs
+            let node = &g.dag[l.node];
+            let in_types: Vec<&TensorType> = node.inputs.iter().map(|&t| g.ty(t)).collect();
+            let at = (slots.len(), types.len());
+            slots.extend(
+                l.inputs
+                    .iter()
+                    .chain(&l.outputs)
+                    .map(|s| (region_index(s.region), s.offset, s.len)),
+            );
+            types.extend(in_types.iter().map(|&t| t.clone()));
+            let skip = matches!(node.op, OpKind::Parameter(_) | OpKind::Input(_));
+            if !skip {
+                scratch = scratch.max(node.op.scratch(&in_types, &node.outputs, threads));
+            }
+            launches.push(Prepared {
+                ins: at.0..at.0 + l.inputs.len(),
+                outs: at.0 + l.inputs.len()..slots.len(),
+                types: at.1..types.len(),
+                aliased: l
+                    .outputs
                     .iter()
                     .any(|o| l.inputs.iter().any(|i| i.overlaps(o))),
-            );
+                skip,
+            });
         }
+        let ranges = Ranges(vec![(std::ptr::null_mut(), 0); slots.len()]);
         let mut exec = CpuExec {
             plan,
             memory,
-            aliased,
+            launches,
+            slots,
+            ranges,
+            types,
+            scratch: vec![T::ZERO; scratch],
             backup: Vec::new(),
             captured: VecDeque::new(),
             next_capture: 0,
@@ -118,30 +175,49 @@ impl<T: Real> CpuExec<T> {
         }
     }
 
-    /// Runs every launch of the plan once.
+    /// Runs every launch of the plan once. Allocates nothing on rayon's threads; see
+    /// [`on_pool`] for the calling thread.
     pub fn step(&mut self, ctx: StepCtx) {
-        let bases: Vec<*mut T> = self.memory.iter_mut().map(|m| m.as_mut_ptr()).collect();
+        on_pool(|| self.run(ctx, None));
+    }
+
+    /// A step that reports each launch's wall time in seconds, by launch index (profiling:
+    /// benches/cpu_ops.rs).
+    pub fn step_timed(&mut self, ctx: StepCtx, mut report: impl FnMut(usize, f64) + Send) {
+        on_pool(|| self.run(ctx, Some(&mut report)));
+    }
+
+    fn run(&mut self, ctx: StepCtx, mut report: Option<&mut (dyn FnMut(usize, f64) + Send)>) {
+        let bases = self.memory.each_mut().map(|m| m.as_mut_ptr());
+        for (r, &(region, offset, len)) in self.ranges.0.iter_mut().zip(&self.slots) {
+            // SAFETY: `new` checked every slot lies inside its region's buffer.
+            *r = (unsafe { bases[region].add(offset) }, len);
+        }
         let g = &self.plan.graph;
-        for (l, &aliased) in self.plan.launches.iter().zip(&self.aliased) {
+        for (i, (l, p)) in self.plan.launches.iter().zip(&self.launches).enumerate() {
+            if p.skip {
+                continue;
+            }
+            let t0 = report.is_some().then(std::time::Instant::now);
             let node = &g.dag[l.node];
-            let ptr = |s: &Slot| {
-                // SAFETY: `new` checked every slot lies inside its region's buffer.
-                unsafe { bases[region_index(s.region)].add(s.offset) }
-            };
-            let ins = l
-                .inputs
-                .iter()
-                .map(|s| (ptr(s) as *const T, s.len))
-                .collect();
-            let outs = l.outputs.iter().map(|s| (ptr(s), s.len)).collect();
-            let in_types = node.inputs.iter().map(|&t| g.ty(t)).collect();
             // SAFETY: the buffers live in `self.memory`, which `&mut self` borrows for the
             // whole step and which is never resized; the planner gives a launch's outputs
-            // ranges disjoint from each other and, unless `aliased`, from its inputs.
-            let mut io = unsafe { Io::from_raw(ins, outs, aliased, in_types, &node.outputs, ctx) };
-            match &node.op {
-                OpKind::Parameter(_) | OpKind::Input(_) => {}
-                op => op.eval(&mut io),
+            // ranges disjoint from each other and, unless `aliased`, from its inputs; the
+            // scratch is the executor's own.
+            let mut io = unsafe {
+                Io::from_raw(
+                    &self.ranges.0[p.ins.clone()],
+                    &self.ranges.0[p.outs.clone()],
+                    p.aliased,
+                    &self.types[p.types.clone()],
+                    &node.outputs,
+                    ctx,
+                    &mut self.scratch,
+                )
+            };
+            node.op.eval(&mut io);
+            if let (Some(report), Some(t0)) = (report.as_mut(), t0) {
+                report(i, t0.elapsed().as_secs_f64());
             }
         }
     }
@@ -169,5 +245,18 @@ impl CpuExec<f32> {
     /// Every capture not handed out yet, oldest first.
     pub fn take_captures(&mut self) -> Vec<Captured> {
         self.captured.drain(..).collect()
+    }
+}
+
+/// Runs `f` on a thread of rayon's pool: the step's launches then fork and join their parallel
+/// loops from inside the pool, rather than each handing a job to the pool from outside and
+/// sleeping until it is done. From outside, this hands over one job per step; rayon queues it
+/// in a crossbeam `Injector`, which allocates a block of 63 slots every 63 jobs, the only
+/// allocation of a step (and none when the caller is already on the pool).
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }

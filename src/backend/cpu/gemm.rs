@@ -1,5 +1,20 @@
-//! Matrix multiply through the `gemm` crate (blocked, SIMD, on every core), behind a safe,
-//! bounds-checked wrapper: the only way CPU kernels multiply matrices.
+//! Matrix multiply on the `gemm` crate's microkernels (gemm-f32/gemm-f64: FMA/AVX2 where the CPU
+//! has it), behind a safe, bounds-checked wrapper: the only way CPU kernels multiply matrices.
+//!
+//! The blocking around the microkernels is ours rather than `gemm::gemm`'s for two reasons.
+//! `gemm::gemm` allocates on every call (its packed-operand buffers and a `Vec<bool>` per call
+//! and per worker; gemm-common 0.19, `gemm_basic_generic`), and a prepared step allocates
+//! nothing. And convolutions want to keep an operand packed across calls (the weights, once
+//! per launch) and read the other straight from its im2col buffer, which `gemm::gemm` would
+//! copy again. So: the left operand is packed into panels of `MR` rows (`pack_lhs`, into memory
+//! the caller owns), the right one is read in place through its strides, and the microkernel
+//! computes each `MR x NR` tile of the product over blocks of `KC` of the inner dim.
+//!
+//! Every element of a product is summed in one fixed order (blocks of `KC`, each in index
+//! order, by the microkernel alone), whatever the thread count or how the columns are split.
+
+use gemm_common::microkernel::MicroKernelFn;
+use rayon::prelude::*;
 
 use super::Real;
 
@@ -38,18 +53,189 @@ impl Mat {
     }
 }
 
-/// `c = a · b`, or `c += a · b` when `accumulate`. Panics (a kernel bug, never user input) if a
-/// view reaches past its slice or the shapes disagree.
-pub fn matmul<T: Real>(a: &[T], am: Mat, b: &[T], bm: Mat, c: &mut [T], cm: Mat, accumulate: bool) {
+/// Inner-dim block: one microkernel call sums at most this many products per element.
+const KC: usize = 256;
+
+/// The microkernels for one element type on this CPU: `table[ceil(m / lanes) - 1][n - 1]`
+/// computes an `m x n` tile (m ≤ `mr`, n ≤ `nr`).
+#[derive(Clone, Copy)]
+pub struct Micro<T: 'static> {
+    /// Rows of a tile (and of a packed panel): `lanes` × the table's height.
+    pub mr: usize,
+    /// Columns of a tile.
+    pub nr: usize,
+    lanes: usize,
+    table: &'static [&'static [MicroKernelFn<T>]],
+}
+
+macro_rules! micro {
+    ($name:ident, $ty:ty, $module:path, $lanes:expr, [$($row:expr),*]) => {
+        static $name: Micro<$ty> = {
+            use $module as m;
+            Micro {
+                mr: m::MR_DIV_N * $lanes,
+                nr: m::NR,
+                lanes: $lanes,
+                table: &[$(&m::UKR[$row]),*],
+            }
+        };
+        const _: () = {
+            use $module as m;
+            assert!(MAX_MR % (m::MR_DIV_N * $lanes) == 0);
+        };
+    };
+}
+
+micro!(
+    F32_SCALAR,
+    f32,
+    gemm_f32::microkernel::scalar::f32,
+    1,
+    [0, 1]
+);
+micro!(
+    F64_SCALAR,
+    f64,
+    gemm_f64::microkernel::scalar::f64,
+    1,
+    [0, 1]
+);
+#[cfg(target_arch = "x86_64")]
+micro!(F32_FMA, f32, gemm_f32::microkernel::fma::f32, 8, [0, 1]);
+#[cfg(target_arch = "x86_64")]
+micro!(F64_FMA, f64, gemm_f64::microkernel::fma::f64, 4, [0, 1]);
+#[cfg(target_arch = "x86_64")]
+micro!(
+    F32_AVX512,
+    f32,
+    gemm_f32::microkernel::avx512f::f32,
+    16,
+    [0, 1, 2, 3]
+);
+#[cfg(target_arch = "x86_64")]
+micro!(
+    F64_AVX512,
+    f64,
+    gemm_f64::microkernel::avx512f::f64,
+    8,
+    [0, 1, 2, 3]
+);
+
+/// The widest microkernels this CPU runs: AVX-512, else AVX2 with FMA, else scalar.
+#[derive(Clone, Copy, PartialEq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            return Isa::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Isa::Fma;
+        }
+    }
+    Isa::Scalar
+}
+
+/// The microkernels of f32 on this CPU.
+pub fn micro_f32() -> &'static Micro<f32> {
+    match isa() {
+        Isa::Scalar => &F32_SCALAR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Fma => &F32_FMA,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => &F32_AVX512,
+    }
+}
+
+/// The microkernels of f64 on this CPU.
+pub fn micro_f64() -> &'static Micro<f64> {
+    match isa() {
+        Isa::Scalar => &F64_SCALAR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Fma => &F64_FMA,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => &F64_AVX512,
+    }
+}
+
+/// Elements `pack_lhs` writes for a `rows x k` left operand: whole panels of `MR` rows.
+pub fn packed_len<T: Real>(rows: usize, k: usize) -> usize {
+    rows.next_multiple_of(T::micro().mr) * k
+}
+
+/// The largest `MR` of any element type and CPU; every `MR` divides it.
+const MAX_MR: usize = 64;
+
+/// At least [`packed_len`] for every element type: what workspace sizes (which do not know
+/// the type) reserve for a packed operand.
+pub fn packed_bound(rows: usize, k: usize) -> usize {
+    rows.next_multiple_of(MAX_MR) * k
+}
+
+/// Packs the `rows x k` matrix `value(i, p)` into panels of `MR` rows: panel `i / MR` holds,
+/// for each `p` in order, its `MR` rows' values (zero past the last row).
+pub fn pack_with<T: Real>(rows: usize, k: usize, out: &mut [T], value: impl Fn(usize, usize) -> T) {
+    let mr = T::micro().mr;
+    let out = &mut out[..packed_len::<T>(rows, k)];
+    for (panel, dst) in out.chunks_exact_mut(mr * k.max(1)).enumerate() {
+        let r0 = panel * mr;
+        let live = mr.min(rows - r0);
+        for (p, d) in dst.chunks_exact_mut(mr).enumerate().take(k) {
+            for (i, v) in d[..live].iter_mut().enumerate() {
+                *v = value(r0 + i, p);
+            }
+            d[live..].fill(T::ZERO);
+        }
+    }
+}
+
+/// [`pack_with`] of a strided matrix.
+pub fn pack_lhs<T: Real>(a: &[T], am: Mat, out: &mut [T]) {
+    assert!(am.fits(a.len()), "pack_lhs view out of bounds");
+    pack_with(am.rows, am.cols, out, |i, p| a[i * am.row + p * am.col]);
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: parallel column blocks of `product` write disjoint tiles of `c`.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+/// `c = lhs · b`, or `c += lhs · b` when `accumulate`, where `lhs` is an `m x k` operand packed
+/// by [`pack_lhs`]/[`pack_with`] and `b` a `k x n` view read in place. Splits the columns of
+/// `c` across threads when `parallel` and the product is large; no result depends on it.
+/// Panics (a kernel bug, never user input) if a view reaches past its slice or the shapes
+/// disagree.
+#[allow(clippy::too_many_arguments)]
+pub fn product<T: Real>(
+    lhs: &[T],
+    m: usize,
+    k: usize,
+    b: &[T],
+    bm: Mat,
+    c: &mut [T],
+    cm: Mat,
+    accumulate: bool,
+    parallel: bool,
+) {
     assert!(
-        am.cols == bm.rows && cm.rows == am.rows && cm.cols == bm.cols,
-        "matmul shapes {am:?} {bm:?} {cm:?}"
+        bm.rows == k && cm.rows == m && cm.cols == bm.cols,
+        "matmul shapes {m}x{k} {bm:?} {cm:?}"
     );
     assert!(
-        am.fits(a.len()) && bm.fits(b.len()) && cm.fits(c.len()),
+        lhs.len() >= packed_len::<T>(m, k) && bm.fits(b.len()) && cm.fits(c.len()),
         "matmul view out of bounds"
     );
-    let (m, n, k) = (cm.rows, cm.cols, am.cols);
+    let n = cm.cols;
     if m == 0 || n == 0 {
         return;
     }
@@ -63,37 +249,88 @@ pub fn matmul<T: Real>(a: &[T], am: Mat, b: &[T], bm: Mat, c: &mut [T], cm: Mat,
         }
         return;
     }
-    // Small products are faster on one thread than split across the pool.
-    let parallelism = if m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
+    let micro = T::micro();
+    let (mr, nr) = (micro.mr, micro.nr);
+    let panels = n.div_ceil(nr);
+    let cp = SendPtr(c.as_mut_ptr());
+    // Columns `j0..j1` (a multiple of NR apart, but the last) of the whole product.
+    let block = |j0: usize, j1: usize| {
+        let cp = cp;
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let status = if accumulate || k0 > 0 { 1 } else { 0 };
+            for jj in (j0..j1).step_by(nr) {
+                let cols = nr.min(j1 - jj);
+                for i0 in (0..m).step_by(mr) {
+                    let rows = mr.min(m - i0);
+                    let kernel = micro.table[rows.div_ceil(micro.lanes) - 1][cols - 1];
+                    // SAFETY: `lhs` holds whole panels of MR rows for all k (checked above),
+                    // so the kernel's MR x kc reads from panel i0 / MR at k0 are in bounds;
+                    // it reads b at (k0 + p) * row + (jj + j) * col for p < kc, j < cols,
+                    // and reads/writes c at (i0 + i) * row + (jj + j) * col for i < rows,
+                    // j < cols: inside the views checked to fit their slices. Tiles written by
+                    // different column blocks are disjoint.
+                    unsafe {
+                        kernel(
+                            rows,
+                            cols,
+                            kc,
+                            cp.0.add(i0 * cm.row + jj * cm.col),
+                            lhs.as_ptr().add(i0 * k + k0 * mr),
+                            b.as_ptr().add(k0 * bm.row + jj * bm.col),
+                            cm.col as isize,
+                            cm.row as isize,
+                            mr as isize,
+                            bm.row as isize,
+                            bm.col as isize,
+                            T::ONE,
+                            T::ONE,
+                            status,
+                            false,
+                            false,
+                            false,
+                            std::ptr::null(),
+                        )
+                    }
+                }
+            }
+        }
     };
-    // SAFETY: the views were checked to lie inside their slices; `c` is borrowed exclusively
-    // and cannot overlap `a` or `b`, which are shared borrows.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            cm.col as isize,
-            cm.row as isize,
-            accumulate,
-            a.as_ptr(),
-            am.col as isize,
-            am.row as isize,
-            b.as_ptr(),
-            bm.col as isize,
-            bm.row as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    // Small products are faster on one thread than split across the pool.
+    let threads = rayon::current_num_threads();
+    if parallel && threads > 1 && m * n * k >= 1 << 17 && panels > 1 {
+        let per = panels.div_ceil(threads * 2).max(1);
+        (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
+            let j0 = t * per * nr;
+            block(j0, ((t + 1) * per * nr).min(n));
+        });
+    } else {
+        block(0, n);
     }
+}
+
+/// Elements of workspace [`matmul`] takes for an `m x k` left operand, whatever the type.
+pub fn matmul_scratch(m: usize, k: usize) -> usize {
+    packed_bound(m, k)
+}
+
+/// `c = a · b`, or `c += a · b` when `accumulate`, packing `a` into `scratch` (at least
+/// [`matmul_scratch`] elements). Parallel for large products. Panics (a kernel bug, never user
+/// input) if a view reaches past its slice or the shapes disagree.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<T: Real>(
+    a: &[T],
+    am: Mat,
+    b: &[T],
+    bm: Mat,
+    c: &mut [T],
+    cm: Mat,
+    accumulate: bool,
+    scratch: &mut [T],
+) {
+    assert!(am.cols == bm.rows, "matmul shapes {am:?} {bm:?} {cm:?}");
+    pack_lhs(a, am, scratch);
+    product(scratch, am.rows, am.cols, b, bm, c, cm, accumulate, true);
 }
 
 #[cfg(test)]
@@ -114,33 +351,99 @@ mod tests {
 
     #[test]
     fn matches_the_definition_with_transposes_and_accumulation() {
-        let (m, n, k) = (37, 19, 53);
-        let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
-        let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64) * 0.5).collect();
-        // b stored as [n, k] and read transposed
-        let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        let want = naive(&a, Mat::rows(m, k), &b, Mat::rows(k, n));
-        let mut c = vec![1.0; m * n];
-        matmul(
-            &a,
-            Mat::rows(m, k),
-            &bt,
-            Mat::rows(n, k).t(),
-            &mut c,
-            Mat::rows(m, n),
-            false,
-        );
-        assert_eq!(c, want);
-        matmul(
-            &a,
-            Mat::rows(m, k),
-            &b,
-            Mat::rows(k, n),
-            &mut c,
-            Mat::rows(m, n),
-            true,
-        );
-        let twice: Vec<f64> = want.iter().map(|x| 2.0 * x).collect();
-        assert_eq!(c, twice);
+        for (m, n, k) in [
+            (37, 19, 53),
+            (1, 1, 1),
+            (16, 6, 300),
+            (17, 7, 600),
+            (3, 40, 2),
+        ] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64) - 6.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64) * 0.5).collect();
+            // b stored as [n, k] and read transposed
+            let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let want = naive(&a, Mat::rows(m, k), &b, Mat::rows(k, n));
+            let mut scratch = vec![f64::NAN; matmul_scratch(m, k)];
+            let mut c = vec![1.0; m * n];
+            matmul(
+                &a,
+                Mat::rows(m, k),
+                &bt,
+                Mat::rows(n, k).t(),
+                &mut c,
+                Mat::rows(m, n),
+                false,
+                &mut scratch,
+            );
+            assert_eq!(c, want, "{m}x{n}x{k}");
+            matmul(
+                &a,
+                Mat::rows(m, k),
+                &b,
+                Mat::rows(k, n),
+                &mut c,
+                Mat::rows(m, n),
+                true,
+                &mut scratch,
+            );
+            let twice: Vec<f64> = want.iter().map(|x| 2.0 * x).collect();
+            assert_eq!(c, twice, "{m}x{n}x{k}");
+            // The result written transposed (column-major c).
+            let mut ct = vec![f64::NAN; m * n];
+            matmul(
+                &a,
+                Mat::rows(m, k),
+                &b,
+                Mat::rows(k, n),
+                &mut ct,
+                Mat::rows(n, m).t(),
+                false,
+                &mut scratch,
+            );
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(ct[j * m + i], want[i * n + j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_products_do_not_depend_on_the_thread_count() {
+        let (m, n, k) = (70, 300, 700);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1000) as f32) / 997.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729 % 1000) as f32) / 991.0 - 0.5)
+            .collect();
+        let run = || {
+            let mut scratch = vec![0.0; matmul_scratch(m, k)];
+            let mut c = vec![0.0f32; m * n];
+            matmul(
+                &a,
+                Mat::rows(m, k),
+                &b,
+                Mat::rows(k, n),
+                &mut c,
+                Mat::rows(m, n),
+                false,
+                &mut scratch,
+            );
+            c
+        };
+        let many = run();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(run);
+            assert!(
+                got.iter()
+                    .zip(&many)
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
+            );
+        }
     }
 }

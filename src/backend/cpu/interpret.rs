@@ -86,13 +86,16 @@ pub fn eval_once<T: Real>(
         .iter()
         .map(|t| vec![T::of(f64::NAN); t.numel()])
         .collect();
+    let mut scratch =
+        vec![T::of(f64::NAN); op.scratch(&types, &out_types, rayon::current_num_threads())];
     let mut io = Io::new(
         ins.iter().map(|(_, v)| *v).collect(),
         outs.iter_mut().map(|v| v.as_mut_slice()).collect(),
         types,
         &out_types,
         ctx,
-    );
+    )
+    .with_scratch(&mut scratch);
     op.eval(&mut io);
     Ok(outs)
 }

@@ -1,7 +1,10 @@
-//! What one launch sees on the CPU: its input and output buffers, their types, and the step's
-//! runtime scalars. The executor builds it from arena ranges the plan proved disjoint; the only
-//! aliasing allowed is an in-place elementwise launch, which goes through [`Io::map`].
+//! What one launch sees on the CPU: its input and output buffers, their types, scratch memory
+//! and the step's runtime scalars. The executor builds it from arena ranges the plan proved
+//! disjoint; the only aliasing allowed is an in-place elementwise launch, which goes through
+//! [`Io::map`]. Building an `Io` from the executor's tables allocates nothing, and neither do
+//! `split` and `map`.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use rayon::prelude::*;
@@ -30,20 +33,65 @@ impl Default for StepCtx {
     }
 }
 
+/// A buffer as a raw range: start and length in elements.
+pub(crate) type Raw<T> = (*mut T, usize);
+
+/// The types of a launch's inputs: borrowed from a graph (tests, the interpreter) or from the
+/// executor's table.
+enum Types<'a> {
+    Refs(Vec<&'a TensorType>),
+    Slice(&'a [TensorType]),
+}
+
 pub struct Io<'a, T> {
-    ins: Vec<(*const T, usize)>,
-    outs: Vec<(*mut T, usize)>,
+    ins: Cow<'a, [Raw<T>]>,
+    outs: Cow<'a, [Raw<T>]>,
     /// True when an output may share memory with an input (an in-place launch).
     aliased: bool,
-    pub in_types: Vec<&'a TensorType>,
+    in_types: Types<'a>,
     pub out_types: &'a [TensorType],
     pub ctx: StepCtx,
+    /// Workspace the executor sized from [`crate::ops::Eval::scratch`] (empty elsewhere).
+    scratch: &'a mut [T],
+    /// Scratch allocated on demand when `scratch` is too small (the interpreter and tests;
+    /// never the executor, which tests/cpu_no_alloc.rs checks).
+    spare: Vec<T>,
     _borrow: PhantomData<&'a mut [T]>,
 }
 
 // Io holds raw pointers only so that an in-place launch can be expressed; the buffers behind
 // them are plain `[T]` owned by the executor for the launch's duration.
 unsafe impl<T: Send> Send for Io<'_, T> {}
+
+/// A launch's inputs as shared slices (what [`Io::split`] gives besides the outputs).
+#[derive(Clone, Copy)]
+pub struct Ins<'b, T> {
+    ranges: &'b [Raw<T>],
+}
+
+impl<'b, T> Ins<'b, T> {
+    /// Input `i`.
+    pub fn get(&self, i: usize) -> &'b [T] {
+        let (p, n) = self.ranges[i];
+        // SAFETY: `Ins` is only made by `Io::split`, whose contract (see `Io::from_raw`) makes
+        // every input range valid and unaliased by any output for the `Io` borrow `'b`.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+    /// The first `N` inputs as an array (panics if there are fewer: a kernel bug).
+    pub fn array<const N: usize>(&self) -> [&'b [T]; N] {
+        assert!(self.len() >= N, "{N} inputs expected, got {}", self.len());
+        std::array::from_fn(|i| self.get(i))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &'b [T]> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
 
 impl<'a, T: Real> Io<'a, T> {
     /// A launch over separately borrowed buffers (the interpreter, tests).
@@ -55,46 +103,69 @@ impl<'a, T: Real> Io<'a, T> {
         ctx: StepCtx,
     ) -> Io<'a, T> {
         Io {
-            ins: ins.into_iter().map(|s| (s.as_ptr(), s.len())).collect(),
-            outs: outs
-                .into_iter()
-                .map(|s| (s.as_mut_ptr(), s.len()))
-                .collect(),
+            ins: Cow::Owned(
+                ins.into_iter()
+                    .map(|s| (s.as_ptr() as *mut T, s.len()))
+                    .collect(),
+            ),
+            outs: Cow::Owned(
+                outs.into_iter()
+                    .map(|s| (s.as_mut_ptr(), s.len()))
+                    .collect(),
+            ),
             aliased: false,
-            in_types,
+            in_types: Types::Refs(in_types),
             out_types,
             ctx,
+            scratch: &mut [],
+            spare: Vec::new(),
             _borrow: PhantomData,
         }
     }
 
-    /// A launch over raw ranges of the executor's memory.
+    /// Gives the launch `scratch` as its workspace.
+    pub fn with_scratch(mut self, scratch: &'a mut [T]) -> Io<'a, T> {
+        self.scratch = scratch;
+        self
+    }
+
+    /// A launch over raw ranges of the executor's memory; builds nothing.
     ///
     /// # Safety
     /// Every range is valid for the lifetime `'a` and no other reference to it exists while the
     /// `Io` lives. Output ranges are disjoint from each other and from the inputs, except when
-    /// `aliased` is set, in which case the op must only use [`Io::map`].
+    /// `aliased` is set, in which case the op must only use [`Io::map`]. Input ranges are only
+    /// read.
     pub(crate) unsafe fn from_raw(
-        ins: Vec<(*const T, usize)>,
-        outs: Vec<(*mut T, usize)>,
+        ins: &'a [Raw<T>],
+        outs: &'a [Raw<T>],
         aliased: bool,
-        in_types: Vec<&'a TensorType>,
+        in_types: &'a [TensorType],
         out_types: &'a [TensorType],
         ctx: StepCtx,
+        scratch: &'a mut [T],
     ) -> Io<'a, T> {
         Io {
-            ins,
-            outs,
+            ins: Cow::Borrowed(ins),
+            outs: Cow::Borrowed(outs),
             aliased,
-            in_types,
+            in_types: Types::Slice(in_types),
             out_types,
             ctx,
+            scratch,
+            spare: Vec::new(),
             _borrow: PhantomData,
         }
     }
 
+    pub fn in_type(&self, i: usize) -> &'a TensorType {
+        match &self.in_types {
+            Types::Refs(v) => v[i],
+            Types::Slice(s) => &s[i],
+        }
+    }
     pub fn in_shape(&self, i: usize) -> &'a [usize] {
-        &self.in_types[i].shape
+        &self.in_type(i).shape
     }
     pub fn out_shape(&self, j: usize) -> &'a [usize] {
         &self.out_types[j].shape
@@ -102,28 +173,46 @@ impl<'a, T: Real> Io<'a, T> {
     pub fn inputs(&self) -> usize {
         self.ins.len()
     }
+    /// Elements of workspace the executor gave this launch.
+    pub fn scratch_len(&self) -> usize {
+        self.scratch.len()
+    }
 
-    /// All inputs as shared slices and all outputs as exclusive ones.
-    pub fn split(&mut self) -> (Vec<&[T]>, Vec<&mut [T]>) {
+    /// All inputs as shared slices and the outputs as exclusive ones (`O` at least the launch's
+    /// output count; any beyond it are empty).
+    pub fn split<const O: usize>(&mut self) -> (Ins<'_, T>, [&mut [T]; O]) {
+        let (ins, outs, _) = self.split_scratch::<O>(0);
+        (ins, outs)
+    }
+
+    /// [`Io::split`], and `len` elements of scratch memory (the executor's workspace, sized from
+    /// the op's `Eval::scratch`; allocated here only when a caller gave too little).
+    pub fn split_scratch<const O: usize>(
+        &mut self,
+        len: usize,
+    ) -> (Ins<'_, T>, [&mut [T]; O], &mut [T]) {
         assert!(
             !self.aliased,
             "an in-place launch must go through Io::map (planner bug)"
         );
-        // SAFETY: `new` took the slices from disjoint borrows; `from_raw`'s contract makes
-        // the ranges disjoint when not aliased, and `&mut self` keeps this the only view.
-        unsafe {
-            let ins = self
-                .ins
-                .iter()
-                .map(|&(p, n)| std::slice::from_raw_parts(p, n))
-                .collect();
-            let outs = self
-                .outs
-                .iter()
-                .map(|&(p, n)| std::slice::from_raw_parts_mut(p, n))
-                .collect();
-            (ins, outs)
-        }
+        assert!(self.outs.len() <= O, "more than {O} outputs");
+        let scratch = if self.scratch.len() >= len {
+            &mut self.scratch[..len]
+        } else {
+            if self.spare.len() < len {
+                self.spare.resize(len, T::ZERO);
+            }
+            &mut self.spare[..len]
+        };
+        let outs = std::array::from_fn(|j| {
+            let Some(&(p, n)) = self.outs.get(j) else {
+                return &mut [][..];
+            };
+            // SAFETY: `new` took the slices from disjoint borrows; `from_raw`'s contract makes
+            // the ranges disjoint when not aliased, and `&mut self` keeps this the only view.
+            unsafe { std::slice::from_raw_parts_mut(p, n) }
+        });
+        (Ins { ranges: &self.ins }, outs, scratch)
     }
 
     /// Elementwise: every output element `k` is `f(inputs at k)`, each input broadcast (numpy
@@ -137,29 +226,36 @@ impl<'a, T: Real> Io<'a, T> {
         for (j, &(_, len)) in self.outs.iter().enumerate() {
             assert_eq!(len, n, "map output {j} has {len} elements, expected {n}");
         }
-        let index: Vec<Broadcast> = self
-            .ins
-            .iter()
-            .zip(&self.in_types)
-            .map(|(&(_, len), ty)| Broadcast::new(&ty.shape, shape, len))
-            .collect();
-        let ins: Vec<SendPtr<T>> = self
-            .ins
-            .iter()
-            .map(|&(p, _)| SendPtr(p as *mut T))
-            .collect();
-        let outs: Vec<SendPtr<T>> = self.outs.iter().map(|&(p, _)| SendPtr(p)).collect();
+        let index: [Broadcast; I] =
+            std::array::from_fn(|i| Broadcast::new(&self.in_type(i).shape, shape, self.ins[i].1));
+        let ins: [SendPtr<T>; I] = std::array::from_fn(|i| SendPtr(self.ins[i].0));
+        let outs: [SendPtr<T>; O] = std::array::from_fn(|j| SendPtr(self.outs[j].0));
+        let same = index.iter().all(|b| b.kind == BroadcastKind::Same);
         let chunk = 1 << 14;
         let run = |start: usize| {
             let end = (start + chunk).min(n);
-            let mut cursors: Vec<Cursor> = index.iter().map(|b| b.cursor(start)).collect();
+            if same {
+                // Every input has the output's shape: a plain loop the compiler vectorises.
+                for k in start..end {
+                    // SAFETY: k < n, the length of every input (Broadcast::new checked) and
+                    // output (checked above); reads go through raw pointers and precede the
+                    // writes of the same element, so an output may alias an input.
+                    let x: [T; I] = std::array::from_fn(|i| unsafe { *ins[i].0.add(k) });
+                    let y = f(x);
+                    for (j, v) in y.into_iter().enumerate() {
+                        unsafe { *outs[j].0.add(k) = v };
+                    }
+                }
+                return;
+            }
+            let mut cursors: [Cursor; I] = std::array::from_fn(|i| index[i].cursor(start));
             for k in start..end {
                 let mut x = [T::ZERO; I];
                 for (i, c) in cursors.iter_mut().enumerate() {
                     // SAFETY: Broadcast::new checked every offset it yields is < the input's
                     // length; reads go through raw pointers, so aliasing an output is sound.
                     x[i] = unsafe { *ins[i].0.add(c.offset) };
-                    c.advance();
+                    c.advance(&index[i]);
                 }
                 let y = f(x);
                 for (j, v) in y.into_iter().enumerate() {
@@ -184,11 +280,17 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// Maps an index of the output to an offset in a broadcast input.
+/// Dims a broadcast keeps after merging runs of dims that index memory alike; enough for any
+/// broadcast of tensors up to this rank, and for most of higher ones.
+const MAX_DIMS: usize = 8;
+
+/// Maps an index of the output to an offset in a broadcast input, without allocating.
 struct Broadcast {
-    /// Output dims and the input's stride along each (0 where broadcast).
-    dims: Vec<usize>,
-    strides: Vec<usize>,
+    /// Output dims (merged where possible) and the input's stride along each (0 where
+    /// broadcast); the first `rank` entries are used.
+    dims: [usize; MAX_DIMS],
+    strides: [usize; MAX_DIMS],
+    rank: usize,
     kind: BroadcastKind,
 }
 
@@ -199,10 +301,9 @@ enum BroadcastKind {
     Strided,
 }
 
-struct Cursor<'b> {
-    b: &'b Broadcast,
+struct Cursor {
     offset: usize,
-    coord: Vec<usize>,
+    coord: [usize; MAX_DIMS],
 }
 
 impl Broadcast {
@@ -210,88 +311,161 @@ impl Broadcast {
         let numel: usize = input.iter().product();
         let total: usize = out.iter().product();
         assert_eq!(numel, len, "input buffer does not match its type");
+        let flat = |kind| Broadcast {
+            dims: [0; MAX_DIMS],
+            strides: [0; MAX_DIMS],
+            rank: 0,
+            kind,
+        };
         if numel == total
             && input
                 .iter()
                 .filter(|&&d| d != 1)
                 .eq(out.iter().filter(|&&d| d != 1))
         {
-            return Broadcast {
-                dims: vec![],
-                strides: vec![],
-                kind: BroadcastKind::Same,
-            };
+            return flat(BroadcastKind::Same);
         }
         if numel == 1 {
-            return Broadcast {
-                dims: vec![],
-                strides: vec![],
-                kind: BroadcastKind::Scalar,
-            };
+            return flat(BroadcastKind::Scalar);
         }
         assert!(input.len() <= out.len(), "broadcast rank");
         let pad = out.len() - input.len();
-        let mut strides = vec![0; out.len()];
+        let mut b = flat(BroadcastKind::Strided);
+        // Innermost first: (dim, stride) pairs, merging a dim into the previous (inner) one when
+        // both broadcast, or when the input is contiguous across them.
         let mut s = 1;
-        for d in (0..input.len()).rev() {
-            let od = out[pad + d];
-            assert!(input[d] == od || input[d] == 1, "broadcast shape");
-            strides[pad + d] = if input[d] == 1 { 0 } else { s };
-            s *= input[d];
+        let mut inner: Option<(usize, usize)> = None;
+        let mut merged = [(0usize, 0usize); MAX_DIMS];
+        let mut count = 0;
+        for d in (0..out.len()).rev() {
+            let od = out[d];
+            let id = if d >= pad { input[d - pad] } else { 1 };
+            assert!(id == od || id == 1, "broadcast shape");
+            let stride = if id == 1 { 0 } else { s };
+            s *= id;
+            if od == 1 {
+                continue;
+            }
+            match inner {
+                Some((dim, st)) if (st == 0 && stride == 0) || (st != 0 && stride == st * dim) => {
+                    inner = Some((dim * od, st));
+                }
+                Some(prev) => {
+                    assert!(
+                        count < MAX_DIMS,
+                        "a broadcast over more than {MAX_DIMS} alternating dims"
+                    );
+                    merged[count] = prev;
+                    count += 1;
+                    inner = Some((od, stride));
+                }
+                None => inner = Some((od, stride)),
+            }
         }
-        Broadcast {
-            dims: out.to_vec(),
-            strides,
-            kind: BroadcastKind::Strided,
+        if let Some(prev) = inner {
+            assert!(
+                count < MAX_DIMS,
+                "a broadcast over more than {MAX_DIMS} alternating dims"
+            );
+            merged[count] = prev;
+            count += 1;
         }
+        // Outermost first, as the cursor walks them.
+        for (i, &(dim, stride)) in merged[..count].iter().rev().enumerate() {
+            b.dims[i] = dim;
+            b.strides[i] = stride;
+        }
+        b.rank = count;
+        b
     }
 
-    fn cursor(&self, start: usize) -> Cursor<'_> {
+    fn cursor(&self, start: usize) -> Cursor {
+        let mut c = Cursor {
+            offset: 0,
+            coord: [0; MAX_DIMS],
+        };
         match self.kind {
-            BroadcastKind::Same => Cursor {
-                b: self,
-                offset: start,
-                coord: vec![],
-            },
-            BroadcastKind::Scalar => Cursor {
-                b: self,
-                offset: 0,
-                coord: vec![],
-            },
+            BroadcastKind::Same => c.offset = start,
+            BroadcastKind::Scalar => {}
             BroadcastKind::Strided => {
-                let mut coord = vec![0; self.dims.len()];
                 let mut rest = start;
-                let mut offset = 0;
-                for d in (0..self.dims.len()).rev() {
-                    coord[d] = rest % self.dims[d];
+                for d in (0..self.rank).rev() {
+                    c.coord[d] = rest % self.dims[d];
                     rest /= self.dims[d];
-                    offset += coord[d] * self.strides[d];
+                    c.offset += c.coord[d] * self.strides[d];
                 }
-                Cursor {
-                    b: self,
-                    offset,
-                    coord,
+            }
+        }
+        c
+    }
+}
+
+impl Cursor {
+    #[inline]
+    fn advance(&mut self, b: &Broadcast) {
+        match b.kind {
+            BroadcastKind::Same => self.offset += 1,
+            BroadcastKind::Scalar => {}
+            BroadcastKind::Strided => {
+                for d in (0..b.rank).rev() {
+                    self.coord[d] += 1;
+                    self.offset += b.strides[d];
+                    if self.coord[d] < b.dims[d] {
+                        return;
+                    }
+                    self.offset -= self.coord[d] * b.strides[d];
+                    self.coord[d] = 0;
                 }
             }
         }
     }
 }
 
-impl Cursor<'_> {
-    #[inline]
-    fn advance(&mut self) {
-        match self.b.kind {
-            BroadcastKind::Same => self.offset += 1,
-            BroadcastKind::Scalar => {}
-            BroadcastKind::Strided => {
-                for d in (0..self.coord.len()).rev() {
-                    self.coord[d] += 1;
-                    self.offset += self.b.strides[d];
-                    if self.coord[d] < self.b.dims[d] {
-                        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The offsets a broadcast yields for every output index, against numpy's rule computed
+    /// directly.
+    #[test]
+    fn merged_broadcasts_index_like_numpy() {
+        let cases: [(&[usize], &[usize]); 7] = [
+            (&[1, 3, 1, 1], &[2, 3, 4, 5]),
+            (&[3, 1], &[2, 3, 4]),
+            (&[2, 1, 4, 5, 6, 1, 8, 1, 2], &[2, 3, 4, 5, 6, 7, 8, 3, 2]),
+            (&[4, 5], &[2, 3, 4, 5]),
+            (&[2, 1, 1, 5], &[2, 3, 4, 5]),
+            (&[1, 1], &[1, 1]),
+            (&[5], &[1, 5]),
+        ];
+        for (input, out) in cases {
+            let numel: usize = input.iter().product();
+            let total: usize = out.iter().product();
+            let b = Broadcast::new(input, out, numel);
+            let pad = out.len() - input.len();
+            for start in [0, 1, 7, total / 2] {
+                if start >= total {
+                    continue;
+                }
+                let mut c = b.cursor(start);
+                for k in start..total {
+                    // numpy: the input index of each output coordinate.
+                    let mut rest = k;
+                    let mut want = 0;
+                    let mut stride = 1;
+                    for d in (0..out.len()).rev() {
+                        let coord = rest % out[d];
+                        rest /= out[d];
+                        if d >= pad {
+                            let id = input[d - pad];
+                            if id != 1 {
+                                want += coord * stride;
+                            }
+                            stride *= id;
+                        }
                     }
-                    self.offset -= self.coord[d] * self.b.strides[d];
-                    self.coord[d] = 0;
+                    assert_eq!(c.offset, want, "{input:?} -> {out:?} at {k}");
+                    c.advance(&b);
                 }
             }
         }

@@ -8,8 +8,10 @@ pub mod interpret;
 mod io;
 mod real;
 
-pub use exec::CpuExec;
-pub use gemm::{Mat, matmul};
+pub use exec::{CpuExec, on_pool};
+pub use gemm::{
+    Mat, matmul, matmul_scratch, pack_lhs, pack_with, packed_bound, packed_len, product,
+};
 pub use interpret::{Feeds, eval_once, interpret};
 pub use io::{Io, StepCtx};
 pub use real::Real;

@@ -32,6 +32,8 @@ pub trait Real:
     fn erf(self) -> Self;
     fn powi(self, n: i32) -> Self;
     fn is_finite(self) -> bool;
+    /// The GEMM microkernels for this type on this CPU (backend/cpu/gemm.rs).
+    fn micro() -> &'static super::gemm::Micro<Self>;
     fn max(self, other: Self) -> Self {
         if other > self { other } else { self }
     }
@@ -48,7 +50,7 @@ pub trait Real:
 }
 
 macro_rules! real {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path, $micro:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -79,9 +81,12 @@ macro_rules! real {
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
+            fn micro() -> &'static super::gemm::Micro<Self> {
+                $micro()
+            }
         }
     };
 }
 
-real!(f32, libm::erff);
-real!(f64, libm::erf);
+real!(f32, libm::erff, super::gemm::micro_f32);
+real!(f64, libm::erf, super::gemm::micro_f64);
