@@ -374,8 +374,9 @@ fn bench_reports_submits_per_step_and_warns_about_long_kernels() {
     assert!(many > 1, "{many}");
     assert_eq!(err.matches("warning: ").count(), 1, "{err}");
     assert!(
-        err.contains("a kernel estimated above the 0.001 ms a submit may take")
-            && err.contains("layer `fc1` (est. "),
+        err.contains(
+            "a kernel estimated from the timed first step above the 0.001 ms a submit may take"
+        ) && err.contains("layer `fc1` (about "),
         "{err}"
     );
     let cpu = trainer(

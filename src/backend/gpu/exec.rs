@@ -323,6 +323,8 @@ pub struct GpuExec<'g> {
     submits: Vec<Range<usize>>,
     /// Estimated seconds a submit may take (`TRAINER_GPU_SUBMIT_MS`).
     budget: f64,
+    /// Each dispatch's layer (index into the graph's layers), to name a long one.
+    dispatch_layers: Vec<usize>,
     /// Whether a step was timed to correct `costs` (see `calibrate`).
     calibrated: bool,
     /// Kept alive for the bind groups that point into it.
@@ -387,18 +389,10 @@ impl<'g> GpuExec<'g> {
                 rate.seconds(g.flops(l.node) / kernels, bytes as u64 * 4)
             })
             .collect();
-        let long: Vec<(String, f64)> = all
+        let dispatch_layers: Vec<usize> = all
             .iter()
-            .zip(&costs)
-            .filter(|&(_, &c)| c > gpu.submit_budget)
-            .map(|((li, _), &c)| {
-                (
-                    g.layers[g.dag[plan.launches[*li].node].layer].name.clone(),
-                    c,
-                )
-            })
+            .map(|(li, _)| g.dag[plan.launches[*li].node].layer)
             .collect();
-        submit::warn_long(&long, gpu.submit_budget);
         let submits = submit::split(&costs, gpu.submit_budget);
         let regions = super::alloc::regions(gpu, &plan)?;
         let param_words: Vec<&[u32]> = all.iter().map(|(_, d)| d.params.as_slice()).collect();
@@ -445,6 +439,7 @@ impl<'g> GpuExec<'g> {
             costs,
             submits,
             budget: gpu.submit_budget,
+            dispatch_layers,
             calibrated: false,
             _params: params,
             backup: None,
@@ -565,6 +560,16 @@ impl<'g> GpuExec<'g> {
             }
             self.submits = submit::split(&self.costs, self.budget);
         }
+        // Only now, with measured speed, can a single kernel be said to be too long.
+        let layers = &self.plan.graph.layers;
+        let long: Vec<(String, f64)> = self
+            .costs
+            .iter()
+            .zip(&self.dispatch_layers)
+            .filter(|&(&c, _)| c > self.budget)
+            .map(|(&c, &l)| (layers[l].name.clone(), c))
+            .collect();
+        submit::warn_long(&long, self.budget);
         Ok(())
     }
 

@@ -106,13 +106,13 @@ pub fn warn_long(long: &[(String, f64)], budget: f64) {
     let mut names: Vec<String> = new
         .iter()
         .take(SHOWN)
-        .map(|(layer, s)| format!("layer `{layer}` (est. {} ms)", ms(*s)))
+        .map(|(layer, s)| format!("layer `{layer}` (about {} ms)", ms(*s)))
         .collect();
     if new.len() > SHOWN {
         names.push(format!("{} more layers", new.len() - SHOWN));
     }
     eprintln!(
-        "warning: {}: a kernel estimated above the {} ms a submit may take (TRAINER_GPU_SUBMIT_MS) cannot be split, and a GPU watchdog (macOS, Windows) may stop it; lower data.batch_size if it does",
+        "warning: {}: a kernel estimated from the timed first step above the {} ms a submit may take (TRAINER_GPU_SUBMIT_MS) cannot be split, and a GPU watchdog (macOS, Windows) may stop it; lower data.batch_size if it does",
         names.join(", "),
         ms(budget)
     );
