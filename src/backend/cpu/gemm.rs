@@ -255,6 +255,8 @@ pub fn product<T: Real>(
     let cp = SendPtr(c.as_mut_ptr());
     // Columns `j0..j1` (a multiple of NR apart, but the last) of the whole product.
     let block = |j0: usize, j1: usize| {
+        // Capture the whole `SendPtr` (which is Send), not its raw-pointer field.
+        #[allow(clippy::redundant_locals)]
         let cp = cp;
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);

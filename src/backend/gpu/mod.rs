@@ -216,20 +216,23 @@ impl Gpu {
     pub(super) fn poll(&self) -> Result<(), GpuError> {
         match health::quiet_panics(|| self.device.poll(wgpu::PollType::Poll)) {
             Ok(Ok(_)) => self.check(),
-            Ok(Err(e)) => {
-                self.check()?;
-                Err(GpuError::Runtime(format!(
-                    "polling the device{}: {e}",
-                    self.health.when()
-                )))
-            }
-            Err(panic) => {
-                self.check()?;
-                Err(GpuError::Lost(format!(
-                    "the GPU device failed{} ({panic})",
-                    self.health.when()
-                )))
-            }
+            Ok(Err(e)) => Err(self.poll_failed("polling the device", Ok(e))),
+            Err(panic) => Err(self.poll_failed("polling the device", Err(panic))),
+        }
+    }
+
+    /// Why a `device.poll` failed: an error the device reported first, or the poll's own
+    /// error; a panic inside it means the driver failed the wait, so the device is gone.
+    fn poll_failed(&self, what: &str, failure: Result<wgpu::PollError, String>) -> GpuError {
+        if let Err(e) = self.check() {
+            return e;
+        }
+        match failure {
+            Ok(e) => GpuError::Runtime(format!("{what}{}: {e}", self.health.when())),
+            Err(panic) => GpuError::Lost(format!(
+                "the GPU device failed{} ({panic})",
+                self.health.when()
+            )),
         }
     }
 
@@ -285,21 +288,9 @@ impl Gpu {
                     self.health.when()
                 )))
             }
-            Ok(Err(e)) => {
-                self.check()?;
-                Err(GpuError::Runtime(format!(
-                    "waiting{}: {e}",
-                    self.health.when()
-                )))
-            }
+            Ok(Err(e)) => Err(self.poll_failed("waiting", Ok(e))),
             // wgpu panics when the driver fails the wait: the device is gone.
-            Err(panic) => {
-                self.check()?;
-                Err(GpuError::Lost(format!(
-                    "the GPU device failed{} ({panic})",
-                    self.health.when()
-                )))
-            }
+            Err(panic) => Err(self.poll_failed("waiting", Err(panic))),
         }
     }
 
