@@ -86,6 +86,14 @@ fn check_in_order(got: &[Captured], want: &[Vec<Vec<u32>>]) {
 /// 14 steps with a readback every 4: the full groups of 4 arrive through non-blocking polls
 /// alone (no wait counted while stepping or polling); only the final drain, which reads the
 /// last partial group, waits, once. Every value has the bits of a blocking read.
+/// Feeds step `s`'s batch and runs the step (queued, not waited for).
+fn step_gpu(e: &mut GpuExec<'_>, g: &trainer::graph::Graph, s: u64) {
+    let (x, y) = batch(g, s);
+    e.feed(g.features, &x).unwrap();
+    e.feed(g.labels, &y).unwrap();
+    e.step(ctx(s)).unwrap();
+}
+
 #[test]
 fn captures_every_4_steps_match_blocking_reads_and_never_wait() {
     let Some(gpu) = test_gpu() else { return };
@@ -97,10 +105,7 @@ fn captures_every_4_steps_match_blocking_reads_and_never_wait() {
     let mut e = GpuExec::new(gpu, p, 2).unwrap();
     let mut got = Vec::new();
     for s in 1..=K {
-        let (x, y) = batch(&g, s);
-        e.feed(g.features, &x).unwrap();
-        e.feed(g.labels, &y).unwrap();
-        e.step(ctx(s)).unwrap();
+        step_gpu(&mut e, &g, s);
         e.capture(&reads(&g)).unwrap();
         if s % N == 0 {
             e.flush_captures().unwrap();
@@ -147,10 +152,7 @@ fn reused_staging_buffers_keep_every_capture_in_order() {
     let mut e = GpuExec::new(gpu, p, 2).unwrap();
     let mut got = Vec::new();
     for s in 1..=K {
-        let (x, y) = batch(&g, s);
-        e.feed(g.features, &x).unwrap();
-        e.feed(g.labels, &y).unwrap();
-        e.step(ctx(s)).unwrap();
+        step_gpu(&mut e, &g, s);
         e.capture(&reads(&g)).unwrap();
         e.flush_captures().unwrap();
         if s == K / 2 {
@@ -176,10 +178,7 @@ fn changing_the_captured_tensors_needs_a_drain() {
     let p = plan();
     let g = p.graph.clone();
     let mut e = GpuExec::new(gpu, p, 2).unwrap();
-    let (x, y) = batch(&g, 1);
-    e.feed(g.features, &x).unwrap();
-    e.feed(g.labels, &y).unwrap();
-    e.step(ctx(1)).unwrap();
+    step_gpu(&mut e, &g, 1);
     e.capture(&[g.loss]).unwrap();
     let err = e.capture(&reads(&g)).unwrap_err().to_string();
     assert!(err.contains("drain"), "{err}");
@@ -206,10 +205,7 @@ fn a_lost_device_during_a_readback_is_an_error() {
     let p = plan();
     let g = p.graph.clone();
     let mut e = GpuExec::new(gpu, p, 2).unwrap();
-    let (x, y) = batch(&g, 1);
-    e.feed(g.features, &x).unwrap();
-    e.feed(g.labels, &y).unwrap();
-    e.step(ctx(1)).unwrap();
+    step_gpu(&mut e, &g, 1);
     e.capture(&reads(&g)).unwrap();
     e.flush_captures().unwrap();
     gpu.device.destroy();
