@@ -65,14 +65,7 @@ fn main() {
         exec.step_timed(ctx(s + 1), |i, t| per_launch[i] += t);
     }
     let wall = t0.elapsed().as_secs_f64() / steps as f64 * 1e3;
-    let mut by_kind: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
-    for (i, &t) in per_launch.iter().enumerate() {
-        let e = by_kind.entry(kinds[i]).or_default();
-        e.0 += t / steps as f64 * 1e3;
-        e.1 += 1;
-    }
-    let mut rows: Vec<_> = by_kind.into_iter().collect();
-    rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    let rows = totals(&per_launch, steps, |i| kinds[i]);
     println!(
         "{path} batch {batch}, {} threads: {wall:.1} ms/step (mean of {steps})",
         rayon::current_num_threads()
@@ -84,14 +77,43 @@ fn main() {
     for (k, (ms, count)) in &rows {
         println!("{k:<28} {ms:>9.2} {:>5.1}% {count:>8}", 100.0 * ms / wall);
     }
+    // Launches of one op on one shape do the same work: their mean shows a kernel's speed.
+    let rows = totals(&per_launch, steps, |i| names[i].as_str());
+    println!(
+        "\n{:<44} {:>9} {:>8} {:>9}",
+        "op and output shape", "ms/step", "launches", "ms each"
+    );
+    for (name, (ms, count)) in rows.iter().take(25) {
+        println!(
+            "{name:<44} {ms:>9.2} {count:>8} {:>9.2}",
+            ms / *count as f64
+        );
+    }
     let mut order: Vec<usize> = (0..names.len()).collect();
     order.sort_by(|&a, &b| per_launch[b].total_cmp(&per_launch[a]));
     println!("\nslowest launches:");
-    for &i in order.iter().take(25) {
+    for &i in order.iter().take(10) {
         println!(
             "{:>8.2} ms  #{i:<4} {}",
             per_launch[i] / steps as f64 * 1e3,
             names[i]
         );
     }
+}
+
+/// (key, (ms per step, launches)) of the launches grouped by `key`, slowest first.
+fn totals<'a>(
+    per_launch: &[f64],
+    steps: usize,
+    key: impl Fn(usize) -> &'a str,
+) -> Vec<(&'a str, (f64, usize))> {
+    let mut by: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for (i, &t) in per_launch.iter().enumerate() {
+        let e = by.entry(key(i)).or_default();
+        e.0 += t / steps as f64 * 1e3;
+        e.1 += 1;
+    }
+    let mut rows: Vec<_> = by.into_iter().collect();
+    rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    rows
 }

@@ -4,8 +4,12 @@
 //! image and group on the packed weights, parallel over runs of images, in workspace the
 //! executor sizes from `Eval::scratch` (nothing allocated per call).
 
+mod direct;
+
 use rayon::prelude::*;
 use serde::Serialize;
+
+use self::direct::{GradWindows, WindowGrad, Windows, f32s, f32s_mut, is_f32};
 
 use super::{
     Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
@@ -607,8 +611,23 @@ impl Eval for Conv2d {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let ws = io.in_shape(1);
         let g = Geom::new(self, io.in_shape(0), io.out_shape(0), [ws[2], ws[3]]);
+        let most = workers(g.n, rayon::current_num_threads());
+        if let Some(win) = Windows::new(&g).filter(|_| is_f32::<T>()) {
+            let work = win.work(&g);
+            let slots = work.slots(io.scratch_len(), most);
+            let (ins, [y], scratch) = io.split_scratch::<1>(work.len(slots));
+            let [x, w] = ins.array();
+            let (w, scratch) = (f32s(w), f32s_mut(scratch));
+            let (packed, grids) = scratch.split_at_mut(work.packed);
+            let (cg, og, taps) = (g.cg(), g.og(), g.kh * g.kw);
+            win.pack(&g, packed, |gi, o, c, t| {
+                w[((gi * og + o) * cg + c) * taps + t]
+            });
+            win.run(&g, f32s(x), packed, f32s_mut(y), grids);
+            return;
+        }
         let work = forward_work(&g);
-        let slots = work.slots(io.scratch_len(), workers(g.n, rayon::current_num_threads()));
+        let slots = work.slots(io.scratch_len(), most);
         let (ins, [y], scratch) = io.split_scratch::<1>(work.len(slots));
         let [x, w] = ins.array();
         let (packed, cols) = scratch.split_at_mut(work.packed);
@@ -626,7 +645,9 @@ impl Eval for Conv2d {
     fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
         let ws = &inputs[1].shape;
         let g = Geom::new(self, &inputs[0].shape, &outputs[0].shape, [ws[2], ws[3]]);
-        forward_work(&g).len(workers(g.n, threads))
+        let slots = workers(g.n, threads);
+        let direct = Windows::new(&g).map_or(0, |win| win.work(&g).len(slots));
+        forward_work(&g).len(slots).max(direct)
     }
 }
 
@@ -647,8 +668,25 @@ impl Eval for Conv2dGradInput {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let ws = io.in_shape(1);
         let g = Geom::new(&self.conv, io.out_shape(0), io.in_shape(0), [ws[2], ws[3]]);
+        let most = workers(g.n, rayon::current_num_threads());
+        let flipped_windows = flipped(&g).and_then(|f| Some((Windows::new(&f)?, f)));
+        if let Some((win, f)) = flipped_windows.filter(|_| is_f32::<T>()) {
+            let work = win.work(&f);
+            let slots = work.slots(io.scratch_len(), most);
+            let (ins, [dx], scratch) = io.split_scratch::<1>(work.len(slots));
+            let [dy, w] = ins.array();
+            let (w, scratch) = (f32s(w), f32s_mut(scratch));
+            let (packed, grids) = scratch.split_at_mut(work.packed);
+            // The flipped convolution's output channels are x's, its inputs dy's.
+            let (cg, og, taps) = (g.cg(), g.og(), g.kh * g.kw);
+            win.pack(&f, packed, |gi, c, o, t| {
+                w[((gi * og + o) * cg + c) * taps + taps - 1 - t]
+            });
+            win.run(&f, f32s(dy), packed, f32s_mut(dx), grids);
+            return;
+        }
         let work = grad_input_work(&g);
-        let slots = work.slots(io.scratch_len(), workers(g.n, rayon::current_num_threads()));
+        let slots = work.slots(io.scratch_len(), most);
         let (ins, [dx], scratch) = io.split_scratch::<1>(work.len(slots));
         let [dy, w] = ins.array();
         let (packed, cols) = scratch.split_at_mut(work.packed);
@@ -712,7 +750,11 @@ impl Eval for Conv2dGradInput {
             &inputs[0].shape,
             [ws[2], ws[3]],
         );
-        grad_input_work(&g).len(workers(g.n, threads))
+        let slots = workers(g.n, threads);
+        let direct = flipped(&g)
+            .and_then(|f| Some(Windows::new(&f)?.work(&f).len(slots)))
+            .unwrap_or(0);
+        grad_input_work(&g).len(slots).max(direct)
     }
 }
 
@@ -740,12 +782,26 @@ fn grad_weight_work(g: &Geom) -> Work {
 impl Eval for Conv2dGradWeight {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let g = Geom::new(&self.conv, io.in_shape(0), io.in_shape(1), self.kernel);
-        let work = grad_weight_work(&g);
         let (per, runs) = grad_weight_runs(g.n);
-        let slots = work.slots(
-            io.scratch_len(),
-            workers(runs, rayon::current_num_threads()),
-        );
+        let most = workers(runs, rayon::current_num_threads());
+        if let Some(wg) = WindowGrad::new(&g).filter(|_| is_f32::<T>() && g.n > 0) {
+            let work = wg.work(&g);
+            let slots = work.slots(io.scratch_len(), most);
+            let (ins, [dw], scratch) = io.split_scratch::<1>(work.len(slots));
+            let [x, dy] = ins.array();
+            wg.run(&g, f32s(x), f32s(dy), f32s_mut(dw), f32s_mut(scratch));
+            return;
+        }
+        if let Some(gw) = GradWindows::new(&g).filter(|_| is_f32::<T>() && g.n > 0) {
+            let work = gw.work(&g);
+            let slots = work.slots(io.scratch_len(), most);
+            let (ins, [dw], scratch) = io.split_scratch::<1>(work.len(slots));
+            let [x, dy] = ins.array();
+            gw.run(&g, f32s(x), f32s(dy), f32s_mut(dw), f32s_mut(scratch));
+            return;
+        }
+        let work = grad_weight_work(&g);
+        let slots = work.slots(io.scratch_len(), most);
         let (ins, [dw], scratch) = io.split_scratch::<1>(work.len(slots));
         let [x, dy] = ins.array();
         let (cg, og, k, p, hw) = (g.cg(), g.og(), g.k(), g.p(), g.hw());
@@ -811,7 +867,12 @@ impl Eval for Conv2dGradWeight {
     fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], threads: usize) -> usize {
         let g = Geom::new(&self.conv, &inputs[0].shape, &inputs[1].shape, self.kernel);
         let (_, runs) = grad_weight_runs(g.n);
-        grad_weight_work(&g).len(workers(runs, threads))
+        let slots = workers(runs, threads);
+        let direct = match WindowGrad::new(&g) {
+            Some(wg) => wg.work(&g).len(slots),
+            None => GradWindows::new(&g).map_or(0, |gw| gw.work(&g).len(slots)),
+        };
+        grad_weight_work(&g).len(slots).max(direct)
     }
 }
 
@@ -854,6 +915,8 @@ mod tests {
             ([3, 6, 8, 6], [9, 2, 7, 7], conv([2, 2], [2, 3], [1, 1], 3)),
             ([1, 3, 4, 5], [3, 1, 3, 3], conv([3, 2], [2, 2], [2, 1], 3)),
             ([1, 3, 2, 1], [2, 3, 3, 3], conv([1, 1], [2, 3], [1, 1], 1)),
+            ([2, 4, 9, 6], [6, 2, 3, 3], conv([1, 1], [2, 1], [2, 1], 2)),
+            ([2, 3, 6, 5], [20, 3, 3, 3], conv([1, 1], [1, 1], [1, 1], 1)),
         ]
     }
 
@@ -976,6 +1039,26 @@ mod tests {
             let (dw, shape) = run(&gw, &[(&x, xs.into()), (&dy, want.y_shape.into())]);
             assert_eq!(shape, ws, "{what}");
             assert_close(&format!("dw {what}"), &dw, &want.dw);
+
+            // f32 takes its own kernels (direct.rs) where the CPU has them.
+            let f = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+            let (x, w, dy) = (f(&x), f(&w), f(&dy));
+            let ys = want.y_shape.to_vec();
+            let runs = [
+                (
+                    &OpKind::Conv2d(cv.clone()),
+                    [(&x, xs.to_vec()), (&w, ws.to_vec())],
+                    &want.y,
+                ),
+                (&gi, [(&dy, ys.clone()), (&w, ws.to_vec())], &want.dx),
+                (&gw, [(&x, xs.to_vec()), (&dy, ys)], &want.dw),
+            ];
+            for (op, ins, want) in runs {
+                let ins: Vec<(&[f32], Vec<usize>)> =
+                    ins.iter().map(|(v, s)| (&v[..], s.clone())).collect();
+                let e = rel_err(&run(op, &ins).0, want);
+                assert!(e < 1e-5, "f32 {op:?} {what}: relative error {e}");
+            }
         }
     }
 
@@ -1052,8 +1135,20 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let (xs, ws) = ([37, 6, 9, 7], [4, 3, 3, 3]);
-        let cv = conv([2, 1], [1, 1], [1, 1], 2);
+        for (xs, ws, cv) in [
+            ([37, 6, 9, 7], [4, 3, 3, 3], conv([2, 1], [1, 1], [1, 1], 2)),
+            ([37, 6, 9, 7], [4, 3, 3, 3], conv([1, 1], [1, 1], [1, 1], 2)),
+            (
+                [37, 6, 9, 7],
+                [40, 6, 3, 3],
+                conv([1, 1], [1, 1], [1, 1], 1),
+            ),
+        ] {
+            same_bits_on_any_thread_count(xs, ws, cv);
+        }
+    }
+
+    fn same_bits_on_any_thread_count(xs: [usize; 4], ws: [usize; 4], cv: Conv2d) {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let x: Vec<f32> = random(&mut rng, xs.iter().product())
             .iter()
@@ -1063,7 +1158,7 @@ mod tests {
             .iter()
             .map(|&v| v as f32)
             .collect();
-        let ys = vec![37, 4, 5, 7];
+        let ys = out_shape(xs, ws, &cv).to_vec();
         let dy: Vec<f32> = random(&mut rng, ys.iter().product())
             .iter()
             .map(|&v| v as f32)
@@ -1071,7 +1166,7 @@ mod tests {
         let all = || {
             let gi = Conv2dGradInput {
                 conv: cv.clone(),
-                input: [9, 7],
+                input: [xs[2], xs[3]],
             };
             let gw = Conv2dGradWeight {
                 conv: cv.clone(),

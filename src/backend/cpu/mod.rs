@@ -2,12 +2,17 @@
 //! GPU exists. Kernels live with their ops (`ops::*::eval`); this module holds what they share
 //! (the element type, launch I/O, GEMM) and the executors.
 
+mod direct;
 mod exec;
 mod gemm;
 pub mod interpret;
 mod io;
 mod real;
 
+pub use direct::{
+    Direct, GRAD_INS, GRAD_OUTS, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS, WINDOW_GRAD_PIXELS,
+    WINDOW_OUTS, WINDOW_PIXELS, direct,
+};
 pub use exec::{CpuExec, on_pool};
 pub use gemm::{
     Mat, matmul, matmul_scratch, pack_lhs, pack_with, packed_bound, packed_len, product,

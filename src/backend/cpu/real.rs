@@ -34,6 +34,10 @@ pub trait Real:
     fn is_finite(self) -> bool;
     /// The GEMM microkernels for this type on this CPU (backend/cpu/gemm.rs).
     fn micro() -> &'static super::gemm::Micro<Self>;
+    /// The slice as f32 when this type is f32: the kernels written for f32 alone
+    /// (backend/cpu/direct.rs) take it, the others fall back to generic code.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
     fn max(self, other: Self) -> Self {
         if other > self { other } else { self }
     }
@@ -50,7 +54,7 @@ pub trait Real:
 }
 
 macro_rules! real {
-    ($t:ty, $erf:path, $micro:path) => {
+    ($t:ty, $erf:path, $micro:path, $as_f32:expr) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -84,9 +88,17 @@ macro_rules! real {
             fn micro() -> &'static super::gemm::Micro<Self> {
                 $micro()
             }
+            #[allow(clippy::redundant_closure_call)]
+            fn as_f32(s: &[Self]) -> Option<&[f32]> {
+                $as_f32(s)
+            }
+            #[allow(clippy::redundant_closure_call)]
+            fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+                $as_f32(s)
+            }
         }
     };
 }
 
-real!(f32, libm::erff, super::gemm::micro_f32);
-real!(f64, libm::erf, super::gemm::micro_f64);
+real!(f32, libm::erff, super::gemm::micro_f32, Some);
+real!(f64, libm::erf, super::gemm::micro_f64, |_| None);

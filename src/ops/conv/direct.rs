@@ -1,0 +1,440 @@
+//! The f32 paths of the convolution kernels on the SIMD tiles of backend/cpu/direct.rs: the
+//! stride-1 forward and input gradient over shifted windows of a zero-padded input, and the
+//! weight gradient at any stride, none through an im2col matrix. Taken when the element type
+//! is f32 and the CPU has the tiles; the generic im2col + GEMM code runs otherwise (f64
+//! gradient checks, other CPUs, kernels of more than `MAX_TAPS` taps).
+
+use rayon::prelude::*;
+
+use super::{Geom, Work, grad_weight_runs};
+use crate::backend::cpu::{
+    Direct, GRAD_INS, GRAD_OUTS, Real, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS, WINDOW_GRAD_PIXELS,
+    WINDOW_OUTS, WINDOW_PIXELS, direct,
+};
+
+/// The most taps (kh·kw) the direct paths take: their offsets live on the stack.
+const MAX_TAPS: usize = 128;
+
+/// Whether `T` is f32 (the only type the SIMD tiles compute in).
+pub(super) fn is_f32<T: Real>() -> bool {
+    T::as_f32(&[]).is_some()
+}
+
+/// `s` as f32, for a `T` that [`is_f32`].
+pub(super) fn f32s<T: Real>(s: &[T]) -> &[f32] {
+    T::as_f32(s).expect("the direct path runs in f32")
+}
+
+pub(super) fn f32s_mut<T: Real>(s: &mut [T]) -> &mut [f32] {
+    T::as_f32_mut(s).expect("the direct path runs in f32")
+}
+
+/// The offset of each tap (kernel row, then column) on a padded plane `wp` wide, times `unit`
+/// (1 for planes, the channel count for pixel-major data).
+#[derive(Clone, Copy)]
+struct Taps {
+    offs: [usize; MAX_TAPS],
+    len: usize,
+}
+
+impl Taps {
+    fn new(g: &Geom, wp: usize, unit: usize) -> Option<Taps> {
+        let len = g.kh * g.kw;
+        if len > MAX_TAPS {
+            return None;
+        }
+        let mut offs = [0; MAX_TAPS];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                offs[ki * g.kw + kj] = (ki * g.dil[0] * wp + kj * g.dil[1]) * unit;
+            }
+        }
+        Some(Taps { offs, len })
+    }
+    fn as_slice(&self) -> &[usize] {
+        &self.offs[..self.len]
+    }
+}
+
+/// A stride-1 convolution as [`Direct::windows`] runs it on each image's group: the group's
+/// input copied into a zero-padded buffer (`cg` planes of `hp x wp`, then slack the last tile
+/// reads), the output computed on the padded grid (`oh` rows of `wp`, padded to whole tiles
+/// of pixels and output channels) and its valid columns copied out.
+pub(super) struct Windows {
+    kernel: &'static Direct,
+    wp: usize,
+    plane: usize,
+    /// Output pixels on the padded grid, rounded up to whole tiles.
+    pixels: usize,
+    /// Output channels rounded up to whole tiles.
+    outs: usize,
+    /// Elements of the padded input buffer.
+    input: usize,
+    taps: Taps,
+}
+
+impl Windows {
+    pub(super) fn new(g: &Geom) -> Option<Windows> {
+        let kernel = direct()?;
+        if g.stride != [1, 1] {
+            return None;
+        }
+        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+        let taps = Taps::new(g, wp, 1)?;
+        let plane = hp * wp;
+        let pixels = (g.oh * wp).next_multiple_of(WINDOW_PIXELS);
+        let reach = taps.as_slice().iter().max().copied().unwrap_or(0) + pixels;
+        Some(Windows {
+            kernel,
+            wp,
+            plane,
+            pixels,
+            outs: g.og().next_multiple_of(WINDOW_OUTS),
+            input: (g.cg().max(1) - 1) * plane + reach.max(plane),
+            taps,
+        })
+    }
+
+    /// Packed weights of one group: channel, tap, then output channel.
+    fn group_len(&self, g: &Geom) -> usize {
+        g.cg() * self.taps.len * self.outs
+    }
+
+    /// The packed weights (shared), then per worker the padded input and the output grid.
+    pub(super) fn work(&self, g: &Geom) -> Work {
+        Work {
+            packed: g.groups * self.group_len(g),
+            accs: 0,
+            slot: self.input + self.outs * self.pixels,
+        }
+    }
+
+    /// Packs `weight(group, out, in, tap)` for each group, zero past the real output channels.
+    pub(super) fn pack(
+        &self,
+        g: &Geom,
+        packed: &mut [f32],
+        weight: impl Fn(usize, usize, usize, usize) -> f32,
+    ) {
+        let (og, taps, len) = (g.og(), self.taps.len, self.group_len(g));
+        for (gi, packed) in packed.chunks_exact_mut(len).take(g.groups).enumerate() {
+            for (ct, outs) in packed.chunks_exact_mut(self.outs).enumerate() {
+                let (c, t) = (ct / taps, ct % taps);
+                for (o, v) in outs.iter_mut().enumerate() {
+                    *v = if o < og { weight(gi, o, c, t) } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    /// y = conv(x) on the packed weights, in parallel over runs of images, one per slot.
+    pub(super) fn run(
+        &self,
+        g: &Geom,
+        x: &[f32],
+        packed: &[f32],
+        y: &mut [f32],
+        slots: &mut [f32],
+    ) {
+        let (cg, og, hw, p) = (g.cg(), g.og(), g.hw(), g.p());
+        let (image, slot, len) = (g.o * p, self.work(g).slot, self.group_len(g));
+        if y.is_empty() {
+            return;
+        }
+        let per = g.n.div_ceil(slots.len() / slot);
+        y.par_chunks_mut(per * image)
+            .zip(slots.par_chunks_mut(slot))
+            .enumerate()
+            .for_each(|(run, (ys, mem))| {
+                let (input, grid) = mem.split_at_mut(self.input);
+                // Padding and slack stay zero: only the interior is written below.
+                input.fill(0.0);
+                for (i, y) in ys.chunks_exact_mut(image).enumerate() {
+                    let xi = &x[(run * per + i) * g.c * hw..][..g.c * hw];
+                    for gi in 0..g.groups {
+                        for c in 0..cg {
+                            let src = &xi[(gi * cg + c) * hw..][..hw];
+                            let dst = &mut input[c * self.plane..];
+                            for (iy, row) in src.chunks_exact(g.w).enumerate() {
+                                let at = (iy + g.pad[0]) * self.wp + g.pad[1];
+                                dst[at..at + g.w].copy_from_slice(row);
+                            }
+                        }
+                        self.kernel.windows(
+                            input,
+                            self.plane,
+                            cg,
+                            self.taps.as_slice(),
+                            &packed[gi * len..][..len],
+                            self.outs,
+                            grid,
+                            self.pixels,
+                        );
+                        for o in 0..og {
+                            let out = &mut y[(gi * og + o) * p..][..p];
+                            let from = &grid[o * self.pixels..];
+                            for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
+                                row.copy_from_slice(&from[oy * self.wp..][..g.ow]);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// A weight gradient as [`Direct::weight_grad`] runs it on each image's group: the input
+/// copied pixel-major into a zero-padded buffer (`hp x wp` pixels of `ins` channels, the
+/// group's channels rounded up) and dy transposed pixel-major (`outs` channels, rounded up);
+/// each run of images sums into its own accumulator (tap, in channel, out channel), and the
+/// runs are summed in order into dw.
+pub(super) struct GradWindows {
+    kernel: &'static Direct,
+    wp: usize,
+    ins: usize,
+    outs: usize,
+    /// Elements of the padded input buffer and of the transposed dy.
+    input: usize,
+    grad: usize,
+    taps: Taps,
+}
+
+impl GradWindows {
+    pub(super) fn new(g: &Geom) -> Option<GradWindows> {
+        let kernel = direct()?;
+        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+        let ins = g.cg().next_multiple_of(GRAD_INS);
+        let outs = g.og().next_multiple_of(GRAD_OUTS);
+        Some(GradWindows {
+            kernel,
+            wp,
+            ins,
+            outs,
+            input: hp * wp * ins,
+            grad: g.p() * outs,
+            taps: Taps::new(g, wp, ins)?,
+        })
+    }
+
+    /// One run's accumulator: every group's (tap, in, out) sums.
+    fn acc_len(&self, g: &Geom) -> usize {
+        g.groups * self.taps.len * self.ins * self.outs
+    }
+
+    /// An accumulator per run, then per worker the padded input and the transposed dy.
+    pub(super) fn work(&self, g: &Geom) -> Work {
+        let (_, runs) = grad_weight_runs(g.n);
+        Work {
+            packed: 0,
+            accs: runs * self.acc_len(g),
+            slot: self.input + self.grad,
+        }
+    }
+
+    /// dw = Σ over images of x ⋆ dy, with `slots` workers over the fixed runs of images.
+    pub(super) fn run(&self, g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
+        let (cg, og, hw, p) = (g.cg(), g.og(), g.hw(), g.p());
+        let (taps, acc_len, glen) = (self.taps.len, self.acc_len(g), self.acc_len(g) / g.groups);
+        let work = self.work(g);
+        let (per, runs) = grad_weight_runs(g.n);
+        let (accs, slot_mem) = scratch.split_at_mut(work.accs);
+        let slots = slot_mem.len() / work.slot;
+        // Slot s sums runs s·rps.. into their own accumulators.
+        let rps = runs.div_ceil(slots);
+        let steps = [g.stride[0] * self.wp * self.ins, g.stride[1] * self.ins];
+        accs.par_chunks_mut(rps * acc_len)
+            .zip(slot_mem.par_chunks_mut(work.slot))
+            .enumerate()
+            .for_each(|(s, (accs, mem))| {
+                let (input, grad) = mem.split_at_mut(self.input);
+                // Padding and the channels past the real ones stay zero.
+                input.fill(0.0);
+                grad.fill(0.0);
+                for (r, acc) in accs.chunks_exact_mut(acc_len).enumerate() {
+                    acc.fill(0.0);
+                    let run = s * rps + r;
+                    for n in run * per..((run + 1) * per).min(g.n) {
+                        for gi in 0..g.groups {
+                            let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
+                            for (c, plane) in xg.chunks_exact(hw).enumerate() {
+                                for (iy, row) in plane.chunks_exact(g.w).enumerate() {
+                                    let at = (iy + g.pad[0]) * self.wp + g.pad[1];
+                                    let dst = &mut input[at * self.ins + c..];
+                                    for (d, &v) in dst.iter_mut().step_by(self.ins).zip(row) {
+                                        *d = v;
+                                    }
+                                }
+                            }
+                            let dyg = &dy[(n * g.o + gi * og) * p..][..og * p];
+                            for (o, plane) in dyg.chunks_exact(p).enumerate() {
+                                for (d, &v) in grad[o..].iter_mut().step_by(self.outs).zip(plane) {
+                                    *d = v;
+                                }
+                            }
+                            self.kernel.weight_grad(
+                                input,
+                                self.ins,
+                                grad,
+                                self.outs,
+                                [g.oh, g.ow],
+                                steps,
+                                self.taps.as_slice(),
+                                &mut acc[gi * glen..][..glen],
+                            );
+                        }
+                    }
+                }
+            });
+        // The runs in order, so the sum over images has one order; then (tap, in, out) back
+        // to OIHW.
+        let (first, rest) = accs[..runs * acc_len].split_at_mut(acc_len);
+        for part in rest.chunks_exact(acc_len) {
+            for (a, &v) in first.iter_mut().zip(part) {
+                *a += v;
+            }
+        }
+        for gi in 0..g.groups {
+            let acc = &first[gi * glen..][..glen];
+            for o in 0..og {
+                for c in 0..cg {
+                    let out = &mut dw[((gi * og + o) * cg + c) * taps..][..taps];
+                    for (t, v) in out.iter_mut().enumerate() {
+                        *v = acc[(t * self.ins + c) * self.outs + o];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stride-1 weight gradient as [`Direct::window_grad`] runs it on each run of images and
+/// group: the run's inputs copied into zero-padded planes (`ins` of them, the group's channels
+/// rounded up) and its dy onto the padded output grid (junk columns zero), pixels in the lanes;
+/// each run writes its own accumulator and the runs are summed in order into dw.
+pub(super) struct WindowGrad {
+    kernel: &'static Direct,
+    wp: usize,
+    plane: usize,
+    ins: usize,
+    outs: usize,
+    /// Output pixels on the padded grid, rounded up to whole vectors.
+    pixels: usize,
+    /// Elements of one image's padded input and of its dy grid.
+    x_image: usize,
+    dy_image: usize,
+    taps: Taps,
+}
+
+impl WindowGrad {
+    pub(super) fn new(g: &Geom) -> Option<WindowGrad> {
+        let kernel = direct()?;
+        // With more output channels [`GradWindows`] is faster: whole vectors of them per
+        // broadcast, no horizontal sums and no per-image setup on small planes.
+        if g.stride != [1, 1] || g.og() > GRAD_OUTS {
+            return None;
+        }
+        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+        let taps = Taps::new(g, wp, 1)?;
+        let (plane, pixels) = (hp * wp, (g.oh * wp).next_multiple_of(WINDOW_GRAD_PIXELS));
+        let ins = g.cg().next_multiple_of(WINDOW_GRAD_INS);
+        let outs = g.og().next_multiple_of(WINDOW_GRAD_OUTS);
+        let reach = taps.as_slice().iter().max().copied().unwrap_or(0) + pixels;
+        Some(WindowGrad {
+            kernel,
+            wp,
+            plane,
+            ins,
+            outs,
+            pixels,
+            x_image: (ins - 1) * plane + reach.max(plane),
+            dy_image: outs * pixels,
+            taps,
+        })
+    }
+
+    /// One run's accumulator: every group's (out, in, tap) sums.
+    fn acc_len(&self, g: &Geom) -> usize {
+        g.groups * self.outs * self.ins * self.taps.len
+    }
+
+    /// An accumulator per run, then per worker the padded inputs and dy grids of a run.
+    pub(super) fn work(&self, g: &Geom) -> Work {
+        let (per, runs) = grad_weight_runs(g.n);
+        Work {
+            packed: 0,
+            accs: runs * self.acc_len(g),
+            slot: per * (self.x_image + self.dy_image),
+        }
+    }
+
+    /// dw = Σ over images of x ⋆ dy, with the workers over the fixed runs of images.
+    pub(super) fn run(&self, g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
+        let (cg, og, hw, p) = (g.cg(), g.og(), g.hw(), g.p());
+        let (taps, acc_len) = (self.taps.len, self.acc_len(g));
+        let glen = acc_len / g.groups;
+        let work = self.work(g);
+        let (per, runs) = grad_weight_runs(g.n);
+        let (accs, slot_mem) = scratch.split_at_mut(work.accs);
+        let slots = slot_mem.len() / work.slot;
+        // Slot s sums runs s·rps.. into their own accumulators.
+        let rps = runs.div_ceil(slots);
+        accs.par_chunks_mut(rps * acc_len)
+            .zip(slot_mem.par_chunks_mut(work.slot))
+            .enumerate()
+            .for_each(|(s, (accs, mem))| {
+                let (inputs, grids) = mem.split_at_mut(per * self.x_image);
+                // Padding, junk columns and channels past the real ones stay zero.
+                inputs.fill(0.0);
+                grids.fill(0.0);
+                for (r, acc) in accs.chunks_exact_mut(acc_len).enumerate() {
+                    let run = s * rps + r;
+                    let images = run * per..((run + 1) * per).min(g.n);
+                    for (gi, acc) in acc.chunks_exact_mut(glen).enumerate() {
+                        for (i, n) in images.clone().enumerate() {
+                            let xg = &x[(n * g.c + gi * cg) * hw..][..cg * hw];
+                            let input = &mut inputs[i * self.x_image..];
+                            for (c, plane) in xg.chunks_exact(hw).enumerate() {
+                                let dst = &mut input[c * self.plane..];
+                                for (iy, row) in plane.chunks_exact(g.w).enumerate() {
+                                    let at = (iy + g.pad[0]) * self.wp + g.pad[1];
+                                    dst[at..at + g.w].copy_from_slice(row);
+                                }
+                            }
+                            let dyg = &dy[(n * g.o + gi * og) * p..][..og * p];
+                            let grid = &mut grids[i * self.dy_image..];
+                            for (o, plane) in dyg.chunks_exact(p).enumerate() {
+                                let dst = &mut grid[o * self.pixels..];
+                                for (oy, row) in plane.chunks_exact(g.ow).enumerate() {
+                                    dst[oy * self.wp..][..g.ow].copy_from_slice(row);
+                                }
+                            }
+                        }
+                        self.kernel.window_grad(
+                            inputs,
+                            [self.plane, self.ins, self.x_image],
+                            self.taps.as_slice(),
+                            grids,
+                            [self.outs, self.pixels, self.dy_image],
+                            images.len(),
+                            acc,
+                        );
+                    }
+                }
+            });
+        // The runs in order, so the sum over images has one order; then the real channels.
+        let (first, rest) = accs[..runs * acc_len].split_at_mut(acc_len);
+        for part in rest.chunks_exact(acc_len) {
+            for (a, &v) in first.iter_mut().zip(part) {
+                *a += v;
+            }
+        }
+        for (gi, acc) in first.chunks_exact(glen).enumerate() {
+            for o in 0..og {
+                for c in 0..cg {
+                    let from = &acc[(o * self.ins + c) * taps..][..taps];
+                    dw[((gi * og + o) * cg + c) * taps..][..taps].copy_from_slice(from);
+                }
+            }
+        }
+    }
+}
