@@ -66,8 +66,7 @@ struct WindowGradArgs<'a> {
 struct WindowArgs<'a> {
     x: *const f32,
     plane: usize,
-    channels: usize,
-    offs: &'a [usize],
+    segments: &'a [Segment<'a>],
     w: *const f32,
     outs: usize,
     y: *mut f32,
@@ -86,6 +85,16 @@ struct GradArgs<'a> {
     col_step: usize,
     taps: &'a [usize],
     dw: *mut f32,
+}
+
+/// Channels of a windows input that share their taps: `channels` planes from `base` on, each
+/// read at `offs` (a stride-1 convolution is one segment; a strided one, one per phase of the
+/// input that some tap reads).
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    pub base: usize,
+    pub channels: usize,
+    pub offs: &'a [usize],
 }
 
 /// The kernels for this CPU: AVX-512, else AVX2 with FMA, else none (im2col and the GEMM).
@@ -116,34 +125,37 @@ pub fn direct() -> Option<&'static Direct> {
 }
 
 impl Direct {
-    /// `y[o·pixels + q] = Σ_c Σ_t w[(c·taps + t)·outs + o] · x[c·plane + offs[t] + q]` for
-    /// `o < outs`, `q < pixels`: the weights packed channel, tap, then output channel (zero past
-    /// the real ones). Sums over c, then t, in order. Panics (a kernel bug) on sizes that are not
-    /// multiples of [`WINDOW_OUTS`]/[`WINDOW_PIXELS`] or on views past their slices.
+    /// `y[o·pixels + q] = Σ_(segment, c, t) w[k·outs + o] · x[base + c·plane + offs[t] + q]`
+    /// for `o < outs`, `q < pixels`, where k counts (segment, channel, tap) in that order: the
+    /// weights packed in the order of the sum, then by output channel (zero past the real
+    /// ones). Panics (a kernel bug) on sizes that are not multiples of
+    /// [`WINDOW_OUTS`]/[`WINDOW_PIXELS`] or on views past their slices.
     #[allow(clippy::too_many_arguments)]
     pub fn windows(
         &self,
         x: &[f32],
         plane: usize,
-        channels: usize,
-        offs: &[usize],
+        segments: &[Segment],
         w: &[f32],
         outs: usize,
         y: &mut [f32],
         pixels: usize,
     ) {
         assert!(outs.is_multiple_of(WINDOW_OUTS) && pixels.is_multiple_of(WINDOW_PIXELS));
-        assert!(w.len() >= channels * offs.len() * outs && y.len() >= outs * pixels);
-        let reach = offs.iter().max().map_or(0, |&m| m + pixels);
-        assert!(channels == 0 || (channels - 1) * plane + reach <= x.len());
-        // SAFETY: every read of x is at c·plane + off + q with c < channels, q < pixels, of w
-        // below channels·taps·outs, and every write of y below outs·pixels: checked above.
+        let k: usize = segments.iter().map(|s| s.channels * s.offs.len()).sum();
+        assert!(w.len() >= k * outs && y.len() >= outs * pixels);
+        for s in segments.iter().filter(|s| s.channels > 0) {
+            let reach = s.offs.iter().max().map_or(0, |&m| m + pixels);
+            assert!(s.base + (s.channels - 1) * plane + reach <= x.len());
+        }
+        // SAFETY: every read of x is at base + c·plane + off + q with c < channels, q < pixels
+        // of a segment, of w below k·outs, and every write of y below outs·pixels: checked
+        // above.
         unsafe {
             (self.windows)(&WindowArgs {
                 x: x.as_ptr(),
                 plane,
-                channels,
-                offs,
+                segments,
                 w: w.as_ptr(),
                 outs,
                 y: y.as_mut_ptr(),
@@ -263,8 +275,8 @@ trait Simd {
     unsafe fn store(p: *mut f32, v: Self::V);
 }
 
-/// A windows tile: `MV` vectors of pixels by `NO` output channels, summed over every channel
-/// and tap. `x` points at the tile's first pixel, `w` at its first output channel, `y` at its
+/// A windows tile: `MV` vectors of pixels by `NO` output channels, summed over every segment,
+/// channel and tap. `x` points at the tile's first pixel, `w` at its first output channel, `y` at its
 /// first output.
 #[inline(always)]
 unsafe fn windows_tile<S: Simd, const MV: usize, const NO: usize>(
@@ -276,21 +288,23 @@ unsafe fn windows_tile<S: Simd, const MV: usize, const NO: usize>(
     unsafe {
         let mut acc = [[S::zero(); MV]; NO];
         let mut wc = w;
-        for c in 0..a.channels {
-            let xc = x.add(c * a.plane);
-            for &off in a.offs {
-                let xs = xc.add(off);
-                let mut xv = [S::zero(); MV];
-                for (v, xv) in xv.iter_mut().enumerate() {
-                    *xv = S::load(xs.add(v * S::LANES));
-                }
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let b = S::splat(wc.add(j));
-                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
-                        *acc = S::fma(xv, b, *acc);
+        for seg in a.segments {
+            for c in 0..seg.channels {
+                let xc = x.add(seg.base + c * a.plane);
+                for &off in seg.offs {
+                    let xs = xc.add(off);
+                    let mut xv = [S::zero(); MV];
+                    for (v, xv) in xv.iter_mut().enumerate() {
+                        *xv = S::load(xs.add(v * S::LANES));
                     }
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let b = S::splat(wc.add(j));
+                        for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                            *acc = S::fma(xv, b, *acc);
+                        }
+                    }
+                    wc = wc.add(a.outs);
                 }
-                wc = wc.add(a.outs);
             }
         }
         for (j, acc) in acc.iter().enumerate() {
@@ -596,23 +610,45 @@ mod tests {
         let Some(k) = direct() else { return };
         let mut rng = ChaCha8Rng::seed_from_u64(rand::random());
         for _ in 0..5 {
-            let (channels, plane) = (rng.random_range(1..7), rng.random_range(1..90));
-            let offs: Vec<usize> = (0..rng.random_range(1..6))
-                .map(|_| rng.random_range(0..30))
-                .collect();
+            let plane = rng.random_range(1..90);
             let outs = WINDOW_OUTS * rng.random_range(1..4);
             let pixels = WINDOW_PIXELS * rng.random_range(1..3);
-            let x = random(&mut rng, (channels - 1) * plane + 30 + pixels);
-            let w = random(&mut rng, channels * offs.len() * outs);
+            let taps: Vec<Vec<usize>> = (0..rng.random_range(1..5))
+                .map(|_| {
+                    (0..rng.random_range(1..6))
+                        .map(|_| rng.random_range(0..30))
+                        .collect()
+                })
+                .collect();
+            let mut base = 0;
+            let segments: Vec<Segment> = taps
+                .iter()
+                .map(|offs| {
+                    let channels = rng.random_range(0..4);
+                    let s = Segment {
+                        base,
+                        channels,
+                        offs,
+                    };
+                    base += channels * plane + rng.random_range(0..3);
+                    s
+                })
+                .collect();
+            let x = random(&mut rng, base + plane + 30 + pixels);
+            let k_len: usize = segments.iter().map(|s| s.channels * s.offs.len()).sum();
+            let w = random(&mut rng, k_len * outs);
             let mut y = vec![0.0; outs * pixels];
-            k.windows(&x, plane, channels, &offs, &w, outs, &mut y, pixels);
+            k.windows(&x, plane, &segments, &w, outs, &mut y, pixels);
             for o in 0..outs {
                 for q in 0..pixels {
-                    let mut want = 0.0f64;
-                    for c in 0..channels {
-                        for (t, &off) in offs.iter().enumerate() {
-                            let wv = w[(c * offs.len() + t) * outs + o] as f64;
-                            want += wv * x[c * plane + off + q] as f64;
+                    let (mut want, mut row) = (0.0f64, 0);
+                    for s in &segments {
+                        for c in 0..s.channels {
+                            for &off in s.offs {
+                                let wv = w[row * outs + o] as f64;
+                                want += wv * x[s.base + c * plane + off + q] as f64;
+                                row += 1;
+                            }
                         }
                     }
                     let got = y[o * pixels + q] as f64;

@@ -10,7 +10,7 @@ mod io;
 mod real;
 
 pub use direct::{
-    Direct, GRAD_INS, GRAD_OUTS, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS, WINDOW_GRAD_PIXELS,
+    Direct, GRAD_INS, GRAD_OUTS, Segment, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS, WINDOW_GRAD_PIXELS,
     WINDOW_OUTS, WINDOW_PIXELS, direct,
 };
 pub use exec::{CpuExec, on_pool};

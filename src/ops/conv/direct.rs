@@ -1,6 +1,6 @@
 //! The f32 paths of the convolution kernels on the SIMD tiles of backend/cpu/direct.rs: the
-//! stride-1 forward and input gradient over shifted windows of a zero-padded input, and the
-//! weight gradient at any stride, none through an im2col matrix. Taken when the element type
+//! forward (any stride) and the stride-1 input gradient over shifted windows of a zero-padded
+//! input, and the weight gradient at any stride, none through an im2col matrix. Taken when the element type
 //! is f32 and the CPU has the tiles; the generic im2col + GEMM code runs otherwise (f64
 //! gradient checks, other CPUs, kernels of more than `MAX_TAPS` taps).
 
@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use super::{Geom, Work, grad_weight_runs};
 use crate::backend::cpu::{
-    Direct, GRAD_INS, GRAD_OUTS, Real, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS, WINDOW_GRAD_PIXELS,
-    WINDOW_OUTS, WINDOW_PIXELS, direct,
+    Direct, GRAD_INS, GRAD_OUTS, Real, Segment, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS,
+    WINDOW_GRAD_PIXELS, WINDOW_OUTS, WINDOW_PIXELS, direct,
 };
 
 /// The most taps (kh·kw) the direct paths take: their offsets live on the stack.
@@ -56,48 +56,82 @@ impl Taps {
     }
 }
 
-/// A stride-1 convolution as [`Direct::windows`] runs it on each image's group: the group's
-/// input copied into a zero-padded buffer (`cg` planes of `hp x wp`, then slack the last tile
-/// reads), the output computed on the padded grid (`oh` rows of `wp`, padded to whole tiles
-/// of pixels and output channels) and its valid columns copied out.
+/// The most phases (stride_y · stride_x) a strided convolution splits its input into.
+const MAX_PHASES: usize = 16;
+
+/// A convolution as [`Direct::windows`] runs it on each image's group. The group's input is
+/// copied into zero-padded planes; at stride s, each of the s·s phases (rows ≡ a, columns ≡ b
+/// mod s) that some tap reads gets its own planes (`hq x wq`, a 1/s subsample), so every tap
+/// reads a phase at stride 1. The output is computed on the grid of those planes (`oh` rows of
+/// `wq`, padded to whole tiles of pixels and output channels) and its valid columns copied out.
 pub(super) struct Windows {
     kernel: &'static Direct,
-    wp: usize,
+    stride: [usize; 2],
+    wq: usize,
+    hq: usize,
     plane: usize,
-    /// Output pixels on the padded grid, rounded up to whole tiles.
+    /// Output pixels on the grid, rounded up to whole tiles.
     pixels: usize,
     /// Output channels rounded up to whole tiles.
     outs: usize,
     /// Elements of the padded input buffer.
     input: usize,
-    taps: Taps,
+    /// Tap offsets on their phase's plane, grouped by phase, and the tap each one is.
+    offs: [usize; MAX_TAPS],
+    tap_of: [usize; MAX_TAPS],
+    /// The phases some tap reads: (row phase, column phase, its taps `start..end` in `offs`).
+    phases: [(usize, usize, usize, usize); MAX_PHASES],
+    used: usize,
 }
 
 impl Windows {
     pub(super) fn new(g: &Geom) -> Option<Windows> {
         let kernel = direct()?;
-        if g.stride != [1, 1] {
+        let [sy, sx] = g.stride;
+        if sy * sx > MAX_PHASES || g.kh * g.kw > MAX_TAPS {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
-        let taps = Taps::new(g, wp, 1)?;
-        let plane = hp * wp;
-        let pixels = (g.oh * wp).next_multiple_of(WINDOW_PIXELS);
-        let reach = taps.as_slice().iter().max().copied().unwrap_or(0) + pixels;
+        let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+        let (mut offs, mut tap_of) = ([0; MAX_TAPS], [0; MAX_TAPS]);
+        let (mut phases, mut used, mut k) = ([(0, 0, 0, 0); MAX_PHASES], 0, 0);
+        for a in 0..sy {
+            for b in 0..sx {
+                let start = k;
+                for ki in (0..g.kh).filter(|ki| ki * g.dil[0] % sy == a) {
+                    for kj in (0..g.kw).filter(|kj| kj * g.dil[1] % sx == b) {
+                        offs[k] = ki * g.dil[0] / sy * wq + kj * g.dil[1] / sx;
+                        tap_of[k] = ki * g.kw + kj;
+                        k += 1;
+                    }
+                }
+                if k > start {
+                    phases[used] = (a, b, start, k);
+                    used += 1;
+                }
+            }
+        }
+        let (plane, pixels) = (hq * wq, (g.oh * wq).next_multiple_of(WINDOW_PIXELS));
+        let reach = offs[..k].iter().max().copied().unwrap_or(0) + pixels;
         Some(Windows {
             kernel,
-            wp,
+            stride: g.stride,
+            wq,
+            hq,
             plane,
             pixels,
             outs: g.og().next_multiple_of(WINDOW_OUTS),
-            input: (g.cg().max(1) - 1) * plane + reach.max(plane),
-            taps,
+            input: (used * g.cg()).saturating_sub(1) * plane + reach.max(plane),
+            offs,
+            tap_of,
+            phases,
+            used,
         })
     }
 
-    /// Packed weights of one group: channel, tap, then output channel.
+    /// Packed weights of one group: phase, channel, tap, then output channel.
     fn group_len(&self, g: &Geom) -> usize {
-        g.cg() * self.taps.len * self.outs
+        g.cg() * g.kh * g.kw * self.outs
     }
 
     /// The packed weights (shared), then per worker the padded input and the output grid.
@@ -109,19 +143,48 @@ impl Windows {
         }
     }
 
-    /// Packs `weight(group, out, in, tap)` for each group, zero past the real output channels.
+    /// Packs `weight(group, out, in, tap)` for each group in the order the kernel sums, zero
+    /// past the real output channels.
     pub(super) fn pack(
         &self,
         g: &Geom,
         packed: &mut [f32],
         weight: impl Fn(usize, usize, usize, usize) -> f32,
     ) {
-        let (og, taps, len) = (g.og(), self.taps.len, self.group_len(g));
+        let (og, len) = (g.og(), self.group_len(g));
         for (gi, packed) in packed.chunks_exact_mut(len).take(g.groups).enumerate() {
-            for (ct, outs) in packed.chunks_exact_mut(self.outs).enumerate() {
-                let (c, t) = (ct / taps, ct % taps);
-                for (o, v) in outs.iter_mut().enumerate() {
-                    *v = if o < og { weight(gi, o, c, t) } else { 0.0 };
+            let mut rows = packed.chunks_exact_mut(self.outs);
+            for &(_, _, start, end) in &self.phases[..self.used] {
+                for c in 0..g.cg() {
+                    for &t in &self.tap_of[start..end] {
+                        let row = rows.next().expect("one row per (channel, tap)");
+                        for (o, v) in row.iter_mut().enumerate() {
+                            *v = if o < og { weight(gi, o, c, t) } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies channel plane `src` (h x w) into phase (a, b)'s padded plane `dst`; what falls in
+    /// the padding is never written, so it stays zero.
+    fn fill(&self, g: &Geom, (a, b): (usize, usize), src: &[f32], dst: &mut [f32]) {
+        let [sy, sx] = self.stride;
+        // Plane columns j whose input column sx·j + b − pad lies inside 0..w.
+        let lo = g.pad[1].saturating_sub(b).div_ceil(sx);
+        let hi = (g.w + g.pad[1]).saturating_sub(b).div_ceil(sx).min(self.wq);
+        for i in 0..self.hq {
+            let Some(iy) = (sy * i + a).checked_sub(g.pad[0]).filter(|&iy| iy < g.h) else {
+                continue;
+            };
+            let row = &src[iy * g.w..][..g.w];
+            let out = &mut dst[i * self.wq..][..self.wq];
+            if sx == 1 {
+                out[lo..hi].copy_from_slice(&row[lo + b - g.pad[1]..hi + b - g.pad[1]]);
+            } else {
+                for (j, v) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                    *v = row[sx * j + b - g.pad[1]];
                 }
             }
         }
@@ -141,6 +204,15 @@ impl Windows {
         if y.is_empty() {
             return;
         }
+        let segments: [Segment; MAX_PHASES] = std::array::from_fn(|i| {
+            let (_, _, start, end) = self.phases[i];
+            Segment {
+                base: i * cg * self.plane,
+                channels: if i < self.used { cg } else { 0 },
+                offs: &self.offs[start..end],
+            }
+        });
+        let segments = &segments[..self.used];
         let per = g.n.div_ceil(slots.len() / slot);
         y.par_chunks_mut(per * image)
             .zip(slots.par_chunks_mut(slot))
@@ -152,19 +224,17 @@ impl Windows {
                 for (i, y) in ys.chunks_exact_mut(image).enumerate() {
                     let xi = &x[(run * per + i) * g.c * hw..][..g.c * hw];
                     for gi in 0..g.groups {
-                        for c in 0..cg {
-                            let src = &xi[(gi * cg + c) * hw..][..hw];
-                            let dst = &mut input[c * self.plane..];
-                            for (iy, row) in src.chunks_exact(g.w).enumerate() {
-                                let at = (iy + g.pad[0]) * self.wp + g.pad[1];
-                                dst[at..at + g.w].copy_from_slice(row);
+                        let xg = &xi[gi * cg * hw..][..cg * hw];
+                        for (seg, &(a, b, _, _)) in segments.iter().zip(&self.phases) {
+                            for (c, src) in xg.chunks_exact(hw).enumerate() {
+                                let at = seg.base + c * self.plane;
+                                self.fill(g, (a, b), src, &mut input[at..][..self.plane]);
                             }
                         }
                         self.kernel.windows(
                             input,
                             self.plane,
-                            cg,
-                            self.taps.as_slice(),
+                            segments,
                             &packed[gi * len..][..len],
                             self.outs,
                             grid,
@@ -174,7 +244,7 @@ impl Windows {
                             let out = &mut y[(gi * og + o) * p..][..p];
                             let from = &grid[o * self.pixels..];
                             for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
-                                row.copy_from_slice(&from[oy * self.wp..][..g.ow]);
+                                row.copy_from_slice(&from[oy * self.wq..][..g.ow]);
                             }
                         }
                     }
