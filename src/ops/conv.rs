@@ -9,7 +9,7 @@ mod direct;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use self::direct::{GradWindows, WindowGrad, Windows, f32s, f32s_mut, is_f32};
+use self::direct::{GradWindows, PhaseGrad, WindowGrad, Windows, f32s, f32s_mut, is_f32};
 
 use super::{
     Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
@@ -685,6 +685,16 @@ impl Eval for Conv2dGradInput {
             win.run(&f, f32s(dy), packed, f32s_mut(dx), grids);
             return;
         }
+        if let Some(pg) = PhaseGrad::new(&g).filter(|_| is_f32::<T>()) {
+            let work = pg.work(&g);
+            let slots = work.slots(io.scratch_len(), most);
+            let (ins, [dx], scratch) = io.split_scratch::<1>(work.len(slots));
+            let [dy, w] = ins.array();
+            let (packed, grids) = f32s_mut(scratch).split_at_mut(work.packed);
+            pg.pack(&g, f32s(w), packed);
+            pg.run(&g, f32s(dy), packed, f32s_mut(dx), grids);
+            return;
+        }
         let work = grad_input_work(&g);
         let slots = work.slots(io.scratch_len(), most);
         let (ins, [dx], scratch) = io.split_scratch::<1>(work.len(slots));
@@ -751,9 +761,10 @@ impl Eval for Conv2dGradInput {
             [ws[2], ws[3]],
         );
         let slots = workers(g.n, threads);
-        let direct = flipped(&g)
-            .and_then(|f| Some(Windows::new(&f)?.work(&f).len(slots)))
-            .unwrap_or(0);
+        let direct = match flipped(&g) {
+            Some(f) => Windows::new(&f).map_or(0, |win| win.work(&f).len(slots)),
+            None => PhaseGrad::new(&g).map_or(0, |pg| pg.work(&g).len(slots)),
+        };
         grad_input_work(&g).len(slots).max(direct)
     }
 }

@@ -21,8 +21,6 @@
 
 /// Output channels a [`Direct::windows`] call computes must be a multiple of this.
 pub const WINDOW_OUTS: usize = 8;
-/// Output pixels a [`Direct::windows`] call computes must be a multiple of this.
-pub const WINDOW_PIXELS: usize = 48;
 /// [`Direct::weight_grad`]'s output channels (dy's pixel stride) must be a multiple of this.
 pub const GRAD_OUTS: usize = 16;
 /// [`Direct::weight_grad`]'s input channels (x's pixel stride) must be a multiple of this.
@@ -125,11 +123,22 @@ pub fn direct() -> Option<&'static Direct> {
 }
 
 impl Direct {
+    /// The pixels a [`Direct::windows`] call computes for `q` wanted ones: whole tiles of two
+    /// or three vectors, whichever wastes less (small planes such as 7x7 lose a third to
+    /// tiles of three).
+    pub fn window_pixels(&self, q: usize) -> usize {
+        let (two, three) = (
+            q.next_multiple_of(2 * self.lanes),
+            q.next_multiple_of(3 * self.lanes),
+        );
+        three.min(two)
+    }
+
     /// `y[o·pixels + q] = Σ_(segment, c, t) w[k·outs + o] · x[base + c·plane + offs[t] + q]`
     /// for `o < outs`, `q < pixels`, where k counts (segment, channel, tap) in that order: the
     /// weights packed in the order of the sum, then by output channel (zero past the real
     /// ones). Panics (a kernel bug) on sizes that are not multiples of
-    /// [`WINDOW_OUTS`]/[`WINDOW_PIXELS`] or on views past their slices.
+    /// [`WINDOW_OUTS`] and [`Direct::window_pixels`] or on views past their slices.
     #[allow(clippy::too_many_arguments)]
     pub fn windows(
         &self,
@@ -141,7 +150,7 @@ impl Direct {
         y: &mut [f32],
         pixels: usize,
     ) {
-        assert!(outs.is_multiple_of(WINDOW_OUTS) && pixels.is_multiple_of(WINDOW_PIXELS));
+        assert!(outs.is_multiple_of(WINDOW_OUTS) && self.window_pixels(pixels) == pixels);
         let k: usize = segments.iter().map(|s| s.channels * s.offs.len()).sum();
         assert!(w.len() >= k * outs && y.len() >= outs * pixels);
         for s in segments.iter().filter(|s| s.channels > 0) {
@@ -554,12 +563,22 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn windows_avx512(a: &WindowArgs) {
-        unsafe { windows_all::<Avx512, 3, 8>(a) }
+        unsafe {
+            match a.pixels % 48 {
+                0 => windows_all::<Avx512, 3, 8>(a),
+                _ => windows_all::<Avx512, 2, 8>(a),
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn windows_avx2(a: &WindowArgs) {
-        unsafe { windows_all::<Avx2, 3, 4>(a) }
+        unsafe {
+            match a.pixels % 24 {
+                0 => windows_all::<Avx2, 3, 4>(a),
+                _ => windows_all::<Avx2, 2, 4>(a),
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -612,7 +631,7 @@ mod tests {
         for _ in 0..5 {
             let plane = rng.random_range(1..90);
             let outs = WINDOW_OUTS * rng.random_range(1..4);
-            let pixels = WINDOW_PIXELS * rng.random_range(1..3);
+            let pixels = k.window_pixels(rng.random_range(1..120));
             let taps: Vec<Vec<usize>> = (0..rng.random_range(1..5))
                 .map(|_| {
                     (0..rng.random_range(1..6))

@@ -11,7 +11,7 @@ mod real;
 
 pub use direct::{
     Direct, GRAD_INS, GRAD_OUTS, Segment, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS, WINDOW_GRAD_PIXELS,
-    WINDOW_OUTS, WINDOW_PIXELS, direct,
+    WINDOW_OUTS, direct,
 };
 pub use exec::{CpuExec, on_pool};
 pub use gemm::{

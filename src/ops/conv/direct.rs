@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::{Geom, Work, grad_weight_runs};
 use crate::backend::cpu::{
     Direct, GRAD_INS, GRAD_OUTS, Real, Segment, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS,
-    WINDOW_GRAD_PIXELS, WINDOW_OUTS, WINDOW_PIXELS, direct,
+    WINDOW_GRAD_PIXELS, WINDOW_OUTS, direct,
 };
 
 /// The most taps (kh·kw) the direct paths take: their offsets live on the stack.
@@ -56,6 +56,20 @@ impl Taps {
     }
 }
 
+/// (rows, row pitch, tail) of the zero-padded planes the window kernels read: `h + 2·pad`
+/// rows, each row's data at `pad` into it. At stride 1 a row's right padding can be the next
+/// row's left padding, so the pitch is `w + pad` (and the last row's right padding a tail
+/// after the plane), when every valid output still fits in a row (pad ≤ dil·(kw − 1));
+/// otherwise, and for the phases of a strided input, `w + 2·pad` split into phases.
+fn pitch(g: &Geom) -> (usize, usize, usize) {
+    let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+    if g.stride == [1, 1] && g.pad[1] <= g.dil[1] * (g.kw - 1) {
+        (hp, g.w + g.pad[1], g.pad[1])
+    } else {
+        (hp, wp.div_ceil(g.stride[1]), 0)
+    }
+}
+
 /// The most phases (stride_y · stride_x) a strided convolution splits its input into.
 const MAX_PHASES: usize = 16;
 
@@ -91,8 +105,8 @@ impl Windows {
         if sy * sx > MAX_PHASES || g.kh * g.kw > MAX_TAPS {
             return None;
         }
-        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
-        let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+        let (hp, wq, tail) = pitch(g);
+        let hq = hp.div_ceil(sy);
         let (mut offs, mut tap_of) = ([0; MAX_TAPS], [0; MAX_TAPS]);
         let (mut phases, mut used, mut k) = ([(0, 0, 0, 0); MAX_PHASES], 0, 0);
         for a in 0..sy {
@@ -111,7 +125,7 @@ impl Windows {
                 }
             }
         }
-        let (plane, pixels) = (hq * wq, (g.oh * wq).next_multiple_of(WINDOW_PIXELS));
+        let (plane, pixels) = (hq * wq + tail, kernel.window_pixels(g.oh * wq));
         let reach = offs[..k].iter().max().copied().unwrap_or(0) + pixels;
         Some(Windows {
             kernel,
@@ -245,6 +259,201 @@ impl Windows {
                             let from = &grid[o * self.pixels..];
                             for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
                                 row.copy_from_slice(&from[oy * self.wq..][..g.ow]);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// The input gradient of a strided convolution as [`Direct::windows`] runs it on each image's
+/// group: dx split into its stride phases (padded rows ≡ a, columns ≡ b mod the stride), each
+/// a stride-1 correlation of dy with the taps that land on that phase. dy is copied into
+/// zero-padded planes (`rows x pitch`, the data `top` rows and `left` columns in), each phase
+/// computed on the grid of those planes (`mq` rows of `pitch`) and scattered into dx.
+pub(super) struct PhaseGrad {
+    kernel: &'static Direct,
+    pitch: usize,
+    plane: usize,
+    top: usize,
+    left: usize,
+    /// Rows and valid columns of each phase's grid.
+    mq: usize,
+    nq: usize,
+    pixels: usize,
+    /// dx channels rounded up to whole tiles.
+    outs: usize,
+    input: usize,
+    offs: [usize; MAX_TAPS],
+    tap_of: [usize; MAX_TAPS],
+    /// Every phase: (row phase, column phase, its taps `start..end` in `offs`).
+    phases: [(usize, usize, usize, usize); MAX_PHASES],
+    count: usize,
+}
+
+impl PhaseGrad {
+    pub(super) fn new(g: &Geom) -> Option<PhaseGrad> {
+        let kernel = direct()?;
+        let [sy, sx] = g.stride;
+        if sy * sx > MAX_PHASES || g.kh * g.kw > MAX_TAPS || g.stride == [1, 1] {
+            return None;
+        }
+        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+        let (mq, nq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+        // Tap (ki, kj) adds dy at output row m − ki·dil/s of phase row m: dy needs that many
+        // zero rows (columns) before it.
+        let (top, left) = ((g.kh - 1) * g.dil[0] / sy, (g.kw - 1) * g.dil[1] / sx);
+        let pitch = left + nq.max(g.ow);
+        let rows = top + mq.max(g.oh);
+        let (mut offs, mut tap_of) = ([0; MAX_TAPS], [0; MAX_TAPS]);
+        let (mut phases, mut count, mut k) = ([(0, 0, 0, 0); MAX_PHASES], 0, 0);
+        for a in 0..sy {
+            for b in 0..sx {
+                let start = k;
+                for ki in (0..g.kh).filter(|ki| ki * g.dil[0] % sy == a) {
+                    for kj in (0..g.kw).filter(|kj| kj * g.dil[1] % sx == b) {
+                        let (f, c) = (ki * g.dil[0] / sy, kj * g.dil[1] / sx);
+                        offs[k] = (top - f) * pitch + (left - c);
+                        tap_of[k] = ki * g.kw + kj;
+                        k += 1;
+                    }
+                }
+                phases[count] = (a, b, start, k);
+                count += 1;
+            }
+        }
+        let plane = rows * pitch;
+        let pixels = kernel.window_pixels(mq * pitch);
+        let reach = offs[..k].iter().max().copied().unwrap_or(0) + pixels;
+        Some(PhaseGrad {
+            kernel,
+            pitch,
+            plane,
+            top,
+            left,
+            mq,
+            nq,
+            pixels,
+            outs: g.cg().next_multiple_of(WINDOW_OUTS),
+            input: g.og().saturating_sub(1) * plane + reach.max(plane),
+            offs,
+            tap_of,
+            phases,
+            count,
+        })
+    }
+
+    /// Packed weights of one group: phase, dy channel, tap, then dx channel.
+    fn group_len(&self, g: &Geom) -> usize {
+        g.og() * g.kh * g.kw * self.outs
+    }
+
+    /// The packed weights (shared), then per worker the padded dy and a phase's grid.
+    pub(super) fn work(&self, g: &Geom) -> Work {
+        Work {
+            packed: g.groups * self.group_len(g),
+            accs: 0,
+            slot: self.input + self.outs * self.pixels,
+        }
+    }
+
+    /// Packs w [o, c, kh, kw] for each group in the order the kernel sums, zero past the real
+    /// dx channels.
+    pub(super) fn pack(&self, g: &Geom, w: &[f32], packed: &mut [f32]) {
+        let (cg, og, taps, len) = (g.cg(), g.og(), g.kh * g.kw, self.group_len(g));
+        for (gi, packed) in packed.chunks_exact_mut(len).take(g.groups).enumerate() {
+            let mut rows = packed.chunks_exact_mut(self.outs);
+            for &(_, _, start, end) in &self.phases[..self.count] {
+                for o in 0..og {
+                    for &t in &self.tap_of[start..end] {
+                        let row = rows.next().expect("one row per (channel, tap)");
+                        for (c, v) in row.iter_mut().enumerate() {
+                            *v = if c < cg {
+                                w[((gi * og + o) * cg + c) * taps + t]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// dx = the transposed convolution of dy, in parallel over runs of images, one per slot.
+    pub(super) fn run(
+        &self,
+        g: &Geom,
+        dy: &[f32],
+        packed: &[f32],
+        dx: &mut [f32],
+        slots: &mut [f32],
+    ) {
+        let (cg, og, hw, p) = (g.cg(), g.og(), g.hw(), g.p());
+        let (image, slot, len) = (g.c * hw, self.work(g).slot, self.group_len(g));
+        if dx.is_empty() {
+            return;
+        }
+        let per = g.n.div_ceil(slots.len() / slot);
+        let [sy, sx] = g.stride;
+        dx.par_chunks_mut(per * image)
+            .zip(slots.par_chunks_mut(slot))
+            .enumerate()
+            .for_each(|(run, (dxs, mem))| {
+                let (input, grid) = mem.split_at_mut(self.input);
+                // Padding and slack stay zero: only the interior is written below.
+                input.fill(0.0);
+                for (i, dx) in dxs.chunks_exact_mut(image).enumerate() {
+                    let dyi = &dy[(run * per + i) * g.o * p..][..g.o * p];
+                    for gi in 0..g.groups {
+                        for (o, src) in dyi[gi * og * p..][..og * p].chunks_exact(p).enumerate() {
+                            let dst = &mut input[o * self.plane..];
+                            for (oy, row) in src.chunks_exact(g.ow).enumerate() {
+                                let at = (oy + self.top) * self.pitch + self.left;
+                                dst[at..at + g.ow].copy_from_slice(row);
+                            }
+                        }
+                        let dxg = &mut dx[gi * cg * hw..][..cg * hw];
+                        let mut weights = &packed[gi * len..][..len];
+                        for &(a, b, start, end) in &self.phases[..self.count] {
+                            let k = og * (end - start) * self.outs;
+                            let (phase, rest) = weights.split_at(k);
+                            weights = rest;
+                            if start < end {
+                                let segment = Segment {
+                                    base: 0,
+                                    channels: og,
+                                    offs: &self.offs[start..end],
+                                };
+                                self.kernel.windows(
+                                    input,
+                                    self.plane,
+                                    &[segment],
+                                    phase,
+                                    self.outs,
+                                    grid,
+                                    self.pixels,
+                                );
+                            }
+                            // Phase (a, b) holds dx at (sy·m + a − pad, sx·n + b − pad).
+                            let lo = g.pad[1].saturating_sub(b).div_ceil(sx);
+                            let hi = (g.w + g.pad[1]).saturating_sub(b).div_ceil(sx).min(self.nq);
+                            for m in 0..self.mq {
+                                let Some(iy) = (sy * m + a).checked_sub(g.pad[0]) else {
+                                    continue;
+                                };
+                                if iy >= g.h {
+                                    break;
+                                }
+                                for c in 0..cg {
+                                    let row = &mut dxg[c * hw + iy * g.w..][..g.w];
+                                    let from = &grid[c * self.pixels + m * self.pitch..];
+                                    for n in lo..hi {
+                                        let v = if start < end { from[n] } else { 0.0 };
+                                        row[sx * n + b - g.pad[1]] = v;
+                                    }
+                                }
                             }
                         }
                     }
@@ -403,9 +612,12 @@ impl WindowGrad {
         if g.stride != [1, 1] || g.og() > GRAD_OUTS {
             return None;
         }
-        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+        let (hp, wp, tail) = pitch(g);
         let taps = Taps::new(g, wp, 1)?;
-        let (plane, pixels) = (hp * wp, (g.oh * wp).next_multiple_of(WINDOW_GRAD_PIXELS));
+        let (plane, pixels) = (
+            hp * wp + tail,
+            (g.oh * wp).next_multiple_of(WINDOW_GRAD_PIXELS),
+        );
         let ins = g.cg().next_multiple_of(WINDOW_GRAD_INS);
         let outs = g.og().next_multiple_of(WINDOW_GRAD_OUTS);
         let reach = taps.as_slice().iter().max().copied().unwrap_or(0) + pixels;
