@@ -312,6 +312,7 @@ unsafe fn map_same<T: Real, const I: usize, const O: usize>(
             // SAFETY: [k, k + len) lies in `range`; `x` is a stack copy, so overlap-free.
             unsafe { std::ptr::copy_nonoverlapping(p.0.add(k), x.as_mut_ptr(), len) };
         }
+        #[allow(clippy::needless_range_loop, reason = "t indexes every input's tile")]
         for t in 0..len {
             let y = f(std::array::from_fn(|i| x[i][t]));
             for (p, v) in outs.iter().zip(y) {
@@ -486,6 +487,26 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An in-place map (output 0 over input 1) over several parallel chunks and a short last
+    /// tile: every element from its own inputs, read before written.
+    #[test]
+    fn in_place_map_reads_each_element_before_writing_it() {
+        let n = 3 * (1 << 14) + 7;
+        let t = [TensorType::f32(vec![n])];
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut b: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let ins = [(a.as_ptr() as *mut f32, n), (b.as_mut_ptr(), n)];
+        let outs = [(b.as_mut_ptr(), n)];
+        let types = [t[0].clone(), t[0].clone()];
+        // SAFETY: the buffers outlive the Io; the only aliasing is the in-place output.
+        let mut io =
+            unsafe { Io::from_raw(&ins, &outs, true, &types, &t, StepCtx::default(), &mut []) };
+        io.map(|[a, b]| [a * 2.0 + b]);
+        for (i, &v) in b.iter().enumerate() {
+            assert_eq!(v, (2 * i + i % 7) as f32, "element {i}");
+        }
+    }
 
     /// The offsets a broadcast yields for every output index, against numpy's rule computed
     /// directly.
