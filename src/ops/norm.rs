@@ -10,7 +10,7 @@ use super::{
     Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
     VjpResult, expect_arity, expect_f32, fmt_shape,
 };
-use crate::backend::cpu::{Io, Real};
+use crate::backend::cpu::{Io, Real, f64_scratch_len};
 use crate::backend::gpu::kernel::{Bind, Params, grid, groups};
 
 const KERNELS: &str = include_str!("../../kernels/norm.wgsl");
@@ -46,48 +46,60 @@ fn bn_layout(shape: &[usize]) -> (usize, usize, usize) {
 /// SIMD registers of partial sums (and no result depends on the machine).
 const LANES: usize = 16;
 
-/// Σ f(i) over a block of `len` elements, in `LANES` running sums of `T` (element i in lane
-/// i mod LANES, in order), added up in f64. A fixed order: the same bits on every machine.
+/// Σ f(xs at i) over blocks `xs` of equal length, in `LANES` running sums of `T` (element i in
+/// lane i mod LANES, in order), added up in f64. A fixed order: the same bits on every machine.
+/// Whole runs of `LANES` go through fixed-size arrays, so the loop is bounds-check free and
+/// vectorises.
 #[inline(always)]
-fn lanes_sum<T: Real>(len: usize, f: impl Fn(usize) -> T) -> f64 {
-    let mut acc = [T::ZERO; LANES];
+fn lanes_sum<T: Real, const K: usize>(xs: [&[T]; K], f: impl Fn([T; K]) -> T) -> f64 {
+    let len = xs[0].len();
+    assert!(xs.iter().all(|x| x.len() == len), "blocks of one length");
     let whole = len - len % LANES;
+    let mut acc = [T::ZERO; LANES];
     for base in (0..whole).step_by(LANES) {
+        let run: [&[T; LANES]; K] =
+            std::array::from_fn(|k| xs[k][base..base + LANES].try_into().expect("LANES long"));
         for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+            *a += f(std::array::from_fn(|k| run[k][l]));
         }
     }
-    let mut sum = 0.0;
-    for a in acc {
-        sum += a.to_f64();
+    // The lanes pairwise in f64: a few vector adds, where a chain of 16 would dominate short
+    // blocks. Exact, as the chain was, unless the lanes' magnitudes span more than 2^29.
+    let mut wide = acc.map(T::to_f64);
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            wide[l] += wide[l + half];
+        }
+        half /= 2;
     }
+    let mut sum = wide[0];
+    #[allow(clippy::needless_range_loop, reason = "i indexes every block")]
     for i in whole..len {
-        sum += f(i).to_f64();
+        sum += f(std::array::from_fn(|k| xs[k][i])).to_f64();
     }
     sum
 }
 
-/// Mean and biased variance of channel `ch` of x [N, C, S]. Each image's block of S values
-/// gets its own mean and sum of squared deviations (two passes over the block, which stays in
-/// cache; sums in `lanes_sum`), and the blocks are merged in image order in f64 (Chan et al.'s
-/// pairwise update), so the statistics are exact to a few f32 roundings per block and do not
-/// depend on threads.
-fn channel_moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
+/// The mean of one (image, channel) block of S values and its sum of squared deviations (two
+/// passes over the block, which stays in cache; sums in `lanes_sum`).
+fn block_moments<T: Real>(block: &[T]) -> (f64, f64) {
+    let k = block.len() as f64;
+    let mb = lanes_sum([block], |[x]| x) / k;
+    let centre = T::of(mb);
+    // Σ (x − centre)² = Σ (x − mb)² + s·(mb − centre)², centre being mb rounded to T.
+    let shift = mb - centre.to_f64();
+    let m2b = lanes_sum([block], |[x]| (x - centre) * (x - centre)) - k * shift * shift;
+    (mb, m2b)
+}
+
+/// Mean and biased variance of a channel from its blocks' `block_moments`, merged in image
+/// order in f64 (Chan et al.'s pairwise update), so the statistics are exact to a few f32
+/// roundings per block and do not depend on threads.
+fn merge_moments(blocks: impl Iterator<Item = (f64, f64)>, s: usize) -> (f64, f64) {
     let (mut count, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
-    if s == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    for i in 0..n {
-        let block = &x[(i * c + ch) * s..][..s];
-        let k = s as f64;
-        let mb = lanes_sum(s, |j| block[j]) / k;
-        let centre = T::of(mb);
-        // Σ (x − centre)² = Σ (x − mb)² + s·(mb − centre)², centre being mb rounded to T.
-        let shift = mb - centre.to_f64();
-        let m2b = lanes_sum(s, |j| {
-            let d = block[j] - centre;
-            d * d
-        }) - k * shift * shift;
+    let k = s as f64;
+    for (mb, m2b) in blocks {
         let total = count + k;
         let delta = mb - mean;
         mean += delta * k / total;
@@ -95,6 +107,26 @@ fn channel_moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize
         count = total;
     }
     (mean, m2.max(0.0) / count)
+}
+
+/// `f(block, channel)` into the two slots of `partial` of each (image, channel) block of a
+/// [N, C, S] layout: blocks in parallel, so that the tasks sweep memory contiguously.
+fn for_blocks(
+    partial: &mut [f64],
+    (_, c, s): (usize, usize, usize),
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) {
+    partial
+        .par_chunks_exact_mut(2)
+        .enumerate()
+        .with_min_len(blocks_per_task(s))
+        .for_each(|(block, p)| (p[0], p[1]) = f(block, block % c));
+}
+
+/// Blocks of S elements a parallel task takes at least: enough for the work to outweigh the
+/// task's scheduling.
+fn blocks_per_task(s: usize) -> usize {
+    (1 << 12) / s.max(1) + 1
 }
 
 /// Mean and biased variance of one row, two passes in f64.
@@ -230,42 +262,71 @@ impl Primitive for BatchNorm {
 impl Eval for BatchNorm {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let layout = bn_layout(io.in_shape(0));
-        let (_, c, s) = layout;
+        let (n, c, s) = layout;
         let (eps, training) = (T::of(self.eps), self.training);
-        let (ins, mut outs) = io.split::<3>();
+        let (ins, mut outs, scratch) = io.split_scratch_f64::<3>(bn_scratch(n, c, 3));
+        let (partial, coefs) = scratch.split_at_mut(2 * n * c);
         let x = ins.get(0);
         let affine = self.affine.then(|| (ins.get(1), ins.get(2)));
         let (rm, rv) = (ins.get(ins.len() - 2), ins.get(ins.len() - 1));
         let [y, mean, var] = outs.as_mut_slice() else {
             unreachable!("batchnorm has three outputs")
         };
-        mean.par_iter_mut()
-            .zip(var.par_iter_mut())
-            .enumerate()
-            .for_each(|(ch, (m, v))| {
-                if training {
-                    let (mu, sigma2) = channel_moments(x, layout, ch);
-                    (*m, *v) = (T::of(mu), T::of(sigma2));
-                } else {
-                    (*m, *v) = (rm[ch], rv[ch]);
-                }
+        if !training {
+            mean.copy_from_slice(rm);
+            var.copy_from_slice(rv);
+        } else {
+            for_blocks(partial, layout, |block, _| {
+                block_moments(&x[block * s..][..s])
             });
-        let (mean, var) = (&**mean, &**var);
+            let partial = &*partial;
+            mean.par_iter_mut()
+                .zip(var.par_iter_mut())
+                .enumerate()
+                .for_each(|(ch, (m, v))| {
+                    let blocks = partial.chunks_exact(2).skip(ch).step_by(c);
+                    let blocks = blocks.map(|p| (p[0], p[1]));
+                    let (mu, sigma2) = merge_moments(blocks, s);
+                    (*m, *v) = (T::of(mu), T::of(sigma2));
+                });
+        }
+        // y = (x − mean)·scale + bias: each channel's coefficients (in T) once, not per block.
+        for (ch, k) in coefs.chunks_exact_mut(3).enumerate() {
+            let (w, b) = affine.map_or((T::ONE, T::ZERO), |(w, b)| (w[ch], b[ch]));
+            let scale = w / (var[ch] + eps).sqrt();
+            k.copy_from_slice(&[mean[ch], scale, b].map(T::to_f64));
+        }
+        let coefs = &*coefs;
         if s == 0 {
             return;
         }
-        y.par_chunks_mut(s)
-            .zip(x.par_chunks(s))
+        y.par_chunks_exact_mut(s)
+            .zip(x.par_chunks_exact(s))
             .enumerate()
+            .with_min_len(blocks_per_task(s))
             .for_each(|(block, (y, x))| {
-                let ch = block % c;
-                let (w, b) = affine.map_or((T::ONE, T::ZERO), |(w, b)| (w[ch], b[ch]));
-                let scale = w / (var[ch] + eps).sqrt();
+                let [mu, scale, b] = channel_coefs(coefs, block % c);
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - mean[ch]) * scale + b;
+                    *y = (x - mu) * scale + b;
                 }
             });
     }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        let (n, c, _) = bn_layout(&inputs[0].shape);
+        f64_scratch_len(bn_scratch(n, c, 3))
+    }
+}
+
+/// F64s of scratch a batchnorm over N·C blocks takes: two partial sums per block, and `per`
+/// coefficients per channel.
+fn bn_scratch(n: usize, c: usize, per: usize) -> usize {
+    2 * n * c + per * c
+}
+
+/// Channel `ch`'s `K` coefficients, kept in f64 scratch but computed in (so exact in) T.
+fn channel_coefs<T: Real, const K: usize>(coefs: &[f64], ch: usize) -> [T; K] {
+    let k = &coefs[K * ch..][..K];
+    std::array::from_fn(|i| T::of(k[i]))
 }
 
 /// The gradient of [`BatchNorm`] (PyTorch's native_batch_norm_backward). Inputs: x, weight
@@ -370,7 +431,8 @@ impl Eval for BatchNormGrad {
         let layout = bn_layout(io.in_shape(0));
         let (n, c, s) = layout;
         let (eps, training) = (self.eps, self.training);
-        let (ins, mut outs) = io.split::<3>();
+        let (ins, mut outs, scratch) = io.split_scratch_f64::<3>(bn_scratch(n, c, 4));
+        let (partial, coefs) = scratch.split_at_mut(2 * n * c);
         let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
         let w = self.affine.then(|| ins.get(1));
         let (mean, var) = (ins.get(ins.len() - 3), ins.get(ins.len() - 2));
@@ -378,49 +440,63 @@ impl Eval for BatchNormGrad {
             unreachable!("batchnorm_grad has three outputs")
         };
         let invstd = |ch: usize| 1.0 / (var[ch].to_f64() + eps).sqrt();
-        // Per channel, image blocks in order: Σ dy and Σ dy·(x − mean) (`lanes_sum` per block,
-        // f64 across blocks).
+        // Per (image, channel) block, Σ dy and Σ dy·(x − mean) (`lanes_sum`); then per channel
+        // the blocks in image order, in f64.
+        for_blocks(partial, layout, |block, ch| {
+            let (x, dy) = (&x[block * s..][..s], &dy[block * s..][..s]);
+            let mu = mean[ch];
+            (
+                lanes_sum([dy], |[dy]| dy),
+                lanes_sum([dy, x], |[dy, x]| dy * (x - mu)),
+            )
+        });
+        let partial = &*partial;
         dw.par_iter_mut()
             .zip(db.par_iter_mut())
             .enumerate()
             .for_each(|(ch, (dw, db))| {
-                let mu = mean[ch];
                 let (mut sum, mut dot) = (0.0, 0.0);
-                for i in 0..n {
-                    let at = (i * c + ch) * s;
-                    let (x, dy) = (&x[at..at + s], &dy[at..at + s]);
-                    sum += lanes_sum(s, |j| dy[j]);
-                    dot += lanes_sum(s, |j| dy[j] * (x[j] - mu));
+                for p in partial.chunks_exact(2).skip(ch).step_by(c) {
+                    sum += p[0];
+                    dot += p[1];
                 }
                 (*dw, *db) = (T::of(dot * invstd(ch)), T::of(sum));
             });
-        let (dw, db) = (&**dw, &**db);
+        // dx = w·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M), with Σ(dy·x̂) = dweight: each channel's
+        // coefficients in f64 (rounded to T) once, the elementwise part in T. In eval mode the
+        // statistics are constants: dx = w·invstd·dy.
+        let count = (n * s) as f64;
+        for (ch, k) in coefs.chunks_exact_mut(4).enumerate() {
+            let istd = invstd(ch);
+            let scale = T::of(w.map_or(1.0, |w| w[ch].to_f64()) * istd);
+            let mean_dy = T::of(db[ch].to_f64() / count);
+            let slope = T::of(dw[ch].to_f64() * istd / count);
+            k.copy_from_slice(&[mean[ch], mean_dy, slope, scale].map(T::to_f64));
+        }
+        let coefs = &*coefs;
         if s == 0 {
             return;
         }
-        let count = (n * s) as f64;
-        dx.par_chunks_mut(s).enumerate().for_each(|(block, dx)| {
-            let ch = block % c;
-            let istd = invstd(ch);
-            let scale = w.map_or(1.0, |w| w[ch].to_f64()) * istd;
-            let at = block * s;
-            let (x, dy) = (&x[at..at + s], &dy[at..at + s]);
-            let tscale = T::of(scale);
-            if !training {
-                for (dx, &dy) in dx.iter_mut().zip(dy) {
-                    *dx = dy * tscale;
+        dx.par_chunks_exact_mut(s)
+            .enumerate()
+            .with_min_len(blocks_per_task(s))
+            .for_each(|(block, dx)| {
+                let [mu, mean_dy, slope, scale] = channel_coefs(coefs, block % c);
+                let (x, dy) = (&x[block * s..][..s], &dy[block * s..][..s]);
+                if !training {
+                    for (dx, &dy) in dx.iter_mut().zip(dy) {
+                        *dx = dy * scale;
+                    }
+                    return;
                 }
-                return;
-            }
-            // dx = w·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M), with Σ(dy·x̂) = dweight: the
-            // per-channel coefficients in f64, the elementwise part in T.
-            let mu = mean[ch];
-            let mean_dy = T::of(db[ch].to_f64() / count);
-            let k = T::of(dw[ch].to_f64() * istd / count);
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = (dy - mean_dy - (x - mu) * k) * tscale;
-            }
-        });
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    *dx = (dy - mean_dy - (x - mu) * slope) * scale;
+                }
+            });
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        let (n, c, _) = bn_layout(&inputs[0].shape);
+        f64_scratch_len(bn_scratch(n, c, 4))
     }
 }
 
@@ -738,6 +814,7 @@ impl Eval for LayerNormGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::{StepCtx, eval_once};
     use crate::gradcheck::{Arg, check_op};
     use crate::ops::reduce::tests::{assert_close, eval_f64, f32_input, uniform, unravel};
 
@@ -855,6 +932,54 @@ mod tests {
                     args.push(Arg::Const(vec![c], 0.5, 2.0));
                     gradcheck(bn(affine, training), &args);
                 }
+            }
+        }
+    }
+
+    /// Blocks are summed in parallel but merged per channel in image order, so every bit of
+    /// batchnorm and its gradient is the same on any number of threads.
+    #[test]
+    fn batchnorm_does_not_depend_on_the_thread_count() {
+        let shape = [37, 5, 7, 9];
+        let ins = bn_inputs(&shape, true);
+        let dy = f32_input(&shape, 15);
+        let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let run = || {
+            let mut all = Vec::new();
+            let fwd: Vec<(&TensorType, Vec<f32>)> = ins.iter().map(|(t, v)| (t, f32s(v))).collect();
+            let fwd_ins: Vec<(&TensorType, &[f32])> =
+                fwd.iter().map(|(t, v)| (*t, &v[..])).collect();
+            let y = eval_once(&bn(true, true), &fwd_ins, StepCtx::default()).unwrap();
+            let stats = TensorType::f32(vec![shape[1]]);
+            let grad_ins: [(&TensorType, &[f32]); 5] = [
+                fwd_ins[0],
+                fwd_ins[1],
+                (&stats, &y[1]),
+                (&stats, &y[2]),
+                (&dy.0, &f32s(&dy.1)),
+            ];
+            let op = OpKind::BatchNormGrad(BatchNormGrad {
+                eps: 1e-5,
+                affine: true,
+                training: true,
+            });
+            let g = eval_once(&op, &grad_ins, StepCtx::default()).unwrap();
+            all.extend(y);
+            all.extend(g);
+            all
+        };
+        let want = run();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(run);
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{threads} threads"
+                );
             }
         }
     }

@@ -205,6 +205,15 @@ impl Eval for MeanAxes {
         let (ins, outs) = io.split::<1>();
         let x = ins.get(0);
         // Each output sums its own elements in index order (f64), so threads never share a sum.
+        if trailing(shape, axes) && count > 0 {
+            // Each output's elements are one contiguous run (global average pooling).
+            let rows = x.par_chunks_exact(count);
+            outs[0].par_iter_mut().zip(rows).for_each(|(y, row)| {
+                let sum: f64 = row.iter().map(|v| v.to_f64()).sum();
+                *y = T::of(sum / count as f64);
+            });
+            return;
+        }
         outs[0].par_iter_mut().enumerate().for_each(|(o, y)| {
             let base = offset_over(shape, |d| !axes.contains(&d), o);
             let sum: f64 = (0..count)
@@ -213,6 +222,13 @@ impl Eval for MeanAxes {
             *y = T::of(sum / count as f64);
         });
     }
+}
+
+/// Whether `axes` are the last dims of `shape` (in any order), so that each row-major index
+/// over the others owns one contiguous run of elements.
+fn trailing(shape: &[usize], axes: &[usize]) -> bool {
+    let first = shape.len() - axes.len();
+    (first..shape.len()).all(|d| axes.contains(&d))
 }
 
 /// The offset in a row-major tensor of `shape` of row-major index `k` over the dims `pick`
@@ -298,6 +314,12 @@ impl Eval for MeanAxesGrad {
         let scale = T::ONE / T::of(count as f64);
         let (ins, outs) = io.split::<1>();
         let dy = ins.get(0);
+        if trailing(shape, axes) && count > 0 {
+            // Each dy value fills one contiguous run of dx.
+            let rows = outs[0].par_chunks_exact_mut(count);
+            rows.zip(dy).for_each(|(dx, &dy)| dx.fill(dy * scale));
+            return;
+        }
         // dx index k → dy offset: dx's coordinates on the kept dims, in dy's row-major strides.
         let at = |mut k: usize| {
             let (mut off, mut stride) = (0, 1);

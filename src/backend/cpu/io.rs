@@ -215,6 +215,24 @@ impl<'a, T: Real> Io<'a, T> {
         (Ins { ranges: &self.ins }, outs, scratch)
     }
 
+    /// [`Io::split_scratch`] with the scratch memory as `len` f64s, for partial sums kept in
+    /// f64 whatever T is; the op's `Eval::scratch` asks for [`f64_scratch_len`]`(len)`.
+    pub fn split_scratch_f64<const O: usize>(
+        &mut self,
+        len: usize,
+    ) -> (Ins<'_, T>, [&mut [T]; O], &mut [f64]) {
+        let (ins, outs, scratch) = self.split_scratch::<O>(f64_scratch_len(len));
+        let id = std::any::TypeId::of::<T>();
+        assert!(
+            id == std::any::TypeId::of::<f32>() || id == std::any::TypeId::of::<f64>(),
+            "f64 scratch over f32 or f64 memory only"
+        );
+        // SAFETY: T is f32 or f64 (checked): plain bits without padding, every pattern valid as
+        // for f64, so the aligned middle of the memory may be used as f64s and later as T again.
+        let (_, wide, _) = unsafe { scratch.align_to_mut::<f64>() };
+        (ins, outs, &mut wide[..len])
+    }
+
     /// Elementwise: every output element `k` is `f(inputs at k)`, each input broadcast (numpy
     /// rules) to output 0's shape. Reads an element's inputs before writing its outputs, so an
     /// output may overwrite an input of the same shape. Runs on every core for large tensors.
@@ -235,17 +253,9 @@ impl<'a, T: Real> Io<'a, T> {
         let run = |start: usize| {
             let end = (start + chunk).min(n);
             if same {
-                // Every input has the output's shape: a plain loop the compiler vectorises.
-                for k in start..end {
-                    // SAFETY: k < n, the length of every input (Broadcast::new checked) and
-                    // output (checked above); reads go through raw pointers and precede the
-                    // writes of the same element, so an output may alias an input.
-                    let x: [T; I] = std::array::from_fn(|i| unsafe { *ins[i].0.add(k) });
-                    let y = f(x);
-                    for (j, v) in y.into_iter().enumerate() {
-                        unsafe { *outs[j].0.add(k) = v };
-                    }
-                }
+                // SAFETY: start < end <= n, the length of every input (Broadcast::new checked)
+                // and output (checked above).
+                unsafe { map_same(&ins, &outs, start..end, &f) };
                 return;
             }
             let mut cursors: [Cursor; I] = std::array::from_fn(|i| index[i].cursor(start));
@@ -272,6 +282,59 @@ impl<'a, T: Real> Io<'a, T> {
             run(0);
         }
     }
+}
+
+/// Elements [`map_same`] copies its inputs in at a time.
+const TILE: usize = 64;
+
+/// `outs[j][k] = f(ins at k)[j]` for k in `range`, every input of the outputs' shape. Each tile
+/// of inputs is copied to the stack first: an output that is also an input (an in-place launch)
+/// then cannot alias what the loop reads, so the loop vectorises without runtime overlap checks
+/// (which an in-place launch would fail, falling back to scalar code).
+///
+/// # Safety
+/// Every pointer is valid for `range`; inputs are only read; outputs may equal an input but
+/// otherwise overlap nothing.
+#[inline(always)]
+unsafe fn map_same<T: Real, const I: usize, const O: usize>(
+    ins: &[SendPtr<T>; I],
+    outs: &[SendPtr<T>; O],
+    range: std::ops::Range<usize>,
+    f: &impl Fn([T; I]) -> [T; O],
+) {
+    // The pointers by value: read through a reference, they would be reloaded after every
+    // store (which might have changed them), and the loop would not vectorise.
+    let (ins, outs) = (*ins, *outs);
+    // A tile of `len` elements from `k`; always inlined, so whole tiles get a constant length.
+    let tile = |k: usize, len: usize| {
+        let mut x = [[T::ZERO; TILE]; I];
+        for (x, p) in x.iter_mut().zip(ins) {
+            // SAFETY: [k, k + len) lies in `range`; `x` is a stack copy, so overlap-free.
+            unsafe { std::ptr::copy_nonoverlapping(p.0.add(k), x.as_mut_ptr(), len) };
+        }
+        #[allow(clippy::needless_range_loop, reason = "t indexes every input's tile")]
+        for t in 0..len {
+            let y = f(std::array::from_fn(|i| x[i][t]));
+            for (p, v) in outs.iter().zip(y) {
+                // SAFETY: k + t < range.end.
+                unsafe { *p.0.add(k + t) = v };
+            }
+        }
+    };
+    let mut k = range.start;
+    while k + TILE <= range.end {
+        tile(k, TILE);
+        k += TILE;
+    }
+    if k < range.end {
+        tile(k, range.end - k);
+    }
+}
+
+/// Elements of scratch (of f32 or f64) that [`Io::split_scratch_f64`] needs for `len` f64s:
+/// two per f64 for f32, and one more for alignment.
+pub fn f64_scratch_len(len: usize) -> usize {
+    2 * len + 1
 }
 
 #[derive(Clone, Copy)]
@@ -424,6 +487,26 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An in-place map (output 0 over input 1) over several parallel chunks and a short last
+    /// tile: every element from its own inputs, read before written.
+    #[test]
+    fn in_place_map_reads_each_element_before_writing_it() {
+        let n = 3 * (1 << 14) + 7;
+        let t = [TensorType::f32(vec![n])];
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut b: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let ins = [(a.as_ptr() as *mut f32, n), (b.as_mut_ptr(), n)];
+        let outs = [(b.as_mut_ptr(), n)];
+        let types = [t[0].clone(), t[0].clone()];
+        // SAFETY: the buffers outlive the Io; the only aliasing is the in-place output.
+        let mut io =
+            unsafe { Io::from_raw(&ins, &outs, true, &types, &t, StepCtx::default(), &mut []) };
+        io.map(|[a, b]| [a * 2.0 + b]);
+        for (i, &v) in b.iter().enumerate() {
+            assert_eq!(v, (2 * i + i % 7) as f32, "element {i}");
+        }
+    }
 
     /// The offsets a broadcast yields for every output index, against numpy's rule computed
     /// directly.

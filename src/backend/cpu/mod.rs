@@ -18,5 +18,5 @@ pub use gemm::{
     Mat, matmul, matmul_scratch, pack_lhs, pack_with, packed_bound, packed_len, product,
 };
 pub use interpret::{Feeds, eval_once, interpret};
-pub use io::{Io, StepCtx};
+pub use io::{Io, StepCtx, f64_scratch_len};
 pub use real::Real;
