@@ -1,6 +1,6 @@
 //! Times the CPU's memory-bound ops alone on ResNet-20's activation shapes (ms per launch, the
-//! best of a few), to set beside what memory bandwidth allows. A measurement, not a check:
-//! `cargo test --release --test memops_speed -- --ignored --nocapture`.
+//! best of a few), to set beside what memory bandwidth allows (plain slice loops over the same
+//! bytes). `cargo bench --bench memops`; MEMOPS_HW=7 times one stage only (for a profiler).
 
 use std::time::Instant;
 
@@ -50,9 +50,7 @@ fn data(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-fn memory_bound_ops() {
+fn main() {
     on_pool(|| {
         // MEMOPS_HW=7 times one stage only (for a profiler).
         let only: Option<usize> = std::env::var("MEMOPS_HW").ok().and_then(|v| v.parse().ok());
