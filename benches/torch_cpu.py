@@ -5,7 +5,7 @@ momentum/Nesterov/weight decay, or Adam), both as the median of N timed steps af
 and prints the ratio. Usage (needs `pip install torch --index-url https://download.pytorch.org/whl/cpu`):
 
     cargo build --release
-    python3 benches/torch_cpu.py configs/resnet.toml [--steps 10] [--threads N]
+    python3 benches/torch_cpu.py configs/resnet.toml [--steps 10] [--threads N] [--rounds 3]
 """
 import argparse
 import json
@@ -120,17 +120,27 @@ def main():
     ap.add_argument("config")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternate trainer and torch this many times; report each one's median")
     ap.add_argument("--trainer", default="target/release/trainer")
     args = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    out = subprocess.run([args.trainer, "bench", args.config, "--device", "cpu", "--steps", str(args.steps), "--json"],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    ours = json.loads(out)
-    theirs = torch_step_ms(args.config, ours["batch"], args.steps, args.threads)
-    print(f"{args.config} batch {ours['batch']}, {args.threads} threads, median of {args.steps} steps")
-    print(f"  trainer  {ours['step_ms']:9.1f} ms/step  {ours['img_per_s']:8.0f} img/s")
-    print(f"  torch {torch.__version__:<8} {theirs:6.1f} ms/step  {ours['batch'] / theirs * 1e3:8.0f} img/s")
-    print(f"  ratio trainer/torch step time: {ours['step_ms'] / theirs:.2f} (below 1: trainer is faster)")
+    # Shared machines drift over seconds: alternating the two and taking medians over rounds
+    # keeps a slow moment from landing on one side only.
+    ours_ms, theirs_ms = [], []
+    for _ in range(args.rounds):
+        out = subprocess.run([args.trainer, "bench", args.config, "--device", "cpu", "--steps", str(args.steps), "--json"],
+                             env=env, check=True, capture_output=True, text=True).stdout
+        ours = json.loads(out)
+        ours_ms.append(ours["step_ms"])
+        theirs_ms.append(torch_step_ms(args.config, ours["batch"], args.steps, args.threads))
+    mine, theirs = statistics.median(ours_ms), statistics.median(theirs_ms)
+    batch = ours["batch"]
+    print(f"{args.config} batch {batch}, {args.threads} threads, median of {args.steps} steps, "
+          f"median of {args.rounds} alternating rounds")
+    print(f"  trainer  {mine:9.1f} ms/step  {batch / mine * 1e3:8.0f} img/s  (rounds: {', '.join(f'{t:.1f}' for t in ours_ms)})")
+    print(f"  torch {torch.__version__:<8} {theirs:6.1f} ms/step  {batch / theirs * 1e3:8.0f} img/s  (rounds: {', '.join(f'{t:.1f}' for t in theirs_ms)})")
+    print(f"  ratio trainer/torch step time: {mine / theirs:.2f} (below 1: trainer is faster)")
 
 
 if __name__ == "__main__":
