@@ -68,7 +68,10 @@ fn main() {
             let var: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
             let mut out = vec![vec![0.0; n]];
             let mut out3 = vec![vec![0.0; n], vec![0.0; c], vec![0.0; c]];
-            let reps = std::env::var("MEMOPS_REPS").map_or(20, |v| v.parse().expect("reps"));
+            // `cargo bench` passes --bench; `cargo test --all-targets` runs this once as a smoke test.
+            let timed = std::env::args().any(|a| a == "--bench");
+            let reps = std::env::var("MEMOPS_REPS")
+                .map_or(if timed { 20 } else { 1 }, |v| v.parse().expect("reps"));
             let row = |name: &str, ms: f64, streams: usize| {
                 let gbs = (streams * n * 4) as f64 / ms / 1e6;
                 println!(
