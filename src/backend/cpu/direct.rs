@@ -97,6 +97,11 @@ pub struct Segment<'a> {
 
 /// The kernels for this CPU: AVX-512, else AVX2 with FMA, else none (im2col and the GEMM).
 pub fn direct() -> Option<&'static Direct> {
+    supported().next()
+}
+
+/// Every kernel set this CPU runs, widest first (the tests check each one).
+fn supported() -> impl Iterator<Item = &'static Direct> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -112,14 +117,12 @@ pub fn direct() -> Option<&'static Direct> {
             window_grad: x86::window_grad_avx2,
             lanes: 8,
         };
-        if has!("avx512f") {
-            return Some(&AVX512);
-        }
-        if has!("avx2") && has!("fma") {
-            return Some(&AVX2);
-        }
+        let avx512 = has!("avx512f").then_some(&AVX512);
+        let avx2 = (has!("avx2") && has!("fma")).then_some(&AVX2);
+        avx512.into_iter().chain(avx2)
     }
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    std::iter::empty()
 }
 
 impl Direct {
@@ -626,7 +629,12 @@ mod tests {
 
     #[test]
     fn windows_match_a_plain_loop() {
-        let Some(k) = direct() else { return };
+        for k in supported() {
+            check_windows(k);
+        }
+    }
+
+    fn check_windows(k: &Direct) {
         let mut rng = ChaCha8Rng::seed_from_u64(rand::random());
         for _ in 0..5 {
             let plane = rng.random_range(1..90);
@@ -679,7 +687,12 @@ mod tests {
 
     #[test]
     fn window_grad_matches_a_plain_loop() {
-        let Some(k) = direct() else { return };
+        for k in supported() {
+            check_window_grad(k);
+        }
+    }
+
+    fn check_window_grad(k: &Direct) {
         let mut rng = ChaCha8Rng::seed_from_u64(rand::random());
         for _ in 0..6 {
             let channels = WINDOW_GRAD_INS * rng.random_range(1..4);
@@ -727,7 +740,12 @@ mod tests {
 
     #[test]
     fn weight_grad_matches_a_plain_loop() {
-        let Some(k) = direct() else { return };
+        for k in supported() {
+            check_weight_grad(k);
+        }
+    }
+
+    fn check_weight_grad(k: &Direct) {
         let mut rng = ChaCha8Rng::seed_from_u64(rand::random());
         for _ in 0..6 {
             let ins = GRAD_INS * rng.random_range(1..3);
