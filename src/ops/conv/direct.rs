@@ -73,6 +73,64 @@ fn pitch(g: &Geom) -> (usize, usize, usize) {
 /// The most phases (stride_y · stride_x) a strided convolution splits its input into.
 const MAX_PHASES: usize = 16;
 
+/// A strided kernel's taps grouped by stride phase: tap (ki, kj) reads phase
+/// (ki·dil mod sy, kj·dil mod sx) at a whole step (ki·dil / sy, kj·dil / sx) into it.
+#[derive(Clone, Copy)]
+struct Phases {
+    /// Each tap's offset on its phase's plane, grouped by phase, and the tap it is.
+    offs: [usize; MAX_TAPS],
+    tap_of: [usize; MAX_TAPS],
+    /// (row phase, column phase, its taps `start..end` in `offs`).
+    list: [(usize, usize, usize, usize); MAX_PHASES],
+    count: usize,
+    taps: usize,
+}
+
+impl Phases {
+    /// The phases of `g`'s taps with `off(row step, column step)` as each one's offset; the
+    /// phases no tap reads are listed (empty) only when `keep_empty`. None past the limits.
+    fn new(g: &Geom, keep_empty: bool, off: impl Fn(usize, usize) -> usize) -> Option<Phases> {
+        let [sy, sx] = g.stride;
+        if sy * sx > MAX_PHASES || g.kh * g.kw > MAX_TAPS {
+            return None;
+        }
+        let (mut offs, mut tap_of) = ([0; MAX_TAPS], [0; MAX_TAPS]);
+        let (mut list, mut count, mut k) = ([(0, 0, 0, 0); MAX_PHASES], 0, 0);
+        for a in 0..sy {
+            for b in 0..sx {
+                let start = k;
+                for ki in (0..g.kh).filter(|ki| ki * g.dil[0] % sy == a) {
+                    for kj in (0..g.kw).filter(|kj| kj * g.dil[1] % sx == b) {
+                        offs[k] = off(ki * g.dil[0] / sy, kj * g.dil[1] / sx);
+                        tap_of[k] = ki * g.kw + kj;
+                        k += 1;
+                    }
+                }
+                if keep_empty || k > start {
+                    list[count] = (a, b, start, k);
+                    count += 1;
+                }
+            }
+        }
+        Some(Phases {
+            offs,
+            tap_of,
+            list,
+            count,
+            taps: k,
+        })
+    }
+
+    fn list(&self) -> &[(usize, usize, usize, usize)] {
+        &self.list[..self.count]
+    }
+
+    /// The farthest offset any tap reads.
+    fn reach(&self) -> usize {
+        self.offs[..self.taps].iter().max().copied().unwrap_or(0)
+    }
+}
+
 /// A convolution as [`Direct::windows`] runs it on each image's group. The group's input is
 /// copied into zero-padded planes; at stride s, each of the s·s phases (rows ≡ a, columns ≡ b
 /// mod s) that some tap reads gets its own planes (`hq x wq`, a 1/s subsample), so every tap
@@ -90,43 +148,18 @@ pub(super) struct Windows {
     outs: usize,
     /// Elements of the padded input buffer.
     input: usize,
-    /// Tap offsets on their phase's plane, grouped by phase, and the tap each one is.
-    offs: [usize; MAX_TAPS],
-    tap_of: [usize; MAX_TAPS],
-    /// The phases some tap reads: (row phase, column phase, its taps `start..end` in `offs`).
-    phases: [(usize, usize, usize, usize); MAX_PHASES],
-    used: usize,
+    /// The phases some tap reads.
+    phases: Phases,
 }
 
 impl Windows {
     pub(super) fn new(g: &Geom) -> Option<Windows> {
         let kernel = direct()?;
-        let [sy, sx] = g.stride;
-        if sy * sx > MAX_PHASES || g.kh * g.kw > MAX_TAPS {
-            return None;
-        }
         let (hp, wq, tail) = pitch(g);
-        let hq = hp.div_ceil(sy);
-        let (mut offs, mut tap_of) = ([0; MAX_TAPS], [0; MAX_TAPS]);
-        let (mut phases, mut used, mut k) = ([(0, 0, 0, 0); MAX_PHASES], 0, 0);
-        for a in 0..sy {
-            for b in 0..sx {
-                let start = k;
-                for ki in (0..g.kh).filter(|ki| ki * g.dil[0] % sy == a) {
-                    for kj in (0..g.kw).filter(|kj| kj * g.dil[1] % sx == b) {
-                        offs[k] = ki * g.dil[0] / sy * wq + kj * g.dil[1] / sx;
-                        tap_of[k] = ki * g.kw + kj;
-                        k += 1;
-                    }
-                }
-                if k > start {
-                    phases[used] = (a, b, start, k);
-                    used += 1;
-                }
-            }
-        }
+        let phases = Phases::new(g, false, |f, c| f * wq + c)?;
+        let hq = hp.div_ceil(g.stride[0]);
         let (plane, pixels) = (hq * wq + tail, kernel.window_pixels(g.oh * wq));
-        let reach = offs[..k].iter().max().copied().unwrap_or(0) + pixels;
+        let (reach, used) = (phases.reach() + pixels, phases.count);
         Some(Windows {
             kernel,
             stride: g.stride,
@@ -136,10 +169,7 @@ impl Windows {
             pixels,
             outs: g.og().next_multiple_of(WINDOW_OUTS),
             input: (used * g.cg()).saturating_sub(1) * plane + reach.max(plane),
-            offs,
-            tap_of,
             phases,
-            used,
         })
     }
 
@@ -168,9 +198,9 @@ impl Windows {
         let (og, len) = (g.og(), self.group_len(g));
         for (gi, packed) in packed.chunks_exact_mut(len).take(g.groups).enumerate() {
             let mut rows = packed.chunks_exact_mut(self.outs);
-            for &(_, _, start, end) in &self.phases[..self.used] {
+            for &(_, _, start, end) in self.phases.list() {
                 for c in 0..g.cg() {
-                    for &t in &self.tap_of[start..end] {
+                    for &t in &self.phases.tap_of[start..end] {
                         let row = rows.next().expect("one row per (channel, tap)");
                         for (o, v) in row.iter_mut().enumerate() {
                             *v = if o < og { weight(gi, o, c, t) } else { 0.0 };
@@ -219,14 +249,14 @@ impl Windows {
             return;
         }
         let segments: [Segment; MAX_PHASES] = std::array::from_fn(|i| {
-            let (_, _, start, end) = self.phases[i];
+            let (_, _, start, end) = self.phases.list[i];
             Segment {
                 base: i * cg * self.plane,
-                channels: if i < self.used { cg } else { 0 },
-                offs: &self.offs[start..end],
+                channels: if i < self.phases.count { cg } else { 0 },
+                offs: &self.phases.offs[start..end],
             }
         });
-        let segments = &segments[..self.used];
+        let segments = &segments[..self.phases.count];
         let per = g.n.div_ceil(slots.len() / slot);
         y.par_chunks_mut(per * image)
             .zip(slots.par_chunks_mut(slot))
@@ -239,7 +269,7 @@ impl Windows {
                     let xi = &x[(run * per + i) * g.c * hw..][..g.c * hw];
                     for gi in 0..g.groups {
                         let xg = &xi[gi * cg * hw..][..cg * hw];
-                        for (seg, &(a, b, _, _)) in segments.iter().zip(&self.phases) {
+                        for (seg, &(a, b, _, _)) in segments.iter().zip(self.phases.list()) {
                             for (c, src) in xg.chunks_exact(hw).enumerate() {
                                 let at = seg.base + c * self.plane;
                                 self.fill(g, (a, b), src, &mut input[at..][..self.plane]);
@@ -285,18 +315,15 @@ pub(super) struct PhaseGrad {
     /// dx channels rounded up to whole tiles.
     outs: usize,
     input: usize,
-    offs: [usize; MAX_TAPS],
-    tap_of: [usize; MAX_TAPS],
-    /// Every phase: (row phase, column phase, its taps `start..end` in `offs`).
-    phases: [(usize, usize, usize, usize); MAX_PHASES],
-    count: usize,
+    /// Every phase of dx, with the taps that land on it.
+    phases: Phases,
 }
 
 impl PhaseGrad {
     pub(super) fn new(g: &Geom) -> Option<PhaseGrad> {
         let kernel = direct()?;
         let [sy, sx] = g.stride;
-        if sy * sx > MAX_PHASES || g.kh * g.kw > MAX_TAPS || g.stride == [1, 1] {
+        if g.stride == [1, 1] {
             return None;
         }
         let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
@@ -306,26 +333,10 @@ impl PhaseGrad {
         let (top, left) = ((g.kh - 1) * g.dil[0] / sy, (g.kw - 1) * g.dil[1] / sx);
         let pitch = left + nq.max(g.ow);
         let rows = top + mq.max(g.oh);
-        let (mut offs, mut tap_of) = ([0; MAX_TAPS], [0; MAX_TAPS]);
-        let (mut phases, mut count, mut k) = ([(0, 0, 0, 0); MAX_PHASES], 0, 0);
-        for a in 0..sy {
-            for b in 0..sx {
-                let start = k;
-                for ki in (0..g.kh).filter(|ki| ki * g.dil[0] % sy == a) {
-                    for kj in (0..g.kw).filter(|kj| kj * g.dil[1] % sx == b) {
-                        let (f, c) = (ki * g.dil[0] / sy, kj * g.dil[1] / sx);
-                        offs[k] = (top - f) * pitch + (left - c);
-                        tap_of[k] = ki * g.kw + kj;
-                        k += 1;
-                    }
-                }
-                phases[count] = (a, b, start, k);
-                count += 1;
-            }
-        }
+        let phases = Phases::new(g, true, |f, c| (top - f) * pitch + (left - c))?;
         let plane = rows * pitch;
         let pixels = kernel.window_pixels(mq * pitch);
-        let reach = offs[..k].iter().max().copied().unwrap_or(0) + pixels;
+        let reach = phases.reach() + pixels;
         Some(PhaseGrad {
             kernel,
             pitch,
@@ -337,10 +348,7 @@ impl PhaseGrad {
             pixels,
             outs: g.cg().next_multiple_of(WINDOW_OUTS),
             input: g.og().saturating_sub(1) * plane + reach.max(plane),
-            offs,
-            tap_of,
             phases,
-            count,
         })
     }
 
@@ -364,9 +372,9 @@ impl PhaseGrad {
         let (cg, og, taps, len) = (g.cg(), g.og(), g.kh * g.kw, self.group_len(g));
         for (gi, packed) in packed.chunks_exact_mut(len).take(g.groups).enumerate() {
             let mut rows = packed.chunks_exact_mut(self.outs);
-            for &(_, _, start, end) in &self.phases[..self.count] {
+            for &(_, _, start, end) in self.phases.list() {
                 for o in 0..og {
-                    for &t in &self.tap_of[start..end] {
+                    for &t in &self.phases.tap_of[start..end] {
                         let row = rows.next().expect("one row per (channel, tap)");
                         for (c, v) in row.iter_mut().enumerate() {
                             *v = if c < cg {
@@ -416,7 +424,7 @@ impl PhaseGrad {
                         }
                         let dxg = &mut dx[gi * cg * hw..][..cg * hw];
                         let mut weights = &packed[gi * len..][..len];
-                        for &(a, b, start, end) in &self.phases[..self.count] {
+                        for &(a, b, start, end) in self.phases.list() {
                             let k = og * (end - start) * self.outs;
                             let (phase, rest) = weights.split_at(k);
                             weights = rest;
@@ -424,7 +432,7 @@ impl PhaseGrad {
                                 let segment = Segment {
                                     base: 0,
                                     channels: og,
-                                    offs: &self.offs[start..end],
+                                    offs: &self.phases.offs[start..end],
                                 };
                                 self.kernel.windows(
                                     input,
