@@ -1212,20 +1212,7 @@ mod tests {
                 .0,
             ]
         };
-        let many = all();
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(all);
-            for (a, b) in got.iter().zip(&many) {
-                assert!(
-                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
-                    "{threads} threads"
-                );
-            }
-        }
+        crate::ops::testing::assert_same_bits_on_any_thread_count(|| all().to_vec());
     }
 
     #[test]

@@ -318,4 +318,23 @@ pub(crate) mod testing {
             );
         }
     }
+
+    /// `run` gives the same bits on pools of 1 and 3 threads as on the default pool.
+    pub(crate) fn assert_same_bits_on_any_thread_count(run: impl Fn() -> Vec<Vec<f32>> + Sync) {
+        let want = run();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(&run);
+            assert_eq!(got.len(), want.len(), "{threads} threads");
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{threads} threads"
+                );
+            }
+        }
+    }
 }

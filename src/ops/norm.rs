@@ -968,20 +968,7 @@ mod tests {
             all.extend(g);
             all
         };
-        let want = run();
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(run);
-            for (a, b) in got.iter().zip(&want) {
-                assert!(
-                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
-                    "{threads} threads"
-                );
-            }
-        }
+        crate::ops::testing::assert_same_bits_on_any_thread_count(run);
     }
 
     #[test]
