@@ -65,16 +65,19 @@ fn digest(config: &str, settings: &[&str], device: &str) -> (String, Option<Stri
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().expect("header").split(',').collect();
-    let col = header.iter().position(|c| *c == "train/loss").expect("train/loss");
+    let col = header
+        .iter()
+        .position(|c| *c == "train/loss")
+        .expect("train/loss");
     for line in lines {
         h.update(line.split(',').nth(col).unwrap_or("").as_bytes());
         h.update(b"\n");
     }
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let adapter = manifest["adapter"]["name"].as_str().map(String::from);
-    (format!("{:x}", h.finalize()), adapter)
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    (hex, adapter)
 }
 
 /// Every tensor of a safetensors file, by name: name, dtype, shape, then the raw bytes.
@@ -120,7 +123,11 @@ fn check(device: &str) {
         let (got, adapter) = digest(config, settings, device);
         let key = match device {
             "cpu" => cpu_key(),
-            _ => format!("{} on {}", adapter.expect("a GPU run names its adapter"), cpu_key()),
+            _ => format!(
+                "{} on {}",
+                adapter.expect("a GPU run names its adapter"),
+                cpu_key()
+            ),
         };
         match stored(config, device, &key) {
             Some(want) => assert_eq!(
@@ -132,7 +139,11 @@ fn check(device: &str) {
                     "NOTICE: no stored digest for this machine; comparing two runs. The line to \
                      store:\n{config}\t{device}\t{key}\t{got}"
                 );
-                assert_eq!(got, digest(config, settings, device).0, "{config} on {device}");
+                assert_eq!(
+                    got,
+                    digest(config, settings, device).0,
+                    "{config} on {device}"
+                );
             }
         }
     }
