@@ -7,9 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use trainer::backend::cpu::{CpuExec, StepCtx};
+use trainer::backend::cpu::CpuExec;
+
 use trainer::config::{self, sections::Checkpointing};
 use trainer::graph::{builder, training};
+use trainer::tensor::StepCtx;
 
 fn main() {
     let args: Vec<String> = std::env::args()

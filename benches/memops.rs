@@ -6,11 +6,16 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use trainer::backend::cpu::{Io, StepCtx, on_pool};
+use trainer::kernel::cpu::Io;
+
+use trainer::tensor::StepCtx;
+
+use trainer::backend::cpu::on_pool;
 use trainer::ops::{
-    BatchNorm, BatchNormGrad, Binary, BinaryFn, Eval, MeanAxes, MeanAxesGrad, TensorType, Unary,
-    UnaryFn, UnaryGrad,
+    BatchNorm, BatchNormGrad, Binary, BinaryFn, Eval, MeanAxes, MeanAxesGrad, Unary, UnaryFn,
+    UnaryGrad,
 };
+use trainer::tensor::TensorType;
 
 /// The best time of `reps` runs of `f`, in ms.
 fn best_ms(reps: usize, mut f: impl FnMut()) -> f64 {

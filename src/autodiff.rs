@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
-use crate::graph::{Graph, NodeId, Phase, TensorId};
-use crate::ops::{Binary, BinaryFn, Fill, OpKind, SumTo, TensorType};
+use crate::graph::{Graph, Phase};
+use crate::ops::{Binary, BinaryFn, Fill, OpKind, SumTo};
+use crate::tensor::TensorType;
+use crate::tensor::{NodeId, TensorId};
 
 /// What a vjp is given: the node's inputs and outputs, the gradient of each output (None where
 /// nothing downstream depends on it), and which inputs need a gradient.

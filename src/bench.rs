@@ -7,10 +7,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::backend::cpu::{CpuExec, StepCtx};
+use crate::backend::cpu::CpuExec;
+
 use crate::backend::gpu::{Gpu, GpuError, GpuExec};
-use crate::ops::DType;
 use crate::schedule::Plan;
+use crate::tensor::DType;
+use crate::tensor::StepCtx;
 
 #[derive(Debug, Serialize)]
 pub struct BenchResult {

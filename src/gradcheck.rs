@@ -5,9 +5,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::autodiff;
-use crate::backend::cpu::{Feeds, StepCtx, interpret};
-use crate::graph::{Graph, Init, Phase, TensorId};
-use crate::ops::{DType, Input, OpKind, TensorType};
+use crate::backend::cpu::{Feeds, interpret};
+use crate::graph::{Graph, Init, Phase};
+use crate::ops::{Input, OpKind};
+use crate::tensor::StepCtx;
+use crate::tensor::TensorId;
+use crate::tensor::{DType, TensorType};
 
 /// One input of the op under test and how to fill it.
 #[derive(Clone, Debug)]

@@ -11,9 +11,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use trainer::backend::cpu::{CpuExec, StepCtx, on_pool};
+use trainer::backend::cpu::{CpuExec, on_pool};
+
 use trainer::config::{self, sections::Checkpointing};
 use trainer::graph::{builder, training};
+use trainer::tensor::StepCtx;
 
 struct Counting;
 

@@ -2,9 +2,10 @@
 //! broadcasting, fresh seeds every run.
 
 use rand::{Rng, SeedableRng};
-use trainer::backend::cpu::StepCtx;
 use trainer::backend::gpu::{compare_with_cpu, test_gpu};
-use trainer::ops::{Binary, BinaryFn, OpKind, TensorType, Unary, UnaryFn, UnaryGrad};
+use trainer::ops::{Binary, BinaryFn, OpKind, Unary, UnaryFn, UnaryGrad};
+use trainer::tensor::StepCtx;
+use trainer::tensor::TensorType;
 
 fn random(rng: &mut impl Rng, shape: &[usize]) -> (TensorType, Vec<f32>) {
     let n = shape.iter().product();

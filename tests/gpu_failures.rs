@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trainer::backend::cpu::StepCtx;
 use trainer::backend::gpu::{GpuExec, test_gpu};
+use trainer::tensor::StepCtx;
 
 /// A run that takes longer than this has hung.
 const LIMIT: Duration = Duration::from_secs(120);

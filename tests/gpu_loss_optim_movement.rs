@@ -3,12 +3,13 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::StepCtx;
 use trainer::backend::gpu::{compare_with_cpu, test_gpu};
 use trainer::ops::{
-    AdamStep, Concat, CountUp, CrossEntropy, CrossEntropyGrad, DType, Dropout, Fill, Gather,
-    GatherGrad, GradNormCoef, Mse, MseGrad, OpKind, Reshape, SgdStep, Slice, TensorType,
+    AdamStep, Concat, CountUp, CrossEntropy, CrossEntropyGrad, Dropout, Fill, Gather, GatherGrad,
+    GradNormCoef, Mse, MseGrad, OpKind, Reshape, SgdStep, Slice,
 };
+use trainer::tensor::StepCtx;
+use trainer::tensor::{DType, TensorType};
 
 type Tensor = (TensorType, Vec<f32>);
 

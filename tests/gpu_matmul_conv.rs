@@ -4,12 +4,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::StepCtx;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
 use trainer::ops::{
     Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulGradInput, MatMulGradWeight, OpKind,
-    TensorType,
 };
+use trainer::tensor::StepCtx;
+use trainer::tensor::TensorType;
 
 /// A tensor's type and values.
 type Input = (TensorType, Vec<f32>);

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::StepCtx;
 use trainer::backend::gpu::{Gpu, GpuExec, test_gpu};
 use trainer::backend::{Captured, Exec};
 use trainer::config;
-use trainer::graph::{Graph, TensorId, builder, training};
+use trainer::graph::{Graph, builder, training};
 use trainer::schedule::{self, Plan};
+use trainer::tensor::StepCtx;
+use trainer::tensor::TensorId;
 
 fn plan() -> Plan {
     let loaded = config::load(std::path::Path::new("configs/mlp.toml"), &[]);

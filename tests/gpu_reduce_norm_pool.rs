@@ -4,12 +4,13 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::StepCtx;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
-    MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo, TensorType,
+    MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo,
 };
+use trainer::tensor::StepCtx;
+use trainer::tensor::TensorType;
 
 fn random(rng: &mut impl Rng, shape: &[usize], lo: f32, hi: f32) -> (TensorType, Vec<f32>) {
     let n = shape.iter().product();

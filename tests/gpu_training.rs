@@ -3,12 +3,13 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::{CpuExec, StepCtx};
+use trainer::backend::cpu::CpuExec;
 use trainer::backend::gpu::{GpuExec, test_gpu};
 use trainer::config::{self, Config};
 use trainer::graph::{Graph, builder, training};
-use trainer::ops::DType;
 use trainer::schedule::{self, Plan};
+use trainer::tensor::DType;
+use trainer::tensor::StepCtx;
 
 fn load(path: &str) -> Config {
     let loaded = config::load(std::path::Path::new(path), &[]);

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use trainer::config;
 use trainer::graph::{builder, training};
-use trainer::ops::{KernelArgs, OpKind, TensorType};
+use trainer::kernel::gpu::KernelArgs;
+use trainer::ops::OpKind;
+use trainer::tensor::TensorType;
 
 const CONFIGS: [&str; 7] = [
     "configs/mlp.toml",

@@ -3,11 +3,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::{CpuExec, StepCtx};
+use trainer::backend::cpu::CpuExec;
 use trainer::config;
 use trainer::config::sections::Optimizer;
 use trainer::graph::{builder, training};
 use trainer::schedule::{self, Options};
+use trainer::tensor::StepCtx;
 
 #[test]
 fn mlp_learns_separable_data_in_200_steps() {

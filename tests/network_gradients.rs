@@ -4,10 +4,13 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::autodiff;
-use trainer::backend::cpu::{Feeds, StepCtx, interpret};
+use trainer::backend::cpu::{Feeds, interpret};
 use trainer::config;
-use trainer::graph::{Graph, TensorId, builder};
-use trainer::ops::{DType, OpKind};
+use trainer::graph::{Graph, builder};
+use trainer::ops::OpKind;
+use trainer::tensor::DType;
+use trainer::tensor::StepCtx;
+use trainer::tensor::TensorId;
 
 fn forward(path: &str, batch: usize) -> Graph {
     let loaded = config::load(std::path::Path::new(path), &[]);

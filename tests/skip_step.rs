@@ -6,10 +6,10 @@
 mod common;
 
 use trainer::backend::Exec;
-use trainer::backend::cpu::StepCtx;
 use trainer::config;
 use trainer::graph::{builder, training};
 use trainer::schedule;
+use trainer::tensor::StepCtx;
 
 /// ResNet-20 at batch 4: convolutions, batchnorm, residual adds, SGD with Nesterov momentum.
 fn exec(gpu: Option<&'static trainer::backend::gpu::Gpu>) -> Exec<'static> {

@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::cpu::{CpuExec, Feeds, Real, StepCtx, interpret};
+use trainer::backend::cpu::{CpuExec, Feeds, interpret};
 use trainer::config::sections::Checkpointing;
 use trainer::config::values::Bytes;
 use trainer::config::{self, Config};
 use trainer::graph::{Graph, builder, training};
-use trainer::ops::DType;
+use trainer::kernel::cpu::Real;
 use trainer::schedule::{self, Options, Plan};
+use trainer::tensor::DType;
+use trainer::tensor::StepCtx;
 
 fn load(path: &str, sets: &[&str]) -> Config {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -110,7 +112,7 @@ fn planned_executor_matches_the_interpreter() {
         for p in &g.params {
             feeds.params.push(p.init.values(3, &p.name, p.ty.numel()));
         }
-        let input = |t: trainer::graph::TensorId| match &g.dag[t.node()].op {
+        let input = |t: trainer::tensor::TensorId| match &g.dag[t.node()].op {
             trainer::ops::OpKind::Input(i) => i.name.clone(),
             _ => unreachable!(),
         };

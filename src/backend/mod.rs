@@ -3,11 +3,11 @@
 pub mod cpu;
 pub mod gpu;
 
-use cpu::{CpuExec, StepCtx};
+use cpu::CpuExec;
 use gpu::{Gpu, GpuExec};
 
-use crate::graph::TensorId;
 use crate::schedule::Plan;
+use crate::tensor::{StepCtx, TensorId};
 
 /// The tensors one `Exec::capture` copied, as they were after the step before it.
 #[derive(Clone, Debug, PartialEq)]

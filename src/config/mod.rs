@@ -379,7 +379,7 @@ impl Config {
                 .at(at(&["data", "dataset"]), "add path = \"...\" to [data]"));
         }
         let input = &self.model.input;
-        if d.dataset.known_layout().is_some() && input.dtype != crate::ops::DType::F32 {
+        if d.dataset.known_layout().is_some() && input.dtype != crate::tensor::DType::F32 {
             return Err(Diagnostic::new("image datasets give f32 samples")
                 .at(input.loc, "remove dtype = \"i32\"")
                 .also(at(&["data", "dataset"]), "dataset chosen here"));

@@ -10,7 +10,7 @@ use super::tree::{Entry, Kind, Table, Value};
 use super::values::Positive;
 use crate::diag::{Diagnostic, Loc};
 use crate::nn::{LAYER_OPS, LayerOp};
-use crate::ops::DType;
+use crate::tensor::DType;
 
 /// A name written in the config, with where it was written.
 #[derive(Clone, Debug)]

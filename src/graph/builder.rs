@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
-use super::{Graph, Init, Layer, Mode, TensorId};
+use super::{Graph, Init, Layer, Mode};
+
 use crate::config::model::{
     BlockUse, LayerDecl, Named, ShortcutKind, What, parse_layer, reject_params,
 };
@@ -17,7 +18,10 @@ use crate::config::tree::Value;
 use crate::config::{Config, LossKind};
 use crate::diag::{Diagnostic, Loc, did_you_mean};
 use crate::nn::{Arity, LayerOp};
-use crate::ops::{self, CrossEntropy, DType, Input, Mse, OpKind, TensorType, fmt_shape};
+use crate::ops;
+use crate::ops::{CrossEntropy, Input, Mse, OpKind};
+use crate::tensor::TensorId;
+use crate::tensor::{DType, TensorType, fmt_shape};
 
 /// What a layer lowering sees: the graph, its own layer (for parameter names), the batch size.
 pub struct Lower<'a> {

@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 
 use super::Graph;
-use crate::ops::{OpKind, fmt_shape};
+use crate::ops::OpKind;
+use crate::tensor::fmt_shape;
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")

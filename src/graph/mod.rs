@@ -8,35 +8,15 @@ pub mod init;
 pub mod summary;
 pub mod training;
 
-use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::graph::DiGraph;
 use serde::Serialize;
 
 pub use builder::{build, build_for};
 pub use init::Init;
 
 use crate::diag::Loc;
-use crate::ops::{OpKind, Parameter, TensorType};
-
-pub type NodeId = NodeIndex<u32>;
-
-/// One output of one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct TensorId {
-    pub node: u32,
-    pub output: u32,
-}
-
-impl TensorId {
-    pub fn of(node: NodeId, output: usize) -> TensorId {
-        TensorId {
-            node: node.index() as u32,
-            output: output as u32,
-        }
-    }
-    pub fn node(self) -> NodeId {
-        NodeIndex::new(self.node as usize)
-    }
-}
+use crate::ops::{OpKind, Parameter};
+use crate::tensor::{NodeId, TensorId, TensorType};
 
 /// Which part of a training step a node belongs to. Order matters: the plan runs forward,
 /// then backward (with recomputation interleaved), then the updates.

@@ -114,7 +114,7 @@ pub fn grouped(n: u64) -> String {
 
 impl Summary {
     pub fn table(&self) -> String {
-        let shape = |s: &[usize]| crate::ops::fmt_shape(s);
+        let shape = |s: &[usize]| crate::tensor::fmt_shape(s);
         let w_name = self
             .layers
             .iter()

@@ -3,13 +3,15 @@
 //! batchnorm's running statistics. An update's output is written over the state it replaces
 //! (`Graph::updates`); learning rate and step count are runtime scalars, not graph constants.
 
-use super::{Graph, Init, Phase, TensorId};
+use super::{Graph, Init, Phase};
+
 use crate::autodiff;
 use crate::config::sections::Optimizer;
 use crate::diag::Diagnostic;
 use crate::ops::{
     AdamStep, BatchNormRunningStats, CountUp, GradNormCoef, OpKind, Parameter, SgdStep,
 };
+use crate::tensor::TensorId;
 
 pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, Diagnostic> {
     let mut g = forward.clone();

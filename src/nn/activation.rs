@@ -2,9 +2,10 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::{Finite, Fraction};
+use crate::graph::Mode;
 use crate::graph::builder::Lower;
-use crate::graph::{Mode, TensorId};
 use crate::ops::{Dropout, OpKind, Softmax, Unary, UnaryFn};
+use crate::tensor::TensorId;
 
 fn unary(cx: &mut Lower, x: TensorId, f: UnaryFn) -> Result<TensorId, String> {
     cx.op(OpKind::Unary(Unary { f }), &[x])

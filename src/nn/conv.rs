@@ -2,9 +2,11 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::{Count, Pair, Positive};
+use crate::graph::Init;
 use crate::graph::builder::Lower;
-use crate::graph::{Init, TensorId};
-use crate::ops::{Binary, BinaryFn, Conv2d, OpKind, Reshape, fmt_shape};
+use crate::ops::{Binary, BinaryFn, Conv2d, OpKind, Reshape};
+use crate::tensor::TensorId;
+use crate::tensor::fmt_shape;
 
 fn one() -> Pair<Positive> {
     Pair(Positive(1), Positive(1))

@@ -2,9 +2,11 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::Positive;
+use crate::graph::Init;
 use crate::graph::builder::Lower;
-use crate::graph::{Init, TensorId};
-use crate::ops::{Binary, BinaryFn, DType, Gather, MatMul, OpKind, fmt_shape};
+use crate::ops::{Binary, BinaryFn, Gather, MatMul, OpKind};
+use crate::tensor::TensorId;
+use crate::tensor::{DType, fmt_shape};
 
 fn yes() -> bool {
     true

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::config::de::{field_names, from_value_in};
 use crate::config::tree::Value;
 use crate::diag::Diagnostic;
-use crate::graph::TensorId;
 use crate::graph::builder::Lower;
+use crate::tensor::TensorId;
 
 /// How many inputs a layer takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,10 @@ use serde::Deserialize;
 use super::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
 use crate::graph::builder::Lower;
-use crate::graph::{Init, Mode, TensorId};
-use crate::ops::{BatchNorm, DType, LayerNorm, OpKind, TensorType, fmt_shape};
+use crate::graph::{Init, Mode};
+use crate::ops::{BatchNorm, LayerNorm, OpKind};
+use crate::tensor::TensorId;
+use crate::tensor::{DType, TensorType, fmt_shape};
 
 fn eps() -> PositiveFloat {
     PositiveFloat(1e-5)

@@ -2,9 +2,10 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::{Count, Pair, Positive};
-use crate::graph::TensorId;
 use crate::graph::builder::Lower;
-use crate::ops::{MeanAxes, OpKind, Pool2d, PoolKind, fmt_shape};
+use crate::ops::{MeanAxes, OpKind, Pool2d, PoolKind};
+use crate::tensor::TensorId;
+use crate::tensor::fmt_shape;
 
 fn zero() -> Pair<Count> {
     Pair(Count(0), Count(0))

@@ -1,9 +1,10 @@
 use serde::Deserialize;
 
 use super::{Arity, LayerSpec};
-use crate::graph::TensorId;
 use crate::graph::builder::Lower;
-use crate::ops::{Binary, BinaryFn, Concat, OpKind, Reshape, broadcast, fmt_shape};
+use crate::ops::{Binary, BinaryFn, Concat, OpKind, Reshape, broadcast};
+use crate::tensor::TensorId;
+use crate::tensor::fmt_shape;
 
 /// All dims of a sample into one: [C, H, W] → [C·H·W].
 #[derive(Clone, Debug, Deserialize)]

@@ -12,11 +12,12 @@ use serde::Serialize;
 use self::direct::{GradWindows, PhaseGrad, WindowGrad, Windows, f32s, f32s_mut, is_f32};
 
 use super::{
-    Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
-    expect_arity, expect_f32, fmt_shape,
+    Cost, Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Mat, Real, pack_lhs, pack_with, packed_bound, packed_len, product};
-use crate::backend::gpu::kernel::{Bind, Dispatch, KernelArgs, PREAMBLE, Params, Shader, groups};
+
+use crate::kernel::cpu::{Io, Mat, Real, pack_lhs, pack_with, packed_bound, packed_len, product};
+use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, PREAMBLE, Params, Shader, groups};
+use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Conv2d {
@@ -367,7 +368,7 @@ fn conv_kernel(g: &Geom, mode: GpuMode) -> Result<Vec<Dispatch>, String> {
         GpuMode::GradInput => (g.cg(), g.n * g.hw()),
         GpuMode::GradWeight => (g.og(), g.k()),
     };
-    if g.groups > crate::backend::gpu::kernel::MAX_GROUPS as usize {
+    if g.groups > crate::kernel::gpu::MAX_GROUPS as usize {
         return Err(format!("{} groups (at most 65535 on the GPU)", g.groups));
     }
     let text = TEXT.replacen(
@@ -894,8 +895,8 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::backend::cpu::StepCtx;
     use crate::gradcheck::{Arg, check_op};
+    use crate::tensor::StepCtx;
 
     fn conv(
         stride: [usize; 2],

@@ -3,12 +3,15 @@
 
 use serde::Serialize;
 
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+
 use super::{
-    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, expect_arity, expect_f32, fmt_shape,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, Params, Shader, per_element};
+
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Bind, Params, Shader, per_element};
+use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "fn", rename_all = "snake_case")]
@@ -314,7 +317,7 @@ fn elementwise_kernel(
     };
     let source = format!(
         "{}\n{}",
-        crate::backend::gpu::kernel::PREAMBLE,
+        crate::kernel::gpu::PREAMBLE,
         TEMPLATE
             .replace("//BINDINGS", bindings)
             .replace("/*EXPR*/", expr)

@@ -4,12 +4,15 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::tensor::{DType, TensorType, fmt_shape};
+
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+
 use super::{
-    DType, Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, expect_arity, expect_f32, fmt_shape,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, Params, Shader, WORKGROUP, grid, groups};
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Bind, Params, Shader, WORKGROUP, grid, groups};
 
 /// A kernel of kernels/loss.wgsl.
 fn shader(entry: &'static str) -> Shader {

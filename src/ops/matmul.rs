@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use super::{
-    Cost, Eval, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx, VjpResult,
-    expect_arity, expect_f32, fmt_shape,
+    Cost, Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Mat, Real, matmul, matmul_scratch};
-use crate::backend::gpu::kernel::{Bind, Dispatch, KernelArgs, Params, Shader, groups};
+
+use crate::kernel::cpu::{Io, Mat, Real, matmul, matmul_scratch};
+use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Params, Shader, groups};
+use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MatMul;

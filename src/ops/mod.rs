@@ -27,76 +27,9 @@ pub use reduce::{MeanAxes, MeanAxesGrad, Softmax, SoftmaxGrad, SumTo};
 use serde::Serialize;
 
 pub use crate::autodiff::{VjpArgs, VjpCx, VjpResult};
-use crate::backend::cpu::{Io, Real};
-pub use crate::backend::gpu::kernel::{Dispatch, KernelArgs};
-
-/// Element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    F32,
-    I32,
-}
-
-impl DType {
-    pub fn size(self) -> usize {
-        4
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::I32 => "i32",
-        }
-    }
-}
-
-/// Shape and element type: what an edge of the graph carries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TensorType {
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-}
-
-impl TensorType {
-    pub fn f32(shape: Vec<usize>) -> TensorType {
-        TensorType {
-            shape,
-            dtype: DType::F32,
-        }
-    }
-    /// Element count (saturating; a graph never holds a type above [`MAX_ELEMENTS`]).
-    pub fn numel(&self) -> usize {
-        self.shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
-    }
-    /// Refuses types too large for any device before their sizes can overflow arithmetic.
-    pub fn check_size(&self) -> Result<(), String> {
-        match self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
-            Some(n) if n <= MAX_ELEMENTS => Ok(()),
-            _ => Err(format!(
-                "a tensor of shape {} is larger than the limit of 2^36 elements",
-                fmt_shape(&self.shape)
-            )),
-        }
-    }
-    pub fn rank(&self) -> usize {
-        self.shape.len()
-    }
-}
-
-/// The most elements one tensor may have (256 GiB of f32: more than any device holds).
-pub const MAX_ELEMENTS: usize = 1 << 36;
-
-/// Shape of a list of dims as the user writes it: [16, 28, 28].
-pub fn fmt_shape(shape: &[usize]) -> String {
-    format!(
-        "[{}]",
-        shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+use crate::tensor::{DType, TensorType};
 
 /// A shape rule's complaint, in words about the op's inputs; the graph builder adds the layer,
 /// the input layers and their config locations.

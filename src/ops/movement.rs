@@ -3,12 +3,15 @@
 
 use serde::Serialize;
 
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, Params, Shader, grid};
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Bind, Params, Shader, grid};
+
+use crate::tensor::{DType, TensorType, fmt_shape};
+
+use crate::kernel::gpu::{Dispatch, KernelArgs};
 
 use super::{
-    DType, Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, axis, expect_arity, expect_f32, fmt_shape,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, axis, expect_arity, expect_f32,
 };
 
 /// movement.wgsl's `Params`, in field order (fields an entry does not use stay 0).
@@ -477,8 +480,8 @@ impl Eval for Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::StepCtx;
     use crate::gradcheck::{Arg, check_op};
+    use crate::tensor::StepCtx;
 
     /// Evaluates `op` once; outputs start as garbage so an unwritten element shows.
     fn run(op: &OpKind, ins: &[(&[f64], TensorType)]) -> Vec<Vec<f64>> {

@@ -5,13 +5,14 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::reduce::section;
 use super::{
-    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, expect_arity, expect_f32, fmt_shape,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Real, f64_scratch_len};
-use crate::backend::gpu::kernel::{Bind, Params, grid, groups};
+use crate::kernel::cpu::{Io, Real, f64_scratch_len};
+use crate::kernel::gpu::section;
+use crate::kernel::gpu::{Bind, Params, grid, groups};
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+use crate::tensor::{TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/norm.wgsl");
 
@@ -814,9 +815,10 @@ impl Eval for LayerNormGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{StepCtx, eval_once};
+    use crate::backend::cpu::eval_once;
     use crate::gradcheck::{Arg, check_op};
     use crate::ops::reduce::tests::{assert_close, eval_f64, f32_input, uniform, unravel};
+    use crate::tensor::StepCtx;
 
     fn bn(affine: bool, training: bool) -> OpKind {
         OpKind::BatchNorm(BatchNorm {

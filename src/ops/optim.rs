@@ -5,12 +5,13 @@
 
 use serde::Serialize;
 
-use super::{
-    DType, Dispatch, Eval, KernelArgs, Primitive, ShapeResult, TensorType, expect_arity,
-    expect_f32, fmt_shape,
-};
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, PREAMBLE, Params, Shader, grid};
+use crate::tensor::{DType, TensorType, fmt_shape};
+
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+
+use super::{Eval, Primitive, ShapeResult, expect_arity, expect_f32};
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, grid};
 
 const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
 
@@ -456,8 +457,8 @@ impl Eval for CountUp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::StepCtx;
     use crate::ops::OpKind;
+    use crate::tensor::StepCtx;
 
     /// Evaluates `op` once at (lr, step); outputs start as garbage so an unwritten one shows.
     fn run<T: Real>(op: &OpKind, ins: &[&[T]], lr: f64, step: u64) -> Vec<Vec<T>> {

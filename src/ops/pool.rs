@@ -9,13 +9,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::conv::window_out;
-use super::reduce::section;
 use super::{
-    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, expect_arity, expect_f32, fmt_shape,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, Params, per_element};
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::section;
+use crate::kernel::gpu::{Bind, Params, per_element};
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+use crate::tensor::{TensorType, fmt_shape};
 
 /// The pooling kernel `entry` over `total` threads; `x` and `y` are the forward's shapes.
 fn pool_kernel(
@@ -326,8 +327,8 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::backend::cpu::StepCtx;
     use crate::gradcheck::{Arg, check_op};
+    use crate::tensor::StepCtx;
 
     fn pool(kind: PoolKind, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Pool2d {
         Pool2d {

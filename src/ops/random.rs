@@ -4,12 +4,15 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+
 use super::{
-    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, expect_arity, expect_f32,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, Params, Shader, per_element};
+
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Bind, Params, Shader, per_element};
+use crate::tensor::TensorType;
 
 /// torch.nn.functional.dropout(x, p, training=True): `y = x · m` with `m = 1/(1-p)` where element
 /// k is kept and 0 where dropped (a multiply, so a dropped NaN stays NaN as in PyTorch); p = 1
@@ -143,8 +146,8 @@ impl DropoutKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::StepCtx;
     use crate::gradcheck::{Arg, check_op};
+    use crate::tensor::StepCtx;
 
     fn run<T: Real>(p: f64, stream: u64, x: &[T], ctx: StepCtx) -> Vec<T> {
         let ty = TensorType::f32(vec![x.len()]);

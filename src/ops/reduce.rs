@@ -4,30 +4,17 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::kernel::gpu::{Dispatch, KernelArgs};
+
 use super::{
-    Dispatch, Eval, KernelArgs, OpKind, Primitive, ShapeResult, TensorType, VjpArgs, VjpCx,
-    VjpResult, axis, expect_arity, expect_f32, fmt_shape,
+    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, axis, expect_arity, expect_f32,
 };
-use crate::backend::cpu::{Io, Real};
-use crate::backend::gpu::kernel::{Bind, PREAMBLE, Params, Shader, grid, groups};
+
+use crate::kernel::cpu::{Io, Real};
+use crate::kernel::gpu::{Bind, Params, grid, groups, section};
+use crate::tensor::{TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/reduce.wgsl");
-
-/// Entry `entry` of a sectioned kernel file (kernels/reduce.wgsl, norm.wgsl, pool.wgsl): the
-/// preamble, the shared tree reductions (kernels/tree.wgsl), the file's shared head (before its first `// @entry` line) and that entry's own
-/// section, so that each module declares each binding once (entries differ in `Params`).
-pub(crate) fn section(text: &'static str, entry: &'static str) -> Shader {
-    const TREE: &str = include_str!("../../kernels/tree.wgsl");
-    let mut parts = text.split("\n// @entry ");
-    let head = parts.next().unwrap_or_default();
-    let body = parts
-        .find(|s| s.split_whitespace().next() == Some(entry))
-        .unwrap_or_else(|| panic!("kernel file has no section `{entry}`"));
-    Shader {
-        source: format!("{PREAMBLE}\n{TREE}\n{head}\n// {body}").into(),
-        entry,
-    }
-}
 
 /// Rows at most this long are reduced by one thread each; longer ones by a workgroup each.
 const SHORT_ROW: usize = 32;
@@ -499,8 +486,8 @@ impl Primitive for SumTo {
         if super::broadcast(&self.shape, &x.shape)? != x.shape {
             return Err(format!(
                 "{} does not broadcast to {}",
-                super::fmt_shape(&self.shape),
-                super::fmt_shape(&x.shape)
+                crate::tensor::fmt_shape(&self.shape),
+                crate::tensor::fmt_shape(&x.shape)
             ));
         }
         Ok(vec![TensorType::f32(self.shape.clone())])
@@ -509,7 +496,7 @@ impl Primitive for SumTo {
         inputs[0].numel() as u64
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![("shape", super::fmt_shape(&self.shape))]
+        vec![("shape", crate::tensor::fmt_shape(&self.shape))]
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         // Numpy rules reversed: x's leading dims and those the target has as 1 are summed.
@@ -574,8 +561,8 @@ pub(crate) mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::backend::cpu::StepCtx;
     use crate::gradcheck::{Arg, check_op};
+    use crate::tensor::StepCtx;
 
     /// Evaluates `op` once in f64 on the given inputs. Outputs start as NaN, so an element the
     /// kernel forgets to write fails every comparison.

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::recompute::is_leaf;
-use crate::graph::{Graph, NodeId, TensorId};
+use crate::graph::Graph;
 use crate::ops::OpKind;
+use crate::tensor::{NodeId, TensorId};
 
 /// Offsets are aligned to 256 bytes (wgpu's storage offset alignment), in 4-byte elements.
 pub const ALIGN: usize = 64;

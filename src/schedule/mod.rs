@@ -15,8 +15,9 @@ pub use recompute::Remat;
 
 use crate::config::sections::Checkpointing;
 use crate::diag::Diagnostic;
-use crate::graph::{Graph, NodeId, Phase, TensorId};
+use crate::graph::{Graph, Phase};
 use crate::ops::OpKind;
+use crate::tensor::{NodeId, TensorId};
 
 /// One kernel launch: a node and where its inputs and outputs live.
 #[derive(Clone, Debug)]

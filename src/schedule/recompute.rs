@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::graph::{Graph, NodeId, Phase, TensorId};
+use crate::graph::{Graph, Phase};
+
 use crate::ops::{Cost, OpKind};
+use crate::tensor::{NodeId, TensorId};
 
 /// True for parameters and inputs: they live for the whole step anyway.
 pub fn is_leaf(g: &Graph, t: TensorId) -> bool {

@@ -10,7 +10,8 @@ use crate::checkpoint::NamedTensor;
 use crate::config::{Checkpointing, Config};
 use crate::data::{Loader, Split};
 use crate::diag::Diagnostic;
-use crate::graph::{Mode, TensorId, build_for};
+use crate::graph::{Mode, build_for};
+use crate::tensor::TensorId;
 use crate::train::metrics::Evaluation;
 
 pub struct EvalModel<'g> {
@@ -90,8 +91,8 @@ pub fn load_named(exec: &mut Exec, tensors: &[&NamedTensor]) -> Result<(), Strin
             return Err(format!(
                 "`{}` has shape {} in the checkpoint but {} in the model",
                 p.name,
-                crate::ops::fmt_shape(&t.shape),
-                crate::ops::fmt_shape(&p.ty.shape)
+                crate::tensor::fmt_shape(&t.shape),
+                crate::tensor::fmt_shape(&p.ty.shape)
             ));
         }
         exec.set_param(i, &t.data)?;
@@ -112,7 +113,7 @@ pub fn named_tensors(exec: &Exec) -> Result<Vec<NamedTensor>, String> {
             name: p.name.clone(),
             shape: p.ty.shape.clone(),
             data,
-            integer: p.ty.dtype == crate::ops::DType::I32,
+            integer: p.ty.dtype == crate::tensor::DType::I32,
         })
         .collect())
 }

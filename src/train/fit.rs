@@ -12,13 +12,13 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::backend::cpu::StepCtx;
 use crate::backend::gpu::Gpu;
 use crate::backend::{Exec, PrepareError};
 use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
 use crate::config::{Config, OnNonfinite, Optimizer, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
 use crate::graph::{Mode, build_for, training::training_graph};
+use crate::tensor::StepCtx;
 use crate::train::evaluate::{EvalModel, load_named, named_tensors};
 use crate::train::logger::Logger;
 use crate::train::metrics::{Evaluation, Running};
@@ -305,10 +305,10 @@ struct Loop<'a> {
     cfg: &'a Config,
     splits: &'a Splits,
     store: &'a Store,
-    features: crate::graph::TensorId,
-    labels: crate::graph::TensorId,
-    loss_t: crate::graph::TensorId,
-    output: crate::graph::TensorId,
+    features: crate::tensor::TensorId,
+    labels: crate::tensor::TensorId,
+    loss_t: crate::tensor::TensorId,
+    output: crate::tensor::TensorId,
     steps_per_epoch: u64,
     total_steps: u64,
     save_every: (u64, bool),

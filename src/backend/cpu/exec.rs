@@ -6,12 +6,14 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::io::Raw;
-use super::{Io, Real, StepCtx};
 use crate::backend::Captured;
-use crate::graph::TensorId;
-use crate::ops::{OpKind, TensorType};
+use crate::kernel::cpu::io::Raw;
+use crate::kernel::cpu::{Io, Real};
+use crate::ops::OpKind;
 use crate::schedule::{Plan, Region, Slot};
+use crate::tensor::StepCtx;
+use crate::tensor::TensorId;
+use crate::tensor::TensorType;
 
 const REGIONS: [Region; 4] = [Region::State, Region::Grads, Region::Inputs, Region::Arena];
 

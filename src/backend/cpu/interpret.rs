@@ -4,9 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use super::{Io, Real, StepCtx};
-use crate::graph::{Graph, TensorId};
-use crate::ops::{OpKind, TensorType};
+use crate::kernel::cpu::{Io, Real};
+
+use crate::graph::Graph;
+use crate::ops::OpKind;
+use crate::tensor::StepCtx;
+use crate::tensor::TensorId;
+use crate::tensor::TensorType;
 
 /// Values for a graph's leaves: every parameter (by index) and every input (by name).
 #[derive(Clone, Debug, Default)]

@@ -10,12 +10,13 @@ use std::ops::Range;
 
 use super::alloc::REGIONS;
 use super::fault::Fault;
-use super::kernel::{Bind, Dispatch, KernelArgs, Shader};
 use super::{Gpu, GpuError, submit};
-use crate::backend::cpu::StepCtx;
-use crate::graph::TensorId;
-use crate::ops::{OpKind, TensorType};
+use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Shader};
+use crate::ops::OpKind;
 use crate::schedule::{Plan, Region, Slot};
+use crate::tensor::StepCtx;
+use crate::tensor::TensorId;
+use crate::tensor::TensorType;
 
 const STEP_BYTES: u64 = 16;
 
@@ -358,7 +359,7 @@ impl<'g> GpuExec<'g> {
                     if slot.len * 4 > max_binding as usize {
                         return Err(GpuError::Plan(format!(
                             "layer `{layer}`: a tensor of shape {} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
-                            crate::ops::fmt_shape(&ty.shape),
+                            crate::tensor::fmt_shape(&ty.shape),
                             crate::schedule::human(slot.len as u64 * 4),
                             crate::schedule::human(max_binding)
                         )));

@@ -7,7 +7,7 @@ mod alloc;
 mod exec;
 mod fault;
 mod health;
-pub mod kernel;
+
 mod readback;
 mod submit;
 
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use exec::{GpuExec, eval_once};
-pub use kernel::{Bind, Dispatch, KernelArgs, Params, Shader};
 
 /// Why the GPU cannot be used or failed: one screen, for the user.
 #[derive(Debug, thiserror::Error)]
@@ -355,10 +354,10 @@ fn classify(e: &wgpu::Error, when: &str) -> GpuError {
 pub fn compare_with_cpu(
     gpu: &Gpu,
     op: &crate::ops::OpKind,
-    ins: &[(crate::ops::TensorType, Vec<f32>)],
-    ctx: crate::backend::cpu::StepCtx,
+    ins: &[(crate::tensor::TensorType, Vec<f32>)],
+    ctx: crate::tensor::StepCtx,
 ) -> Result<Vec<f64>, String> {
-    let refs: Vec<(&crate::ops::TensorType, &[f32])> =
+    let refs: Vec<(&crate::tensor::TensorType, &[f32])> =
         ins.iter().map(|(t, v)| (t, v.as_slice())).collect();
     let cpu = crate::backend::cpu::eval_once(op, &refs, ctx)?;
     let got = eval_once(gpu, op, &refs, ctx).map_err(|e| e.to_string())?;

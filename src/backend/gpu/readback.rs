@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Gpu, GpuError, GpuExec};
 use crate::backend::Captured;
-use crate::graph::TensorId;
+use crate::tensor::TensorId;
 
 /// Most steps whose captures the host lets the device owe it.
 const MAX_AHEAD: u64 = 4;

@@ -10,28 +10,7 @@ use std::marker::PhantomData;
 use rayon::prelude::*;
 
 use super::Real;
-use crate::ops::TensorType;
-
-/// Runtime scalars of one step (uniforms on the GPU): fed to the plan, never baked into it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepCtx {
-    /// Learning rate of this step (the schedule's value).
-    pub lr: f64,
-    /// Optimizer step count, 1 on the first step (Adam's bias correction, SGD's first momentum).
-    pub step: u64,
-    /// The run's seed; with `step` it keys every random stream (dropout masks).
-    pub seed: u64,
-}
-
-impl Default for StepCtx {
-    fn default() -> StepCtx {
-        StepCtx {
-            lr: 0.0,
-            step: 1,
-            seed: 0,
-        }
-    }
-}
+use crate::tensor::{StepCtx, TensorType};
 
 /// A buffer as a raw range: start and length in elements.
 pub(crate) type Raw<T> = (*mut T, usize);

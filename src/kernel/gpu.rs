@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use crate::ops::TensorType;
+use crate::tensor::TensorType;
 
 /// Threads per workgroup of the one-dimensional kernels.
 pub const WORKGROUP: u32 = 256;
@@ -22,7 +22,7 @@ pub const MAX_GROUPS: u32 = 65_535;
 
 /// The WGSL every kernel starts with: the two uniforms and the linear thread index of a grid
 /// that `grid` may have folded into two dimensions.
-pub const PREAMBLE: &str = include_str!("../../../kernels/common.wgsl");
+pub const PREAMBLE: &str = include_str!("../../kernels/common.wgsl");
 
 /// Which tensor a storage binding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +47,22 @@ impl Shader {
             source: Cow::Owned(format!("{PREAMBLE}\n{text}")),
             entry,
         }
+    }
+}
+
+/// Entry `entry` of a sectioned kernel file (kernels/reduce.wgsl, norm.wgsl, pool.wgsl): the
+/// preamble, the shared tree reductions (kernels/tree.wgsl), the file's shared head (before its first `// @entry` line) and that entry's own
+/// section, so that each module declares each binding once (entries differ in `Params`).
+pub fn section(text: &'static str, entry: &'static str) -> Shader {
+    const TREE: &str = include_str!("../../kernels/tree.wgsl");
+    let mut parts = text.split("\n// @entry ");
+    let head = parts.next().unwrap_or_default();
+    let body = parts
+        .find(|s| s.split_whitespace().next() == Some(entry))
+        .unwrap_or_else(|| panic!("kernel file has no section `{entry}`"));
+    Shader {
+        source: format!("{PREAMBLE}\n{TREE}\n{head}\n// {body}").into(),
+        entry,
     }
 }
 
