@@ -309,4 +309,25 @@ mod tests {
         );
         assert_close(op, &[Arg::Float(vec![2, 3, 7]), Arg::Float(vec![5, 7])]);
     }
+
+    /// `evaluated_ops` lists the ops of the check's report, each with the values the check gave
+    /// its inputs: the vjp of a broadcast mul multiplies the same dy by the forward inputs.
+    #[test]
+    fn evaluated_ops_are_the_checked_ops_with_their_inputs() {
+        let op = OpKind::Binary(Binary { f: BinaryFn::Mul });
+        let args = [Arg::Float(vec![2, 3]), Arg::Float(vec![3])];
+        let report = check_op(op.clone(), &args, &[0], 4).unwrap();
+        let ops = evaluated_ops(op.clone(), &args, &[0], 4).unwrap();
+        let kinds: Vec<&OpKind> = ops.iter().map(|e| &e.op).collect();
+        assert_eq!(kinds, report.ops.iter().collect::<Vec<_>>());
+        // y = a·b; da = dy·b; db = sum_to(dy·a, [3]).
+        let names: Vec<&str> = kinds.iter().map(|op| op.variant()).collect();
+        assert_eq!(names, ["Binary", "Binary", "Binary", "SumTo"]);
+        assert_eq!(*kinds[0], op);
+        let values = |k: usize, i: usize| &ops[k].inputs[i].1;
+        assert_eq!(values(1, 1), values(0, 1));
+        assert_eq!(values(2, 1), values(0, 0));
+        assert_eq!(values(1, 0), values(2, 0));
+        assert_eq!(ops[3].inputs[0].0.shape, [2, 3]);
+    }
 }
