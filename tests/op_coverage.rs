@@ -509,7 +509,9 @@ fn check_value(c: &ValueCase) -> Result<(), String> {
             ));
         }
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            if !((a - b).abs() <= 1e-12 * (1.0 + b.abs())) {
+            // Written so that a NaN is not close.
+            let close = (a - b).abs() <= 1e-12 * (1.0 + b.abs());
+            if !close {
                 return Err(format!("output {k}[{i}]: {a}, the formula gives {b}"));
             }
         }
