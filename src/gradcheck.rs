@@ -8,9 +8,7 @@ use crate::autodiff;
 use crate::backend::cpu::{Feeds, interpret};
 use crate::graph::{Graph, Init, Phase};
 use crate::ops::{Input, OpKind};
-use crate::tensor::StepCtx;
-use crate::tensor::TensorId;
-use crate::tensor::{DType, TensorType};
+use crate::tensor::{DType, NodeId, StepCtx, TensorId, TensorType};
 
 /// One input of the op under test and how to fill it.
 #[derive(Clone, Debug)]
@@ -31,11 +29,135 @@ pub struct Report {
     pub worst: f64,
     pub what: String,
     pub checked: usize,
+    /// The ops the check evaluated besides its leaves: the op under test, then every op its
+    /// vjp built, in creation order (so a test can see which gradient ops a check exercised).
+    pub ops: Vec<OpKind>,
+}
+
+/// One op of a check's graph with the values its inputs had there (i32 ids as whole numbers),
+/// so it can be run again on its own: on another backend, say.
+#[derive(Clone, Debug)]
+pub struct Evaluated {
+    pub op: OpKind,
+    pub inputs: Vec<(TensorType, Vec<f64>)>,
+}
+
+/// The graph a check differentiates: the op on random inputs, then its vjp seeded by random
+/// projections r_k of the outputs.
+struct Setup {
+    g: Graph,
+    feeds: Feeds<f64>,
+    /// (argument index, tensor) of each differentiable input.
+    wrt: Vec<(usize, TensorId)>,
+    /// The vjp's gradient of each `wrt` input.
+    grads: Vec<Option<TensorId>>,
+    /// (output y_k, r_k).
+    projections: Vec<(TensorId, Vec<f64>)>,
+    /// The generator after the inputs and projections were drawn.
+    rng: ChaCha8Rng,
 }
 
 /// Checks `op`'s vjp. The scalar is Σ_k ⟨r_k, y_k⟩ over the `outputs` listed, with random
 /// r_k; up to `samples` elements of each differentiable input are perturbed by ±h.
 pub fn check_op(op: OpKind, args: &[Arg], outputs: &[usize], seed: u64) -> Result<Report, String> {
+    let Setup {
+        g,
+        feeds,
+        wrt,
+        grads,
+        projections,
+        mut rng,
+    } = setup(op, args, outputs, seed)?;
+    let ctx = StepCtx::default();
+    let values = interpret(&g, &feeds, ctx)?;
+    let scalar = |feeds: &Feeds<f64>| -> Result<f64, String> {
+        let v = interpret(&g, feeds, ctx)?;
+        Ok(projections
+            .iter()
+            .map(|(y, r)| v.get(*y).iter().zip(r).map(|(a, b)| a * b).sum::<f64>())
+            .sum())
+    };
+    let mut report = Report {
+        worst: 0.0,
+        what: String::new(),
+        checked: 0,
+        ops: evaluated_nodes(&g).map(|id| g.dag[id].op.clone()).collect(),
+    };
+    for ((i, t), dt) in wrt.iter().zip(&grads) {
+        let index = match &g.dag[t.node()].op {
+            OpKind::Parameter(p) => p.index,
+            _ => unreachable!("checked inputs are parameters"),
+        };
+        let n = feeds.params[index].len();
+        let analytic: Vec<f64> = match dt {
+            Some(dt) => values.get(*dt).to_vec(),
+            None => vec![0.0; n],
+        };
+        let picks: Vec<usize> = if n <= 48 {
+            (0..n).collect()
+        } else {
+            (0..48).map(|_| rng.random_range(0..n)).collect()
+        };
+        for e in picks {
+            let x0 = feeds.params[index][e];
+            let h = 1e-6 * x0.abs().max(1.0);
+            let mut f = feeds.clone();
+            f.params[index][e] = x0 + h;
+            let up = scalar(&f)?;
+            f.params[index][e] = x0 - h;
+            let down = scalar(&f)?;
+            let numeric = (up - down) / (2.0 * h);
+            let err = (analytic[e] - numeric).abs() / (1e-6 + numeric.abs());
+            report.checked += 1;
+            if err > report.worst {
+                report.worst = err;
+                report.what = format!(
+                    "input {i} element {e}: analytic {} numeric {numeric}",
+                    analytic[e]
+                );
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The ops `check_op` evaluates for the same arguments and seed (its `Report::ops`), each with
+/// its input values there, from one evaluation (no finite differences): to run the op under
+/// test and its gradient ops on another backend with the inputs the check gave them.
+pub fn evaluated_ops(
+    op: OpKind,
+    args: &[Arg],
+    outputs: &[usize],
+    seed: u64,
+) -> Result<Vec<Evaluated>, String> {
+    let Setup { g, feeds, .. } = setup(op, args, outputs, seed)?;
+    let values = interpret(&g, &feeds, StepCtx::default())?;
+    Ok(evaluated_nodes(&g)
+        .map(|id| {
+            let node = &g.dag[id];
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|&t| (g.ty(t).clone(), values.get(t).to_vec()))
+                .collect();
+            Evaluated {
+                op: node.op.clone(),
+                inputs,
+            }
+        })
+        .collect())
+}
+
+/// Nodes that compute (every node but the fed leaves), in creation order.
+fn evaluated_nodes(g: &Graph) -> impl Iterator<Item = NodeId> + '_ {
+    g.dag
+        .node_indices()
+        .filter(|&id| !matches!(g.dag[id].op, OpKind::Parameter(_) | OpKind::Input(_)))
+}
+
+/// Draws the inputs and projections and builds the vjp: what `check_op` and `evaluated_ops`
+/// share, so both see the same graph and values for the same seed.
+fn setup(op: OpKind, args: &[Arg], outputs: &[usize], seed: u64) -> Result<Setup, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut g = Graph::scratch(op.primitive().name());
     let mut feeds: Feeds<f64> = Feeds::default();
@@ -103,56 +225,14 @@ pub fn check_op(op: OpKind, args: &[Arg], outputs: &[usize], seed: u64) -> Resul
     let wrt_ids: Vec<TensorId> = wrt.iter().map(|&(_, t)| t).collect();
     let grads = autodiff::vjp(&mut g, &seeds, &wrt_ids).map_err(|d| d.message.clone())?;
     g.verify()?;
-    let ctx = StepCtx::default();
-    let values = interpret(&g, &feeds, ctx)?;
-    let scalar = |feeds: &Feeds<f64>| -> Result<f64, String> {
-        let v = interpret(&g, feeds, ctx)?;
-        Ok(projections
-            .iter()
-            .map(|(y, r)| v.get(*y).iter().zip(r).map(|(a, b)| a * b).sum::<f64>())
-            .sum())
-    };
-    let mut report = Report {
-        worst: 0.0,
-        what: String::new(),
-        checked: 0,
-    };
-    for ((i, t), dt) in wrt.iter().zip(&grads) {
-        let index = match &g.dag[t.node()].op {
-            OpKind::Parameter(p) => p.index,
-            _ => unreachable!("checked inputs are parameters"),
-        };
-        let n = feeds.params[index].len();
-        let analytic: Vec<f64> = match dt {
-            Some(dt) => values.get(*dt).to_vec(),
-            None => vec![0.0; n],
-        };
-        let picks: Vec<usize> = if n <= 48 {
-            (0..n).collect()
-        } else {
-            (0..48).map(|_| rng.random_range(0..n)).collect()
-        };
-        for e in picks {
-            let x0 = feeds.params[index][e];
-            let h = 1e-6 * x0.abs().max(1.0);
-            let mut f = feeds.clone();
-            f.params[index][e] = x0 + h;
-            let up = scalar(&f)?;
-            f.params[index][e] = x0 - h;
-            let down = scalar(&f)?;
-            let numeric = (up - down) / (2.0 * h);
-            let err = (analytic[e] - numeric).abs() / (1e-6 + numeric.abs());
-            report.checked += 1;
-            if err > report.worst {
-                report.worst = err;
-                report.what = format!(
-                    "input {i} element {e}: analytic {} numeric {numeric}",
-                    analytic[e]
-                );
-            }
-        }
-    }
-    Ok(report)
+    Ok(Setup {
+        g,
+        feeds,
+        wrt,
+        grads,
+        projections,
+        rng,
+    })
 }
 
 fn set(feeds: &mut Feeds<f64>, index: usize, values: Vec<f64>) {
@@ -229,5 +309,26 @@ mod tests {
             &[Arg::Float(vec![1, 7]), Arg::Float(vec![5, 7])],
         );
         assert_close(op, &[Arg::Float(vec![2, 3, 7]), Arg::Float(vec![5, 7])]);
+    }
+
+    /// `evaluated_ops` lists the ops of the check's report, each with the values the check gave
+    /// its inputs: the vjp of a broadcast mul multiplies the same dy by the forward inputs.
+    #[test]
+    fn evaluated_ops_are_the_checked_ops_with_their_inputs() {
+        let op = OpKind::Binary(Binary { f: BinaryFn::Mul });
+        let args = [Arg::Float(vec![2, 3]), Arg::Float(vec![3])];
+        let report = check_op(op.clone(), &args, &[0], 4).unwrap();
+        let ops = evaluated_ops(op.clone(), &args, &[0], 4).unwrap();
+        let kinds: Vec<&OpKind> = ops.iter().map(|e| &e.op).collect();
+        assert_eq!(kinds, report.ops.iter().collect::<Vec<_>>());
+        // y = a·b; da = dy·b; db = sum_to(dy·a, [3]).
+        let names: Vec<&str> = kinds.iter().map(|op| op.variant()).collect();
+        assert_eq!(names, ["Binary", "Binary", "Binary", "SumTo"]);
+        assert_eq!(*kinds[0], op);
+        let values = |k: usize, i: usize| &ops[k].inputs[i].1;
+        assert_eq!(values(1, 1), values(0, 1));
+        assert_eq!(values(2, 1), values(0, 0));
+        assert_eq!(values(1, 0), values(2, 0));
+        assert_eq!(ops[3].inputs[0].0.shape, [2, 3]);
     }
 }

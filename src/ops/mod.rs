@@ -152,6 +152,13 @@ macro_rules! op_kinds {
         pub enum OpKind { $($variant($ty)),* }
 
         impl OpKind {
+            /// Every variant's name, in declaration order: what a coverage test iterates, so
+            /// a new op cannot go unchecked.
+            pub const VARIANTS: &'static [&'static str] = &[$(stringify!($variant)),*];
+            /// The variant's name, as listed in [`OpKind::VARIANTS`].
+            pub fn variant(&self) -> &'static str {
+                match self { $(OpKind::$variant(_) => stringify!($variant)),* }
+            }
             pub fn primitive(&self) -> &dyn Primitive {
                 match self { $(OpKind::$variant(p) => p),* }
             }

@@ -1,0 +1,720 @@
+//! The safety net under the per-family op tests: every `OpKind` variant, walked from
+//! `OpKind::VARIANTS` (generated with the enum, so a new op cannot be forgotten), must have
+//! (a) an f64 gradient check: central finite differences against its vjp on a case of
+//!     `gradient_cases`; or, for a gradient op, a row of `THROUGH_PARENT` whose parent's cases
+//!     build it in the backward graph their passing checks evaluated; or, for an op with no vjp
+//!     by design, a row of `NO_VJP` with the reason and a check of its CPU value against an
+//!     independent f64 formula;
+//! (b) a GPU-vs-CPU check (NaN-poisoned outputs, odd shapes) of every instance those cases
+//!     evaluate: the forward op and each op its vjp built, with the inputs the gradient check
+//!     gave them, and the `NO_VJP` value cases. Only the fed leaves are exempt (`NO_KERNEL`).
+//! A variant in none of the tables fails both tests with what to add. Shapes are small: the
+//! thorough checks of each family stay in src/ops/*.rs and tests/gpu_*.rs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use trainer::backend::cpu::{Feeds, eval_once, interpret};
+use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::gradcheck::{Arg, check_op, evaluated_ops};
+use trainer::graph::{Graph, Init, Phase};
+use trainer::ops::{
+    AdamStep, BatchNorm, BatchNormRunningStats, Binary, BinaryFn, Concat, Conv2d, CountUp,
+    CrossEntropy, Dropout, Fill, Gather, GradNormCoef, Input, LayerNorm, MatMul, MeanAxes, Mse,
+    OpKind, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
+};
+use trainer::tensor::StepCtx;
+use trainer::tensor::TensorId;
+use trainer::tensor::{DType, TensorType};
+
+/// A forward op with a vjp on odd shapes; `outputs` are the outputs whose gradient flows.
+struct GradCase {
+    op: OpKind,
+    args: Vec<Arg>,
+    outputs: Vec<usize>,
+}
+
+fn case(op: OpKind, args: Vec<Arg>) -> GradCase {
+    GradCase {
+        op,
+        args,
+        outputs: vec![0],
+    }
+}
+
+/// One or more instances of every forward op with a vjp: each attribute that changes what the
+/// vjp builds, on shapes with no dim repeated where the layout matters.
+fn gradient_cases() -> Vec<GradCase> {
+    let f = |s: &[usize]| Arg::Float(s.to_vec());
+    let mut cases: Vec<GradCase> = [
+        UnaryFn::Relu,
+        UnaryFn::LeakyRelu { slope: 0.1 },
+        UnaryFn::Gelu,
+        UnaryFn::GeluTanh,
+        UnaryFn::Sigmoid,
+        UnaryFn::Tanh,
+    ]
+    .into_iter()
+    .map(|f| case(OpKind::Unary(Unary { f }), vec![Arg::Float(vec![3, 5, 7])]))
+    .collect();
+    cases.extend([
+        // Broadcasting makes the vjp sum dy back to each input's shape.
+        case(
+            OpKind::Binary(Binary { f: BinaryFn::Add }),
+            vec![f(&[2, 3, 5]), f(&[3, 1])],
+        ),
+        case(
+            OpKind::Binary(Binary { f: BinaryFn::Mul }),
+            vec![f(&[3, 1, 5]), f(&[4, 1])],
+        ),
+        case(OpKind::MatMul(MatMul), vec![f(&[2, 3, 7]), f(&[5, 7])]),
+        case(
+            OpKind::Conv2d(Conv2d {
+                stride: [2, 2],
+                padding: [1, 2],
+                dilation: [1, 1],
+                groups: 3,
+            }),
+            vec![f(&[2, 6, 7, 5]), f(&[6, 2, 3, 2])],
+        ),
+        case(
+            OpKind::Conv2d(Conv2d {
+                stride: [2, 1],
+                padding: [3, 0],
+                dilation: [2, 2],
+                groups: 1,
+            }),
+            vec![f(&[1, 3, 9, 7]), f(&[5, 3, 3, 3])],
+        ),
+        case(
+            OpKind::Pool2d(Pool2d {
+                kind: PoolKind::Max,
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: [1, 1],
+            }),
+            vec![f(&[2, 3, 7, 5])],
+        ),
+        case(
+            OpKind::Pool2d(Pool2d {
+                kind: PoolKind::Avg,
+                kernel: [3, 2],
+                stride: [1, 2],
+                padding: [1, 1],
+            }),
+            vec![f(&[1, 2, 7, 5])],
+        ),
+        case(OpKind::Softmax(Softmax { axis: 1 }), vec![f(&[3, 4, 5])]),
+        case(OpKind::Softmax(Softmax { axis: -1 }), vec![f(&[2, 7])]),
+        case(
+            OpKind::MeanAxes(MeanAxes { axes: vec![0, 2] }),
+            vec![f(&[3, 4, 5])],
+        ),
+        case(
+            OpKind::Reshape(Reshape { shape: vec![15, 7] }),
+            vec![f(&[3, 5, 7])],
+        ),
+        case(
+            OpKind::Concat(Concat { axis: 1 }),
+            vec![f(&[3, 2, 5]), f(&[3, 1, 5]), f(&[3, 4, 5])],
+        ),
+        case(
+            OpKind::Gather(Gather),
+            vec![f(&[7, 3]), Arg::Ids(vec![3, 5], 7)],
+        ),
+        case(
+            OpKind::Dropout(Dropout { p: 0.3, stream: 5 }),
+            vec![f(&[3, 7, 5])],
+        ),
+        case(
+            OpKind::CrossEntropy(CrossEntropy {
+                label_smoothing: 0.1,
+            }),
+            vec![f(&[7, 5]), Arg::Ids(vec![7], 5)],
+        ),
+        case(OpKind::Mse(Mse), vec![f(&[3, 7, 5]), f(&[3, 7, 5])]),
+        // Training: the gradient through the batch statistics; eval: through the running
+        // statistics, which are buffers (constants). Outputs 1 and 2 carry no gradient.
+        case(
+            OpKind::BatchNorm(BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+                affine: true,
+                training: true,
+            }),
+            vec![
+                f(&[2, 3, 5, 3]),
+                f(&[3]),
+                f(&[3]),
+                Arg::Const(vec![3], -1.0, 1.0),
+                Arg::Const(vec![3], 0.5, 2.0),
+            ],
+        ),
+        case(
+            OpKind::BatchNorm(BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+                affine: false,
+                training: false,
+            }),
+            vec![
+                f(&[5, 3]),
+                Arg::Const(vec![3], -1.0, 1.0),
+                Arg::Const(vec![3], 0.5, 2.0),
+            ],
+        ),
+        case(
+            OpKind::LayerNorm(LayerNorm {
+                eps: 1e-5,
+                dims: 2,
+                affine: true,
+            }),
+            vec![f(&[2, 3, 4, 5]), f(&[4, 5]), f(&[4, 5])],
+        ),
+        case(
+            OpKind::LayerNorm(LayerNorm {
+                eps: 1e-5,
+                dims: 1,
+                affine: false,
+            }),
+            vec![f(&[3, 7])],
+        ),
+    ]);
+    cases
+}
+
+/// Gradient ops and the forward op whose vjp builds them: they are checked through the
+/// parent's gradient check, which evaluates them.
+const THROUGH_PARENT: &[(&str, &str)] = &[
+    ("UnaryGrad", "Unary"),
+    ("SumTo", "Binary"),
+    ("MatMulGradInput", "MatMul"),
+    ("MatMulGradWeight", "MatMul"),
+    ("Conv2dGradInput", "Conv2d"),
+    ("Conv2dGradWeight", "Conv2d"),
+    ("Pool2dGrad", "Pool2d"),
+    ("SoftmaxGrad", "Softmax"),
+    ("MeanAxesGrad", "MeanAxes"),
+    ("Slice", "Concat"),
+    ("GatherGrad", "Gather"),
+    ("CrossEntropyGrad", "CrossEntropy"),
+    ("MseGrad", "Mse"),
+    ("BatchNormGrad", "BatchNorm"),
+    ("LayerNormGrad", "LayerNorm"),
+];
+
+/// An instance of an op with its inputs, the step it runs at, and its outputs by an
+/// independent f64 formula.
+struct ValueCase {
+    op: OpKind,
+    inputs: Vec<(TensorType, Vec<f64>)>,
+    ctx: StepCtx,
+    want: Vec<Vec<f64>>,
+}
+
+/// How an op with no vjp is checked instead.
+enum ValueCheck {
+    /// Its CPU value against the formula of each case; the cases also run on the GPU.
+    Formula(fn(&mut ChaCha8Rng) -> Vec<ValueCase>),
+    /// A leaf: the value fed is the value read.
+    Fed,
+}
+
+/// Ops with no vjp by design: (variant, why, how its value is checked).
+const NO_VJP: &[(&str, &str, ValueCheck)] = &[
+    (
+        "Input",
+        "a leaf fed each step (data, labels, ids): nothing computes it",
+        ValueCheck::Fed,
+    ),
+    (
+        "Parameter",
+        "a leaf (weights, buffers): gradients are taken with respect to it, not through it",
+        ValueCheck::Fed,
+    ),
+    (
+        "Fill",
+        "a constant with no inputs (the loss gradient's seed autodiff::gradients adds)",
+        ValueCheck::Formula(fill_cases),
+    ),
+    (
+        "GradNormCoef",
+        "an optimizer update: it runs after the gradients and feeds no loss",
+        ValueCheck::Formula(grad_norm_cases),
+    ),
+    (
+        "SgdStep",
+        "an optimizer update: it runs after the gradients and feeds no loss",
+        ValueCheck::Formula(sgd_cases),
+    ),
+    (
+        "AdamStep",
+        "an optimizer update: it runs after the gradients and feeds no loss",
+        ValueCheck::Formula(adam_cases),
+    ),
+    (
+        "CountUp",
+        "an integer counter (num_batches_tracked)",
+        ValueCheck::Formula(count_up_cases),
+    ),
+    (
+        "BatchNormRunningStats",
+        "it updates buffers, which are never trained",
+        ValueCheck::Formula(running_stats_cases),
+    ),
+];
+
+/// Variants with no GPU kernel by design: the executor uploads their values.
+const NO_KERNEL: &[&str] = &["Input", "Parameter"];
+
+/// The worst gradient error a case may show (as the per-family tests allow).
+const GRADIENT_TOLERANCE: f64 = 1e-5;
+/// Seeds the inputs of the `NO_VJP` value cases.
+const VALUE_SEED: u64 = 7;
+/// The norm-wise relative error GPU outputs may show against the CPU's (f32 both).
+const GPU_TOLERANCE: f64 = 1e-4;
+
+fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64) -> (TensorType, Vec<f64>) {
+    let n = shape.iter().product();
+    let v = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    (TensorType::f32(shape.to_vec()), v)
+}
+
+fn scalar(v: f64) -> (TensorType, Vec<f64>) {
+    (TensorType::f32(vec![]), vec![v])
+}
+
+fn fill_cases(_: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    [(vec![], 1.0), (vec![3, 7], -0.25)]
+        .into_iter()
+        .map(|(shape, value): (Vec<usize>, f64)| ValueCase {
+            want: vec![vec![value; shape.iter().product()]],
+            op: OpKind::Fill(Fill {
+                ty: TensorType::f32(shape),
+                value,
+            }),
+            inputs: Vec::new(),
+            ctx: StepCtx::default(),
+        })
+        .collect()
+}
+
+/// torch.nn.utils.clip_grad_norm_'s coefficient, min(1, max_norm / (‖all grads‖ + 1e-6)).
+fn grad_norm_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let grads = vec![
+        uniform(rng, &[3, 7], -0.5, 0.5),
+        uniform(rng, &[5], -0.5, 0.5),
+        uniform(rng, &[2, 3, 4], -0.5, 0.5),
+    ];
+    let norm = grads
+        .iter()
+        .flat_map(|(_, v)| v)
+        .map(|g| g * g)
+        .sum::<f64>()
+        .sqrt();
+    // A small max_norm clips; a large one gives 1.
+    [0.3, 1e6]
+        .into_iter()
+        .map(|max_norm: f64| ValueCase {
+            op: OpKind::GradNormCoef(GradNormCoef { max_norm }),
+            inputs: grads.clone(),
+            ctx: StepCtx::default(),
+            want: vec![vec![(max_norm / (norm + 1e-6)).min(1.0)]],
+        })
+        .collect()
+}
+
+/// torch.optim.SGD's update, element by element.
+fn sgd_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let shape = [5, 7];
+    // (momentum, dampening, nesterov, weight decay, clip, step)
+    let variants = [
+        (0.0, 0.0, false, 0.0, false, 1),
+        (0.9, 0.0, false, 0.0, false, 1),
+        (0.9, 0.1, true, 0.01, true, 3),
+    ];
+    variants
+        .into_iter()
+        .map(
+            |(momentum, dampening, nesterov, weight_decay, clip, step)| {
+                let ctx = StepCtx {
+                    lr: 0.05,
+                    step,
+                    seed: 0,
+                };
+                let mut inputs = vec![
+                    uniform(rng, &shape, -1.0, 1.0),
+                    uniform(rng, &shape, -1.0, 1.0),
+                ];
+                if momentum != 0.0 {
+                    inputs.push(uniform(rng, &shape, -1.0, 1.0));
+                }
+                let coef = rng.random_range(0.05..1.0);
+                if clip {
+                    inputs.push(scalar(coef));
+                }
+                let (mut p_new, mut buf_new) = (Vec::new(), Vec::new());
+                for i in 0..inputs[0].1.len() {
+                    let (p, g) = (inputs[0].1[i], inputs[1].1[i]);
+                    let g = if clip { g * coef } else { g } + weight_decay * p;
+                    let direction = if momentum == 0.0 {
+                        g
+                    } else {
+                        let buf = match step {
+                            1 => g,
+                            _ => momentum * inputs[2].1[i] + (1.0 - dampening) * g,
+                        };
+                        buf_new.push(buf);
+                        if nesterov { g + momentum * buf } else { buf }
+                    };
+                    p_new.push(p - ctx.lr * direction);
+                }
+                let mut want = vec![p_new];
+                if momentum != 0.0 {
+                    want.push(buf_new);
+                }
+                ValueCase {
+                    op: OpKind::SgdStep(SgdStep {
+                        momentum,
+                        dampening,
+                        nesterov,
+                        weight_decay,
+                        clip,
+                    }),
+                    inputs,
+                    ctx,
+                    want,
+                }
+            },
+        )
+        .collect()
+}
+
+/// Adam (Kingma & Ba, with L2 decay added to the gradient) and AdamW (decay applied to the
+/// weights), bias-corrected moments, element by element.
+fn adam_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let shape = [3, 11];
+    // (beta1, beta2, weight decay, decoupled, clip, step)
+    let variants = [
+        (0.9, 0.999, 0.01, false, true, 2),
+        (0.5, 0.9, 0.05, true, false, 5),
+    ];
+    variants
+        .into_iter()
+        .map(|(beta1, beta2, wd, decoupled, clip, step)| {
+            let (lr, eps) = (0.01, 1e-8);
+            let ctx = StepCtx { lr, step, seed: 0 };
+            let mut inputs = vec![
+                uniform(rng, &shape, -1.0, 1.0),
+                uniform(rng, &shape, -1.0, 1.0),
+                uniform(rng, &shape, -0.5, 0.5),
+                // The second moment is never negative.
+                uniform(rng, &shape, 0.0, 0.1),
+            ];
+            let coef = rng.random_range(0.05..1.0);
+            if clip {
+                inputs.push(scalar(coef));
+            }
+            let t = step as i32;
+            let mut want = vec![Vec::new(), Vec::new(), Vec::new()];
+            for i in 0..inputs[0].1.len() {
+                let [p, g, m, v] = [0, 1, 2, 3].map(|k| inputs[k].1[i]);
+                let mut g = if clip { g * coef } else { g };
+                let mut p = p;
+                if decoupled {
+                    p *= 1.0 - lr * wd;
+                } else {
+                    g += wd * p;
+                }
+                let m = beta1 * m + (1.0 - beta1) * g;
+                let v = beta2 * v + (1.0 - beta2) * g * g;
+                let m_hat = m / (1.0 - beta1.powi(t));
+                let v_hat = v / (1.0 - beta2.powi(t));
+                want[0].push(p - lr * m_hat / (v_hat.sqrt() + eps));
+                want[1].push(m);
+                want[2].push(v);
+            }
+            ValueCase {
+                op: OpKind::AdamStep(AdamStep {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: wd,
+                    decoupled,
+                    clip,
+                }),
+                inputs,
+                ctx,
+                want,
+            }
+        })
+        .collect()
+}
+
+fn count_up_cases(_: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let counter = TensorType {
+        shape: vec![],
+        dtype: DType::I32,
+    };
+    [0.0, 41.0]
+        .into_iter()
+        .map(|n| ValueCase {
+            op: OpKind::CountUp(CountUp),
+            inputs: vec![(counter.clone(), vec![n])],
+            ctx: StepCtx::default(),
+            want: vec![vec![n + 1.0]],
+        })
+        .collect()
+}
+
+/// PyTorch's running statistics: an exponential average of the batch mean and of the
+/// unbiased batch variance.
+fn running_stats_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let (momentum, count, c) = (0.25, 70, 5);
+    let inputs = vec![
+        uniform(rng, &[c], -1.0, 1.0),
+        uniform(rng, &[c], 0.5, 2.0),
+        uniform(rng, &[c], -1.0, 1.0),
+        uniform(rng, &[c], 0.0, 2.0),
+    ];
+    let [rm, rv, mean, var] = [0, 1, 2, 3].map(|k| &inputs[k].1);
+    let unbiased = |i: usize| var[i] * count as f64 / (count - 1) as f64;
+    let want = vec![
+        (0..c)
+            .map(|i| (1.0 - momentum) * rm[i] + momentum * mean[i])
+            .collect(),
+        (0..c)
+            .map(|i| (1.0 - momentum) * rv[i] + momentum * unbiased(i))
+            .collect(),
+    ];
+    vec![ValueCase {
+        op: OpKind::BatchNormRunningStats(BatchNormRunningStats { momentum, count }),
+        inputs,
+        ctx: StepCtx::default(),
+        want,
+    }]
+}
+
+/// Runs a value case on the CPU in f64 against its formula.
+fn check_value(c: &ValueCase) -> Result<(), String> {
+    let ins: Vec<(&TensorType, &[f64])> = c.inputs.iter().map(|(t, v)| (t, &v[..])).collect();
+    let got = eval_once(&c.op, &ins, c.ctx)?;
+    if got.len() != c.want.len() {
+        return Err(format!("{} outputs, want {}", got.len(), c.want.len()));
+    }
+    for (k, (got, want)) in got.iter().zip(&c.want).enumerate() {
+        if got.len() != want.len() {
+            return Err(format!(
+                "output {k}: {} elements, want {}",
+                got.len(),
+                want.len()
+            ));
+        }
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            // Written so that a NaN is not close.
+            let close = (a - b).abs() <= 1e-12 * (1.0 + b.abs());
+            if !close {
+                return Err(format!("output {k}[{i}]: {a}, the formula gives {b}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leaves: a graph of a parameter and an i32 input reads back exactly what was fed.
+fn check_fed() -> Result<(), String> {
+    let mut g = Graph::scratch("leaves");
+    let param = g
+        .add_param(
+            "w".into(),
+            TensorType::f32(vec![3, 5]),
+            Init::Zeros,
+            true,
+            0,
+            true,
+        )?
+        .ok_or("a read parameter has a node")?;
+    let ids_ty = TensorType {
+        shape: vec![4],
+        dtype: DType::I32,
+    };
+    let input = Input {
+        name: "ids".into(),
+        ty: ids_ty,
+    };
+    let node = g.add_node(OpKind::Input(input), &[], 0, Phase::Forward)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut feeds = Feeds::<f64>::default();
+    feeds.params.push(uniform(&mut rng, &[3, 5], -1.0, 1.0).1);
+    feeds.inputs.insert("ids".into(), vec![3.0, 0.0, 7.0, 1.0]);
+    let values = interpret(&g, &feeds, StepCtx::default())?;
+    if values.get(param) != feeds.params[0]
+        || values.get(TensorId::of(node, 0)) != feeds.inputs["ids"]
+    {
+        return Err("a leaf did not read back what was fed".into());
+    }
+    Ok(())
+}
+
+/// Every name in the tables is a variant (a renamed op must be renamed here too).
+fn assert_tables_name_variants() {
+    let known: BTreeSet<&str> = OpKind::VARIANTS.iter().copied().collect();
+    let listed = THROUGH_PARENT
+        .iter()
+        .flat_map(|&(v, p)| [v, p])
+        .chain(NO_VJP.iter().map(|(v, ..)| *v))
+        .chain(NO_KERNEL.iter().copied());
+    for name in listed {
+        assert!(
+            known.contains(name),
+            "tests/op_coverage.rs lists `{name}`, which is not an OpKind variant"
+        );
+    }
+}
+
+#[test]
+fn every_op_has_a_gradient_check() {
+    assert_tables_name_variants();
+    let mut problems = Vec::new();
+    // Forward variants whose cases all passed, and for each op a vjp built, the forward
+    // variants whose passing checks evaluated it.
+    let mut checked: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut built_by: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (seed, c) in gradient_cases().into_iter().enumerate() {
+        let variant = c.op.variant();
+        let passed = match check_op(c.op.clone(), &c.args, &c.outputs, seed as u64) {
+            Ok(r) if r.worst < GRADIENT_TOLERANCE && r.checked > 0 => {
+                for op in &r.ops[1..] {
+                    built_by.entry(op.variant()).or_default().insert(variant);
+                }
+                true
+            }
+            Ok(r) => {
+                problems.push(format!(
+                    "{:?}: gradient off by {:e} at {} ({} elements checked)",
+                    c.op, r.worst, r.what, r.checked
+                ));
+                false
+            }
+            Err(e) => {
+                problems.push(format!("{:?}: the gradient check failed: {e}", c.op));
+                false
+            }
+        };
+        *checked.entry(variant).or_insert(true) &= passed;
+    }
+    for (variant, _, check) in NO_VJP {
+        let result = match check {
+            ValueCheck::Fed => check_fed(),
+            ValueCheck::Formula(cases) => {
+                let mut rng = ChaCha8Rng::seed_from_u64(VALUE_SEED);
+                let cases = cases(&mut rng);
+                cases.iter().try_for_each(|c| {
+                    if c.op.variant() != *variant {
+                        return Err(format!("a case of `{}` is not one", c.op.variant()));
+                    }
+                    check_value(c).map_err(|e| format!("{:?} at {:?}: {e}", c.op, c.ctx))
+                })
+            }
+        };
+        if let Err(e) = result {
+            problems.push(format!("`{variant}` (no vjp): value check failed: {e}"));
+        }
+    }
+    for &variant in OpKind::VARIANTS {
+        if checked.contains_key(variant) {
+            continue; // gradient-checked above, which reported any failure
+        }
+        if let Some(&(_, parent)) = THROUGH_PARENT.iter().find(|(v, _)| *v == variant) {
+            let built = built_by.get(variant).is_some_and(|p| p.contains(parent));
+            if !built && checked.get(parent) != Some(&false) {
+                problems.push(format!(
+                    "`{variant}` is listed in THROUGH_PARENT as built by `{parent}`'s vjp, but \
+                     no passing gradient check of a `{parent}` case evaluated it: add a case \
+                     to gradient_cases() whose vjp builds it"
+                ));
+            }
+        } else if !NO_VJP.iter().any(|(v, ..)| *v == variant) {
+            problems.push(format!(
+                "`{variant}` has no gradient check. In tests/op_coverage.rs, add a case of it \
+                 to gradient_cases() (an op with a vjp), or a row (\"{variant}\", parent) to \
+                 THROUGH_PARENT (a gradient op another op's vjp builds), or a row to NO_VJP \
+                 with the reason and a value check (an op with no vjp by design)"
+            ));
+        }
+        // A NO_VJP row's value check ran above and reported any failure.
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// The largest norm-wise relative error of `op`'s outputs, GPU against CPU, on these inputs.
+fn gpu_error(op: &OpKind, inputs: &[(TensorType, Vec<f64>)], ctx: StepCtx) -> Result<f64, String> {
+    let gpu = test_gpu().expect("a GPU");
+    let ins: Vec<(TensorType, Vec<f32>)> = inputs
+        .iter()
+        .map(|(t, v)| (t.clone(), v.iter().map(|&x| x as f32).collect()))
+        .collect();
+    let errs = compare_with_cpu(gpu, op, &ins, ctx)?;
+    Ok(errs.into_iter().fold(0.0, f64::max))
+}
+
+#[test]
+fn every_op_with_a_kernel_matches_the_cpu_on_the_gpu() {
+    assert_tables_name_variants();
+    if test_gpu().is_none() {
+        return;
+    }
+    // (op, inputs, step, what it came from)
+    let mut runs = Vec::new();
+    let mut problems = Vec::new();
+    for (seed, c) in gradient_cases().into_iter().enumerate() {
+        match evaluated_ops(c.op.clone(), &c.args, &c.outputs, seed as u64) {
+            Ok(ops) => runs.extend(ops.into_iter().map(|e| {
+                let from = format!("the gradient case of {:?}", c.op);
+                (e.op, e.inputs, StepCtx::default(), from)
+            })),
+            Err(e) => problems.push(format!("{:?}: building its gradient failed: {e}", c.op)),
+        }
+    }
+    for (variant, _, check) in NO_VJP {
+        if let ValueCheck::Formula(cases) = check {
+            let mut rng = ChaCha8Rng::seed_from_u64(VALUE_SEED);
+            for c in cases(&mut rng) {
+                runs.push((
+                    c.op,
+                    c.inputs,
+                    c.ctx,
+                    format!("the value cases of {variant}"),
+                ));
+            }
+        }
+    }
+    // Variants that ran and matched, and those that ran and did not (already reported).
+    let (mut compared, mut failed) = (BTreeSet::new(), BTreeSet::new());
+    for (op, inputs, ctx, from) in &runs {
+        let problem = match gpu_error(op, inputs, *ctx) {
+            Ok(e) if e < GPU_TOLERANCE => {
+                compared.insert(op.variant());
+                continue;
+            }
+            Ok(e) => format!("{op:?} (from {from}): GPU vs CPU relative error {e:e} at {ctx:?}"),
+            Err(e) => format!("{op:?} (from {from}): {e}"),
+        };
+        problems.push(problem);
+        failed.insert(op.variant());
+    }
+    for &variant in OpKind::VARIANTS {
+        if NO_KERNEL.contains(&variant) || compared.contains(variant) {
+            continue;
+        }
+        if !failed.contains(variant) {
+            problems.push(format!(
+                "`{variant}` never ran on the GPU. In tests/op_coverage.rs, add a case that \
+                 evaluates it: to gradient_cases() (it, or the op whose vjp builds it), or to \
+                 its NO_VJP value cases; only leaves with no kernel belong in NO_KERNEL"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
