@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use trainer::backend::cpu::CpuExec;
 
 use trainer::config::{self, sections::Checkpointing};
-use trainer::graph::{builder, training};
+use trainer::nn;
 use trainer::tensor::StepCtx;
+use trainer::training;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -26,7 +27,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => panic!("{}", e.render(&loaded.sources)),
     };
-    let g = builder::build_with_batch(&cfg, batch).expect("builds");
+    let g = nn::build_with_batch(&cfg, batch).expect("builds");
     let g = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
     let plan =
         trainer::schedule::plan(&g, &Checkpointing::None, Default::default()).expect("plans");

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let graph = match trainer::graph::build(&config) {
+    let graph = match trainer::nn::build(&config) {
         Ok(g) => g,
         Err(d) => {
             eprint!("{}", d.render(&loaded.sources));

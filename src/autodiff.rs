@@ -8,73 +8,22 @@ use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
 use crate::graph::{Graph, Phase};
-use crate::ops::{Binary, BinaryFn, Fill, OpKind, SumTo};
-use crate::tensor::TensorType;
-use crate::tensor::{NodeId, TensorId};
+use crate::ops::{Binary, BinaryFn, Fill, GraphSink, OpKind, VjpArgs, VjpCx, VjpResult};
+use crate::tensor::{NodeId, TensorId, TensorType};
 
-/// What a vjp is given: the node's inputs and outputs, the gradient of each output (None where
-/// nothing downstream depends on it), and which inputs need a gradient.
-pub struct VjpArgs {
-    pub inputs: Vec<TensorId>,
-    pub outputs: Vec<TensorId>,
-    pub grads: Vec<Option<TensorId>>,
-    pub wants: Vec<bool>,
-}
-
-impl VjpArgs {
-    /// The gradient of output 0, which every differentiable op has once it is reached.
-    pub fn dy(&self) -> Result<TensorId, String> {
-        self.grads[0].ok_or_else(|| "no gradient for the first output".to_string())
-    }
-    pub fn wants(&self, i: usize) -> bool {
-        self.wants[i]
-    }
-}
-
-/// A gradient for each input, in order (None: no gradient flows there).
-pub type VjpResult = Result<Vec<Option<TensorId>>, String>;
-
-/// How a vjp adds ops: they land in the backward phase, attributed to the forward node's layer.
-pub struct VjpCx<'g> {
+/// A vjp's ops land in the backward phase, attributed to the forward node's layer.
+struct Backward<'g> {
     g: &'g mut Graph,
     layer: usize,
-    phase: Phase,
 }
 
-impl VjpCx<'_> {
-    /// Adds an op and returns its first output.
-    pub fn op(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
-        Ok(self.op_all(op, inputs)?[0])
-    }
-    /// Adds an op and returns all its outputs.
-    pub fn op_all(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<Vec<TensorId>, String> {
-        let name = op.primitive().name();
-        let node = self
-            .g
-            .add_node(op, inputs, self.layer, self.phase)
-            .map_err(|e| format!("{name} in a gradient: {e}"))?;
+impl GraphSink for Backward<'_> {
+    fn add(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<Vec<TensorId>, String> {
+        let node = self.g.add_node(op, inputs, self.layer, Phase::Backward)?;
         Ok(self.g.outputs(node))
     }
-    pub fn ty(&self, t: TensorId) -> &TensorType {
+    fn ty(&self, t: TensorId) -> &TensorType {
         self.g.ty(t)
-    }
-    /// Sums a broadcast gradient back to `shape` (identity when already that shape).
-    pub fn sum_to(&mut self, t: TensorId, shape: &[usize]) -> Result<TensorId, String> {
-        if self.ty(t).shape == shape {
-            return Ok(t);
-        }
-        self.op(
-            OpKind::SumTo(SumTo {
-                shape: shape.to_vec(),
-            }),
-            &[t],
-        )
-    }
-    pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId, String> {
-        self.op(OpKind::Binary(Binary { f: BinaryFn::Add }), &[a, b])
-    }
-    pub fn mul(&mut self, a: TensorId, b: TensorId) -> Result<TensorId, String> {
-        self.op(OpKind::Binary(Binary { f: BinaryFn::Mul }), &[a, b])
     }
 }
 
@@ -139,15 +88,14 @@ pub fn vjp(
             grads,
             wants,
         };
-        let mut cx = VjpCx {
+        let mut sink = Backward {
             g,
             layer: node.layer,
-            phase: Phase::Backward,
         };
         let input_grads = node
             .op
             .primitive()
-            .vjp(&mut cx, &args)
+            .vjp(&mut VjpCx::new(&mut sink), &args)
             .and_then(|r| check_grads(g, &args, r))
             .map_err(|e| {
                 let layer = &g.layers[node.layer];

@@ -242,7 +242,7 @@ fn run(cli: Cli) -> Result<(), u8> {
                 false => g,
                 true => {
                     let cfg = load_config(&config, &cli.set)?;
-                    graph::training::training_graph(&g, &cfg.optimizer)
+                    crate::training::training_graph(&g, &cfg.optimizer)
                         .map_err(|d| user_error(&d.into(), &sources))?
                 }
             };
@@ -505,7 +505,7 @@ fn plan_step(
 ) -> Result<(crate::schedule::Plan, config::Config), u8> {
     let (g, sources) = load_graph(path, sets, batch)?;
     let cfg = load_config(path, sets)?;
-    let train = graph::training::training_graph(&g, &cfg.optimizer)
+    let train = crate::training::training_graph(&g, &cfg.optimizer)
         .map_err(|d| user_error(&d.into(), &sources))?;
     let plan = crate::schedule::plan(&train, &cfg.train.checkpointing, Default::default())
         .map_err(|d| {
@@ -528,7 +528,7 @@ fn load_graph(
     let loaded = config::load(path, sets);
     let cfg = loaded.result.map_err(|e| user_error(&e, &loaded.sources))?;
     let batch = batch.unwrap_or(cfg.data.batch_size.0);
-    let g = graph::builder::build_with_batch(&cfg, batch)
+    let g = crate::nn::build_with_batch(&cfg, batch)
         .map_err(|d| user_error(&d.into(), &loaded.sources))?;
     Ok((g, loaded.sources))
 }

@@ -19,3 +19,4 @@ pub mod ops;
 pub mod schedule;
 pub mod tensor;
 pub mod train;
+pub mod training;

@@ -91,7 +91,7 @@ fn the_graph_honours_overrides() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "base.toml", BASE);
     let c = load(&dir.path().join("base.toml"), &["data.batch_size=5"]);
-    let g = trainer::graph::build(&c).unwrap();
+    let g = trainer::nn::build(&c).unwrap();
     assert_eq!(g.ty(g.output).shape, vec![5, 3]);
     assert_eq!(g.param_count(), 4 * 3 + 3);
 }
@@ -103,7 +103,7 @@ fn build_err(text: &str) -> String {
     let c = loaded
         .result
         .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
-    match trainer::graph::build(&c) {
+    match trainer::nn::build(&c) {
         Ok(_) => panic!("expected an error"),
         Err(d) => d.render(&loaded.sources),
     }
@@ -124,7 +124,7 @@ fn broadcasting_never_mixes_the_batch_with_a_sample_dim() {
             &dir.path().join("c.toml"),
             &[&format!("data.batch_size={batch}")],
         );
-        let g = trainer::graph::build(&c).unwrap();
+        let g = trainer::nn::build(&c).unwrap();
         let sum = g
             .layers
             .iter()

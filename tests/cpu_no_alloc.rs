@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use trainer::backend::cpu::{CpuExec, on_pool};
 
 use trainer::config::{self, sections::Checkpointing};
-use trainer::graph::{builder, training};
+use trainer::nn;
 use trainer::tensor::StepCtx;
+use trainer::training;
 
 struct Counting;
 
@@ -56,7 +57,7 @@ fn a_prepared_resnet_step_allocates_nothing() {
     let cfg = loaded
         .result
         .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
-    let g = builder::build_with_batch(&cfg, 6).expect("builds");
+    let g = nn::build_with_batch(&cfg, 6).expect("builds");
     let g = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
     let plan = trainer::schedule::plan(&g, &Checkpointing::None, Default::default()).unwrap();
     let names: Vec<String> = plan

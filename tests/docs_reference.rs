@@ -15,9 +15,10 @@ use trainer::config::model::{
     BLOCK_KEYS, BLOCK_USE_KEYS, InputDType, InputKeys, LAYER_KEYS, MODEL_KEYS, ShortcutKeys,
     ShortcutKind,
 };
+use trainer::config::optimizer::{Adam, OPTIMIZERS, Sgd};
 use trainer::config::{
-    Adam, Augment, Checkpointing, Data, Dataset, Device, Log, Loss, LossKind, Normalize,
-    OPTIMIZERS, OnNonfinite, Progress, Run, SECTIONS, Schedule, ScheduleKind, Sgd, Train,
+    Augment, Checkpointing, Data, Dataset, Device, Log, Loss, LossKind, Normalize, OnNonfinite,
+    Progress, Run, SECTIONS, Schedule, ScheduleKind, Train,
 };
 use trainer::nn::{LAYER_OPS, LayerOp};
 

@@ -298,8 +298,8 @@ fn plan(path: &str, batch: usize) -> trainer::schedule::Plan {
     let cfg = loaded
         .result
         .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
-    let g = trainer::graph::builder::build_with_batch(&cfg, batch).expect("builds");
-    let t = trainer::graph::training::training_graph(&g, &cfg.optimizer).expect("trains");
+    let g = trainer::nn::build_with_batch(&cfg, batch).expect("builds");
+    let t = trainer::training::training_graph(&g, &cfg.optimizer).expect("trains");
     trainer::schedule::plan(&t, &cfg.train.checkpointing, Default::default()).expect("plans")
 }
 

@@ -12,15 +12,17 @@ use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{Gpu, GpuExec, test_gpu};
 use trainer::backend::{Captured, Exec};
 use trainer::config;
-use trainer::graph::{Graph, builder, training};
+use trainer::graph::Graph;
+use trainer::nn;
 use trainer::schedule::{self, Plan};
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
+use trainer::training;
 
 fn plan() -> Plan {
     let loaded = config::load(std::path::Path::new("configs/mlp.toml"), &[]);
     let cfg = loaded.result.expect("mlp.toml loads");
-    let g = builder::build_with_batch(&cfg, 16).expect("builds");
+    let g = nn::build_with_batch(&cfg, 16).expect("builds");
     let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
     schedule::plan(&t, &cfg.train.checkpointing, Default::default()).expect("plans")
 }

@@ -6,10 +6,12 @@ use rand_chacha::ChaCha8Rng;
 use trainer::backend::cpu::CpuExec;
 use trainer::backend::gpu::{GpuExec, test_gpu};
 use trainer::config::{self, Config};
-use trainer::graph::{Graph, builder, training};
+use trainer::graph::Graph;
+use trainer::nn;
 use trainer::schedule::{self, Plan};
 use trainer::tensor::DType;
 use trainer::tensor::StepCtx;
+use trainer::training;
 
 fn load(path: &str) -> Config {
     let loaded = config::load(std::path::Path::new(path), &[]);
@@ -21,7 +23,7 @@ fn load(path: &str) -> Config {
 
 fn plan(path: &str, batch: usize) -> Plan {
     let cfg = load(path);
-    let g = builder::build_with_batch(&cfg, batch).expect("builds");
+    let g = nn::build_with_batch(&cfg, batch).expect("builds");
     let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
     schedule::plan(&t, &cfg.train.checkpointing, Default::default()).expect("plans")
 }

@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use trainer::config;
-use trainer::graph::{builder, training};
 use trainer::kernel::gpu::KernelArgs;
+use trainer::nn;
 use trainer::ops::OpKind;
 use trainer::tensor::TensorType;
+use trainer::training;
 
 const CONFIGS: [&str; 7] = [
     "configs/mlp.toml",
@@ -31,7 +32,7 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             let cfg = loaded
                 .result
                 .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
-            let g = builder::build_with_batch(&cfg, 2).expect("builds");
+            let g = nn::build_with_batch(&cfg, 2).expect("builds");
             let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
             for id in t.dag.node_indices() {
                 let n = &t.dag[id];

@@ -5,10 +5,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::cpu::CpuExec;
 use trainer::config;
-use trainer::config::sections::Optimizer;
-use trainer::graph::{builder, training};
+use trainer::config::Optimizer;
+use trainer::nn;
 use trainer::schedule::{self, Options};
 use trainer::tensor::StepCtx;
+use trainer::training;
 
 #[test]
 fn mlp_learns_separable_data_in_200_steps() {
@@ -17,7 +18,7 @@ fn mlp_learns_separable_data_in_200_steps() {
         panic!("mlp.toml loads")
     };
     let batch = 64;
-    let g = builder::build_with_batch(&cfg, batch).unwrap();
+    let g = nn::build_with_batch(&cfg, batch).unwrap();
     let g = training::training_graph(&g, &cfg.optimizer).unwrap();
     let plan = schedule::plan(&g, &cfg.train.checkpointing, Options::default()).unwrap();
     let lr = match &cfg.optimizer {

@@ -128,7 +128,7 @@ fn load_and_build(dir: &Path, name: &str, text: &str) {
             let rendered = e.render(&loaded.sources);
             assert!(rendered.starts_with("error:"), "{rendered}");
         }
-        Ok(cfg) => match trainer::graph::build(&cfg) {
+        Ok(cfg) => match trainer::nn::build(&cfg) {
             Ok(g) => {
                 g.verify().unwrap();
                 let _ = trainer::graph::summary::summarize(&g, &loaded.sources).table();
@@ -177,6 +177,6 @@ fn unmutated_configs_build() {
         let cfg = loaded
             .result
             .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
-        trainer::graph::build(&cfg).unwrap().verify().unwrap();
+        trainer::nn::build(&cfg).unwrap().verify().unwrap();
     }
 }

@@ -6,7 +6,8 @@ use rand_chacha::ChaCha8Rng;
 use trainer::autodiff;
 use trainer::backend::cpu::{Feeds, interpret};
 use trainer::config;
-use trainer::graph::{Graph, builder};
+use trainer::graph::Graph;
+use trainer::nn;
 use trainer::ops::OpKind;
 use trainer::tensor::DType;
 use trainer::tensor::StepCtx;
@@ -18,7 +19,7 @@ fn forward(path: &str, batch: usize) -> Graph {
         Ok(c) => c,
         Err(e) => panic!("{}", e.render(&loaded.sources)),
     };
-    builder::build_with_batch(&cfg, batch).expect("builds")
+    nn::build_with_batch(&cfg, batch).expect("builds")
 }
 
 fn input_name(g: &Graph, t: TensorId) -> String {

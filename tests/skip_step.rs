@@ -7,15 +7,16 @@ mod common;
 
 use trainer::backend::Exec;
 use trainer::config;
-use trainer::graph::{builder, training};
+use trainer::nn;
 use trainer::schedule;
 use trainer::tensor::StepCtx;
+use trainer::training;
 
 /// ResNet-20 at batch 4: convolutions, batchnorm, residual adds, SGD with Nesterov momentum.
 fn exec(gpu: Option<&'static trainer::backend::gpu::Gpu>) -> Exec<'static> {
     let loaded = config::load(std::path::Path::new("configs/resnet.toml"), &[]);
     let cfg = loaded.result.expect("resnet.toml loads");
-    let g = builder::build_with_batch(&cfg, 4).expect("builds");
+    let g = nn::build_with_batch(&cfg, 4).expect("builds");
     let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
     let plan = schedule::plan(&t, &cfg.train.checkpointing, Default::default()).expect("plans");
     Exec::new(gpu, plan, 3).expect("prepares")

@@ -9,11 +9,13 @@ use trainer::backend::cpu::{CpuExec, Feeds, interpret};
 use trainer::config::sections::Checkpointing;
 use trainer::config::values::Bytes;
 use trainer::config::{self, Config};
-use trainer::graph::{Graph, builder, training};
+use trainer::graph::Graph;
 use trainer::kernel::cpu::Real;
+use trainer::nn;
 use trainer::schedule::{self, Options, Plan};
 use trainer::tensor::DType;
 use trainer::tensor::StepCtx;
+use trainer::training;
 
 fn load(path: &str, sets: &[&str]) -> Config {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -25,7 +27,7 @@ fn load(path: &str, sets: &[&str]) -> Config {
 }
 
 fn train_graph(cfg: &Config, batch: usize) -> Graph {
-    let g = builder::build_with_batch(cfg, batch).expect("builds");
+    let g = nn::build_with_batch(cfg, batch).expect("builds");
     training::training_graph(&g, &cfg.optimizer).expect("differentiates")
 }
 

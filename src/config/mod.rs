@@ -3,6 +3,7 @@
 
 pub mod de;
 pub mod model;
+pub mod optimizer;
 pub mod sections;
 pub mod tree;
 pub mod values;
@@ -10,6 +11,7 @@ pub mod values;
 use std::path::{Path, PathBuf};
 
 pub use model::ModelDecl;
+pub use optimizer::Optimizer;
 pub use sections::*;
 
 use crate::diag::{Diagnostic, Errors, Loc, Sources};
@@ -264,7 +266,7 @@ impl Config {
         )?;
         let model = model::parse_model(model_tree)?;
         let loss: Loss = from_value_in(required("loss", "kind = \"cross_entropy\"")?, "[loss]")?;
-        let optimizer = parse_optimizer(required("optimizer", "kind = \"sgd\"\nlr = 0.1")?)?;
+        let optimizer = optimizer::parse(required("optimizer", "kind = \"sgd\"\nlr = 0.1")?)?;
         let schedule: Schedule = or_default(t, "schedule")?;
         let train: Train = or_default(t, "train")?;
         let log: Log = or_default(t, "log")?;
@@ -348,19 +350,7 @@ impl Config {
             )
             .note("examples: \"1 epoch\", \"500 steps\""));
         }
-        if let Optimizer::Sgd(sgd) = &self.optimizer
-            && sgd.nesterov
-            && (sgd.momentum.0 == 0.0 || sgd.dampening.0 != 0.0)
-        {
-            return Err(Diagnostic::new(
-                "nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD requires)",
-            )
-            .at(at(&["optimizer", "nesterov"]), "nesterov set here")
-            .note(format!(
-                "momentum = {}, dampening = {}",
-                sgd.momentum.0, sgd.dampening.0
-            )));
-        }
+        self.optimizer.check(|key| at(&["optimizer", key]))?;
         if let Some(m) = &self.schedule.milestones
             && m.windows(2).any(|w| w[0].0 >= w[1].0)
         {
@@ -432,8 +422,8 @@ fn sections_with_key(key: &str) -> Vec<&'static str> {
         ("data", field_names::<Data>()),
         ("model", model::MODEL_KEYS),
         ("loss", field_names::<Loss>()),
-        ("optimizer", field_names::<Sgd>()),
-        ("optimizer", field_names::<Adam>()),
+        ("optimizer", Optimizer::all_keys()[0]),
+        ("optimizer", Optimizer::all_keys()[1]),
         ("schedule", field_names::<Schedule>()),
         ("train", field_names::<Train>()),
         ("log", field_names::<Log>()),
@@ -467,75 +457,6 @@ pub fn parse_every(s: &str) -> Option<(u64, bool)> {
         "step" | "steps" => Some((n, false)),
         _ => None,
     }
-}
-
-pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
-
-/// `[optimizer]` is read into the struct of its `kind`, so a key of another kind is an error.
-fn parse_optimizer(v: &Value) -> Result<Optimizer, Diagnostic> {
-    let Some(t) = v.as_table() else {
-        return Err(Diagnostic::new("[optimizer] must be a table")
-            .at(v.loc, format!("found {}", v.describe())));
-    };
-    let kind = match t.get("kind") {
-        Some(e) => &e.value,
-        None => {
-            return Err(
-                Diagnostic::new("missing required key `kind` in [optimizer]")
-                    .at(v.loc, "say which optimizer")
-                    .note(format!("one of: {}", OPTIMIZERS.join(", "))),
-            );
-        }
-    };
-    let name = match kind.as_str() {
-        Some(k) if OPTIMIZERS.contains(&k) => k,
-        Some(other) => {
-            return Err(Diagnostic::new(format!("unknown optimizer \"{other}\""))
-                .at(kind.loc, "not an optimizer")
-                .help_did_you_mean(other, OPTIMIZERS.iter().copied())
-                .note(format!("one of: {}", OPTIMIZERS.join(", "))));
-        }
-        None => {
-            return Err(Diagnostic::new("`kind` must be a string")
-                .at(kind.loc, format!("found {}", kind.describe())));
-        }
-    };
-    let keys = |k: &str| match k {
-        "sgd" => de::field_names::<Sgd>(),
-        _ => de::field_names::<Adam>(),
-    };
-    // A key of another optimizer (`betas` under sgd) is a mix-up, not a typo: say whose it is.
-    for (k, e) in t {
-        if keys(name).contains(&k.as_str()) {
-            continue;
-        }
-        let owners: Vec<&str> = OPTIMIZERS
-            .iter()
-            .copied()
-            .filter(|o| keys(o).contains(&k.as_str()))
-            .collect();
-        if !owners.is_empty() {
-            return Err(
-                Diagnostic::new(format!("`{k}` is not an option of optimizer \"{name}\""))
-                    .at(e.key, format!("{name} has no `{k}`"))
-                    .also(kind.loc, "optimizer chosen here")
-                    .note(format!("`{k}` belongs to: {}", owners.join(", "))),
-            );
-        }
-    }
-    let what = format!("[optimizer] (kind \"{name}\")");
-    Ok(match name {
-        "sgd" => Optimizer::Sgd(from_value_in(v, &what)?),
-        "adam" => Optimizer::Adam(from_value_in(v, &what)?),
-        _ => {
-            let mut adamw: Adam = from_value_in(v, &what)?;
-            // Adam and AdamW share their keys but not this default (torch.optim.AdamW's).
-            if v.get("weight_decay").is_none() {
-                adamw.weight_decay = values::NonNegFloat(0.01);
-            }
-            Optimizer::Adamw(adamw)
-        }
-    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use super::de::{from_value, from_value_in};
 use super::tree::{Entry, Kind, Table, Value};
 use super::values::Positive;
 use crate::diag::{Diagnostic, Loc};
-use crate::nn::{LAYER_OPS, LayerOp};
 use crate::tensor::DType;
 
 /// A name written in the config, with where it was written.
@@ -102,18 +101,20 @@ pub const BLOCK_KEYS: &[&str] = &["params", "defaults", "body", "output", "short
 pub const LAYER_KEYS: &[&str] = &["name", "op", "inputs"];
 pub const BLOCK_USE_KEYS: &[&str] = &["name", "block", "with", "first", "repeat", "inputs"];
 
+/// One layer table, its op (`Op`, what the caller's op parser made of `op` and the
+/// attributes) or its block use.
 #[derive(Clone, Debug)]
-pub struct LayerDecl {
+pub struct LayerDecl<Op> {
     pub name: Option<Named>,
     pub inputs: Option<Vec<Named>>,
     /// The whole layer table.
     pub loc: Loc,
-    pub what: What,
+    pub what: What<Op>,
 }
 
 #[derive(Clone, Debug)]
-pub enum What {
-    Op { op: LayerOp, op_loc: Loc },
+pub enum What<Op> {
+    Op { op: Op, op_loc: Loc },
     Block(BlockUse),
 }
 
@@ -145,7 +146,8 @@ fn check_keys(t: &Table, allowed: &[&str], what: &str) -> Result<(), Diagnostic>
     Ok(())
 }
 
-fn quoted(words: &[&str]) -> String {
+/// `a`, `b`, `c`: a list of names for a message.
+pub fn quoted(words: &[&str]) -> String {
     words
         .iter()
         .map(|w| format!("`{w}`"))
@@ -327,8 +329,12 @@ fn parse_block(name: Named, v: &Value) -> Result<BlockDef, Diagnostic> {
     })
 }
 
-/// Reads one layer table (after substitution): `op` and its attributes, or a block use.
-pub fn parse_layer(v: &Value) -> Result<LayerDecl, Diagnostic> {
+/// Reads one layer table (after substitution): `op` and its attributes, which `parse_op` turns
+/// into an op (the config layer does not know the ops), or a block use.
+pub fn parse_layer<Op>(
+    v: &Value,
+    parse_op: &impl Fn(&Named, &Value) -> Result<Op, Diagnostic>,
+) -> Result<LayerDecl<Op>, Diagnostic> {
     // `after = "relu"` is shorthand for a layer table with just an op.
     if let Kind::Str(s) = &v.kind {
         let mut t = Table::new();
@@ -342,10 +348,13 @@ pub fn parse_layer(v: &Value) -> Result<LayerDecl, Diagnostic> {
                 },
             },
         );
-        return parse_layer(&Value {
-            kind: Kind::Table(t),
-            loc: v.loc,
-        });
+        return parse_layer(
+            &Value {
+                kind: Kind::Table(t),
+                loc: v.loc,
+            },
+            parse_op,
+        );
     }
     let t = table(v, "a layer")?;
     let name = t
@@ -379,23 +388,7 @@ pub fn parse_layer(v: &Value) -> Result<LayerDecl, Diagnostic> {
                 kind: Kind::Table(attrs),
                 loc: v.loc,
             };
-            let op = match LayerOp::parse(&op_name.name, &attrs) {
-                Some(r) => r?,
-                None => {
-                    let hint = if matches!(op_name.name.as_str(), "cross_entropy" | "mse") {
-                        format!(
-                            "`{0}` is a loss, not a layer: remove this layer and set it in the [loss] section: kind = \"{0}\"",
-                            op_name.name
-                        )
-                    } else {
-                        format!("known ops: {}", quoted(LAYER_OPS))
-                    };
-                    return Err(Diagnostic::new(format!("unknown op \"{}\"", op_name.name))
-                        .at(op_name.loc, "not an op")
-                        .help_did_you_mean(&op_name.name, LAYER_OPS.iter().copied())
-                        .note(hint));
-                }
-            };
+            let op = parse_op(&op_name, &attrs)?;
             What::Op {
                 op,
                 op_loc: op_name.loc,

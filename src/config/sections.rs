@@ -147,49 +147,6 @@ pub enum LossKind {
     Mse,
 }
 
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Optimizer {
-    Sgd(Sgd),
-    Adam(Adam),
-    Adamw(Adam),
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sgd {
-    #[serde(rename = "kind", skip_serializing)]
-    pub _kind: Option<String>,
-    pub lr: PositiveFloat,
-    #[serde(default = "zero_fraction")]
-    pub momentum: Fraction,
-    /// Dampening of the momentum buffer, as in torch.optim.SGD.
-    #[serde(default = "zero_fraction")]
-    pub dampening: Fraction,
-    #[serde(default)]
-    pub nesterov: bool,
-    #[serde(default = "zero_nonneg")]
-    pub weight_decay: NonNegFloat,
-    /// Clip the global L2 norm of all gradients to this value.
-    pub clip_grad_norm: Option<PositiveFloat>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Adam {
-    #[serde(rename = "kind", skip_serializing)]
-    pub _kind: Option<String>,
-    pub lr: PositiveFloat,
-    #[serde(default = "default_betas")]
-    pub betas: [Fraction; 2],
-    #[serde(default = "default_eps")]
-    pub eps: PositiveFloat,
-    /// Adam: L2 added to the gradient; AdamW: decoupled decay of the weights.
-    #[serde(default = "zero_nonneg")]
-    pub weight_decay: NonNegFloat,
-    pub clip_grad_norm: Option<PositiveFloat>,
-}
-
 /// torch.optim.lr_scheduler's defaults: StepLR/MultiStepLR gamma, OneCycleLR pct_start.
 fn tenth() -> PositiveFloat {
     PositiveFloat(0.1)
@@ -199,12 +156,6 @@ fn pct_start() -> Fraction {
 }
 fn zero_nonneg() -> NonNegFloat {
     NonNegFloat(0.0)
-}
-fn default_betas() -> [Fraction; 2] {
-    [Fraction(0.9), Fraction(0.999)]
-}
-fn default_eps() -> PositiveFloat {
-    PositiveFloat(1e-8)
 }
 
 /// The learning-rate schedule. Warmup (linear from 0) combines with any kind.

@@ -2,16 +2,13 @@
 //! ids; the graph holds shapes and dtypes, never tensor data. Every node points at the layer it
 //! was lowered from, and every layer at its config location, so any later error can name both.
 
-pub mod builder;
 pub mod export;
 pub mod init;
 pub mod summary;
-pub mod training;
 
 use petgraph::graph::DiGraph;
 use serde::Serialize;
 
-pub use builder::{build, build_for};
 pub use init::Init;
 
 use crate::diag::Loc;

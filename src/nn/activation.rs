@@ -3,7 +3,7 @@ use serde::Deserialize;
 use super::LayerSpec;
 use crate::config::values::{Finite, Fraction};
 use crate::graph::Mode;
-use crate::graph::builder::Lower;
+use crate::nn::Lower;
 use crate::ops::{Dropout, OpKind, Softmax, Unary, UnaryFn};
 use crate::tensor::TensorId;
 

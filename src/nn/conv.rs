@@ -3,7 +3,7 @@ use serde::Deserialize;
 use super::LayerSpec;
 use crate::config::values::{Count, Pair, Positive};
 use crate::graph::Init;
-use crate::graph::builder::Lower;
+use crate::nn::Lower;
 use crate::ops::{Binary, BinaryFn, Conv2d, OpKind, Reshape};
 use crate::tensor::TensorId;
 use crate::tensor::fmt_shape;

@@ -3,7 +3,7 @@ use serde::Deserialize;
 use super::LayerSpec;
 use crate::config::values::Positive;
 use crate::graph::Init;
-use crate::graph::builder::Lower;
+use crate::nn::Lower;
 use crate::ops::{Binary, BinaryFn, Gather, MatMul, OpKind};
 use crate::tensor::TensorId;
 use crate::tensor::{DType, fmt_shape};

@@ -1,20 +1,27 @@
-//! The layer ops a config can name. Each is a `deny_unknown_fields` attribute struct (its keys
-//! are the config keys) that lowers itself to primitive ops. Composites need no gradient of
-//! their own: they get one from their parts. [`layer_ops!`] is the only list of them.
+//! The model layer: the layer ops a config can name, and the builder that turns the model's
+//! declarations into the forward graph (`build`). Each layer op is a `deny_unknown_fields`
+//! attribute struct (its keys are the config keys) that lowers itself to primitive ops through
+//! [`Lower`]. Composites need no gradient of their own: they get one from their parts.
+//! [`layer_ops!`] is the only list of them.
 
 mod activation;
+mod builder;
 mod conv;
 mod linear;
+mod lower;
 mod norm;
 mod pool;
 mod shape;
 
+pub use builder::{build, build_for, build_with_batch};
+pub use lower::Lower;
+
 use serde::de::DeserializeOwned;
 
 use crate::config::de::{field_names, from_value_in};
+use crate::config::model::{Named, quoted};
 use crate::config::tree::Value;
 use crate::diag::Diagnostic;
-use crate::graph::builder::Lower;
 use crate::tensor::TensorId;
 
 /// How many inputs a layer takes.
@@ -92,6 +99,28 @@ layer_ops! {
     "add" => Add(shape::Add),
     "mul" => Mul(shape::Mul),
     "concat" => Concat(shape::ConcatSpec),
+}
+
+/// The op a layer table names, with its attributes read; an unknown name is an error at the
+/// `op` value, with did-you-mean and the list of ops.
+pub fn parse_op(name: &Named, attrs: &Value) -> Result<LayerOp, Diagnostic> {
+    match LayerOp::parse(&name.name, attrs) {
+        Some(r) => r,
+        None => {
+            let hint = if matches!(name.name.as_str(), "cross_entropy" | "mse") {
+                format!(
+                    "`{0}` is a loss, not a layer: remove this layer and set it in the [loss] section: kind = \"{0}\"",
+                    name.name
+                )
+            } else {
+                format!("known ops: {}", quoted(LAYER_OPS))
+            };
+            Err(Diagnostic::new(format!("unknown op \"{}\"", name.name))
+                .at(name.loc, "not an op")
+                .help_did_you_mean(&name.name, LAYER_OPS.iter().copied())
+                .note(hint))
+        }
+    }
 }
 
 /// The residual sum of a block's shortcut.

@@ -2,8 +2,8 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
-use crate::graph::builder::Lower;
 use crate::graph::{Init, Mode};
+use crate::nn::Lower;
 use crate::ops::{BatchNorm, LayerNorm, OpKind};
 use crate::tensor::TensorId;
 use crate::tensor::{DType, TensorType, fmt_shape};

@@ -2,7 +2,7 @@ use serde::Deserialize;
 
 use super::LayerSpec;
 use crate::config::values::{Count, Pair, Positive};
-use crate::graph::builder::Lower;
+use crate::nn::Lower;
 use crate::ops::{MeanAxes, OpKind, Pool2d, PoolKind};
 use crate::tensor::TensorId;
 use crate::tensor::fmt_shape;

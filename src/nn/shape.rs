@@ -1,7 +1,7 @@
 use serde::Deserialize;
 
 use super::{Arity, LayerSpec};
-use crate::graph::builder::Lower;
+use crate::nn::Lower;
 use crate::ops::{Binary, BinaryFn, Concat, OpKind, Reshape, broadcast};
 use crate::tensor::TensorId;
 use crate::tensor::fmt_shape;

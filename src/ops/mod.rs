@@ -12,6 +12,7 @@ mod optim;
 mod pool;
 mod random;
 mod reduce;
+mod vjp;
 
 pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
 pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
@@ -23,10 +24,10 @@ pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, Pool2dGrad, PoolKind};
 pub use random::{Dropout, DropoutKey};
 pub use reduce::{MeanAxes, MeanAxesGrad, Softmax, SoftmaxGrad, SumTo};
+pub use vjp::{GraphSink, VjpArgs, VjpCx, VjpResult};
 
 use serde::Serialize;
 
-pub use crate::autodiff::{VjpArgs, VjpCx, VjpResult};
 use crate::kernel::cpu::{Io, Real};
 use crate::kernel::gpu::{Dispatch, KernelArgs};
 use crate::tensor::{DType, TensorType};

@@ -10,7 +10,8 @@ use crate::checkpoint::NamedTensor;
 use crate::config::{Checkpointing, Config};
 use crate::data::{Loader, Split};
 use crate::diag::Diagnostic;
-use crate::graph::{Mode, build_for};
+use crate::graph::Mode;
+use crate::nn::build_for;
 use crate::tensor::TensorId;
 use crate::train::metrics::Evaluation;
 

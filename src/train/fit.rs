@@ -15,9 +15,10 @@ use std::time::Instant;
 use crate::backend::gpu::Gpu;
 use crate::backend::{Exec, PrepareError};
 use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
-use crate::config::{Config, OnNonfinite, Optimizer, parse_every};
+use crate::config::{Config, OnNonfinite, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
-use crate::graph::{Mode, build_for, training::training_graph};
+use crate::graph::Mode;
+use crate::nn::build_for;
 use crate::tensor::StepCtx;
 use crate::train::evaluate::{EvalModel, load_named, named_tensors};
 use crate::train::logger::Logger;
@@ -26,6 +27,7 @@ use crate::train::progress::Progress;
 use crate::train::run_dir::{self, Manifest, RunDir};
 use crate::train::schedule::LrSchedule;
 use crate::train::signals;
+use crate::training::training_graph;
 
 /// How a fit is started, beyond its config.
 #[derive(Clone, Debug, Default)]
@@ -163,10 +165,7 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
         let all = epochs * steps_per_epoch as u64;
         cfg.train.max_steps.map_or(all, |m| all.min(m.0 as u64))
     };
-    let base_lr = match &cfg.optimizer {
-        Optimizer::Sgd(s) => s.lr.0,
-        Optimizer::Adam(a) | Optimizer::Adamw(a) => a.lr.0,
-    };
+    let base_lr = cfg.optimizer.lr();
     let schedule = LrSchedule::new(
         &cfg.schedule,
         base_lr,

@@ -3,14 +3,12 @@
 //! batchnorm's running statistics. An update's output is written over the state it replaces
 //! (`Graph::updates`); learning rate and step count are runtime scalars, not graph constants.
 
-use super::{Graph, Init, Phase};
+use crate::graph::{Graph, Init, Phase};
 
 use crate::autodiff;
-use crate::config::sections::Optimizer;
+use crate::config::Optimizer;
 use crate::diag::Diagnostic;
-use crate::ops::{
-    AdamStep, BatchNormRunningStats, CountUp, GradNormCoef, OpKind, Parameter, SgdStep,
-};
+use crate::ops::{BatchNormRunningStats, CountUp, GradNormCoef, OpKind, Parameter};
 use crate::tensor::TensorId;
 
 pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, Diagnostic> {
@@ -33,11 +31,7 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         .collect();
     let loss_layer = g.dag[g.loss.node()].layer;
     let fail = |e: String| Diagnostic::new(format!("building the optimizer step: {e} (a bug)"));
-    let clip = match optimizer {
-        Optimizer::Sgd(s) => s.clip_grad_norm.map(|c| c.0),
-        Optimizer::Adam(a) | Optimizer::Adamw(a) => a.clip_grad_norm.map(|c| c.0),
-    };
-    let coef = match clip {
+    let coef = match optimizer.clip_grad_norm() {
         Some(max_norm) if !g.grads.is_empty() => {
             let all: Vec<TensorId> = g.grads.iter().map(|&(_, t)| t).collect();
             let op = OpKind::GradNormCoef(GradNormCoef { max_norm });
@@ -48,47 +42,20 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         }
         _ => None,
     };
+    let (op, state_names) = optimizer.update(coef.is_some());
     for (i, grad) in g.grads.clone() {
         let layer = g.params[i].layer;
         let p = TensorId::of(g.params[i].node.expect("trainable params are read"), 0);
         let mut inputs = vec![p, grad];
-        let (op, states) = match optimizer {
-            Optimizer::Sgd(s) => {
-                let momentum = s.momentum.0;
-                let op = OpKind::SgdStep(SgdStep {
-                    momentum,
-                    dampening: s.dampening.0,
-                    nesterov: s.nesterov,
-                    weight_decay: s.weight_decay.0,
-                    clip: coef.is_some(),
-                });
-                let states = if momentum != 0.0 {
-                    vec![state(&mut g, i, "momentum_buffer").map_err(fail)?]
-                } else {
-                    vec![]
-                };
-                (op, states)
-            }
-            Optimizer::Adam(a) | Optimizer::Adamw(a) => {
-                let op = OpKind::AdamStep(AdamStep {
-                    beta1: a.betas[0].0,
-                    beta2: a.betas[1].0,
-                    eps: a.eps.0,
-                    weight_decay: a.weight_decay.0,
-                    decoupled: matches!(optimizer, Optimizer::Adamw(_)),
-                    clip: coef.is_some(),
-                });
-                let states = vec![
-                    state(&mut g, i, "exp_avg").map_err(fail)?,
-                    state(&mut g, i, "exp_avg_sq").map_err(fail)?,
-                ];
-                (op, states)
-            }
-        };
+        let states = state_names
+            .iter()
+            .map(|name| state(&mut g, i, name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
         inputs.extend(states.iter().map(|&(_, t)| t));
         inputs.extend(coef);
         let n = g
-            .add_node(op, &inputs, layer, Phase::Update)
+            .add_node(op.clone(), &inputs, layer, Phase::Update)
             .map_err(fail)?;
         g.updates.push((i, TensorId::of(n, 0)));
         for (k, &(s, _)) in states.iter().enumerate() {

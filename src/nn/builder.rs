@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
-use super::{Graph, Init, Layer, Mode};
+use super::lower::Lower;
+use super::{Arity, LayerOp, parse_op};
+use crate::graph::{Graph, Layer, Mode};
 
 use crate::config::model::{
     BlockUse, LayerDecl, Named, ShortcutKind, What, parse_layer, reject_params,
@@ -17,78 +19,9 @@ use crate::config::model::{
 use crate::config::tree::Value;
 use crate::config::{Config, LossKind};
 use crate::diag::{Diagnostic, Loc, did_you_mean};
-use crate::nn::{Arity, LayerOp};
-use crate::ops;
 use crate::ops::{CrossEntropy, Input, Mse, OpKind};
 use crate::tensor::TensorId;
 use crate::tensor::{DType, TensorType, fmt_shape};
-
-/// What a layer lowering sees: the graph, its own layer (for parameter names), the batch size.
-pub struct Lower<'a> {
-    g: &'a mut Graph,
-    layer: usize,
-    random_streams: &'a mut u64,
-    mode: Mode,
-}
-
-impl Lower<'_> {
-    /// Training graphs use batch statistics and dropout; evaluation graphs do not.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-    fn full(&self, local: &str) -> String {
-        format!("{}.{local}", self.g.layers[self.layer].name)
-    }
-    /// A trainable parameter named `<layer>.<local>`.
-    pub fn param(
-        &mut self,
-        local: &str,
-        shape: Vec<usize>,
-        init: Init,
-    ) -> Result<TensorId, String> {
-        let name = self.full(local);
-        let ty = TensorType::f32(shape);
-        Ok(self
-            .g
-            .add_param(name, ty, init, true, self.layer, true)?
-            .expect("read"))
-    }
-    /// A persistent, untrained buffer; `read` adds a node for forward ops to read.
-    pub fn buffer(
-        &mut self,
-        local: &str,
-        ty: TensorType,
-        init: Init,
-        read: bool,
-    ) -> Result<Option<TensorId>, String> {
-        let name = self.full(local);
-        self.g.add_param(name, ty, init, false, self.layer, read)
-    }
-    pub fn op(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
-        let name = op.primitive().name();
-        self.g
-            .add(op, inputs, self.layer)
-            .map_err(|e| format!("{name} {e}"))
-    }
-    pub fn ty(&self, t: TensorId) -> &TensorType {
-        self.g.ty(t)
-    }
-    /// The shape of one sample: the tensor's shape without the batch dim.
-    pub fn sample(&self, t: TensorId) -> &[usize] {
-        &self.g.ty(t).shape[1..]
-    }
-    pub fn batch(&self) -> usize {
-        self.g.batch
-    }
-    /// A per-sample axis (negative from the end) as an axis of the batched tensor.
-    pub fn sample_axis(&self, t: TensorId, axis: i64) -> Result<usize, String> {
-        ops::axis(axis, self.sample(t).len()).map(|a| a + 1)
-    }
-    pub fn next_random_stream(&mut self) -> u64 {
-        *self.random_streams += 1;
-        *self.random_streams - 1
-    }
-}
 
 /// A named tensor in a scope, with the layer that made it (for error messages).
 #[derive(Clone, Debug)]
@@ -267,7 +200,7 @@ impl<'c> Builder<'c> {
             };
             // A bad argument shows as a bad attribute of the body: show the use site too.
             let decl = v
-                .and_then(|v| parse_layer(&v))
+                .and_then(|v| parse_layer(&v, &parse_op))
                 .map_err(|d| self.in_blocks(d))?;
             decls.push(decl);
         }
@@ -390,7 +323,7 @@ impl<'c> Builder<'c> {
     fn layer(
         &mut self,
         full: String,
-        decl: &LayerDecl,
+        decl: &LayerDecl<LayerOp>,
         inputs: Vec<Sym>,
     ) -> Result<Sym, Diagnostic> {
         match &decl.what {
@@ -426,12 +359,7 @@ impl<'c> Builder<'c> {
     ) -> Result<Sym, Diagnostic> {
         let layer = self.push_layer(full.clone(), op.name(), loc)?;
         let tensors: Vec<TensorId> = inputs.iter().map(|s| s.tensor).collect();
-        let mut cx = Lower {
-            g: &mut self.g,
-            layer,
-            random_streams: &mut self.random_streams,
-            mode: self.mode,
-        };
+        let mut cx = Lower::new(&mut self.g, layer, &mut self.random_streams, self.mode);
         match op.lower(&mut cx, &tensors) {
             Ok(tensor) => {
                 self.g.layers[layer].output = Some(tensor);
@@ -541,12 +469,12 @@ impl<'c> Builder<'c> {
             } else {
                 input.clone()
             };
-            let add = LayerOp::Add(crate::nn::shape_add());
+            let add = LayerOp::Add(super::shape_add());
             out = self.lower(format!("{inst}.residual"), &add, sc.loc, &[body, skip])?;
         }
         if let Some(after) = &def.after {
             let v = def.substitute(after, args)?;
-            let decl = parse_layer(&v).map_err(|d| self.in_blocks(d))?;
+            let decl = parse_layer(&v, &parse_op).map_err(|d| self.in_blocks(d))?;
             if let Some(first) = decl.inputs.as_ref().and_then(|i| i.first()) {
                 let d = Diagnostic::new(
                     "an `after` layer reads the block's output; it takes no `inputs`",
@@ -592,14 +520,14 @@ impl<'c> Builder<'c> {
             .note("a projection needs [channels, height, width] tensors whose sizes differ by a whole stride");
             return Err(self.in_blocks(d));
         }
-        let conv = crate::nn::conv_spec(y[0], [stride(x[1], y[1]), stride(x[2], y[2])]);
+        let conv = super::conv_spec(y[0], [stride(x[1], y[1]), stride(x[2], y[2])]);
         let c = self.lower(
             format!("{inst}.{name}.0"),
             &conv,
             loc,
             std::slice::from_ref(input),
         )?;
-        let bn = crate::nn::batchnorm_spec();
+        let bn = super::batchnorm_spec();
         self.lower(format!("{inst}.{name}.1"), &bn, loc, &[c])
     }
 

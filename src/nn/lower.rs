@@ -1,0 +1,87 @@
+//! What a layer op's lowering sees: the graph under construction, its own layer (for
+//! parameter names), the batch size and the mode. Layer specs add parameters and primitive ops
+//! only through it.
+
+use crate::graph::{Graph, Init, Mode};
+use crate::ops::{self, OpKind};
+use crate::tensor::{TensorId, TensorType};
+
+/// What a layer lowering sees: the graph, its own layer (for parameter names), the batch size.
+pub struct Lower<'a> {
+    g: &'a mut Graph,
+    layer: usize,
+    random_streams: &'a mut u64,
+    mode: Mode,
+}
+
+impl<'a> Lower<'a> {
+    pub(super) fn new(
+        g: &'a mut Graph,
+        layer: usize,
+        random_streams: &'a mut u64,
+        mode: Mode,
+    ) -> Lower<'a> {
+        Lower {
+            g,
+            layer,
+            random_streams,
+            mode,
+        }
+    }
+    /// Training graphs use batch statistics and dropout; evaluation graphs do not.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    fn full(&self, local: &str) -> String {
+        format!("{}.{local}", self.g.layers[self.layer].name)
+    }
+    /// A trainable parameter named `<layer>.<local>`.
+    pub fn param(
+        &mut self,
+        local: &str,
+        shape: Vec<usize>,
+        init: Init,
+    ) -> Result<TensorId, String> {
+        let name = self.full(local);
+        let ty = TensorType::f32(shape);
+        Ok(self
+            .g
+            .add_param(name, ty, init, true, self.layer, true)?
+            .expect("read"))
+    }
+    /// A persistent, untrained buffer; `read` adds a node for forward ops to read.
+    pub fn buffer(
+        &mut self,
+        local: &str,
+        ty: TensorType,
+        init: Init,
+        read: bool,
+    ) -> Result<Option<TensorId>, String> {
+        let name = self.full(local);
+        self.g.add_param(name, ty, init, false, self.layer, read)
+    }
+    pub fn op(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let name = op.primitive().name();
+        self.g
+            .add(op, inputs, self.layer)
+            .map_err(|e| format!("{name} {e}"))
+    }
+    pub fn ty(&self, t: TensorId) -> &TensorType {
+        self.g.ty(t)
+    }
+    /// The shape of one sample: the tensor's shape without the batch dim.
+    pub fn sample(&self, t: TensorId) -> &[usize] {
+        &self.g.ty(t).shape[1..]
+    }
+    pub fn batch(&self) -> usize {
+        self.g.batch
+    }
+    /// A per-sample axis (negative from the end) as an axis of the batched tensor.
+    pub fn sample_axis(&self, t: TensorId, axis: i64) -> Result<usize, String> {
+        ops::axis(axis, self.sample(t).len()).map(|a| a + 1)
+    }
+    pub fn next_random_stream(&mut self) -> u64 {
+        *self.random_streams += 1;
+        *self.random_streams - 1
+    }
+}
