@@ -334,14 +334,14 @@ fn the_reference_documents_every_section_key_and_op() {
     let flops = find(&all, 2, "FLOPs");
     for f in UnaryFn::examples() {
         let (op, cost) = (f.layer(), f.cost());
-        if let Some(section) = find(&all, 3, op) {
-            if !section.text.contains(&format!("FLOPs: {cost} per element")) {
-                missing.push(format!(
-                    "op {op}: \"FLOPs: {cost} per element\" ({} in the elementwise table) is not \
-                     in its `### {op}` subsection",
-                    f.name()
-                ));
-            }
+        if let Some(section) = find(&all, 3, op)
+            && !section.text.contains(&format!("FLOPs: {cost} per element"))
+        {
+            missing.push(format!(
+                "op {op}: \"FLOPs: {cost} per element\" ({} in the elementwise table) is not in \
+                 its `### {op}` subsection",
+                f.name()
+            ));
         }
         let row = |line: &str| {
             line.starts_with('|')
