@@ -1,6 +1,7 @@
 // The elementwise template: src/ops/elementwise.rs fills in the bindings and the expression
-// from its table (one WGSL snippet per function), so one file serves every activation, its
-// gradient and the broadcasting binary ops.
+// from its table (src/ops/elementwise/unary_fn.rs: one WGSL snippet per function), so one
+// file serves every activation, its gradient and the broadcasting binary ops. The helpers
+// below are what those snippets may call.
 //
 // Broadcasting: output element i has coordinates in `dims`; input k reads at the dot product
 // of those coordinates with its `strides` (0 along a broadcast dimension). rank 0 means all
@@ -58,6 +59,12 @@ fn tanh_safe(x: f32) -> f32 {
 
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
+}
+
+// silu's derivative, sigmoid(x) * (1 + x * (1 - sigmoid(x))), with sigmoid evaluated once.
+fn silu_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    return s * (1.0 + x * (1.0 - s));
 }
 
 fn gelu(x: f32) -> f32 {

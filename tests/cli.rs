@@ -166,6 +166,59 @@ fn set_overrides_change_the_model() {
     assert_eq!(j["batch"], 7);
 }
 
+/// `silu` is a layer op a user can name: in a config file, and swapped for a relu by `--set`.
+#[test]
+fn a_config_can_name_silu() {
+    let layer = |j: &serde_json::Value, name: &str| {
+        j["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no layer {name}: {j}"))
+            .clone()
+    };
+    let smooth = layer(&check_json("tests/configs/good/tokens.toml"), "smooth");
+    assert_eq!(smooth["op"], "silu");
+    assert_eq!(smooth["output"], serde_json::json!([6, 3]));
+    assert_eq!(smooth["params"], 0);
+    assert_eq!(smooth["flops_per_sample"], 5 * 6 * 3);
+
+    // configs/mlp.toml's first relu (layer 2) becomes a silu: 5 FLOPs per element instead of 1.
+    let relu = check_json("configs/mlp.toml");
+    let silu: serde_json::Value = serde_json::from_str(&ok_stdout(&[
+        "check",
+        "configs/mlp.toml",
+        "--json",
+        "--set",
+        "model.layers.2.op=silu",
+    ]))
+    .unwrap();
+    assert_eq!(layer(&relu, "relu_2")["flops_per_sample"], 256);
+    let silu_2 = layer(&silu, "silu_2");
+    assert_eq!(silu_2["op"], "silu");
+    assert_eq!(silu_2["flops_per_sample"], 5 * 256);
+    assert_eq!(
+        silu["flops_per_sample"].as_u64().unwrap(),
+        relu["flops_per_sample"].as_u64().unwrap() + 4 * 256
+    );
+    // A plain activation has no attributes: one is refused at its key.
+    let out = trainer(&[
+        "check",
+        "configs/mlp.toml",
+        "--set",
+        "model.layers.2.op=silu",
+        "--set",
+        "model.layers.2.slope=0.1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("slope") && err.contains("a `silu` layer"),
+        "{err}"
+    );
+}
+
 #[test]
 fn graph_dot_renders_with_graphviz() {
     let dot = ok_stdout(&["graph", "configs/resnet.toml"]);

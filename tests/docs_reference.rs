@@ -4,9 +4,9 @@
 //!
 //! The lists come from the code itself: section names from `SECTIONS`, keys from serde (the
 //! field names of each `deny_unknown_fields` struct, the variant names of each enum, both after
-//! `rename`), the model's key lists, and each op's attribute keys. A key counts as documented
-//! when it appears as `` `key` `` in its section; a named value when it appears as `"value"` or
-//! `` `value` `` there.
+//! `rename`), the model's key lists, each op's attribute keys, and the FLOPs of each function of
+//! the elementwise table. A key counts as documented when it appears as `` `key` `` in its
+//! section; a named value when it appears as `"value"` or `` `value` `` there.
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
@@ -21,6 +21,7 @@ use trainer::config::{
     Progress, Run, SECTIONS, Schedule, ScheduleKind, Train,
 };
 use trainer::nn::{LAYER_OPS, LayerOp};
+use trainer::ops::UnaryFn;
 
 const DOC: &str = "docs/config.md";
 
@@ -326,6 +327,34 @@ fn the_reference_documents_every_section_key_and_op() {
                     "op {op}: attribute `{key}` is not mentioned in its `### {op}` subsection"
                 ));
             }
+        }
+    }
+
+    // Each function of the elementwise table: its layer op's subsection and the FLOPs table
+    // give its cost (both gelu rows cost the same, as the reference says).
+    let flops = find(&all, 2, "FLOPs");
+    for f in UnaryFn::examples() {
+        let (op, cost) = (f.layer(), f.cost());
+        if let Some(section) = find(&all, 3, op)
+            && !section.text.contains(&format!("FLOPs: {cost} per element"))
+        {
+            missing.push(format!(
+                "op {op}: \"FLOPs: {cost} per element\" ({} in the elementwise table) is not in \
+                 its `### {op}` subsection",
+                f.name()
+            ));
+        }
+        let row = |line: &str| {
+            line.starts_with('|')
+                && line.contains(&format!("`{op}`"))
+                && line.contains(&format!("| {cost} per element |"))
+        };
+        if !flops.is_some_and(|s| s.text.lines().any(row)) {
+            missing.push(format!(
+                "FLOPs: no row of its table gives `{op}` {cost} per element ({} in the \
+                 elementwise table)",
+                f.name()
+            ));
         }
     }
 

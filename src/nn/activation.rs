@@ -1,7 +1,10 @@
 use serde::Deserialize;
 
 use super::LayerSpec;
+use crate::config::de::from_value_in;
+use crate::config::tree::Value;
 use crate::config::values::{Finite, Fraction};
+use crate::diag::Diagnostic;
 use crate::graph::Mode;
 use crate::nn::Lower;
 use crate::ops::{Dropout, OpKind, Softmax, Unary, UnaryFn};
@@ -11,20 +14,27 @@ fn unary(cx: &mut Lower, x: TensorId, f: UnaryFn) -> Result<TensorId, String> {
     cx.op(OpKind::Unary(Unary { f }), &[x])
 }
 
-macro_rules! plain_activation {
-    ($($name:ident => $f:expr),*) => {$(
-        #[derive(Clone, Debug, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {}
-        impl LayerSpec for $name {
-            fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
-                unary(cx, inputs[0], $f)
-            }
-        }
-    )*};
-}
+/// A plain activation: a layer op named after a function of the elementwise table, with no
+/// attributes (relu, sigmoid, tanh, silu, ...: `UnaryFn::plain_layer`). The table alone makes
+/// it a layer op.
+#[derive(Clone, Debug)]
+pub struct Plain(pub UnaryFn);
 
-plain_activation!(Relu => UnaryFn::Relu, Sigmoid => UnaryFn::Sigmoid, Tanh => UnaryFn::Tanh);
+/// A plain activation's attributes: none.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoAttributes {}
+
+impl Plain {
+    /// The plain activation `name`, its (empty) attribute table checked; None if no such op.
+    pub fn parse(name: &str, attrs: &Value) -> Option<Result<Plain, Diagnostic>> {
+        let f = UnaryFn::plain_layer(name)?;
+        Some(from_value_in::<NoAttributes>(attrs, &format!("a `{name}` layer")).map(|_| Plain(f)))
+    }
+    pub fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        unary(cx, inputs[0], self.0)
+    }
+}
 
 fn slope() -> Finite {
     Finite(0.01)

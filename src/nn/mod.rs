@@ -2,7 +2,8 @@
 //! declarations into the forward graph (`build`). Each layer op is a `deny_unknown_fields`
 //! attribute struct (its keys are the config keys) that lowers itself to primitive ops through
 //! [`Lower`]. Composites need no gradient of their own: they get one from their parts.
-//! [`layer_ops!`] is the only list of them.
+//! [`layer_ops!`] is the only list of them, with the activations of the elementwise table
+//! (`UnaryFn`), which are layer ops by being rows there.
 
 mod activation;
 mod builder;
@@ -22,6 +23,7 @@ use crate::config::de::{field_names, from_value_in};
 use crate::config::model::{Named, quoted};
 use crate::config::tree::Value;
 use crate::diag::Diagnostic;
+use crate::ops::UnaryFn;
 use crate::tensor::TensorId;
 
 /// How many inputs a layer takes.
@@ -39,13 +41,72 @@ pub trait LayerSpec: DeserializeOwned + Clone + std::fmt::Debug {
     fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String>;
 }
 
+/// Defines `LayerOp` and `LAYER_OPS` from rows `"name" => Variant(AttributeStruct)`. The
+/// activations are the elementwise table's layer ops (`UnaryFn::LAYER_OPS`): a plain one needs
+/// no row here (`activation::Plain`); the `activations` group lists only those whose attributes
+/// choose the function, and its place among the rows is where `LAYER_OPS` lists them all.
 macro_rules! layer_ops {
-    ($($name:literal => $variant:ident($spec:ty)),* $(,)?) => {
+    (
+        $($before:literal => $before_variant:ident($before_spec:ty),)*
+        activations { $($act:literal => $act_variant:ident($act_spec:ty)),* $(,)? }
+        $($after:literal => $after_variant:ident($after_spec:ty)),* $(,)?
+    ) => {
+        layer_ops!(@define
+            rows {
+                $($before => $before_variant($before_spec),)*
+                $($act => $act_variant($act_spec),)*
+                $($after => $after_variant($after_spec),)*
+            }
+            before { $($before),* }
+            attributed { $($act),* }
+            after { $($after),* }
+        );
+    };
+    (@define
+        rows { $($name:literal => $variant:ident($spec:ty),)* }
+        before { $($before:literal),* }
+        attributed { $($act:literal),* }
+        after { $($after:literal),* }
+    ) => {
         #[derive(Clone, Debug)]
-        pub enum LayerOp { $($variant($spec)),* }
+        pub enum LayerOp {
+            $($variant($spec),)*
+            /// A plain activation of the elementwise table (relu, sigmoid, tanh, silu, ...).
+            Activation(activation::Plain),
+        }
 
         /// Every op name a layer may use, in the reference's order.
-        pub const LAYER_OPS: &[&str] = &[$($name),*];
+        pub const LAYER_OPS: &[&str] = &LAYER_OP_NAMES;
+
+        const BEFORE_ACTIVATIONS: &[&str] = &[$($before),*];
+        const AFTER_ACTIVATIONS: &[&str] = &[$($after),*];
+        const LAYER_OP_NAMES: [&str;
+            BEFORE_ACTIVATIONS.len() + UnaryFn::LAYER_OPS.len() + AFTER_ACTIVATIONS.len()] =
+            chain([BEFORE_ACTIVATIONS, UnaryFn::LAYER_OPS, AFTER_ACTIVATIONS]);
+
+        // The `activations` rows are exactly the table's layer ops that are not plain.
+        const _: () = {
+            let attributed: &[&str] = &[$($act),*];
+            let mut i = 0;
+            while i < attributed.len() {
+                assert!(
+                    UnaryFn::has_attributed_layer(attributed[i]),
+                    "an `activations` row that no row of the elementwise table reaches"
+                );
+                i += 1;
+            }
+            let (mut k, mut table) = (0, 0);
+            while k < UnaryFn::LAYER_OPS.len() {
+                if UnaryFn::has_attributed_layer(UnaryFn::LAYER_OPS[k]) {
+                    table += 1;
+                }
+                k += 1;
+            }
+            assert!(
+                table == attributed.len(),
+                "a layer op of the elementwise table with attributes lacks its `activations` row"
+            );
+        };
 
         impl LayerOp {
             /// Reads the attributes of op `name`; None if no such op.
@@ -55,27 +116,54 @@ macro_rules! layer_ops {
                         from_value_in::<$spec>(attrs, concat!("a `", $name, "` layer"))
                             .map(LayerOp::$variant),
                     ),)*
-                    _ => None,
+                    _ => activation::Plain::parse(name, attrs)
+                        .map(|r| r.map(LayerOp::Activation)),
                 }
             }
             pub fn name(&self) -> &'static str {
-                match self { $(LayerOp::$variant(_) => $name),* }
+                match self {
+                    $(LayerOp::$variant(_) => $name,)*
+                    LayerOp::Activation(a) => a.0.layer(),
+                }
             }
             pub fn arity(&self) -> Arity {
-                match self { $(LayerOp::$variant(_) => <$spec as LayerSpec>::ARITY),* }
+                match self {
+                    $(LayerOp::$variant(_) => <$spec as LayerSpec>::ARITY,)*
+                    LayerOp::Activation(_) => Arity::One,
+                }
             }
             pub fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
-                match self { $(LayerOp::$variant(s) => s.lower(cx, inputs)),* }
+                match self {
+                    $(LayerOp::$variant(s) => s.lower(cx, inputs),)*
+                    LayerOp::Activation(a) => a.lower(cx, inputs),
+                }
             }
             /// The attribute keys of op `name` (for the reference-documentation check).
             pub fn attribute_keys(name: &str) -> Option<&'static [&'static str]> {
                 match name {
                     $($name => Some(field_names::<$spec>()),)*
-                    _ => None,
+                    _ => UnaryFn::plain_layer(name)
+                        .map(|_| field_names::<activation::NoAttributes>()),
                 }
             }
         }
     };
+}
+
+/// The concatenation of three name lists, at compile time.
+const fn chain<const N: usize>(parts: [&[&'static str]; 3]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut p, mut n) = (0, 0);
+    while p < parts.len() {
+        let mut i = 0;
+        while i < parts[p].len() {
+            out[n] = parts[p][i];
+            n += 1;
+            i += 1;
+        }
+        p += 1;
+    }
+    out
 }
 
 layer_ops! {
@@ -84,11 +172,10 @@ layer_ops! {
     "embedding" => Embedding(linear::EmbeddingSpec),
     "batchnorm" => BatchNorm(norm::BatchNormSpec),
     "layernorm" => LayerNorm(norm::LayerNormSpec),
-    "relu" => Relu(activation::Relu),
-    "leaky_relu" => LeakyRelu(activation::LeakyRelu),
-    "gelu" => Gelu(activation::Gelu),
-    "sigmoid" => Sigmoid(activation::Sigmoid),
-    "tanh" => Tanh(activation::Tanh),
+    activations {
+        "leaky_relu" => LeakyRelu(activation::LeakyRelu),
+        "gelu" => Gelu(activation::Gelu),
+    }
     "softmax" => Softmax(activation::SoftmaxSpec),
     "dropout" => Dropout(activation::DropoutSpec),
     "max_pool2d" => MaxPool2d(pool::MaxPool2d),

@@ -1,5 +1,9 @@
-//! Elementwise ops: one table of unary functions and one of binary functions with numpy-style
-//! broadcasting. Adding an activation is a row here: its value, its derivative, its cost.
+//! Elementwise ops: the unary functions of one table (`unary_fn.rs`: adding an activation is a
+//! row there) and binary functions with numpy-style broadcasting, all through one WGSL template.
+
+mod unary_fn;
+
+pub use unary_fn::UnaryFn;
 
 use serde::Serialize;
 
@@ -12,162 +16,6 @@ use super::{
 use crate::kernel::cpu::{Io, Real};
 use crate::kernel::gpu::{Bind, Params, Shader, per_element};
 use crate::tensor::{TensorType, fmt_shape};
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(tag = "fn", rename_all = "snake_case")]
-pub enum UnaryFn {
-    Relu,
-    LeakyRelu {
-        slope: f64,
-    },
-    /// Exact gelu (erf); `Tanh` approximation is separate so its gradient matches it.
-    Gelu,
-    GeluTanh,
-    Sigmoid,
-    Tanh,
-}
-
-impl UnaryFn {
-    /// FLOPs per element: a rough, documented count (docs/config.md, "FLOPs").
-    fn cost(self) -> u64 {
-        match self {
-            UnaryFn::Relu => 1,
-            UnaryFn::LeakyRelu { .. } => 2,
-            UnaryFn::Sigmoid | UnaryFn::Tanh => 4,
-            UnaryFn::Gelu | UnaryFn::GeluTanh => 8,
-        }
-    }
-    /// f(x).
-    pub fn apply<T: Real>(self, x: T) -> T {
-        let half = T::of(0.5);
-        match self {
-            UnaryFn::Relu => x.max(T::ZERO),
-            UnaryFn::LeakyRelu { slope } => {
-                if x > T::ZERO {
-                    x
-                } else {
-                    T::of(slope) * x
-                }
-            }
-            UnaryFn::Gelu => {
-                half * x * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
-            }
-            UnaryFn::GeluTanh => half * x * (T::ONE + gelu_tanh_inner(x).tanh()),
-            UnaryFn::Sigmoid => sigmoid(x),
-            UnaryFn::Tanh => x.tanh(),
-        }
-    }
-    /// f'(x), the exact derivative of `apply` (tanh-gelu's of its own formula, not exact gelu's).
-    pub fn derivative<T: Real>(self, x: T) -> T {
-        let half = T::of(0.5);
-        match self {
-            UnaryFn::Relu => {
-                if x > T::ZERO {
-                    T::ONE
-                } else {
-                    T::ZERO
-                }
-            }
-            UnaryFn::LeakyRelu { slope } => {
-                if x > T::ZERO {
-                    T::ONE
-                } else {
-                    T::of(slope)
-                }
-            }
-            UnaryFn::Gelu => {
-                let cdf = half * (T::ONE + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
-                let pdf = (-half * x * x).exp() * T::of(0.398_942_280_401_432_7);
-                cdf + x * pdf
-            }
-            UnaryFn::GeluTanh => {
-                let t = gelu_tanh_inner(x).tanh();
-                let du = T::of(0.797_884_560_802_865_4) * (T::ONE + T::of(3.0 * 0.044715) * x * x);
-                half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
-            }
-            UnaryFn::Sigmoid => {
-                let s = sigmoid(x);
-                s * (T::ONE - s)
-            }
-            UnaryFn::Tanh => {
-                let t = x.tanh();
-                T::ONE - t * t
-            }
-        }
-    }
-    /// Whether f'(x) can be computed from y = f(x) alone, bit for bit, as PyTorch does for
-    /// relu, sigmoid and tanh. The backward pass then keeps y instead of x, so the op can run in
-    /// place over x (a conv-bn-relu saves two activations, not three).
-    pub fn grad_from_output(self) -> bool {
-        match self {
-            UnaryFn::Relu | UnaryFn::Sigmoid | UnaryFn::Tanh => true,
-            // y > 0 exactly when x > 0 only for a positive slope.
-            UnaryFn::LeakyRelu { slope } => slope > 0.0,
-            UnaryFn::Gelu | UnaryFn::GeluTanh => false,
-        }
-    }
-    /// f'(x) given y = f(x); only for functions where `grad_from_output` holds. Each formula is
-    /// the one `derivative` uses once it has computed f(x), so both give the same bits.
-    pub fn derivative_from_output<T: Real>(self, y: T) -> T {
-        match self {
-            UnaryFn::Relu | UnaryFn::LeakyRelu { .. } => self.derivative(y),
-            UnaryFn::Sigmoid => y * (T::ONE - y),
-            UnaryFn::Tanh => T::ONE - y * y,
-            UnaryFn::Gelu | UnaryFn::GeluTanh => {
-                unreachable!("{} needs its input for its gradient", self.name())
-            }
-        }
-    }
-    /// f(a) in WGSL (kernels/elementwise.wgsl defines the helpers; `p.alpha` is the slope).
-    fn wgsl(self) -> &'static str {
-        match self {
-            UnaryFn::Relu => "max(a, 0.0)",
-            UnaryFn::LeakyRelu { .. } => "select(p.alpha * a, a, a > 0.0)",
-            UnaryFn::Gelu => "gelu(a)",
-            UnaryFn::GeluTanh => "gelu_tanh(a)",
-            UnaryFn::Sigmoid => "sigmoid(a)",
-            UnaryFn::Tanh => "tanh_safe(a)",
-        }
-    }
-    /// f'(a) in WGSL; with `from_output`, a is y = f(x).
-    fn wgsl_derivative(self, from_output: bool) -> &'static str {
-        match (self, from_output) {
-            (UnaryFn::Relu, _) => "select(0.0, 1.0, a > 0.0)",
-            (UnaryFn::LeakyRelu { .. }, _) => "select(p.alpha, 1.0, a > 0.0)",
-            (UnaryFn::Gelu, _) => "gelu_grad(a)",
-            (UnaryFn::GeluTanh, _) => "gelu_tanh_grad(a)",
-            (UnaryFn::Sigmoid, false) => "sigmoid(a) * (1.0 - sigmoid(a))",
-            (UnaryFn::Sigmoid, true) => "a * (1.0 - a)",
-            (UnaryFn::Tanh, false) => "1.0 - tanh_safe(a) * tanh_safe(a)",
-            (UnaryFn::Tanh, true) => "1.0 - a * a",
-        }
-    }
-    fn alpha(self) -> f64 {
-        match self {
-            UnaryFn::LeakyRelu { slope } => slope,
-            _ => 0.0,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryFn::Relu => "relu",
-            UnaryFn::LeakyRelu { .. } => "leaky_relu",
-            UnaryFn::Gelu => "gelu",
-            UnaryFn::GeluTanh => "gelu_tanh",
-            UnaryFn::Sigmoid => "sigmoid",
-            UnaryFn::Tanh => "tanh",
-        }
-    }
-}
-
-fn sigmoid<T: Real>(x: T) -> T {
-    T::ONE / (T::ONE + (-x).exp())
-}
-
-/// sqrt(2/pi) * (x + 0.044715 x^3), the argument of tanh in gelu's approximation.
-fn gelu_tanh_inner<T: Real>(x: T) -> T {
-    T::of(0.797_884_560_802_865_4) * (x + T::of(0.044715) * x * x * x)
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Unary {
@@ -245,10 +93,7 @@ impl Primitive for Unary {
         out[0].numel() as u64 * self.f.cost()
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        match self.f {
-            UnaryFn::LeakyRelu { slope } => vec![("slope", slope.to_string())],
-            _ => Vec::new(),
-        }
+        self.f.attrs()
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let from_output = self.f.grad_from_output();
@@ -456,27 +301,7 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{UnaryFn, broadcast};
-
-    #[test]
-    fn gradient_from_the_output_equals_gradient_from_the_input_bit_for_bit() {
-        let fns = [
-            UnaryFn::Relu,
-            UnaryFn::LeakyRelu { slope: 0.01 },
-            UnaryFn::Sigmoid,
-            UnaryFn::Tanh,
-        ];
-        for f in fns {
-            assert!(f.grad_from_output(), "{}", f.name());
-            for i in -400..400 {
-                let x = i as f32 * 0.0173 + 0.0005;
-                let (a, b) = (f.derivative(x), f.derivative_from_output(f.apply(x)));
-                assert_eq!(a.to_bits(), b.to_bits(), "{} at {x}", f.name());
-            }
-        }
-        assert!(!UnaryFn::LeakyRelu { slope: -0.5 }.grad_from_output());
-        assert!(!UnaryFn::Gelu.grad_from_output());
-    }
+    use super::broadcast;
 
     #[test]
     fn broadcasting_follows_numpy() {
