@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod recompute;
+pub mod report;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
