@@ -5,9 +5,43 @@
 
 use std::fmt::Write;
 
-use super::{Plan, Region, Slot};
+use super::{Plan, Region, Slot, Stats};
 use crate::graph::{Phase, TensorId};
 use crate::ops::TensorType;
+
+/// The text `trainer plan` prints.
+pub fn report(name: &str, s: &Stats) -> String {
+    let g = |f: u64| format!("{:.2} GFLOP", f as f64 / 1e9);
+    let b = &s.bytes;
+    let lines = [
+        format!(
+            "{name}: one training step at batch {}, checkpointing {}",
+            s.batch, s.checkpointing
+        ),
+        format!(
+            "  launches          {} ({} in place, {} recomputed)",
+            s.launches, s.in_place, s.recomputed_ops
+        ),
+        format!(
+            "  FLOPs             forward {}, backward {}, recompute {}, update {}",
+            g(s.flops.forward),
+            g(s.flops.backward),
+            g(s.flops.recompute),
+            g(s.flops.update)
+        ),
+        format!(
+            "  memory            params {}, buffers {}, grads {}, optimizer {}, inputs {}",
+            human(b.params),
+            human(b.buffers),
+            human(b.grads),
+            human(b.optimizer),
+            human(b.inputs)
+        ),
+        format!("  activations peak  {}", human(b.activations_peak)),
+        format!("  total peak        {}", human(b.total_peak)),
+    ];
+    lines.join("\n")
+}
 
 /// `trainer plan --launches`: a `#` header (the step, the regions, the columns), then one
 /// line per launch in plan order: index, phase, op, layer, then each input and output
@@ -54,6 +88,22 @@ pub fn launches(name: &str, plan: &Plan) -> String {
         let _ = writeln!(out, "{}", fields.join(" "));
     }
     out
+}
+
+/// Bytes as people read them: 1.5 GiB, 512 MiB.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn tensor(ty: &TensorType, slot: &Slot) -> String {
