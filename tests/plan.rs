@@ -167,8 +167,17 @@ fn check_launches(config: &str, text: &str, figures: &Value) {
     assert_eq!(header.len(), 3, "{config}: {text}");
     assert_eq!(
         lines.len() as u64,
-        launches,
+        get(figures, "launches"),
         "{config}: one line per launch"
+    );
+    let recomputed = lines
+        .iter()
+        .filter(|l| l.split(' ').nth(1) == Some("recompute"))
+        .count();
+    assert_eq!(
+        recomputed as u64,
+        get(figures, "recomputed_ops"),
+        "{config}"
     );
     let regions: std::collections::BTreeMap<&str, u64> = header[1]
         .strip_prefix("# region bytes: ")
