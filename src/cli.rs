@@ -51,6 +51,9 @@ pub enum Command {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Every launch, one a line: op, layer, phase, shapes, memory slots
+        #[arg(long, conflicts_with = "json")]
+        launches: bool,
         /// Batch size (default: data.batch_size)
         #[arg(long, value_parser = batch_size)]
         batch: Option<usize>,
@@ -257,11 +260,17 @@ fn run(cli: Cli) -> Result<(), u8> {
         Command::Plan {
             config,
             json,
+            launches,
             batch,
         } => {
             let (plan, _) = plan_step(&config, &cli.set, batch)?;
             let stats = &plan.stats;
-            if json {
+            if launches {
+                print_out(&crate::schedule::report::launches(
+                    &config.display().to_string(),
+                    &plan,
+                ))
+            } else if json {
                 let mut v = serde_json::to_value(stats).map_err(internal)?;
                 v["config"] = config.display().to_string().into();
                 print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))

@@ -108,3 +108,163 @@ fn an_impossible_budget_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `trainer plan --launches` for a config, with `--set`s, started in a process of its own.
+fn launches(config: &str, sets: &[&str]) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.args(["plan", config, "--launches"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs")
+}
+
+fn text(child: std::process::Child) -> String {
+    let out = child.wait_with_output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The forward and training graph as `trainer graph --backward --format json` exports it:
+/// every (op, layer) pair of a node, and the layer names.
+fn graph_names(config: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["graph", config, "--backward", "--format", "json"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let s = |v: &Value| v.as_str().expect("a string").to_string();
+    let ops = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (s(&n["op"]), s(&n["layer"])))
+        .collect();
+    let layers = v["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| s(&l["name"]))
+        .collect();
+    (ops, layers)
+}
+
+/// What a launch line must say, checked against the training graph and the plan's `--json`
+/// figures: one line per launch, its index, a phase (`recompute` as often as ops are
+/// recomputed), an (op, layer) pair of the graph, and tensors whose sizes agree with their
+/// shapes and whose slots lie inside their regions.
+fn check_launches(config: &str, text: &str, figures: &Value) {
+    let (ops, layers) = graph_names(config);
+    let (header, lines): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.starts_with('#'));
+    assert_eq!(header.len(), 3, "{config}: {text}");
+    assert_eq!(
+        lines.len() as u64,
+        get(figures, "launches"),
+        "{config}: one line per launch"
+    );
+    let recomputed = lines
+        .iter()
+        .filter(|l| l.split(' ').nth(1) == Some("recompute"))
+        .count();
+    assert_eq!(
+        recomputed as u64,
+        get(figures, "recomputed_ops"),
+        "{config}"
+    );
+    let regions: std::collections::BTreeMap<&str, u64> = header[1]
+        .strip_prefix("# region bytes: ")
+        .expect("the regions line")
+        .split(", ")
+        .map(|r| {
+            let (name, bytes) = r.split_once(' ').expect("name bytes");
+            (name, bytes.parse().expect("bytes"))
+        })
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[0], i.to_string(), "{config}: {line}");
+        assert!(
+            ["forward", "backward", "recompute", "update"].contains(&fields[1]),
+            "{config}: {line}"
+        );
+        let (op, layer) = (fields[2].to_string(), fields[3].to_string());
+        assert!(layers.contains(&layer), "{config}: unknown layer in {line}");
+        assert!(
+            ops.contains(&(op, layer)),
+            "{config}: no such op in that layer: {line}"
+        );
+        assert_eq!(fields.iter().filter(|f| **f == "->").count(), 1, "{line}");
+        for tensor in fields[4..].iter().filter(|f| **f != "->") {
+            // dtype[d0,d1]@region:offset+bytes
+            let (ty, slot) = tensor.split_once('@').expect("a slot");
+            let dims = ty
+                .split_once('[')
+                .and_then(|(_, d)| d.strip_suffix(']'))
+                .expect("a shape");
+            let numel: u64 = dims
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.parse::<u64>().expect("a dim"))
+                .product();
+            let (region, range) = slot.split_once(':').expect("region:offset+size");
+            let (offset, size) = range.split_once('+').expect("offset+size");
+            let (offset, size): (u64, u64) = (offset.parse().unwrap(), size.parse().unwrap());
+            assert_eq!(size, numel * 4, "{config}: {tensor} in {line}");
+            assert!(
+                offset + size <= regions[region],
+                "{config}: {tensor} outside its region"
+            );
+        }
+    }
+}
+
+/// Plans are deterministic across processes (no address or hash order decides anything):
+/// `trainer plan --launches` on every shipped config, under its own checkpointing and under
+/// `sqrt` (and, for resnet.toml, a memory budget's search), gives the same bytes in two
+/// processes, one line per launch that `--json` counts.
+#[test]
+fn launches_are_the_same_in_two_processes() {
+    let mut configs: Vec<String> = std::fs::read_dir("configs")
+        .expect("configs/")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 4, "{configs:?}");
+    let budget = "train.checkpointing={ memory_budget = \"40MiB\" }";
+    let mut cases: Vec<(String, Vec<&str>)> = Vec::new();
+    for c in &configs {
+        cases.push((c.clone(), vec![]));
+        cases.push((c.clone(), vec!["train.checkpointing=sqrt"]));
+    }
+    cases.push(("configs/resnet.toml".into(), vec![budget]));
+    for (config, sets) in &cases {
+        let (first, second) = (launches(config, sets), launches(config, sets));
+        let (first, second) = (text(first), text(second));
+        if let Some((a, b)) = first.lines().zip(second.lines()).find(|(a, b)| a != b) {
+            panic!("{config} {sets:?}: two processes differ:\n{a}\n{b}");
+        }
+        assert!(
+            first == second,
+            "{config} {sets:?}: one process printed more lines"
+        );
+        let mut json = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        json.args(["plan", config, "--json"]);
+        for s in sets {
+            json.args(["--set", s]);
+        }
+        let out = json.output().expect("runs");
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        check_launches(config, &first, &v);
+    }
+}

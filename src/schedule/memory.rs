@@ -63,7 +63,14 @@ struct Block {
     offset: usize,
 }
 
-pub fn plan(g: &Graph, order: &[NodeId], in_place: bool) -> Layout {
+/// Slots for every tensor of `g` run in `order`, arena tensors packed by `last_reads`
+/// (`liveness`).
+pub fn plan(
+    g: &Graph,
+    order: &[NodeId],
+    last_reads: &BTreeMap<TensorId, usize>,
+    in_place: bool,
+) -> Layout {
     let mut slots = BTreeMap::new();
     let mut sizes: BTreeMap<Region, usize> = BTreeMap::new();
     let place = |sizes: &mut BTreeMap<Region, usize>, region, len| {
@@ -102,17 +109,6 @@ pub fn plan(g: &Graph, order: &[NodeId], in_place: bool) -> Layout {
         slots.insert(t, params[i]);
     }
 
-    // Lifetimes of arena tensors, in launch positions.
-    let end = order.len();
-    let mut last: BTreeMap<TensorId, usize> = BTreeMap::new();
-    for (i, &id) in order.iter().enumerate() {
-        for &t in &g.dag[id].inputs {
-            last.insert(t, i);
-        }
-    }
-    for t in [g.loss, g.output] {
-        last.insert(t, end);
-    }
     let mut blocks: Vec<Block> = Vec::new();
     let mut block_of: BTreeMap<TensorId, usize> = BTreeMap::new();
     let mut in_place_count = 0;
@@ -123,14 +119,14 @@ pub fn plan(g: &Graph, order: &[NodeId], in_place: bool) -> Layout {
             if slots.contains_key(&t) {
                 continue;
             }
-            let t_last = last.get(&t).copied().unwrap_or(i);
+            let t_last = last_reads.get(&t).copied().unwrap_or(i);
             let reuse = (k == 0 && in_place)
                 .then(|| n.op.primitive().inplace())
                 .flatten()
                 .map(|j| n.inputs[j])
                 .filter(|u| {
                     block_of.contains_key(u)
-                        && last.get(u) == Some(&i)
+                        && last_reads.get(u) == Some(&i)
                         && g.ty(*u).numel() == ty.numel()
                         && !is_leaf(g, *u)
                 });

@@ -1,7 +1,9 @@
 //! Checkpointing (rematerialisation): which forward activations the backward pass keeps, and
 //! clones of forward ops (phase `Recompute`) that bring the others back just before their
 //! first backward use. Every kernel is deterministic, so a clone reproduces its original bit
-//! for bit: gradients do not depend on the policy.
+//! for bit: gradients do not depend on the policy. This is the mechanism and the fixed
+//! policies' drop sets (`blocks`, a `sqrt` segmentation, "save dots"); `search` chooses
+//! among them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +57,15 @@ fn forward_reads_by(g: &Graph, reader: impl Fn(Phase) -> bool) -> BTreeSet<Tenso
     out
 }
 
+/// The forward activations (not leaves) still there when the backward pass starts under
+/// `drop`: those a backward op reads, less the dropped ones.
+pub fn kept(g: &Graph, drop: &BTreeSet<TensorId>) -> BTreeSet<TensorId> {
+    backward_reads(g)
+        .into_iter()
+        .filter(|t| !drop.contains(t))
+        .collect()
+}
+
 /// What a checkpointing policy decides: which saved activations the backward pass drops, and
 /// which forward ops are recomputed afresh for each backward op that needs them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,10 +110,7 @@ pub fn rematerialize(g: &Graph, remat: &Remat) -> Graph {
     // What the forward pass leaves behind: leaves, and the saved activations not dropped. A
     // forward tensor no backward op reads (a batchnorm output that relu overwrote in place)
     // is gone by then, so a clone that needs it recomputes it too.
-    let kept: BTreeSet<TensorId> = backward_reads(g)
-        .into_iter()
-        .filter(|t| !drop.contains(t))
-        .collect();
+    let kept = kept(g, drop);
     let keep = |t: TensorId| is_leaf(g, t) || kept.contains(&t);
     for id in g.dag.node_indices() {
         let n = &g.dag[id];
@@ -241,24 +249,6 @@ fn chain_len(g: &Graph, node: NodeId, keep: &impl Fn(TensorId) -> bool) -> usize
     seen.len()
 }
 
-/// Forward ops a clone may be made of under `drop`: launched ops none of whose outputs the
-/// forward pass leaves for the backward pass. The candidates for `Remat::per_use`.
-pub fn recomputable(g: &Graph, drop: &BTreeSet<TensorId>) -> Vec<NodeId> {
-    let kept: BTreeSet<TensorId> = backward_reads(g)
-        .into_iter()
-        .filter(|t| !drop.contains(t))
-        .collect();
-    g.dag
-        .node_indices()
-        .filter(|&id| {
-            let n = &g.dag[id];
-            n.phase == Phase::Forward
-                && !n.inputs.is_empty()
-                && g.outputs(id).iter().all(|t| !kept.contains(t))
-        })
-        .collect()
-}
-
 /// `blocks`: keep what crosses a block instance's boundary; recompute inside each block.
 pub fn blocks(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
     let segment = |id: NodeId| {
@@ -285,58 +275,6 @@ pub fn blocks(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
         .collect()
 }
 
-/// The number of forward launches: `sqrt` cuts into about the square root of it.
-pub fn forward_launches(g: &Graph) -> usize {
-    g.dag
-        .node_indices()
-        .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
-        .count()
-}
-
-/// Saved activations that alone cross a cut of the forward chain (block outputs in a
-/// ResNet), in forward order: where a `sqrt` segmentation may restart recomputation. One no
-/// backward op reads (an add that relu overwrites in place) is not there to restart from.
-pub fn saved_cuts(g: &Graph, saved: &Saved) -> Vec<TensorId> {
-    let droppable: BTreeSet<TensorId> = saved.droppable.iter().copied().collect();
-    articulation(g)
-        .1
-        .into_iter()
-        .map(|(_, t)| t)
-        .filter(|t| droppable.contains(t))
-        .collect()
-}
-
-/// Chen et al. 2016: of `cuts` (in forward order), those that split the forward chain into
-/// about `segments` runs of equal bytes. A segment is recomputed whole, so it is sized by
-/// everything it produces.
-pub fn even_segments(g: &Graph, cuts: &[TensorId], segments: usize) -> BTreeSet<TensorId> {
-    let bytes = |t: TensorId| (g.ty(t).numel() * 4) as u64;
-    let forward: Vec<NodeId> = g
-        .dag
-        .node_indices()
-        .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
-        .collect();
-    let total: u64 = forward
-        .iter()
-        .flat_map(|&id| g.outputs(id))
-        .map(bytes)
-        .sum();
-    let target = total / segments.max(1) as u64;
-    let cut_set: BTreeSet<TensorId> = cuts.iter().copied().collect();
-    let mut keep = BTreeSet::new();
-    let mut acc = 0u64;
-    for &id in &forward {
-        for t in g.outputs(id) {
-            acc += bytes(t);
-            if cut_set.contains(&t) && acc >= target {
-                keep.insert(t);
-                acc = 0;
-            }
-        }
-    }
-    keep
-}
-
 /// The drop set of a segmentation: keep the `kept` cuts and everything after the last one
 /// (the backward pass needs the last segment at once); recompute the rest.
 pub fn segmented(saved: &Saved, kept: &BTreeSet<TensorId>) -> BTreeSet<TensorId> {
@@ -351,44 +289,6 @@ pub fn segmented(saved: &Saved, kept: &BTreeSet<TensorId>) -> BTreeSet<TensorId>
         .collect()
 }
 
-/// Activations that alone cross a cut of the forward chain (block outputs in a ResNet).
-pub fn cuts(g: &Graph) -> BTreeSet<TensorId> {
-    articulation(g).1.into_iter().map(|(_, t)| t).collect()
-}
-
-/// Forward launches in order, and each position after which a single activation is live.
-fn articulation(g: &Graph) -> (Vec<NodeId>, Vec<(usize, TensorId)>) {
-    let forward: Vec<NodeId> = g
-        .dag
-        .node_indices()
-        .filter(|&id| g.dag[id].phase == Phase::Forward && !g.dag[id].inputs.is_empty())
-        .collect();
-    // Last forward position reading each activation.
-    let mut last: BTreeMap<TensorId, usize> = BTreeMap::new();
-    for (i, &id) in forward.iter().enumerate() {
-        for &t in &g.dag[id].inputs {
-            if !is_leaf(g, t) {
-                last.insert(t, i);
-            }
-        }
-    }
-    // Sweep: after position i, which activations are still to be read?
-    let mut live: BTreeSet<TensorId> = BTreeSet::new();
-    let mut cuts: Vec<(usize, TensorId)> = Vec::new();
-    for (i, &id) in forward.iter().enumerate() {
-        for t in g.outputs(id) {
-            if last.get(&t).is_some_and(|&l| l > i) {
-                live.insert(t);
-            }
-        }
-        live.retain(|t| last[t] > i);
-        if live.len() == 1 {
-            cuts.push((i, *live.iter().next().expect("one")));
-        }
-    }
-    (forward, cuts)
-}
-
 /// "Save dots": the droppable activations of memory-bound ops (batchnorm, activations,
 /// adds); convolution and matmul outputs are kept.
 pub fn cheap(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
@@ -398,27 +298,4 @@ pub fn cheap(g: &Graph, saved: &Saved) -> BTreeSet<TensorId> {
         .filter(|t| g.dag[t.node()].op.primitive().cost() != Cost::Compute)
         .copied()
         .collect()
-}
-
-/// Droppable activations in the order a memory budget gives them up: cheap memory-bound ops
-/// first (batchnorm, activations, adds), convolutions and matmuls last ("save dots"); within
-/// a class, the fewest FLOPs to recompute per byte freed first.
-pub fn budget_order(g: &Graph, saved: &Saved) -> Vec<TensorId> {
-    let mut ranked: Vec<(bool, f64, TensorId)> = saved
-        .droppable
-        .iter()
-        .map(|&t| {
-            let n = &g.dag[t.node()];
-            let compute = n.op.primitive().cost() == Cost::Compute;
-            let bytes = (g.ty(t).numel() * 4).max(1) as f64;
-            (compute, g.flops(t.node()) as f64 / bytes, t)
-        })
-        .collect();
-    ranked.sort_by(|a, b| {
-        (a.0, a.1)
-            .partial_cmp(&(b.0, b.1))
-            .expect("finite")
-            .then(a.2.cmp(&b.2))
-    });
-    ranked.into_iter().map(|(_, _, t)| t).collect()
 }
