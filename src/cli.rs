@@ -2,7 +2,7 @@
 //! 1 internal error.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -210,162 +210,50 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), u8> {
+    let sets = &cli.set;
     match cli.command {
         Command::Check {
             config,
             json,
             batch,
-        } => {
-            let (g, sources) = load_graph(&config, &cli.set, batch)?;
-            let summary = graph::summary::summarize(&g, &sources);
-            if json {
-                let v = serde_json::to_value(&summary).map_err(internal)?;
-                let mut obj = serde_json::Map::new();
-                obj.insert("config".into(), config.display().to_string().into());
-                obj.insert("batch".into(), g.batch.into());
-                if let serde_json::Value::Object(m) = v {
-                    obj.extend(m);
-                }
-                print_out(&(serde_json::to_string_pretty(&obj).map_err(internal)? + "\n"))
-            } else {
-                print_out(&format!("{}: ok\n{}", config.display(), summary.table()))
-            }
-        }
+        } => check(&config, sets, batch, json),
         Command::Graph {
             config,
             format,
             batch,
             backward,
-        } => {
-            let (g, sources) = load_graph(&config, &cli.set, batch)?;
-            let g = match backward {
-                false => g,
-                true => {
-                    let cfg = load_config(&config, &cli.set)?;
-                    graph::training::training_graph(&g, &cfg.optimizer)
-                        .map_err(|d| user_error(&d.into(), &sources))?
-                }
-            };
-            let text = match format {
-                GraphFormat::Dot => graph::export::dot(&g),
-                GraphFormat::Json => {
-                    serde_json::to_string_pretty(&graph::export::json(&g)).map_err(internal)? + "\n"
-                }
-            };
-            print_out(&text)
-        }
+        } => print_graph(&config, sets, batch, format, backward),
         Command::Plan {
             config,
             json,
             batch,
-        } => {
-            let (plan, _) = plan_step(&config, &cli.set, batch)?;
-            let stats = &plan.stats;
-            if json {
-                let mut v = serde_json::to_value(stats).map_err(internal)?;
-                v["config"] = config.display().to_string().into();
-                print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))
-            } else {
-                print_out(&format!(
-                    "{}\n",
-                    crate::schedule::report(&config.display().to_string(), stats)
-                ))
-            }
-        }
+        } => print_plan(&config, sets, batch, json),
         Command::Bench {
             config,
             device,
             steps,
             batch,
             json,
-        } => {
-            let (plan, cfg) = plan_step(&config, &cli.set, batch)?;
-            let device = device_of(device, &cfg);
-            let (seed, steps) = (cfg.run.seed, steps as usize);
-            let result = match open_backend(device)? {
-                Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
-                Backend::Gpu(gpu) => {
-                    crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
-                        eprintln!("error: {e}");
-                        e.exit_code()
-                    })?
-                }
-            };
-            if json {
-                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
-            } else {
-                let submits = match result.submits_per_step {
-                    Some(n) => format!(", {n} submit{} a step", if n == 1 { "" } else { "s" }),
-                    None => String::new(),
-                };
-                print_out(&format!(
-                    "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n",
-                    config.display(),
-                    result.device,
-                    result.batch,
-                    result.step_ms,
-                    result.steps,
-                    result.img_per_s,
-                ))
-            }
-        }
+        } => bench(&config, sets, batch, device, steps, json),
         Command::Fit {
             config,
             run_dir,
             resume,
             force,
             device,
-        } => {
-            let opts = crate::train::fit::FitOptions {
-                config_path: config,
-                run_dir,
-                resume,
-                force,
-                command: std::env::args().collect(),
-            };
-            fit(&cli.set, device, &opts)
-        }
+        } => fit(config, sets, run_dir, resume, force, device),
         Command::Resume {
             run_dir,
             force,
             device,
-        } => {
-            let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
-            if !resolved.exists() {
-                eprintln!(
-                    "error: {} is not a run directory (it has no {})",
-                    run_dir.display(),
-                    crate::train::run_dir::RESOLVED
-                );
-                return Err(2);
-            }
-            let opts = crate::train::fit::FitOptions {
-                config_path: resolved,
-                run_dir: None,
-                resume: Some(run_dir),
-                force,
-                command: std::env::args().collect(),
-            };
-            fit(&cli.set, device, &opts)
-        }
+        } => resume(run_dir, sets, force, device),
         Command::Eval {
             config,
             checkpoint,
             split,
             device,
             json,
-        } => {
-            let cfg = load_config(&config, &cli.set)?;
-            let backend = open_backend(device_of(device, &cfg))?;
-            let result = crate::train::inference::evaluate(
-                &cfg,
-                &config,
-                gpu_of(&backend),
-                &checkpoint,
-                split == SplitName::Val,
-            );
-            report(result, json, |r| r.table())
-        }
+        } => eval(&config, sets, &checkpoint, split, device, json),
         Command::Predict {
             config,
             checkpoint,
@@ -373,50 +261,227 @@ fn run(cli: Cli) -> Result<(), u8> {
             top_k,
             device,
             json,
-        } => {
-            let cfg = load_config(&config, &cli.set)?;
-            let backend = open_backend(device_of(device, &cfg))?;
-            let result = crate::train::inference::predict(
-                &cfg,
-                &config,
-                gpu_of(&backend),
-                &checkpoint,
-                &inputs,
-                top_k as usize,
-            );
-            report(result, json, |r| {
-                crate::train::inference::predictions_table(r)
-            })
-        }
-        Command::Devices { json } => {
-            let adapters = crate::backend::gpu::adapters();
-            if json {
-                return print_out(
-                    &(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"),
-                );
-            }
-            if adapters.is_empty() {
-                return print_out("no GPU adapters found; trainer runs on the CPU\n");
-            }
-            let mut text = String::new();
-            for a in &adapters {
-                text += &format!(
-                    "{} ({}, {})\n  driver: {} {}\n  limits: storage binding {}, buffer {}, {} workgroups per dimension, {} workgroup memory\n  features: {}\n",
-                    a.name,
-                    a.backend,
-                    a.device_type,
-                    a.driver,
-                    a.driver_info,
-                    crate::schedule::human(a.max_storage_buffer_binding_size),
-                    crate::schedule::human(a.max_buffer_size),
-                    a.max_compute_workgroups_per_dimension,
-                    crate::schedule::human(a.max_compute_workgroup_storage_size as u64),
-                    a.features.join(", ")
-                );
-            }
-            print_out(&text)
-        }
+        } => predict(&config, sets, &checkpoint, &inputs, top_k, device, json),
+        Command::Devices { json } => devices(json),
     }
+}
+
+/// `trainer check`: the layer table, or its JSON.
+fn check(config: &Path, sets: &[String], batch: Option<usize>, json: bool) -> Result<(), u8> {
+    let (g, sources) = load_graph(config, sets, batch)?;
+    let summary = graph::summary::summarize(&g, &sources);
+    if json {
+        let v = serde_json::to_value(&summary).map_err(internal)?;
+        let mut obj = serde_json::Map::new();
+        obj.insert("config".into(), config.display().to_string().into());
+        obj.insert("batch".into(), g.batch.into());
+        if let serde_json::Value::Object(m) = v {
+            obj.extend(m);
+        }
+        print_out(&(serde_json::to_string_pretty(&obj).map_err(internal)? + "\n"))
+    } else {
+        print_out(&format!("{}: ok\n{}", config.display(), summary.table()))
+    }
+}
+
+/// `trainer graph`: the forward graph (or with `backward` the whole training step) as DOT or
+/// JSON.
+fn print_graph(
+    config: &Path,
+    sets: &[String],
+    batch: Option<usize>,
+    format: GraphFormat,
+    backward: bool,
+) -> Result<(), u8> {
+    let (g, sources) = load_graph(config, sets, batch)?;
+    let g = match backward {
+        false => g,
+        true => {
+            let cfg = load_config(config, sets)?;
+            graph::training::training_graph(&g, &cfg.optimizer)
+                .map_err(|d| user_error(&d.into(), &sources))?
+        }
+    };
+    let text = match format {
+        GraphFormat::Dot => graph::export::dot(&g),
+        GraphFormat::Json => {
+            serde_json::to_string_pretty(&graph::export::json(&g)).map_err(internal)? + "\n"
+        }
+    };
+    print_out(&text)
+}
+
+/// `trainer plan`: the planned training step's statistics, as text or JSON.
+fn print_plan(config: &Path, sets: &[String], batch: Option<usize>, json: bool) -> Result<(), u8> {
+    let (plan, _) = plan_step(config, sets, batch)?;
+    let stats = &plan.stats;
+    if json {
+        let mut v = serde_json::to_value(stats).map_err(internal)?;
+        v["config"] = config.display().to_string().into();
+        print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))
+    } else {
+        print_out(&format!(
+            "{}\n",
+            crate::schedule::report(&config.display().to_string(), stats)
+        ))
+    }
+}
+
+/// `trainer bench`: times training steps on the chosen backend.
+fn bench(
+    config: &Path,
+    sets: &[String],
+    batch: Option<usize>,
+    device: Option<Device>,
+    steps: u32,
+    json: bool,
+) -> Result<(), u8> {
+    let (plan, cfg) = plan_step(config, sets, batch)?;
+    let device = device_of(device, &cfg);
+    let (seed, steps) = (cfg.run.seed, steps as usize);
+    let result = match open_backend(device)? {
+        Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
+        Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
+            eprintln!("error: {e}");
+            e.exit_code()
+        })?,
+    };
+    if json {
+        print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+    } else {
+        let submits = match result.submits_per_step {
+            Some(n) => format!(", {n} submit{} a step", if n == 1 { "" } else { "s" }),
+            None => String::new(),
+        };
+        print_out(&format!(
+            "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n",
+            config.display(),
+            result.device,
+            result.batch,
+            result.step_ms,
+            result.steps,
+            result.img_per_s,
+        ))
+    }
+}
+
+/// `trainer fit`: a new run, or with `resume` the continuation of one under this config.
+fn fit(
+    config: PathBuf,
+    sets: &[String],
+    run_dir: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    force: bool,
+    device: Option<Device>,
+) -> Result<(), u8> {
+    let opts = crate::train::fit::FitOptions {
+        config_path: config,
+        run_dir,
+        resume,
+        force,
+        command: std::env::args().collect(),
+    };
+    train(sets, device, &opts)
+}
+
+/// `trainer resume`: continues a run with the config it saved.
+fn resume(
+    run_dir: PathBuf,
+    sets: &[String],
+    force: bool,
+    device: Option<Device>,
+) -> Result<(), u8> {
+    let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
+    if !resolved.exists() {
+        eprintln!(
+            "error: {} is not a run directory (it has no {})",
+            run_dir.display(),
+            crate::train::run_dir::RESOLVED
+        );
+        return Err(2);
+    }
+    let opts = crate::train::fit::FitOptions {
+        config_path: resolved,
+        run_dir: None,
+        resume: Some(run_dir),
+        force,
+        command: std::env::args().collect(),
+    };
+    train(sets, device, &opts)
+}
+
+/// `trainer eval`: a checkpoint's loss and accuracy on the test or validation split.
+fn eval(
+    config: &Path,
+    sets: &[String],
+    checkpoint: &Path,
+    split: SplitName,
+    device: Option<Device>,
+    json: bool,
+) -> Result<(), u8> {
+    let cfg = load_config(config, sets)?;
+    let backend = open_backend(device_of(device, &cfg))?;
+    let result = crate::train::inference::evaluate(
+        &cfg,
+        config,
+        gpu_of(&backend),
+        checkpoint,
+        split == SplitName::Val,
+    );
+    report(result, json, |r| r.table())
+}
+
+/// `trainer predict`: the top classes of each input under a checkpoint.
+fn predict(
+    config: &Path,
+    sets: &[String],
+    checkpoint: &Path,
+    inputs: &[PathBuf],
+    top_k: u32,
+    device: Option<Device>,
+    json: bool,
+) -> Result<(), u8> {
+    let cfg = load_config(config, sets)?;
+    let backend = open_backend(device_of(device, &cfg))?;
+    let result = crate::train::inference::predict(
+        &cfg,
+        config,
+        gpu_of(&backend),
+        checkpoint,
+        inputs,
+        top_k as usize,
+    );
+    report(result, json, |r| {
+        crate::train::inference::predictions_table(r)
+    })
+}
+
+/// `trainer devices`: the GPU adapters wgpu sees.
+fn devices(json: bool) -> Result<(), u8> {
+    let adapters = crate::backend::gpu::adapters();
+    if json {
+        return print_out(&(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"));
+    }
+    if adapters.is_empty() {
+        return print_out("no GPU adapters found; trainer runs on the CPU\n");
+    }
+    let mut text = String::new();
+    for a in &adapters {
+        text += &format!(
+            "{} ({}, {})\n  driver: {} {}\n  limits: storage binding {}, buffer {}, {} workgroups per dimension, {} workgroup memory\n  features: {}\n",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver,
+            a.driver_info,
+            crate::schedule::human(a.max_storage_buffer_binding_size),
+            crate::schedule::human(a.max_buffer_size),
+            a.max_compute_workgroups_per_dimension,
+            crate::schedule::human(a.max_compute_workgroup_storage_size as u64),
+            a.features.join(", ")
+        );
+    }
+    print_out(&text)
 }
 
 /// Prints what `eval` or `predict` found, as JSON or as text; their errors are the user's
@@ -453,10 +518,10 @@ fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
     }
 }
 
-/// `trainer fit` and `trainer resume`. Exit codes: 130 after a signal (checkpoint saved), 3 when
-/// the loss stopped being finite, 2 for bad input (a plan the GPU cannot hold included), 1 when
-/// the device or disk failed.
-fn fit(
+/// Loads the config, opens the backend and trains: `trainer fit` and `trainer resume`. Exit
+/// codes: 130 after a signal (checkpoint saved), 3 when the loss stopped being finite, 2 for bad
+/// input (a plan the GPU cannot hold included), 1 when the device or disk failed.
+fn train(
     sets: &[String],
     device: Option<Device>,
     opts: &crate::train::fit::FitOptions,
