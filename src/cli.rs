@@ -2,10 +2,10 @@
 //! 1 internal error.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
 use crate::diag::Errors;
@@ -24,120 +24,149 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Validate a config and print each layer's output shape, parameters and FLOPs.
-    Check {
-        config: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        /// Batch size for the graph (default: data.batch_size).
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-    },
+    Check(CheckArgs),
     /// Print the forward graph as Graphviz DOT or JSON.
-    Graph {
-        config: PathBuf,
-        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
-        format: GraphFormat,
-        /// Batch size for the graph (default: data.batch_size).
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-        /// The whole training step: forward, backward and optimizer updates
-        #[arg(long)]
-        backward: bool,
-    },
+    Graph(GraphArgs),
     /// Plan one training step: launches, FLOPs, memory, recomputation
-    Plan {
-        config: PathBuf,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-        /// Batch size (default: data.batch_size)
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-    },
+    Plan(PlanArgs),
     /// Time full training steps on synthetic data
-    Bench {
-        config: PathBuf,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-        /// Timed steps after two warm-up steps
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
-        steps: u32,
-        /// Batch size (default: data.batch_size)
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Train a config: data, validation every epoch, TensorBoard and CSV logs, checkpoints
-    Fit {
-        config: PathBuf,
-        /// Write the run here instead of <log.dir>/<run.name>/<YYYYmmdd-HHMMSS>
-        #[arg(long, value_name = "DIR")]
-        run_dir: Option<PathBuf>,
-        /// Continue the run in RUN_DIR from its latest checkpoint
-        #[arg(long, value_name = "RUN_DIR", conflicts_with = "run_dir")]
-        resume: Option<PathBuf>,
-        /// With --resume: continue even though the config differs from the run's
-        #[arg(long, requires = "resume")]
-        force: bool,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-    },
+    Fit(FitArgs),
     /// Continue a run from its latest checkpoint, bit for bit, with the run's own config
-    Resume {
-        run_dir: PathBuf,
-        /// Continue even though --set makes the config differ from the run's
-        #[arg(long)]
-        force: bool,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-    },
+    Resume(ResumeArgs),
     /// Evaluate a checkpoint: loss, accuracy, per-class accuracy, confusion matrix
-    Eval {
-        config: PathBuf,
-        /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
-        #[arg(long, value_name = "PATH")]
-        checkpoint: PathBuf,
-        /// Which split to evaluate
-        #[arg(long, value_enum, default_value_t = SplitName::Test)]
-        split: SplitName,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(EvalArgs),
     /// Classify inputs (IDX image files, PNG or JPEG images) with a checkpoint
-    Predict {
-        config: PathBuf,
-        /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
-        #[arg(long, value_name = "PATH")]
-        checkpoint: PathBuf,
-        /// IDX image files or PNG/JPEG images
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// How many classes to show per input
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-        top_k: u32,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Predict(PredictArgs),
     /// List the GPU adapters wgpu can see: name, backend, driver, limits, features
-    Devices {
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Devices(DevicesArgs),
+}
+
+// The arguments of each subcommand. These structs carry no doc comment: a subcommand's help
+// is the doc comment on its `Command` variant.
+#[derive(Args)]
+pub struct CheckArgs {
+    pub config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Batch size for the graph (default: data.batch_size).
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct GraphArgs {
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+    /// Batch size for the graph (default: data.batch_size).
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+    /// The whole training step: forward, backward and optimizer updates
+    #[arg(long)]
+    pub backward: bool,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    pub config: PathBuf,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// Batch size (default: data.batch_size)
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    pub config: PathBuf,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Timed steps after two warm-up steps
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub steps: u32,
+    /// Batch size (default: data.batch_size)
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    pub config: PathBuf,
+    /// Write the run here instead of <log.dir>/<run.name>/<YYYYmmdd-HHMMSS>
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its latest checkpoint
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "run_dir")]
+    pub resume: Option<PathBuf>,
+    /// With --resume: continue even though the config differs from the run's
+    #[arg(long, requires = "resume")]
+    pub force: bool,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    pub run_dir: PathBuf,
+    /// Continue even though --set makes the config differ from the run's
+    #[arg(long)]
+    pub force: bool,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    pub config: PathBuf,
+    /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// Which split to evaluate
+    #[arg(long, value_enum, default_value_t = SplitName::Test)]
+    pub split: SplitName,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    pub config: PathBuf,
+    /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// IDX image files or PNG/JPEG images
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// How many classes to show per input
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -209,66 +238,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs the subcommand given.
 fn run(cli: Cli) -> Result<(), u8> {
     let sets = &cli.set;
     match cli.command {
-        Command::Check {
-            config,
-            json,
-            batch,
-        } => check(&config, sets, batch, json),
-        Command::Graph {
-            config,
-            format,
-            batch,
-            backward,
-        } => print_graph(&config, sets, batch, format, backward),
-        Command::Plan {
-            config,
-            json,
-            batch,
-        } => print_plan(&config, sets, batch, json),
-        Command::Bench {
-            config,
-            device,
-            steps,
-            batch,
-            json,
-        } => bench(&config, sets, batch, device, steps, json),
-        Command::Fit {
-            config,
-            run_dir,
-            resume,
-            force,
-            device,
-        } => fit(config, sets, run_dir, resume, force, device),
-        Command::Resume {
-            run_dir,
-            force,
-            device,
-        } => resume(run_dir, sets, force, device),
-        Command::Eval {
-            config,
-            checkpoint,
-            split,
-            device,
-            json,
-        } => eval(&config, sets, &checkpoint, split, device, json),
-        Command::Predict {
-            config,
-            checkpoint,
-            inputs,
-            top_k,
-            device,
-            json,
-        } => predict(&config, sets, &checkpoint, &inputs, top_k, device, json),
-        Command::Devices { json } => devices(json),
+        Command::Check(args) => check(args, sets),
+        Command::Graph(args) => print_graph(args, sets),
+        Command::Plan(args) => print_plan(args, sets),
+        Command::Bench(args) => bench(args, sets),
+        Command::Fit(args) => fit(args, sets),
+        Command::Resume(args) => resume(args, sets),
+        Command::Eval(args) => eval(args, sets),
+        Command::Predict(args) => predict(args, sets),
+        Command::Devices(args) => devices(args),
     }
 }
 
 /// `trainer check`: the layer table, or its JSON.
-fn check(config: &Path, sets: &[String], batch: Option<usize>, json: bool) -> Result<(), u8> {
-    let (g, sources) = load_graph(config, sets, batch)?;
+fn check(args: CheckArgs, sets: &[String]) -> Result<(), u8> {
+    let CheckArgs {
+        config,
+        json,
+        batch,
+    } = args;
+    let (g, sources) = load_graph(&config, sets, batch)?;
     let summary = graph::summary::summarize(&g, &sources);
     if json {
         let v = serde_json::to_value(&summary).map_err(internal)?;
@@ -286,18 +279,18 @@ fn check(config: &Path, sets: &[String], batch: Option<usize>, json: bool) -> Re
 
 /// `trainer graph`: the forward graph (or with `backward` the whole training step) as DOT or
 /// JSON.
-fn print_graph(
-    config: &Path,
-    sets: &[String],
-    batch: Option<usize>,
-    format: GraphFormat,
-    backward: bool,
-) -> Result<(), u8> {
-    let (g, sources) = load_graph(config, sets, batch)?;
+fn print_graph(args: GraphArgs, sets: &[String]) -> Result<(), u8> {
+    let GraphArgs {
+        config,
+        format,
+        batch,
+        backward,
+    } = args;
+    let (g, sources) = load_graph(&config, sets, batch)?;
     let g = match backward {
         false => g,
         true => {
-            let cfg = load_config(config, sets)?;
+            let cfg = load_config(&config, sets)?;
             graph::training::training_graph(&g, &cfg.optimizer)
                 .map_err(|d| user_error(&d.into(), &sources))?
         }
@@ -312,8 +305,13 @@ fn print_graph(
 }
 
 /// `trainer plan`: the planned training step's statistics, as text or JSON.
-fn print_plan(config: &Path, sets: &[String], batch: Option<usize>, json: bool) -> Result<(), u8> {
-    let (plan, _) = plan_step(config, sets, batch)?;
+fn print_plan(args: PlanArgs, sets: &[String]) -> Result<(), u8> {
+    let PlanArgs {
+        config,
+        json,
+        batch,
+    } = args;
+    let (plan, _) = plan_step(&config, sets, batch)?;
     let stats = &plan.stats;
     if json {
         let mut v = serde_json::to_value(stats).map_err(internal)?;
@@ -328,15 +326,15 @@ fn print_plan(config: &Path, sets: &[String], batch: Option<usize>, json: bool) 
 }
 
 /// `trainer bench`: times training steps on the chosen backend.
-fn bench(
-    config: &Path,
-    sets: &[String],
-    batch: Option<usize>,
-    device: Option<Device>,
-    steps: u32,
-    json: bool,
-) -> Result<(), u8> {
-    let (plan, cfg) = plan_step(config, sets, batch)?;
+fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
+    let BenchArgs {
+        config,
+        device,
+        steps,
+        batch,
+        json,
+    } = args;
+    let (plan, cfg) = plan_step(&config, sets, batch)?;
     let device = device_of(device, &cfg);
     let (seed, steps) = (cfg.run.seed, steps as usize);
     let result = match open_backend(device)? {
@@ -366,14 +364,14 @@ fn bench(
 }
 
 /// `trainer fit`: a new run, or with `resume` the continuation of one under this config.
-fn fit(
-    config: PathBuf,
-    sets: &[String],
-    run_dir: Option<PathBuf>,
-    resume: Option<PathBuf>,
-    force: bool,
-    device: Option<Device>,
-) -> Result<(), u8> {
+fn fit(args: FitArgs, sets: &[String]) -> Result<(), u8> {
+    let FitArgs {
+        config,
+        run_dir,
+        resume,
+        force,
+        device,
+    } = args;
     let opts = crate::train::fit::FitOptions {
         config_path: config,
         run_dir,
@@ -385,12 +383,12 @@ fn fit(
 }
 
 /// `trainer resume`: continues a run with the config it saved.
-fn resume(
-    run_dir: PathBuf,
-    sets: &[String],
-    force: bool,
-    device: Option<Device>,
-) -> Result<(), u8> {
+fn resume(args: ResumeArgs, sets: &[String]) -> Result<(), u8> {
+    let ResumeArgs {
+        run_dir,
+        force,
+        device,
+    } = args;
     let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
     if !resolved.exists() {
         eprintln!(
@@ -411,44 +409,44 @@ fn resume(
 }
 
 /// `trainer eval`: a checkpoint's loss and accuracy on the test or validation split.
-fn eval(
-    config: &Path,
-    sets: &[String],
-    checkpoint: &Path,
-    split: SplitName,
-    device: Option<Device>,
-    json: bool,
-) -> Result<(), u8> {
-    let cfg = load_config(config, sets)?;
+fn eval(args: EvalArgs, sets: &[String]) -> Result<(), u8> {
+    let EvalArgs {
+        config,
+        checkpoint,
+        split,
+        device,
+        json,
+    } = args;
+    let cfg = load_config(&config, sets)?;
     let backend = open_backend(device_of(device, &cfg))?;
     let result = crate::train::inference::evaluate(
         &cfg,
-        config,
+        &config,
         gpu_of(&backend),
-        checkpoint,
+        &checkpoint,
         split == SplitName::Val,
     );
     report(result, json, |r| r.table())
 }
 
 /// `trainer predict`: the top classes of each input under a checkpoint.
-fn predict(
-    config: &Path,
-    sets: &[String],
-    checkpoint: &Path,
-    inputs: &[PathBuf],
-    top_k: u32,
-    device: Option<Device>,
-    json: bool,
-) -> Result<(), u8> {
-    let cfg = load_config(config, sets)?;
+fn predict(args: PredictArgs, sets: &[String]) -> Result<(), u8> {
+    let PredictArgs {
+        config,
+        checkpoint,
+        inputs,
+        top_k,
+        device,
+        json,
+    } = args;
+    let cfg = load_config(&config, sets)?;
     let backend = open_backend(device_of(device, &cfg))?;
     let result = crate::train::inference::predict(
         &cfg,
-        config,
+        &config,
         gpu_of(&backend),
-        checkpoint,
-        inputs,
+        &checkpoint,
+        &inputs,
         top_k as usize,
     );
     report(result, json, |r| {
@@ -457,7 +455,8 @@ fn predict(
 }
 
 /// `trainer devices`: the GPU adapters wgpu sees.
-fn devices(json: bool) -> Result<(), u8> {
+fn devices(args: DevicesArgs) -> Result<(), u8> {
+    let DevicesArgs { json } = args;
     let adapters = crate::backend::gpu::adapters();
     if json {
         return print_out(&(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"));
