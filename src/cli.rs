@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
 use crate::diag::Errors;
@@ -24,123 +24,152 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Validate a config and print each layer's output shape, parameters and FLOPs.
-    Check {
-        config: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        /// Batch size for the graph (default: data.batch_size).
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-    },
+    Check(CheckArgs),
     /// Print the forward graph as Graphviz DOT or JSON.
-    Graph {
-        config: PathBuf,
-        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
-        format: GraphFormat,
-        /// Batch size for the graph (default: data.batch_size).
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-        /// The whole training step: forward, backward and optimizer updates
-        #[arg(long)]
-        backward: bool,
-    },
+    Graph(GraphArgs),
     /// Plan one training step: launches, FLOPs, memory, recomputation
-    Plan {
-        config: PathBuf,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-        /// Every launch, one a line: op, layer, phase, shapes, memory slots
-        #[arg(long, conflicts_with = "json")]
-        launches: bool,
-        /// Batch size (default: data.batch_size)
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-    },
+    Plan(PlanArgs),
     /// Time full training steps on synthetic data
-    Bench {
-        config: PathBuf,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-        /// Timed steps after two warm-up steps
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
-        steps: u32,
-        /// Batch size (default: data.batch_size)
-        #[arg(long, value_parser = batch_size)]
-        batch: Option<usize>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Train a config: data, validation every epoch, TensorBoard and CSV logs, checkpoints
-    Fit {
-        config: PathBuf,
-        /// Write the run here instead of <log.dir>/<run.name>/<YYYYmmdd-HHMMSS>
-        #[arg(long, value_name = "DIR")]
-        run_dir: Option<PathBuf>,
-        /// Continue the run in RUN_DIR from its latest checkpoint
-        #[arg(long, value_name = "RUN_DIR", conflicts_with = "run_dir")]
-        resume: Option<PathBuf>,
-        /// With --resume: continue even though the config differs from the run's
-        #[arg(long, requires = "resume")]
-        force: bool,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-    },
+    Fit(FitArgs),
     /// Continue a run from its latest checkpoint, bit for bit, with the run's own config
-    Resume {
-        run_dir: PathBuf,
-        /// Continue even though --set makes the config differ from the run's
-        #[arg(long)]
-        force: bool,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-    },
+    Resume(ResumeArgs),
     /// Evaluate a checkpoint: loss, accuracy, per-class accuracy, confusion matrix
-    Eval {
-        config: PathBuf,
-        /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
-        #[arg(long, value_name = "PATH")]
-        checkpoint: PathBuf,
-        /// Which split to evaluate
-        #[arg(long, value_enum, default_value_t = SplitName::Test)]
-        split: SplitName,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(EvalArgs),
     /// Classify inputs (IDX image files, PNG or JPEG images) with a checkpoint
-    Predict {
-        config: PathBuf,
-        /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
-        #[arg(long, value_name = "PATH")]
-        checkpoint: PathBuf,
-        /// IDX image files or PNG/JPEG images
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// How many classes to show per input
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-        top_k: u32,
-        /// Backend (default: the config's run.device)
-        #[arg(long, value_enum)]
-        device: Option<Device>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Predict(PredictArgs),
     /// List the GPU adapters wgpu can see: name, backend, driver, limits, features
-    Devices {
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Devices(DevicesArgs),
+}
+
+// The arguments of each subcommand. These structs carry no doc comment: a subcommand's help
+// is the doc comment on its `Command` variant.
+#[derive(Args)]
+pub struct CheckArgs {
+    pub config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Batch size for the graph (default: data.batch_size).
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct GraphArgs {
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+    /// Batch size for the graph (default: data.batch_size).
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+    /// The whole training step: forward, backward and optimizer updates
+    #[arg(long)]
+    pub backward: bool,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    pub config: PathBuf,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// Every launch, one a line: op, layer, phase, shapes, memory slots
+    #[arg(long, conflicts_with = "json")]
+    pub launches: bool,
+    /// Batch size (default: data.batch_size)
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    pub config: PathBuf,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Timed steps after two warm-up steps
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub steps: u32,
+    /// Batch size (default: data.batch_size)
+    #[arg(long, value_parser = batch_size)]
+    pub batch: Option<usize>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    pub config: PathBuf,
+    /// Write the run here instead of <log.dir>/<run.name>/<YYYYmmdd-HHMMSS>
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its latest checkpoint
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "run_dir")]
+    pub resume: Option<PathBuf>,
+    /// With --resume: continue even though the config differs from the run's
+    #[arg(long, requires = "resume")]
+    pub force: bool,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    pub run_dir: PathBuf,
+    /// Continue even though --set makes the config differ from the run's
+    #[arg(long)]
+    pub force: bool,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    pub config: PathBuf,
+    /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// Which split to evaluate
+    #[arg(long, value_enum, default_value_t = SplitName::Test)]
+    pub split: SplitName,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    pub config: PathBuf,
+    /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// IDX image files or PNG/JPEG images
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// How many classes to show per input
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -212,220 +241,255 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs the subcommand given.
 fn run(cli: Cli) -> Result<(), u8> {
+    let sets = &cli.set;
     match cli.command {
-        Command::Check {
-            config,
-            json,
-            batch,
-        } => {
-            let (g, sources) = load_graph(&config, &cli.set, batch)?;
-            let summary = graph::summary::summarize(&g, &sources);
-            if json {
-                let v = serde_json::to_value(&summary).map_err(internal)?;
-                let mut obj = serde_json::Map::new();
-                obj.insert("config".into(), config.display().to_string().into());
-                obj.insert("batch".into(), g.batch.into());
-                if let serde_json::Value::Object(m) = v {
-                    obj.extend(m);
-                }
-                print_out(&(serde_json::to_string_pretty(&obj).map_err(internal)? + "\n"))
-            } else {
-                print_out(&format!("{}: ok\n{}", config.display(), summary.table()))
-            }
-        }
-        Command::Graph {
-            config,
-            format,
-            batch,
-            backward,
-        } => {
-            let (g, sources) = load_graph(&config, &cli.set, batch)?;
-            let g = match backward {
-                false => g,
-                true => {
-                    let cfg = load_config(&config, &cli.set)?;
-                    crate::training::training_graph(&g, &cfg.optimizer)
-                        .map_err(|d| user_error(&d.into(), &sources))?
-                }
-            };
-            let text = match format {
-                GraphFormat::Dot => graph::export::dot(&g),
-                GraphFormat::Json => {
-                    serde_json::to_string_pretty(&graph::export::json(&g)).map_err(internal)? + "\n"
-                }
-            };
-            print_out(&text)
-        }
-        Command::Plan {
-            config,
-            json,
-            launches,
-            batch,
-        } => {
-            let (plan, _) = plan_step(&config, &cli.set, batch)?;
-            let stats = &plan.stats;
-            if launches {
-                print_out(&crate::schedule::report::launches(
-                    &config.display().to_string(),
-                    &plan,
-                ))
-            } else if json {
-                let mut v = serde_json::to_value(stats).map_err(internal)?;
-                v["config"] = config.display().to_string().into();
-                print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))
-            } else {
-                print_out(&format!(
-                    "{}\n",
-                    crate::schedule::report(&config.display().to_string(), stats)
-                ))
-            }
-        }
-        Command::Bench {
-            config,
-            device,
-            steps,
-            batch,
-            json,
-        } => {
-            let (plan, cfg) = plan_step(&config, &cli.set, batch)?;
-            let device = device_of(device, &cfg);
-            let (seed, steps) = (cfg.run.seed, steps as usize);
-            let result = match open_backend(device)? {
-                Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
-                Backend::Gpu(gpu) => {
-                    crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
-                        eprintln!("error: {e}");
-                        e.exit_code()
-                    })?
-                }
-            };
-            if json {
-                print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
-            } else {
-                let submits = match result.submits_per_step {
-                    Some(n) => format!(", {n} submit{} a step", if n == 1 { "" } else { "s" }),
-                    None => String::new(),
-                };
-                print_out(&format!(
-                    "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n",
-                    config.display(),
-                    result.device,
-                    result.batch,
-                    result.step_ms,
-                    result.steps,
-                    result.img_per_s,
-                ))
-            }
-        }
-        Command::Fit {
-            config,
-            run_dir,
-            resume,
-            force,
-            device,
-        } => {
-            let opts = crate::train::fit::FitOptions {
-                config_path: config,
-                run_dir,
-                resume,
-                force,
-                command: std::env::args().collect(),
-            };
-            fit(&cli.set, device, &opts)
-        }
-        Command::Resume {
-            run_dir,
-            force,
-            device,
-        } => {
-            let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
-            if !resolved.exists() {
-                eprintln!(
-                    "error: {} is not a run directory (it has no {})",
-                    run_dir.display(),
-                    crate::train::run_dir::RESOLVED
-                );
-                return Err(2);
-            }
-            let opts = crate::train::fit::FitOptions {
-                config_path: resolved,
-                run_dir: None,
-                resume: Some(run_dir),
-                force,
-                command: std::env::args().collect(),
-            };
-            fit(&cli.set, device, &opts)
-        }
-        Command::Eval {
-            config,
-            checkpoint,
-            split,
-            device,
-            json,
-        } => {
-            let cfg = load_config(&config, &cli.set)?;
-            let backend = open_backend(device_of(device, &cfg))?;
-            let result = crate::train::inference::evaluate(
-                &cfg,
-                &config,
-                gpu_of(&backend),
-                &checkpoint,
-                split == SplitName::Val,
-            );
-            report(result, json, |r| r.table())
-        }
-        Command::Predict {
-            config,
-            checkpoint,
-            inputs,
-            top_k,
-            device,
-            json,
-        } => {
-            let cfg = load_config(&config, &cli.set)?;
-            let backend = open_backend(device_of(device, &cfg))?;
-            let result = crate::train::inference::predict(
-                &cfg,
-                &config,
-                gpu_of(&backend),
-                &checkpoint,
-                &inputs,
-                top_k as usize,
-            );
-            report(result, json, |r| {
-                crate::train::inference::predictions_table(r)
-            })
-        }
-        Command::Devices { json } => {
-            let adapters = crate::backend::gpu::adapters();
-            if json {
-                return print_out(
-                    &(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"),
-                );
-            }
-            if adapters.is_empty() {
-                return print_out("no GPU adapters found; trainer runs on the CPU\n");
-            }
-            let mut text = String::new();
-            for a in &adapters {
-                text += &format!(
-                    "{} ({}, {})\n  driver: {} {}\n  limits: storage binding {}, buffer {}, {} workgroups per dimension, {} workgroup memory\n  features: {}\n",
-                    a.name,
-                    a.backend,
-                    a.device_type,
-                    a.driver,
-                    a.driver_info,
-                    crate::schedule::human(a.max_storage_buffer_binding_size),
-                    crate::schedule::human(a.max_buffer_size),
-                    a.max_compute_workgroups_per_dimension,
-                    crate::schedule::human(a.max_compute_workgroup_storage_size as u64),
-                    a.features.join(", ")
-                );
-            }
-            print_out(&text)
-        }
+        Command::Check(args) => check(args, sets),
+        Command::Graph(args) => print_graph(args, sets),
+        Command::Plan(args) => print_plan(args, sets),
+        Command::Bench(args) => bench(args, sets),
+        Command::Fit(args) => fit(args, sets),
+        Command::Resume(args) => resume(args, sets),
+        Command::Eval(args) => eval(args, sets),
+        Command::Predict(args) => predict(args, sets),
+        Command::Devices(args) => devices(args),
     }
+}
+
+/// `trainer check`: the layer table, or its JSON.
+fn check(args: CheckArgs, sets: &[String]) -> Result<(), u8> {
+    let CheckArgs {
+        config,
+        json,
+        batch,
+    } = args;
+    let (g, sources) = load_graph(&config, sets, batch)?;
+    let summary = graph::summary::summarize(&g, &sources);
+    if json {
+        let v = serde_json::to_value(&summary).map_err(internal)?;
+        let mut obj = serde_json::Map::new();
+        obj.insert("config".into(), config.display().to_string().into());
+        obj.insert("batch".into(), g.batch.into());
+        if let serde_json::Value::Object(m) = v {
+            obj.extend(m);
+        }
+        print_out(&(serde_json::to_string_pretty(&obj).map_err(internal)? + "\n"))
+    } else {
+        print_out(&format!("{}: ok\n{}", config.display(), summary.table()))
+    }
+}
+
+/// `trainer graph`: the forward graph (or with `backward` the whole training step) as DOT or
+/// JSON.
+fn print_graph(args: GraphArgs, sets: &[String]) -> Result<(), u8> {
+    let GraphArgs {
+        config,
+        format,
+        batch,
+        backward,
+    } = args;
+    let (g, sources) = load_graph(&config, sets, batch)?;
+    let g = match backward {
+        false => g,
+        true => {
+            let cfg = load_config(&config, sets)?;
+            crate::training::training_graph(&g, &cfg.optimizer)
+                .map_err(|d| user_error(&d.into(), &sources))?
+        }
+    };
+    let text = match format {
+        GraphFormat::Dot => graph::export::dot(&g),
+        GraphFormat::Json => {
+            serde_json::to_string_pretty(&graph::export::json(&g)).map_err(internal)? + "\n"
+        }
+    };
+    print_out(&text)
+}
+
+/// `trainer plan`: the planned training step's statistics, as text or JSON, or its launches.
+fn print_plan(args: PlanArgs, sets: &[String]) -> Result<(), u8> {
+    let PlanArgs {
+        config,
+        json,
+        launches,
+        batch,
+    } = args;
+    let (plan, _) = plan_step(&config, sets, batch)?;
+    let stats = &plan.stats;
+    if launches {
+        print_out(&crate::schedule::report::launches(
+            &config.display().to_string(),
+            &plan,
+        ))
+    } else if json {
+        let mut v = serde_json::to_value(stats).map_err(internal)?;
+        v["config"] = config.display().to_string().into();
+        print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))
+    } else {
+        print_out(&format!(
+            "{}\n",
+            crate::schedule::report(&config.display().to_string(), stats)
+        ))
+    }
+}
+
+/// `trainer bench`: times training steps on the chosen backend.
+fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
+    let BenchArgs {
+        config,
+        device,
+        steps,
+        batch,
+        json,
+    } = args;
+    let (plan, cfg) = plan_step(&config, sets, batch)?;
+    let device = device_of(device, &cfg);
+    let (seed, steps) = (cfg.run.seed, steps as usize);
+    let result = match open_backend(device)? {
+        Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
+        Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
+            eprintln!("error: {e}");
+            e.exit_code()
+        })?,
+    };
+    if json {
+        print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+    } else {
+        let submits = match result.submits_per_step {
+            Some(n) => format!(", {n} submit{} a step", if n == 1 { "" } else { "s" }),
+            None => String::new(),
+        };
+        print_out(&format!(
+            "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n",
+            config.display(),
+            result.device,
+            result.batch,
+            result.step_ms,
+            result.steps,
+            result.img_per_s,
+        ))
+    }
+}
+
+/// `trainer fit`: a new run, or with `resume` the continuation of one under this config.
+fn fit(args: FitArgs, sets: &[String]) -> Result<(), u8> {
+    let FitArgs {
+        config,
+        run_dir,
+        resume,
+        force,
+        device,
+    } = args;
+    let opts = crate::train::fit::FitOptions {
+        config_path: config,
+        run_dir,
+        resume,
+        force,
+        command: std::env::args().collect(),
+    };
+    train(sets, device, &opts)
+}
+
+/// `trainer resume`: continues a run with the config it saved.
+fn resume(args: ResumeArgs, sets: &[String]) -> Result<(), u8> {
+    let ResumeArgs {
+        run_dir,
+        force,
+        device,
+    } = args;
+    let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
+    if !resolved.exists() {
+        eprintln!(
+            "error: {} is not a run directory (it has no {})",
+            run_dir.display(),
+            crate::train::run_dir::RESOLVED
+        );
+        return Err(2);
+    }
+    let opts = crate::train::fit::FitOptions {
+        config_path: resolved,
+        run_dir: None,
+        resume: Some(run_dir),
+        force,
+        command: std::env::args().collect(),
+    };
+    train(sets, device, &opts)
+}
+
+/// `trainer eval`: a checkpoint's loss and accuracy on the test or validation split.
+fn eval(args: EvalArgs, sets: &[String]) -> Result<(), u8> {
+    let EvalArgs {
+        config,
+        checkpoint,
+        split,
+        device,
+        json,
+    } = args;
+    let cfg = load_config(&config, sets)?;
+    let backend = open_backend(device_of(device, &cfg))?;
+    let result = crate::train::inference::evaluate(
+        &cfg,
+        &config,
+        gpu_of(&backend),
+        &checkpoint,
+        split == SplitName::Val,
+    );
+    report(result, json, |r| r.table())
+}
+
+/// `trainer predict`: the top classes of each input under a checkpoint.
+fn predict(args: PredictArgs, sets: &[String]) -> Result<(), u8> {
+    let PredictArgs {
+        config,
+        checkpoint,
+        inputs,
+        top_k,
+        device,
+        json,
+    } = args;
+    let cfg = load_config(&config, sets)?;
+    let backend = open_backend(device_of(device, &cfg))?;
+    let result = crate::train::inference::predict(
+        &cfg,
+        &config,
+        gpu_of(&backend),
+        &checkpoint,
+        &inputs,
+        top_k as usize,
+    );
+    report(result, json, |r| {
+        crate::train::inference::predictions_table(r)
+    })
+}
+
+/// `trainer devices`: the GPU adapters wgpu sees.
+fn devices(args: DevicesArgs) -> Result<(), u8> {
+    let DevicesArgs { json } = args;
+    let adapters = crate::backend::gpu::adapters();
+    if json {
+        return print_out(&(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"));
+    }
+    if adapters.is_empty() {
+        return print_out("no GPU adapters found; trainer runs on the CPU\n");
+    }
+    let mut text = String::new();
+    for a in &adapters {
+        text += &format!(
+            "{} ({}, {})\n  driver: {} {}\n  limits: storage binding {}, buffer {}, {} workgroups per dimension, {} workgroup memory\n  features: {}\n",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver,
+            a.driver_info,
+            crate::schedule::human(a.max_storage_buffer_binding_size),
+            crate::schedule::human(a.max_buffer_size),
+            a.max_compute_workgroups_per_dimension,
+            crate::schedule::human(a.max_compute_workgroup_storage_size as u64),
+            a.features.join(", ")
+        );
+    }
+    print_out(&text)
 }
 
 /// Prints what `eval` or `predict` found, as JSON or as text; their errors are the user's
@@ -462,10 +526,10 @@ fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
     }
 }
 
-/// `trainer fit` and `trainer resume`. Exit codes: 130 after a signal (checkpoint saved), 3 when
-/// the loss stopped being finite, 2 for bad input (a plan the GPU cannot hold included), 1 when
-/// the device or disk failed.
-fn fit(
+/// Loads the config, opens the backend and trains: `trainer fit` and `trainer resume`. Exit
+/// codes: 130 after a signal (checkpoint saved), 3 when the loss stopped being finite, 2 for bad
+/// input (a plan the GPU cannot hold included), 1 when the device or disk failed.
+fn train(
     sets: &[String],
     device: Option<Device>,
     opts: &crate::train::fit::FitOptions,

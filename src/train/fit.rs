@@ -19,7 +19,7 @@ use crate::config::{Config, OnNonfinite, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
 use crate::graph::Mode;
 use crate::nn::build_for;
-use crate::tensor::StepCtx;
+use crate::tensor::{StepCtx, TensorId};
 use crate::train::evaluate::{EvalModel, load_named, named_tensors};
 use crate::train::logger::Logger;
 use crate::train::metrics::{Evaluation, Running};
@@ -88,78 +88,204 @@ pub struct FitReport {
 
 /// Trains `cfg` on `gpu` (or the CPU), writing the run directory; see the module doc.
 pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitReport, FitError> {
-    let user = FitError::User;
-    let resolved = cfg.resolved_toml().map_err(user)?;
+    let resumed = opts.resume.is_some();
+    let Prepared {
+        steps,
+        run,
+        mut models,
+        mut state,
+    } = prepare(cfg, gpu, opts)?;
+    signals::install().map_err(FitError::Runtime)?;
+    signals::clear();
+    let mut sinks = steps.open_sinks(&run, &state, &models.exec.device(), resumed)?;
+    let mut loader = steps.loader_at(&state)?;
+    let result = steps.run(&mut models, &mut loader, &mut state, &mut sinks);
+    let history = sinks.close();
+    let finished = result?;
+    Ok(FitReport {
+        run_dir: run.path,
+        finished,
+        steps: state.step,
+        history,
+        best_val_accuracy: state.best_metric,
+        best_epoch: state.best_epoch,
+        device: models.exec.device(),
+    })
+}
+
+/// Everything a run holds before step 1.
+struct Prepared<'a, 'g> {
+    /// What the step loop reads.
+    steps: Loop<'a>,
+    run: RunDir,
+    models: Models<'g>,
+    /// Step 0, or where the checkpoint a resume starts from left off.
+    state: TrainState,
+}
+
+/// Decides and opens everything before step 1: the run (new or resumed), the data, the planned
+/// step on its executor, the schedule, the run directory and the state to start from. The
+/// run directory is made only after everything before it was checked, so a config or data
+/// error leaves no directory.
+fn prepare<'a, 'g>(
+    cfg: &'a Config,
+    gpu: Option<&'g Gpu>,
+    opts: &FitOptions,
+) -> Result<Prepared<'a, 'g>, FitError> {
+    let origin = RunOrigin::of(cfg, gpu, opts)?;
+    let (splits, steps_per_epoch) = open_data(cfg, &origin.manifest.config_dir)?;
+    let (mut models, tensors) = build_models(cfg, gpu)?;
+    let Timeline {
+        total_steps,
+        schedule,
+        save_every,
+    } = timeline(cfg, steps_per_epoch)?;
+    let run = origin.into_run_dir(cfg, opts)?;
+    let store = Store::new(&run.checkpoints(), cfg.train.keep.0);
+    let state = match opts.resume {
+        Some(_) => resume_state(&store, &run, &mut models.exec)?,
+        None => first_state(cfg, &run, &schedule),
+    };
+    let steps = Loop {
+        cfg,
+        splits,
+        store,
+        schedule,
+        tensors,
+        steps_per_epoch: steps_per_epoch as u64,
+        total_steps,
+        save_every,
+        classify: cfg.loss.kind == crate::config::LossKind::CrossEntropy,
+    };
+    Ok(Prepared {
+        steps,
+        run,
+        models,
+        state,
+    })
+}
+
+/// Where a run comes from: the run being resumed (whose config must match) or the manifest of
+/// a new one, whose directory `into_run_dir` makes.
+struct RunOrigin {
+    /// The config with every default filled in, as config.resolved.toml holds it.
+    resolved: String,
+    resumed: Option<RunDir>,
+    manifest: Manifest,
+}
+
+impl RunOrigin {
+    fn of(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<RunOrigin, FitError> {
+        let resolved = cfg.resolved_toml().map_err(FitError::User)?;
+        let (resumed, manifest) = match &opts.resume {
+            Some(dir) => {
+                let (run, manifest) = resume_dir(dir, &resolved, opts.force)?;
+                (Some(run), manifest)
+            }
+            None => (None, new_manifest(cfg, gpu, opts, &resolved)),
+        };
+        if manifest.device != device_name(gpu) {
+            eprintln!(
+                "warning: this run started on {} and continues on {}: it stays correct but is no longer bit-identical to an uninterrupted run",
+                manifest.device,
+                device_name(gpu)
+            );
+        }
+        Ok(RunOrigin {
+            resolved,
+            resumed,
+            manifest,
+        })
+    }
+
+    /// The resumed run's directory, or a new one with its config and manifest written.
+    fn into_run_dir(self, cfg: &Config, opts: &FitOptions) -> Result<RunDir, FitError> {
+        match self.resumed {
+            Some(run) => Ok(run),
+            None => {
+                let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
+                run_dir::create(&path, &self.resolved, &self.manifest).map_err(FitError::User)
+            }
+        }
+    }
+}
+
+fn new_manifest(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions, resolved: &str) -> Manifest {
     let config_dir = opts
         .config_path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let config_dir = std::fs::canonicalize(&config_dir).unwrap_or(config_dir);
-    let seed = cfg.run.seed;
-
-    // The run directory: the one being resumed (whose config must match), or a new one, made
-    // once everything below has been checked (a config or data error leaves no directory).
-    let (resumed, manifest) = match &opts.resume {
-        Some(dir) => {
-            let (run, manifest) = resume_dir(dir, &resolved, opts.force)?;
-            (Some(run), manifest)
-        }
-        None => {
-            let manifest = Manifest {
-                trainer_version: env!("CARGO_PKG_VERSION").into(),
-                git_commit: run_dir::git_commit(),
-                config: opts.config_path.display().to_string(),
-                config_dir: config_dir.clone(),
-                config_hash: run_dir::hash(&resolved),
-                seed,
-                device: device_name(gpu),
-                adapter: gpu.map(|g| g.adapter.clone()),
-                command: opts.command.clone(),
-                started: chrono::Local::now().to_rfc3339(),
-            };
-            (None, manifest)
-        }
-    };
-    if manifest.device != device_name(gpu) {
-        eprintln!(
-            "warning: this run started on {} and continues on {}: it stays correct but is no longer bit-identical to an uninterrupted run",
-            manifest.device,
-            device_name(gpu)
-        );
+    Manifest {
+        trainer_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: run_dir::git_commit(),
+        config: opts.config_path.display().to_string(),
+        config_dir,
+        config_hash: run_dir::hash(resolved),
+        seed: cfg.run.seed,
+        device: device_name(gpu),
+        adapter: gpu.map(|g| g.adapter.clone()),
+        command: opts.command.clone(),
+        started: chrono::Local::now().to_rfc3339(),
     }
+}
 
-    // Data, the training step and the evaluation model, all before step 1.
+/// The dataset's splits (relative paths resolve against `config_dir`) and the training steps
+/// in one epoch, at least one.
+fn open_data(cfg: &Config, config_dir: &Path) -> Result<(Splits, usize), FitError> {
     let input_shape = &cfg.model.input.shape;
-    let splits = data::open(&cfg.data, &manifest.config_dir, input_shape, seed)
+    let splits = data::open(&cfg.data, config_dir, input_shape, cfg.run.seed)
         .map_err(|e| FitError::User(e.to_string()))?;
     let batch = cfg.data.batch_size.0;
-    let eval_batch = cfg.data.eval_batch_size.map_or(batch, |b| b.0);
     let steps_per_epoch = data::batches_per_epoch(splits.train.len(), batch);
     if steps_per_epoch == 0 {
-        return Err(user(format!(
+        return Err(FitError::User(format!(
             "the training split has {} samples, fewer than one batch of {batch}; lower data.batch_size",
             splits.train.len()
         )));
     }
+    Ok((splits, steps_per_epoch))
+}
+
+/// The planned training step on its executor and the evaluation model (see `Models`), with
+/// the tensors of the step the loop feeds and reads.
+fn build_models<'g>(
+    cfg: &Config,
+    gpu: Option<&'g Gpu>,
+) -> Result<(Models<'g>, StepTensors), FitError> {
+    let batch = cfg.data.batch_size.0;
+    let eval_batch = cfg.data.eval_batch_size.map_or(batch, |b| b.0);
     let diag = |d: crate::diag::Diagnostic| FitError::Config(Box::new(d));
     let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
     let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
     let plan = crate::schedule::plan(&train_graph, &cfg.train.checkpointing, Default::default())
         .map_err(diag)?;
-    let (features, labels, loss_t, output) = (
-        forward.features,
-        forward.labels,
-        forward.loss,
-        forward.output,
-    );
+    let tensors = StepTensors {
+        features: forward.features,
+        labels: forward.labels,
+        loss: forward.loss,
+        output: forward.output,
+    };
     // A plan the device cannot hold (out of memory, above a limit) is the config's to fix.
-    let mut exec = Exec::new(gpu, plan, seed).map_err(|e| match e {
+    let exec = Exec::new(gpu, plan, cfg.run.seed).map_err(|e| match e {
         PrepareError::DoesNotFit(m) => FitError::User(m),
         PrepareError::Failed(m) => FitError::Runtime(m),
     })?;
-    let mut eval = EvalModel::new(cfg, gpu, eval_batch).map_err(diag)?;
+    let eval = EvalModel::new(cfg, gpu, eval_batch).map_err(diag)?;
+    Ok((Models { exec, eval }, tensors))
+}
 
+/// How long a run is, its learning rate at each step and when it saves.
+struct Timeline {
+    total_steps: u64,
+    schedule: LrSchedule,
+    /// (N, whether N counts epochs rather than steps).
+    save_every: (u64, bool),
+}
+
+fn timeline(cfg: &Config, steps_per_epoch: usize) -> Result<Timeline, FitError> {
+    let user = FitError::User;
     let epochs = cfg.train.epochs.0 as u64;
     let total_steps = {
         let all = epochs * steps_per_epoch as u64;
@@ -179,120 +305,52 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
             cfg.train.save_every
         ))
     })?;
-    let run = match resumed {
-        Some(run) => run,
-        None => {
-            let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
-            run_dir::create(&path, &resolved, &manifest).map_err(user)?
-        }
-    };
-    let store = Store::new(&run.checkpoints(), cfg.train.keep.0);
+    Ok(Timeline {
+        total_steps,
+        schedule,
+        save_every,
+    })
+}
 
-    // Where to start: step 0, or the latest good checkpoint.
-    let mut state = TrainState {
+/// The state of a new run: step 0.
+fn first_state(cfg: &Config, run: &RunDir, schedule: &LrSchedule) -> TrainState {
+    TrainState {
         format_version: FORMAT_VERSION,
         step: 0,
         epoch: 0,
         batch_in_epoch: 0,
-        seed,
+        seed: cfg.run.seed,
         config_hash: run.config_hash.clone(),
         best_metric: None,
         best_epoch: None,
         lr: schedule.lr_at(0),
         trainer_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    if opts.resume.is_some() {
-        let (ckpt, warnings) = store
-            .load_latest()
-            .map_err(|e| FitError::User(e.to_string()))?;
-        for w in warnings {
-            eprintln!("warning: {w}");
-        }
-        // Weights, buffers and optimizer state: every tensor of the training plan.
-        let saved: Vec<&NamedTensor> = ckpt.weights.iter().chain(&ckpt.optimizer).collect();
-        load_named(&mut exec, &saved).map_err(FitError::User)?;
-        state = TrainState {
-            config_hash: run.config_hash.clone(),
-            ..ckpt.state
-        };
-        eprintln!(
-            "resuming {} at step {} (epoch {}, batch {})",
-            run.path.display(),
-            state.step,
-            state.epoch + 1,
-            state.batch_in_epoch
-        );
     }
+}
 
-    signals::install().map_err(FitError::Runtime)?;
-    signals::clear();
-    if opts.resume.is_some() {
-        crate::train::logger::forget_rows_after(&run.path, state.step)
-            .map_err(FitError::Runtime)?;
-    }
-    let mut logger = Logger::start(&run.path, &cfg.log);
-    let mut progress = Progress::new(cfg.log.progress, total_steps as usize, steps_per_epoch);
-    if opts.resume.is_some() {
-        logger.session_start(state.step);
-    }
-    progress.message(&format!(
-        "training {} on {}: {}, {} steps of {} ({} per epoch), run dir {}",
-        cfg.run.name,
-        exec.device(),
-        splits.source,
-        total_steps,
-        batch,
-        steps_per_epoch,
-        run.path.display()
-    ));
-    let mut loader = Loader::train(
-        splits.train.clone(),
-        &cfg.data,
-        batch,
-        seed,
-        state.epoch,
-        state.batch_in_epoch as usize,
-    )
-    .map_err(|e| FitError::User(e.to_string()))?;
-
-    let ctx = Loop {
-        cfg,
-        splits: &splits,
-        store: &store,
-        features,
-        labels,
-        loss_t,
-        output,
-        steps_per_epoch: steps_per_epoch as u64,
-        total_steps,
-        save_every,
-        classify: cfg.loss.kind == crate::config::LossKind::CrossEntropy,
-    };
-    let mut history = Vec::new();
-    let result = ctx.run(
-        &mut exec,
-        &mut eval,
-        &mut loader,
-        &schedule,
-        &mut state,
-        &mut logger,
-        &mut progress,
-        &mut history,
-    );
-    progress.finish();
-    for w in logger.finish() {
+/// Loads the latest good checkpoint of `run` into `exec` (weights, buffers and optimizer
+/// state: every tensor of the training plan) and returns its state.
+fn resume_state(store: &Store, run: &RunDir, exec: &mut Exec) -> Result<TrainState, FitError> {
+    let (ckpt, warnings) = store
+        .load_latest()
+        .map_err(|e| FitError::User(e.to_string()))?;
+    for w in warnings {
         eprintln!("warning: {w}");
     }
-    let finished = result?;
-    Ok(FitReport {
-        run_dir: run.path.clone(),
-        finished,
-        steps: state.step,
-        history,
-        best_val_accuracy: state.best_metric,
-        best_epoch: state.best_epoch,
-        device: exec.device(),
-    })
+    let saved: Vec<&NamedTensor> = ckpt.weights.iter().chain(&ckpt.optimizer).collect();
+    load_named(exec, &saved).map_err(FitError::User)?;
+    let state = TrainState {
+        config_hash: run.config_hash.clone(),
+        ..ckpt.state
+    };
+    eprintln!(
+        "resuming {} at step {} (epoch {}, batch {})",
+        run.path.display(),
+        state.step,
+        state.epoch + 1,
+        state.batch_in_epoch
+    );
+    Ok(state)
 }
 
 /// `on_nonfinite = "skip_step"` stops the run when this many steps in a row were not finite:
@@ -302,17 +360,54 @@ const MAX_SKIPPED_IN_A_ROW: usize = 20;
 /// What the loop reads but never changes.
 struct Loop<'a> {
     cfg: &'a Config,
-    splits: &'a Splits,
-    store: &'a Store,
-    features: crate::tensor::TensorId,
-    labels: crate::tensor::TensorId,
-    loss_t: crate::tensor::TensorId,
-    output: crate::tensor::TensorId,
+    splits: Splits,
+    store: Store,
+    schedule: LrSchedule,
+    tensors: StepTensors,
     steps_per_epoch: u64,
     total_steps: u64,
     save_every: (u64, bool),
     /// Cross-entropy: accuracy and validation make sense.
     classify: bool,
+}
+
+/// The tensors of the training step that the loop feeds (a batch) and reads back.
+struct StepTensors {
+    features: TensorId,
+    labels: TensorId,
+    loss: TensorId,
+    output: TensorId,
+}
+
+/// The two executors of a run: the planned training step and the evaluation model, which
+/// copies the step's weights to validate.
+struct Models<'g> {
+    exec: Exec<'g>,
+    eval: EvalModel<'g>,
+}
+
+/// Where the loop's results go: the log files, the terminal, the epoch history.
+struct Sinks {
+    logger: Logger,
+    progress: Progress,
+    history: Vec<EpochRecord>,
+}
+
+impl Sinks {
+    /// Ends the progress display, writes what the logger still holds (printing its
+    /// warnings) and returns the epoch history.
+    fn close(self) -> Vec<EpochRecord> {
+        let Sinks {
+            logger,
+            mut progress,
+            history,
+        } = self;
+        progress.finish();
+        for w in logger.finish() {
+            eprintln!("warning: {w}");
+        }
+        history
+    }
 }
 
 /// A step the loop has queued on the executor and whose loss has not been read back yet: what
@@ -328,6 +423,16 @@ struct Queued {
     lr: f64,
 }
 
+/// A queued step whose capture arrived.
+struct Arrived {
+    queued: Queued,
+    /// The captured loss (and logits, when classifying).
+    values: Vec<Vec<f32>>,
+    /// No step was queued after it, so the executor holds its weights (validation and undoing
+    /// a step need that; the loop drains at those steps).
+    current: bool,
+}
+
 /// Figures kept between log points and epoch ends.
 struct Books {
     window: Running,
@@ -339,6 +444,59 @@ struct Books {
 }
 
 impl Loop<'_> {
+    /// The logger and the progress display. A resumed run first forgets the CSV rows its
+    /// interrupted process logged after the checkpoint, and marks the restart for TensorBoard.
+    fn open_sinks(
+        &self,
+        run: &RunDir,
+        state: &TrainState,
+        device: &str,
+        resumed: bool,
+    ) -> Result<Sinks, FitError> {
+        let cfg = self.cfg;
+        if resumed {
+            crate::train::logger::forget_rows_after(&run.path, state.step)
+                .map_err(FitError::Runtime)?;
+        }
+        let logger = Logger::start(&run.path, &cfg.log);
+        let progress = Progress::new(
+            cfg.log.progress,
+            self.total_steps as usize,
+            self.steps_per_epoch as usize,
+        );
+        if resumed {
+            logger.session_start(state.step);
+        }
+        progress.message(&format!(
+            "training {} on {}: {}, {} steps of {} ({} per epoch), run dir {}",
+            cfg.run.name,
+            device,
+            self.splits.source,
+            self.total_steps,
+            cfg.data.batch_size.0,
+            self.steps_per_epoch,
+            run.path.display()
+        ));
+        Ok(Sinks {
+            logger,
+            progress,
+            history: Vec::new(),
+        })
+    }
+
+    /// The training batches from where `state` left off.
+    fn loader_at(&self, state: &TrainState) -> Result<Loader, FitError> {
+        Loader::train(
+            self.splits.train.clone(),
+            &self.cfg.data,
+            self.cfg.data.batch_size.0,
+            self.cfg.run.seed,
+            state.epoch,
+            state.batch_in_epoch as usize,
+        )
+        .map_err(|e| FitError::User(e.to_string()))
+    }
+
     /// Steps until done (Ok(true)) or a signal (Ok(false), after a checkpoint).
     ///
     /// The host never waits for a step to feed the next: each step is followed by a capture
@@ -349,24 +507,19 @@ impl Loop<'_> {
     /// checkpoint, a signal, the last step; so a non-finite loss is found before any
     /// checkpoint after it. `on_nonfinite = "skip_step"` waits after every step, since the
     /// step must be undone before the next runs.
-    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
-        exec: &mut Exec,
-        eval: &mut EvalModel,
+        models: &mut Models,
         loader: &mut Loader,
-        schedule: &LrSchedule,
         state: &mut TrainState,
-        logger: &mut Logger,
-        progress: &mut Progress,
-        history: &mut Vec<EpochRecord>,
+        sinks: &mut Sinks,
     ) -> Result<bool, FitError> {
         let rt = FitError::Runtime;
         let every = self.cfg.log.every_steps.0 as u64;
         let skip_bad = self.cfg.train.on_nonfinite == OnNonfinite::SkipStep;
         let reads = match self.classify {
-            true => vec![self.loss_t, self.output],
-            false => vec![self.loss_t],
+            true => vec![self.tensors.loss, self.tensors.output],
+            false => vec![self.tensors.loss],
         };
         let mut books = Books {
             window: Running::new(),
@@ -384,19 +537,13 @@ impl Loop<'_> {
             let batch: Batch = loader
                 .next()
                 .ok_or_else(|| rt("the data loader stopped".into()))?;
-            let lr = schedule.lr_at(issued as usize);
-            exec.feed(self.features, &batch.features).map_err(rt)?;
-            exec.feed(self.labels, &batch.labels).map_err(rt)?;
-            if skip_bad {
-                exec.save_state().map_err(rt)?;
-            }
-            exec.step(StepCtx {
+            let lr = self.schedule.lr_at(issued as usize);
+            let ctx = StepCtx {
                 lr,
                 step: issued + 1,
                 seed: state.seed,
-            })
-            .map_err(rt)?;
-            exec.capture(&reads).map_err(rt)?;
+            };
+            self.launch(&mut models.exec, &batch, ctx, &reads)?;
             issued += 1;
             let epoch_done = batch.index as u64 + 1 == self.steps_per_epoch;
             let last = issued == self.total_steps;
@@ -417,6 +564,7 @@ impl Loop<'_> {
                 },
                 lr,
             });
+            let exec = &mut models.exec;
             if issued.is_multiple_of(every) {
                 exec.flush_captures().map_err(rt)?;
             }
@@ -438,10 +586,12 @@ impl Loop<'_> {
                             c.seq
                         ))
                     })?;
-                let current = sync && queued.is_empty();
-                best = self.complete(
-                    q, c.values, current, exec, eval, state, &mut books, logger, progress, history,
-                )?;
+                let arrived = Arrived {
+                    queued: q,
+                    values: c.values,
+                    current: sync && queued.is_empty(),
+                };
+                best = self.complete(arrived, models, state, &mut books, sinks)?;
             }
             if !sync {
                 continue;
@@ -453,11 +603,11 @@ impl Loop<'_> {
                 )));
             }
             if due || last || stop {
-                self.save(exec, state, best)?;
-                logger.flush();
+                self.save(&models.exec, state, best)?;
+                sinks.logger.flush();
             }
             if stop {
-                progress.message(&format!(
+                sinks.progress.message(&format!(
                     "stopped at step {}: checkpoint saved; continue with `trainer resume`",
                     state.step
                 ));
@@ -467,25 +617,44 @@ impl Loop<'_> {
         Ok(true)
     }
 
+    /// Runs one training step on `batch` and queues the capture of what the loop reads back
+    /// (`reads`). Under `on_nonfinite = "skip_step"` the state is first copied aside, so a
+    /// non-finite step can be undone.
+    fn launch(
+        &self,
+        exec: &mut Exec,
+        batch: &Batch,
+        ctx: StepCtx,
+        reads: &[TensorId],
+    ) -> Result<(), FitError> {
+        let rt = FitError::Runtime;
+        exec.feed(self.tensors.features, &batch.features)
+            .map_err(rt)?;
+        exec.feed(self.tensors.labels, &batch.labels).map_err(rt)?;
+        if self.cfg.train.on_nonfinite == OnNonfinite::SkipStep {
+            exec.save_state().map_err(rt)?;
+        }
+        exec.step(ctx).map_err(rt)?;
+        exec.capture(reads).map_err(rt)
+    }
+
     /// Accounts for one step whose loss (and logits) arrived, exactly as if it had been read
     /// right after the step: the non-finite policy, metrics, log rows at the step's own number,
-    /// the progress bar and, at an epoch end, validation. `current`: no step was queued after
-    /// it, so the executor holds its weights (validation and undoing a step need that; the
-    /// loop drains at those steps). Returns whether this epoch end was the best so far.
-    #[allow(clippy::too_many_arguments)]
+    /// the progress bar and, at an epoch end, validation. Returns whether this epoch end was
+    /// the best so far.
     fn complete(
         &self,
-        q: Queued,
-        values: Vec<Vec<f32>>,
-        current: bool,
-        exec: &mut Exec,
-        eval: &mut EvalModel,
+        arrived: Arrived,
+        models: &mut Models,
         state: &mut TrainState,
         books: &mut Books,
-        logger: &mut Logger,
-        progress: &mut Progress,
-        history: &mut Vec<EpochRecord>,
+        sinks: &mut Sinks,
     ) -> Result<bool, FitError> {
+        let Arrived {
+            queued: q,
+            values,
+            current,
+        } = arrived;
         let rt = FitError::Runtime;
         let behind = || {
             rt(format!(
@@ -512,9 +681,9 @@ impl Loop<'_> {
             if !current {
                 return Err(behind());
             }
-            exec.restore_state().map_err(rt)?;
+            models.exec.restore_state().map_err(rt)?;
             books.skipped_in_a_row += 1;
-            progress.message(&format!(
+            sinks.progress.message(&format!(
                 "warning: the loss is {loss} at step {}: step skipped (weights, statistics and optimizer state unchanged)",
                 q.step
             ));
@@ -542,7 +711,7 @@ impl Loop<'_> {
             books.window_start = Instant::now();
             books.window_images = 0;
         }
-        progress.update(
+        sinks.progress.update(
             state.step as usize,
             state.epoch as usize + 1,
             books.epoch.mean_loss().unwrap_or(loss),
@@ -556,7 +725,7 @@ impl Loop<'_> {
                 return Err(behind());
             }
             let val = match self.classify {
-                true => Some(self.validate(exec, eval)?),
+                true => Some(self.validate(&models.exec, &mut models.eval)?),
                 false => None,
             };
             let record = EpochRecord {
@@ -581,16 +750,18 @@ impl Loop<'_> {
             ] {
                 row.extend(v.map(|v| (tag, v)));
             }
-            progress.message(&epoch_line(&record, self.cfg.train.epochs.0, best));
-            history.push(record);
+            sinks
+                .progress
+                .message(&epoch_line(&record, self.cfg.train.epochs.0, best));
+            sinks.history.push(record);
             books.epoch.reset();
         }
         if !row.is_empty() {
             for &(tag, v) in &row {
-                logger.scalar(tag, state.step, v);
+                sinks.logger.scalar(tag, state.step, v);
             }
             let epoch_pos = state.step as f64 / self.steps_per_epoch as f64;
-            logger.row(state.step, epoch_pos, &row);
+            sinks.logger.row(state.step, epoch_pos, &row);
         }
         if epoch_done {
             state.epoch += 1;

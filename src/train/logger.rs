@@ -3,25 +3,18 @@
 //! The training loop only sends messages over a channel, so a slow disk (or a network file
 //! system) never stalls a step, and any failure to write stays on the logger thread: it
 //! becomes one warning on stderr, that sink stops, and the run goes on. Logging must never be
-//! the reason a run dies.
-//!
-//! TensorBoard records are written by this file (prost + crc32c), not through tensorboard-rs:
-//! that crate writes from a thread of its own where our `catch_unwind` cannot reach, panics
-//! there on any I/O error (which the binary's panic hook reports as an internal error), has
-//! a fire-and-forget `flush` (no way to know the data reached the file), and truncates an
-//! existing file of the same name (same second and process id). docs/ARCHITECTURE.md says the
-//! same. The record format is in ../shared/notes.md ("TensorBoard").
+//! the reason a run dies. This file is the thread and its dispatch to the sinks; the sinks'
+//! formats are `events.rs` (TensorBoard) and `csv.rs` (metrics.csv).
 
-use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Log;
+use crate::train::csv::Csv;
+pub use crate::train::csv::{CSV_NAME, forget_rows_after};
+use crate::train::events::{self, EventFile, now};
 
 /// The tags the training loop logs, in the column order of metrics.csv.
 pub const COLUMNS: &[&str] = &[
@@ -32,9 +25,6 @@ pub const COLUMNS: &[&str] = &[
     "lr",
     "img_per_s",
 ];
-
-/// Name of the CSV file inside the run directory.
-pub const CSV_NAME: &str = "metrics.csv";
 
 /// Sends log records to the logger thread. Cheap to call from the training loop.
 /// Dropping it without [`Logger::finish`] still writes everything sent (it joins the thread).
@@ -61,31 +51,6 @@ enum Msg {
     },
     /// Flush and sync both files, then answer.
     Flush(Sender<()>),
-}
-
-/// A resumed run continues from its checkpoint's step, so the rows that the interrupted process
-/// logged after it are dropped (TensorBoard drops its points by itself, via SessionLog START).
-/// The file is rewritten atomically; a missing file is fine.
-pub fn forget_rows_after(run_dir: &Path, step: u64) -> Result<(), String> {
-    let path = run_dir.join(CSV_NAME);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut kept = String::with_capacity(text.len());
-    for (i, line) in text.lines().enumerate() {
-        let row_step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
-        // The header, and rows up to the checkpoint (a line cut short by a crash goes too).
-        if i == 0 || row_step.is_some_and(|s| s <= step) && line.split(',').count() > 2 {
-            kept.push_str(line);
-            kept.push('\n');
-        }
-    }
-    if kept.len() == text.len() {
-        return Ok(());
-    }
-    crate::checkpoint::write_file(&path, kept.as_bytes()).map_err(|e| e.to_string())
 }
 
 impl Logger {
@@ -191,12 +156,6 @@ impl Drop for Logger {
             self.stop();
         }
     }
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// What the thread owns: each sink is `None` once off (by config or after a failure).
@@ -351,321 +310,15 @@ fn logger_thread(
     sinks.warnings
 }
 
-/// One TensorBoard event file, new for each process: `events.out.tfevents.<secs>.<host>.
-/// <pid>.<n>`. TensorBoard reads a directory's event files in name order, and the
-/// zero-padded seconds make that the order the processes ran in.
-struct EventFile {
-    path: PathBuf,
-    out: BufWriter<File>,
-}
-
-impl EventFile {
-    fn create(dir: &Path) -> Result<EventFile, String> {
-        let wall = now();
-        let host = hostname();
-        let pid = std::process::id();
-        // create_new never truncates: a second logger in the same second and process (a
-        // restart within one test) gets the next n.
-        for n in 0..1000 {
-            let path = dir.join(format!(
-                "events.out.tfevents.{:010}.{host}.{pid}.{n}",
-                wall as u64
-            ));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    let mut ev = EventFile {
-                        path,
-                        out: BufWriter::new(file),
-                    };
-                    let first = ev
-                        .write(&events::file_version(wall))
-                        .and_then(|()| ev.flush(false));
-                    return match first {
-                        Ok(()) => Ok(ev),
-                        Err(e) => Err(format!("{}: {e}", ev.path.display())),
-                    };
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        }
-        Err(format!("{}: too many event files", dir.display()))
-    }
-
-    fn write(&mut self, event: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(&events::record(event))
-    }
-
-    fn flush(&mut self, sync: bool) -> std::io::Result<()> {
-        self.out.flush()?;
-        if sync {
-            self.out.get_ref().sync_data()?;
-        }
-        Ok(())
-    }
-}
-
-/// This machine's name for event file names (cosmetic, as in TensorFlow's writer), reduced to
-/// characters safe in a file name.
-fn hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .unwrap_or_default();
-    let name: String = raw
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        .collect();
-    if name.is_empty() {
-        "localhost".into()
-    } else {
-        name
-    }
-}
-
-/// metrics.csv: `step,epoch,<columns>`; the header is written once, when the file is new.
-struct Csv {
-    path: PathBuf,
-    file: File,
-    columns: Vec<String>,
-    /// Columns already warned about (a row with a column the file lacks).
-    unknown: BTreeSet<String>,
-}
-
-impl Csv {
-    /// Opens for appending. An existing non-empty file keeps its header: its columns are used
-    /// (so a resumed run never shifts them), and a last line cut short by a crash is ended
-    /// first so the next row starts on a line of its own.
-    fn open(path: &Path, columns: &[String]) -> std::io::Result<Csv> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        let columns = match text.lines().next() {
-            Some(header) if !header.trim().is_empty() => {
-                let names: Vec<String> = header.trim().split(',').map(str::to_string).collect();
-                if names.len() < 2 || names[0] != "step" || names[1] != "epoch" {
-                    return Err(std::io::Error::other(
-                        "exists but its header does not start with \"step,epoch\"; \
-                         move it away to start a new one",
-                    ));
-                }
-                let names = names[2..].to_vec();
-                if !text.ends_with('\n') {
-                    file.write_all(b"\n")?;
-                }
-                names
-            }
-            _ => {
-                file.set_len(0)?;
-                file.seek(SeekFrom::Start(0))?;
-                let header = header(columns);
-                file.write_all(header.as_bytes())?;
-                columns.to_vec()
-            }
-        };
-        Ok(Csv {
-            path: path.to_path_buf(),
-            file,
-            columns,
-            unknown: BTreeSet::new(),
-        })
-    }
-
-    /// Writes one whole line with one `write` (the file is unbuffered), so each row reaches
-    /// the OS at once. Returns the columns newly found missing from the file.
-    fn write_row(
-        &mut self,
-        step: u64,
-        epoch: f64,
-        values: &[(String, f64)],
-    ) -> (std::io::Result<()>, Vec<String>) {
-        let mut fresh = Vec::new();
-        for (k, _) in values {
-            if !self.columns.contains(k) && self.unknown.insert(k.clone()) {
-                fresh.push(k.clone());
-            }
-        }
-        let line = format_row(&self.columns, step, epoch, values);
-        (self.file.write_all(line.as_bytes()), fresh)
-    }
-}
-
-fn header(columns: &[String]) -> String {
-    let mut h = String::from("step,epoch");
-    for c in columns {
-        h.push(',');
-        h.push_str(c);
-    }
-    h.push('\n');
-    h
-}
-
-/// `step,epoch,v1,...` with each value in Rust's shortest round-trip form (`NaN`, `inf`
-/// for non-finite values, which pandas reads); an absent value is an empty cell. When a row
-/// names a column twice the last value wins.
-fn format_row(columns: &[String], step: u64, epoch: f64, values: &[(String, f64)]) -> String {
-    let mut line = format!("{step},{epoch}");
-    for c in columns {
-        line.push(',');
-        if let Some((_, v)) = values.iter().rev().find(|(k, _)| k == c) {
-            line.push_str(&v.to_string());
-        }
-    }
-    line.push('\n');
-    line
-}
-
-/// TensorBoard's event protobufs (tensorboard/compat/proto/event.proto, summary.proto),
-/// only the fields we write, and the record framing.
-mod events {
-    /// `Event`: the `what` oneof is written as optional fields, which encode the same way.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Event {
-        #[prost(double, tag = "1")]
-        pub wall_time: f64,
-        #[prost(int64, tag = "2")]
-        pub step: i64,
-        #[prost(string, optional, tag = "3")]
-        pub file_version: Option<String>,
-        #[prost(message, optional, tag = "5")]
-        pub summary: Option<Summary>,
-        #[prost(message, optional, tag = "7")]
-        pub session_log: Option<SessionLog>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Summary {
-        #[prost(message, repeated, tag = "1")]
-        pub value: Vec<Value>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Value {
-        #[prost(string, tag = "1")]
-        pub tag: String,
-        /// Optional so that 0.0 is still written: TensorBoard checks `HasField`.
-        #[prost(float, optional, tag = "2")]
-        pub simple_value: Option<f32>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct SessionLog {
-        /// SessionStatus: 1 = START.
-        #[prost(int32, tag = "1")]
-        pub status: i32,
-    }
-
-    fn encode(e: Event) -> Vec<u8> {
-        prost::Message::encode_to_vec(&e)
-    }
-
-    /// The first record of every file.
-    pub fn file_version(wall_time: f64) -> Vec<u8> {
-        encode(Event {
-            wall_time,
-            step: 0,
-            file_version: Some("brain.Event:2".into()),
-            summary: None,
-            session_log: None,
-        })
-    }
-
-    pub fn scalar(wall_time: f64, step: u64, tag: &str, value: f64) -> Vec<u8> {
-        encode(Event {
-            wall_time,
-            step: i64::try_from(step).unwrap_or(i64::MAX),
-            file_version: None,
-            summary: Some(Summary {
-                value: vec![Value {
-                    tag: tag.into(),
-                    simple_value: Some(value as f32),
-                }],
-            }),
-            session_log: None,
-        })
-    }
-
-    pub fn session_start(wall_time: f64, step: u64) -> Vec<u8> {
-        encode(Event {
-            wall_time,
-            step: i64::try_from(step).unwrap_or(i64::MAX),
-            file_version: None,
-            summary: None,
-            session_log: Some(SessionLog { status: 1 }),
-        })
-    }
-
-    /// TFRecord framing: u64 LE length, masked crc32c of those 8 bytes, the data, masked
-    /// crc32c of the data.
-    pub fn record(data: &[u8]) -> Vec<u8> {
-        let len = (data.len() as u64).to_le_bytes();
-        let mut r = Vec::with_capacity(data.len() + 16);
-        r.extend_from_slice(&len);
-        r.extend_from_slice(&masked_crc(&len).to_le_bytes());
-        r.extend_from_slice(data);
-        r.extend_from_slice(&masked_crc(data).to_le_bytes());
-        r
-    }
-
-    /// TFRecord's masked CRC-32C: rotate right by 15 bits, add a constant.
-    pub fn masked_crc(data: &[u8]) -> u32 {
-        let crc = crc32c::crc32c(data);
-        crc.rotate_right(15).wrapping_add(0xa282_ead8)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::fs::OpenOptions;
+    use std::io::BufWriter;
 
-    #[test]
-    fn a_resume_forgets_the_rows_after_its_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(CSV_NAME);
-        let text = "step,epoch,train/loss\n10,0.5,2.1\n20,1,1.9\n30,1.5,1.7\n3";
-        std::fs::write(&path, text).unwrap();
-        forget_rows_after(dir.path(), 20).unwrap();
-        let kept = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(kept, "step,epoch,train/loss\n10,0.5,2.1\n20,1,1.9\n");
-        forget_rows_after(dir.path(), 20).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
-        // No file yet (a run stopped before its first log row): nothing to do.
-        forget_rows_after(&dir.path().join("none"), 5).unwrap();
-    }
+    use super::*;
 
     fn cfg() -> Log {
         Log::default()
-    }
-
-    #[test]
-    fn crc_of_known_data() {
-        // CRC-32C of "123456789" is 0xE3069283 (RFC 3720's check value).
-        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
-        let m = events::masked_crc(b"123456789");
-        assert_eq!(m, 0xE306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
-    }
-
-    #[test]
-    fn record_framing() {
-        let r = events::record(b"abc");
-        assert_eq!(r.len(), 3 + 16);
-        assert_eq!(&r[..8], &3u64.to_le_bytes());
-        assert_eq!(&r[12..15], b"abc");
-    }
-
-    #[test]
-    fn row_format() {
-        let cols: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let row = format_row(&cols, 7, 0.5, &[("c".into(), 1.25), ("a".into(), f64::NAN)]);
-        assert_eq!(row, "7,0.5,NaN,,1.25\n");
-        assert_eq!(header(&cols), "step,epoch,a,b,c\n");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! files and metrics.csv, on its own thread), the progress display, evaluation and inference
 //! with a checkpoint, and signals.
 
+mod csv;
 pub mod evaluate;
+mod events;
 pub mod fit;
 pub mod inference;
 pub mod logger;
