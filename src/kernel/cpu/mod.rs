@@ -5,6 +5,7 @@
 mod conv_simd;
 mod gemm;
 pub(crate) mod io;
+mod micro;
 mod real;
 
 pub use conv_simd::{
