@@ -3,7 +3,6 @@
 #![deny(unsafe_code)]
 
 pub mod autodiff;
-#[allow(unsafe_code)]
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

@@ -1,4 +1,6 @@
-//! Backends run a plan. The only module allowed `unsafe` (raw views of planned memory, GEMM).
+//! Backends run a plan: the executors. `unsafe` is allowed only where it is needed (the CPU
+//! executor's raw views of planned memory, trusted shader modules, the device's drop), each
+//! with a scoped allow and a SAFETY comment.
 
 mod capture;
 pub mod cpu;

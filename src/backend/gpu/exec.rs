@@ -100,6 +100,7 @@ impl Kernels {
                 // SAFETY: every kernel guards its indices against the sizes in its `Params`,
                 // which `bind` checked against the bound ranges; the test suite builds every
                 // kernel with checks on (TRAINER_SHADER_CHECKS=1). Checks cost up to 48x.
+                #[allow(unsafe_code)]
                 unsafe {
                     gpu.device
                         .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())

@@ -273,6 +273,7 @@ impl Drop for Gpu {
         }
         // SAFETY: `self` is being dropped, so neither field is used again, and each is
         // dropped exactly once here.
+        #[allow(unsafe_code)]
         unsafe {
             ManuallyDrop::drop(&mut self.queue);
             ManuallyDrop::drop(&mut self.device);
