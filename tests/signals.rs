@@ -214,3 +214,62 @@ fn a_second_interrupt_after_a_pause_exits_at_once_without_a_checkpoint() {
     );
     assert!(!dir.join("checkpoints/latest").exists());
 }
+
+/// A stderr that nobody reads fills up, and the run blocks writing its progress (a stalled
+/// terminal or log reader). A second interrupt must still exit at once: the handler never
+/// waits for its message to be written.
+#[test]
+fn a_second_interrupt_exits_even_while_stderr_is_stuck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let dir = tmp.path().join("run");
+    let mut child = Command::new(BIN)
+        .args([
+            "fit",
+            "--device",
+            "cpu",
+            "--set",
+            "log.every_steps=1",
+            "--run-dir",
+        ])
+        .arg(&dir)
+        .arg(&config)
+        .env("TRAINER_PROGRESS_SECS", "0")
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn trainer");
+    let unread = child.stderr.take();
+    // A progress line per step fills the pipe within a few hundred steps; then the loop,
+    // blocked, logs no more rows.
+    let csv = dir.join("metrics.csv");
+    let size = || std::fs::metadata(&csv).map_or(0, |m| m.len());
+    let (t0, mut last, mut since) = (Instant::now(), 0, Instant::now());
+    while last == 0 || since.elapsed() < Duration::from_secs(1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never blocked"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended");
+        std::thread::sleep(Duration::from_millis(50));
+        if size() != last {
+            (last, since) = (size(), Instant::now());
+        }
+    }
+    let run = Run {
+        child,
+        config,
+        dir,
+        stderr: std::thread::spawn(String::new),
+    };
+    kill("INT", &[&run.pid(), &run.group()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let second = Instant::now();
+    kill("INT", &[&run.group()]);
+    let (status, _) = run.finish();
+    drop(unread);
+    assert_eq!(status.code(), Some(131), "{status}");
+    assert!(second.elapsed() < Duration::from_secs(10));
+}

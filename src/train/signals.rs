@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::Store;
@@ -108,10 +108,10 @@ fn on_signal() {
         Reaction::Stop => {
             w.first = Some(now);
             STOP.store(true, Ordering::SeqCst);
-            errln!(
+            say(format!(
                 "\ninterrupted: finishing this step, then saving a checkpoint in {} (interrupt again after a second to exit at once without one)",
                 w.run_dir.display()
-            );
+            ));
         }
         Reaction::Same => {}
         Reaction::ExitNow => {
@@ -123,10 +123,27 @@ fn on_signal() {
                 ),
                 None => format!("{} has no checkpoint to resume from", w.run_dir.display()),
             };
-            errln!("\ninterrupted again: exiting now without saving a checkpoint; {last}");
+            let said = say(format!(
+                "\ninterrupted again: exiting now without saving a checkpoint; {last}"
+            ));
+            let _ = said.recv_timeout(Duration::from_millis(500));
             std::process::exit(EXIT_ABORTED as i32);
         }
     }
+}
+
+/// Prints `text` on a thread of its own and answers on the channel once it is written. The
+/// handler must not wait on a stderr that blocks (a full pipe nobody reads, a stalled
+/// terminal): ctrlc runs one handler at a time, so no later signal could be handled.
+fn say(text: String) -> mpsc::Receiver<()> {
+    let (done, said) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("trainer-signal-message".into())
+        .spawn(move || {
+            errln!("{text}");
+            let _ = done.send(());
+        });
+    said
 }
 
 /// `TRAINER_TEST_SLOW_STEP_MS`, a testing hook: every step takes at least this long, as a big
