@@ -1,7 +1,6 @@
 //! The command line (clap). Exit codes: 0 success, 2 user error (bad config, bad arguments),
 //! 1 internal error.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -197,14 +196,14 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
         Device::Gpu => match crate::backend::gpu::Gpu::new() {
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
             Err(e) => {
-                eprintln!("error: --device gpu: {e}");
+                crate::errln!("error: --device gpu: {e}");
                 Err(2)
             }
         },
         Device::Auto => match crate::backend::gpu::Gpu::new() {
             // A software adapter (Mesa's lavapipe) is a CPU too, and slower than ours.
             Ok(g) if g.adapter.device_type == "Cpu" => {
-                eprintln!(
+                crate::errln!(
                     "note: running on the CPU: the only GPU adapter is a software one ({}); --device gpu forces it",
                     g.adapter.name
                 );
@@ -212,7 +211,7 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
             }
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
             Err(e) => {
-                eprintln!("note: running on the CPU: {e}");
+                crate::errln!("note: running on the CPU: {e}");
                 Ok(Backend::Cpu)
             }
         },
@@ -349,7 +348,7 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
     let result = match open_backend(device)? {
         Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
         Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             e.exit_code()
         })?,
     };
@@ -400,7 +399,7 @@ fn resume(args: ResumeArgs, sets: &[String]) -> Result<(), u8> {
     } = args;
     let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
     if !resolved.exists() {
-        eprintln!(
+        crate::errln!(
             "error: {} is not a run directory (it has no {})",
             run_dir.display(),
             crate::train::run_dir::RESOLVED
@@ -500,7 +499,7 @@ fn report<T: serde::Serialize>(
     text: impl Fn(&T) -> String,
 ) -> Result<(), u8> {
     let result = result.map_err(|e| {
-        eprintln!("error: {e}");
+        crate::errln!("error: {e}");
         2
     })?;
     if json {
@@ -528,7 +527,8 @@ fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
 
 /// Loads the config, opens the backend and trains: `trainer fit` and `trainer resume`. Exit
 /// codes: 130 after a signal (checkpoint saved), 3 when the loss stopped being finite, 2 for bad
-/// input (a plan the GPU cannot hold included), 1 when the device or disk failed.
+/// input (a plan the GPU cannot hold included), 1 when the device or disk failed; 131 (a
+/// second interrupt, no checkpoint) exits from `train::signals` directly.
 fn train(
     sets: &[String],
     device: Option<Device>,
@@ -550,7 +550,7 @@ fn train(
                 .and_then(|r| r.val_accuracy)
                 .map(|a| format!(": val accuracy {:.2}%", 100.0 * a))
                 .unwrap_or_default();
-            eprintln!(
+            crate::errln!(
                 "done after {} steps{last}{best}; run in {}",
                 report.steps,
                 report.run_dir.display()
@@ -560,7 +560,7 @@ fn train(
         Ok(_) => Err(crate::train::signals::EXIT_INTERRUPTED),
         Err(FitError::Config(d)) => Err(user_error(&(*d).into(), &loaded.sources)),
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             Err(match e {
                 FitError::User(_) | FitError::Config(_) => 2,
                 FitError::NonFinite(_) => 3,
@@ -607,21 +607,20 @@ fn load_graph(
 }
 
 fn user_error(e: &Errors, sources: &crate::diag::Sources) -> u8 {
-    eprint!("{}", e.render(sources));
+    crate::output::stderr(&e.render(sources));
     2
 }
 
 fn internal(e: impl std::fmt::Display) -> u8 {
-    eprintln!("internal error: {e}");
+    crate::errln!("internal error: {e}");
     1
 }
 
+/// Prints a command's result; a closed pipe is fine (see `output::stdout`), a failed write
+/// (a full disk under a redirect) is exit 1 with what failed.
 fn print_out(text: &str) -> Result<(), u8> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Ok(()) => Ok(()),
-        // A closed pipe (`trainer graph x | head`) is not an error worth a message.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(internal(format!("cannot write output: {e}"))),
-    }
+    crate::output::stdout(text).map_err(|e| {
+        crate::errln!("error: cannot write the output: {e}");
+        1
+    })
 }

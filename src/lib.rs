@@ -15,6 +15,7 @@ pub mod graph;
 pub mod kernel;
 pub mod nn;
 pub mod ops;
+pub mod output;
 pub mod schedule;
 pub mod tensor;
 pub mod train;

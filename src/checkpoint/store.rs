@@ -124,7 +124,7 @@ impl Store {
 
         // The save has succeeded; a checkpoint that cannot be deleted now is retried next time.
         if let Err(e) = self.prune() {
-            eprintln!("warning: removing old checkpoints: {e}; will retry after the next save");
+            crate::errln!("warning: removing old checkpoints: {e}; will retry after the next save");
         }
         Ok(final_dir)
     }

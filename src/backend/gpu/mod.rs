@@ -328,7 +328,7 @@ pub fn test_gpu() -> Option<&'static Gpu> {
             if std::env::var("TRAINER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("TRAINER_REQUIRE_GPU=1 but {e}");
             }
-            eprintln!("skipping GPU tests: {e}");
+            crate::errln!("skipping GPU tests: {e}");
             None
         }
     })
