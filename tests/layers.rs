@@ -17,6 +17,7 @@ use std::path::Path;
 
 /// Top-level modules from the bottom up; a module may import only from earlier rows.
 const LAYERS: &[&[&str]] = &[
+    &["output"],
     &["diag", "tensor"],
     &["kernel"],
     &["ops"],
