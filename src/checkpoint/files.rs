@@ -85,15 +85,18 @@ fn kind_of(t: &fs::FileType) -> &'static str {
     }
 }
 
-/// At most `max` bytes of `bytes` as printable ASCII (escapes for the rest), with a note of the
-/// full length when cut: junk quoted in a message stays on one short line.
+/// `bytes` as printable ASCII (escapes for the rest) in at most `max` characters, "..." when
+/// cut: junk quoted in a message stays on one short line.
 pub(crate) fn quote(bytes: &[u8], max: usize) -> String {
-    let shown: String = bytes[..bytes.len().min(max)].escape_ascii().to_string();
-    if bytes.len() > max {
-        format!("{shown}... ({} bytes)", bytes.len())
-    } else {
-        shown
+    let mut shown = String::new();
+    for b in bytes {
+        let escaped = b.escape_ascii().to_string();
+        if shown.len() + escaped.len() > max {
+            return shown + "...";
+        }
+        shown += &escaped;
     }
+    shown
 }
 
 #[cfg(test)]
@@ -103,8 +106,9 @@ mod tests {
     #[test]
     fn quote_escapes_and_cuts() {
         assert_eq!(quote(b"step-1\n\x00\xff", 80), "step-1\\n\\x00\\xff");
-        let long = vec![b'a'; 1000];
-        assert_eq!(quote(&long, 5), "aaaaa... (1000 bytes)");
+        assert_eq!(quote(&[b'a'; 1000], 5), "aaaaa...");
+        // The limit is on what is shown: an escape is not cut in half.
+        assert_eq!(quote(&[0xff; 1000], 9), "\\xff\\xff...");
     }
 
     #[cfg(unix)]

@@ -354,8 +354,11 @@ impl Store {
                         .into_iter()
                         .map(|p| format!("{p}; loaded the newest valid checkpoint, {name}"))
                         .collect();
-                    warnings.extend(failures.into_iter().map(|(failed, e)| {
-                        format!("checkpoint {failed} is unusable: {e}; loaded {name} instead")
+                    warnings.extend(failures.iter().map(|(failed, e)| {
+                        format!(
+                            "checkpoint {failed} is unusable: {}; loaded {name} instead",
+                            why(e)
+                        )
                     }));
                     return Ok(Found {
                         path,
@@ -370,7 +373,7 @@ impl Store {
             dir: self.dir.clone(),
             tried: pointer_problem
                 .into_iter()
-                .chain(failures.into_iter().map(|(name, e)| format!("{name}: {e}")))
+                .chain(grouped_failures(&failures))
                 .collect(),
         })
     }
@@ -448,6 +451,41 @@ impl Store {
         }
         Ok(names)
     }
+}
+
+/// Why a candidate was passed over. A checkpoint that does not fit is named by the caller of
+/// `why`, so its reason alone is the message; other errors name their own file.
+fn why(e: &CheckpointError) -> String {
+    match e {
+        CheckpointError::DoesNotFit { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Steps named on one line of a `NoValid` list before "and N more".
+const STEPS_SHOWN: usize = 3;
+
+/// One line per run of candidates that failed for the same reason (every checkpoint of a run
+/// is of another model's shape when the config changed): "step-3, step-2: reason".
+fn grouped_failures(failures: &[(String, CheckpointError)]) -> Vec<String> {
+    let mut groups: Vec<(Vec<&str>, String)> = Vec::new();
+    for (name, e) in failures {
+        let reason = why(e);
+        match groups.last_mut() {
+            Some((names, last)) if *last == reason => names.push(name),
+            _ => groups.push((vec![name], reason)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(names, reason)| {
+            let mut shown = names[..names.len().min(STEPS_SHOWN)].join(", ");
+            if names.len() > STEPS_SHOWN {
+                shown += &format!(" and {} more", names.len() - STEPS_SHOWN);
+            }
+            format!("{shown}: {reason}")
+        })
+        .collect()
 }
 
 /// The bytes of each file of a checkpoint, checksums.json last. Refuses a state JSON cannot

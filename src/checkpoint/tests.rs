@@ -470,27 +470,25 @@ fn a_checkpoint_the_caller_refuses_is_passed_over() {
     for step in 1..=3 {
         store.save(&sample(step), false).expect("save");
     }
-    let mut refuse_3 = |c: &Checkpoint| {
-        match c.state.step {
-        3 => Err("does not fit this model: `fc.weight` has shape [3, 2] in the checkpoint but [2, 3] in the model".to_string()),
+    let reason = "does not fit this model: `fc.weight` has shape [3, 2] in the checkpoint but [2, 3] in the model";
+    let mut refuse_3 = |c: &Checkpoint| match c.state.step {
+        3 => Err(reason.to_string()),
         _ => Ok(()),
-    }
     };
     let found = store.resolve(Part::Whole, &mut refuse_3).expect("fallback");
     assert_eq!(found.checkpoint.state.step, 2);
     assert_eq!(found.path, dir.join("step-000000002"));
-    assert_eq!(found.warnings.len(), 1, "{:?}", found.warnings);
-    let w = &found.warnings[0];
-    assert!(
-        w.starts_with("checkpoint step-000000003 is unusable: ")
-            && w.contains("step-000000003: does not fit this model: `fc.weight` has shape [3, 2]")
-            && w.ends_with("; loaded step-000000002 instead"),
-        "{w}"
+    assert_eq!(
+        found.warnings,
+        [format!(
+            "checkpoint step-000000003 is unusable: {reason}; loaded step-000000002 instead"
+        )]
     );
     // An explicitly named checkpoint is that one or an error naming it: no fallback.
     let err = resolve(&dir.join("step-000000003"), Part::Whole, &mut refuse_3).expect_err("named");
     assert!(
-        err.to_string().ends_with("step-000000003: does not fit this model: `fc.weight` has shape [3, 2] in the checkpoint but [2, 3] in the model"),
+        err.to_string()
+            .ends_with(&format!("step-000000003: {reason}")),
         "{err}"
     );
     fs::write(dir.join("latest"), "nonsense").expect("write");
@@ -501,18 +499,33 @@ fn a_checkpoint_the_caller_refuses_is_passed_over() {
         .expect_err("none fits");
     let msg = err.to_string();
     let lines: Vec<&str> = msg.lines().collect();
-    assert_eq!(lines.len(), 5, "{msg}");
+    assert_eq!(lines.len(), 3, "{msg}");
     assert!(
         lines[0].starts_with("no valid checkpoint in ") && lines[0].ends_with("; tried:"),
         "{msg}"
     );
     assert!(lines[1].contains("latest names `nonsense`"), "{msg}");
-    for (line, step) in lines[2..].iter().zip([3, 2, 1]) {
-        assert!(
-            line.starts_with(&format!("  step-00000000{step}: ")) && line.ends_with(": refused 9"),
-            "{msg}"
-        );
-    }
+    // The same reason for each: one line naming them all.
+    assert_eq!(
+        lines[2],
+        "  step-000000003, step-000000002, step-000000001: refused 9"
+    );
+    // Different reasons: a line each, newest first.
+    let err = store
+        .resolve(Part::Whole, &mut |c| {
+            Err(format!("refused {}", c.state.step))
+        })
+        .expect_err("none fits");
+    let msg = err.to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(
+        lines[2..],
+        [
+            "  step-000000003: refused 3",
+            "  step-000000002: refused 2",
+            "  step-000000001: refused 1"
+        ]
+    );
 }
 
 #[test]
@@ -524,6 +537,17 @@ fn a_long_list_of_failures_stays_on_one_screen() {
     }
     let err = store
         .resolve(Part::Weights, &mut |_| Err("refused".into()))
+        .expect_err("none fits");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 2, "{msg}");
+    assert!(
+        msg.ends_with("  step-000000030, step-000000029, step-000000028 and 27 more: refused"),
+        "{msg}"
+    );
+    let err = store
+        .resolve(Part::Whole, &mut |c| {
+            Err(format!("refused {}", c.state.step))
+        })
         .expect_err("none fits");
     let msg = err.to_string();
     assert_eq!(msg.lines().count(), 12, "{msg}");

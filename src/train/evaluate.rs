@@ -140,54 +140,56 @@ fn fits(params: &[Param], tensors: &[&NamedTensor], weights: usize) -> Result<()
         .map(|t| t.name.as_str())
         .filter(|n| !known.contains(n))
         .collect();
+    // A different model, rather than a changed one, when most of the weights are not there
+    // as they are in the model (optimizer state aside: a changed optimizer is not a new model).
     let model: Vec<&Param> = params.iter().filter(|p| p.optimizer_of.is_none()).collect();
-    let model_missing = model
+    let model_matched = model
         .iter()
-        .filter(|p| missing.contains(&p.name.as_str()))
+        .filter(|p| {
+            by_name
+                .get(p.name.as_str())
+                .is_some_and(|t| t.shape == p.ty.shape)
+        })
         .count();
-    if model_missing * 2 > model.len() {
+    let mut problems: Vec<String> = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("it has no {}", names(&missing)));
+    }
+    if !extra.is_empty() && (!missing.is_empty() || !reshaped.is_empty()) {
+        // Beside missing names, a rename shows here.
+        problems.push(format!(
+            "it has {}, which the model does not",
+            names(&extra)
+        ));
+    }
+    let shapes = reshaped.len();
+    problems.extend(reshaped.into_iter().take(SHAPES_SHOWN));
+    if shapes > SHAPES_SHOWN {
+        problems.push(format!("{} more differ in shape", shapes - SHAPES_SHOWN));
+    }
+    if model_matched * 2 < model.len() {
         let size = |shapes: &mut dyn Iterator<Item = &Vec<usize>>| -> u64 {
             shapes.map(|s| s.iter().product::<usize>() as u64).sum()
         };
         let ckpt_weights = &tensors[..weights.min(tensors.len())];
         return Err(format!(
-            "belongs to a different model: it holds {} tensors ({} parameters), this model {} ({}); {} {} not in it, and its {} {} not in this model",
+            "belongs to a different model: it holds {} tensors ({} parameters), this model {} ({}); {}",
             ckpt_weights.len(),
             grouped(size(&mut ckpt_weights.iter().map(|t| &t.shape))),
             model.len(),
             grouped(size(&mut model.iter().map(|p| &p.ty.shape))),
-            names(&missing),
-            if missing.len() == 1 { "is" } else { "are" },
-            names(&extra),
-            if extra.len() == 1 { "is" } else { "are" },
+            problems.join("; ")
         ));
-    }
-    let mut problems: Vec<String> = Vec::new();
-    if !missing.is_empty() {
-        problems.push(format!("it has no {}", names(&missing)));
-        if !extra.is_empty() {
-            problems.push(format!(
-                "it has {}, which the model does not",
-                names(&extra)
-            ));
-        }
-    }
-    let shown = reshaped.len().min(NAMES_SHOWN);
-    problems.extend(reshaped.drain(..shown));
-    if !reshaped.is_empty() {
-        problems.push(format!("{} more shapes differ", reshaped.len()));
     }
     Err(format!("does not fit this model: {}", problems.join("; ")))
 }
 
-/// Names quoted in a mismatch message before "(+N more)".
+/// Names quoted in a mismatch message before "(+N more)", and shape differences shown.
 const NAMES_SHOWN: usize = 3;
+const SHAPES_SHOWN: usize = 2;
 
-/// "`a`, `b`, `c` (+4 more)", or "none" for an empty list.
+/// "`a`, `b`, `c` (+4 more)".
 fn names(list: &[&str]) -> String {
-    if list.is_empty() {
-        return "none".into();
-    }
     let shown: Vec<String> = list
         .iter()
         .take(NAMES_SHOWN)
