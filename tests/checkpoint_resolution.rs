@@ -385,6 +385,18 @@ fn when_nothing_is_valid_the_error_lists_every_candidate_and_why() {
     ];
     expect(&eval("configs/mlp.toml", &run), 2, &listed, "eval");
     expect(&resume(&run), 2, &listed, "resume");
+
+    // No checkpoint at all is not "none valid": the run has not saved one yet.
+    std::fs::remove_dir_all(&ckpts).unwrap();
+    std::fs::create_dir(&ckpts).unwrap();
+    let none = format!("error: no checkpoint in {} yet", ckpts.display());
+    expect(
+        &eval("configs/mlp.toml", &run),
+        2,
+        &[&none],
+        "eval, no checkpoint",
+    );
+    expect(&resume(&run), 2, &[&none], "resume, no checkpoint");
 }
 
 /// `rewrite_newest` for any step (the store's `latest` then names it).

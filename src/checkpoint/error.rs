@@ -103,7 +103,7 @@ pub enum CheckpointError {
     #[error("{}: {reason}", path.display())]
     DoesNotFit { path: PathBuf, reason: String },
     /// The checkpoints directory holds no checkpoint at all (a fresh run).
-    #[error("no checkpoint in {}", dir.display())]
+    #[error("no checkpoint in {} yet: the run has not saved one", dir.display())]
     NotFound { dir: PathBuf },
     /// Every checkpoint in the directory failed to load; `tried` gives each one's reason
     /// (the `latest` pointer's problem first, then each candidate, newest first).

@@ -58,7 +58,9 @@ pub(crate) fn looks_like_store(dir: &Path) -> bool {
         })
 }
 
-/// A run's checkpoints directory. Assumes one writer at a time (the training process).
+/// A run's checkpoints directory. Assumes one writer at a time: the training process, which
+/// holds the run directory's lock (`train::run_lock`); readers need no lock, since every
+/// checkpoint appears whole under its name and a load passes over one deleted meanwhile.
 pub struct Store {
     dir: PathBuf,
     keep: usize,

@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The lock file's name inside a run directory.
@@ -62,7 +62,7 @@ impl Drop for RunLock {
 }
 
 /// The refusal of a second writer, naming the holder's pid when it has recorded one.
-fn busy(dir: &Path, path: &PathBuf, file: &mut File) -> String {
+fn busy(dir: &Path, path: &Path, file: &mut File) -> String {
     let holder = match holder_pid(file) {
         Some(pid) => format!("another trainer process (pid {pid})"),
         None => "another trainer process".to_string(),
