@@ -398,9 +398,10 @@ fn resume(args: ResumeArgs, sets: &[String]) -> Result<(), u8> {
         device,
     } = args;
     let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
-    if !resolved.exists() {
+    // is_file, not exists: config loading would block forever on a FIFO.
+    if !resolved.is_file() {
         crate::errln!(
-            "error: {} is not a run directory (it has no {})",
+            "error: {} is not a run directory (it has no {} file)",
             run_dir.display(),
             crate::train::run_dir::RESOLVED
         );

@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use crate::backend::gpu::Gpu;
 use crate::backend::{Exec, PrepareError};
-use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
+use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Part, Store, TrainState};
 use crate::config::{Config, OnNonfinite, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
 use crate::graph::Mode;
 use crate::nn::build_for;
 use crate::tensor::{StepCtx, TensorId};
-use crate::train::evaluate::{EvalModel, load_named, named_tensors};
+use crate::train::evaluate::{EvalModel, check_fits, load_named, named_tensors};
 use crate::train::logger::Logger;
 use crate::train::metrics::{Evaluation, Running};
 use crate::train::progress::Progress;
@@ -204,7 +204,8 @@ impl RunOrigin {
         match self.resumed {
             Some(run) => Ok(run),
             None => {
-                let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
+                let path =
+                    run_dir::new_path(cfg, opts.run_dir.as_deref()).map_err(FitError::User)?;
                 run_dir::create(&path, &self.resolved, &self.manifest).map_err(FitError::User)
             }
         }
@@ -329,27 +330,34 @@ fn first_state(cfg: &Config, run: &RunDir, schedule: &LrSchedule) -> TrainState 
     }
 }
 
-/// Loads the latest good checkpoint of `run` into `exec` (weights, buffers and optimizer
-/// state: every tensor of the training plan) and returns its state.
+/// Loads the checkpoint of `run` to continue from into `exec` (weights, buffers and optimizer
+/// state: every tensor of the training plan) and returns its state: `latest`, else the newest
+/// checkpoint that verifies and fits the plan (`Store::resolve`), with a warning for each one
+/// passed over.
 fn resume_state(store: &Store, run: &RunDir, exec: &mut Exec) -> Result<TrainState, FitError> {
-    let (ckpt, warnings) = store
-        .load_latest()
+    let found = store
+        .resolve(Part::Whole, &mut |c| {
+            check_fits(&exec.plan().graph.params, c)
+        })
         .map_err(|e| FitError::User(e.to_string()))?;
-    for w in warnings {
+    for w in &found.warnings {
         crate::errln!("warning: {w}");
     }
+    let ckpt = found.checkpoint;
     let saved: Vec<&NamedTensor> = ckpt.weights.iter().chain(&ckpt.optimizer).collect();
-    load_named(exec, &saved).map_err(FitError::User)?;
+    load_named(exec, &saved)
+        .map_err(|e| FitError::User(format!("{}: {e}", found.path.display())))?;
     let state = TrainState {
         config_hash: run.config_hash.clone(),
         ..ckpt.state
     };
     crate::errln!(
-        "resuming {} at step {} (epoch {}, batch {})",
+        "resuming {} at step {} (epoch {}, batch {}) from {}",
         run.path.display(),
         state.step,
         state.epoch + 1,
-        state.batch_in_epoch
+        state.batch_in_epoch,
+        found.path.display()
     );
     Ok(state)
 }
@@ -859,7 +867,8 @@ fn checkpoint_of(exec: &Exec, state: &TrainState) -> Result<Checkpoint, String> 
 }
 
 fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manifest), FitError> {
-    let (old, manifest) = run_dir::open(dir).map_err(FitError::User)?;
+    // Locked first: nothing of the run is read while another process may be writing it.
+    let (lock, old, manifest) = run_dir::open(dir).map_err(FitError::User)?;
     let diff = run_dir::differences(&old, resolved).map_err(FitError::User)?;
     if !diff.is_empty() {
         if !force {
@@ -880,6 +889,7 @@ fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manife
         RunDir {
             path: dir.to_path_buf(),
             config_hash: run_dir::hash(resolved),
+            lock,
         },
         manifest,
     ))
