@@ -347,12 +347,13 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
     let device = device_of(device, &cfg);
     let (seed, steps) = (cfg.run.seed, steps as usize);
     let result = match open_backend(device)? {
-        Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
-        Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
-            eprintln!("error: {e}");
-            e.exit_code()
-        })?,
-    };
+        Backend::Cpu => crate::bench::run(plan, seed, steps),
+        Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps),
+    }
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        e.exit_code()
+    })?;
     if json {
         print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
     } else {

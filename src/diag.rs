@@ -71,6 +71,14 @@ impl Sources {
             Err(_) => self.name(loc.file).to_string(),
         }
     }
+    /// The length in bytes of the line a location starts on.
+    fn line_len(&self, loc: Loc) -> usize {
+        let text = self.text(loc.file);
+        let at = (loc.start as usize).min(text.len());
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        end - start
+    }
     /// 1-based line number of a location (for tables and JSON output).
     pub fn line(&self, loc: Loc) -> usize {
         use codespan_reporting::files::Files;
@@ -138,6 +146,14 @@ impl Diagnostic {
     }
 
     pub fn render(&self, sources: &Sources) -> String {
+        // A quoted line of a megabyte (a minified or binary file) would be the whole screen.
+        if self
+            .labels
+            .iter()
+            .any(|l| sources.line_len(l.loc) > MAX_QUOTED_LINE)
+        {
+            return self.render_unquoted(sources);
+        }
         let mut labels: Vec<cs::Label<usize>> = Vec::new();
         for l in &self.labels {
             let style = if l.primary {
@@ -161,11 +177,55 @@ impl Diagnostic {
         term::emit_into_string(&config, &sources.files, &d)
             .unwrap_or_else(|_| format!("error: {}\n", self.message))
     }
+
+    /// Each label as `--> file:line:col` and its text, without quoting the lines.
+    fn render_unquoted(&self, sources: &Sources) -> String {
+        let mut out = format!("error: {}\n", self.message);
+        for l in &self.labels {
+            let arrow = if l.primary { "-->" } else { ":::" };
+            out += &format!(
+                "  {arrow} {}\n   | {} (a line of {} bytes: not quoted)\n",
+                sources.position(l.loc),
+                l.text,
+                sources.line_len(l.loc)
+            );
+        }
+        for n in &self.notes {
+            out += &format!("   = {n}\n");
+        }
+        out
+    }
 }
+
+/// Source lines longer than this are not quoted under a diagnostic.
+const MAX_QUOTED_LINE: usize = 400;
+
+/// Diagnostics shown at most (a screenful, as rustc stops early): the rest are counted.
+pub const MAX_SHOWN: usize = 10;
 
 /// One or more user errors (a config may have several syntax errors at once).
 #[derive(Clone, Debug)]
 pub struct Errors(pub Vec<Diagnostic>);
+
+impl Errors {
+    /// The first [`MAX_SHOWN`] of `first`, which need not yield more (so a file of garbage
+    /// makes ten diagnostics, not millions), and one that counts the rest of `total`.
+    pub fn capped(first: impl IntoIterator<Item = Diagnostic>, total: usize) -> Errors {
+        let mut shown: Vec<Diagnostic> = first.into_iter().take(MAX_SHOWN).collect();
+        let more = total.saturating_sub(shown.len());
+        if more > 0 {
+            shown.push(more_errors(more, shown.len()));
+        }
+        Errors(shown)
+    }
+}
+
+fn more_errors(more: usize, shown: usize) -> Diagnostic {
+    let s = if more == 1 { "" } else { "s" };
+    Diagnostic::new(format!(
+        "{more} more error{s} not shown (the first {shown} are above)"
+    ))
+}
 
 impl From<Diagnostic> for Errors {
     fn from(d: Diagnostic) -> Errors {
@@ -174,12 +234,17 @@ impl From<Diagnostic> for Errors {
 }
 
 impl Errors {
+    /// Every diagnostic, or when there are more than `MAX_SHOWN + 1` (the count `capped`
+    /// adds) the first `MAX_SHOWN` and a count of the others.
     pub fn render(&self, sources: &Sources) -> String {
-        self.0
-            .iter()
-            .map(|d| d.render(sources))
-            .collect::<Vec<_>>()
-            .join("\n")
+        let mut parts: Vec<String> = Vec::new();
+        if self.0.len() > MAX_SHOWN + 1 {
+            parts.extend(self.0[..MAX_SHOWN].iter().map(|d| d.render(sources)));
+            parts.push(more_errors(self.0.len() - MAX_SHOWN, MAX_SHOWN).render(sources));
+        } else {
+            parts.extend(self.0.iter().map(|d| d.render(sources)));
+        }
+        parts.join("\n")
     }
 }
 

@@ -36,6 +36,16 @@ pub enum PrepareError {
     Failed(String),
 }
 
+impl PrepareError {
+    /// The process exit code: 2 when the config must change, 1 when the backend failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PrepareError::DoesNotFit(_) => 2,
+            PrepareError::Failed(_) => 1,
+        }
+    }
+}
+
 impl From<gpu::GpuError> for PrepareError {
     fn from(e: gpu::GpuError) -> PrepareError {
         match e.exit_code() {
@@ -51,9 +61,7 @@ impl<'g> Exec<'g> {
     pub fn new(gpu: Option<&'g Gpu>, plan: Plan, seed: u64) -> Result<Exec<'g>, PrepareError> {
         Ok(match gpu {
             Some(gpu) => Exec::Gpu(Box::new(GpuExec::new(gpu, plan, seed)?)),
-            None => Exec::Cpu(Box::new(
-                CpuExec::new(plan, seed).map_err(PrepareError::Failed)?,
-            )),
+            None => Exec::Cpu(Box::new(CpuExec::new(plan, seed)?)),
         })
     }
 

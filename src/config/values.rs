@@ -16,6 +16,10 @@ pub struct Count(pub usize);
 /// few dims cannot overflow.
 pub const MAX_INT: i64 = i32::MAX as i64;
 
+/// The most elements of synthetic data (train, test and prototypes) a config may ask for:
+/// 16 GiB of f32.
+pub const MAX_SYNTHETIC_ELEMENTS: usize = 1 << 32;
+
 fn int_visitor<'de, D: Deserializer<'de>>(
     d: D,
     min: i64,
