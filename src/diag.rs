@@ -102,6 +102,8 @@ pub struct Diagnostic {
     pub message: String,
     pub labels: Vec<Label>,
     pub notes: Vec<String>,
+    /// Not an error itself: the count of errors `Errors::capped` left out.
+    left_out: usize,
 }
 
 impl Diagnostic {
@@ -110,6 +112,7 @@ impl Diagnostic {
             message: message.into(),
             labels: Vec::new(),
             notes: Vec::new(),
+            left_out: 0,
         }
     }
     /// The main location, with a short text under the caret.
@@ -200,32 +203,17 @@ impl Diagnostic {
 /// Source lines longer than this are not quoted under a diagnostic.
 const MAX_QUOTED_LINE: usize = 400;
 
-/// Diagnostics shown at most (a screenful, as rustc stops early): the rest are counted.
+/// Diagnostics made at most from one source of many (a file of garbage gives millions of
+/// syntax errors): the rest are only counted.
 pub const MAX_SHOWN: usize = 10;
+
+/// Lines of diagnostics printed at most (a screenful, as rustc stops early); the errors that
+/// do not fit are counted in one more line.
+const SCREEN_LINES: usize = 50;
 
 /// One or more user errors (a config may have several syntax errors at once).
 #[derive(Clone, Debug)]
 pub struct Errors(pub Vec<Diagnostic>);
-
-impl Errors {
-    /// The first [`MAX_SHOWN`] of `first`, which need not yield more (so a file of garbage
-    /// makes ten diagnostics, not millions), and one that counts the rest of `total`.
-    pub fn capped(first: impl IntoIterator<Item = Diagnostic>, total: usize) -> Errors {
-        let mut shown: Vec<Diagnostic> = first.into_iter().take(MAX_SHOWN).collect();
-        let more = total.saturating_sub(shown.len());
-        if more > 0 {
-            shown.push(more_errors(more, shown.len()));
-        }
-        Errors(shown)
-    }
-}
-
-fn more_errors(more: usize, shown: usize) -> Diagnostic {
-    let s = if more == 1 { "" } else { "s" };
-    Diagnostic::new(format!(
-        "{more} more error{s} not shown (the first {shown} are above)"
-    ))
-}
 
 impl From<Diagnostic> for Errors {
     fn from(d: Diagnostic) -> Errors {
@@ -234,15 +222,47 @@ impl From<Diagnostic> for Errors {
 }
 
 impl Errors {
-    /// Every diagnostic, or when there are more than `MAX_SHOWN + 1` (the count `capped`
-    /// adds) the first `MAX_SHOWN` and a count of the others.
+    /// The first [`MAX_SHOWN`] of `first`, which need not yield more (so a file of garbage
+    /// makes ten diagnostics, not millions), and one that counts the rest of `total`.
+    pub fn capped(first: impl IntoIterator<Item = Diagnostic>, total: usize) -> Errors {
+        let mut shown: Vec<Diagnostic> = first.into_iter().take(MAX_SHOWN).collect();
+        let left_out = total.saturating_sub(shown.len());
+        if left_out > 0 {
+            shown.push(Diagnostic {
+                left_out,
+                ..Diagnostic::new(format!("{left_out} more errors not shown"))
+            });
+        }
+        Errors(shown)
+    }
+
+    /// The diagnostics in order while they fit a screen (the first always), then one line
+    /// that counts the others and those `capped` left out.
     pub fn render(&self, sources: &Sources) -> String {
         let mut parts: Vec<String> = Vec::new();
-        if self.0.len() > MAX_SHOWN + 1 {
-            parts.extend(self.0[..MAX_SHOWN].iter().map(|d| d.render(sources)));
-            parts.push(more_errors(self.0.len() - MAX_SHOWN, MAX_SHOWN).render(sources));
-        } else {
-            parts.extend(self.0.iter().map(|d| d.render(sources)));
+        let (mut lines, mut left_out, mut full) = (0, 0, false);
+        for d in &self.0 {
+            if d.left_out > 0 {
+                left_out += d.left_out;
+                continue;
+            }
+            let text = d.render(sources);
+            let n = text.lines().count() + 1;
+            full |= !parts.is_empty() && lines + n > SCREEN_LINES;
+            if full {
+                left_out += 1;
+                continue;
+            }
+            lines += n;
+            parts.push(text);
+        }
+        if left_out > 0 {
+            let s = if left_out == 1 { "" } else { "s" };
+            let shown = parts.len();
+            let more = Diagnostic::new(format!(
+                "{left_out} more error{s} not shown (the first {shown} are above)"
+            ));
+            parts.push(more.render(sources));
         }
         parts.join("\n")
     }

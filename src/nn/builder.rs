@@ -454,6 +454,15 @@ impl<'c> Builder<'c> {
                 .also(def.name.loc, "block defined here");
             return Err(self.in_blocks(d));
         }
+        if let Some((count, loc)) = u.repeat
+            && count > MAX_LAYERS
+        {
+            let d = Diagnostic::new(format!(
+                "`repeat = {count}` makes more than the {MAX_LAYERS} layers a model may have"
+            ))
+            .at(loc, "too many");
+            return Err(self.in_blocks(d));
+        }
         let count = u.repeat.map(|(r, _)| r).unwrap_or(1);
         let mut cur = inputs.into_iter().next().expect("one input");
         for r in 0..count {
