@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn strings_and_comments_hide_brackets() {
-        assert_eq!(unclosed_value("a = \"[\"\n# {\nb = [1,\n"), Some((15, '[')));
+        assert_eq!(unclosed_value("a = \"[\"\n# {\nb = [1,\n"), Some((16, '[')));
         assert_eq!(unclosed_value("[table]\na = [1, 2]\n"), None);
     }
 }

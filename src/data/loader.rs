@@ -372,7 +372,7 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 (0..4)
-                    .map(|i| key(&plan.batch(&order, 2, i)))
+                    .map(|i| key(&plan.batch(&order, 2, i).unwrap()))
                     .collect::<Vec<_>>()
             })
         };
