@@ -50,10 +50,11 @@ fn synthetic_batch(plan: &Plan, seed: u64) -> Result<(Vec<f32>, Vec<f32>), Prepa
         MemoryError::Setting(s) => PrepareError::DoesNotFit(s),
     };
     host_memory::check((features as u64 + labels as u64) * 4).map_err(short)?;
-    let mut x: Vec<f32> = host_memory::reserved(features).map_err(short)?;
+    let fallible = |e| short(MemoryError::Short(e));
+    let mut x: Vec<f32> = host_memory::try_reserved(features).map_err(fallible)?;
     x.extend((0..features).map(|_| rng.random_range(-1.0f32..1.0)));
     let classes = g.ty(g.output).shape.last().copied().unwrap_or(1);
-    let mut y: Vec<f32> = host_memory::reserved(labels).map_err(short)?;
+    let mut y: Vec<f32> = host_memory::try_reserved(labels).map_err(fallible)?;
     y.extend((0..labels).map(|_| match labels_ty.dtype {
         DType::I32 => rng.random_range(0..classes) as f32,
         DType::F32 => rng.random_range(-1.0..1.0),

@@ -268,6 +268,21 @@ impl Errors {
     }
 }
 
+/// `a -> b -> c` for a chain of files or blocks, or for a long one its first and last three
+/// with a count between, so that a chain thousands long is one line.
+pub fn chain(names: &[String]) -> String {
+    let n = names.len();
+    if n <= 8 {
+        return names.join(" -> ");
+    }
+    format!(
+        "{} -> ... ({} more) -> {}",
+        names[..3].join(" -> "),
+        n - 6,
+        names[n - 3..].join(" -> ")
+    )
+}
+
 /// The closest candidate to a misspelled word, if it is close enough to be a plausible typo.
 pub fn did_you_mean<'a>(
     word: &str,

@@ -134,7 +134,7 @@ fn read_with_extends(
         return Err(located(Diagnostic::new(format!(
             "`extends` chain is more than {MAX_EXTENDS_DEPTH} files deep"
         )))
-        .note(format!("chain: {}", abbreviated(&names)))
+        .note(format!("chain: {}", crate::diag::chain(&names)))
         .note("help: extend a shorter chain; a config rarely needs more than two levels")
         .into());
     }
@@ -169,7 +169,7 @@ fn read_with_extends(
             }
         }
         return Err(d
-            .note(format!("cycle: {}", abbreviated(&cycle)))
+            .note(format!("cycle: {}", crate::diag::chain(&cycle)))
             .note("help: remove one of these `extends` lines")
             .into());
     }
@@ -242,20 +242,6 @@ fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
-}
-
-/// `a -> b -> c`, or for a long chain its first and last three with a count between.
-fn abbreviated(names: &[String]) -> String {
-    if names.len() <= 8 {
-        return names.join(" -> ");
-    }
-    let n = names.len();
-    format!(
-        "{} -> ... ({} more) -> {}",
-        names[..3].join(" -> "),
-        n - 6,
-        names[n - 3..].join(" -> ")
-    )
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -505,9 +491,7 @@ impl Config {
         }
         Ok(())
     }
-}
 
-impl Config {
     /// Sizes that depend on the model's input: a batch (training or evaluation) must fit one
     /// tensor, synthetic data must fit its store. Checked here, at the key, so `check` and
     /// `plan` refuse what `fit` or `eval` would.

@@ -207,23 +207,14 @@ impl<'c> Builder<'c> {
         d
     }
 
-    /// `a` → `b` → `c`, outermost first; for a long chain the first and last three.
+    /// The blocks being expanded, outermost first.
     fn block_chain(&self) -> String {
         let names: Vec<String> = self
             .expanding
             .iter()
             .map(|(n, _)| format!("`{n}`"))
             .collect();
-        let n = names.len();
-        if n <= 8 {
-            return names.join(" -> ");
-        }
-        format!(
-            "{} -> ... ({} more) -> {}",
-            names[..3].join(" -> "),
-            n - 6,
-            names[n - 3..].join(" -> ")
-        )
+        crate::diag::chain(&names)
     }
 
     /// Builds one scope's layers in dependency order; returns its output.
