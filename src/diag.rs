@@ -316,6 +316,32 @@ mod tests {
     }
 
     #[test]
+    fn many_errors_fill_one_screen_and_count_the_rest() {
+        let mut s = Sources::default();
+        let f = s.add("a.toml", "x = = 1\n".repeat(100));
+        let each =
+            (0..100).map(|i| Diagnostic::new("bad").at(Loc::new(f, i * 8 + 4..i * 8 + 5), "here"));
+        let text = Errors::capped(each, 5000).render(&s);
+        let shown = text.matches("error: bad").count();
+        assert!(shown > 1 && shown <= MAX_SHOWN, "{text}");
+        assert!(text.lines().count() <= SCREEN_LINES + 2, "{text}");
+        let more = format!(
+            "error: {} more errors not shown (the first {shown} are above)",
+            5000 - shown
+        );
+        assert!(text.contains(&more), "{text}");
+        // A line too long to quote is located, not printed.
+        let long = s.add("b.toml", format!("x = {}", "=".repeat(10_000)));
+        let text = Diagnostic::new("bad")
+            .at(Loc::new(long, 4..5), "here")
+            .render(&s);
+        assert!(
+            text.contains("--> b.toml:1:5") && text.len() < 200,
+            "{text}"
+        );
+    }
+
+    #[test]
     fn renders_file_line_col_and_caret() {
         let mut s = Sources::default();
         let f = s.add("a.toml", "[run]\nsed = 1\n");
