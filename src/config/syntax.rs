@@ -12,6 +12,9 @@ use crate::diag::{Diagnostic, Errors, FileId, Loc};
 /// toml refuses a dotted key of more parts than this ("recursion limit", with no span).
 const MAX_KEY_PARTS: usize = 80;
 
+/// toml refuses arrays and inline tables nested deeper than this ("cannot recurse further").
+const MAX_NESTING: usize = 80;
+
 /// The diagnostics for the syntax errors toml found in `text`, at most a screenful (plus a
 /// line that counts the rest); only the ones shown are built.
 pub(super) fn diagnose(text: &str, file: FileId, errors: &[TomlError]) -> Errors {
@@ -32,6 +35,12 @@ pub(super) fn diagnose(text: &str, file: FileId, errors: &[TomlError]) -> Errors
             Some(span) if missing_value(text, span.start) => {
                 Diagnostic::new("TOML syntax error: missing value after `=`")
                     .at(Loc::new(file, span), "here")
+            }
+            Some(span) if message.starts_with("cannot recurse further") => {
+                Diagnostic::new(format!(
+                    "TOML syntax error: arrays and inline tables nest more than {MAX_NESTING} deep"
+                ))
+                .at(Loc::new(file, span), "too deep")
             }
             Some(span) => Diagnostic::new(format!("TOML syntax error: {message}"))
                 .at(Loc::new(file, span), "here"),
