@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::backend::cpu::CpuExec;
 
-use crate::backend::gpu::{Gpu, GpuError, GpuExec};
+use crate::backend::PrepareError;
+use crate::backend::gpu::{Gpu, GpuExec};
+use crate::host_memory::{self, MemoryError};
 use crate::schedule::Plan;
 use crate::tensor::DType;
 use crate::tensor::StepCtx;
@@ -34,21 +36,30 @@ pub struct BenchResult {
 pub const WARMUP: usize = 2;
 
 /// A synthetic batch for a plan: features uniform in [-1, 1), labels uniform over the classes.
-fn synthetic_batch(plan: &Plan, seed: u64) -> (Vec<f32>, Vec<f32>) {
+/// Host memory like the plan's own: refused with the numbers when the machine lacks it.
+fn synthetic_batch(plan: &Plan, seed: u64) -> Result<(Vec<f32>, Vec<f32>), PrepareError> {
     let g = &plan.graph;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..g.ty(g.features).numel())
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
     let labels_ty = g.ty(g.labels).clone();
+    let (features, labels) = (g.ty(g.features).numel(), labels_ty.numel());
+    let short = |e: MemoryError| match e {
+        MemoryError::Short(s) => PrepareError::DoesNotFit(format!(
+            "not enough host memory for a synthetic batch of {}: {s}\nto fit: lower data.batch_size or pass --batch",
+            g.batch
+        )),
+        MemoryError::Setting(s) => PrepareError::DoesNotFit(s),
+    };
+    host_memory::check((features as u64 + labels as u64) * 4).map_err(short)?;
+    let fallible = |e| short(MemoryError::Short(e));
+    let mut x: Vec<f32> = host_memory::try_reserved(features).map_err(fallible)?;
+    x.extend((0..features).map(|_| rng.random_range(-1.0f32..1.0)));
     let classes = g.ty(g.output).shape.last().copied().unwrap_or(1);
-    let y: Vec<f32> = (0..labels_ty.numel())
-        .map(|_| match labels_ty.dtype {
-            DType::I32 => rng.random_range(0..classes) as f32,
-            DType::F32 => rng.random_range(-1.0..1.0),
-        })
-        .collect();
-    (x, y)
+    let mut y: Vec<f32> = host_memory::try_reserved(labels).map_err(fallible)?;
+    y.extend((0..labels).map(|_| match labels_ty.dtype {
+        DType::I32 => rng.random_range(0..classes) as f32,
+        DType::F32 => rng.random_range(-1.0..1.0),
+    }));
+    Ok((x, y))
 }
 
 fn ctx(step: usize, seed: u64) -> StepCtx {
@@ -59,14 +70,16 @@ fn ctx(step: usize, seed: u64) -> StepCtx {
     }
 }
 
-/// The median of `WARMUP + steps` CPU steps, warm-up excluded.
-pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
+/// The median of `WARMUP + steps` CPU steps, warm-up excluded. A plan (or its synthetic
+/// batch) the host cannot hold is `PrepareError::DoesNotFit`.
+pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, PrepareError> {
     let batch = plan.graph.batch;
     let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
-    let (x, y) = synthetic_batch(&plan, seed);
+    // The executor first: its check covers the whole plan, the batch's only the batch.
     let mut exec: CpuExec<f32> = CpuExec::new(plan, seed)?;
-    exec.feed(features, &x)?;
-    exec.feed(labels, &y)?;
+    let (x, y) = synthetic_batch(&exec.plan, seed)?;
+    exec.feed(features, &x).map_err(PrepareError::Failed)?;
+    exec.feed(labels, &y).map_err(PrepareError::Failed)?;
     let mut times = Vec::with_capacity(steps);
     for step in 0..WARMUP + steps {
         let t0 = Instant::now();
@@ -92,11 +105,16 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, String> {
 
 /// GPU steps are queued back to back as in training (nothing waits between them), so the
 /// step time is the wall time of `steps` steps, after warm-up, divided by `steps`.
-pub fn run_gpu(gpu: &Gpu, plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, GpuError> {
+pub fn run_gpu(
+    gpu: &Gpu,
+    plan: Plan,
+    seed: u64,
+    steps: usize,
+) -> Result<BenchResult, PrepareError> {
     let batch = plan.graph.batch;
     let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
-    let (x, y) = synthetic_batch(&plan, seed);
     let mut exec = GpuExec::new(gpu, plan, seed)?;
+    let (x, y) = synthetic_batch(&exec.plan, seed)?;
     exec.feed(features, &x)?;
     exec.feed(labels, &y)?;
     for step in 0..WARMUP {

@@ -346,12 +346,13 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
     let device = device_of(device, &cfg);
     let (seed, steps) = (cfg.run.seed, steps as usize);
     let result = match open_backend(device)? {
-        Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
-        Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
-            crate::errln!("error: {e}");
-            e.exit_code()
-        })?,
-    };
+        Backend::Cpu => crate::bench::run(plan, seed, steps),
+        Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps),
+    }
+    .map_err(|e| {
+        crate::errln!("error: {e}");
+        e.exit_code()
+    })?;
     if json {
         print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
     } else {
@@ -482,10 +483,10 @@ fn devices(args: DevicesArgs) -> Result<(), u8> {
             a.device_type,
             a.driver,
             a.driver_info,
-            crate::schedule::human(a.max_storage_buffer_binding_size),
-            crate::schedule::human(a.max_buffer_size),
+            crate::config::values::human(a.max_storage_buffer_binding_size),
+            crate::config::values::human(a.max_buffer_size),
             a.max_compute_workgroups_per_dimension,
-            crate::schedule::human(a.max_compute_workgroup_storage_size as u64),
+            crate::config::values::human(a.max_compute_workgroup_storage_size as u64),
             a.features.join(", ")
         );
     }

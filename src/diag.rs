@@ -71,6 +71,14 @@ impl Sources {
             Err(_) => self.name(loc.file).to_string(),
         }
     }
+    /// The length in bytes of the line a location starts on.
+    fn line_len(&self, loc: Loc) -> usize {
+        let text = self.text(loc.file);
+        let at = (loc.start as usize).min(text.len());
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        end - start
+    }
     /// 1-based line number of a location (for tables and JSON output).
     pub fn line(&self, loc: Loc) -> usize {
         use codespan_reporting::files::Files;
@@ -94,6 +102,8 @@ pub struct Diagnostic {
     pub message: String,
     pub labels: Vec<Label>,
     pub notes: Vec<String>,
+    /// Not an error itself: the count of errors `Errors::capped` left out.
+    left_out: usize,
 }
 
 impl Diagnostic {
@@ -102,6 +112,7 @@ impl Diagnostic {
             message: message.into(),
             labels: Vec::new(),
             notes: Vec::new(),
+            left_out: 0,
         }
     }
     /// The main location, with a short text under the caret.
@@ -138,6 +149,14 @@ impl Diagnostic {
     }
 
     pub fn render(&self, sources: &Sources) -> String {
+        // A quoted line of a megabyte (a minified or binary file) would be the whole screen.
+        if self
+            .labels
+            .iter()
+            .any(|l| sources.line_len(l.loc) > MAX_QUOTED_LINE)
+        {
+            return self.render_unquoted(sources);
+        }
         let mut labels: Vec<cs::Label<usize>> = Vec::new();
         for l in &self.labels {
             let style = if l.primary {
@@ -161,7 +180,36 @@ impl Diagnostic {
         term::emit_into_string(&config, &sources.files, &d)
             .unwrap_or_else(|_| format!("error: {}\n", self.message))
     }
+
+    /// Each label as `--> file:line:col` and its text, without quoting the lines.
+    fn render_unquoted(&self, sources: &Sources) -> String {
+        let mut out = format!("error: {}\n", self.message);
+        for l in &self.labels {
+            let arrow = if l.primary { "-->" } else { ":::" };
+            out += &format!(
+                "  {arrow} {}\n   | {} (a line of {} bytes: not quoted)\n",
+                sources.position(l.loc),
+                l.text,
+                sources.line_len(l.loc)
+            );
+        }
+        for n in &self.notes {
+            out += &format!("   = {n}\n");
+        }
+        out
+    }
 }
+
+/// Source lines longer than this are not quoted under a diagnostic.
+const MAX_QUOTED_LINE: usize = 400;
+
+/// Diagnostics made at most from one source of many (a file of garbage gives millions of
+/// syntax errors): the rest are only counted.
+pub const MAX_SHOWN: usize = 10;
+
+/// Lines of diagnostics printed at most (a screenful, as rustc stops early); the errors that
+/// do not fit are counted in one more line.
+const SCREEN_LINES: usize = 50;
 
 /// One or more user errors (a config may have several syntax errors at once).
 #[derive(Clone, Debug)]
@@ -174,13 +222,65 @@ impl From<Diagnostic> for Errors {
 }
 
 impl Errors {
-    pub fn render(&self, sources: &Sources) -> String {
-        self.0
-            .iter()
-            .map(|d| d.render(sources))
-            .collect::<Vec<_>>()
-            .join("\n")
+    /// The first [`MAX_SHOWN`] of `first`, which need not yield more (so a file of garbage
+    /// makes ten diagnostics, not millions), and one that counts the rest of `total`.
+    pub fn capped(first: impl IntoIterator<Item = Diagnostic>, total: usize) -> Errors {
+        let mut shown: Vec<Diagnostic> = first.into_iter().take(MAX_SHOWN).collect();
+        let left_out = total.saturating_sub(shown.len());
+        if left_out > 0 {
+            shown.push(Diagnostic {
+                left_out,
+                ..Diagnostic::new(format!("{left_out} more errors not shown"))
+            });
+        }
+        Errors(shown)
     }
+
+    /// The diagnostics in order while they fit a screen (the first always), then one line
+    /// that counts the others and those `capped` left out.
+    pub fn render(&self, sources: &Sources) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let (mut lines, mut left_out, mut full) = (0, 0, false);
+        for d in &self.0 {
+            if d.left_out > 0 {
+                left_out += d.left_out;
+                continue;
+            }
+            let text = d.render(sources);
+            let n = text.lines().count() + 1;
+            full |= !parts.is_empty() && lines + n > SCREEN_LINES;
+            if full {
+                left_out += 1;
+                continue;
+            }
+            lines += n;
+            parts.push(text);
+        }
+        if left_out > 0 {
+            let s = if left_out == 1 { "" } else { "s" };
+            let shown = parts.len();
+            let more = Diagnostic::new(format!(
+                "{left_out} more error{s} not shown (the first {shown} are above)"
+            ));
+            parts.push(more.render(sources));
+        }
+        parts.join("\n")
+    }
+}
+
+/// `a -> b -> c` for a chain of files or blocks, or for a long one its first and last three
+/// with a count between, so that a chain thousands long is one line.
+pub fn chain(names: &[String]) -> String {
+    let n = names.len();
+    if n <= 8 {
+        return names.join(" -> ");
+    }
+    format!(
+        "{} -> ... ({} more) -> {}",
+        names[..3].join(" -> "),
+        n - 6,
+        names[n - 3..].join(" -> ")
+    )
 }
 
 /// The closest candidate to a misspelled word, if it is close enough to be a plausible typo.
@@ -213,6 +313,32 @@ mod tests {
         assert_eq!(did_you_mean("paddin", keys), Some("padding"));
         assert_eq!(did_you_mean("kernal", keys), Some("kernel"));
         assert_eq!(did_you_mean("zzzzzz", keys), None);
+    }
+
+    #[test]
+    fn many_errors_fill_one_screen_and_count_the_rest() {
+        let mut s = Sources::default();
+        let f = s.add("a.toml", "x = = 1\n".repeat(100));
+        let each =
+            (0..100).map(|i| Diagnostic::new("bad").at(Loc::new(f, i * 8 + 4..i * 8 + 5), "here"));
+        let text = Errors::capped(each, 5000).render(&s);
+        let shown = text.matches("error: bad").count();
+        assert!(shown > 1 && shown <= MAX_SHOWN, "{text}");
+        assert!(text.lines().count() <= SCREEN_LINES + 2, "{text}");
+        let more = format!(
+            "error: {} more errors not shown (the first {shown} are above)",
+            5000 - shown
+        );
+        assert!(text.contains(&more), "{text}");
+        // A line too long to quote is located, not printed.
+        let long = s.add("b.toml", format!("x = {}", "=".repeat(10_000)));
+        let text = Diagnostic::new("bad")
+            .at(Loc::new(long, 4..5), "here")
+            .render(&s);
+        assert!(
+            text.contains("--> b.toml:1:5") && text.len() < 200,
+            "{text}"
+        );
     }
 
     #[test]

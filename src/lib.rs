@@ -12,6 +12,7 @@ pub mod data;
 pub mod diag;
 pub mod gradcheck;
 pub mod graph;
+pub mod host_memory;
 pub mod kernel;
 pub mod nn;
 pub mod ops;

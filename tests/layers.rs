@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["kernel"],
     &["ops"],
     &["graph", "config"],
-    &["nn", "autodiff"],
+    &["nn", "autodiff", "host_memory"],
     &["training", "schedule"],
     &["backend", "checkpoint"],
     &["gradcheck", "data"],

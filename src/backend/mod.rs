@@ -4,9 +4,11 @@
 
 mod capture;
 pub mod cpu;
+mod error;
 pub mod gpu;
 
 pub use capture::Captured;
+pub use error::PrepareError;
 
 use cpu::CpuExec;
 use gpu::{Gpu, GpuExec};
@@ -21,35 +23,13 @@ pub enum Exec<'g> {
     Gpu(Box<GpuExec<'g>>),
 }
 
-/// Why a plan could not be prepared on its backend.
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    /// The plan does not fit the device (its memory, its limits): the config must change.
-    #[error("{0}")]
-    DoesNotFit(String),
-    /// The backend failed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<gpu::GpuError> for PrepareError {
-    fn from(e: gpu::GpuError) -> PrepareError {
-        match e.exit_code() {
-            2 => PrepareError::DoesNotFit(e.to_string()),
-            _ => PrepareError::Failed(e.to_string()),
-        }
-    }
-}
-
 impl<'g> Exec<'g> {
     /// Prepares `plan` on the GPU when `gpu` is given, else on the CPU; parameters start from
     /// `seed` (graph::init), identically on both.
     pub fn new(gpu: Option<&'g Gpu>, plan: Plan, seed: u64) -> Result<Exec<'g>, PrepareError> {
         Ok(match gpu {
             Some(gpu) => Exec::Gpu(Box::new(GpuExec::new(gpu, plan, seed)?)),
-            None => Exec::Cpu(Box::new(
-                CpuExec::new(plan, seed).map_err(PrepareError::Failed)?,
-            )),
+            None => Exec::Cpu(Box::new(CpuExec::new(plan, seed)?)),
         })
     }
 

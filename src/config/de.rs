@@ -83,13 +83,13 @@ impl de::Error for Error {
     }
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
         Error::msg(
-            format!("expected {}, found {unexp}", plain(exp)),
+            format!("expected {}, found {}", plain(exp), found(&unexp)),
             "wrong type",
         )
     }
     fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
         Error::msg(
-            format!("expected {}, found {unexp}", plain(exp)),
+            format!("expected {}, found {}", plain(exp), found(&unexp)),
             "invalid value",
         )
     }
@@ -118,6 +118,16 @@ impl de::Error for Error {
                 &format!("`{field}` must be set in this table"),
             )
         }
+    }
+}
+
+/// What a value is, as serde says it, but `1e308` rather than its 309 digits.
+fn found(unexp: &de::Unexpected) -> String {
+    match unexp {
+        de::Unexpected::Float(f) if super::tree::short_float(*f).contains('e') => {
+            format!("floating point `{}`", super::tree::short_float(*f))
+        }
+        other => other.to_string(),
     }
 }
 

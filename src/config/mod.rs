@@ -5,6 +5,7 @@ pub mod de;
 pub mod model;
 pub mod optimizer;
 pub mod sections;
+mod syntax;
 pub mod tree;
 pub mod values;
 
@@ -103,22 +104,45 @@ struct Link {
     from: Option<Loc>,
 }
 
+/// A config file larger than this is refused unread: a model is a page of TOML (blocks and
+/// `repeat` keep even ResNet-152 short), and parsing costs memory in proportion to the text,
+/// far more for text full of syntax errors.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The longest `extends` chain (the config itself included), far beyond any real layering.
+pub const MAX_EXTENDS_DEPTH: usize = 64;
+
+/// How many of the `extends` lines that led to a file a diagnostic inside it shows.
+const EXTENDS_LABELS: usize = 3;
+
 fn read_with_extends(
     sources: &mut Sources,
     path: &Path,
     from: Option<Loc>,
     chain: &mut Vec<Link>,
 ) -> Result<Value, Errors> {
-    let text = std::fs::read(path).map_err(|e| {
-        let d = Diagnostic::new(format!(
-            "cannot read config file {}: {}",
-            path.display(),
-            io_reason(&e)
-        ));
-        match from {
-            Some(loc) => d.at(loc, "extended here"),
-            None => d,
-        }
+    let located = |d: Diagnostic| match from {
+        Some(loc) => d.at(loc, "extended here"),
+        None => d,
+    };
+    if chain.len() >= MAX_EXTENDS_DEPTH {
+        let names: Vec<String> = chain
+            .iter()
+            .map(|l| l.name.clone())
+            .chain([path.display().to_string()])
+            .collect();
+        return Err(located(Diagnostic::new(format!(
+            "`extends` chain is more than {MAX_EXTENDS_DEPTH} files deep"
+        )))
+        .note(format!("chain: {}", crate::diag::chain(&names)))
+        .note("help: extend a shorter chain; a config rarely needs more than two levels")
+        .into());
+    }
+    let text = read_config_file(path).map_err(|reason| {
+        located(Diagnostic::new(format!(
+            "cannot read config file {}: {reason}",
+            path.display()
+        )))
     })?;
     let text = String::from_utf8(text).map_err(|e| {
         Diagnostic::new(format!(
@@ -138,14 +162,14 @@ fn read_with_extends(
         if let Some(loc) = from {
             d = d.at(loc, "this file is already being extended");
         }
-        // The other links of the cycle, so each file's `extends` line is shown.
-        for l in &chain[pos + 1..] {
+        // The other links of the cycle, so each file's `extends` line is shown (the first few).
+        for l in chain[pos + 1..].iter().take(EXTENDS_LABELS) {
             if let Some(loc) = l.from {
                 d = d.also(loc, format!("extends {}", l.name));
             }
         }
         return Err(d
-            .note(format!("cycle: {}", cycle.join(" -> ")))
+            .note(format!("cycle: {}", crate::diag::chain(&cycle)))
             .note("help: remove one of these `extends` lines")
             .into());
     }
@@ -173,11 +197,13 @@ fn read_with_extends(
             let mut base =
                 read_with_extends(sources, &base_path, Some(from), chain).map_err(|mut es| {
                     for d in &mut es.0 {
-                        if d.labels.iter().all(|l| l.loc != from) {
+                        // The innermost few: a chain 64 files deep would fill the screen.
+                        let shown = d.labels.iter().filter(|l| l.text == EXTENDED_HERE).count();
+                        if shown < EXTENDS_LABELS && d.labels.iter().all(|l| l.loc != from) {
                             // Primary when the error has no location of its own (bad UTF-8).
                             d.labels.push(crate::diag::Label {
                                 loc: from,
-                                text: "in the file extended here".into(),
+                                text: EXTENDED_HERE.into(),
                                 primary: d.labels.is_empty(),
                             });
                         }
@@ -190,6 +216,32 @@ fn read_with_extends(
     };
     chain.pop();
     result
+}
+
+const EXTENDED_HERE: &str = "in the file extended here";
+
+/// The bytes of a config file, read only up to [`MAX_CONFIG_BYTES`] (a FIFO or /dev/zero
+/// included), or why not.
+fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| io_reason(&e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_reason(&e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        let size = std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map_or_else(String::new, |m| {
+                format!(" {},", crate::config::values::human(m.len()))
+            });
+        return Err(format!(
+            "it is{size} larger than the {} a config may be (is it the right file?)",
+            crate::config::values::human(MAX_CONFIG_BYTES)
+        ));
+    }
+    Ok(bytes)
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -320,6 +372,32 @@ impl Config {
             ScheduleKind::Multistep => need(s.milestones.is_some(), "milestones")?,
             _ => {}
         }
+        if s.milestones.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Diagnostic::new("`milestones` is empty")
+                .at(at(&["schedule", "milestones"]), "for example [30, 60, 90]"));
+        }
+        // Steps are epochs × steps per epoch: bounded like every other count, so that no
+        // command accepts a value `fit` cannot compute with.
+        if s.warmup_epochs.0 > values::MAX_INT as f64 {
+            return Err(Diagnostic::new(format!(
+                "`warmup_epochs` is too large: at most {} epochs",
+                values::MAX_INT
+            ))
+            .at(at(&["schedule", "warmup_epochs"]), "too large"));
+        }
+        let lr = self.optimizer.lr();
+        if let (ScheduleKind::Onecycle, Some(max_lr)) = (s.kind, s.max_lr)
+            && max_lr.0 < lr
+        {
+            return Err(Diagnostic::new(format!(
+                "onecycle `max_lr` = {} is below [optimizer] lr = {}",
+                tree::short_float(max_lr.0),
+                tree::short_float(lr)
+            ))
+            .at(at(&["schedule", "max_lr"]), "the peak learning rate")
+            .also(at(&["optimizer", "lr"]), "the optimizer's lr")
+            .note("lr is the peak unless max_lr is given; max_lr must be at least lr"));
+        }
         let (allowed, per_kind) = (s.kind.keys(), ScheduleKind::KIND_KEYS);
         if let Some(t) = self.tree.get("schedule").and_then(Value::as_table) {
             for (k, e) in t {
@@ -374,6 +452,7 @@ impl Config {
                 .at(input.loc, "remove dtype = \"i32\"")
                 .also(at(&["data", "dataset"]), "dataset chosen here"));
         }
+        self.check_sizes()?;
         let image =
             (input.shape.len() == 3).then(|| (input.shape[0], input.shape[1], input.shape[2]));
         if let Some(n) = &d.normalize {
@@ -408,6 +487,62 @@ impl Config {
                 return Err(Diagnostic::new(p)
                     .at(at(&["data", "augment"]), "here")
                     .also(input.loc, "the model input"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes that depend on the model's input: a batch (training or evaluation) must fit one
+    /// tensor, synthetic data must fit its store. Checked here, at the key, so `check` and
+    /// `plan` refuse what `fit` or `eval` would.
+    fn check_sizes(&self) -> Result<(), Diagnostic> {
+        let at = |path: &[&str]| self.loc(path);
+        let d = &self.data;
+        let input = &self.model.input;
+        let sample = input
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &x| n.checked_mul(x))
+            .unwrap_or(usize::MAX);
+        let shape = crate::tensor::fmt_shape(&input.shape);
+        let batches = [
+            ("batch_size", Some(d.batch_size)),
+            ("eval_batch_size", d.eval_batch_size),
+        ];
+        for (key, batch) in batches {
+            let Some(batch) = batch else { continue };
+            if batch
+                .0
+                .checked_mul(sample)
+                .is_none_or(|n| n > crate::tensor::MAX_ELEMENTS)
+            {
+                return Err(Diagnostic::new(format!(
+                    "`{key}` is too large: a batch of {} samples of {shape} is more than the \
+                     2^36 elements a tensor may hold",
+                    batch.0
+                ))
+                .at(at(&["data", key]), "too large for this sample shape")
+                .also(input.loc, "the sample shape"));
+            }
+        }
+        if d.dataset == Dataset::Synthetic
+            && let Some(samples) = d.samples
+        {
+            // Train and test samples, or a prototype per class when there are more classes.
+            let classes = d.classes.map_or(10, |c| c.0);
+            let rows = (samples.0 + samples.0.div_ceil(4)).max(classes);
+            if rows
+                .checked_mul(sample)
+                .is_none_or(|n| n > values::MAX_SYNTHETIC_ELEMENTS)
+            {
+                return Err(Diagnostic::new(format!(
+                    "`samples` is too large: {} synthetic samples of {shape} (and a test split of \
+                     a quarter of that) are more than the {} elements synthetic data may hold",
+                    samples.0,
+                    values::MAX_SYNTHETIC_ELEMENTS
+                ))
+                .at(at(&["data", "samples"]), "too many for this sample shape")
+                .also(input.loc, "the sample shape"));
             }
         }
         Ok(())

@@ -114,7 +114,8 @@ pub struct LayerDecl<Op> {
 
 #[derive(Clone, Debug)]
 pub enum What<Op> {
-    Op { op: Op, op_loc: Loc },
+    /// Boxed: an op's attributes are much larger than a block use.
+    Op { op: Box<Op>, op_loc: Loc },
     Block(BlockUse),
 }
 
@@ -388,7 +389,7 @@ pub fn parse_layer<Op>(
                 kind: Kind::Table(attrs),
                 loc: v.loc,
             };
-            let op = parse_op(&op_name, &attrs)?;
+            let op = Box::new(parse_op(&op_name, &attrs)?);
             What::Op {
                 op,
                 op_loc: op_name.loc,

@@ -39,7 +39,7 @@ impl Value {
         match &self.kind {
             Kind::Str(s) => format!("string \"{s}\""),
             Kind::Int(i) => format!("integer `{i}`"),
-            Kind::Float(f) => format!("float `{f}`"),
+            Kind::Float(f) => format!("float `{}`", short_float(*f)),
             Kind::Bool(b) => format!("boolean `{b}`"),
             Kind::Datetime(d) => format!("datetime `{d}`"),
             Kind::Array(_) => "an array".into(),
@@ -63,108 +63,26 @@ impl Value {
     }
 }
 
-/// Parses one TOML text into a located tree, reporting every syntax error at once.
+/// A float as a person would write it: `1e308`, not its 309 digits.
+pub fn short_float(f: f64) -> String {
+    let magnitude = f.abs();
+    if magnitude != 0.0 && magnitude.is_finite() && !(1e-4..1e16).contains(&magnitude) {
+        format!("{f:e}")
+    } else {
+        format!("{f}")
+    }
+}
+
+/// Parses one TOML text into a located tree, reporting every syntax error at once (a
+/// screenful of them at most: `syntax::diagnose`).
 pub fn parse(sources: &Sources, file: FileId) -> Result<Value, Errors> {
     let text = sources.text(file);
     let (table, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
-        // After an array or inline table that is never closed, the parser reads the rest of
-        // the file as its elements and reports a cascade of errors: report its opening instead.
-        let unclosed = unclosed_value(text);
-        let cut = unclosed.map_or(usize::MAX, |(at, _)| at);
-        let mut diags: Vec<Diagnostic> = errors
-            .iter()
-            .filter(|e| e.span().is_none_or(|s| s.start < cut))
-            .map(|e| {
-                let message = match e.span() {
-                    // toml's "string values must be quoted" for `key =` with nothing after it.
-                    Some(span) if missing_value(text, span.start) => {
-                        "missing value after `=`".to_string()
-                    }
-                    _ => e.message().trim_end().to_string(),
-                };
-                let d = Diagnostic::new(format!("TOML syntax error: {message}"));
-                match e.span() {
-                    Some(span) => d.at(Loc::new(file, span), "here"),
-                    None => d,
-                }
-            })
-            .collect();
-        if let Some((at, open)) = unclosed {
-            let (what, close) = match open {
-                '[' => ("array", ']'),
-                _ => ("inline table", '}'),
-            };
-            let mut d = Diagnostic::new(format!(
-                "TOML syntax error: unclosed {what}: this `{open}` has no matching `{close}`"
-            ))
-            .at(Loc::new(file, at..at + 1), format!("{what} opened here"));
-            let first = errors
-                .iter()
-                .filter_map(|e| e.span())
-                .find(|s| s.start > at);
-            if let Some(span) = first {
-                d = d.also(
-                    Loc::new(file, span),
-                    format!("expected `{close}` before this"),
-                );
-            }
-            diags.push(d);
-        }
-        return Err(Errors(diags));
+        return Err(super::syntax::diagnose(text, file, &errors));
     }
     let span = 0..text.len();
     convert_table(file, table.get_ref(), Loc::new(file, span))
-}
-
-/// The first `[` or `{` of a value (not a `[table]` header) that is never closed, skipping
-/// strings and comments, with the bracket.
-fn unclosed_value(text: &str) -> Option<(usize, char)> {
-    let b = text.as_bytes();
-    let mut open: Vec<usize> = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'#' => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            q @ (b'"' | b'\'') => {
-                let triple = if q == b'"' { "\"\"\"" } else { "'''" };
-                if text[i..].starts_with(triple) {
-                    i = text[i + 3..].find(triple)? + i + 6;
-                    continue;
-                }
-                // One-line string: ends at its quote or, unterminated, at the end of the line.
-                i += 1;
-                while i < b.len() && b[i] != q && b[i] != b'\n' {
-                    let escape = q == b'"' && b[i] == b'\\' && b.get(i + 1) != Some(&b'\n');
-                    i += if escape { 2 } else { 1 };
-                }
-            }
-            b'[' | b'{' => open.push(i),
-            b']' | b'}' => {
-                open.pop();
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    let at = *open.first()?;
-    let line_start = text[..at].rfind('\n').map_or(0, |n| n + 1);
-    let header = text[line_start..at].trim().is_empty();
-    (!header).then(|| (at, b[at] as char))
-}
-
-/// Whether `at` is the end of a line (or a comment) right after `key =`.
-fn missing_value(text: &str, at: usize) -> bool {
-    let (Some(before), Some(after)) = (text.get(..at), text.get(at..)) else {
-        return false;
-    };
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let rest = after.lines().next().unwrap_or("").trim_start();
-    before[line_start..].trim_end().ends_with('=') && (rest.is_empty() || rest.starts_with('#'))
 }
 
 /// Parses a single TOML value (the right-hand side of `--set key=value`).

@@ -16,6 +16,10 @@ pub struct Count(pub usize);
 /// few dims cannot overflow.
 pub const MAX_INT: i64 = i32::MAX as i64;
 
+/// The most elements of synthetic data (train, test and prototypes) a config may ask for:
+/// 16 GiB of f32.
+pub const MAX_SYNTHETIC_ELEMENTS: usize = 1 << 32;
+
 fn int_visitor<'de, D: Deserializer<'de>>(
     d: D,
     min: i64,
@@ -179,6 +183,22 @@ impl<'de> Deserialize<'de> for Bytes {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// Bytes as people read them: 1.5 GiB, 512 MiB.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
     }
 }
 

@@ -13,6 +13,7 @@ use super::augment::Pipeline;
 use super::order::epoch_order;
 use super::{Batch, DataError, Split};
 use crate::config::sections::Data;
+use crate::host_memory;
 
 /// Batches the loader keeps ready ahead of the caller.
 const AHEAD: usize = 2;
@@ -82,7 +83,12 @@ impl TrainPlan {
     }
 
     /// Batch `index` of `epoch`, given that epoch's order.
-    pub(crate) fn batch(&self, order: &[usize], epoch: u64, index: usize) -> Batch {
+    pub(crate) fn batch(
+        &self,
+        order: &[usize],
+        epoch: u64,
+        index: usize,
+    ) -> Result<Batch, DataError> {
         let first = index * self.batch;
         let rows = &order[first..first + self.batch];
         let (features, labels) = assemble(
@@ -91,29 +97,37 @@ impl TrainPlan {
             rows,
             self.batch,
             Some((self.seed, epoch, first)),
-        );
-        Batch {
+        )?;
+        Ok(Batch {
             features,
             labels,
             len: self.batch,
             epoch,
             index,
-        }
+        })
     }
 }
 
 /// The features and labels of `rows` (positions in `split`), padded with zeros and label 0
 /// up to `batch`. With `augment` = (seed, epoch, position of rows[0] in the epoch), sample j
-/// is augmented with the key (seed, epoch, position + j).
+/// is augmented with the key (seed, epoch, position + j). A batch the host cannot allocate is
+/// an error, not an abort.
 fn assemble(
     split: &Split,
     pipe: &Pipeline,
     rows: &[usize],
     batch: usize,
     augment: Option<(u64, u64, usize)>,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>), DataError> {
     let len = split.sample_len();
-    let mut features = vec![0.0f32; batch * len];
+    let short = |e| {
+        DataError::Config(format!(
+            "not enough host memory for a batch of {batch} samples of {:?}: {e}; lower the batch size",
+            split.sample_shape()
+        ))
+    };
+    let mut features = host_memory::try_filled(batch * len, 0.0f32).map_err(short)?;
+    let mut labels: Vec<f32> = host_memory::try_reserved(batch).map_err(short)?;
     if len > 0 {
         features
             .par_chunks_mut(len)
@@ -125,14 +139,14 @@ fn assemble(
                 pipe.apply(out, key);
             });
     }
-    let mut labels: Vec<f32> = rows.iter().map(|&r| split.label(r) as f32).collect();
+    labels.extend(rows.iter().map(|&r| split.label(r) as f32));
     labels.resize(batch, 0.0);
-    (features, labels)
+    Ok((features, labels))
 }
 
 /// Batches from a background thread; dropping it stops the thread.
 pub struct Loader {
-    rx: Option<Receiver<Batch>>,
+    rx: Option<Receiver<Result<Batch, DataError>>>,
     handle: Option<JoinHandle<()>>,
     batches: Option<usize>,
 }
@@ -156,7 +170,9 @@ impl Loader {
             loop {
                 let order = plan.order(epoch);
                 while index < per_epoch {
-                    if tx.send(plan.batch(&order, epoch, index)).is_err() {
+                    let batch = plan.batch(&order, epoch, index);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
                         return;
                     }
                     index += 1;
@@ -182,15 +198,16 @@ impl Loader {
             for index in 0..n {
                 let rows: Vec<usize> =
                     (index * batch..((index + 1) * batch).min(split.len())).collect();
-                let (features, labels) = assemble(&split, &pipe, &rows, batch, None);
-                let b = Batch {
-                    features,
-                    labels,
-                    len: rows.len(),
-                    epoch: 0,
-                    index,
-                };
-                if tx.send(b).is_err() {
+                let b =
+                    assemble(&split, &pipe, &rows, batch, None).map(|(features, labels)| Batch {
+                        features,
+                        labels,
+                        len: rows.len(),
+                        epoch: 0,
+                        index,
+                    });
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
                     return;
                 }
             }
@@ -199,7 +216,7 @@ impl Loader {
 
     fn spawn(
         batches: Option<usize>,
-        work: impl FnOnce(std::sync::mpsc::SyncSender<Batch>) + Send + 'static,
+        work: impl FnOnce(std::sync::mpsc::SyncSender<Result<Batch, DataError>>) + Send + 'static,
     ) -> Result<Loader, DataError> {
         let (tx, rx) = sync_channel(AHEAD);
         let handle = std::thread::Builder::new()
@@ -213,9 +230,10 @@ impl Loader {
         })
     }
 
-    /// The next batch; for an eval loader None after the last one.
+    /// The next batch; for an eval loader None after the last one. An error (a batch the
+    /// host could not allocate) is the last thing a loader gives.
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Option<Batch> {
+    pub fn next(&mut self) -> Option<Result<Batch, DataError>> {
         self.rx.as_ref()?.recv().ok()
     }
 
@@ -307,7 +325,7 @@ mod tests {
         let mut epochs = vec![Vec::new(), Vec::new()];
         for e in 0..2 {
             for i in 0..4 {
-                let b = l.next().unwrap();
+                let b = l.next().unwrap().unwrap();
                 assert_eq!((b.epoch, b.index, b.len), (e, i, 5));
                 assert_eq!(b.features.len(), 5 * 16);
                 for (j, &label) in b.labels.iter().enumerate() {
@@ -328,17 +346,19 @@ mod tests {
     #[test]
     fn resumed_loader_continues_the_uninterrupted_one() {
         let mut full = Loader::train(split(), &cfg(), 5, 11, 0, 0).unwrap();
-        let all: Vec<_> = (0..11).map(|_| key(&full.next().unwrap())).collect();
+        let all: Vec<_> = (0..11)
+            .map(|_| key(&full.next().unwrap().unwrap()))
+            .collect();
         // Resume at epoch 1, batch 2 (= the 7th batch overall), and once more via carry.
         for (e, i) in [(1, 2), (0, 6)] {
             let mut resumed = Loader::train(split(), &cfg(), 5, 11, e, i).unwrap();
             for want in &all[6..] {
-                assert_eq!(&key(&resumed.next().unwrap()), want);
+                assert_eq!(&key(&resumed.next().unwrap().unwrap()), want);
             }
         }
         // A different seed gives different batches.
         let mut other = Loader::train(split(), &cfg(), 5, 12, 0, 0).unwrap();
-        assert_ne!(key(&other.next().unwrap()), all[0]);
+        assert_ne!(key(&other.next().unwrap().unwrap()), all[0]);
     }
 
     #[test]
@@ -352,7 +372,7 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 (0..4)
-                    .map(|i| key(&plan.batch(&order, 2, i)))
+                    .map(|i| key(&plan.batch(&order, 2, i).unwrap()))
                     .collect::<Vec<_>>()
             })
         };
@@ -366,7 +386,7 @@ mod tests {
         c.augment.clear();
         c.normalize = None;
         let mut l = Loader::train(split(), &c, 5, 3, 0, 1).unwrap();
-        let b = l.next().unwrap();
+        let b = l.next().unwrap().unwrap();
         assert_eq!(b.labels, [2., 0., 1., 2., 0.]); // samples 5..10
         assert_eq!(b.features[0], 5.0 / 255.0);
     }
@@ -375,11 +395,11 @@ mod tests {
     fn eval_pads_the_last_batch_and_ends() {
         let mut l = Loader::eval(split(), &cfg(), 10).unwrap();
         assert_eq!(l.batches(), Some(3));
-        let b0 = l.next().unwrap();
+        let b0 = l.next().unwrap().unwrap();
         // Normalised, not augmented: sample 0 pixel 1 = (10/255 − 0.5) / 0.25.
         assert_eq!(b0.features[1], (10.0 / 255.0 - 0.5) / 0.25);
-        l.next().unwrap();
-        let last = l.next().unwrap();
+        l.next().unwrap().unwrap();
+        let last = l.next().unwrap().unwrap();
         assert_eq!((last.len, last.index), (3, 2));
         assert!(last.features[3 * 16..].iter().all(|&v| v == 0.0));
         assert_eq!(&last.labels[..4], &[2., 0., 1., 0.]);
@@ -401,7 +421,7 @@ mod tests {
     fn dropping_a_loader_stops_its_thread() {
         // The thread is blocked on a full channel; drop must still return.
         let mut l = Loader::train(split(), &cfg(), 5, 0, 0, 0).unwrap();
-        l.next().unwrap();
+        l.next().unwrap().unwrap();
         drop(l);
     }
 }

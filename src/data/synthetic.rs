@@ -10,11 +10,12 @@ use rand_chacha::ChaCha8Rng;
 use super::DataError;
 use super::order::{Purpose, below, rng_for, unit};
 use super::split::{Pixels, Store};
+use crate::host_memory;
 
 const NOISE: f64 = 0.1;
 
-/// Elements of synthetic data we are willing to allocate (16 GiB of f32).
-const MAX_ELEMENTS: usize = 1 << 32;
+/// Elements of synthetic data we are willing to allocate (the config refuses more, at the key).
+const MAX_ELEMENTS: usize = crate::config::values::MAX_SYNTHETIC_ELEMENTS;
 
 /// (train, test) stores of `samples` and ⌈samples/4⌉ samples of `shape`.
 pub(crate) fn generate(
@@ -33,13 +34,25 @@ pub(crate) fn generate(
              is too large: lower data.samples"
         )));
     }
+    // All of it at once against what the host has (each buffer alone could fit while all of
+    // them do not), then each buffer fallibly.
+    let rows = (samples + samples.div_ceil(4)) as u64;
+    let bytes = 4 * (rows * len as u64 + classes as u64 * len as u64 + rows);
+    let short = |e: host_memory::MemoryError| {
+        DataError::Config(format!(
+            "not enough host memory for synthetic data of {samples} samples of shape {shape:?}: \
+             {e}; lower data.samples"
+        ))
+    };
+    host_memory::check(bytes).map_err(short)?;
     let mut rng = rng_for(seed, Purpose::SyntheticPrototypes, 0, 0);
     let protos: Vec<f32> = (0..classes * len).map(|_| unit(&mut rng) as f32).collect();
     let names = Arc::new((0..classes).map(|i| i.to_string()).collect::<Vec<_>>());
-    let make = |n: usize, purpose: Purpose| {
+    let make = |n: usize, purpose: Purpose| -> Result<Store, DataError> {
         let mut rng = rng_for(seed, purpose, 0, 0);
-        let mut pixels = Vec::with_capacity(n * len);
-        let mut labels = Vec::with_capacity(n);
+        let fallible = |e| short(host_memory::MemoryError::Short(e));
+        let mut pixels = host_memory::try_reserved(n * len).map_err(fallible)?;
+        let mut labels = host_memory::try_reserved(n).map_err(fallible)?;
         for _ in 0..n {
             let k = below(&mut rng, classes as u64) as usize;
             labels.push(k as u32);
@@ -47,16 +60,16 @@ pub(crate) fn generate(
                 pixels.push(p + (NOISE * gaussian(&mut rng)) as f32);
             }
         }
-        Store {
+        Ok(Store {
             pixels: Pixels::F32(pixels),
             labels,
             shape: shape.to_vec(),
             class_names: names.clone(),
-        }
+        })
     };
     Ok((
-        make(samples, Purpose::SyntheticTrain),
-        make(samples.div_ceil(4), Purpose::SyntheticTest),
+        make(samples, Purpose::SyntheticTrain)?,
+        make(samples.div_ceil(4), Purpose::SyntheticTest)?,
     ))
 }
 

@@ -32,8 +32,21 @@ struct Sym {
     loc: Loc,
 }
 
+/// Blocks nested deeper than this are refused: far beyond any real model, and each level is
+/// a few stack frames of the builder.
+pub const MAX_BLOCK_DEPTH: usize = 64;
+
+/// Layers a model may expand to (blocks and `repeat` multiply): far beyond any real model,
+/// low enough that a typo such as `repeat = 2000000000` is an error, not hours of building.
+pub const MAX_LAYERS: usize = 100_000;
+
+/// How many enclosing block uses an error inside blocks shows as labels.
+const BLOCK_LABELS: usize = 3;
+
 struct Builder<'c> {
     g: Graph,
+    /// Every full layer name, for the uniqueness check.
+    names: BTreeSet<String>,
     config: &'c Config,
     random_streams: u64,
     mode: Mode,
@@ -73,6 +86,7 @@ pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Dia
     };
     let mut b = Builder {
         g,
+        names: Default::default(),
         config,
         random_streams: 0,
         mode,
@@ -151,7 +165,17 @@ impl<'c> Builder<'c> {
         // Names become parameter names: two layers with one name would share checkpoint keys.
         // Scopes reject duplicates among declared names; this also catches generated names
         // (`<inst>.residual`, an `after` layer named after its op) colliding with declared ones.
-        if let Some(other) = self.g.layers.iter().find(|l| l.name == name) {
+        if self.g.layers.len() >= MAX_LAYERS {
+            let d = Diagnostic::new(format!(
+                "the model expands to more than {MAX_LAYERS} layers"
+            ))
+            .at(loc, "the layer past the limit")
+            .note("check the `repeat` counts and the blocks used inside blocks");
+            return Err(self.in_blocks(d));
+        }
+        if !self.names.insert(name.clone())
+            && let Some(other) = self.g.layers.iter().find(|l| l.name == name)
+        {
             let d = Diagnostic::new(format!("two layers are named `{name}`"))
                 .at(loc, "this layer")
                 .also(other.loc, "has the same full name as this one")
@@ -171,13 +195,27 @@ impl<'c> Builder<'c> {
     }
 
     /// Adds the "in block ... used here" context to an error raised inside a block.
+    /// The innermost few are labels; deeper nesting is one note naming the chain.
     fn in_blocks(&self, mut d: Diagnostic) -> Diagnostic {
-        for (name, loc) in self.expanding.iter().rev() {
+        for (name, loc) in self.expanding.iter().rev().take(BLOCK_LABELS) {
             if d.labels.iter().all(|l| l.loc != *loc) {
                 d = d.also(*loc, format!("while expanding block `{name}` used here"));
             }
         }
+        if self.expanding.len() > BLOCK_LABELS {
+            d = d.note(format!("inside blocks {}", self.block_chain()));
+        }
         d
+    }
+
+    /// The blocks being expanded, outermost first.
+    fn block_chain(&self) -> String {
+        let names: Vec<String> = self
+            .expanding
+            .iter()
+            .map(|(n, _)| format!("`{n}`"))
+            .collect();
+        crate::diag::chain(&names)
     }
 
     /// Builds one scope's layers in dependency order; returns its output.
@@ -396,10 +434,25 @@ impl<'c> Builder<'c> {
                 .at(u.block.loc, "this block use");
             return Err(self.in_blocks(d));
         }
+        if self.expanding.len() >= MAX_BLOCK_DEPTH {
+            let d = Diagnostic::new(format!("blocks nest more than {MAX_BLOCK_DEPTH} deep"))
+                .at(u.block.loc, format!("block `{}` used here", def.name.name))
+                .note("help: use fewer levels of blocks inside blocks");
+            return Err(self.in_blocks(d));
+        }
         if self.expanding.iter().any(|(n, _)| n == &def.name.name) {
             let d = Diagnostic::new(format!("block `{}` uses itself", def.name.name))
                 .at(u.block.loc, "recursive use")
                 .also(def.name.loc, "block defined here");
+            return Err(self.in_blocks(d));
+        }
+        if let Some((count, loc)) = u.repeat
+            && count > MAX_LAYERS
+        {
+            let d = Diagnostic::new(format!(
+                "`repeat = {count}` makes more than the {MAX_LAYERS} layers a model may have"
+            ))
+            .at(loc, "too many");
             return Err(self.in_blocks(d));
         }
         let count = u.repeat.map(|(r, _)| r).unwrap_or(1);

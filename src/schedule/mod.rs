@@ -25,7 +25,7 @@ mod search;
 
 pub use memory::{Region, Slot};
 pub use order::order;
-pub use plan::{Bytes, Flops, Launch, Plan, Stats, human};
+pub use plan::{Bytes, Flops, Launch, Plan, Stats};
 pub use recompute::Remat;
 pub use report::report;
 

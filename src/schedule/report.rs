@@ -5,8 +5,8 @@
 
 use std::fmt::Write;
 
-use super::plan::human;
 use super::{Plan, Region, Slot, Stats};
+use crate::config::values::human;
 use crate::graph::Phase;
 use crate::tensor::TensorId;
 use crate::tensor::TensorType;

@@ -67,6 +67,7 @@ impl<'g> EvalModel<'g> {
         let mut eval = Evaluation::new(self.classes);
         let mut loader = Loader::eval(split, data, self.batch).map_err(|e| e.to_string())?;
         while let Some(b) = loader.next() {
+            let b = b.map_err(|e| e.to_string())?;
             let logits = self.logits(&b.features)?;
             let labels: Vec<i32> = b.labels.iter().map(|&l| l as i32).collect();
             eval.add_batch(&logits, &labels, b.len)?;

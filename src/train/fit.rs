@@ -547,7 +547,8 @@ impl Loop<'_> {
         while issued < self.total_steps {
             let batch: Batch = loader
                 .next()
-                .ok_or_else(|| rt("the data loader stopped".into()))?;
+                .ok_or_else(|| rt("the data loader stopped".into()))?
+                .map_err(|e| FitError::User(e.to_string()))?;
             let lr = self.schedule.lr_at(issued as usize);
             let ctx = StepCtx {
                 lr,

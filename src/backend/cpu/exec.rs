@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use crate::backend::Captured;
+use crate::backend::{Captured, PrepareError};
+use crate::config::values::human;
+use crate::host_memory::{self, MemoryError};
 use crate::kernel::cpu::io::Raw;
 use crate::kernel::cpu::{Io, Real};
 use crate::ops::OpKind;
@@ -61,24 +63,29 @@ pub struct CpuExec<T> {
 }
 
 impl<T: Real> CpuExec<T> {
-    /// Allocates the plan's memory and initialises parameters from `seed` (graph::init).
-    pub fn new(plan: Plan, seed: u64) -> Result<CpuExec<T>, String> {
-        let memory = REGIONS.map(|r| vec![T::ZERO; plan.sizes.get(&r).copied().unwrap_or(0)]);
+    /// Allocates the plan's memory and initialises parameters from `seed` (graph::init). A
+    /// plan larger than the host memory available is refused before anything is allocated
+    /// (`PrepareError::DoesNotFit`, with the numbers and what to change).
+    pub fn new(plan: Plan, seed: u64) -> Result<CpuExec<T>, PrepareError> {
+        let sizes = REGIONS.map(|r| plan.sizes.get(&r).copied().unwrap_or(0));
+        let bug = PrepareError::Failed;
         let threads = rayon::current_num_threads();
         let (mut launches, mut slots, mut types) = (Vec::new(), Vec::new(), Vec::new());
         let mut scratch = 0;
         let g = &plan.graph;
         for l in &plan.launches {
             for s in l.inputs.iter().chain(&l.outputs) {
-                if s.offset + s.len > memory[region_index(s.region)].len() {
-                    return Err(format!("slot {s:?} lies outside its region (planner bug)"));
+                if s.offset + s.len > sizes[region_index(s.region)] {
+                    return Err(bug(format!(
+                        "slot {s:?} lies outside its region (planner bug)"
+                    )));
                 }
             }
             for (j, a) in l.outputs.iter().enumerate() {
                 if l.outputs[..j].iter().any(|b| a.overlaps(b)) {
-                    return Err(format!(
+                    return Err(bug(format!(
                         "two outputs of one launch overlap: {a:?} (planner bug)"
-                    ));
+                    )));
                 }
             }
             let node = &g.dag[l.node];
@@ -107,6 +114,16 @@ impl<T: Real> CpuExec<T> {
             });
         }
         let ranges = Ranges(vec![(std::ptr::null_mut(), 0); slots.len()]);
+        let elements = sizes.iter().sum::<usize>().saturating_add(scratch);
+        let bytes = (elements as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+        let short = |e| refusal::<T>(&plan, &sizes, scratch, e);
+        host_memory::check(bytes).map_err(short)?;
+        let mut memory: [Vec<T>; 4] = Default::default();
+        for (m, &len) in memory.iter_mut().zip(&sizes) {
+            *m = host_memory::try_filled(len, T::ZERO).map_err(|e| short(MemoryError::Short(e)))?;
+        }
+        let scratch =
+            host_memory::try_filled(scratch, T::ZERO).map_err(|e| short(MemoryError::Short(e)))?;
         let mut exec = CpuExec {
             plan,
             memory,
@@ -114,7 +131,7 @@ impl<T: Real> CpuExec<T> {
             slots,
             ranges,
             types,
-            scratch: vec![T::ZERO; scratch],
+            scratch,
             backup: Vec::new(),
             captured: VecDeque::new(),
             next_capture: 0,
@@ -247,6 +264,76 @@ impl CpuExec<f32> {
     /// Every capture not handed out yet, oldest first.
     pub fn take_captures(&mut self) -> Vec<Captured> {
         self.captured.drain(..).collect()
+    }
+}
+
+/// The error for a plan the host cannot hold: the whole plan per region, what the system has,
+/// and what to change (a training plan can also recompute activations).
+fn refusal<T>(plan: &Plan, sizes: &[usize; 4], scratch: usize, e: MemoryError) -> PrepareError {
+    let shortage = match e {
+        MemoryError::Short(s) => s,
+        MemoryError::Setting(s) => return PrepareError::DoesNotFit(s),
+    };
+    let bytes = |n: usize| (n as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    let mut parts: Vec<String> = REGIONS
+        .iter()
+        .zip(sizes)
+        .map(|(r, &n)| format!("{r:?} {} ({})", human(bytes(n)), holds(*r)))
+        .collect();
+    parts.push(format!("workspace {}", human(bytes(scratch))));
+    let training = !plan.graph.grads.is_empty();
+    let what = if training {
+        "training step"
+    } else {
+        "evaluation model"
+    };
+    let fix = if training {
+        // The arena is what recomputation shrinks: what is left of the memory after the rest.
+        let rest = bytes(sizes.iter().sum::<usize>() - sizes[3] + scratch);
+        let budget = match shortage
+            .available
+            .as_ref()
+            .map(|a| a.bytes.saturating_sub(rest))
+        {
+            Some(b) if b >= 1 << 20 => format!(", or {{ memory_budget = \"{}\" }}", size_text(b)),
+            _ => String::new(),
+        };
+        format!(
+            "lower data.batch_size (now {}), or set train.checkpointing (\"sqrt\" or \"blocks\"{budget}) to recompute activations instead of keeping them; `trainer plan` shows where the memory goes",
+            plan.graph.batch
+        )
+    } else {
+        format!(
+            "lower data.eval_batch_size (now {}; it defaults to data.batch_size)",
+            plan.graph.batch
+        )
+    };
+    PrepareError::DoesNotFit(format!(
+        "not enough host memory for the {what} at batch {}: {shortage}\nthe plan: {}\nto fit: {fix}",
+        plan.graph.batch,
+        parts.join(", ")
+    ))
+}
+
+fn holds(r: Region) -> &'static str {
+    match r {
+        Region::State => "parameters, statistics, optimizer state",
+        Region::Grads => "gradients",
+        Region::Inputs => "the batch",
+        Region::Arena => "activations",
+    }
+}
+
+/// A size a config accepts, rounded down: "18.3GiB", "700MiB".
+fn size_text(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    if bytes >= GIB {
+        format!(
+            "{:.1}GiB",
+            (bytes as f64 / GIB as f64 * 10.0).floor() / 10.0
+        )
+    } else {
+        format!("{}MiB", bytes >> 20)
     }
 }
 

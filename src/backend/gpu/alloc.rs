@@ -2,7 +2,9 @@
 //! error scopes, so a device that cannot hold the plan gives one screen that says which region,
 //! how much, and what to change, rather than an error at some later step.
 
-use crate::schedule::{Plan, Region, human};
+use crate::schedule::{Plan, Region};
+
+use crate::config::values::human;
 
 use super::fault::Fault;
 use super::{Gpu, GpuError};

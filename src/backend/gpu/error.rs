@@ -1,6 +1,8 @@
 //! How the GPU fails, for the user: one error type with its exit code, and wgpu's errors
 //! turned into it.
 
+use crate::backend::PrepareError;
+
 /// Why the GPU cannot be used or failed: one screen, for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -69,5 +71,15 @@ pub(super) fn classify(e: &wgpu::Error, when: &str) -> GpuError {
             "" => GpuError::Runtime(text),
             w => GpuError::Runtime(format!("{w}: {text}")),
         },
+    }
+}
+
+/// A plan the device refused (exit 2) or a device that failed (exit 1).
+impl From<GpuError> for PrepareError {
+    fn from(e: GpuError) -> PrepareError {
+        match e.exit_code() {
+            2 => PrepareError::DoesNotFit(e.to_string()),
+            _ => PrepareError::Failed(e.to_string()),
+        }
     }
 }

@@ -350,8 +350,8 @@ impl<'g> GpuExec<'g> {
                         return Err(GpuError::Plan(format!(
                             "layer `{layer}`: a tensor of shape {} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
                             crate::tensor::fmt_shape(&ty.shape),
-                            crate::schedule::human(slot.len as u64 * 4),
-                            crate::schedule::human(max_binding)
+                            crate::config::values::human(slot.len as u64 * 4),
+                            crate::config::values::human(max_binding)
                         )));
                     }
                 }
