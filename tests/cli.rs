@@ -219,26 +219,43 @@ fn a_config_can_name_silu() {
     );
 }
 
-#[test]
-fn graph_dot_renders_with_graphviz() {
-    let dot = ok_stdout(&["graph", "configs/resnet.toml"]);
-    assert!(dot.starts_with("digraph"));
+/// `dot -Tsvg` of the text: the SVG, or the test fails with Graphviz's complaint. A warning
+/// fails too: Graphviz 2.43 warns "Something is probably seriously wrong" on layouts it
+/// botched.
+fn render_svg(what: &str, dot: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("g.dot");
-    std::fs::write(&file, &dot).unwrap();
+    std::fs::write(&file, dot).unwrap();
     let svg = Command::new("dot")
         .arg("-Tsvg")
         .arg(&file)
         .output()
         .expect("graphviz `dot` is installed (the README's test command installs it)");
+    let err = String::from_utf8_lossy(&svg.stderr);
     assert!(
-        svg.status.success(),
-        "dot failed: {}",
-        String::from_utf8_lossy(&svg.stderr)
+        svg.status.success() && err.trim().is_empty(),
+        "dot -Tsvg of {what}: {err}"
     );
-    let svg = String::from_utf8_lossy(&svg.stdout);
+    String::from_utf8(svg.stdout).expect("utf-8 svg")
+}
+
+/// Both graphs of every shipped config render, as `trainer graph C [--backward] | dot -Tsvg`.
+#[test]
+fn graph_dot_renders_with_graphviz_forward_and_backward() {
+    for c in SHIPPED {
+        let forward = render_svg(c, &ok_stdout(&["graph", c]));
+        assert!(forward.contains("input (input)"), "{c}: no input layer");
+        let step = render_svg(
+            &format!("{c} --backward"),
+            &ok_stdout(&["graph", c, "--backward"]),
+        );
+        for part in ["(backward)", "(update)", "_step"] {
+            assert!(step.contains(part), "{c} --backward: no {part} drawn");
+        }
+    }
+    let resnet = render_svg("resnet", &ok_stdout(&["graph", "configs/resnet.toml"]));
     assert!(
-        svg.contains("<svg") && svg.contains("layer3.2.conv2"),
+        resnet.contains("layer3.2.conv2"),
         "rendered graph lacks a layer"
     );
 }
