@@ -116,6 +116,7 @@ fn parameter_and_buffer_names_are_torchvisions() {
 #[test]
 fn check_json_has_the_documented_keys() {
     let j = check_json("configs/lenet.toml");
+    assert_eq!(j["ok"], true);
     assert!(j["flops_per_sample"].as_u64().unwrap() > 0);
     let layers = j["layers"].as_array().unwrap();
     let conv1 = layers.iter().find(|l| l["name"] == "conv1").unwrap();
