@@ -211,6 +211,11 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
                 Ok(Backend::Cpu)
             }
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
+            // A misspelled WGPU_BACKEND is the user's to fix, not a machine without a GPU.
+            Err(e @ crate::backend::gpu::GpuError::Setting(_)) => {
+                eprintln!("error: {e}");
+                Err(e.exit_code())
+            }
             Err(e) => {
                 eprintln!("note: running on the CPU: {e}");
                 Ok(Backend::Cpu)
@@ -253,7 +258,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Command::Resume(args) => resume(args, sets),
         Command::Eval(args) => eval(args, sets),
         Command::Predict(args) => predict(args, sets),
-        Command::Devices(args) => devices(args),
+        Command::Devices(args) => devices(args, sets),
     }
 }
 
@@ -480,9 +485,16 @@ fn predict(args: PredictArgs, sets: &[String]) -> Result<(), u8> {
 }
 
 /// `trainer devices`: the GPU adapters wgpu sees.
-fn devices(args: DevicesArgs) -> Result<(), u8> {
+fn devices(args: DevicesArgs, sets: &[String]) -> Result<(), u8> {
     let DevicesArgs { json } = args;
-    let adapters = crate::backend::gpu::adapters();
+    if let Some(set) = sets.first() {
+        eprintln!("error: `trainer devices` reads no config: `--set {set}` would change nothing");
+        return Err(2);
+    }
+    let adapters = crate::backend::gpu::adapters().map_err(|e| {
+        eprintln!("error: {e}");
+        e.exit_code()
+    })?;
     if json {
         return print_out(&(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"));
     }

@@ -352,3 +352,74 @@ fn two_processes_give_byte_identical_graphs() {
         assert_eq!(ok_stdout(&["graph", c]), ok_stdout(&["graph", c]), "{c}");
     }
 }
+
+/// A misspelled section at the start of a `--set` path is named with did-you-mean, however
+/// long the path (not "add a whole table").
+#[test]
+fn a_misspelled_section_in_set_gets_did_you_mean() {
+    for (path, typo, section) in [
+        ("modle.layers.0.out=3", "modle", "model"),
+        ("optimzer.lr=0.1", "optimzer", "optimizer"),
+        ("trian.epochs=2", "trian", "train"),
+        ("dta.augment.0.x=1", "dta", "data"),
+    ] {
+        let out = trainer(&["--set", path, "check", "configs/mlp.toml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(
+            err.contains(&format!("unknown section `{typo}`"))
+                && err.contains(&format!("did you mean `{section}`?"))
+                && err.contains("--> --set #1:1:1")
+                && !err.contains("whole table"),
+            "{path}: {err}"
+        );
+    }
+    // A section the file lacks may still be set whole or key by key.
+    ok_stdout(&["--set", "schedule.kind=cosine", "check", "configs/mlp.toml"]);
+}
+
+/// `devices` reads no config, so a `--set` (before or after it) is refused, not ignored.
+#[test]
+fn devices_refuses_set() {
+    for args in [
+        &["--set", "optimizer.lr=0.1", "devices"][..],
+        &["devices", "--json", "--set", "run.device=gpu"],
+    ] {
+        let out = trainer(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            err.starts_with("error: `trainer devices` reads no config"),
+            "{err}"
+        );
+    }
+}
+
+/// An input of `predict` that does not exist is named as a missing input, not as a dataset
+/// to find through data.path.
+#[test]
+fn predict_names_a_missing_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("no-checkpoint");
+    for input in ["shirt.png", "no/such/dir/t10k-images-idx3-ubyte.gz"] {
+        let out = trainer(&[
+            "predict",
+            "configs/mlp.toml",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            input,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{input}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "error: {input}: not found; there is no such input file"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("data.path"), "{err}");
+    }
+}

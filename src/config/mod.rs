@@ -30,6 +30,14 @@ pub const SECTIONS: &[&str] = &[
     "log",
 ];
 
+/// A table at the top of a config that is no section (a typo, in a file or a `--set` path).
+pub(crate) fn unknown_section(name: &str, key: Loc) -> Diagnostic {
+    Diagnostic::new(format!("unknown section `{name}`"))
+        .at(key, "not a section of a config")
+        .help_did_you_mean(name, SECTIONS.iter().copied())
+        .note(format!("sections: {}", SECTIONS.join(", ")))
+}
+
 /// A whole config, checked section by section.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -208,10 +216,7 @@ impl Config {
                 continue;
             }
             if matches!(e.value.kind, Kind::Table(_)) {
-                return Err(Diagnostic::new(format!("unknown section `{k}`"))
-                    .at(e.key, "not a section of a config")
-                    .help_did_you_mean(k, SECTIONS.iter().copied())
-                    .note(format!("sections: {}", SECTIONS.join(", "))));
+                return Err(unknown_section(k, e.key));
             }
             // A key above the first [section] header: usually a key of a section written
             // before its header, or a misspelled `extends`.

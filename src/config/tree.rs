@@ -265,7 +265,8 @@ pub fn merge(base: &mut Value, over: Value) {
 
 /// One `--set a.b.c=value` argument: sets a value at a dotted path. The last key may be new
 /// (schema validation then rejects unknown names with this argument's location), and so may
-/// a top-level section; any other missing table on the way is an error (a typo);
+/// a top-level section (a misspelled one is refused here, with did-you-mean, however long the
+/// path); any other missing table on the way is an error (a typo);
 /// a path through an array needs an index that exists; a path through a scalar is an error.
 pub fn set_path(
     root: &mut Value,
@@ -342,6 +343,9 @@ pub fn set_path(
                 }
                 // Only a whole section may be new on the way (`--set train.epochs=9` without a
                 // [train]); a missing table deeper down is a typo (`model.blocks.basci.body`).
+                if i == 0 && !t.contains_key(*part) && !super::SECTIONS.contains(part) {
+                    return Err(super::unknown_section(part, key_loc).into());
+                }
                 if i > 0 && !t.contains_key(*part) {
                     let d = Diagnostic::new(format!(
                         "`--set` path `{path}`: there is no `{part}` in `{}`",
