@@ -1,7 +1,6 @@
 //! The command line (clap). Exit codes: 0 success, 2 user error (bad config, bad arguments),
 //! 1 internal error.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -197,14 +196,14 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
         Device::Gpu => match crate::backend::gpu::Gpu::new() {
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
             Err(e) => {
-                eprintln!("error: --device gpu: {e}");
+                crate::errln!("error: --device gpu: {e}");
                 Err(2)
             }
         },
         Device::Auto => match crate::backend::gpu::Gpu::new() {
             // A software adapter (Mesa's lavapipe) is a CPU too, and slower than ours.
             Ok(g) if g.adapter.device_type == "Cpu" => {
-                eprintln!(
+                crate::errln!(
                     "note: running on the CPU: the only GPU adapter is a software one ({}); --device gpu forces it",
                     g.adapter.name
                 );
@@ -213,11 +212,11 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
             // A misspelled WGPU_BACKEND is the user's to fix, not a machine without a GPU.
             Err(e @ crate::backend::gpu::GpuError::Setting(_)) => {
-                eprintln!("error: {e}");
+                crate::errln!("error: {e}");
                 Err(e.exit_code())
             }
             Err(e) => {
-                eprintln!("note: running on the CPU: {e}");
+                crate::errln!("note: running on the CPU: {e}");
                 Ok(Backend::Cpu)
             }
         },
@@ -370,7 +369,7 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
     let result = match open_backend(device)? {
         Backend::Cpu => crate::bench::run(plan, seed, steps).map_err(internal)?,
         Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps).map_err(|e| {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             e.exit_code()
         })?,
     };
@@ -420,9 +419,10 @@ fn resume(args: ResumeArgs, sets: &[String]) -> Result<(), u8> {
         device,
     } = args;
     let resolved = run_dir.join(crate::train::run_dir::RESOLVED);
-    if !resolved.exists() {
-        eprintln!(
-            "error: {} is not a run directory (it has no {})",
+    // is_file, not exists: config loading would block forever on a FIFO.
+    if !resolved.is_file() {
+        crate::errln!(
+            "error: {} is not a run directory (it has no {} file)",
             run_dir.display(),
             crate::train::run_dir::RESOLVED
         );
@@ -488,11 +488,13 @@ fn predict(args: PredictArgs, sets: &[String]) -> Result<(), u8> {
 fn devices(args: DevicesArgs, sets: &[String]) -> Result<(), u8> {
     let DevicesArgs { json } = args;
     if let Some(set) = sets.first() {
-        eprintln!("error: `trainer devices` reads no config: `--set {set}` would change nothing");
+        crate::errln!(
+            "error: `trainer devices` reads no config: `--set {set}` would change nothing"
+        );
         return Err(2);
     }
     let adapters = crate::backend::gpu::adapters().map_err(|e| {
-        eprintln!("error: {e}");
+        crate::errln!("error: {e}");
         e.exit_code()
     })?;
     if json {
@@ -528,7 +530,7 @@ fn report<T: serde::Serialize>(
     text: impl Fn(&T) -> String,
 ) -> Result<(), u8> {
     let result = result.map_err(|e| {
-        eprintln!("error: {e}");
+        crate::errln!("error: {e}");
         2
     })?;
     if json {
@@ -556,7 +558,8 @@ fn gpu_of(backend: &Backend) -> Option<&crate::backend::gpu::Gpu> {
 
 /// Loads the config, opens the backend and trains: `trainer fit` and `trainer resume`. Exit
 /// codes: 130 after a signal (checkpoint saved), 3 when the loss stopped being finite, 2 for bad
-/// input (a plan the GPU cannot hold included), 1 when the device or disk failed.
+/// input (a plan the GPU cannot hold included), 1 when the device or disk failed; 131 (a
+/// second interrupt, no checkpoint) exits from `train::signals` directly.
 fn train(
     sets: &[String],
     device: Option<Device>,
@@ -578,7 +581,7 @@ fn train(
                 .and_then(|r| r.val_accuracy)
                 .map(|a| format!(": val accuracy {:.2}%", 100.0 * a))
                 .unwrap_or_default();
-            eprintln!(
+            crate::errln!(
                 "done after {} steps{last}{best}; run in {}",
                 report.steps,
                 report.run_dir.display()
@@ -588,7 +591,7 @@ fn train(
         Ok(_) => Err(crate::train::signals::EXIT_INTERRUPTED),
         Err(FitError::Config(d)) => Err(user_error(&(*d).into(), &loaded.sources)),
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             Err(match e {
                 FitError::User(_) | FitError::Config(_) => 2,
                 FitError::NonFinite(_) => 3,
@@ -648,21 +651,20 @@ fn build_graph(
 }
 
 fn user_error(e: &Errors, sources: &crate::diag::Sources) -> u8 {
-    eprint!("{}", e.render(sources));
+    crate::output::stderr(&e.render(sources));
     2
 }
 
 fn internal(e: impl std::fmt::Display) -> u8 {
-    eprintln!("internal error: {e}");
+    crate::errln!("internal error: {e}");
     1
 }
 
+/// Prints a command's result; a closed pipe is fine (see `output::stdout`), a failed write
+/// (a full disk under a redirect) is exit 1 with what failed.
 fn print_out(text: &str) -> Result<(), u8> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Ok(()) => Ok(()),
-        // A closed pipe (`trainer graph x | head`) is not an error worth a message.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(internal(format!("cannot write output: {e}"))),
-    }
+    crate::output::stdout(text).map_err(|e| {
+        crate::errln!("error: cannot write the output: {e}");
+        1
+    })
 }

@@ -3,7 +3,6 @@
 #![deny(unsafe_code)]
 
 pub mod autodiff;
-#[allow(unsafe_code)]
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
@@ -16,6 +15,7 @@ pub mod graph;
 pub mod kernel;
 pub mod nn;
 pub mod ops;
+pub mod output;
 pub mod schedule;
 pub mod tensor;
 pub mod train;

@@ -1,22 +1,18 @@
-//! Backends run a plan. The only module allowed `unsafe` (raw views of planned memory, GEMM).
+//! Backends run a plan: the executors. `unsafe` is allowed only where it is needed (the CPU
+//! executor's raw views of planned memory, trusted shader modules, the device's drop), each
+//! with a scoped allow and a SAFETY comment.
 
+mod capture;
 pub mod cpu;
 pub mod gpu;
+
+pub use capture::Captured;
 
 use cpu::CpuExec;
 use gpu::{Gpu, GpuExec};
 
 use crate::schedule::Plan;
 use crate::tensor::{StepCtx, TensorId};
-
-/// The tensors one `Exec::capture` copied, as they were after the step before it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Captured {
-    /// Which capture this is: 0 for an executor's first, then one more per capture.
-    pub seq: u64,
-    /// One vector per tensor, in the order `capture` named them.
-    pub values: Vec<Vec<f32>>,
-}
 
 /// A prepared plan on one backend: what the training loop, `eval` and `predict` drive. Both
 /// backends take the same feeds and give the same tensors; only where the memory lives differs.

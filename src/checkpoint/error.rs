@@ -94,12 +94,39 @@ pub enum CheckpointError {
     /// `load` was given a path that is neither a checkpoint directory nor a .safetensors file.
     #[error("{}: not a checkpoint directory or a .safetensors file", path.display())]
     NotCheckpoint { path: PathBuf },
+    /// A path that must be a file is a directory, a FIFO, a device...: refused before it is
+    /// read (a FIFO would block the read forever).
+    #[error("{}: is {kind}, not a regular file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// A checkpoint that loads (checksums and all) but whose tensors the model cannot take:
+    /// `reason` says which are missing, extra or of another shape.
+    #[error("{}: {reason}", path.display())]
+    DoesNotFit { path: PathBuf, reason: String },
     /// The checkpoints directory holds no checkpoint at all (a fresh run).
-    #[error("no checkpoint in {}", dir.display())]
+    #[error("no checkpoint in {} yet: the run has not saved one", dir.display())]
     NotFound { dir: PathBuf },
-    /// Every checkpoint in the directory failed to load; `tried` gives each one's reason.
-    #[error("no valid checkpoint in {}; tried:\n{}", dir.display(), tried.iter().map(|t| format!("  {t}")).collect::<Vec<_>>().join("\n"))]
+    /// Every checkpoint in the directory failed to load; `tried` gives each one's reason
+    /// (the `latest` pointer's problem first, then each candidate, newest first).
+    #[error("no valid checkpoint in {}; tried:\n{}", dir.display(), tried_lines(tried))]
     NoValid { dir: PathBuf, tried: Vec<String> },
+}
+
+/// Lines shown of a `NoValid` list: a run keeping hundreds of checkpoints still gets one screen.
+const TRIED_SHOWN: usize = 10;
+
+fn tried_lines(tried: &[String]) -> String {
+    let mut lines: Vec<String> = tried
+        .iter()
+        .take(TRIED_SHOWN)
+        .map(|t| format!("  {t}"))
+        .collect();
+    if tried.len() > TRIED_SHOWN {
+        lines.push(format!(
+            "  ... and {} more older checkpoints",
+            tried.len() - TRIED_SHOWN
+        ));
+    }
+    lines.join("\n")
 }
 
 impl CheckpointError {

@@ -10,10 +10,13 @@
 //!   checksum and a flipped bit in a weight would otherwise load silently.
 //!
 //! `store.rs` writes them atomically (see `atomic.rs`), keeps the last few plus the best, and
-//! falls back past corrupt ones on load; `tensors.rs` is the safetensors encoding.
+//! on load falls back past corrupt ones and those the caller's model cannot take; `resolve`
+//! here is the one way a path given by a user becomes a checkpoint; `files.rs` reads only
+//! regular files; `tensors.rs` is the safetensors encoding.
 
 mod atomic;
 mod error;
+mod files;
 mod store;
 mod tensors;
 #[cfg(test)]
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use atomic::{sha256_hex, write_file};
 pub use error::CheckpointError;
+pub(crate) use files::read_regular;
 pub use store::Store;
 
 /// The `state.json` / `checksums.json` format this build writes and reads.
@@ -108,51 +112,104 @@ struct Checksums {
     sha256: BTreeMap<String, String>,
 }
 
-/// Loads a checkpoint directory (checksums verified; a run's checkpoints/ directory stands for
-/// the one its `latest` names), or a `.safetensors` file as weights only
-/// (no optimizer state, `TrainState::default()`): what `trainer eval --checkpoint PATH` takes.
-pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-    exists(path)?;
-    let path = &follow_latest(path)?;
-    if path.is_dir() {
-        return load_dir(path);
+/// What a caller needs of a checkpoint: all of it (resume), or only the weights (eval,
+/// predict), so a checkpoint with a damaged optimizer file still evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    Weights,
+}
+
+/// The checkpoint `resolve` settled on.
+#[derive(Debug)]
+pub struct Found {
+    /// The checkpoint directory (or .safetensors file) it came from.
+    pub path: PathBuf,
+    /// With `Part::Weights` (or from a .safetensors file), `optimizer` is empty and `state` is
+    /// `TrainState::default()`.
+    pub checkpoint: Checkpoint,
+    /// One line for each checkpoint passed over and why (a broken `latest`, a corrupt or
+    /// mismatched newer checkpoint): the caller prints them.
+    pub warnings: Vec<String>,
+}
+
+/// Why a loaded checkpoint cannot be used (it does not fit the model), for `resolve`'s `accept`.
+pub type Accept<'a> = dyn FnMut(&Checkpoint) -> Result<(), String> + 'a;
+
+/// The one way resume, eval and predict find a checkpoint. `path` may be
+/// - a run directory or its `checkpoints/`: the checkpoint `latest` names, else the newest
+///   valid one by step (see `Store::resolve`), each one passed over becoming a warning, and
+///   an error listing every candidate and why when none is usable;
+/// - one checkpoint directory, or a `.safetensors` file (weights only): exactly that one.
+///
+/// A checkpoint is usable when its files verify and `accept` takes it (the caller checks that
+/// the tensors fit its model), so a checkpoint of another shape is passed over like a
+/// corrupt one.
+pub fn resolve(path: &Path, part: Part, accept: &mut Accept) -> Result<Found, CheckpointError> {
+    let meta = fs::metadata(path).map_err(CheckpointError::io("reading", path))?;
+    if !meta.is_dir() {
+        let checkpoint = Checkpoint {
+            weights: load_weights_file(path)?,
+            optimizer: Vec::new(),
+            state: TrainState::default(),
+        };
+        return accepted(path, checkpoint, accept);
     }
-    Ok(Checkpoint {
-        weights: load_weights_file(path)?,
-        optimizer: Vec::new(),
-        state: TrainState::default(),
+    let is_step_dir = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| store::parse_step_dir(n).is_some());
+    if is_step_dir || path.join(CHECKSUMS_FILE).exists() {
+        return accepted(path, load_one(path, part)?, accept);
+    }
+    let checkpoints = checkpoints_dir(path);
+    if checkpoints.is_dir() {
+        return Store::new(&checkpoints, 1).resolve(part, accept);
+    }
+    if store::looks_like_store(path) {
+        return Store::new(path, 1).resolve(part, accept);
+    }
+    Err(CheckpointError::NotCheckpoint {
+        path: path.to_path_buf(),
     })
 }
 
-/// Loads only the weights of a checkpoint directory or a `.safetensors` file (checksum
-/// verified when the directory, or the file's own directory, has a checksums.json).
-pub fn load_weights(path: &Path) -> Result<Vec<NamedTensor>, CheckpointError> {
-    exists(path)?;
-    let path = &follow_latest(path)?;
-    if path.is_dir() {
-        let sums = read_checksums(path)?;
-        let bytes = read_verified(path, MODEL_FILE, &sums)?;
-        return tensors::decode(&path.join(MODEL_FILE), &bytes);
-    }
-    load_weights_file(path)
+fn accepted(
+    path: &Path,
+    checkpoint: Checkpoint,
+    accept: &mut Accept,
+) -> Result<Found, CheckpointError> {
+    accept(&checkpoint).map_err(|reason| CheckpointError::DoesNotFit {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(Found {
+        path: path.to_path_buf(),
+        checkpoint,
+        warnings: Vec::new(),
+    })
 }
 
-/// A run's checkpoints/ directory (it has `latest`, not checksums.json) stands for the
-/// checkpoint `latest` names, strictly: no fallback, which is `Store::load_latest`'s job.
-fn follow_latest(path: &Path) -> Result<PathBuf, CheckpointError> {
-    let latest = path.join("latest");
-    if !path.is_dir() || path.join(CHECKSUMS_FILE).exists() || !latest.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let name = fs::read_to_string(&latest).map_err(CheckpointError::io("reading", &latest))?;
-    Ok(path.join(name.trim()))
+/// Loads whatever `path` stands for (see `resolve`), whole, with no model to check against;
+/// the warnings of a fallback are dropped (`resolve` returns them).
+pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    resolve(path, Part::Whole, &mut |_| Ok(())).map(|found| found.checkpoint)
 }
 
-/// "No such file" for a path that is not there, rather than "not a checkpoint".
-fn exists(path: &Path) -> Result<(), CheckpointError> {
-    fs::metadata(path)
-        .map(|_| ())
-        .map_err(CheckpointError::io("reading", path))
+/// One checkpoint directory, verified (see `load_dir`), or only its weights.
+pub(crate) fn load_one(dir: &Path, part: Part) -> Result<Checkpoint, CheckpointError> {
+    match part {
+        Part::Whole => load_dir(dir),
+        Part::Weights => {
+            let sums = read_checksums(dir)?;
+            let bytes = read_verified(dir, MODEL_FILE, &sums)?;
+            Ok(Checkpoint {
+                weights: tensors::decode(&dir.join(MODEL_FILE), &bytes)?,
+                optimizer: Vec::new(),
+                state: TrainState::default(),
+            })
+        }
+    }
 }
 
 /// A bare tensor file. Inside a checkpoint directory it is verified against the checksum
@@ -163,7 +220,7 @@ fn load_weights_file(path: &Path) -> Result<Vec<NamedTensor>, CheckpointError> {
             path: path.to_path_buf(),
         });
     }
-    let bytes = fs::read(path).map_err(CheckpointError::io("reading", path))?;
+    let bytes = files::read_regular(path)?;
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
         && dir.join(CHECKSUMS_FILE).is_file()
     {
@@ -216,7 +273,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Checkpoint, CheckpointError> {
 
 fn read_checksums(dir: &Path) -> Result<Checksums, CheckpointError> {
     let path = dir.join(CHECKSUMS_FILE);
-    let bytes = fs::read(&path).map_err(CheckpointError::io("reading", &path))?;
+    let bytes = files::read_regular(&path)?;
     let sums: Checksums =
         serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json {
             path: path.clone(),
@@ -242,7 +299,7 @@ fn read_verified(dir: &Path, file: &str, sums: &Checksums) -> Result<Vec<u8>, Ch
             path: dir.join(CHECKSUMS_FILE),
             file: file.to_string(),
         })?;
-    let bytes = fs::read(&path).map_err(CheckpointError::io("reading", &path))?;
+    let bytes = files::read_regular(&path)?;
     verify(&path, expected, &bytes)?;
     Ok(bytes)
 }

@@ -1,5 +1,5 @@
-//! `Store`: one run's checkpoints/ directory: atomic saves, retention, and loading the newest
-//! valid checkpoint.
+//! `Store`: one run's checkpoints/ directory: atomic saves, retention, and finding the
+//! checkpoint to load (`latest`, else the newest valid one).
 //!
 //! Layout: `step-NNNNNNNNN/` checkpoint directories, `latest` and `best` (text files holding a
 //! directory name), and, only while a save runs or after a crash, `.tmp-*` entries. Loading
@@ -15,15 +15,52 @@ use std::path::{Path, PathBuf};
 
 use super::atomic::{Disk, remove_any, rename, sha256_hex, sync_dir};
 use super::{
-    CHECKSUMS_FILE, Checkpoint, CheckpointError, Checksums, FORMAT_VERSION, MODEL_FILE,
-    OPTIMIZER_FILE, STATE_FILE, load_dir, step_dir_name, tensors,
+    Accept, CHECKSUMS_FILE, Checkpoint, CheckpointError, Checksums, FORMAT_VERSION, Found,
+    MODEL_FILE, OPTIMIZER_FILE, Part, STATE_FILE, files, load_one, step_dir_name, tensors,
 };
 
 const LATEST: &str = "latest";
 const BEST: &str = "best";
 const TMP_PREFIX: &str = ".tmp-";
+/// A pointer holds one directory name (`step-000001234\n`); more than this is not one.
+const POINTER_MAX: u64 = 256;
+/// Bytes of a broken pointer quoted in a message.
+const QUOTE_MAX: usize = 80;
 
-/// A run's checkpoints directory. Assumes one writer at a time (the training process).
+/// What a pointer file (`latest`, `best`) says.
+enum Pointer {
+    /// There is no such file.
+    Missing,
+    /// A checkpoint directory name (that directory may not exist).
+    Names(String),
+    /// Anything else: why it names nothing (empty, junk, too long, not a file, unreadable).
+    Broken(String),
+}
+
+impl Pointer {
+    fn name(self) -> Option<String> {
+        match self {
+            Pointer::Names(name) => Some(name),
+            Pointer::Missing | Pointer::Broken(_) => None,
+        }
+    }
+}
+
+/// Whether `dir` looks like a checkpoints directory: it has a `latest` or a `step-*` entry.
+pub(crate) fn looks_like_store(dir: &Path) -> bool {
+    fs::symlink_metadata(dir.join(LATEST)).is_ok()
+        || fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| parse_step_dir(n).is_some())
+            })
+        })
+}
+
+/// A run's checkpoints directory. Assumes one writer at a time: the training process, which
+/// holds the run directory's lock (`train::run_lock`); readers need no lock, since every
+/// checkpoint appears whole under its name and a load passes over one deleted meanwhile.
 pub struct Store {
     dir: PathBuf,
     keep: usize,
@@ -69,7 +106,7 @@ impl Store {
         // Everything that can be refused without touching the disk comes first.
         let files = encode(ckpt)?;
         let name = step_dir_name(ckpt.state.step);
-        let previous = self.read_pointer(LATEST).ok().flatten();
+        let previous = self.read_pointer(LATEST).name();
         let note = |source: CheckpointError, extra: &str| {
             let intact = match &previous {
                 Some(p) => format!("the previous checkpoint {p} is intact"),
@@ -124,7 +161,7 @@ impl Store {
 
         // The save has succeeded; a checkpoint that cannot be deleted now is retried next time.
         if let Err(e) = self.prune() {
-            eprintln!("warning: removing old checkpoints: {e}; will retry after the next save");
+            crate::errln!("warning: removing old checkpoints: {e}; will retry after the next save");
         }
         Ok(final_dir)
     }
@@ -189,9 +226,9 @@ impl Store {
         let pointers = || -> Result<(), CheckpointError> {
             sync_dir(&self.dir)?;
             if let Some(tmp_best) = tmp_best {
-                rename(tmp_best, &self.dir.join(BEST))?;
+                self.replace_pointer(tmp_best, BEST)?;
             }
-            rename(tmp_latest, &self.dir.join(LATEST))?;
+            self.replace_pointer(tmp_latest, LATEST)?;
             sync_dir(&self.dir)
         };
         if let Err(e) = pointers() {
@@ -202,6 +239,17 @@ impl Store {
             let _ = remove_any(&replaced);
         }
         Ok(())
+    }
+
+    /// Renames the written pointer `tmp` over `pointer`. A directory in its place (which a
+    /// rename cannot replace, and which loads already passed over with a warning) is removed
+    /// first, so a broken pointer heals at the next save instead of failing every save.
+    fn replace_pointer(&self, tmp: &Path, pointer: &str) -> Result<(), CheckpointError> {
+        let path = self.dir.join(pointer);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            remove_any(&path)?;
+        }
+        rename(tmp, &path)
     }
 
     /// Removes `.tmp-*` entries a crashed or failed save left behind.
@@ -225,8 +273,8 @@ impl Store {
             .take(self.keep)
             .map(|(_, n)| n.clone())
             .collect();
-        keep.extend(self.read_pointer(BEST).ok().flatten());
-        keep.extend(self.read_pointer(LATEST).ok().flatten());
+        keep.extend(self.read_pointer(BEST).name());
+        keep.extend(self.read_pointer(LATEST).name());
         let mut removed = false;
         for (_, name) in steps.iter().filter(|(_, n)| !keep.contains(n)) {
             let doomed = self.dir.join(format!("{TMP_PREFIX}delete-{name}"));
@@ -243,27 +291,33 @@ impl Store {
     /// Loads the checkpoint `latest` names; if it is missing or invalid, the newest valid one
     /// by step, with a warning per checkpoint skipped saying why. `NotFound` when there is no
     /// checkpoint at all (a fresh run), `NoValid` (listing each failure) when none loads.
+    /// With no model to check against: `resolve` is the general form.
     pub fn load_latest(&self) -> Result<(Checkpoint, Vec<String>), CheckpointError> {
+        self.resolve(Part::Whole, &mut |_| Ok(()))
+            .map(|found| (found.checkpoint, found.warnings))
+    }
+
+    /// The checkpoint to continue from or evaluate: the one `latest` names, else the newest
+    /// by step, whose files verify (`part` of them) and which `accept` takes (the caller's
+    /// model fits it). Each checkpoint passed over, and a broken `latest`, becomes a warning
+    /// saying why; `NotFound` when there is no checkpoint at all (a fresh run), `NoValid`
+    /// listing every candidate and its reason when none is usable.
+    pub fn resolve(&self, part: Part, accept: &mut Accept) -> Result<Found, CheckpointError> {
         if !self.dir.is_dir() {
             return Err(CheckpointError::NotFound {
                 dir: self.dir.clone(),
             });
         }
-        let latest_path = self.dir.join(LATEST);
-        // Why `latest` itself could not be followed, if it could not.
-        let mut pointer_problem = None;
         let mut candidates: Vec<String> = Vec::new();
-        match self.read_pointer(LATEST) {
-            Ok(Some(name)) if parse_step_dir(&name).is_some() => candidates.push(name),
-            Ok(Some(name)) => {
-                pointer_problem = Some(format!(
-                    "{} names `{name}`, which is not a checkpoint directory",
-                    latest_path.display()
-                ))
+        // Why `latest` itself could not be followed, if it could not.
+        let pointer_problem = match self.read_pointer(LATEST) {
+            Pointer::Names(name) => {
+                candidates.push(name);
+                None
             }
-            Ok(None) => pointer_problem = Some(format!("{} is missing", latest_path.display())),
-            Err(e) => pointer_problem = Some(e.to_string()),
-        }
+            Pointer::Missing => Some(format!("{} is missing", self.dir.join(LATEST).display())),
+            Pointer::Broken(problem) => Some(problem),
+        };
         for (_, name) in self.steps()?.into_iter().rev() {
             if !candidates.contains(&name) {
                 candidates.push(name);
@@ -271,32 +325,48 @@ impl Store {
         }
         if candidates.is_empty() {
             return Err(match pointer_problem {
-                Some(problem) if latest_path.exists() => CheckpointError::NoValid {
-                    dir: self.dir.clone(),
-                    tried: vec![problem],
-                },
+                Some(problem) if fs::symlink_metadata(self.dir.join(LATEST)).is_ok() => {
+                    CheckpointError::NoValid {
+                        dir: self.dir.clone(),
+                        tried: vec![problem],
+                    }
+                }
                 _ => CheckpointError::NotFound {
                     dir: self.dir.clone(),
                 },
             });
         }
-        // (checkpoint name, why it failed)
+        // (checkpoint name, why it was passed over)
         let mut failures: Vec<(String, CheckpointError)> = Vec::new();
         for name in candidates {
             let path = self.dir.join(&name);
             let result = fs::metadata(&path)
                 .map_err(CheckpointError::io("reading", &path))
-                .and_then(|_| load_dir(&path));
+                .and_then(|_| load_one(&path, part))
+                .and_then(|ckpt| match accept(&ckpt) {
+                    Ok(()) => Ok(ckpt),
+                    Err(reason) => Err(CheckpointError::DoesNotFit {
+                        path: path.clone(),
+                        reason,
+                    }),
+                });
             match result {
-                Ok(ckpt) => {
+                Ok(checkpoint) => {
                     let mut warnings: Vec<String> = pointer_problem
                         .into_iter()
                         .map(|p| format!("{p}; loaded the newest valid checkpoint, {name}"))
                         .collect();
-                    warnings.extend(failures.into_iter().map(|(failed, e)| {
-                        format!("checkpoint {failed} is unusable: {e}; loaded {name} instead")
+                    warnings.extend(failures.iter().map(|(failed, e)| {
+                        format!(
+                            "checkpoint {failed} is unusable: {}; loaded {name} instead",
+                            why(e)
+                        )
                     }));
-                    return Ok((ckpt, warnings));
+                    return Ok(Found {
+                        path,
+                        checkpoint,
+                        warnings,
+                    });
                 }
                 Err(e) => failures.push((name, e)),
             }
@@ -305,12 +375,12 @@ impl Store {
             dir: self.dir.clone(),
             tried: pointer_problem
                 .into_iter()
-                .chain(failures.into_iter().map(|(name, e)| format!("{name}: {e}")))
+                .chain(grouped_failures(&failures))
                 .collect(),
         })
     }
 
-    /// The directory `latest` names, if it exists (not verified: `load_latest` does that).
+    /// The directory `latest` names, if it exists (not verified: `resolve` does that).
     pub fn latest_dir(&self) -> Option<PathBuf> {
         self.pointer_dir(LATEST)
     }
@@ -321,19 +391,41 @@ impl Store {
     }
 
     fn pointer_dir(&self, pointer: &str) -> Option<PathBuf> {
-        let name = self.read_pointer(pointer).ok().flatten()?;
-        parse_step_dir(&name)?;
-        let dir = self.dir.join(name);
+        let dir = self.dir.join(self.read_pointer(pointer).name()?);
         dir.is_dir().then_some(dir)
     }
 
-    /// The directory name a pointer file holds; `Ok(None)` when the file does not exist.
-    fn read_pointer(&self, pointer: &str) -> Result<Option<String>, CheckpointError> {
+    /// What a pointer file says. Only its first `POINTER_MAX` bytes are read, and only from a
+    /// regular file; junk is quoted short and escaped.
+    fn read_pointer(&self, pointer: &str) -> Pointer {
         let path = self.dir.join(pointer);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.trim().to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CheckpointError::io("reading", path)(e)),
+        let shown = path.display();
+        let (bytes, len) = match files::read_regular_prefix(&path, POINTER_MAX) {
+            Ok(read) => read,
+            Err(CheckpointError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Pointer::Missing;
+            }
+            Err(e) => return Pointer::Broken(e.to_string()),
+        };
+        if len > POINTER_MAX {
+            return Pointer::Broken(format!(
+                "{shown} is {len} bytes long, not a checkpoint name (it starts with `{}`)",
+                files::quote(&bytes, QUOTE_MAX)
+            ));
+        }
+        let name = bytes.trim_ascii();
+        if name.is_empty() {
+            return Pointer::Broken(format!("{shown} is empty"));
+        }
+        match std::str::from_utf8(name)
+            .ok()
+            .filter(|n| parse_step_dir(n).is_some())
+        {
+            Some(name) => Pointer::Names(name.to_string()),
+            None => Pointer::Broken(format!(
+                "{shown} names `{}`, which is not a checkpoint directory of this run (step-NNNNNNNNN)",
+                files::quote(name, QUOTE_MAX)
+            )),
         }
     }
 
@@ -361,6 +453,41 @@ impl Store {
         }
         Ok(names)
     }
+}
+
+/// Why a candidate was passed over. A checkpoint that does not fit is named by the caller of
+/// `why`, so its reason alone is the message; other errors name their own file.
+fn why(e: &CheckpointError) -> String {
+    match e {
+        CheckpointError::DoesNotFit { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Steps named on one line of a `NoValid` list before "and N more".
+const STEPS_SHOWN: usize = 3;
+
+/// One line per run of candidates that failed for the same reason (every checkpoint of a run
+/// is of another model's shape when the config changed): "step-3, step-2: reason".
+fn grouped_failures(failures: &[(String, CheckpointError)]) -> Vec<String> {
+    let mut groups: Vec<(Vec<&str>, String)> = Vec::new();
+    for (name, e) in failures {
+        let reason = why(e);
+        match groups.last_mut() {
+            Some((names, last)) if *last == reason => names.push(name),
+            _ => groups.push((vec![name], reason)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(names, reason)| {
+            let mut shown = names[..names.len().min(STEPS_SHOWN)].join(", ");
+            if names.len() > STEPS_SHOWN {
+                shown += &format!(" and {} more", names.len() - STEPS_SHOWN);
+            }
+            format!("{shown}: {reason}")
+        })
+        .collect()
 }
 
 /// The bytes of each file of a checkpoint, checksums.json last. Refuses a state JSON cannot

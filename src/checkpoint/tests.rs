@@ -115,6 +115,11 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The weights `resolve` finds at `path`, with no model to check them against.
+fn weights_of(path: &Path) -> Result<Vec<NamedTensor>, CheckpointError> {
+    resolve(path, Part::Weights, &mut |_| Ok(())).map(|found| found.checkpoint.weights)
+}
+
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("checkpoints");
@@ -140,7 +145,7 @@ fn round_trip_is_bit_exact() {
     // The other entry points read the same thing.
     assert_same_bits(&load(&written).expect("load dir").weights, &ckpt.weights);
     assert_same_bits(
-        &load_weights(&written).expect("weights of dir"),
+        &weights_of(&written).expect("weights of dir"),
         &ckpt.weights,
     );
     let via_root = load(&dir).expect("checkpoints/ stands for latest");
@@ -343,7 +348,7 @@ fn latest_pointer_missing_or_dangling() {
     fs::write(dir.join("latest"), "garbage\n").expect("write");
     let (ckpt, warnings) = store.load_latest().expect("newest");
     assert_eq!(ckpt.state.step, 2);
-    assert!(warnings[0].ends_with("latest names `garbage`, which is not a checkpoint directory; loaded the newest valid checkpoint, step-000000002"), "{warnings:?}");
+    assert!(warnings[0].ends_with("latest names `garbage`, which is not a checkpoint directory of this run (step-NNNNNNNNN); loaded the newest valid checkpoint, step-000000002"), "{warnings:?}");
     fs::remove_file(dir.join("latest")).expect("rm");
     let (ckpt, warnings) = store.load_latest().expect("newest");
     assert_eq!(ckpt.state.step, 2);
@@ -360,6 +365,247 @@ fn latest_pointer_missing_or_dangling() {
     fs::write(dir.join("latest"), "step-000000002\n").expect("write");
     let err = store.load_latest().expect_err("nothing valid");
     assert!(matches!(err, CheckpointError::NoValid { .. }), "{err}");
+}
+
+/// Every kind of broken `latest`: each is named in one short warning, the newest valid
+/// checkpoint loads through every entry point, and the next save replaces the pointer.
+#[test]
+fn every_broken_latest_falls_back_to_the_newest_valid_and_heals_on_save() {
+    let (tmp, dir) = setup();
+    let store = Store::new(&dir, 5);
+    for step in 1..=3 {
+        store.save(&sample(step), false).expect("save");
+    }
+    let latest = dir.join("latest");
+    let junk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    type Breaker = Box<dyn Fn(&Path)>;
+    let write = |bytes: Vec<u8>| -> Breaker {
+        Box::new(move |p: &Path| fs::write(p, &bytes).expect("write"))
+    };
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        ("deleted", Box::new(|_: &Path| {}), "latest is missing"),
+        ("empty", write(Vec::new()), "latest is empty"),
+        ("whitespace", write(b" \n\n".to_vec()), "latest is empty"),
+        (
+            "garbage",
+            write(b"\x00\xffjunk\n".to_vec()),
+            "latest names `\\x00\\xffjunk`, which is not a checkpoint directory of this run",
+        ),
+        (
+            "outside",
+            write(b"../../other/checkpoints/step-000000003\n".to_vec()),
+            "latest names `../../other/checkpoints/step-000000003`, which is not",
+        ),
+        (
+            "absolute",
+            write(format!("{}\n", dir.join("step-000000003").display()).into_bytes()),
+            "which is not a checkpoint directory of this run",
+        ),
+        (
+            "directory",
+            Box::new(|p: &Path| fs::create_dir(p).expect("mkdir")),
+            "latest: is a directory, not a regular file",
+        ),
+        (
+            "megabyte",
+            write(junk.clone()),
+            "latest is 1048576 bytes long, not a checkpoint name (it starts with `\\x00\\x01",
+        ),
+        (
+            "fifo",
+            Box::new(|p: &Path| {
+                assert!(
+                    Command::new("mkfifo")
+                        .arg(p)
+                        .status()
+                        .expect("mkfifo")
+                        .success()
+                );
+            }),
+            "latest: is a FIFO (named pipe), not a regular file",
+        ),
+    ];
+    for (case, break_it, expected) in cases {
+        remove_any(&latest);
+        break_it(&latest);
+        let (ckpt, warnings) = store.load_latest().expect(case);
+        assert_eq!(ckpt.state.step, 3, "{case}");
+        assert_eq!(warnings.len(), 1, "{case}: {warnings:?}");
+        assert!(warnings[0].contains(expected), "{case}: {warnings:?}");
+        assert!(
+            warnings[0].ends_with("; loaded the newest valid checkpoint, step-000000003")
+                && warnings[0].len() < 400,
+            "{case}: {warnings:?}"
+        );
+        // The run directory, its checkpoints/ and resolve's weights-only load agree.
+        for path in [tmp.path(), dir.as_path()] {
+            let found = resolve(path, Part::Weights, &mut |_| Ok(())).expect(case);
+            assert_eq!(found.path, dir.join("step-000000003"), "{case}");
+            assert_eq!(found.warnings, warnings, "{case}");
+        }
+    }
+    // A save replaces even a directory in the pointer's place.
+    remove_any(&latest);
+    fs::create_dir(&latest).expect("mkdir");
+    store
+        .save(&sample(4), false)
+        .expect("save over a directory");
+    assert_eq!(
+        fs::read_to_string(&latest).expect("latest"),
+        "step-000000004\n"
+    );
+}
+
+fn remove_any(path: &Path) {
+    atomic::remove_any(path).expect("remove");
+}
+
+/// A checkpoint that verifies but that `accept` refuses (it does not fit the caller's model) is
+/// passed over like a corrupt one, with the reason; when every one is refused, the error lists
+/// each candidate and its reason, `latest` first.
+#[test]
+fn a_checkpoint_the_caller_refuses_is_passed_over() {
+    let (_tmp, dir) = setup();
+    let store = Store::new(&dir, 5);
+    for step in 1..=3 {
+        store.save(&sample(step), false).expect("save");
+    }
+    let reason = "does not fit this model: `fc.weight` has shape [3, 2] in the checkpoint but [2, 3] in the model";
+    let mut refuse_3 = |c: &Checkpoint| match c.state.step {
+        3 => Err(reason.to_string()),
+        _ => Ok(()),
+    };
+    let found = store.resolve(Part::Whole, &mut refuse_3).expect("fallback");
+    assert_eq!(found.checkpoint.state.step, 2);
+    assert_eq!(found.path, dir.join("step-000000002"));
+    assert_eq!(
+        found.warnings,
+        [format!(
+            "checkpoint step-000000003 is unusable: {reason}; loaded step-000000002 instead"
+        )]
+    );
+    // An explicitly named checkpoint is that one or an error naming it: no fallback.
+    let err = resolve(&dir.join("step-000000003"), Part::Whole, &mut refuse_3).expect_err("named");
+    assert!(
+        err.to_string()
+            .ends_with(&format!("step-000000003: {reason}")),
+        "{err}"
+    );
+    fs::write(dir.join("latest"), "nonsense").expect("write");
+    let err = store
+        .resolve(Part::Weights, &mut |c| {
+            Err(format!("refused {}", c.weights.len()))
+        })
+        .expect_err("none fits");
+    let msg = err.to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 3, "{msg}");
+    assert!(
+        lines[0].starts_with("no valid checkpoint in ") && lines[0].ends_with("; tried:"),
+        "{msg}"
+    );
+    assert!(lines[1].contains("latest names `nonsense`"), "{msg}");
+    // The same reason for each: one line naming them all.
+    assert_eq!(
+        lines[2],
+        "  step-000000003, step-000000002, step-000000001: refused 9"
+    );
+    // Different reasons: a line each, newest first.
+    let err = store
+        .resolve(Part::Whole, &mut |c| {
+            Err(format!("refused {}", c.state.step))
+        })
+        .expect_err("none fits");
+    let msg = err.to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(
+        lines[2..],
+        [
+            "  step-000000003: refused 3",
+            "  step-000000002: refused 2",
+            "  step-000000001: refused 1"
+        ]
+    );
+}
+
+#[test]
+fn a_long_list_of_failures_stays_on_one_screen() {
+    let (_tmp, dir) = setup();
+    let store = Store::new(&dir, 40);
+    for step in 1..=30 {
+        store.save(&sample(step), false).expect("save");
+    }
+    let err = store
+        .resolve(Part::Weights, &mut |_| Err("refused".into()))
+        .expect_err("none fits");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 2, "{msg}");
+    assert!(
+        msg.ends_with("  step-000000030, step-000000029, step-000000028 and 27 more: refused"),
+        "{msg}"
+    );
+    let err = store
+        .resolve(Part::Whole, &mut |c| {
+            Err(format!("refused {}", c.state.step))
+        })
+        .expect_err("none fits");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 12, "{msg}");
+    assert!(
+        msg.ends_with("  ... and 20 more older checkpoints"),
+        "{msg}"
+    );
+}
+
+/// A FIFO in place of any file of a checkpoint is refused by name at once: reads never block.
+#[test]
+fn a_fifo_in_a_checkpoint_is_refused_by_name() {
+    let (_tmp, dir) = setup();
+    let store = Store::new(&dir, 5);
+    store.save(&sample(1), false).expect("save");
+    let written = store.save(&sample(2), false).expect("save");
+    for file in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CHECKSUMS_FILE] {
+        let path = written.join(file);
+        let kept = fs::read(&path).expect("read");
+        fs::remove_file(&path).expect("rm");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&path)
+                .status()
+                .expect("mkfifo")
+                .success()
+        );
+        let (ckpt, warnings) = store.load_latest().expect(file);
+        assert_eq!(ckpt.state.step, 1, "{file}");
+        assert!(
+            warnings[0].contains(&format!(
+                "step-000000002/{file}: is a FIFO (named pipe), not a regular file"
+            )),
+            "{file}: {warnings:?}"
+        );
+        let err = load(&written).expect_err(file).to_string();
+        assert!(
+            err.ends_with(&format!(
+                "{file}: is a FIFO (named pipe), not a regular file"
+            )),
+            "{err}"
+        );
+        fs::remove_file(&path).expect("rm");
+        fs::write(&path, kept).expect("restore");
+    }
+    let file = dir.join("weights.safetensors");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&file)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let err = load(&file).expect_err("fifo file").to_string();
+    assert!(
+        err.ends_with("weights.safetensors: is a FIFO (named pipe), not a regular file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -563,7 +809,7 @@ fn unsupported_dtypes_are_named() {
         bytes.extend([0u8; 8]);
         let path = dir.join(format!("{dtype}.safetensors"));
         fs::write(&path, bytes).expect("write");
-        let msg = load_weights(&path).expect_err("dtype").to_string();
+        let msg = weights_of(&path).expect_err("dtype").to_string();
         assert!(
             msg.ends_with(&format!(
                 "{dtype}.safetensors: tensor `layer.weight` has dtype {dtype}; only F32 and I64 (integer buffers) are supported"

@@ -30,14 +30,6 @@ pub const SECTIONS: &[&str] = &[
     "log",
 ];
 
-/// A table at the top of a config that is no section (a typo, in a file or a `--set` path).
-pub(crate) fn unknown_section(name: &str, key: Loc) -> Diagnostic {
-    Diagnostic::new(format!("unknown section `{name}`"))
-        .at(key, "not a section of a config")
-        .help_did_you_mean(name, SECTIONS.iter().copied())
-        .note(format!("sections: {}", SECTIONS.join(", ")))
-}
-
 /// A whole config, checked section by section.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -99,7 +91,7 @@ pub fn load(path: &Path, sets: &[String]) -> Loaded {
 pub fn load_tree(sources: &mut Sources, path: &Path, sets: &[String]) -> Result<Value, Errors> {
     let mut tree = read_with_extends(sources, path, None, &mut Vec::new())?;
     for (i, s) in sets.iter().enumerate() {
-        tree::set_path(&mut tree, sources, s, i)?;
+        tree::set_path(&mut tree, sources, s, i, SECTIONS)?;
     }
     Ok(tree)
 }
@@ -216,7 +208,7 @@ impl Config {
                 continue;
             }
             if matches!(e.value.kind, Kind::Table(_)) {
-                return Err(unknown_section(k, e.key));
+                return Err(tree::unknown_section(k, e.key, SECTIONS));
             }
             // A key above the first [section] header: usually a key of a section written
             // before its header, or a misspelled `extends`.

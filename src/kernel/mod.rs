@@ -3,6 +3,5 @@
 //! SIMD convolution tiles; `gpu` the description of a GPU launch as pure data (`Dispatch`,
 //! `KernelArgs`, `Params`, `Shader`). It knows tensor types, never ops, graphs or plans.
 
-#[allow(unsafe_code)]
 pub mod cpu;
 pub mod gpu;

@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::LayerSpec;
+use super::lower::LayerSpec;
 use crate::config::de::from_value_in;
 use crate::config::tree::Value;
 use crate::config::values::{Finite, Fraction};

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
+use super::lower::Arity;
 use super::lower::Lower;
-use super::{Arity, LayerOp, parse_op};
+use super::{LayerOp, parse_op};
 use crate::graph::{Graph, Layer, Mode};
 
 use crate::config::model::{

@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::LayerSpec;
+use super::lower::LayerSpec;
 use crate::config::values::Positive;
 use crate::graph::Init;
 use crate::nn::Lower;

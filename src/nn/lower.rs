@@ -1,10 +1,27 @@
-//! What a layer op's lowering sees: the graph under construction, its own layer (for
+//! What every layer op implements ([`LayerSpec`]) and what its lowering sees ([`Lower`]): the graph under construction, its own layer (for
 //! parameter names), the batch size and the mode. Layer specs add parameters and primitive ops
 //! only through it.
+
+use serde::de::DeserializeOwned;
 
 use crate::graph::{Graph, Init, Mode};
 use crate::ops::{self, OpKind};
 use crate::tensor::{TensorId, TensorType};
+
+/// How many inputs a layer takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    One,
+    AtLeastTwo,
+}
+
+/// What every layer op implements.
+pub trait LayerSpec: DeserializeOwned + Clone + std::fmt::Debug {
+    const ARITY: Arity = Arity::One;
+    /// Adds the layer's parameters and primitive ops; returns its output. Errors are about
+    /// per-sample shapes (the batch dim is implied), in words a config author can act on.
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String>;
+}
 
 /// What a layer lowering sees: the graph, its own layer (for parameter names), the batch size.
 pub struct Lower<'a> {

@@ -15,9 +15,7 @@ mod pool;
 mod shape;
 
 pub use builder::{build, build_for, build_with_batch};
-pub use lower::Lower;
-
-use serde::de::DeserializeOwned;
+pub use lower::{Arity, LayerSpec, Lower};
 
 use crate::config::de::{field_names, from_value_in};
 use crate::config::model::{Named, quoted};
@@ -25,21 +23,6 @@ use crate::config::tree::Value;
 use crate::diag::Diagnostic;
 use crate::ops::UnaryFn;
 use crate::tensor::TensorId;
-
-/// How many inputs a layer takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arity {
-    One,
-    AtLeastTwo,
-}
-
-/// What every layer op implements.
-pub trait LayerSpec: DeserializeOwned + Clone + std::fmt::Debug {
-    const ARITY: Arity = Arity::One;
-    /// Adds the layer's parameters and primitive ops; returns its output. Errors are about
-    /// per-sample shapes (the batch dim is implied), in words a config author can act on.
-    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String>;
-}
 
 /// Defines `LayerOp` and `LAYER_OPS` from rows `"name" => Variant(AttributeStruct)`. The
 /// activations are the elementwise table's layer ops (`UnaryFn::LAYER_OPS`): a plain one needs

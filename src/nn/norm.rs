@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::LayerSpec;
+use super::lower::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
 use crate::graph::{Init, Mode};
 use crate::nn::Lower;

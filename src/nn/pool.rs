@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::LayerSpec;
+use super::lower::LayerSpec;
 use crate::config::values::{Count, Pair, Positive};
 use crate::nn::Lower;
 use crate::ops::{MeanAxes, OpKind, Pool2d, PoolKind};

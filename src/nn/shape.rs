@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use super::{Arity, LayerSpec};
+use super::lower::{Arity, LayerSpec};
 use crate::nn::Lower;
 use crate::ops::{Binary, BinaryFn, Concat, OpKind, Reshape, broadcast};
 use crate::tensor::TensorId;

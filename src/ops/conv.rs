@@ -5,11 +5,13 @@
 //! executor sizes from `Eval::scratch` (nothing allocated per call).
 
 mod direct;
+mod geom;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use self::direct::{GradWindows, PhaseGrad, WindowGrad, Windows, f32s, f32s_mut, is_f32};
+use self::geom::{Geom, Work, grad_weight_runs};
 
 use super::{
     Cost, Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
@@ -282,74 +284,6 @@ impl Primitive for Conv2dGradWeight {
     }
 }
 
-/// Sizes of one convolution, from the shapes of its input, output and kernel.
-#[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    stride: [usize; 2],
-    pad: [usize; 2],
-    dil: [usize; 2],
-    groups: usize,
-}
-
-impl Geom {
-    fn new(conv: &Conv2d, x: &[usize], y: &[usize], k: [usize; 2]) -> Geom {
-        Geom {
-            n: x[0],
-            c: x[1],
-            h: x[2],
-            w: x[3],
-            o: y[1],
-            kh: k[0],
-            kw: k[1],
-            oh: y[2],
-            ow: y[3],
-            stride: conv.stride,
-            pad: conv.padding,
-            dil: conv.dilation,
-            groups: conv.groups,
-        }
-    }
-    /// Input and output channels per group.
-    fn cg(&self) -> usize {
-        self.c / self.groups
-    }
-    fn og(&self) -> usize {
-        self.o / self.groups
-    }
-    /// Rows of the unfolded input: the GEMM's inner dim.
-    fn k(&self) -> usize {
-        self.cg() * self.kh * self.kw
-    }
-    /// Output pixels per image: the GEMM's columns.
-    fn p(&self) -> usize {
-        self.oh * self.ow
-    }
-    fn hw(&self) -> usize {
-        self.h * self.w
-    }
-    /// A 1x1, stride-1, unpadded conv reads the input as the unfolded matrix itself.
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0]
-    }
-    /// im2col scratch per image and group (none when pointwise).
-    fn cols_len(&self) -> usize {
-        if self.pointwise() {
-            0
-        } else {
-            self.k() * self.p()
-        }
-    }
-}
-
 /// Which GEMM kernels/conv.wgsl runs (its `MODE`).
 #[derive(Clone, Copy)]
 enum GpuMode {
@@ -505,30 +439,30 @@ fn col2im<T: Real>(g: &Geom, cols: &[T], x: &mut [T]) {
     }
 }
 
+/// A convolution's sizes from its attributes and the shapes of its input, output and kernel.
+impl Geom {
+    fn new(conv: &Conv2d, x: &[usize], y: &[usize], k: [usize; 2]) -> Geom {
+        Geom {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            o: y[1],
+            kh: k[0],
+            kw: k[1],
+            oh: y[2],
+            ow: y[3],
+            stride: conv.stride,
+            pad: conv.padding,
+            dil: conv.dilation,
+            groups: conv.groups,
+        }
+    }
+}
+
 /// Threads that share a launch's images: at most one per image.
 fn workers(items: usize, threads: usize) -> usize {
     threads.min(items).max(1)
-}
-
-/// How a convolution launch divides its workspace: the weights packed once (`packed`, shared),
-/// then `slots` private slots of `slot` elements, one per worker (an im2col buffer, and for the
-/// weight gradient the packed dy), after `accs` accumulators (the weight gradient's runs).
-#[derive(Clone, Copy, Debug)]
-struct Work {
-    packed: usize,
-    accs: usize,
-    slot: usize,
-}
-
-impl Work {
-    fn len(&self, slots: usize) -> usize {
-        self.packed + self.accs + slots * self.slot
-    }
-    /// Slots `available` elements hold, at least one (the `Io` allocates when a caller gave
-    /// less than one slot's worth) and at most `most`.
-    fn slots(&self, available: usize, most: usize) -> usize {
-        (available.saturating_sub(self.packed + self.accs) / self.slot).clamp(1, most.max(1))
-    }
 }
 
 /// The flipped geometry of a stride-1 convolution's input gradient: dx is the convolution of
@@ -768,16 +702,6 @@ impl Eval for Conv2dGradInput {
         };
         grad_input_work(&g).len(slots).max(direct)
     }
-}
-
-/// Runs of images whose weight gradients `Conv2dGradWeight` sums in parallel: fixed, so the
-/// order of the sum over images does not depend on the machine's thread count.
-const GRAD_WEIGHT_RUNS: usize = 16;
-
-/// (images per run, runs) of a weight gradient over `n` images.
-fn grad_weight_runs(n: usize) -> (usize, usize) {
-    let per = n.div_ceil(GRAD_WEIGHT_RUNS).max(1);
-    (per, n.div_ceil(per))
 }
 
 /// Workspace of a weight gradient: an accumulator per run, and per slot an im2col buffer and

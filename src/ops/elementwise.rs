@@ -15,7 +15,7 @@ use super::{
 
 use crate::kernel::cpu::{Io, Real};
 use crate::kernel::gpu::{Bind, Params, Shader, per_element};
-use crate::tensor::{TensorType, fmt_shape};
+use crate::tensor::{TensorId, TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Unary {
@@ -297,6 +297,16 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
         };
     }
     Ok(out)
+}
+
+/// Gradient helpers: a sum and a product of two gradients.
+impl VjpCx<'_> {
+    pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId, String> {
+        self.op(OpKind::Binary(Binary { f: BinaryFn::Add }), &[a, b])
+    }
+    pub fn mul(&mut self, a: TensorId, b: TensorId) -> Result<TensorId, String> {
+        self.op(OpKind::Binary(Binary { f: BinaryFn::Mul }), &[a, b])
+    }
 }
 
 #[cfg(test)]

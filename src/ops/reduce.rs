@@ -12,7 +12,7 @@ use super::{
 
 use crate::kernel::cpu::{Io, Real};
 use crate::kernel::gpu::{Bind, Params, grid, groups, section};
-use crate::tensor::{TensorType, fmt_shape};
+use crate::tensor::{TensorId, TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/reduce.wgsl");
 
@@ -552,6 +552,21 @@ impl Eval for SumTo {
                 }
             }
         }
+    }
+}
+
+impl VjpCx<'_> {
+    /// Sums a broadcast gradient back to `shape` (identity when already that shape).
+    pub fn sum_to(&mut self, t: TensorId, shape: &[usize]) -> Result<TensorId, String> {
+        if self.ty(t).shape == shape {
+            return Ok(t);
+        }
+        self.op(
+            OpKind::SumTo(SumTo {
+                shape: shape.to_vec(),
+            }),
+            &[t],
+        )
     }
 }
 

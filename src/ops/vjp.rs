@@ -2,7 +2,7 @@
 //! builds ordinary graph ops through a [`GraphSink`], which the autodiff pass implements over
 //! the graph, so ops depend on no graph type.
 
-use super::{Binary, BinaryFn, OpKind, SumTo};
+use super::OpKind;
 use crate::tensor::{TensorId, TensorType};
 
 /// What a vjp is given: the node's inputs and outputs, the gradient of each output (None where
@@ -34,7 +34,8 @@ pub trait GraphSink {
     fn ty(&self, t: TensorId) -> &TensorType;
 }
 
-/// How a vjp adds ops, with the helpers most gradients need.
+/// How a vjp adds ops. Helpers that build one op sit beside it (`add`, `mul` in elementwise.rs,
+/// `sum_to` in reduce.rs).
 pub struct VjpCx<'s> {
     sink: &'s mut dyn GraphSink,
 }
@@ -56,23 +57,5 @@ impl<'s> VjpCx<'s> {
     }
     pub fn ty(&self, t: TensorId) -> &TensorType {
         self.sink.ty(t)
-    }
-    /// Sums a broadcast gradient back to `shape` (identity when already that shape).
-    pub fn sum_to(&mut self, t: TensorId, shape: &[usize]) -> Result<TensorId, String> {
-        if self.ty(t).shape == shape {
-            return Ok(t);
-        }
-        self.op(
-            OpKind::SumTo(SumTo {
-                shape: shape.to_vec(),
-            }),
-            &[t],
-        )
-    }
-    pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId, String> {
-        self.op(OpKind::Binary(Binary { f: BinaryFn::Add }), &[a, b])
-    }
-    pub fn mul(&mut self, a: TensorId, b: TensorId) -> Result<TensorId, String> {
-        self.op(OpKind::Binary(Binary { f: BinaryFn::Mul }), &[a, b])
     }
 }

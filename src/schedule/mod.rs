@@ -25,9 +25,9 @@ mod search;
 
 pub use memory::{Region, Slot};
 pub use order::order;
-pub use plan::{Bytes, Flops, Launch, Plan, Stats};
+pub use plan::{Bytes, Flops, Launch, Plan, Stats, human};
 pub use recompute::Remat;
-pub use report::{human, report};
+pub use report::report;
 
 use crate::config::sections::Checkpointing;
 use crate::diag::Diagnostic;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::memory::{Layout, Region, Slot};
-use super::report::human;
 use crate::config::sections::Checkpointing;
 use crate::graph::{Graph, Phase};
 use crate::tensor::{NodeId, TensorId};
@@ -200,5 +199,21 @@ fn stats(g: &Graph, launches: &[Launch], layout: &Layout, policy: &Checkpointing
         recomputed_ops,
         flops,
         bytes,
+    }
+}
+
+/// Bytes as people read them: 1.5 GiB, 512 MiB.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
     }
 }

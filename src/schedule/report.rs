@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use super::plan::human;
 use super::{Plan, Region, Slot, Stats};
 use crate::graph::Phase;
 use crate::tensor::TensorId;
@@ -89,22 +90,6 @@ pub fn launches(name: &str, plan: &Plan) -> String {
         let _ = writeln!(out, "{}", fields.join(" "));
     }
     out
-}
-
-/// Bytes as people read them: 1.5 GiB, 512 MiB.
-pub fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 fn tensor(ty: &TensorType, slot: &Slot) -> String {

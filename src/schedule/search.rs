@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Plan;
+use super::plan::human;
 use super::recompute::{self, Remat, Saved, is_leaf};
-use super::report::human;
 use crate::diag::Diagnostic;
 use crate::graph::{Graph, Phase};
 use crate::ops::Cost;

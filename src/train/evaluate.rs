@@ -2,17 +2,19 @@
 //! dropout) at the evaluation batch size, planned and prepared on the run's backend. Validation,
 //! `trainer eval` and `trainer predict` all go through it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::backend::Exec;
 use crate::backend::gpu::Gpu;
-use crate::checkpoint::NamedTensor;
+use crate::checkpoint::{Checkpoint, NamedTensor};
 use crate::config::{Checkpointing, Config};
 use crate::data::{Loader, Split};
 use crate::diag::Diagnostic;
-use crate::graph::Mode;
+use crate::graph::summary::grouped;
+use crate::graph::{Mode, Param};
 use crate::nn::build_for;
-use crate::tensor::TensorId;
+use crate::tensor::{TensorId, fmt_shape};
 use crate::train::metrics::Evaluation;
 
 pub struct EvalModel<'g> {
@@ -38,6 +40,11 @@ impl<'g> EvalModel<'g> {
             batch,
             classes,
         })
+    }
+
+    /// The tensors a checkpoint must hold for this model (parameters and buffers), by name.
+    pub fn params(&self) -> &[Param] {
+        &self.exec.plan().graph.params
     }
 
     /// Sets every parameter and buffer of the model from `tensors`, by PyTorch name. Every one
@@ -80,25 +87,118 @@ impl<'g> EvalModel<'g> {
 }
 
 /// Sets every tensor of a prepared plan from `tensors`, by name; each must be there with its
-/// shape, and tensors the plan does not have are ignored.
+/// shape (`check_fits` says what differs when not), and tensors the plan does not have are
+/// ignored.
 pub fn load_named(exec: &mut Exec, tensors: &[&NamedTensor]) -> Result<(), String> {
     let params = exec.plan().graph.params.clone();
+    fits(&params, tensors, tensors.len())?;
     for (i, p) in params.iter().enumerate() {
         let t = tensors
             .iter()
             .find(|t| t.name == p.name)
             .ok_or_else(|| format!("the checkpoint has no tensor `{}`", p.name))?;
-        if t.shape != p.ty.shape {
-            return Err(format!(
-                "`{}` has shape {} in the checkpoint but {} in the model",
-                p.name,
-                crate::tensor::fmt_shape(&t.shape),
-                crate::tensor::fmt_shape(&p.ty.shape)
-            ));
-        }
         exec.set_param(i, &t.data)?;
     }
     Ok(())
+}
+
+/// Whether a checkpoint's tensors (weights, and optimizer state if `params` has any) fit
+/// `params`, a plan's tensors. When not, one line: a checkpoint of a different model (most
+/// weights missing) says so with both sizes and a few names on each side; otherwise the
+/// missing tensors, the ones the model lacks (a rename shows on both sides) and shape
+/// differences (a transposed weight).
+pub fn check_fits(params: &[Param], ckpt: &Checkpoint) -> Result<(), String> {
+    let tensors: Vec<&NamedTensor> = ckpt.weights.iter().chain(&ckpt.optimizer).collect();
+    fits(params, &tensors, ckpt.weights.len())
+}
+
+/// `check_fits` over a flat list whose first `weights` tensors are the model's (the rest
+/// optimizer state).
+fn fits(params: &[Param], tensors: &[&NamedTensor], weights: usize) -> Result<(), String> {
+    let by_name: HashMap<&str, &NamedTensor> =
+        tensors.iter().map(|t| (t.name.as_str(), *t)).collect();
+    let mut missing: Vec<&str> = Vec::new();
+    let mut reshaped: Vec<String> = Vec::new();
+    for p in params {
+        match by_name.get(p.name.as_str()) {
+            None => missing.push(&p.name),
+            Some(t) if t.shape != p.ty.shape => reshaped.push(format!(
+                "`{}` has shape {} in the checkpoint but {} in the model",
+                p.name,
+                fmt_shape(&t.shape),
+                fmt_shape(&p.ty.shape)
+            )),
+            Some(_) => {}
+        }
+    }
+    if missing.is_empty() && reshaped.is_empty() {
+        return Ok(());
+    }
+    let known: HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    let extra: Vec<&str> = tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !known.contains(n))
+        .collect();
+    // A different model, rather than a changed one, when most of the weights are not there
+    // as they are in the model (optimizer state aside: a changed optimizer is not a new model).
+    let model: Vec<&Param> = params.iter().filter(|p| p.optimizer_of.is_none()).collect();
+    let model_matched = model
+        .iter()
+        .filter(|p| {
+            by_name
+                .get(p.name.as_str())
+                .is_some_and(|t| t.shape == p.ty.shape)
+        })
+        .count();
+    let mut problems: Vec<String> = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("it has no {}", names(&missing)));
+    }
+    if !extra.is_empty() && (!missing.is_empty() || !reshaped.is_empty()) {
+        // Beside missing names, a rename shows here.
+        problems.push(format!(
+            "it has {}, which the model does not",
+            names(&extra)
+        ));
+    }
+    let shapes = reshaped.len();
+    problems.extend(reshaped.into_iter().take(SHAPES_SHOWN));
+    if shapes > SHAPES_SHOWN {
+        problems.push(format!("{} more differ in shape", shapes - SHAPES_SHOWN));
+    }
+    if model_matched * 2 < model.len() {
+        let size = |shapes: &mut dyn Iterator<Item = &Vec<usize>>| -> u64 {
+            shapes.map(|s| s.iter().product::<usize>() as u64).sum()
+        };
+        let ckpt_weights = &tensors[..weights.min(tensors.len())];
+        return Err(format!(
+            "belongs to a different model: it holds {} tensors ({} parameters), this model {} ({}); {}",
+            ckpt_weights.len(),
+            grouped(size(&mut ckpt_weights.iter().map(|t| &t.shape))),
+            model.len(),
+            grouped(size(&mut model.iter().map(|p| &p.ty.shape))),
+            problems.join("; ")
+        ));
+    }
+    Err(format!("does not fit this model: {}", problems.join("; ")))
+}
+
+/// Names quoted in a mismatch message before "(+N more)", and shape differences shown.
+const NAMES_SHOWN: usize = 3;
+const SHAPES_SHOWN: usize = 2;
+
+/// "`a`, `b`, `c` (+4 more)".
+fn names(list: &[&str]) -> String {
+    let shown: Vec<String> = list
+        .iter()
+        .take(NAMES_SHOWN)
+        .map(|n| format!("`{n}`"))
+        .collect();
+    match list.len() - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{} (+{more} more)", shown.join(", ")),
+    }
 }
 
 /// Every parameter, buffer and optimizer state tensor of a prepared plan, with its name.

@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use crate::backend::gpu::Gpu;
 use crate::backend::{Exec, PrepareError};
-use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Store, TrainState};
+use crate::checkpoint::{Checkpoint, FORMAT_VERSION, NamedTensor, Part, Store, TrainState};
 use crate::config::{Config, OnNonfinite, parse_every};
 use crate::data::{self, Batch, Loader, Splits};
 use crate::graph::Mode;
 use crate::nn::build_for;
 use crate::tensor::{StepCtx, TensorId};
-use crate::train::evaluate::{EvalModel, load_named, named_tensors};
+use crate::train::evaluate::{EvalModel, check_fits, load_named, named_tensors};
 use crate::train::logger::Logger;
 use crate::train::metrics::{Evaluation, Running};
 use crate::train::progress::Progress;
@@ -96,7 +96,7 @@ pub fn fit(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions) -> Result<FitRepo
         mut state,
     } = prepare(cfg, gpu, opts)?;
     signals::install().map_err(FitError::Runtime)?;
-    signals::clear();
+    let _watching = signals::watch(&run.path, &run.checkpoints());
     let mut sinks = steps.open_sinks(&run, &state, &models.exec.device(), resumed)?;
     let mut loader = steps.loader_at(&state)?;
     let result = steps.run(&mut models, &mut loader, &mut state, &mut sinks);
@@ -148,6 +148,7 @@ fn prepare<'a, 'g>(
     };
     let steps = Loop {
         cfg,
+        run_dir: run.path.clone(),
         splits,
         store,
         schedule,
@@ -185,7 +186,7 @@ impl RunOrigin {
             None => (None, new_manifest(cfg, gpu, opts, &resolved)),
         };
         if manifest.device != device_name(gpu) {
-            eprintln!(
+            crate::errln!(
                 "warning: this run started on {} and continues on {}: it stays correct but is no longer bit-identical to an uninterrupted run",
                 manifest.device,
                 device_name(gpu)
@@ -203,7 +204,8 @@ impl RunOrigin {
         match self.resumed {
             Some(run) => Ok(run),
             None => {
-                let path = run_dir::new_path(cfg, opts.run_dir.as_deref());
+                let path =
+                    run_dir::new_path(cfg, opts.run_dir.as_deref()).map_err(FitError::User)?;
                 run_dir::create(&path, &self.resolved, &self.manifest).map_err(FitError::User)
             }
         }
@@ -328,27 +330,34 @@ fn first_state(cfg: &Config, run: &RunDir, schedule: &LrSchedule) -> TrainState 
     }
 }
 
-/// Loads the latest good checkpoint of `run` into `exec` (weights, buffers and optimizer
-/// state: every tensor of the training plan) and returns its state.
+/// Loads the checkpoint of `run` to continue from into `exec` (weights, buffers and optimizer
+/// state: every tensor of the training plan) and returns its state: `latest`, else the newest
+/// checkpoint that verifies and fits the plan (`Store::resolve`), with a warning for each one
+/// passed over.
 fn resume_state(store: &Store, run: &RunDir, exec: &mut Exec) -> Result<TrainState, FitError> {
-    let (ckpt, warnings) = store
-        .load_latest()
+    let found = store
+        .resolve(Part::Whole, &mut |c| {
+            check_fits(&exec.plan().graph.params, c)
+        })
         .map_err(|e| FitError::User(e.to_string()))?;
-    for w in warnings {
-        eprintln!("warning: {w}");
+    for w in &found.warnings {
+        crate::errln!("warning: {w}");
     }
+    let ckpt = found.checkpoint;
     let saved: Vec<&NamedTensor> = ckpt.weights.iter().chain(&ckpt.optimizer).collect();
-    load_named(exec, &saved).map_err(FitError::User)?;
+    load_named(exec, &saved)
+        .map_err(|e| FitError::User(format!("{}: {e}", found.path.display())))?;
     let state = TrainState {
         config_hash: run.config_hash.clone(),
         ..ckpt.state
     };
-    eprintln!(
-        "resuming {} at step {} (epoch {}, batch {})",
+    crate::errln!(
+        "resuming {} at step {} (epoch {}, batch {}) from {}",
         run.path.display(),
         state.step,
         state.epoch + 1,
-        state.batch_in_epoch
+        state.batch_in_epoch,
+        found.path.display()
     );
     Ok(state)
 }
@@ -360,6 +369,8 @@ const MAX_SKIPPED_IN_A_ROW: usize = 20;
 /// What the loop reads but never changes.
 struct Loop<'a> {
     cfg: &'a Config,
+    /// For messages: where the run is, to resume it.
+    run_dir: PathBuf,
     splits: Splits,
     store: Store,
     schedule: LrSchedule,
@@ -404,7 +415,7 @@ impl Sinks {
         } = self;
         progress.finish();
         for w in logger.finish() {
-            eprintln!("warning: {w}");
+            crate::errln!("warning: {w}");
         }
         history
     }
@@ -439,7 +450,6 @@ struct Books {
     epoch: Running,
     window_start: Instant,
     window_images: usize,
-    img_per_s: f64,
     skipped_in_a_row: usize,
 }
 
@@ -463,6 +473,7 @@ impl Loop<'_> {
             cfg.log.progress,
             self.total_steps as usize,
             self.steps_per_epoch as usize,
+            state.step as usize,
         );
         if resumed {
             logger.session_start(state.step);
@@ -526,9 +537,9 @@ impl Loop<'_> {
             epoch: Running::new(),
             window_start: Instant::now(),
             window_images: 0,
-            img_per_s: 0.0,
             skipped_in_a_row: 0,
         };
+        let slow_step = signals::test_slow_step().map_err(FitError::User)?;
         let mut queued: VecDeque<Queued> = VecDeque::new();
         // Capture k of this executor is step `first + k + 1`.
         let first = state.step;
@@ -544,6 +555,9 @@ impl Loop<'_> {
                 seed: state.seed,
             };
             self.launch(&mut models.exec, &batch, ctx, &reads)?;
+            if let Some(d) = slow_step {
+                std::thread::sleep(d);
+            }
             issued += 1;
             let epoch_done = batch.index as u64 + 1 == self.steps_per_epoch;
             let last = issued == self.total_steps;
@@ -608,8 +622,9 @@ impl Loop<'_> {
             }
             if stop {
                 sinks.progress.message(&format!(
-                    "stopped at step {}: checkpoint saved; continue with `trainer resume`",
-                    state.step
+                    "stopped at step {}: checkpoint saved; continue with `trainer resume {}`",
+                    state.step,
+                    self.run_dir.display()
                 ));
                 return Ok(false);
             }
@@ -701,12 +716,12 @@ impl Loop<'_> {
         let mut row: Vec<(&str, f64)> = Vec::new();
         if state.step.is_multiple_of(every) || last {
             let secs = books.window_start.elapsed().as_secs_f64();
-            books.img_per_s = books.window_images as f64 / secs.max(1e-9);
+            let img_per_s = books.window_images as f64 / secs.max(1e-9);
             row.push(("train/loss", books.window.mean_loss().unwrap_or(loss)));
             if let Some(a) = books.window.accuracy().filter(|_| self.classify) {
                 row.push(("train/accuracy", a));
             }
-            row.extend([("lr", lr), ("img_per_s", books.img_per_s)]);
+            row.extend([("lr", lr), ("img_per_s", img_per_s)]);
             books.window.reset();
             books.window_start = Instant::now();
             books.window_images = 0;
@@ -716,7 +731,7 @@ impl Loop<'_> {
             state.epoch as usize + 1,
             books.epoch.mean_loss().unwrap_or(loss),
             books.epoch.accuracy().filter(|_| self.classify),
-            books.img_per_s,
+            q.len,
         );
 
         let mut best = false;
@@ -852,7 +867,8 @@ fn checkpoint_of(exec: &Exec, state: &TrainState) -> Result<Checkpoint, String> 
 }
 
 fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manifest), FitError> {
-    let (old, manifest) = run_dir::open(dir).map_err(FitError::User)?;
+    // Locked first: nothing of the run is read while another process may be writing it.
+    let (lock, old, manifest) = run_dir::open(dir).map_err(FitError::User)?;
     let diff = run_dir::differences(&old, resolved).map_err(FitError::User)?;
     if !diff.is_empty() {
         if !force {
@@ -864,7 +880,7 @@ fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manife
                 dir.display()
             )));
         }
-        eprintln!(
+        crate::errln!(
             "warning: --force: continuing with a config that differs in:\n  {}",
             diff.join("\n  ")
         );
@@ -873,6 +889,7 @@ fn resume_dir(dir: &Path, resolved: &str, force: bool) -> Result<(RunDir, Manife
         RunDir {
             path: dir.to_path_buf(),
             config_hash: run_dir::hash(resolved),
+            lock,
         },
         manifest,
     ))

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::backend::gpu::Gpu;
-use crate::checkpoint::{NamedTensor, Store, load_weights};
+use crate::checkpoint::{self, Part};
 use crate::config::Config;
-use crate::train::evaluate::EvalModel;
+use crate::train::evaluate::{EvalModel, check_fits};
 use crate::train::metrics::top_k;
 
 #[derive(Debug, Serialize)]
@@ -77,34 +77,28 @@ impl EvalReport {
     }
 }
 
-/// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file.
-pub fn checkpoint_weights(path: &Path) -> Result<(PathBuf, Vec<NamedTensor>), String> {
-    let dir = path.join("checkpoints");
-    let at = if dir.is_dir() {
-        Store::new(&dir, 0)
-            .latest_dir()
-            .ok_or_else(|| format!("the run {} has no checkpoint yet", path.display()))?
-    } else {
-        path.to_path_buf()
-    };
-    let weights = load_weights(&at).map_err(|e| e.to_string())?;
-    Ok((at, weights))
-}
-
+/// The model of `cfg` with the weights of the checkpoint `path` stands for (a run directory,
+/// its checkpoints/, one checkpoint directory or a .safetensors file), found by
+/// `checkpoint::resolve`: a checkpoint this model cannot take is passed over like a corrupt
+/// one, and each one passed over is a warning on stderr. Returns the checkpoint used.
 fn model<'g>(
     cfg: &Config,
     gpu: Option<&'g Gpu>,
-    checkpoint: &Path,
+    path: &Path,
 ) -> Result<(EvalModel<'g>, PathBuf), String> {
     let batch = cfg
         .data
         .eval_batch_size
         .map_or(cfg.data.batch_size.0, |b| b.0);
     let mut m = EvalModel::new(cfg, gpu, batch).map_err(|d| d.message)?;
-    let (at, weights) = checkpoint_weights(checkpoint)?;
-    m.load(&weights)
-        .map_err(|e| format!("{}: {e}", at.display()))?;
-    Ok((m, at))
+    let found = checkpoint::resolve(path, Part::Weights, &mut |c| check_fits(m.params(), c))
+        .map_err(|e| e.to_string())?;
+    for w in &found.warnings {
+        crate::errln!("warning: {w}");
+    }
+    m.load(&found.checkpoint.weights)
+        .map_err(|e| format!("{}: {e}", found.path.display()))?;
+    Ok((m, found.path))
 }
 
 pub fn evaluate(

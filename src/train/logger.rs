@@ -79,7 +79,7 @@ impl Logger {
             },
             Err(e) => {
                 let w = format!("warning: logging is off: cannot start the logger thread: {e}");
-                eprintln!("{w}");
+                crate::errln!("{w}");
                 Logger {
                     tx: None,
                     thread: None,
@@ -167,7 +167,7 @@ struct Sinks {
 
 impl Sinks {
     fn warn(&mut self, w: String) {
-        eprintln!("warning: {w}");
+        crate::errln!("warning: {w}");
         self.warnings.push(w);
     }
 

@@ -12,5 +12,6 @@ pub mod logger;
 pub mod metrics;
 pub mod progress;
 pub mod run_dir;
+pub mod run_lock;
 pub mod schedule;
 pub mod signals;

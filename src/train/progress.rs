@@ -4,6 +4,9 @@
 //! of carriage-return fragments; so off a terminal we print one self-contained line at most
 //! every N seconds (10 by default, `TRAINER_PROGRESS_SECS` overrides), which greps and tails
 //! well: `epoch 3/15 step 1200/7020 loss 0.3121 acc 88.4% 2410 img/s eta 4m12s`.
+//!
+//! Speed and ETA are this process's own ([`Pace`]): the steps it ran over the time since it
+//! started, so a resumed run's steps before the restart never count as done in no time.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Progress as Mode;
+use crate::errln;
 
 /// Default seconds between two plain lines.
 const PLAIN_EVERY_SECS: f64 = 10.0;
@@ -20,9 +24,7 @@ pub struct Progress {
     display: Display,
     total_steps: usize,
     total_epochs: usize,
-    /// The first update's time and step: the ETA is measured from there, so a resumed run
-    /// does not count the steps of the process before it as done in no time.
-    origin: Option<(Instant, usize)>,
+    pace: Pace,
 }
 
 enum Display {
@@ -39,12 +41,34 @@ enum Display {
 impl Progress {
     /// `mode`: auto and bar draw a bar on a terminal (stderr); auto and plain print lines off
     /// one. Bar off a terminal falls back to plain lines (a bar cannot be drawn there, and
-    /// silence would hide a hung run); plain on a terminal stays plain.
-    pub fn new(mode: Mode, total_steps: usize, steps_per_epoch: usize) -> Progress {
+    /// silence would hide a hung run); plain on a terminal stays plain. `start_step`: the
+    /// steps done before this process (a resumed run's checkpoint), 0 for a new run.
+    pub fn new(
+        mode: Mode,
+        total_steps: usize,
+        steps_per_epoch: usize,
+        start_step: usize,
+    ) -> Progress {
+        Progress::starting_at(
+            Instant::now(),
+            mode,
+            total_steps,
+            steps_per_epoch,
+            start_step,
+        )
+    }
+
+    fn starting_at(
+        now: Instant,
+        mode: Mode,
+        total_steps: usize,
+        steps_per_epoch: usize,
+        start_step: usize,
+    ) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let display = match mode {
             Mode::Off => Display::Off,
-            Mode::Auto | Mode::Bar if terminal => Display::Bar(bar(total_steps)),
+            Mode::Auto | Mode::Bar if terminal => Display::Bar(bar(total_steps, start_step)),
             Mode::Auto | Mode::Bar | Mode::Plain => Display::Plain {
                 every: plain_interval(std::env::var("TRAINER_PROGRESS_SECS").ok().as_deref()),
                 last_print: None,
@@ -55,43 +79,29 @@ impl Progress {
             display,
             total_steps,
             total_epochs: total_steps.div_ceil(steps_per_epoch.max(1)),
-            origin: None,
+            pace: Pace::new(now, start_step),
         }
     }
 
-    /// `step`: optimizer steps done (1 after the first); `epoch`: the epoch running,
-    /// 1-based; `accuracy` in [0, 1], None for losses without one (mse).
+    /// One step done. `step`: optimizer steps done (1 after the first); `epoch`: the epoch
+    /// running, 1-based; `accuracy` in [0, 1], None for losses without one (mse); `images`:
+    /// the step's batch.
     pub fn update(
         &mut self,
         step: usize,
         epoch: usize,
         loss: f64,
         accuracy: Option<f64>,
-        img_per_s: f64,
+        images: usize,
     ) {
         let now = Instant::now();
-        let (t0, s0) = *self.origin.get_or_insert((now, step));
-        let eta = eta(
-            now - t0,
-            step.saturating_sub(s0),
-            self.total_steps.saturating_sub(step),
-        );
-        let s = Status {
-            epoch,
-            epochs: self.total_epochs,
-            step,
-            steps: self.total_steps,
-            loss,
-            accuracy,
-            img_per_s,
-            eta,
-        };
+        let s = self.status(now, step, epoch, loss, accuracy, images);
         match &mut self.display {
             Display::Off => {}
             Display::Bar(bar) => {
                 bar.set_position(step as u64);
                 bar.set_prefix(format!("{epoch}/{}", self.total_epochs));
-                bar.set_message(metrics(&s));
+                bar.set_message(format!("{} eta {}", metrics(&s), eta_text(&s)));
             }
             Display::Plain {
                 every,
@@ -100,7 +110,7 @@ impl Progress {
             } => {
                 let line = format_line(&s);
                 if last_print.is_none_or(|t| now - t >= *every) {
-                    eprintln!("{line}");
+                    errln!("{line}");
                     *last_print = Some(now);
                     *pending = None;
                 } else {
@@ -115,7 +125,7 @@ impl Progress {
     pub fn message(&self, text: &str) {
         match &self.display {
             Display::Bar(bar) => bar.println(text),
-            _ => eprintln!("{text}"),
+            _ => errln!("{text}"),
         }
     }
 
@@ -126,7 +136,7 @@ impl Progress {
             Display::Bar(bar) => bar.abandon(),
             Display::Plain { pending, .. } => {
                 if let Some(line) = pending.take() {
-                    eprintln!("{line}");
+                    errln!("{line}");
                 }
             }
             Display::Off => {}
@@ -134,14 +144,15 @@ impl Progress {
     }
 }
 
-fn bar(total_steps: usize) -> ProgressBar {
+/// The bar starts at `start_step`. Its ETA is ours (in the message): indicatif's own would
+/// take a resumed run's jump from 0 to `start_step` as speed.
+fn bar(total_steps: usize, start_step: usize) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::stderr());
     // The template is a constant; if indicatif ever refused it, its default style is fine.
-    if let Ok(style) =
-        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
+    bar.set_position(start_step as u64);
     bar
 }
 
@@ -161,8 +172,68 @@ pub struct Status {
     pub steps: usize,
     pub loss: f64,
     pub accuracy: Option<f64>,
-    pub img_per_s: f64,
+    /// None until a step of this process is done.
+    pub img_per_s: Option<f64>,
     pub eta: Option<Duration>,
+}
+
+impl Progress {
+    /// The line's figures at `now`, after the step `step` of `images` images.
+    fn status(
+        &mut self,
+        now: Instant,
+        step: usize,
+        epoch: usize,
+        loss: f64,
+        accuracy: Option<f64>,
+        images: usize,
+    ) -> Status {
+        self.pace.images += images as u64;
+        Status {
+            epoch,
+            epochs: self.total_epochs,
+            step,
+            steps: self.total_steps,
+            loss,
+            accuracy,
+            img_per_s: self.pace.img_per_s(now),
+            eta: self.pace.eta(now, step, self.total_steps),
+        }
+    }
+}
+
+/// This process's pace: the steps and images it ran since it started.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    start: Instant,
+    start_step: usize,
+    images: u64,
+}
+
+impl Pace {
+    /// At `start`, `start_step` steps were done (by this process's predecessors).
+    pub fn new(start: Instant, start_step: usize) -> Pace {
+        Pace {
+            start,
+            start_step,
+            images: 0,
+        }
+    }
+
+    /// Images a second since the start; None before any image (or any time) has passed.
+    pub fn img_per_s(&self, now: Instant) -> Option<f64> {
+        let secs = now.saturating_duration_since(self.start).as_secs_f64();
+        (self.images > 0 && secs > 0.0).then(|| self.images as f64 / secs)
+    }
+
+    /// The time left at this pace, with `step` of `total` steps done.
+    pub fn eta(&self, now: Instant, step: usize, total: usize) -> Option<Duration> {
+        eta(
+            now.saturating_duration_since(self.start),
+            step.saturating_sub(self.start_step),
+            total.saturating_sub(step),
+        )
+    }
 }
 
 /// The ETA from the pace so far: `elapsed / done × remaining` (None before a step is done).
@@ -182,16 +253,24 @@ pub fn format_line(s: &Status) -> String {
         s.step,
         s.steps,
         metrics(s),
-        s.eta.map_or("?".into(), format_eta)
+        eta_text(s)
     )
 }
 
-/// `loss 0.3121 acc 88.4% 2410 img/s` (no `acc` without an accuracy).
+/// `loss 0.3121 acc 88.4% 2410 img/s` (no `acc` without an accuracy, no speed before it is
+/// known).
 fn metrics(s: &Status) -> String {
     let acc = s
         .accuracy
         .map_or(String::new(), |a| format!(" acc {:.1}%", a * 100.0));
-    format!("loss {:.4}{acc} {:.0} img/s", s.loss, s.img_per_s)
+    let speed = s
+        .img_per_s
+        .map_or(String::new(), |r| format!(" {r:.0} img/s"));
+    format!("loss {:.4}{acc}{speed}", s.loss)
+}
+
+fn eta_text(s: &Status) -> String {
+    s.eta.map_or("?".into(), format_eta)
 }
 
 /// Two units, largest first: `42s`, `4m12s`, `3h07m`, `2d05h`.
@@ -222,7 +301,7 @@ mod tests {
             steps: 7020,
             loss: 0.31214,
             accuracy: Some(0.8841),
-            img_per_s: 2410.4,
+            img_per_s: Some(2410.4),
             eta: Some(Duration::from_secs(252)),
         };
         assert_eq!(
@@ -239,6 +318,12 @@ mod tests {
             format_line(&s),
             "epoch 3/15 step 1200/7020 loss NaN 2410 img/s eta ?"
         );
+        // No speed before it is known: never "0 img/s".
+        let s = Status {
+            img_per_s: None,
+            ..s
+        };
+        assert_eq!(format_line(&s), "epoch 3/15 step 1200/7020 loss NaN eta ?");
     }
 
     #[test]
@@ -274,7 +359,52 @@ mod tests {
 
     #[test]
     fn epochs_round_up() {
-        let p = Progress::new(Mode::Off, 7020, 468);
+        let p = Progress::new(Mode::Off, 7020, 468, 0);
         assert_eq!(p.total_epochs, 15);
+    }
+
+    /// The lines of a run, with a fake clock: `updates` are (seconds since the process
+    /// started, step, images of that step).
+    fn lines(start_step: usize, total: usize, updates: &[(f64, usize, usize)]) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut p = Progress::starting_at(t0, Mode::Off, total, 100, start_step);
+        updates
+            .iter()
+            .map(|&(secs, step, images)| {
+                let now = t0 + Duration::from_secs_f64(secs);
+                let epoch = step / 100 + 1;
+                format_line(&p.status(now, step, epoch, 0.5, None, images))
+            })
+            .collect()
+    }
+
+    /// The first line already has the speed of the first step, not "0 img/s".
+    #[test]
+    fn speed_is_known_from_the_first_step() {
+        let l = lines(0, 1000, &[(0.5, 1, 64), (1.0, 2, 64)]);
+        assert_eq!(
+            l[0],
+            "epoch 1/10 step 1/1000 loss 0.5000 128 img/s eta 8m20s"
+        );
+        assert_eq!(
+            l[1],
+            "epoch 1/10 step 2/1000 loss 0.5000 128 img/s eta 8m19s"
+        );
+    }
+
+    /// A process resumed at step 5000 counts only its own steps over its own time: 10 steps
+    /// in 2 s leave 4990 steps, 998 s; the steps before the restart are not "done in no
+    /// time" (which would say a few seconds).
+    #[test]
+    fn after_a_resume_the_pace_is_this_process_own() {
+        let l = lines(5000, 10000, &[(0.2, 5001, 128), (2.0, 5010, 9 * 128)]);
+        assert_eq!(
+            l[0],
+            "epoch 51/100 step 5001/10000 loss 0.5000 640 img/s eta 16m40s"
+        );
+        assert_eq!(
+            l[1],
+            "epoch 51/100 step 5010/10000 loss 0.5000 640 img/s eta 16m38s"
+        );
     }
 }

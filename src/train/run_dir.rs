@@ -1,12 +1,16 @@
 //! The run directory: `runs/<name>/<YYYYmmdd-HHMMSS>/` (or `--run-dir DIR`) holds
 //! `config.resolved.toml` with its SHA-256, `manifest.json` (who ran what, where), `metrics.csv`,
-//! TensorBoard event files and `checkpoints/`. A resumed run writes into the same directory.
+//! TensorBoard event files, `checkpoints/` and `run.lock` (see `run_lock`: one writer at a
+//! time). A resumed run writes into the same directory.
 
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::train::run_lock::RunLock;
 
 pub const RESOLVED: &str = "config.resolved.toml";
 pub const MANIFEST: &str = "manifest.json";
@@ -28,10 +32,11 @@ pub struct Manifest {
     pub started: String,
 }
 
-/// A run directory being written.
+/// A run directory being written, locked against a second writer for as long as this lives.
 pub struct RunDir {
     pub path: PathBuf,
     pub config_hash: String,
+    pub lock: RunLock,
 }
 
 impl RunDir {
@@ -45,26 +50,36 @@ pub fn hash(resolved: &str) -> String {
     crate::checkpoint::sha256_hex(resolved.as_bytes())
 }
 
-/// Picks the directory of a new run: `explicit`, or `<log.dir>/<run.name>/<local time>`, with a
-/// `-2`, `-3`... suffix when two runs start in the same second.
-pub fn new_path(cfg: &Config, explicit: Option<&Path>) -> PathBuf {
+/// The directory of a new run: `explicit`, or `<log.dir>/<run.name>/<local time>`, with a
+/// `-2`, `-3`... suffix when two runs start in the same second. A generated directory is
+/// created here, by a `create_dir` that fails if it exists, so two runs never pick one.
+pub fn new_path(cfg: &Config, explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = explicit {
-        return p.to_path_buf();
+        return Ok(p.to_path_buf());
     }
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
     let base = Path::new(&cfg.log.dir).join(&cfg.run.name);
+    fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
     let mut path = base.join(&stamp);
-    let mut n = 2;
-    while path.exists() {
-        path = base.join(format!("{stamp}-{n}"));
-        n += 1;
+    for n in 2.. {
+        match fs::create_dir(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                path = base.join(format!("{stamp}-{n}"));
+            }
+            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            Ok(()) => break,
+        }
     }
-    path
+    Ok(path)
 }
 
-/// Creates the run directory and writes the resolved config and the manifest. An explicit
-/// directory that already holds a run is refused (resume it instead).
+/// Creates the run directory, locks it and writes the resolved config and the manifest. A
+/// directory another process is writing is refused with its pid; one that already holds a
+/// run is refused too (resume it instead).
 pub fn create(path: &Path, resolved: &str, manifest: &Manifest) -> Result<RunDir, String> {
+    let io = |what: &str, e: io::Error| format!("cannot {what} {}: {e}", path.display());
+    fs::create_dir_all(path).map_err(|e| io("create", e))?;
+    let lock = RunLock::acquire(path)?;
     if path.join(RESOLVED).exists() {
         return Err(format!(
             "{} already holds a run; continue it with `trainer resume {}` or choose another --run-dir",
@@ -72,14 +87,14 @@ pub fn create(path: &Path, resolved: &str, manifest: &Manifest) -> Result<RunDir
             path.display()
         ));
     }
-    let io = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
-    std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| io("create", e))?;
+    fs::create_dir_all(path.join("checkpoints")).map_err(|e| io("create", e))?;
     crate::checkpoint::write_file(&path.join(RESOLVED), resolved.as_bytes())
         .map_err(|e| e.to_string())?;
     write_manifest(path, manifest)?;
     Ok(RunDir {
         path: path.to_path_buf(),
         config_hash: hash(resolved),
+        lock,
     })
 }
 
@@ -88,20 +103,27 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), String> {
     crate::checkpoint::write_file(&dir.join(MANIFEST), text.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// An existing run: its resolved config text and manifest.
-pub fn open(path: &Path) -> Result<(String, Manifest), String> {
+/// An existing run, locked for writing (a run another process is writing is refused with its
+/// pid): its lock, resolved config text and manifest.
+pub fn open(path: &Path) -> Result<(RunLock, String, Manifest), String> {
+    let not_run = |e: String| format!("{} is not a run directory: {e}", path.display());
+    // Checked before locking, so a directory that is no run gets no lock file.
+    let resolved_path = path.join(RESOLVED);
+    if !resolved_path.is_file() {
+        return Err(not_run(format!(
+            "{RESOLVED} is missing or not a regular file"
+        )));
+    }
+    let lock = RunLock::acquire(path)?;
     let read = |name: &str| {
-        std::fs::read_to_string(path.join(name)).map_err(|e| {
-            format!(
-                "{} is not a run directory: cannot read {name}: {e}",
-                path.display()
-            )
-        })
+        let bytes = crate::checkpoint::read_regular(&path.join(name))
+            .map_err(|e| not_run(e.to_string()))?;
+        String::from_utf8(bytes).map_err(|e| not_run(format!("{name}: {e}")))
     };
     let resolved = read(RESOLVED)?;
     let manifest = serde_json::from_str(&read(MANIFEST)?)
         .map_err(|e| format!("{}: {e}", path.join(MANIFEST).display()))?;
-    Ok((resolved, manifest))
+    Ok((lock, resolved, manifest))
 }
 
 /// The keys whose values differ between two resolved configs, as `key: old → new` lines.

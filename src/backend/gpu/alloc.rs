@@ -53,7 +53,7 @@ pub(super) fn regions(gpu: &Gpu, plan: &Plan) -> Result<Vec<wgpu::Buffer>, GpuEr
             ask = gpu.limits.max_buffer_size.saturating_add(4);
         }
         let label = format!("{r:?}");
-        match gpu.scoped_raw(|| super::exec::storage_buffer(gpu, &label, ask)) {
+        match gpu.scoped_raw(|| storage_buffer(gpu, &label, ask)) {
             Ok(b) => buffers.push(b),
             Err(e) => {
                 let what = match e {
@@ -68,11 +68,24 @@ pub(super) fn regions(gpu: &Gpu, plan: &Plan) -> Result<Vec<wgpu::Buffer>, GpuEr
                     "{what}: allocating the {r:?} region ({}), {} asked: {}{injected}\n{}\nto fit: {ADVICE}",
                     holds(r),
                     human(ask),
-                    super::error_text(&e),
+                    super::error::error_text(&e),
                     summary()
                 )));
             }
         }
     }
     Ok(buffers)
+}
+
+/// A storage buffer that kernels bind and the host copies to and from.
+pub(super) fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        // A zero-sized buffer cannot be bound; every binding is at least 4 bytes.
+        size: bytes.max(4).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
 }

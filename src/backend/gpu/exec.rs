@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 use std::ops::Range;
 
-use super::alloc::REGIONS;
+use super::alloc::{REGIONS, storage_buffer};
 use super::fault::Fault;
 use super::{Gpu, GpuError, submit};
+use crate::backend::Captured;
 use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Shader};
 use crate::ops::OpKind;
 use crate::schedule::{Plan, Region, Slot};
@@ -99,6 +100,7 @@ impl Kernels {
                 // SAFETY: every kernel guards its indices against the sizes in its `Params`,
                 // which `bind` checked against the bound ranges; the test suite builds every
                 // kernel with checks on (TRAINER_SHADER_CHECKS=1). Checks cost up to 48x.
+                #[allow(unsafe_code)]
                 unsafe {
                     gpu.device
                         .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
@@ -245,18 +247,6 @@ fn step_bytes(ctx: StepCtx) -> [u32; 4] {
         ctx.seed as u32,
         (ctx.seed >> 32) as u32,
     ]
-}
-
-pub(super) fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        // A zero-sized buffer cannot be bound; every binding is at least 4 bytes.
-        size: bytes.max(4).next_multiple_of(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }
 
 /// Copies `len` floats from `buffer` at `offset` to the host (blocking: tests, checkpoints).
@@ -455,8 +445,51 @@ impl<'g> GpuExec<'g> {
         Ok(exec)
     }
 
-    pub(super) fn gpu(&self) -> &'g Gpu {
-        self.gpu
+    /// Queues a copy of `ts` behind the last step without waiting (readback.rs and
+    /// `Exec::capture`). The first call sets the tensors; another set needs a drain first.
+    pub fn capture(&mut self, ts: &[TensorId]) -> Result<(), GpuError> {
+        if !self.readback.copies(ts) {
+            let sources = ts
+                .iter()
+                .map(|&t| {
+                    self.source(t).ok_or_else(|| {
+                        GpuError::Plan(format!("capture: tensor {t:?} is not kept by the plan"))
+                    })
+                })
+                .collect::<Result<Vec<_>, GpuError>>()?;
+            self.readback.set_tensors(ts, sources)?;
+        }
+        self.readback.capture(self.gpu)
+    }
+
+    /// Starts reading back the captures queued so far; does not wait.
+    pub fn flush_captures(&mut self) -> Result<(), GpuError> {
+        self.readback.flush();
+        self.gpu.check()
+    }
+
+    /// The captures whose values have arrived, oldest first. Never waits.
+    pub fn poll_captures(&mut self) -> Result<Vec<Captured>, GpuError> {
+        self.readback.poll(self.gpu)
+    }
+
+    /// Every capture not yet returned, oldest first: reads back the partial buffer too and
+    /// waits for the device (one wait, counted, when anything is outstanding).
+    pub fn drain_captures(&mut self) -> Result<Vec<Captured>, GpuError> {
+        self.readback.drain(self.gpu)
+    }
+
+    /// How many times the host waited for data from the device: blocking reads (`read`,
+    /// `params`), drains, and a capture finding every staging buffer unread. A training loop
+    /// that captures and polls keeps it at 0 between drains.
+    pub fn blocking_waits(&self) -> u64 {
+        self.readback.waits()
+    }
+
+    /// How many captures waited for the step `MAX_AHEAD` back (the device had that many
+    /// steps queued, so it did not idle).
+    pub fn throttle_waits(&self) -> u64 {
+        self.readback.throttles()
     }
 
     /// Where tensor `t` lives: its region's buffer, byte offset and byte length.

@@ -55,7 +55,7 @@ impl Health {
     pub fn error(&self, e: &wgpu::Error) {
         let mut first = lock(&self.first);
         if first.is_none() {
-            *first = Some(super::classify(e, &self.when()));
+            *first = Some(super::error::classify(e, &self.when()));
         }
     }
 

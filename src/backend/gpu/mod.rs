@@ -4,6 +4,7 @@
 //! by their ops (`Primitive::gpu`) with the types in `kernel`.
 
 mod alloc;
+mod error;
 mod exec;
 mod fault;
 mod health;
@@ -15,52 +16,9 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use error::GpuError;
+use error::classify;
 pub use exec::{GpuExec, eval_once};
-
-/// Why the GPU cannot be used or failed: one screen, for the user.
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    #[error("no GPU adapter found (wgpu saw none of Vulkan, Metal, DX12, GL){hint}")]
-    NoAdapter { hint: String },
-    #[error("the GPU device could not be opened: {0}")]
-    Device(String),
-    /// The plan does not fit this device (a tensor above a binding limit, a kernel that does
-    /// not build): the config has to change.
-    #[error("{0}")]
-    Plan(String),
-    /// A region of the plan could not be allocated; the whole one-screen report.
-    #[error("{0}")]
-    OutOfMemory(String),
-    #[error("the GPU reported an error: {0}")]
-    Runtime(String),
-    /// The device is gone (driver reset, unplugged, destroyed); the whole message.
-    #[error("{0}")]
-    Lost(String),
-    #[error("{0}")]
-    Timeout(String),
-    /// An environment variable that chooses how the GPU opens has a value we do not know
-    /// (`WGPU_BACKEND=vulkn`): refused, never ignored.
-    #[error("{0}")]
-    Setting(String),
-}
-
-impl GpuError {
-    /// The process exit code: 2 when the config must change for this device (the plan does
-    /// not fit, or its memory cannot be allocated: retrying unchanged fails the same way), 1
-    /// when the device failed under a plan that fit (lost, hung, an error mid-step).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            GpuError::NoAdapter { .. }
-            | GpuError::Plan(_)
-            | GpuError::OutOfMemory(_)
-            | GpuError::Setting(_) => 2,
-            GpuError::Device(_)
-            | GpuError::Runtime(_)
-            | GpuError::Lost(_)
-            | GpuError::Timeout(_) => 1,
-        }
-    }
-}
 
 /// One adapter as `trainer devices` lists it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -150,6 +108,7 @@ pub fn private_runtime_dir() -> Option<std::path::PathBuf> {
         return None;
     }
     // SAFETY: getuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
     let uid = unsafe { libc::getuid() };
     let dir = std::env::temp_dir().join(format!("trainer-runtime-{uid}"));
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -390,43 +349,11 @@ impl Drop for Gpu {
         }
         // SAFETY: `self` is being dropped, so neither field is used again, and each is
         // dropped exactly once here.
+        #[allow(unsafe_code)]
         unsafe {
             ManuallyDrop::drop(&mut self.queue);
             ManuallyDrop::drop(&mut self.device);
         }
-    }
-}
-
-/// An error on one line: its kind, then the source chain ("In Device::create_buffer, label =
-/// 'Arena': Buffer size ... is greater than ..."). wgpu's own Display is the same chain as a
-/// multi-line tree, or just "Out of Memory".
-fn error_text(e: &wgpu::Error) -> String {
-    let mut text = match e {
-        wgpu::Error::OutOfMemory { .. } => "out of memory",
-        wgpu::Error::Validation { .. } => "validation error",
-        wgpu::Error::Internal { .. } => "internal error",
-    }
-    .to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
-/// An error wgpu raised, for the user; `when` is "" or " after step N was submitted".
-fn classify(e: &wgpu::Error, when: &str) -> GpuError {
-    // One line: the source chain holds what the multi-line `description` says.
-    let text = error_text(e);
-    match e {
-        wgpu::Error::OutOfMemory { .. } => GpuError::Runtime(format!(
-            "out of GPU memory{when} ({text}); lower data.batch_size or use train.checkpointing"
-        )),
-        _ => match when.trim() {
-            "" => GpuError::Runtime(text),
-            w => GpuError::Runtime(format!("{w}: {text}")),
-        },
     }
 }
 
@@ -477,7 +404,7 @@ pub fn test_gpu() -> Option<&'static Gpu> {
             if std::env::var("TRAINER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("TRAINER_REQUIRE_GPU=1 but {e}");
             }
-            eprintln!("skipping GPU tests: {e}");
+            crate::errln!("skipping GPU tests: {e}");
             None
         }
     })

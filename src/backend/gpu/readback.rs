@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Gpu, GpuError, GpuExec};
+use super::{Gpu, GpuError};
 use crate::backend::Captured;
 use crate::tensor::TensorId;
 
@@ -135,7 +135,7 @@ impl Readback {
     }
 
     /// Queues the copy of the layout's tensors into the next row.
-    fn capture(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
+    pub(super) fn capture(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
         let (row_bytes, rows) = match &self.layout {
             Some(l) => (l.row_bytes, l.rows),
             None => return Err(GpuError::Plan("capture before its tensors are set".into())),
@@ -199,7 +199,7 @@ impl Readback {
     }
 
     /// Maps the buffer being filled, if any: its rows arrive without anyone waiting.
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         let Some(i) = self.filling.take() else { return };
         let row_bytes = self.layout.as_ref().map_or(0, |l| l.row_bytes);
         let s = &mut self.pool[i];
@@ -269,93 +269,76 @@ impl Readback {
     }
 }
 
-impl GpuExec<'_> {
-    /// Queues a copy of `ts` behind the last step without waiting (see the module doc and
-    /// `Exec::capture`). The first call sets the tensors; another set needs a drain first.
-    pub fn capture(&mut self, ts: &[TensorId]) -> Result<(), GpuError> {
-        let same = self
-            .readback
-            .layout
-            .as_ref()
-            .is_some_and(|l| l.tensors == ts);
-        if !same {
-            if self.readback.busy() {
-                return Err(GpuError::Plan(
-                    "capture: a different set of tensors while captures are pending; drain them first"
-                        .into(),
-                ));
-            }
-            let sources = ts
-                .iter()
-                .map(|&t| {
-                    let (buffer, offset, bytes) = self.source(t).ok_or_else(|| {
-                        GpuError::Plan(format!("capture: tensor {t:?} is not kept by the plan"))
-                    })?;
-                    Ok(Source {
-                        buffer,
-                        offset,
-                        bytes,
-                    })
-                })
-                .collect::<Result<Vec<_>, GpuError>>()?;
-            let row_bytes = sources.iter().map(|s| s.bytes).sum::<u64>().max(4);
-            let rows = (MAX_STAGING_BYTES / row_bytes).clamp(1, MAX_ROWS);
-            let r = &mut self.readback;
-            r.pool.clear();
-            r.layout = Some(Layout {
-                tensors: ts.to_vec(),
-                sources,
-                row_bytes,
-                rows,
-            });
-        }
-        let gpu = self.gpu();
-        self.readback.capture(gpu)
+impl Readback {
+    /// Whether the captures already copy exactly `ts`.
+    pub(super) fn copies(&self, ts: &[TensorId]) -> bool {
+        self.layout.as_ref().is_some_and(|l| l.tensors == ts)
     }
 
-    /// Starts reading back the captures queued so far; does not wait.
-    pub fn flush_captures(&mut self) -> Result<(), GpuError> {
-        self.readback.flush();
-        self.gpu().check()
+    /// Sets the tensors captures copy: (buffer, byte offset, byte length) of each of `ts`. A
+    /// different set needs a drain first.
+    pub(super) fn set_tensors(
+        &mut self,
+        ts: &[TensorId],
+        sources: Vec<(wgpu::Buffer, u64, u64)>,
+    ) -> Result<(), GpuError> {
+        if self.busy() {
+            return Err(GpuError::Plan(
+                "capture: a different set of tensors while captures are pending; drain them first"
+                    .into(),
+            ));
+        }
+        let sources: Vec<Source> = sources
+            .into_iter()
+            .map(|(buffer, offset, bytes)| Source {
+                buffer,
+                offset,
+                bytes,
+            })
+            .collect();
+        let row_bytes = sources.iter().map(|s| s.bytes).sum::<u64>().max(4);
+        let rows = (MAX_STAGING_BYTES / row_bytes).clamp(1, MAX_ROWS);
+        self.pool.clear();
+        self.layout = Some(Layout {
+            tensors: ts.to_vec(),
+            sources,
+            row_bytes,
+            rows,
+        });
+        Ok(())
     }
 
     /// The captures whose values have arrived, oldest first. Never waits.
-    pub fn poll_captures(&mut self) -> Result<Vec<Captured>, GpuError> {
-        let gpu = self.gpu();
+    pub(super) fn poll(&mut self, gpu: &Gpu) -> Result<Vec<Captured>, GpuError> {
         gpu.poll()?;
-        self.readback.collect()?;
-        Ok(self.readback.ready.drain(..).collect())
+        self.collect()?;
+        Ok(self.ready.drain(..).collect())
     }
 
     /// Every capture not yet returned, oldest first: reads back the partial buffer too and
     /// waits for the device (one wait, counted, when anything is outstanding).
-    pub fn drain_captures(&mut self) -> Result<Vec<Captured>, GpuError> {
-        let gpu = self.gpu();
-        let r = &mut self.readback;
-        r.flush();
-        if !r.mapping.is_empty() {
-            r.count_wait();
+    pub(super) fn drain(&mut self, gpu: &Gpu) -> Result<Vec<Captured>, GpuError> {
+        self.flush();
+        if !self.mapping.is_empty() {
+            self.count_wait();
             gpu.wait()?;
-            r.collect()?;
-            if !r.mapping.is_empty() {
+            self.collect()?;
+            if !self.mapping.is_empty() {
                 return Err(GpuError::Runtime(
                     "the device went idle but a readback never completed".into(),
                 ));
             }
         }
-        Ok(r.ready.drain(..).collect())
+        Ok(self.ready.drain(..).collect())
     }
 
-    /// How many times the host waited for data from the device: blocking reads (`read`,
-    /// `params`), drains, and a capture finding every staging buffer unread. A training loop
-    /// that captures and polls keeps it at 0 between drains.
-    pub fn blocking_waits(&self) -> u64 {
-        self.readback.waits.load(Ordering::Relaxed)
+    /// Waits of the host for data (`GpuExec::blocking_waits`).
+    pub(super) fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
-    /// How many captures waited for the step `MAX_AHEAD` back (the device had that many
-    /// steps queued, so it did not idle).
-    pub fn throttle_waits(&self) -> u64 {
-        self.readback.throttles
+    /// Captures that waited for the step `MAX_AHEAD` back (`GpuExec::throttle_waits`).
+    pub(super) fn throttles(&self) -> u64 {
+        self.throttles
     }
 }

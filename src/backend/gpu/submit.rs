@@ -111,7 +111,7 @@ pub fn warn_long(long: &[(String, f64)], budget: f64) {
     if new.len() > SHOWN {
         names.push(format!("{} more layers", new.len() - SHOWN));
     }
-    eprintln!(
+    crate::errln!(
         "warning: {}: a kernel estimated from the timed first step above the {} ms a submit may take (TRAINER_GPU_SUBMIT_MS) cannot be split, and a GPU watchdog (macOS, Windows) may stop it; lower data.batch_size if it does",
         names.join(", "),
         ms(budget)

@@ -2,9 +2,14 @@
 //! one launch's buffers (`Io`), the GEMM driver over gemm's microkernels and the SIMD tiles of
 //! the direct convolutions. The kernels themselves live with their ops (`ops::*::eval`).
 
+// SIMD intrinsics, raw views of disjoint output ranges: each `unsafe` says why it is sound.
+#[allow(unsafe_code)]
 mod conv_simd;
+#[allow(unsafe_code)]
 mod gemm;
+#[allow(unsafe_code)]
 pub(crate) mod io;
+mod micro;
 mod real;
 
 pub use conv_simd::{

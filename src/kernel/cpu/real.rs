@@ -32,8 +32,8 @@ pub trait Real:
     fn erf(self) -> Self;
     fn powi(self, n: i32) -> Self;
     fn is_finite(self) -> bool;
-    /// The GEMM microkernels for this type on this CPU (backend/cpu/gemm.rs).
-    fn micro() -> &'static super::gemm::Micro<Self>;
+    /// The GEMM microkernels for this type on this CPU (micro.rs).
+    fn micro() -> &'static super::micro::Micro<Self>;
     /// The slice as f32 when this type is f32: the kernels written for f32 alone
     /// (backend/cpu/direct.rs) take it, the others fall back to generic code.
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
@@ -85,7 +85,7 @@ macro_rules! real {
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
-            fn micro() -> &'static super::gemm::Micro<Self> {
+            fn micro() -> &'static super::micro::Micro<Self> {
                 $micro()
             }
             #[allow(clippy::redundant_closure_call)]
@@ -100,5 +100,5 @@ macro_rules! real {
     };
 }
 
-real!(f32, libm::erff, super::gemm::micro_f32, Some);
-real!(f64, libm::erf, super::gemm::micro_f64, |_| None);
+real!(f32, libm::erff, super::micro::micro_f32, Some);
+real!(f64, libm::erf, super::micro::micro_f64, |_| None);

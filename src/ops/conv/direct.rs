@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{Geom, Work, grad_weight_runs};
+use super::geom::{Geom, Work, grad_weight_runs};
 use crate::kernel::cpu::{
     Direct, GRAD_INS, GRAD_OUTS, Real, Segment, WINDOW_GRAD_INS, WINDOW_GRAD_OUTS,
     WINDOW_GRAD_PIXELS, WINDOW_OUTS, direct,
