@@ -210,6 +210,11 @@ fn open_backend(device: Device) -> Result<Backend, u8> {
                 Ok(Backend::Cpu)
             }
             Ok(g) => Ok(Backend::Gpu(Box::new(g))),
+            // A misspelled WGPU_BACKEND is the user's to fix, not a machine without a GPU.
+            Err(e @ crate::backend::gpu::GpuError::Setting(_)) => {
+                crate::errln!("error: {e}");
+                Err(e.exit_code())
+            }
             Err(e) => {
                 crate::errln!("note: running on the CPU: {e}");
                 Ok(Backend::Cpu)
@@ -252,7 +257,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Command::Resume(args) => resume(args, sets),
         Command::Eval(args) => eval(args, sets),
         Command::Predict(args) => predict(args, sets),
-        Command::Devices(args) => devices(args),
+        Command::Devices(args) => devices(args, sets),
     }
 }
 
@@ -263,12 +268,28 @@ fn check(args: CheckArgs, sets: &[String]) -> Result<(), u8> {
         json,
         batch,
     } = args;
-    let (g, sources) = load_graph(&config, sets, batch)?;
+    let (g, sources) = build_graph(&config, sets, batch);
+    let g = match g {
+        Ok(g) => g,
+        // Scripts read the errors as JSON on stdout; a person still sees them on stderr.
+        Err(e) if json => {
+            let errors: Vec<serde_json::Value> = e.0.iter().map(|d| d.to_json(&sources)).collect();
+            let v = serde_json::json!({
+                "config": config.display().to_string(),
+                "ok": false,
+                "errors": errors,
+            });
+            print_out(&(serde_json::to_string_pretty(&v).map_err(internal)? + "\n"))?;
+            return Err(user_error(&e, &sources));
+        }
+        Err(e) => return Err(user_error(&e, &sources)),
+    };
     let summary = graph::summary::summarize(&g, &sources);
     if json {
         let v = serde_json::to_value(&summary).map_err(internal)?;
         let mut obj = serde_json::Map::new();
         obj.insert("config".into(), config.display().to_string().into());
+        obj.insert("ok".into(), true.into());
         obj.insert("batch".into(), g.batch.into());
         if let serde_json::Value::Object(m) = v {
             obj.extend(m);
@@ -465,9 +486,18 @@ fn predict(args: PredictArgs, sets: &[String]) -> Result<(), u8> {
 }
 
 /// `trainer devices`: the GPU adapters wgpu sees.
-fn devices(args: DevicesArgs) -> Result<(), u8> {
+fn devices(args: DevicesArgs, sets: &[String]) -> Result<(), u8> {
     let DevicesArgs { json } = args;
-    let adapters = crate::backend::gpu::adapters();
+    if let Some(set) = sets.first() {
+        crate::errln!(
+            "error: `trainer devices` reads no config: `--set {set}` would change nothing"
+        );
+        return Err(2);
+    }
+    let adapters = crate::backend::gpu::adapters().map_err(|e| {
+        crate::errln!("error: {e}");
+        e.exit_code()
+    })?;
     if json {
         return print_out(&(serde_json::to_string_pretty(&adapters).map_err(internal)? + "\n"));
     }
@@ -600,12 +630,25 @@ fn load_graph(
     sets: &[String],
     batch: Option<usize>,
 ) -> Result<(graph::Graph, crate::diag::Sources), u8> {
+    let (g, sources) = build_graph(path, sets, batch);
+    match g {
+        Ok(g) => Ok((g, sources)),
+        Err(e) => Err(user_error(&e, &sources)),
+    }
+}
+
+/// The forward graph of a config, or the errors that stopped it, with the sources they quote.
+fn build_graph(
+    path: &std::path::Path,
+    sets: &[String],
+    batch: Option<usize>,
+) -> (Result<graph::Graph, Errors>, crate::diag::Sources) {
     let loaded = config::load(path, sets);
-    let cfg = loaded.result.map_err(|e| user_error(&e, &loaded.sources))?;
-    let batch = batch.unwrap_or(cfg.data.batch_size.0);
-    let g = crate::nn::build_with_batch(&cfg, batch)
-        .map_err(|d| user_error(&d.into(), &loaded.sources))?;
-    Ok((g, loaded.sources))
+    let g = loaded.result.and_then(|cfg| {
+        let batch = batch.unwrap_or(cfg.data.batch_size.0);
+        crate::nn::build_with_batch(&cfg, batch).map_err(Errors::from)
+    });
+    (g, loaded.sources)
 }
 
 fn user_error(e: &Errors, sources: &crate::diag::Sources) -> u8 {

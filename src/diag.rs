@@ -87,6 +87,15 @@ impl Sources {
             .map(|l| l + 1)
             .unwrap_or(0)
     }
+    /// 1-based line and column (in characters, as `position` counts them).
+    pub fn line_column(&self, loc: Loc) -> Option<(usize, usize)> {
+        use codespan_reporting::files::Files;
+        let l = self
+            .files
+            .location(loc.file.0 as usize, loc.start as usize)
+            .ok()?;
+        Some((l.line_number, l.column_number))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -281,6 +290,49 @@ pub fn chain(names: &[String]) -> String {
         n - 6,
         names[n - 3..].join(" -> ")
     )
+}
+
+/// The JSON form of diagnostics, for scripts (`trainer check --json`).
+impl Diagnostic {
+    /// `message`, the primary location as `file`, `line`, `column` (null when the error has
+    /// none, as for a file that cannot be read), every label and the notes.
+    pub fn to_json(&self, sources: &Sources) -> serde_json::Value {
+        let place = |loc: Loc| {
+            let (line, column) = sources.line_column(loc).unzip();
+            (sources.name(loc.file).to_string(), line, column)
+        };
+        let primary = self
+            .labels
+            .iter()
+            .find(|l| l.primary)
+            .or(self.labels.first());
+        let (file, line, column) = match primary {
+            Some(l) => {
+                let (file, line, column) = place(l.loc);
+                (Some(file), line, column)
+            }
+            None => (None, None, None),
+        };
+        let labels: Vec<serde_json::Value> = self
+            .labels
+            .iter()
+            .map(|l| {
+                let (file, line, column) = place(l.loc);
+                serde_json::json!({
+                    "file": file, "line": line, "column": column,
+                    "text": l.text, "primary": l.primary,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "message": self.message,
+            "file": file,
+            "line": line,
+            "column": column,
+            "labels": labels,
+            "notes": self.notes,
+        })
+    }
 }
 
 /// The closest candidate to a misspelled word, if it is close enough to be a plausible typo.

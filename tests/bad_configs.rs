@@ -1,6 +1,7 @@
 //! Every config under tests/configs/bad/ is broken on purpose. `trainer check` must reject each
 //! with a diagnostic a user can act on: exit code 2, nothing on stdout, `error: ...` on stderr
-//! with the expected text and primary location, and never a panic.
+//! with the expected text and primary location, and never a panic; `check --json` must give
+//! the same errors as a JSON object on stdout.
 //!
 //! A case states its expectations in comment lines at the top of the file:
 //!
@@ -109,6 +110,71 @@ fn check(path: &str, case: &Case) -> (Vec<String>, String) {
     (problems, stderr)
 }
 
+/// Everything wrong with the case under `check --json`: exit 2 and on stdout one JSON object,
+/// `ok: false`, whose errors say the expected texts and whose first error is at the case's
+/// primary location.
+fn check_json(path: &str, case: &Case) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check", path, "--json"])
+        .args(&case.args)
+        .output()
+        .expect("run trainer");
+    let mut problems = Vec::new();
+    if out.status.code() != Some(2) {
+        problems.push(format!(
+            "--json: exit code {:?}, expected 2",
+            out.status.code()
+        ));
+    }
+    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            problems.push(format!("--json: stdout is not JSON ({e}):\n{stdout}"));
+            return problems;
+        }
+    };
+    if v["ok"] != false || v["config"] != path {
+        problems.push(format!("--json: `ok` or `config` wrong in {v}"));
+    }
+    let errors = v["errors"].as_array().cloned().unwrap_or_default();
+    if errors.is_empty() {
+        problems.push("--json: no errors listed".into());
+    }
+    let place = |v: &serde_json::Value| {
+        format!("{}:{}:{}", v["file"], v["line"], v["column"]).replace('"', "")
+    };
+    // What stderr shows, as the JSON says it: texts and `file:line:column` of every label.
+    let mut said = Vec::new();
+    for e in &errors {
+        said.push(e["message"].as_str().unwrap_or_default().to_string());
+        for l in e["labels"].as_array().into_iter().flatten() {
+            said.push(format!(
+                "{} {}",
+                place(l),
+                l["text"].as_str().unwrap_or_default()
+            ));
+        }
+        for n in e["notes"].as_array().into_iter().flatten() {
+            said.push(n.as_str().unwrap_or_default().to_string());
+        }
+    }
+    let said = said.join("\n");
+    for e in &case.expects {
+        if !said.contains(e.as_str()) {
+            problems.push(format!("--json: no error says {e:?}"));
+        }
+    }
+    if let (Some(at), Some(first)) = (&case.at, errors.first()) {
+        let (got, want) = (place(first), location(path, at));
+        if got != want {
+            problems.push(format!("--json: first error at {got}, expected {want}"));
+        }
+    }
+    problems
+}
+
 #[test]
 fn every_bad_config_is_rejected_with_its_diagnostic() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR);
@@ -133,7 +199,8 @@ fn every_bad_config_is_rejected_with_its_diagnostic() {
         let path = format!("{DIR}/{name}");
         let text = std::fs::read_to_string(dir.join(name)).expect("read case");
         let case = read_case(&text);
-        let (problems, stderr) = check(&path, &case);
+        let (mut problems, stderr) = check(&path, &case);
+        problems.extend(check_json(&path, &case));
         if !problems.is_empty() {
             failures.push(format!(
                 "{path} {}\n  - {}\n--- stderr ---\n{stderr}",

@@ -116,6 +116,7 @@ fn parameter_and_buffer_names_are_torchvisions() {
 #[test]
 fn check_json_has_the_documented_keys() {
     let j = check_json("configs/lenet.toml");
+    assert_eq!(j["ok"], true);
     assert!(j["flops_per_sample"].as_u64().unwrap() > 0);
     let layers = j["layers"].as_array().unwrap();
     let conv1 = layers.iter().find(|l| l["name"] == "conv1").unwrap();
@@ -219,26 +220,43 @@ fn a_config_can_name_silu() {
     );
 }
 
-#[test]
-fn graph_dot_renders_with_graphviz() {
-    let dot = ok_stdout(&["graph", "configs/resnet.toml"]);
-    assert!(dot.starts_with("digraph"));
+/// `dot -Tsvg` of the text: the SVG, or the test fails with Graphviz's complaint. A warning
+/// fails too: Graphviz 2.43 warns "Something is probably seriously wrong" on layouts it
+/// botched.
+fn render_svg(what: &str, dot: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("g.dot");
-    std::fs::write(&file, &dot).unwrap();
+    std::fs::write(&file, dot).unwrap();
     let svg = Command::new("dot")
         .arg("-Tsvg")
         .arg(&file)
         .output()
         .expect("graphviz `dot` is installed (the README's test command installs it)");
+    let err = String::from_utf8_lossy(&svg.stderr);
     assert!(
-        svg.status.success(),
-        "dot failed: {}",
-        String::from_utf8_lossy(&svg.stderr)
+        svg.status.success() && err.trim().is_empty(),
+        "dot -Tsvg of {what}: {err}"
     );
-    let svg = String::from_utf8_lossy(&svg.stdout);
+    String::from_utf8(svg.stdout).expect("utf-8 svg")
+}
+
+/// Both graphs of every shipped config render, as `trainer graph C [--backward] | dot -Tsvg`.
+#[test]
+fn graph_dot_renders_with_graphviz_forward_and_backward() {
+    for c in SHIPPED {
+        let forward = render_svg(c, &ok_stdout(&["graph", c]));
+        assert!(forward.contains("input (input)"), "{c}: no input layer");
+        let step = render_svg(
+            &format!("{c} --backward"),
+            &ok_stdout(&["graph", c, "--backward"]),
+        );
+        for part in ["(backward)", "(update)", "_step"] {
+            assert!(step.contains(part), "{c} --backward: no {part} drawn");
+        }
+    }
+    let resnet = render_svg("resnet", &ok_stdout(&["graph", "configs/resnet.toml"]));
     assert!(
-        svg.contains("<svg") && svg.contains("layer3.2.conv2"),
+        resnet.contains("layer3.2.conv2"),
         "rendered graph lacks a layer"
     );
 }
@@ -332,5 +350,76 @@ fn two_processes_give_byte_identical_graphs() {
         let b = ok_stdout(&["graph", c, "--format", "json"]);
         assert_eq!(a, b, "{c}");
         assert_eq!(ok_stdout(&["graph", c]), ok_stdout(&["graph", c]), "{c}");
+    }
+}
+
+/// A misspelled section at the start of a `--set` path is named with did-you-mean, however
+/// long the path (not "add a whole table").
+#[test]
+fn a_misspelled_section_in_set_gets_did_you_mean() {
+    for (path, typo, section) in [
+        ("modle.layers.0.out=3", "modle", "model"),
+        ("optimzer.lr=0.1", "optimzer", "optimizer"),
+        ("trian.epochs=2", "trian", "train"),
+        ("dta.augment.0.x=1", "dta", "data"),
+    ] {
+        let out = trainer(&["--set", path, "check", "configs/mlp.toml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(
+            err.contains(&format!("unknown section `{typo}`"))
+                && err.contains(&format!("did you mean `{section}`?"))
+                && err.contains("--> --set #1:1:1")
+                && !err.contains("whole table"),
+            "{path}: {err}"
+        );
+    }
+    // A section the file lacks may still be set whole or key by key.
+    ok_stdout(&["--set", "schedule.kind=cosine", "check", "configs/mlp.toml"]);
+}
+
+/// `devices` reads no config, so a `--set` (before or after it) is refused, not ignored.
+#[test]
+fn devices_refuses_set() {
+    for args in [
+        &["--set", "optimizer.lr=0.1", "devices"][..],
+        &["devices", "--json", "--set", "run.device=gpu"],
+    ] {
+        let out = trainer(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            err.starts_with("error: `trainer devices` reads no config"),
+            "{err}"
+        );
+    }
+}
+
+/// An input of `predict` that does not exist is named as a missing input, not as a dataset
+/// to find through data.path.
+#[test]
+fn predict_names_a_missing_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("no-checkpoint");
+    for input in ["shirt.png", "no/such/dir/t10k-images-idx3-ubyte.gz"] {
+        let out = trainer(&[
+            "predict",
+            "configs/mlp.toml",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            input,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{input}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "error: {input}: not found; there is no such input file"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("data.path"), "{err}");
     }
 }

@@ -74,3 +74,77 @@ fn a_tensor_above_the_binding_limit_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// A misspelled `WGPU_BACKEND` is refused with did-you-mean wherever a GPU may be opened
+/// (never read as "no GPU here", which `auto` would turn into a quiet CPU run); a CPU run
+/// does not look at it.
+#[test]
+fn an_unknown_wgpu_backend_is_refused_with_did_you_mean() {
+    for (value, hint) in [("vulkn", "vulkan"), ("metal,dx13", "dx12"), ("GLL", "gl")] {
+        let env = [("WGPU_BACKEND", value)];
+        for args in [
+            &["devices"][..],
+            &["devices", "--json"],
+            &["bench", "configs/mlp.toml", "--steps", "1", "--batch", "2"],
+            &[GPU_BENCH, &["--steps", "1", "--batch", "2"]].concat(),
+        ] {
+            let (code, out, err) = trainer(args, &env);
+            assert_eq!(code, 2, "{value} {args:?}: {err}");
+            assert!(out.is_empty(), "{value} {args:?}: {out}");
+            assert!(
+                err.contains("is not a wgpu backend")
+                    && err.contains(&format!("did you mean `{hint}`?"))
+                    && err.lines().count() <= 3,
+                "{value} {args:?}: {err}"
+            );
+        }
+    }
+    let cpu = ["bench", "configs/mlp.toml", "--steps", "1", "--batch", "2"];
+    let (code, _, err) = trainer(
+        &[&cpu[..], &["--device", "cpu"]].concat(),
+        &[("WGPU_BACKEND", "vulkn")],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Headless (XDG_RUNTIME_DIR unset, or not an absolute directory), Mesa's drivers print
+/// "XDG_RUNTIME_DIR is invalid or not set" on every probe: trainer gives itself a private
+/// runtime directory (0700, under the temp dir) first, so nothing is printed.
+#[test]
+fn no_runtime_dir_noise_on_headless_machines() {
+    if test_gpu().is_none() {
+        return;
+    }
+    for xdg in [None, Some(""), Some("relative/dir"), Some("/no/such/dir")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let bench = [GPU_BENCH, &["--steps", "1", "--batch", "2"]].concat();
+        for args in [&["devices"][..], &bench] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+            cmd.args(args).env("TMPDIR", tmp.path());
+            match xdg {
+                None => cmd.env_remove("XDG_RUNTIME_DIR"),
+                Some(v) => cmd.env("XDG_RUNTIME_DIR", v),
+            };
+            let out = cmd.output().expect("runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{xdg:?} {args:?}: {err}");
+            assert!(!err.contains("XDG_RUNTIME_DIR"), "{xdg:?} {args:?}: {err}");
+        }
+        let made: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("trainer-runtime-")
+            })
+            .collect();
+        assert_eq!(made.len(), 1, "{xdg:?}: one private runtime dir");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = made[0].metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{xdg:?}");
+        }
+    }
+}

@@ -92,7 +92,7 @@ pub fn load(path: &Path, sets: &[String]) -> Loaded {
 pub fn load_tree(sources: &mut Sources, path: &Path, sets: &[String]) -> Result<Value, Errors> {
     let mut tree = read_with_extends(sources, path, None, &mut Vec::new())?;
     for (i, s) in sets.iter().enumerate() {
-        tree::set_path(&mut tree, sources, s, i)?;
+        tree::set_path(&mut tree, sources, s, i, SECTIONS)?;
     }
     Ok(tree)
 }
@@ -260,10 +260,7 @@ impl Config {
                 continue;
             }
             if matches!(e.value.kind, Kind::Table(_)) {
-                return Err(Diagnostic::new(format!("unknown section `{k}`"))
-                    .at(e.key, "not a section of a config")
-                    .help_did_you_mean(k, SECTIONS.iter().copied())
-                    .note(format!("sections: {}", SECTIONS.join(", "))));
+                return Err(tree::unknown_section(k, e.key, SECTIONS));
             }
             // A key above the first [section] header: usually a key of a section written
             // before its header, or a misspelled `extends`.

@@ -181,15 +181,26 @@ pub fn merge(base: &mut Value, over: Value) {
     }
 }
 
+/// A table at the top of a config that is none of `sections` (a typo, in a file or a `--set`
+/// path).
+pub fn unknown_section(name: &str, key: Loc, sections: &[&str]) -> Diagnostic {
+    Diagnostic::new(format!("unknown section `{name}`"))
+        .at(key, "not a section of a config")
+        .help_did_you_mean(name, sections.iter().copied())
+        .note(format!("sections: {}", sections.join(", ")))
+}
+
 /// One `--set a.b.c=value` argument: sets a value at a dotted path. The last key may be new
 /// (schema validation then rejects unknown names with this argument's location), and so may
-/// a top-level section; any other missing table on the way is an error (a typo);
+/// one of the top-level `sections` (another is refused here, with did-you-mean, however long
+/// the path); any other missing table on the way is an error (a typo);
 /// a path through an array needs an index that exists; a path through a scalar is an error.
 pub fn set_path(
     root: &mut Value,
     sources: &mut Sources,
     arg: &str,
     index: usize,
+    sections: &[&str],
 ) -> Result<(), Errors> {
     let file = sources.add(format!("--set #{}", index + 1), arg.to_string());
     let whole = Loc::new(file, 0..arg.len());
@@ -260,6 +271,9 @@ pub fn set_path(
                 }
                 // Only a whole section may be new on the way (`--set train.epochs=9` without a
                 // [train]); a missing table deeper down is a typo (`model.blocks.basci.body`).
+                if i == 0 && !t.contains_key(*part) && !sections.contains(part) {
+                    return Err(unknown_section(part, key_loc, sections).into());
+                }
                 if i > 0 && !t.contains_key(*part) {
                     let d = Diagnostic::new(format!(
                         "`--set` path `{path}`: there is no `{part}` in `{}`",

@@ -17,7 +17,16 @@ pub fn read_inputs(
     let pipe = Pipeline::new(cfg, input_shape, false)?;
     let mut out = Vec::new();
     for p in paths {
-        let bytes = idx::read_maybe_gz(p)?;
+        let bytes = idx::read_maybe_gz(p).map_err(|e| match e {
+            // The dataset's hint (set data.path) is wrong here: the user named this file.
+            DataError::Missing { path, .. } => DataError::Missing {
+                path,
+                hint: "there is no such input file (predict reads the IDX, PNG or JPEG files \
+                       named on its command line)"
+                    .into(),
+            },
+            e => e,
+        })?;
         let samples: Vec<(String, Vec<u8>)> = if idx::looks_like_images(&bytes) {
             let (dims, data) = idx::parse(p, bytes, idx::IMAGES_MAGIC, "IDX images")?;
             let shape = vec![1, dims[1], dims[2]];

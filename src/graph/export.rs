@@ -1,8 +1,9 @@
-//! Graph export: Graphviz DOT (one cluster per layer) and JSON.
+//! Graph export: Graphviz DOT (a cluster per layer's forward ops) and JSON.
 
+use petgraph::graph::NodeIndex;
 use serde_json::{Value, json};
 
-use super::Graph;
+use super::{Graph, Phase};
 use crate::ops::OpKind;
 use crate::tensor::fmt_shape;
 
@@ -10,15 +11,30 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// DOT text that `dot -Tsvg` renders: primitive ops as boxes grouped by layer, parameters as
-/// ellipses, edges labelled with the tensor shape.
+/// DOT text that `dot -Tsvg` renders (Graphviz 2.43 included): forward ops as boxes grouped
+/// in a cluster per layer, parameters as ellipses, edges labelled with the tensor shape. In a
+/// training graph the backward, recomputed and update ops stand outside the clusters, drawn
+/// dashed, dotted and bold, each labelled with its layer.
 pub fn dot(g: &Graph) -> String {
     let mut out = String::from(
         "digraph trainer {\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=8];\n",
     );
-    let mut by_layer: Vec<Vec<usize>> = vec![Vec::new(); g.layers.len()];
+    // Only forward nodes are clustered. Every edge then leaves a cluster toward a later layer
+    // or an unclustered node, so the clusters form no cycle: Graphviz 2.43's ranker fails
+    // ("trouble in init_rank") on clusters that do, as a layer's forward and backward ops in
+    // one cluster did. Without clusters, dot spends minutes on a ResNet's training graph.
+    let mut by_layer: Vec<Vec<NodeIndex>> = vec![Vec::new(); g.layers.len()];
+    let mut unclustered = Vec::new();
     for id in g.dag.node_indices() {
-        by_layer[g.dag[id].layer].push(id.index());
+        match g.dag[id].phase {
+            Phase::Forward => by_layer[g.dag[id].layer].push(id),
+            Phase::Backward | Phase::Recompute | Phase::Update => unclustered.push(id),
+        }
+    }
+    if !unclustered.is_empty() {
+        // The default spline router warns "Something is probably seriously wrong" on
+        // resnet18's training graph; polylines route it cleanly.
+        out += "  splines=polyline;\n";
     }
     for (li, nodes) in by_layer.iter().enumerate() {
         if nodes.is_empty() {
@@ -30,28 +46,13 @@ pub fn dot(g: &Graph) -> String {
             escape(&layer.name),
             escape(&layer.op)
         );
-        for &n in nodes {
-            let node = &g.dag[petgraph::graph::NodeIndex::new(n)];
-            let (label, shape) = match &node.op {
-                OpKind::Parameter(p) => (
-                    format!("{}\\n{}", g.params[p.index].name, fmt_shape(&p.ty.shape)),
-                    "ellipse",
-                ),
-                op => (
-                    format!(
-                        "{}\\n{}",
-                        op.primitive().name(),
-                        fmt_shape(&node.outputs[0].shape)
-                    ),
-                    "box",
-                ),
-            };
-            out += &format!(
-                "    n{n} [label=\"{}\", shape={shape}];\n",
-                escape(&label).replace("\\\\n", "\\n")
-            );
+        for &id in nodes {
+            out += &format!("    {}\n", node_line(g, id));
         }
         out += "  }\n";
+    }
+    for &id in &unclustered {
+        out += &format!("  {}\n", node_line(g, id));
     }
     for e in g.dag.raw_edges() {
         let t = &g.dag[e.source()].outputs[e.weight.output as usize];
@@ -64,6 +65,41 @@ pub fn dot(g: &Graph) -> String {
     }
     out += "}\n";
     out
+}
+
+/// One node statement: op (or parameter name) and output shape; outside the forward pass also
+/// the phase and the layer, since no cluster says it.
+fn node_line(g: &Graph, id: NodeIndex) -> String {
+    let node = &g.dag[id];
+    let (mut lines, shape) = match &node.op {
+        OpKind::Parameter(p) => (
+            vec![g.params[p.index].name.clone(), fmt_shape(&p.ty.shape)],
+            "ellipse",
+        ),
+        op => (
+            vec![
+                op.primitive().name().to_string(),
+                fmt_shape(&node.outputs[0].shape),
+            ],
+            "box",
+        ),
+    };
+    let style = match node.phase {
+        Phase::Forward => "",
+        Phase::Backward => ", style=dashed",
+        Phase::Recompute => ", style=dotted",
+        Phase::Update => ", style=bold",
+    };
+    if node.phase != Phase::Forward {
+        let phase = format!("{:?}", node.phase).to_lowercase();
+        lines.push(format!("{} ({phase})", g.layers[node.layer].name));
+    }
+    let label: Vec<String> = lines.iter().map(|l| escape(l)).collect();
+    format!(
+        "n{} [label=\"{}\", shape={shape}{style}];",
+        id.index(),
+        label.join("\\n")
+    )
 }
 
 /// The graph as JSON: nodes (op, attributes, inputs, output types, layer), layers, parameters.

@@ -24,6 +24,10 @@ pub enum GpuError {
     Lost(String),
     #[error("{0}")]
     Timeout(String),
+    /// An environment variable that chooses how the GPU opens has a value we do not know
+    /// (`WGPU_BACKEND=vulkn`): refused, never ignored.
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl GpuError {
@@ -32,7 +36,10 @@ impl GpuError {
     /// when the device failed under a plan that fit (lost, hung, an error mid-step).
     pub fn exit_code(&self) -> u8 {
         match self {
-            GpuError::NoAdapter { .. } | GpuError::Plan(_) | GpuError::OutOfMemory(_) => 2,
+            GpuError::NoAdapter { .. }
+            | GpuError::Plan(_)
+            | GpuError::OutOfMemory(_)
+            | GpuError::Setting(_) => 2,
             GpuError::Device(_)
             | GpuError::Runtime(_)
             | GpuError::Lost(_)

@@ -36,18 +36,94 @@ pub struct AdapterSummary {
 }
 
 /// An instance over `backends`, unless `WGPU_BACKEND` names others.
-fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+fn instance(backends: wgpu::Backends) -> Result<wgpu::Instance, GpuError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    desc.backends = wgpu::Backends::from_env().unwrap_or(backends);
-    wgpu::Instance::new(desc)
+    let chosen = std::env::var("WGPU_BACKEND").ok();
+    desc.backends = backends_named(chosen.as_deref())?.unwrap_or(backends);
+    Ok(wgpu::Instance::new(desc))
+}
+
+/// The names `WGPU_BACKEND` may list (wgpu's, aliases included) and their backends.
+const BACKEND_NAMES: &[(&str, wgpu::Backends)] = &[
+    ("vulkan", wgpu::Backends::VULKAN),
+    ("vk", wgpu::Backends::VULKAN),
+    ("metal", wgpu::Backends::METAL),
+    ("mtl", wgpu::Backends::METAL),
+    ("dx12", wgpu::Backends::DX12),
+    ("d3d12", wgpu::Backends::DX12),
+    ("gl", wgpu::Backends::GL),
+    ("gles", wgpu::Backends::GL),
+    ("opengl", wgpu::Backends::GL),
+];
+
+/// The backends a `WGPU_BACKEND` value names (a comma-separated list, any case); `None` when
+/// it is unset or empty. wgpu itself skips a name it does not know with a log line nobody
+/// sees, so a typo would silently mean "no GPU": refuse it here, with did-you-mean.
+fn backends_named(value: Option<&str>) -> Result<Option<wgpu::Backends>, GpuError> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let mut backends = wgpu::Backends::empty();
+    let names = value.split(',').map(|n| n.trim().to_lowercase());
+    for name in names.filter(|n| !n.is_empty()) {
+        match BACKEND_NAMES.iter().find(|(n, _)| *n == name) {
+            Some((_, b)) => backends |= *b,
+            None => {
+                let names = BACKEND_NAMES.iter().map(|(n, _)| *n);
+                let hint = match crate::diag::did_you_mean(&name, names) {
+                    Some(s) => format!("\nhelp: did you mean `{s}`?"),
+                    None => String::new(),
+                };
+                return Err(GpuError::Setting(format!(
+                    "WGPU_BACKEND={value}: `{name}` is not a wgpu backend (expected vulkan, \
+                     metal, dx12 or gl, or several separated by commas){hint}"
+                )));
+            }
+        }
+    }
+    Ok(Some(backends))
 }
 
 /// Every adapter wgpu can see (OpenGL included), for `trainer devices`.
-pub fn adapters() -> Vec<AdapterSummary> {
-    let all = pollster::block_on(
-        instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
-    );
-    all.iter().map(summary).collect()
+pub fn adapters() -> Result<Vec<AdapterSummary>, GpuError> {
+    let instance = instance(wgpu::Backends::all())?;
+    let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    Ok(all.iter().map(summary).collect())
+}
+
+/// A private directory to use as `XDG_RUNTIME_DIR` when the environment has none that is an
+/// absolute path to a directory (headless servers, containers, `sudo`): then the Wayland
+/// probes in Mesa's drivers print "error: XDG_RUNTIME_DIR is invalid or not set in the
+/// environment" for every adapter they look at (22 lines in one run). The directory is
+/// `trainer-runtime-<uid>` under the temp dir, mode 0700, and is used only if it is a real
+/// directory of this user that no one else can read (another user could have made it
+/// first). `None` when the environment's is fine or no such directory could be had. The
+/// binary sets the variable before any thread starts (changing the environment later would
+/// race with threads reading it).
+#[cfg(unix)]
+pub fn private_runtime_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let current = std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from);
+    if current.is_some_and(|d| d.is_absolute() && d.is_dir()) {
+        return None;
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("trainer-runtime-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.mode() & 0o777 == 0o700;
+    private.then_some(dir)
+}
+
+#[cfg(not(unix))]
+pub fn private_runtime_dir() -> Option<std::path::PathBuf> {
+    None
 }
 
 fn summary(a: &wgpu::Adapter) -> AdapterSummary {
@@ -98,7 +174,7 @@ impl Gpu {
         let submit_budget = submit::budget_from_env()?;
         // Vulkan, Metal and DX12 (OpenGL only by WGPU_BACKEND=gl: its compute is a fallback
         // of a fallback, and probing it prints windowing-system noise on headless machines).
-        let instance = instance(wgpu::Backends::PRIMARY);
+        let instance = instance(wgpu::Backends::PRIMARY)?;
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,
@@ -333,4 +409,40 @@ pub fn test_gpu() -> Option<&'static Gpu> {
         }
     })
     .as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wgpu_backend_names_a_list_of_known_backends_or_is_refused() {
+        assert_eq!(backends_named(None).unwrap(), None);
+        assert_eq!(backends_named(Some(" ")).unwrap(), None);
+        assert_eq!(
+            backends_named(Some("Vulkan, gl")).unwrap(),
+            Some(wgpu::Backends::VULKAN | wgpu::Backends::GL)
+        );
+        assert_eq!(
+            backends_named(Some("dx12,")).unwrap(),
+            Some(wgpu::Backends::DX12)
+        );
+        for (value, bad, hint) in [
+            ("vulkn", "vulkn", Some("vulkan")),
+            ("metal,dx13", "dx13", Some("dx12")),
+            ("cuda", "cuda", None),
+        ] {
+            let e = backends_named(Some(value)).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("`{bad}` is not a wgpu backend")),
+                "{text}"
+            );
+            match hint {
+                Some(h) => assert!(text.contains(&format!("did you mean `{h}`?")), "{text}"),
+                None => assert!(!text.contains("did you mean"), "{text}"),
+            }
+        }
+    }
 }
