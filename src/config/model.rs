@@ -115,7 +115,10 @@ pub struct LayerDecl<Op> {
 #[derive(Clone, Debug)]
 pub enum What<Op> {
     /// Boxed: an op's attributes are much larger than a block use.
-    Op { op: Box<Op>, op_loc: Loc },
+    Op {
+        op: Box<Op>,
+        op_loc: Loc,
+    },
     Block(BlockUse),
 }
 
