@@ -1,5 +1,7 @@
-//! The command line (clap). Exit codes: 0 success, 2 user error (bad config, bad arguments),
-//! 1 internal error.
+//! The command line (clap). Exit codes: 0 success; 2 user error (bad config, data or
+//! arguments, a plan that does not fit the GPU, a run directory another process writes); 3 a
+//! non-finite loss; 130 stopped by a signal after a checkpoint; 131 stopped at once by a second
+//! interrupt; 1 internal, device or disk error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,7 +6,16 @@
 //! ignores `.tmp-*`; the next save removes them. A save writes every byte (the checkpoint files,
 //! checksums.json and the new `latest`/`best` contents) under `.tmp-*` names and fsyncs them
 //! before the first rename, so a failed write (a full disk) changes nothing visible; the commit
-//! is then renames only: the directory, then `best`, then `latest`.
+//! is then renames only: the directory, an fsync of checkpoints/, `best`, `latest`, and an
+//! fsync again. A failure's error names the file and says the previous checkpoint is intact.
+//! **Invariant:** a `step-*` directory is complete and fsynced before it has that name.
+//!
+//! Retention: after a save, checkpoints other than the newest `keep`, the best and the latest
+//! are renamed to `.tmp-*` and then deleted, so a crash mid-delete never leaves a half-deleted
+//! checkpoint under a name a load would try. Loading (`resolve`, `load_latest`) tries `latest`,
+//! then every other checkpoint by step, descending, verifying checksums, format version and
+//! step; each one passed over becomes a warning. Only one process writes a store: the run
+//! directory's lock (`train::run_lock`) sees to that.
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -71,7 +71,7 @@ pub trait Primitive {
     fn inplace(&self) -> Option<usize> {
         None
     }
-    /// The GPU kernels the op launches, in order (backend/gpu/kernel.rs has the conventions).
+    /// The GPU kernels the op launches, in order (kernel/gpu.rs has the conventions).
     fn gpu(&self, _args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         Err(format!("`{}` has no GPU kernel yet", self.name()))
     }

@@ -4,6 +4,23 @@
 //! for bit: gradients do not depend on the policy. This is the mechanism and the fixed
 //! policies' drop sets (`blocks`, a `sqrt` segmentation, "save dots"); `search` chooses
 //! among them.
+//!
+//! `saved` lists the forward activations the backward pass reads. A policy's [`Remat`] says
+//! which of them to drop and, since *when* a clone lives matters as much as *whether* it is
+//! kept, how long each clone lives. [`rematerialize`] clones the producers of dropped
+//! activations as `Phase::Recompute` nodes inserted just before the backward op that first
+//! needs them, so creation order stays a valid and memory-friendly order. A clone restarts
+//! only from leaves and the activations the policy kept: a forward tensor no backward op reads
+//! (a batchnorm output that relu overwrote in place) is gone after the forward pass, so it is
+//! recomputed too. A clone is shared by every later backward reader, except
+//! - `per_use` ops, rebuilt for each backward op that needs them (a conv output needed first to
+//!   rebuild the next conv's input and much later by its batchnorm's gradient would otherwise
+//!   live across the whole block's backward);
+//! - with `cheap_chains_per_use`, memory-bound clones made only to rebuild another clone (a
+//!   residual stream rebuilt from a kept block output), which die with that backward op.
+//!
+//! A clone's inputs are rebuilt longest chain first (Sethi–Ullman), so a short chain's result
+//! is not held while a long one is built.
 
 use std::collections::{BTreeMap, BTreeSet};
 

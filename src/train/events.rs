@@ -5,8 +5,8 @@
 //! writes from a thread of its own where the logger's `catch_unwind` cannot reach, panics
 //! there on any I/O error (which the binary's panic hook reports as an internal error), has
 //! a fire-and-forget `flush` (no way to know the data reached the file), and truncates an
-//! existing file of the same name (same second and process id). docs/ARCHITECTURE.md says the
-//! same. The record format is in ../shared/notes.md ("TensorBoard").
+//! existing file of the same name (same second and process id). The record format is in
+//! ../shared/notes.md ("TensorBoard").
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

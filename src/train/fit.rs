@@ -4,6 +4,19 @@
 //! and logits, which are read back without waiting and accounted for in step order when they
 //! arrive (`Loop::run` says when it waits). Epoch ends validate, log and checkpoint.
 //!
+//! Asynchronous accounting: each step's host facts (step number, epoch, batch index and size,
+//! labels, LR) go on a FIFO (`Queued`) when the step is launched. Captures are flushed at each
+//! log point and polled every step; each one that arrives is matched with its FIFO entry and
+//! accounted for by `Loop::complete` exactly as a read right after the step would have been:
+//! metrics, the non-finite policy, progress, and log rows at the step's own number. The loop
+//! drains (waits for every pending capture) only where the weights of the step just run are
+//! needed or the run ends: an epoch end (validation), a due checkpoint (`train.save_every`), a
+//! signal, the last step. A non-finite loss stops the run (exit 3) naming its step; since every
+//! save follows a drain, no checkpoint is written after a bad step, though later steps may have
+//! run. `train.on_nonfinite = "skip_step"` undoes the step instead, which needs its loss before
+//! the next step, so that mode drains after every step: `Exec::save_state` copies the State
+//! region aside (on the device) before each step and `restore_state` puts it back.
+//!
 //! Bit-exact resume follows from what is a pure function of what: data order and augmentation
 //! of (seed, epoch, position), the learning rate of the step count, dropout of (seed, step), and
 //! everything else lives in the saved tensors (weights, running statistics, optimizer moments).

@@ -4,7 +4,16 @@
 //! system) never stalls a step, and any failure to write stays on the logger thread: it
 //! becomes one warning on stderr, that sink stops, and the run goes on. Logging must never be
 //! the reason a run dies. This file is the thread and its dispatch to the sinks; the sinks'
-//! formats are `events.rs` (TensorBoard) and `csv.rs` (metrics.csv).
+//! formats are `events.rs` (TensorBoard) and `csv.rs` (metrics.csv). A `catch_unwind` around
+//! each message turns a bug in the logger into one warning and logging off, never a dead run.
+//!
+//! Resuming: each process writes a new event file, named so that name order is run order, and
+//! `session_start(step)` writes SessionLog START so TensorBoard drops the points an interrupted
+//! process logged after the checkpoint the resume starts from; CSV columns are fixed when the
+//! file is made (`step,epoch` + [`COLUMNS`]), and a resumed run appends under the existing
+//! header after `csv::forget_rows_after` has dropped the rows logged past that checkpoint. Each
+//! CSV row is one `write`; [`Logger::flush`] waits for an fsync of both files (after a
+//! checkpoint, so the logs never lag behind it).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;

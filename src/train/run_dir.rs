@@ -1,7 +1,8 @@
 //! The run directory: `runs/<name>/<YYYYmmdd-HHMMSS>/` (or `--run-dir DIR`) holds
 //! `config.resolved.toml` with its SHA-256, `manifest.json` (who ran what, where), `metrics.csv`,
 //! TensorBoard event files, `checkpoints/` and `run.lock` (see `run_lock`: one writer at a
-//! time). A resumed run writes into the same directory.
+//! time). A resumed run writes into the same directory; a resume whose config differs from
+//! config.resolved.toml is refused, listing the keys (`differences`), unless `--force`.
 
 use std::fs;
 use std::io;

@@ -1,6 +1,15 @@
 //! The plan's memory regions as GPU buffers, allocated inside out-of-memory and validation
 //! error scopes, so a device that cannot hold the plan gives one screen that says which region,
 //! how much, and what to change, rather than an error at some later step.
+//!
+//! A region above `max_buffer_size` is refused before asking; the others are allocated after
+//! every kernel and binding was checked. A refusal names the region and what it holds (State:
+//! parameters, statistics, optimizer state; Grads; Inputs: the batch; Arena: activations), the
+//! bytes asked, the whole plan per region and the fix (lower `data.batch_size`, or set
+//! `train.checkpointing`). It is exit 2, like a tensor above the binding limit: the plan does
+//! not fit this device, the config has to change, and a script that retries exit 1 (a device
+//! that failed) would fail the same way again. `GpuError::exit_code` is the one place that
+//! decides; `fit` (through `backend::PrepareError`) and `bench` use it.
 
 use crate::schedule::{Plan, Region};
 

@@ -2,7 +2,15 @@
 //! per memory region (the plan's arena is the GPU memory plan), every pipeline, every bind
 //! group, every kernel's parameters in one uniform buffer, and where the step's dispatches are
 //! cut into submits (`submit.rs`). `step` then only writes the step's scalars and records the
-//! dispatches into one compute pass per submit.
+//! dispatches into one compute pass per submit: it creates no buffer and no bind group.
+//!
+//! `new` refuses, naming the layer, a tensor above the adapter's
+//! `max_storage_buffer_binding_size` and a grid above its workgroup limit (`GpuError::Plan`,
+//! exit 2). Kernels follow the binding convention of `kernel::gpu` and are built without
+//! naga's bounds checks (`create_shader_module_trusted`, up to 48× faster), so each kernel
+//! guards its indices against its `Params`; `TRAINER_SHADER_CHECKS=1` (set by the test script)
+//! builds them with checks. `eval_once` and `compare_with_cpu` (mod.rs) run one op on
+//! NaN-poisoned outputs for the kernel tests.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;

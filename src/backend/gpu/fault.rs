@@ -9,6 +9,8 @@
 //! - `alloc@REGION` (`state`, `grads`, `inputs`, `arena`): that region's buffer is asked for
 //!   above `max_buffer_size`, past our own check, so wgpu refuses it inside the same error
 //!   scopes that catch an out-of-memory error, and the same report follows.
+//!
+//! For tests only; a malformed value is refused with exit 2, like the other GPU settings.
 
 use crate::schedule::Region;
 

@@ -4,7 +4,16 @@
 //! uncaptured-error handler (anything else: an out-of-memory error mid-step arrives here) and
 //! the device-lost callback. `Health` keeps the first uncaptured error until the next `check`
 //! and the loss for good (every later call fails too), each with the step that was in flight
-//! when it was noticed. Waits have a deadline per submit (`TRAINER_GPU_TIMEOUT_SECS`).
+//! when it was noticed. Errors around a loss (a buffer it invalidated) are reported as the
+//! loss. The handlers replace wgpu's defaults, which panic.
+//!
+//! `Gpu::wait` is the only blocking wait (readbacks go through it). Each submit `step` makes
+//! gets `TRAINER_GPU_TIMEOUT_SECS` (default 60 s) of its own, so a long queue of steps is not a
+//! hang but one stuck submit is; a timeout is an error, and the `Gpu` then leaks its queue
+//! instead of dropping it (wgpu-core's `Queue::drop` waits for the device to drain). wgpu
+//! panics when a Vulkan driver fails a wait (`Device::poll` → `handle_error_fatal`); that panic
+//! is caught and reported as the lost device it is, without the "internal error" text of the
+//! process panic hook (`quiet_panics`).
 
 use std::cell::Cell;
 use std::collections::VecDeque;

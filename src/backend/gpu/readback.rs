@@ -14,6 +14,15 @@
 //! step `MAX_AHEAD` back when that one has not finished (the device still has `MAX_AHEAD`
 //! steps queued, so it never idles for it), and when every pooled buffer is waiting to be read
 //! it waits for the oldest (only a caller that never polls gets there).
+//!
+//! Sizes: a staging buffer holds at most `MAX_ROWS` (64) steps, fewer where a row is large
+//! (`MAX_STAGING_BYTES`), and the pool at most `MAX_STAGING` (8) buffers. Blocking reads
+//! (`GpuExec::read`, `read_many`, `params`: a copy, a submit, one wait for the queue) are for
+//! checkpoints, evaluation and tests. `GpuExec::blocking_waits` counts every wait for data
+//! (reads, drains, an exhausted pool) and `throttle_waits` the `MAX_AHEAD` throttle: a loop
+//! that captures and polls keeps the first at 0 between drains. A failed mapping or a lost
+//! device is a `GpuError`, never a panic. `CpuExec::capture` copies at once and its polls
+//! return the copy: one protocol for both backends (`backend::Exec::capture`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,7 @@
 //! An im2col matrix costs a write and a read per element, and each element feeds only as many
 //! multiply-adds as the layer has output channels: 16 in ResNet-20's first stage, so building
 //! the matrix cost about as much as the product. Here the kernel reads the padded input in
-//! place. Two tiles cover a convolution:
+//! place. Three tiles cover a convolution (ops/conv/direct.rs chooses and feeds them):
 //! - [`Direct::windows`] (forward, and the stride-1 input gradient as a flipped convolution):
 //!   output pixels in the vector lanes, a block of output channels across registers; each
 //!   (channel, tap) step loads the input window shifted by the tap and broadcasts one weight per
@@ -13,11 +13,15 @@
 //! - [`Direct::weight_grad`]: output channels in the lanes (dy transposed to pixel-major), a
 //!   block of (tap, input channel) columns across registers; each output pixel loads dy once and
 //!   broadcasts the input (channel-minor, NHWC) at each tap.
+//! - [`Direct::window_grad`] (the stride-1 weight gradient of a layer with few output
+//!   channels): output pixels in the lanes, a block of (output channel, input channel) pairs
+//!   across registers, each tap a shifted load of the padded input as in `windows`.
 //!
 //! Every output element is one accumulator summed in a fixed order (windows: channel, then tap;
-//! weight gradient: pixel by pixel, then added to the caller's accumulator), whatever the ISA
-//! or thread count. AVX-512 and AVX2 with FMA share the code through [`Simd`]; other CPUs (and
-//! f64) use im2col and the GEMM.
+//! weight gradient: pixel by pixel, then added to the caller's accumulator; window gradient:
+//! each lane over its pixels image after image, then the lanes added in a fixed tree), whatever
+//! the ISA or thread count. AVX-512 and AVX2 with FMA share the code through [`Simd`]; other
+//! CPUs (and f64) use im2col and the GEMM.
 
 /// Output channels a [`Direct::windows`] call computes must be a multiple of this.
 pub const WINDOW_OUTS: usize = 8;

@@ -35,7 +35,7 @@ pub trait Real:
     /// The GEMM microkernels for this type on this CPU (micro.rs).
     fn micro() -> &'static super::micro::Micro<Self>;
     /// The slice as f32 when this type is f32: the kernels written for f32 alone
-    /// (backend/cpu/direct.rs) take it, the others fall back to generic code.
+    /// (ops/conv/direct.rs) take it, the others fall back to generic code.
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
     fn max(self, other: Self) -> Self {

@@ -1,8 +1,23 @@
-//! The f32 paths of the convolution kernels on the SIMD tiles of backend/cpu/direct.rs: the
-//! forward (any stride) and the stride-1 input gradient over shifted windows of a zero-padded
-//! input, and the weight gradient at any stride, none through an im2col matrix. Taken when the element type
-//! is f32 and the CPU has the tiles; the generic im2col + GEMM code runs otherwise (f64
-//! gradient checks, other CPUs, kernels of more than `MAX_TAPS` taps).
+//! The f32 paths of the convolution kernels, on the SIMD tiles of kernel/cpu/conv_simd.rs
+//! (`Direct`). Each reads a zero-padded copy of each image in place instead of building an
+//! im2col matrix (with 16 output channels an im2col element feeds only 16 multiply-adds, so
+//! building the matrix cost as much as the product):
+//! - forward, any stride (`Windows`): a stride-s input is split into its s·s phases (rows ≡ a,
+//!   columns ≡ b mod s), each in planes of its own, so every tap reads a phase at stride 1
+//!   (`Phases` groups the taps by the phase they read);
+//! - input gradient: at stride 1, the flipped convolution (dy with the weights rotated 180°
+//!   and in/out channels swapped, `flipped` in ops/conv.rs) through `Windows`; at stride s
+//!   (`PhaseGrad`), dx split into its phases, each a stride-1 correlation of dy with the taps
+//!   that land on it;
+//! - weight gradient: `WindowGrad` (stride 1 and at most `GRAD_OUTS` output channels: pixels
+//!   in the lanes), else `GradWindows` (any stride: output channels in the lanes, over
+//!   pixel-major copies of x and dy).
+//!
+//! A path is taken when the element type is f32, the CPU has the tiles (AVX-512, or AVX2 with
+//! FMA) and the convolution is within its limits (at most `MAX_TAPS` taps and `MAX_PHASES`
+//! phases, a flip with no negative padding). Otherwise the generic code of ops/conv.rs runs:
+//! im2col + GEMM on packed weights, with an im2col slot per worker (f64 gradient checks, other
+//! CPUs, large kernels). Both paths are tested against the f64 definition on odd shapes.
 
 use rayon::prelude::*;
 
