@@ -93,7 +93,7 @@ fn hash_tensors(h: &mut Sha256, file: &Path) {
     }
 }
 
-/// The CPU kernels a step runs depend on the instruction set (src/backend/cpu/direct.rs).
+/// The CPU kernels a step runs depend on the instruction set (src/kernel/cpu/conv_simd.rs).
 fn cpu_key() -> String {
     #[cfg(target_arch = "x86_64")]
     {
