@@ -132,7 +132,7 @@ pub struct ResumeArgs {
 #[derive(Args)]
 pub struct EvalArgs {
     pub config: PathBuf,
-    /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+    /// A checkpoint directory, a run directory (its latest valid checkpoint) or a .safetensors file
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     /// Which split to evaluate
@@ -149,7 +149,7 @@ pub struct EvalArgs {
 #[derive(Args)]
 pub struct PredictArgs {
     pub config: PathBuf,
-    /// A checkpoint directory, a run directory (its latest checkpoint) or a .safetensors file
+    /// A checkpoint directory, a run directory (its latest valid checkpoint) or a .safetensors file
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     /// IDX image files or PNG/JPEG images
