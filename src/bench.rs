@@ -1,6 +1,15 @@
 //! `trainer bench`: full training steps on synthetic data, timed after a warm-up. Speed is
 //! measured here, never in tests.
+//!
+//! `--profile` (GPU) says where a step's time goes: after the warm-up, `--steps` steps are run
+//! with every dispatch timed by GPU timestamp queries (`backend::gpu::profile`), and the
+//! dispatches are grouped by op and input shapes: count per step, total and mean µs per step,
+//! share of the step's kernel time, achieved GFLOP/s (the op's `Primitive::flops`) and GB/s
+//! (the bytes its dispatches bind), largest total first; then the sum of kernel times against
+//! the step's wall time (the gap is launch and submit overhead). An adapter without
+//! TIMESTAMP_QUERY is refused (exit 2).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -10,7 +19,7 @@ use serde::Serialize;
 use crate::backend::cpu::CpuExec;
 
 use crate::backend::PrepareError;
-use crate::backend::gpu::{Gpu, GpuExec};
+use crate::backend::gpu::{Gpu, GpuExec, Timestamps};
 use crate::host_memory::{self, MemoryError};
 use crate::schedule::Plan;
 use crate::tensor::DType;
@@ -138,4 +147,172 @@ pub fn run_gpu(
         loss: exec.read(loss_t)?[0] as f64,
         submits_per_step: Some(exec.submits_per_step()),
     })
+}
+
+/// One group of a profiled step's dispatches: the same op on the same input shapes.
+#[derive(Debug, Serialize)]
+pub struct ProfileRow {
+    pub op: String,
+    /// The op's input shapes, e.g. `[8,784] [128,784]`.
+    pub shapes: String,
+    /// Dispatches per step.
+    pub count: usize,
+    /// GPU time per step, in microseconds.
+    pub total_us: f64,
+    pub mean_us: f64,
+    /// Of the step's summed kernel time.
+    pub share: f64,
+    pub gflop_s: f64,
+    pub gb_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileResult {
+    pub device: String,
+    pub batch: usize,
+    /// Profiled steps (after the warm-up); the times are their mean.
+    pub steps: usize,
+    pub warmup: usize,
+    pub timestamps: Timestamps,
+    pub dispatches_per_step: usize,
+    /// Mean wall time of a profiled step, in milliseconds (timestamps add some of it).
+    pub step_ms: f64,
+    /// Mean sum of a profiled step's kernel times, in milliseconds.
+    pub kernel_ms: f64,
+    /// Largest total first.
+    pub rows: Vec<ProfileRow>,
+}
+
+#[derive(Default)]
+struct Group {
+    dispatches: usize,
+    seconds: f64,
+    flops: f64,
+    bytes: f64,
+}
+
+/// `trainer bench --profile`: `WARMUP` normal steps, then `steps` profiled ones, grouped.
+pub fn profile_gpu(
+    gpu: &Gpu,
+    plan: Plan,
+    seed: u64,
+    steps: usize,
+) -> Result<ProfileResult, PrepareError> {
+    // Refused before anything is built.
+    let timestamps = gpu.timestamps()?;
+    let batch = plan.graph.batch;
+    let (features, labels) = (plan.graph.features, plan.graph.labels);
+    let mut exec = GpuExec::new(gpu, plan, seed)?;
+    let (x, y) = synthetic_batch(&exec.plan, seed)?;
+    exec.feed(features, &x)?;
+    exec.feed(labels, &y)?;
+    for step in 0..WARMUP {
+        exec.step(ctx(step, seed))?;
+    }
+    let g = &exec.plan.graph;
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut wall = 0.0;
+    for step in WARMUP..WARMUP + steps {
+        let profile = exec.profile_step(ctx(step, seed))?;
+        wall += profile.wall_seconds;
+        let mut per_launch: BTreeMap<usize, usize> = BTreeMap::new();
+        for d in &profile.dispatches {
+            *per_launch.entry(d.launch).or_default() += 1;
+        }
+        for d in &profile.dispatches {
+            let node = &g.dag[exec.plan.launches[d.launch].node];
+            let shapes: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|&t| crate::tensor::fmt_shape(&g.ty(t).shape))
+                .collect();
+            let key = (node.op.primitive().name().to_string(), shapes.join(" "));
+            let group = groups.entry(key).or_default();
+            group.dispatches += 1;
+            group.seconds += d.seconds;
+            // An op's FLOPs, shared evenly by its dispatches.
+            let node_id = exec.plan.launches[d.launch].node;
+            group.flops += g.flops(node_id) as f64 / per_launch[&d.launch] as f64;
+            group.bytes += d.bytes as f64;
+        }
+    }
+    let steps_f = steps as f64;
+    let kernel_seconds: f64 = groups.values().map(|gr| gr.seconds).sum::<f64>() / steps_f;
+    let per_second = |amount: f64, seconds: f64| {
+        if seconds > 0.0 { amount / seconds } else { 0.0 }
+    };
+    let mut rows: Vec<ProfileRow> = groups
+        .into_iter()
+        .map(|((op, shapes), gr)| {
+            let seconds = gr.seconds / steps_f;
+            let count = gr.dispatches / steps;
+            ProfileRow {
+                op,
+                shapes,
+                count,
+                total_us: seconds * 1e6,
+                mean_us: seconds * 1e6 / count as f64,
+                share: per_second(seconds, kernel_seconds),
+                gflop_s: per_second(gr.flops, gr.seconds) / 1e9,
+                gb_s: per_second(gr.bytes, gr.seconds) / 1e9,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
+    Ok(ProfileResult {
+        device: format!("gpu ({}, {})", gpu.adapter.name, gpu.adapter.backend),
+        batch,
+        steps,
+        warmup: WARMUP,
+        timestamps,
+        dispatches_per_step: exec.dispatch_count(),
+        step_ms: wall / steps_f * 1e3,
+        kernel_ms: kernel_seconds * 1e3,
+        rows,
+    })
+}
+
+/// The profile as a table, for `trainer bench --profile` without `--json`.
+pub fn profile_table(config: &str, p: &ProfileResult) -> String {
+    let mut out = format!(
+        "{config}: {} at batch {}: {} dispatches a step, timestamps {}, mean of {} step{}\n",
+        p.device,
+        p.batch,
+        p.dispatches_per_step,
+        match p.timestamps {
+            Timestamps::InsidePasses => "inside passes",
+            Timestamps::PassPerDispatch => "per pass (one pass per dispatch)",
+        },
+        p.steps,
+        if p.steps == 1 { "" } else { "s" },
+    );
+    let op_width = p.rows.iter().map(|r| r.op.len()).max().unwrap_or(2).max(2);
+    out += &format!(
+        "{:<op_width$}  {:>5}  {:>11}  {:>10}  {:>6}  {:>9}  {:>8}  shapes\n",
+        "op", "count", "total µs", "mean µs", "share", "GFLOP/s", "GB/s"
+    );
+    for r in &p.rows {
+        out += &format!(
+            "{:<op_width$}  {:>5}  {:>11.1}  {:>10.2}  {:>5.1}%  {:>9.2}  {:>8.2}  {}\n",
+            r.op,
+            r.count,
+            r.total_us,
+            r.mean_us,
+            r.share * 100.0,
+            r.gflop_s,
+            r.gb_s,
+            r.shapes
+        );
+    }
+    out += &format!(
+        "kernels {:.3} ms of a {:.3} ms step ({:.0}%)\n",
+        p.kernel_ms,
+        p.step_ms,
+        if p.step_ms > 0.0 {
+            p.kernel_ms / p.step_ms * 100.0
+        } else {
+            0.0
+        }
+    );
+    out
 }

@@ -99,6 +99,9 @@ pub struct BenchArgs {
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
+    /// GPU: time every kernel of `--steps` steps (timestamp queries), grouped by op and shape
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args)]
@@ -364,10 +367,29 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
         steps,
         batch,
         json,
+        profile,
     } = args;
     let (plan, cfg) = plan_step(&config, sets, batch)?;
     let device = device_of(device, &cfg);
     let (seed, steps) = (cfg.run.seed, steps as usize);
+    if profile {
+        let Backend::Gpu(gpu) = open_backend(device)? else {
+            crate::errln!("error: --profile times GPU kernels: pass --device gpu");
+            return Err(2);
+        };
+        let result = crate::bench::profile_gpu(&gpu, plan, seed, steps).map_err(|e| {
+            crate::errln!("error: {e}");
+            e.exit_code()
+        })?;
+        return if json {
+            print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+        } else {
+            print_out(&crate::bench::profile_table(
+                &config.display().to_string(),
+                &result,
+            ))
+        };
+    }
     let result = match open_backend(device)? {
         Backend::Cpu => crate::bench::run(plan, seed, steps),
         Backend::Gpu(gpu) => crate::bench::run_gpu(&gpu, plan, seed, steps),

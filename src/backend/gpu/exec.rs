@@ -166,6 +166,14 @@ impl Kernels {
     }
 }
 
+/// Where a prepared dispatch comes from.
+pub(super) struct Origin {
+    /// Index into the plan's launches.
+    pub launch: usize,
+    /// Bytes of the ranges it binds.
+    pub bytes: u64,
+}
+
 /// One prepared dispatch.
 struct Prepared {
     pipeline: wgpu::ComputePipeline,
@@ -322,8 +330,8 @@ pub struct GpuExec<'g> {
     submits: Vec<Range<usize>>,
     /// Estimated seconds a submit may take (`TRAINER_GPU_SUBMIT_MS`).
     budget: f64,
-    /// Each dispatch's layer (index into the graph's layers), to name a long one.
-    dispatch_layers: Vec<usize>,
+    /// Where each dispatch comes from: to name a long one's layer, and for `profile`.
+    pub(super) origins: Vec<Origin>,
     /// Whether a step was timed to correct `costs` (see `calibrate`).
     calibrated: bool,
     /// Kept alive for the bind groups that point into it.
@@ -371,12 +379,10 @@ impl<'g> GpuExec<'g> {
         for (li, _) in &all {
             *kernels_of.entry(*li).or_default() += 1;
         }
-        let costs: Vec<f64> = all
+        let origins: Vec<Origin> = all
             .iter()
             .map(|(li, d)| {
                 let l = &plan.launches[*li];
-                // An op's FLOPs, shared evenly by its dispatches; bytes are what each binds.
-                let kernels = kernels_of[li];
                 let bytes: usize = d
                     .bindings
                     .iter()
@@ -385,12 +391,19 @@ impl<'g> GpuExec<'g> {
                         Bind::Out(j) => l.outputs[j].len,
                     })
                     .sum();
-                rate.seconds(g.flops(l.node) / kernels, bytes as u64 * 4)
+                Origin {
+                    launch: *li,
+                    bytes: bytes as u64 * 4,
+                }
             })
             .collect();
-        let dispatch_layers: Vec<usize> = all
+        // An op's FLOPs, shared evenly by its dispatches; bytes are what each binds.
+        let costs: Vec<f64> = origins
             .iter()
-            .map(|(li, _)| g.dag[plan.launches[*li].node].layer)
+            .map(|o| {
+                let node = plan.launches[o.launch].node;
+                rate.seconds(g.flops(node) / kernels_of[&o.launch], o.bytes)
+            })
             .collect();
         let submits = submit::split(&costs, gpu.submit_budget);
         let regions = super::alloc::regions(gpu, &plan)?;
@@ -438,7 +451,7 @@ impl<'g> GpuExec<'g> {
             costs,
             submits,
             budget: gpu.submit_budget,
-            dispatch_layers,
+            origins,
             calibrated: false,
             _params: params,
             backup: None,
@@ -604,15 +617,47 @@ impl<'g> GpuExec<'g> {
         }
         // Only now, with measured speed, can a single kernel be said to be too long.
         let layers = &self.plan.graph.layers;
+        let dag = &self.plan.graph.dag;
         let long: Vec<(String, f64)> = self
             .costs
             .iter()
-            .zip(&self.dispatch_layers)
+            .zip(&self.origins)
             .filter(|&(&c, _)| c > self.budget)
-            .map(|(&c, &l)| (layers[l].name.clone(), c))
+            .map(|(&c, o)| {
+                let layer = dag[self.plan.launches[o.launch].node].layer;
+                (layers[layer].name.clone(), c)
+            })
             .collect();
         submit::warn_long(&long, self.budget);
         Ok(())
+    }
+
+    /// Records dispatch `i` into `pass`.
+    pub(super) fn record(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
+        let p = &self.prepared[i];
+        pass.set_pipeline(&p.pipeline);
+        pass.set_bind_group(0, &p.bind_group, &[]);
+        let [x, y, z] = p.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// The runs of dispatches submitted together (each within the submit budget).
+    pub(super) fn submit_runs(&self) -> &[Range<usize>] {
+        &self.submits
+    }
+
+    /// Writes the step's scalars and notes the step for error messages, before its dispatches.
+    pub(super) fn begin_step(&self, ctx: StepCtx) {
+        if ctx.step > 0 {
+            self.gpu.set_step(ctx.step);
+        }
+        self.gpu
+            .queue
+            .write_buffer(&self.step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
+    }
+
+    pub(super) fn gpu(&self) -> &'g Gpu {
+        self.gpu
     }
 
     /// Records the plan's launches, one compute pass and submit per run of `submits`, in
@@ -621,11 +666,7 @@ impl<'g> GpuExec<'g> {
         let gpu = self.gpu;
         // A lost device fails every call: stop here rather than queue work that cannot run.
         gpu.check()?;
-        if ctx.step > 0 {
-            gpu.set_step(ctx.step);
-        }
-        gpu.queue
-            .write_buffer(&self.step, 0, bytemuck::cast_slice(&step_bytes(ctx)));
+        self.begin_step(ctx);
         let started = std::time::Instant::now();
         for run in &self.submits {
             let mut encoder = gpu
@@ -638,11 +679,8 @@ impl<'g> GpuExec<'g> {
                     label: Some("step"),
                     timestamp_writes: None,
                 });
-                for p in &self.prepared[run.clone()] {
-                    pass.set_pipeline(&p.pipeline);
-                    pass.set_bind_group(0, &p.bind_group, &[]);
-                    let [x, y, z] = p.workgroups;
-                    pass.dispatch_workgroups(x, y, z);
+                for i in run.clone() {
+                    self.record(&mut pass, i);
                 }
             }
             gpu.submit(encoder.finish());

@@ -9,6 +9,7 @@ mod exec;
 mod fault;
 mod health;
 
+mod profile;
 mod readback;
 mod submit;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use error::GpuError;
 use error::classify;
 pub use exec::{GpuExec, eval_once};
+pub use profile::{DispatchTime, Profile, Timestamps};
 
 /// One adapter as `trainer devices` lists it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -155,6 +157,8 @@ pub struct Gpu {
     pub queue: ManuallyDrop<wgpu::Queue>,
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
+    /// The optional features the device was opened with (timestamp queries, where present).
+    pub features: wgpu::Features,
     /// Build kernels with naga's bounds checks (`TRAINER_SHADER_CHECKS=1`; the test suite).
     pub shader_checks: bool,
     /// The estimated seconds one submit may take (`TRAINER_GPU_SUBMIT_MS`; see `submit`).
@@ -190,9 +194,12 @@ impl Gpu {
             },
         })?;
         let limits = adapter.limits();
+        // Timestamps only where the adapter has them, for `trainer bench --profile`; a normal
+        // step writes none.
+        let features = adapter.features() & profile::TIMESTAMP_FEATURES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("trainer"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -213,6 +220,7 @@ impl Gpu {
             device: ManuallyDrop::new(device),
             queue: ManuallyDrop::new(queue),
             limits,
+            features,
             shader_checks: std::env::var("TRAINER_SHADER_CHECKS").is_ok_and(|v| v == "1"),
             submit_budget,
             timeout,
