@@ -301,7 +301,7 @@ pub fn profile_table(config: &str, p: &ProfileResult) -> String {
             r.share * 100.0,
             r.gflop_s,
             r.gb_s,
-            r.shapes
+            if r.shapes.is_empty() { "-" } else { &r.shapes }
         );
     }
     out += &format!(

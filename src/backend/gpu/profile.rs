@@ -74,8 +74,25 @@ impl GpuExec<'_> {
     /// Runs one step like `step`, each dispatch timed on the GPU. Waits for the device before
     /// and after, so the wall time is this step's alone.
     pub fn profile_step(&self, ctx: StepCtx) -> Result<Profile, GpuError> {
+        self.profile_step_with(ctx, self.gpu().timestamps()?)
+    }
+
+    /// `profile_step` with timestamps written as `timestamps` says (a pass per dispatch works
+    /// wherever TIMESTAMP_QUERY does; tests run both ways on one adapter).
+    pub fn profile_step_with(
+        &self,
+        ctx: StepCtx,
+        timestamps: Timestamps,
+    ) -> Result<Profile, GpuError> {
         let gpu = self.gpu();
-        let timestamps = gpu.timestamps()?;
+        if gpu.timestamps()? == Timestamps::PassPerDispatch
+            && timestamps == Timestamps::InsidePasses
+        {
+            return Err(GpuError::Plan(format!(
+                "the adapter {} lacks TIMESTAMP_QUERY_INSIDE_PASSES",
+                gpu.adapter.name
+            )));
+        }
         let n = self.dispatch_count();
         let sets: Vec<wgpu::QuerySet> = (0..n.div_ceil(DISPATCHES_PER_SET))
             .map(|k| {
