@@ -1,6 +1,7 @@
 //! The GPU backend: WGSL kernels through wgpu (Metal, Vulkan, DX12). This module owns the
 //! device, its limits and features, and the errors wgpu reports; `exec` runs a plan;
-//! `readback` reads tensors back after steps without waiting for them; kernels are declared
+//! `readback` reads tensors back after steps without waiting for them; `profile` times each
+//! dispatch of a step with timestamp queries (`trainer bench --profile`); kernels are declared
 //! by their ops (`Primitive::gpu`) with the types in `kernel`.
 
 mod alloc;
@@ -150,6 +151,10 @@ fn summary(a: &wgpu::Adapter) -> AdapterSummary {
     }
 }
 
+/// The features `Gpu::new` requests where the adapter has them (`profile`).
+const TIMESTAMP_FEATURES: wgpu::Features =
+    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
 /// An open device: what every executor on it shares.
 pub struct Gpu {
     /// Dropped by hand (`Drop`): not at all once the device hung.
@@ -196,7 +201,7 @@ impl Gpu {
         let limits = adapter.limits();
         // Timestamps only where the adapter has them, for `trainer bench --profile`; a normal
         // step writes none.
-        let features = adapter.features() & profile::TIMESTAMP_FEATURES;
+        let features = adapter.features() & TIMESTAMP_FEATURES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("trainer"),
             required_features: features,

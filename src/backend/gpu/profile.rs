@@ -12,10 +12,6 @@ use super::exec::GpuExec;
 use super::{Gpu, GpuError};
 use crate::tensor::StepCtx;
 
-/// The features `Gpu::new` requests where the adapter has them.
-pub(super) const TIMESTAMP_FEATURES: wgpu::Features =
-    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
-
 /// Two timestamps per dispatch; a query set holds at most this many.
 const QUERIES_PER_SET: u32 = wgpu::QUERY_SET_MAX_QUERIES;
 const DISPATCHES_PER_SET: usize = QUERIES_PER_SET as usize / 2;
