@@ -112,6 +112,19 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, PrepareEr
     })
 }
 
+/// `plan` prepared on the GPU, fed one synthetic batch, after `WARMUP` steps.
+fn warmed_up<'g>(gpu: &'g Gpu, plan: Plan, seed: u64) -> Result<GpuExec<'g>, PrepareError> {
+    let (features, labels) = (plan.graph.features, plan.graph.labels);
+    let mut exec = GpuExec::new(gpu, plan, seed)?;
+    let (x, y) = synthetic_batch(&exec.plan, seed)?;
+    exec.feed(features, &x)?;
+    exec.feed(labels, &y)?;
+    for step in 0..WARMUP {
+        exec.step(ctx(step, seed))?;
+    }
+    Ok(exec)
+}
+
 /// GPU steps are queued back to back as in training (nothing waits between them), so the
 /// step time is the wall time of `steps` steps, after warm-up, divided by `steps`.
 pub fn run_gpu(
@@ -120,15 +133,8 @@ pub fn run_gpu(
     seed: u64,
     steps: usize,
 ) -> Result<BenchResult, PrepareError> {
-    let batch = plan.graph.batch;
-    let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
-    let mut exec = GpuExec::new(gpu, plan, seed)?;
-    let (x, y) = synthetic_batch(&exec.plan, seed)?;
-    exec.feed(features, &x)?;
-    exec.feed(labels, &y)?;
-    for step in 0..WARMUP {
-        exec.step(ctx(step, seed))?;
-    }
+    let (batch, loss_t) = (plan.graph.batch, plan.graph.loss);
+    let mut exec = warmed_up(gpu, plan, seed)?;
     gpu.wait()?;
     let t0 = Instant::now();
     for step in WARMUP..WARMUP + steps {
@@ -201,14 +207,7 @@ pub fn profile_gpu(
     // Refused before anything is built.
     let timestamps = gpu.timestamps()?;
     let batch = plan.graph.batch;
-    let (features, labels) = (plan.graph.features, plan.graph.labels);
-    let mut exec = GpuExec::new(gpu, plan, seed)?;
-    let (x, y) = synthetic_batch(&exec.plan, seed)?;
-    exec.feed(features, &x)?;
-    exec.feed(labels, &y)?;
-    for step in 0..WARMUP {
-        exec.step(ctx(step, seed))?;
-    }
+    let exec = warmed_up(gpu, plan, seed)?;
     let g = &exec.plan.graph;
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut wall = 0.0;
