@@ -1,16 +1,13 @@
-// 2-D convolution and its two gradients as implicit GEMMs (src/ops/conv.rs): the im2col
-// matrix is never stored; each tile load computes the input pixel it stands for. One GEMM per
-// group (workgroup z), `MODE` choosing the operands (conv.rs substitutes it per op, so each op
-// compiles to its own specialised module):
+// 2-D convolution and its two gradients as implicit GEMMs (src/ops/conv.rs), operands for
+// kernels/gemm.wgsl: the im2col matrix is never stored; each tile load computes the input
+// pixel it stands for. One GEMM per group, `MODE` choosing the operands (conv.rs substitutes
+// it per op, so each op compiles to its own specialised module):
 //   0 forward:     y_g [og, N*P]     = w_g [og, cg*kh*kw]  · cols [cg*kh*kw, N*P]
 //   1 grad input:  dx_g [cg, N*H*W]  = w_gᵀ [cg, og*kh*kw] · dy gathered [og*kh*kw, N*H*W]
 //   2 grad weight: dw_g [og, cg*kh*kw] = dy_g [og, N*P]    · colsᵀ [N*P, cg*kh*kw]
 // where P = OH*OW. Grad input gathers, for each input pixel and tap, the output pixel that
 // read it (none where the stride skips it), so no sum is scattered. Grad weight's inner dim
-// runs over images and pixels in order within one thread: no atomics, deterministic.
-//
-// Tiling as kernels/matmul.wgsl: 16x16 threads, a 64x64 tile of the GEMM's output per
-// workgroup, each thread a 4x4 interleaved block, k 16 at a time through workgroup memory.
+// (images × pixels, up to 100k) is where split-K pays.
 
 const MODE: u32 = 0u;
 
@@ -31,6 +28,9 @@ struct Params {
     dil_y: u32,
     dil_x: u32,
     groups: u32,
+    k_chunk: u32,
+    slices: u32,
+    slice_words: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,12 +38,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> in0: array<f32>;
 @group(0) @binding(3) var<storage, read_write> in1: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> ta: array<f32, 1024>;
-var<workgroup> tb: array<f32, 1024>;
 
 fn cg() -> u32 {
     return p.c / p.groups;
@@ -128,75 +122,24 @@ fn load_b(k: u32, col: u32, g: u32) -> f32 {
     return x_at(k / pixels(), g, col, k % pixels());
 }
 
-fn store(r: u32, col: u32, g: u32, v: f32) {
+// Where (row r, column col) of group g's GEMM lives in out.
+fn out_index(r: u32, col: u32, g: u32) -> u32 {
     if (MODE == 0u) {
         let n = col / pixels();
-        out[(n * p.o + g * og() + r) * pixels() + col % pixels()] = v;
+        return (n * p.o + g * og() + r) * pixels() + col % pixels();
     } else if (MODE == 1u) {
         let hw = p.h * p.w;
         let n = col / hw;
-        out[(n * p.c + g * cg() + r) * hw + col % hw] = v;
-    } else {
-        out[(g * og() + r) * cg() * taps() + col] = v;
+        return (n * p.c + g * cg() + r) * hw + col % hw;
     }
+    return (g * og() + r) * cg() * taps() + col;
 }
 
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
-    let s = sizes();
-    let g = wid.z;
-    let nt = (s.y + TILE - 1u) / TILE;
-    let t = wid.y * nwg.x + wid.x;
-    // Past the last tile every row is >= s.x: nothing is loaded or stored, barriers still met.
-    let m0 = (t / nt) * TILE;
-    let n0 = (t % nt) * TILE;
-    let tid = lid.y * 16u + lid.x;
-    // The right operand is loaded in the order it is contiguous in (coalescing): along k
-    // for grad weight (k runs over pixels), along its columns (pixels) otherwise. The left
-    // one is contiguous along k in every mode.
-    let b_k_fast = MODE == 2u;
-
-    var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < s.z; k0 = k0 + TK) {
-        for (var q = 0u; q < 4u; q = q + 1u) {
-            let e = tid + q * 256u;
-            let r = e / TK;
-            var kk = e % TK;
-            var va = 0.0;
-            if (m0 + r < s.x && k0 + kk < s.z) {
-                va = load_a(m0 + r, k0 + kk, g);
-            }
-            ta[kk * TILE + r] = va;
-            var col = e % TILE;
-            kk = e / TILE;
-            if (b_k_fast) {
-                col = e / TK;
-                kk = e % TK;
-            }
-            var vb = 0.0;
-            if (n0 + col < s.y && k0 + kk < s.z) {
-                vb = load_b(k0 + kk, n0 + col, g);
-            }
-            tb[kk * TILE + col] = vb;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            let bv = vec4<f32>(tb[kk * TILE + lid.x], tb[kk * TILE + lid.x + 16u],
-                tb[kk * TILE + lid.x + 32u], tb[kk * TILE + lid.x + 48u]);
-            for (var i = 0u; i < 4u; i = i + 1u) {
-                acc[i] = acc[i] + ta[kk * TILE + lid.y + 16u * i] * bv;
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let row = m0 + lid.y + 16u * i;
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            let col = n0 + lid.x + 16u * j;
-            if (row < s.x && col < s.y) {
-                store(row, col, g, acc[i][j]);
-            }
-        }
-    }
+// The left operand is contiguous along k in every mode; the right one along k for grad weight
+// (k runs over pixels), along its columns (pixels) otherwise.
+fn a_k_fast() -> bool {
+    return true;
+}
+fn b_k_fast() -> bool {
+    return MODE == 2u;
 }

@@ -5,6 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
+use trainer::kernel::gpu::KernelArgs;
 use trainer::ops::{
     Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulGradInput, MatMulGradWeight, OpKind,
 };
@@ -61,7 +62,7 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         return;
     }
     let mut rng = seeded();
-    let cases: [(&[usize], usize, usize); 10] = [
+    let cases: [(&[usize], usize, usize); 12] = [
         (&[1], 1, 1),
         (&[3], 1, 17),
         (&[1], 17, 3),
@@ -72,6 +73,10 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         (&[65], 67, 130),
         (&[130], 5, 1),
         (&[4], 3, 0),
+        // Split-K (kernel/gpu/gemm.rs): the weight gradient's inner dim is 600 rows, the
+        // product's 1,030 (4 slices, the last one short).
+        (&[600], 5, 9),
+        (&[3], 5, 1030),
     ];
     for (lead, n, k) in cases {
         check_matmul(&mut rng, lead, n, k);
@@ -137,7 +142,75 @@ fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
             conv([1, 1], [0, 0], [1, 1], 1),
         ),
         ([1, 3, 2, 1], [2, 3, 3, 3], conv([1, 1], [2, 3], [1, 1], 1)),
+        // Weight gradients split along images × pixels (663, 646 and 2,668 long: 2, 2 and 8
+        // slices), with groups too.
+        (
+            [3, 2, 17, 13],
+            [3, 2, 3, 3],
+            conv([1, 1], [1, 1], [1, 1], 1),
+        ),
+        (
+            [2, 4, 19, 17],
+            [4, 2, 3, 3],
+            conv([1, 1], [1, 1], [1, 1], 2),
+        ),
+        (
+            [4, 1, 23, 29],
+            [3, 1, 3, 3],
+            conv([1, 1], [1, 1], [1, 1], 1),
+        ),
     ]
+}
+
+/// Slices of `op`'s GEMM on these inputs: 1 unless it splits K (one `Bind::Scratch`).
+fn slices(op: &OpKind, ins: &[&[usize]]) -> usize {
+    let types: Vec<TensorType> = ins.iter().map(|s| TensorType::f32(s.to_vec())).collect();
+    let refs: Vec<&TensorType> = types.iter().collect();
+    let outputs = op.primitive().infer(&refs).unwrap();
+    let ds = op
+        .primitive()
+        .gpu(&KernelArgs {
+            inputs: &refs,
+            outputs: &outputs,
+        })
+        .unwrap();
+    let words = trainer::kernel::gpu::workspace(&ds);
+    if words == 0 {
+        1
+    } else {
+        words / outputs[0].numel()
+    }
+}
+
+/// The split-K cases above do split, so the tests cover both passes.
+#[test]
+fn the_split_k_cases_split() {
+    let grad_w = |xs: [usize; 4], ws: [usize; 4], cv: Conv2d| {
+        let dy = out_shape(&OpKind::Conv2d(cv.clone()), &[&xs, &ws]);
+        let op = OpKind::Conv2dGradWeight(Conv2dGradWeight {
+            conv: cv,
+            kernel: [ws[2], ws[3]],
+        });
+        slices(&op, &[&xs, &dy])
+    };
+    let cases = conv_cases();
+    let found: Vec<usize> = cases[cases.len() - 3..]
+        .iter()
+        .map(|(xs, ws, cv)| grad_w(*xs, *ws, cv.clone()))
+        .collect();
+    assert_eq!(found, [2, 2, 8]);
+    let mm = slices(
+        &OpKind::MatMulGradWeight(MatMulGradWeight),
+        &[&[600, 5], &[600, 9]],
+    );
+    assert_eq!(mm, 2);
+    assert_eq!(
+        slices(&OpKind::MatMul(MatMul), &[&[3, 1030], &[5, 1030]]),
+        4
+    );
+    // The first ResNet-20 weight gradient on a batch of 128: 251 slices of 400.
+    let cv = conv([1, 1], [1, 1], [1, 1], 1);
+    assert_eq!(grad_w([128, 16, 28, 28], [16, 16, 3, 3], cv), 251);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Mat, Real, pack_lhs, pack_with, packed_bound, packed_len, product};
-use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, PREAMBLE, Params, Shader, groups};
+use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params};
 use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -292,20 +292,16 @@ enum GpuMode {
     GradWeight = 2,
 }
 
-/// The implicit-GEMM kernel of kernels/conv.wgsl for `mode`, over inputs 0, 1 and output 0,
-/// one 64x64 tile of the group's GEMM per workgroup and one group per z.
+/// The implicit GEMM of kernels/conv.wgsl for `mode` on kernels/gemm.wgsl, over inputs 0, 1
+/// and output 0, one GEMM per group.
 fn conv_kernel(g: &Geom, mode: GpuMode) -> Result<Vec<Dispatch>, String> {
     const TEXT: &str = include_str!("../../kernels/conv.wgsl");
-    const TILE: usize = 64;
-    let (rows, cols) = match mode {
-        GpuMode::Forward => (g.og(), g.n * g.p()),
-        GpuMode::GradInput => (g.cg(), g.n * g.hw()),
-        GpuMode::GradWeight => (g.og(), g.k()),
+    let (rows, cols, inner) = match mode {
+        GpuMode::Forward => (g.og(), g.n * g.p(), g.k()),
+        GpuMode::GradInput => (g.cg(), g.n * g.hw(), g.og() * g.kh * g.kw),
+        GpuMode::GradWeight => (g.og(), g.k(), g.n * g.p()),
     };
-    if g.groups > crate::kernel::gpu::MAX_GROUPS as usize {
-        return Err(format!("{} groups (at most 65535 on the GPU)", g.groups));
-    }
-    let text = TEXT.replacen(
+    let operands = TEXT.replacen(
         "const MODE: u32 = 0u;",
         &format!("const MODE: u32 = {}u;", mode as u32),
         1,
@@ -326,18 +322,17 @@ fn conv_kernel(g: &Geom, mode: GpuMode) -> Result<Vec<Dispatch>, String> {
         .u32(g.pad[1])
         .u32(g.dil[0])
         .u32(g.dil[1])
-        .u32(g.groups)
-        .done();
-    let [x, y, _] = groups(rows.div_ceil(TILE) * cols.div_ceil(TILE));
-    Ok(vec![Dispatch {
-        shader: Shader {
-            source: format!("{PREAMBLE}\n{text}").into(),
-            entry: "main",
-        },
-        bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+        .u32(g.groups);
+    Gemm {
+        operands,
         params,
-        workgroups: [x, y, g.groups as u32],
-    }])
+        rows,
+        cols,
+        inner,
+        groups: g.groups,
+        inputs: [Bind::In(0), Bind::In(1)],
+    }
+    .dispatches()
 }
 
 /// The outputs `lo..hi` along one dim whose tap `out * stride + off` lies inside `0..len`.

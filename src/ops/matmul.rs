@@ -8,21 +8,20 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Mat, Real, matmul, matmul_scratch};
-use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Params, Shader, groups};
+use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params};
 use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MatMul;
 
-/// One strided GEMM (kernels/matmul.wgsl): `c [m, n] = a [m, k] · b [k, n]` with `a` at
-/// `a[i * a_m + l * a_k]`, `b` at `b[l * b_k + j * b_n]`, `c` row-major; `a` is input 0, `b`
-/// input 1, `c` output 0.
+/// One strided GEMM (kernels/matmul.wgsl on kernels/gemm.wgsl): `c [m, n] = a [m, k] · b [k, n]`
+/// with `a` at `a[i * a_m + l * a_k]`, `b` at `b[l * b_k + j * b_n]`, `c` row-major; `a` is
+/// input 0, `b` input 1, `c` output 0.
 fn gemm_kernel(
     [m, n, k]: [usize; 3],
     [a_m, a_k]: [usize; 2],
     [b_k, b_n]: [usize; 2],
-) -> Vec<Dispatch> {
-    const TILE: usize = 64;
+) -> Result<Vec<Dispatch>, String> {
     let params = Params::new()
         .u32(m)
         .u32(n)
@@ -32,14 +31,17 @@ fn gemm_kernel(
         .u32(b_k)
         .u32(b_n)
         .u32(usize::from(a_k == 1))
-        .u32(usize::from(b_k == 1))
-        .done();
-    vec![Dispatch {
-        shader: Shader::file(include_str!("../../kernels/matmul.wgsl"), "main"),
-        bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+        .u32(usize::from(b_k == 1));
+    Gemm {
+        operands: include_str!("../../kernels/matmul.wgsl").into(),
         params,
-        workgroups: groups(m.div_ceil(TILE) * n.div_ceil(TILE)),
-    }]
+        rows: m,
+        cols: n,
+        inner: k,
+        groups: 1,
+        inputs: [Bind::In(0), Bind::In(1)],
+    }
+    .dispatches()
 }
 
 /// Rows of a tensor whose last dim is the matrix's columns.
@@ -80,7 +82,7 @@ impl Primitive for MatMul {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        Ok(gemm_kernel([m, n, k], [k, 1], [1, k]))
+        gemm_kernel([m, n, k], [k, 1], [1, k])
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let dy = a.dy()?;
@@ -153,7 +155,7 @@ impl Primitive for MatMulGradInput {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        Ok(gemm_kernel([m, k, n], [n, 1], [k, 1]))
+        gemm_kernel([m, k, n], [n, 1], [k, 1])
     }
 }
 
@@ -210,7 +212,7 @@ impl Primitive for MatMulGradWeight {
         // dw [n, k] = dyᵀ · x: dy [m, n], x [m, k]; the inner dim is the m rows.
         let (n, k) = (args.outputs[0].shape[0], args.outputs[0].shape[1]);
         let m = rows(args.inputs[0]);
-        Ok(gemm_kernel([n, k, m], [1, n], [k, 1]))
+        gemm_kernel([n, k, m], [1, n], [k, 1])
     }
 }
 

@@ -89,6 +89,16 @@ pub trait Eval {
     }
 }
 
+impl OpKind {
+    /// Words of GPU workspace the op's kernels bind for these types (kernel/gpu.rs
+    /// `workspace`); 0 where it has no GPU kernel, which the GPU executor reports itself.
+    pub fn gpu_workspace(&self, inputs: &[&TensorType], outputs: &[TensorType]) -> usize {
+        self.primitive()
+            .gpu(&KernelArgs { inputs, outputs })
+            .map_or(0, |ds| crate::kernel::gpu::workspace(&ds))
+    }
+}
+
 /// Data fed to the graph each step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Input {

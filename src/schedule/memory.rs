@@ -49,6 +49,9 @@ pub struct Layout {
     pub params: Vec<Slot>,
     /// Launches whose output 0 overwrites an input in place.
     pub in_place: usize,
+    /// Each launch's GPU workspace (`kernel::gpu::Bind::Scratch`), where it asks for one: an
+    /// arena slot alive during that launch only.
+    pub workspaces: BTreeMap<NodeId, Slot>,
 }
 
 fn align(n: usize) -> usize {
@@ -112,8 +115,20 @@ pub fn plan(
     let mut blocks: Vec<Block> = Vec::new();
     let mut block_of: BTreeMap<TensorId, usize> = BTreeMap::new();
     let mut in_place_count = 0;
+    let mut workspace_of: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
     for (i, &id) in order.iter().enumerate() {
         let n = &g.dag[id];
+        let in_types: Vec<_> = n.inputs.iter().map(|&t| g.ty(t)).collect();
+        let words = n.op.gpu_workspace(&in_types, &n.outputs);
+        if words > 0 {
+            blocks.push(Block {
+                len: align(words),
+                first: i,
+                last: i,
+                offset: 0,
+            });
+            workspace_of.insert(id, (blocks.len() - 1, words));
+        }
         for (k, ty) in n.outputs.iter().enumerate() {
             let t = TensorId::of(id, k);
             if slots.contains_key(&t) {
@@ -161,11 +176,23 @@ pub fn plan(
             },
         );
     }
+    let workspaces = workspace_of
+        .into_iter()
+        .map(|(id, (b, len))| {
+            let slot = Slot {
+                region: Region::Arena,
+                offset: blocks[b].offset,
+                len,
+            };
+            (id, slot)
+        })
+        .collect();
     Layout {
         slots,
         sizes,
         params,
         in_place: in_place_count,
+        workspaces,
     }
 }
 

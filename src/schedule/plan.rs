@@ -17,6 +17,8 @@ pub struct Launch {
     pub node: NodeId,
     pub inputs: Vec<Slot>,
     pub outputs: Vec<Slot>,
+    /// The GPU kernels' workspace (`Bind::Scratch`), alive during this launch only.
+    pub workspace: Option<Slot>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -37,8 +39,11 @@ pub struct Bytes {
     pub optimizer: u64,
     /// The fed batch (features and labels).
     pub inputs: u64,
-    /// The arena: every activation and backward intermediate, packed by lifetime.
+    /// The arena: every activation and backward intermediate, packed by lifetime, and the
+    /// kernels' workspace.
     pub activations_peak: u64,
+    /// The largest workspace one launch takes (split-K partial sums), inside the arena.
+    pub workspace: u64,
     pub total_peak: u64,
 }
 
@@ -81,6 +86,7 @@ impl Plan {
                     node: id,
                     inputs: n.inputs.iter().map(|t| layout.slots[t]).collect(),
                     outputs: graph.outputs(id).iter().map(|t| layout.slots[t]).collect(),
+                    workspace: layout.workspaces.get(&id).copied(),
                 }
             })
             .collect();
@@ -96,7 +102,7 @@ impl Plan {
     }
 
     /// Arena bytes in use at each launch: every slot holding a tensor that was written and is
-    /// still to be read (an in-place chain counts once). Its maximum is the activation peak
+    /// still to be read (an in-place chain counts once), and the launch's workspace. Its maximum is the activation peak
     /// when the arena packs without gaps.
     pub fn live_bytes(&self) -> Vec<u64> {
         let n = self.launches.len();
@@ -137,6 +143,12 @@ impl Plan {
             for (a, b) in merged {
                 delta[a] += len as i64 * 4;
                 delta[b + 1] -= len as i64 * 4;
+            }
+        }
+        for (i, l) in self.launches.iter().enumerate() {
+            if let Some(w) = l.workspace {
+                delta[i] += w.len as i64 * 4;
+                delta[i + 1] -= w.len as i64 * 4;
             }
         }
         let mut live = 0i64;
@@ -186,6 +198,12 @@ fn stats(g: &Graph, launches: &[Launch], layout: &Layout, policy: &Checkpointing
     bytes.grads = region(Region::Grads);
     bytes.inputs = region(Region::Inputs);
     bytes.activations_peak = region(Region::Arena);
+    bytes.workspace = launches
+        .iter()
+        .filter_map(|l| l.workspace)
+        .map(|w| w.len as u64 * 4)
+        .max()
+        .unwrap_or(0);
     bytes.total_peak = region(Region::State) + bytes.grads + bytes.inputs + bytes.activations_peak;
     Stats {
         batch: g.batch,

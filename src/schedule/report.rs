@@ -40,6 +40,10 @@ pub fn report(name: &str, s: &Stats) -> String {
             human(b.inputs)
         ),
         format!("  activations peak  {}", human(b.activations_peak)),
+        format!(
+            "    workspace       {} (the largest launch's, in the arena)",
+            human(b.workspace)
+        ),
         format!("  total peak        {}", human(b.total_peak)),
     ];
     lines.join("\n")

@@ -20,12 +20,12 @@ use super::alloc::{REGIONS, storage_buffer};
 use super::fault::Fault;
 use super::{Gpu, GpuError, submit};
 use crate::backend::Captured;
-use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Shader};
+use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, SCRATCH_ALIGN, Shader, workspace};
 use crate::ops::OpKind;
-use crate::schedule::{Plan, Region, Slot};
+use crate::schedule::{Launch, Plan, Region, Slot};
 use crate::tensor::StepCtx;
 use crate::tensor::TensorId;
-use crate::tensor::TensorType;
+use crate::tensor::{TensorType, fmt_shape};
 
 const STEP_BYTES: u64 = 16;
 
@@ -206,6 +206,7 @@ pub(super) fn dispatches(
             let ok = match *b {
                 Bind::In(i) => i < inputs.len(),
                 Bind::Out(j) => j < outputs.len(),
+                Bind::Scratch { at, len } => at % SCRATCH_ALIGN == 0 && len > 0,
             };
             if !ok {
                 return Err(GpuError::Plan(format!(
@@ -216,6 +217,26 @@ pub(super) fn dispatches(
         }
     }
     Ok(ds)
+}
+
+/// The memory binding `b` of launch `l` stands for: a tensor's slot, or its part of the
+/// launch's workspace (which the memory planner sized from the same dispatches).
+fn bound_slot(l: &Launch, b: Bind, layer: &str) -> Result<Slot, GpuError> {
+    match b {
+        Bind::In(i) => Ok(l.inputs[i]),
+        Bind::Out(j) => Ok(l.outputs[j]),
+        Bind::Scratch { at, len } => match l.workspace {
+            Some(w) if at + len <= w.len => Ok(Slot {
+                offset: w.offset + at,
+                len,
+                ..w
+            }),
+            _ => Err(GpuError::Plan(format!(
+                "layer `{layer}`: a kernel binds workspace words {at}..{} that the plan did not reserve (an internal error)",
+                at + len
+            ))),
+        },
+    }
 }
 
 /// Uniform offsets must be multiples of this (WebGPU's default and maximum requirement).
@@ -357,15 +378,22 @@ impl<'g> GpuExec<'g> {
             let layer = &g.layers[node.layer].name;
             let in_types: Vec<&TensorType> = node.inputs.iter().map(|&t| g.ty(t)).collect();
             for d in dispatches(gpu, &node.op, &in_types, &node.outputs, layer)? {
-                for b in &d.bindings {
-                    let (slot, ty) = match *b {
-                        Bind::In(i) => (l.inputs[i], in_types[i]),
-                        Bind::Out(j) => (l.outputs[j], &node.outputs[j]),
-                    };
+                for &b in &d.bindings {
+                    let slot = bound_slot(l, b, layer)?;
                     if slot.len * 4 > max_binding as usize {
+                        let what = match b {
+                            Bind::In(i) => {
+                                format!("a tensor of shape {}", fmt_shape(&in_types[i].shape))
+                            }
+                            Bind::Out(j) => {
+                                format!("a tensor of shape {}", fmt_shape(&node.outputs[j].shape))
+                            }
+                            Bind::Scratch { .. } => {
+                                format!("the workspace of kernel `{}`", d.shader.entry)
+                            }
+                        };
                         return Err(GpuError::Plan(format!(
-                            "layer `{layer}`: a tensor of shape {} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
-                            crate::tensor::fmt_shape(&ty.shape),
+                            "layer `{layer}`: {what} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
                             crate::config::values::human(slot.len as u64 * 4),
                             crate::config::values::human(max_binding)
                         )));
@@ -386,9 +414,10 @@ impl<'g> GpuExec<'g> {
                 let bytes: usize = d
                     .bindings
                     .iter()
-                    .map(|b| match *b {
+                    .map(|&b| match b {
                         Bind::In(i) => l.inputs[i].len,
                         Bind::Out(j) => l.outputs[j].len,
+                        Bind::Scratch { len, .. } => len,
                     })
                     .sum();
                 Origin {
@@ -417,11 +446,9 @@ impl<'g> GpuExec<'g> {
             let storage: Vec<wgpu::BufferBinding<'_>> = d
                 .bindings
                 .iter()
-                .map(|b| {
-                    let slot: Slot = match *b {
-                        Bind::In(i) => l.inputs[i],
-                        Bind::Out(j) => l.outputs[j],
-                    };
+                .map(|&b| {
+                    // Checked when the dispatches were collected above.
+                    let slot = bound_slot(l, b, "").expect("a checked binding");
                     wgpu::BufferBinding {
                         buffer: &regions[region_index(slot.region)],
                         offset: slot.offset as u64 * 4,
@@ -768,6 +795,8 @@ pub fn eval_once(
         .iter()
         .map(|t| upload("out", &vec![f32::NAN; t.numel()]))
         .collect();
+    // Poisoned like the outputs: a kernel that reads workspace it did not write gives NaN.
+    let workspace = upload("workspace", &vec![f32::NAN; workspace(&ds).max(1)]);
     let words: Vec<&[u32]> = ds.iter().map(|d| d.params.as_slice()).collect();
     let (params, at) = pack_params(gpu, &words);
     let step = step_buffer(gpu);
@@ -782,12 +811,14 @@ pub fn eval_once(
         let storage: Vec<wgpu::BufferBinding<'_>> = d
             .bindings
             .iter()
-            .map(|b| {
-                let buffer = match *b {
-                    Bind::In(i) => &inputs[i],
-                    Bind::Out(j) => &outputs[j],
-                };
-                buffer.as_entire_buffer_binding()
+            .map(|&b| match b {
+                Bind::In(i) => inputs[i].as_entire_buffer_binding(),
+                Bind::Out(j) => outputs[j].as_entire_buffer_binding(),
+                Bind::Scratch { at, len } => wgpu::BufferBinding {
+                    buffer: &workspace,
+                    offset: at as u64 * 4,
+                    size: NonZeroU64::new(len as u64 * 4),
+                },
             })
             .collect();
         let uniform = wgpu::BufferBinding {

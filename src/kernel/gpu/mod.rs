@@ -8,8 +8,16 @@
 //! - `@binding(1)`: `var<uniform> step: Step` (runtime scalars: learning rate, step, seed);
 //! - `@binding(2 + k)`: `var<storage, read_write>` for `Dispatch::bindings[k]`.
 //!
+//! A launch may ask for workspace (`Bind::Scratch`): memory its dispatches share and nothing
+//! else reads, such as split-K partial sums. The memory planner gives each launch's workspace
+//! an arena slot that lives for that launch only, like any tensor's.
+//!
 //! Every storage binding is `read_write`, inputs too: an in-place launch binds two ranges of
 //! one buffer, and WebGPU forbids one buffer as read-only and writable storage in one dispatch.
+
+mod gemm;
+
+pub use gemm::{Gemm, split_k};
 
 use std::borrow::Cow;
 
@@ -22,13 +30,32 @@ pub const MAX_GROUPS: u32 = 65_535;
 
 /// The WGSL every kernel starts with: the two uniforms and the linear thread index of a grid
 /// that `grid` may have folded into two dimensions.
-pub const PREAMBLE: &str = include_str!("../../kernels/common.wgsl");
+pub const PREAMBLE: &str = include_str!("../../../kernels/common.wgsl");
 
-/// Which tensor a storage binding is.
+/// What a storage binding is: an input or output tensor of the op, or `len` words of the
+/// launch's workspace from word `at` (a multiple of `SCRATCH_ALIGN`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bind {
     In(usize),
     Out(usize),
+    Scratch { at: usize, len: usize },
+}
+
+/// Workspace bindings start at multiples of this many words (256 bytes: WebGPU's storage
+/// offset alignment).
+pub const SCRATCH_ALIGN: usize = 64;
+
+/// Words of workspace `dispatches` bind: the end of their furthest `Bind::Scratch`.
+pub fn workspace(dispatches: &[Dispatch]) -> usize {
+    dispatches
+        .iter()
+        .flat_map(|d| &d.bindings)
+        .map(|b| match *b {
+            Bind::Scratch { at, len } => at + len,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// WGSL source and the entry point to run.
@@ -54,7 +81,7 @@ impl Shader {
 /// preamble, the shared tree reductions (kernels/tree.wgsl), the file's shared head (before its first `// @entry` line) and that entry's own
 /// section, so that each module declares each binding once (entries differ in `Params`).
 pub fn section(text: &'static str, entry: &'static str) -> Shader {
-    const TREE: &str = include_str!("../../kernels/tree.wgsl");
+    const TREE: &str = include_str!("../../../kernels/tree.wgsl");
     let mut parts = text.split("\n// @entry ");
     let head = parts.next().unwrap_or_default();
     let body = parts

@@ -1,0 +1,122 @@
+//! The tiled GEMM (kernels/gemm.wgsl) that matmul and convolution run on, with split-K: a
+//! product whose output has few tiles but a long inner dim (a weight gradient, where the inner
+//! dim is batch × pixels) is cut into slices along it, each slice's partial product written to
+//! the launch's workspace, then added in slice order (kernels/split_k.wgsl). That fills the
+//! GPU, and partial sums are more accurate than one long running sum. The split depends on the
+//! shapes only, so a config runs the same kernels (and bits) on every adapter.
+
+use super::{Bind, Dispatch, MAX_GROUPS, PREAMBLE, Params, Shader, grid, groups};
+
+/// Rows and columns of the output tile one workgroup computes (kernels/gemm.wgsl `TILE`).
+pub const TILE: usize = 64;
+/// The inner dim's step through workgroup memory (`TK`).
+const TK: usize = 16;
+/// Workgroups split-K aims for: enough to fill a large GPU (132 SMs on an H100) a few times.
+const TARGET_GROUPS: usize = 2048;
+/// The shortest slice worth its partial sums' traffic.
+const MIN_CHUNK: usize = 256;
+const MAX_SLICES: usize = 256;
+/// Words of partial sums one launch may keep (16 MiB): workspace shares the arena with the
+/// activations, so it counts against the memory peak.
+const MAX_PARTIALS: usize = 4 << 20;
+
+/// How the inner dim `k` of a GEMM with `tiles` output tiles of `words` outputs in all is cut:
+/// (slices, chunk), every slice `chunk` long (a multiple of `TK`) except the last.
+pub fn split_k(tiles: usize, k: usize, words: usize) -> (usize, usize) {
+    let want = (TARGET_GROUPS / tiles.max(1)).max(1);
+    let most = (k / MIN_CHUNK).max(1).min(MAX_PARTIALS / words.max(1));
+    let slices = prev_power_of_two(want.min(most).min(MAX_SLICES));
+    let chunk = k.div_ceil(slices).next_multiple_of(TK).max(TK);
+    (k.div_ceil(chunk).max(1), chunk)
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
+}
+
+/// One GEMM per group: `out_g [rows, cols] = A_g [rows, inner] · B_g [inner, cols]`.
+pub struct Gemm {
+    /// The operand file (kernels/matmul.wgsl, conv.wgsl): `Params`, bindings and loaders.
+    pub operands: String,
+    /// The operand file's own `Params` words, before the split fields the core appends.
+    pub params: Params,
+    pub rows: usize,
+    pub cols: usize,
+    pub inner: usize,
+    pub groups: usize,
+    /// The inputs bound to @binding(2) and (3).
+    pub inputs: [Bind; 2],
+}
+
+impl Gemm {
+    /// The dispatches: the GEMM writing output 0, or its slices into workspace and the sum.
+    pub fn dispatches(self) -> Result<Vec<Dispatch>, String> {
+        const CORE: &str = include_str!("../../../kernels/gemm.wgsl");
+        let tiles = self.rows.div_ceil(TILE) * self.cols.div_ceil(TILE);
+        let words = self.groups * self.rows * self.cols;
+        let (slices, chunk) = split_k(tiles * self.groups, self.inner, words);
+        if self.groups * slices > MAX_GROUPS as usize {
+            return Err(format!(
+                "{} groups in {slices} slices (at most {MAX_GROUPS} on the GPU)",
+                self.groups
+            ));
+        }
+        let partials = Bind::Scratch {
+            at: 0,
+            len: slices * words,
+        };
+        let target = if slices > 1 { partials } else { Bind::Out(0) };
+        let params = self
+            .params
+            .u32(chunk)
+            .u32(slices)
+            .u32(if slices > 1 { words } else { 0 })
+            .done();
+        let [x, y, _] = groups(tiles);
+        let mut ds = vec![Dispatch {
+            shader: Shader {
+                source: format!("{PREAMBLE}\n{}\n{CORE}", self.operands).into(),
+                entry: "main",
+            },
+            bindings: vec![self.inputs[0], self.inputs[1], target],
+            params,
+            workgroups: [x, y, (self.groups * slices) as u32],
+        }];
+        if slices > 1 {
+            ds.push(Dispatch {
+                shader: Shader::file(include_str!("../../../kernels/split_k.wgsl"), "main"),
+                bindings: vec![partials, Bind::Out(0)],
+                params: Params::new().u32(words).u32(slices).done(),
+                workgroups: grid(words),
+            });
+        }
+        Ok(ds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_k_fills_the_gpu_only_where_tiles_are_few_and_k_is_long() {
+        // ResNet-20's first weight gradient: 3 tiles, k = 128 images × 784 pixels.
+        let (s, chunk) = split_k(3, 100_352, 16 * 144);
+        assert_eq!((s, chunk), (251, 400));
+        // ResNet-18's first (64 → 64 channels): the partial sums' 16 MiB bound holds it to 64.
+        assert_eq!(split_k(9, 100_352, 64 * 576).0, 64);
+        // Plenty of tiles, or a short k: one slice covering all of k.
+        assert_eq!(split_k(4096, 4096, 4096 * 4096), (1, 4096));
+        assert_eq!(split_k(1, 300, 1).0, 1);
+        assert_eq!(split_k(1, 511, 1).0, 1);
+        assert_eq!(split_k(1, 512, 1).0, 2);
+        for (tiles, k) in [(1, 1), (7, 10_001), (300, 65_537), (2049, 1 << 20)] {
+            let (s, chunk) = split_k(tiles, k, tiles * 4096);
+            assert!((1..=MAX_SLICES).contains(&s));
+            assert!(
+                chunk * s >= k && (s == 1 || chunk * (s - 1) < k),
+                "{tiles} {k}"
+            );
+        }
+    }
+}
