@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
-use trainer::kernel::gpu::KernelArgs;
+use trainer::kernel::gpu::{KernelArgs, Tile};
 use trainer::ops::{
     Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulGradInput, MatMulGradWeight, OpKind,
 };
@@ -62,7 +62,7 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         return;
     }
     let mut rng = seeded();
-    let cases: [(&[usize], usize, usize); 12] = [
+    let cases: [(&[usize], usize, usize); 13] = [
         (&[1], 1, 1),
         (&[3], 1, 17),
         (&[1], 17, 3),
@@ -77,6 +77,8 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         // product's 1,030 (4 slices, the last one short).
         (&[600], 5, 9),
         (&[3], 5, 1030),
+        // The 128x128 tile (a 2048 x 2048 product); its gradients split K.
+        (&[2048], 2048, 37),
     ];
     for (lead, n, k) in cases {
         check_matmul(&mut rng, lead, n, k);
@@ -179,6 +181,34 @@ fn slices(op: &OpKind, ins: &[&[usize]]) -> usize {
         1
     } else {
         words / outputs[0].numel()
+    }
+}
+
+/// The cases above run every GEMM tile shape (kernel/gpu/gemm.rs `Tile::ALL`).
+#[test]
+fn the_cases_cover_every_tile() {
+    let mut sources = String::new();
+    let mut add = |op: OpKind, ins: &[&[usize]]| {
+        let types: Vec<TensorType> = ins.iter().map(|s| TensorType::f32(s.to_vec())).collect();
+        let refs: Vec<&TensorType> = types.iter().collect();
+        let outputs = op.primitive().infer(&refs).unwrap();
+        let args = KernelArgs {
+            inputs: &refs,
+            outputs: &outputs,
+        };
+        for d in op.primitive().gpu(&args).unwrap() {
+            sources.push_str(&d.shader.source);
+        }
+    };
+    for (lead, n) in [(17, 33), (33, 3), (2048, 2048), (3, 5)] {
+        add(OpKind::MatMul(MatMul), &[&[lead, 37], &[n, 37]]);
+    }
+    for (xs, ws, cv) in conv_cases() {
+        add(OpKind::Conv2d(cv), &[&xs, &ws]);
+    }
+    for tile in Tile::ALL {
+        let want = format!("const TM: u32 = {}u;\nconst TN: u32 = {}u;", tile.rows, tile.cols);
+        assert!(sources.contains(&want), "no case runs {tile:?}");
     }
 }
 

@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 
 use trainer::config;
-use trainer::kernel::gpu::KernelArgs;
+use trainer::kernel::gpu::{KernelArgs, Tile};
 use trainer::nn;
-use trainer::ops::OpKind;
+use trainer::ops::{MatMul, OpKind};
 use trainer::tensor::TensorType;
 use trainer::training;
 
-const CONFIGS: [&str; 7] = [
+const CONFIGS: [&str; 8] = [
+    "benches/configs/gemm4096.toml",
     "configs/mlp.toml",
     "configs/lenet.toml",
     "configs/resnet.toml",
@@ -63,6 +64,20 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
                     Err(e) => missing.push(format!("{what}: {e}")),
                 }
             }
+        }
+    }
+    // Every GEMM tile shape (kernel/gpu/gemm.rs), whether or not a config's sizes pick it.
+    for tile in Tile::ALL {
+        let [m, n] = [tile.rows * 16, tile.cols * 16];
+        let (x, w) = (TensorType::f32(vec![m, 8]), TensorType::f32(vec![n, 8]));
+        let outputs = [TensorType::f32(vec![m, n])];
+        let args = KernelArgs {
+            inputs: &[&x, &w],
+            outputs: &outputs,
+        };
+        for d in OpKind::MatMul(MatMul).primitive().gpu(&args).expect("a GEMM") {
+            out.entry(d.shader.source.to_string())
+                .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} GEMM")));
         }
     }
     missing.sort();

@@ -7,10 +7,57 @@
 
 use super::{Bind, Dispatch, MAX_GROUPS, PREAMBLE, Params, Shader, grid, groups};
 
-/// Rows and columns of the output tile one workgroup computes (kernels/gemm.wgsl `TILE`).
-pub const TILE: usize = 64;
-/// The inner dim's step through workgroup memory (`TK`).
+/// The inner dim's step through workgroup memory (kernels/gemm.wgsl `TK`).
 const TK: usize = 16;
+
+/// The output tile one workgroup of 256 threads computes: `rows` x `cols`, with `wy` threads
+/// along the rows (kernels/gemm.wgsl `TM`, `TN`, `WY`). Every shape gives each thread 4x4 or
+/// 8x8 outputs; workgroup memory is 16 · (rows + cols) words, at most 17 KiB (Metal has 32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub rows: usize,
+    pub cols: usize,
+    pub wy: usize,
+}
+
+impl Tile {
+    /// The shapes, smallest first: a GEMM with 16 or 32 rows (the early convolutions' output
+    /// channels) would waste most of a 64-row tile.
+    pub const ALL: [Tile; 4] = [
+        Tile { rows: 16, cols: 256, wy: 4 },
+        Tile { rows: 32, cols: 128, wy: 8 },
+        Tile { rows: 64, cols: 64, wy: 16 },
+        Tile { rows: 128, cols: 128, wy: 16 },
+    ];
+
+    /// The tile for a GEMM of `groups` × [rows, cols]: from its shape alone, so every adapter
+    /// runs the same kernels. The 128x128 tile (8x8 per thread) only where it still leaves
+    /// enough workgroups to fill a large GPU.
+    pub fn for_shape(rows: usize, cols: usize, groups: usize) -> Tile {
+        let [t16, t32, t64, t128] = Tile::ALL;
+        if rows <= 16 {
+            t16
+        } else if rows <= 32 {
+            t32
+        } else if t128.tiles(rows, cols) * groups >= 256 {
+            t128
+        } else {
+            t64
+        }
+    }
+
+    pub fn tiles(&self, rows: usize, cols: usize) -> usize {
+        rows.div_ceil(self.rows) * cols.div_ceil(self.cols)
+    }
+
+    /// kernels/gemm.wgsl with this tile's constants.
+    fn core(&self) -> String {
+        const CORE: &str = include_str!("../../../kernels/gemm.wgsl");
+        CORE.replacen("const TM: u32 = 64u;", &format!("const TM: u32 = {}u;", self.rows), 1)
+            .replacen("const TN: u32 = 64u;", &format!("const TN: u32 = {}u;", self.cols), 1)
+            .replacen("const WY: u32 = 16u;", &format!("const WY: u32 = {}u;", self.wy), 1)
+    }
+}
 /// Workgroups split-K aims for: enough to fill a large GPU (132 SMs on an H100) a few times.
 const TARGET_GROUPS: usize = 2048;
 /// The shortest slice worth its partial sums' traffic.
@@ -51,8 +98,8 @@ pub struct Gemm {
 impl Gemm {
     /// The dispatches: the GEMM writing output 0, or its slices into workspace and the sum.
     pub fn dispatches(self) -> Result<Vec<Dispatch>, String> {
-        const CORE: &str = include_str!("../../../kernels/gemm.wgsl");
-        let tiles = self.rows.div_ceil(TILE) * self.cols.div_ceil(TILE);
+        let tile = Tile::for_shape(self.rows, self.cols, self.groups);
+        let tiles = tile.tiles(self.rows, self.cols);
         let words = self.groups * self.rows * self.cols;
         let (slices, chunk) = split_k(tiles * self.groups, self.inner, words);
         if self.groups * slices > MAX_GROUPS as usize {
@@ -75,7 +122,7 @@ impl Gemm {
         let [x, y, _] = groups(tiles);
         let mut ds = vec![Dispatch {
             shader: Shader {
-                source: format!("{PREAMBLE}\n{}\n{CORE}", self.operands).into(),
+                source: format!("{PREAMBLE}\n{}\n{}", self.operands, tile.core()).into(),
                 entry: "main",
             },
             bindings: vec![self.inputs[0], self.inputs[1], target],

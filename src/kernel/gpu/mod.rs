@@ -17,7 +17,7 @@
 
 mod gemm;
 
-pub use gemm::{Gemm, split_k};
+pub use gemm::{Gemm, Tile, split_k};
 
 use std::borrow::Cow;
 
