@@ -207,7 +207,10 @@ fn the_cases_cover_every_tile() {
         add(OpKind::Conv2d(cv), &[&xs, &ws]);
     }
     for tile in Tile::ALL {
-        let want = format!("const TM: u32 = {}u;\nconst TN: u32 = {}u;", tile.rows, tile.cols);
+        let want = format!(
+            "const TM: u32 = {}u;\nconst TN: u32 = {}u;",
+            tile.rows, tile.cols
+        );
         assert!(sources.contains(&want), "no case runs {tile:?}");
     }
 }

@@ -75,7 +75,11 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             inputs: &[&x, &w],
             outputs: &outputs,
         };
-        for d in OpKind::MatMul(MatMul).primitive().gpu(&args).expect("a GEMM") {
+        for d in OpKind::MatMul(MatMul)
+            .primitive()
+            .gpu(&args)
+            .expect("a GEMM")
+        {
             out.entry(d.shader.source.to_string())
                 .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} GEMM")));
         }

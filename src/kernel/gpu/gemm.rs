@@ -24,10 +24,26 @@ impl Tile {
     /// The shapes, smallest first: a GEMM with 16 or 32 rows (the early convolutions' output
     /// channels) would waste most of a 64-row tile.
     pub const ALL: [Tile; 4] = [
-        Tile { rows: 16, cols: 256, wy: 4 },
-        Tile { rows: 32, cols: 128, wy: 8 },
-        Tile { rows: 64, cols: 64, wy: 16 },
-        Tile { rows: 128, cols: 128, wy: 16 },
+        Tile {
+            rows: 16,
+            cols: 256,
+            wy: 4,
+        },
+        Tile {
+            rows: 32,
+            cols: 128,
+            wy: 8,
+        },
+        Tile {
+            rows: 64,
+            cols: 64,
+            wy: 16,
+        },
+        Tile {
+            rows: 128,
+            cols: 128,
+            wy: 16,
+        },
     ];
 
     /// The tile for a GEMM of `groups` × [rows, cols]: from its shape alone, so every adapter
@@ -53,9 +69,21 @@ impl Tile {
     /// kernels/gemm.wgsl with this tile's constants.
     fn core(&self) -> String {
         const CORE: &str = include_str!("../../../kernels/gemm.wgsl");
-        CORE.replacen("const TM: u32 = 64u;", &format!("const TM: u32 = {}u;", self.rows), 1)
-            .replacen("const TN: u32 = 64u;", &format!("const TN: u32 = {}u;", self.cols), 1)
-            .replacen("const WY: u32 = 16u;", &format!("const WY: u32 = {}u;", self.wy), 1)
+        CORE.replacen(
+            "const TM: u32 = 64u;",
+            &format!("const TM: u32 = {}u;", self.rows),
+            1,
+        )
+        .replacen(
+            "const TN: u32 = 64u;",
+            &format!("const TN: u32 = {}u;", self.cols),
+            1,
+        )
+        .replacen(
+            "const WY: u32 = 16u;",
+            &format!("const WY: u32 = {}u;", self.wy),
+            1,
+        )
     }
 }
 /// Workgroups split-K aims for: enough to fill a large GPU (132 SMs on an H100) a few times.
@@ -80,6 +108,9 @@ pub fn split_k(tiles: usize, k: usize, words: usize) -> (usize, usize) {
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
+
+/// The operand files' uniform declaration, which `Gemm` replaces by a constant.
+const UNIFORM_PARAMS: &str = "@group(0) @binding(0) var<uniform> p: Params;";
 
 /// One GEMM per group: `out_g [rows, cols] = A_g [rows, inner] · B_g [inner, cols]`.
 pub struct Gemm {
@@ -119,10 +150,23 @@ impl Gemm {
             .u32(slices)
             .u32(if slices > 1 { words } else { 0 })
             .done();
+        // The sizes are compiled in, not read from a uniform: the index arithmetic of every
+        // load (an implicit im2col divides by kernel and image sizes) then divides by
+        // constants, which the compiler turns into multiplies.
+        let fields: Vec<String> = params.iter().map(|w| format!("{w}u")).collect();
+        let operands = self.operands.replacen(
+            UNIFORM_PARAMS,
+            &format!("const p = Params({});", fields.join(", ")),
+            1,
+        );
+        assert_ne!(
+            operands, self.operands,
+            "an operand file declares `{UNIFORM_PARAMS}`"
+        );
         let [x, y, _] = groups(tiles);
         let mut ds = vec![Dispatch {
             shader: Shader {
-                source: format!("{PREAMBLE}\n{}\n{}", self.operands, tile.core()).into(),
+                source: format!("{PREAMBLE}\n{operands}\n{}", tile.core()).into(),
                 entry: "main",
             },
             bindings: vec![self.inputs[0], self.inputs[1], target],
