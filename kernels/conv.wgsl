@@ -3,10 +3,14 @@
 // pixel it stands for. One GEMM per group, `MODE` choosing the operands (conv.rs substitutes
 // it per op, so each op compiles to its own specialised module):
 //   0 forward:     y_g [og, N*P]     = w_g [og, cg*kh*kw]  · cols [cg*kh*kw, N*P]
-//   1 grad input:  dx_g [cg, N*H*W]  = w_gᵀ [cg, og*kh*kw] · dy gathered [og*kh*kw, N*H*W]
+//   1 grad input:  dx_g [cg, N*HU*WU] = w_gᵀ [cg, og*NT] · dy gathered [og*NT, N*HU*WU]
+//                  for one stride phase (py, px) of the input pixels
 //   2 grad weight: dw_g [og, cg*kh*kw] = dy_g [og, N*P]    · colsᵀ [N*P, cg*kh*kw]
 // where P = OH*OW. Grad input gathers, for each input pixel and tap, the output pixel that
-// read it (none where the stride skips it), so no sum is scattered. Grad weight's inner dim
+// read it, so no sum is scattered. At stride s only the taps with (py + pad - ki·dil) ≡ 0
+// (mod s) reach pixels of row phase py (iy = py + s·u): conv.rs launches one GEMM per phase
+// (py, px), over its HU x WU pixels and its NT = nky x nkx taps (ki = ki0 + ks_y·i, likewise
+// kj), so no multiply-add is spent on the zeros a stride leaves. Grad weight's inner dim
 // (images × pixels, up to 100k) is where split-K pays.
 
 const MODE: u32 = 0u;
@@ -28,6 +32,17 @@ struct Params {
     dil_y: u32,
     dil_x: u32,
     groups: u32,
+    // Grad input's stride phase: its first pixel, its size, and its taps along each dim.
+    py: u32,
+    px: u32,
+    hu: u32,
+    wu: u32,
+    ki0: u32,
+    ks_y: u32,
+    nky: u32,
+    kj0: u32,
+    ks_x: u32,
+    nkx: u32,
     k_chunk: u32,
     slices: u32,
     slice_words: u32,
@@ -58,7 +73,7 @@ fn sizes() -> vec3<u32> {
     if (MODE == 0u) {
         return vec3<u32>(og(), np, cg() * taps());
     } else if (MODE == 1u) {
-        return vec3<u32>(cg(), p.n * p.h * p.w, og() * taps());
+        return vec3<u32>(cg(), p.n * p.hu * p.wu, og() * p.nky * p.nkx);
     }
     return vec3<u32>(og(), cg() * taps(), np);
 }
@@ -78,13 +93,33 @@ fn x_at(n: u32, g: u32, t: u32, pix: u32) -> f32 {
     return in0[((n * p.c + g * cg() + ci) * p.h + u32(iy)) * p.w + u32(ix)];
 }
 
+// Grad input: taps per output channel in the phase's inner dim. A phase no tap reaches has
+// an empty inner dim (its pixels get zeros); the divisors stay nonzero for the compiler.
+fn phase_taps() -> u32 {
+    return max(p.nky * p.nkx, 1u);
+}
+
+// Grad input: the phase's tap t as (ki, kj).
+fn phase_tap(t: u32) -> vec2<u32> {
+    let nkx = max(p.nkx, 1u);
+    return vec2<u32>(p.ki0 + p.ks_y * (t / nkx), p.kj0 + p.ks_x * (t % nkx));
+}
+
+// Grad input: column col of the phase's GEMM as (image, input row, input column).
+fn phase_pixel(col: u32) -> vec3<u32> {
+    let n = col / (p.hu * p.wu);
+    let pix = col % (p.hu * p.wu);
+    return vec3<u32>(n, p.py + p.stride_y * (pix / p.wu), p.px + p.stride_x * (pix % p.wu));
+}
+
 // The GEMM's left operand at (row r, inner k) of group g; r and k in range.
 fn load_a(r: u32, k: u32, g: u32) -> f32 {
     if (MODE == 0u) {
         return in1[(g * og() + r) * cg() * taps() + k];
     } else if (MODE == 1u) {
-        // w [o, ci, tap] at o = k / taps, ci = r.
-        return in1[((g * og() + k / taps()) * cg() + r) * taps() + k % taps()];
+        // w [o, ci, ki, kj] at o = k / NT, ci = r, (ki, kj) the phase's tap k % NT.
+        let kk = phase_tap(k % phase_taps());
+        return in1[((g * og() + k / phase_taps()) * cg() + r) * taps() + kk.x * p.kw + kk.y];
     }
     // dy [n, g*og + r, pix] at k = n*P + pix.
     let n = k / pixels();
@@ -96,27 +131,22 @@ fn load_b(k: u32, col: u32, g: u32) -> f32 {
     if (MODE == 0u) {
         return x_at(col / pixels(), g, k, col % pixels());
     } else if (MODE == 1u) {
-        // dy at the output pixel whose tap k % taps reads input pixel col, if any.
-        let hw = p.h * p.w;
-        let n = col / hw;
-        let pix = col % hw;
-        let oc = k / taps();
-        let tt = k % taps();
-        let ty = i32(pix / p.w + p.pad_y) - i32((tt / p.kw) * p.dil_y);
-        let tx = i32(pix % p.w + p.pad_x) - i32((tt % p.kw) * p.dil_x);
+        // dy at the output pixel whose tap reads input pixel col of the phase, if any: the
+        // phase's taps divide exactly, so only the image's edges leave it out.
+        let px = phase_pixel(col);
+        let oc = k / phase_taps();
+        let kk = phase_tap(k % phase_taps());
+        let ty = i32(px.y + p.pad_y) - i32(kk.x * p.dil_y);
+        let tx = i32(px.z + p.pad_x) - i32(kk.y * p.dil_x);
         if (ty < 0 || tx < 0) {
             return 0.0;
         }
-        let uy = u32(ty);
-        let ux = u32(tx);
-        if (uy % p.stride_y != 0u || ux % p.stride_x != 0u) {
-            return 0.0;
-        }
-        let oy = uy / p.stride_y;
-        let ox = ux / p.stride_x;
+        let oy = u32(ty) / p.stride_y;
+        let ox = u32(tx) / p.stride_x;
         if (oy >= p.oh || ox >= p.ow) {
             return 0.0;
         }
+        let n = px.x;
         return in0[((n * p.o + g * og() + oc) * p.oh + oy) * p.ow + ox];
     }
     return x_at(k / pixels(), g, col, k % pixels());
@@ -128,9 +158,8 @@ fn out_index(r: u32, col: u32, g: u32) -> u32 {
         let n = col / pixels();
         return (n * p.o + g * og() + r) * pixels() + col % pixels();
     } else if (MODE == 1u) {
-        let hw = p.h * p.w;
-        let n = col / hw;
-        return (n * p.c + g * cg() + r) * hw + col % hw;
+        let px = phase_pixel(col);
+        return ((px.x * p.c + g * cg() + r) * p.h + px.y) * p.w + px.z;
     }
     return (g * og() + r) * cg() * taps() + col;
 }

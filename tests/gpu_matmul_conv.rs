@@ -62,7 +62,7 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         return;
     }
     let mut rng = seeded();
-    let cases: [(&[usize], usize, usize); 13] = [
+    let cases: [(&[usize], usize, usize); 15] = [
         (&[1], 1, 1),
         (&[3], 1, 17),
         (&[1], 17, 3),
@@ -79,6 +79,9 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         (&[3], 5, 1030),
         // The 128x128 tile (a 2048 x 2048 product); its gradients split K.
         (&[2048], 2048, 37),
+        // The wide 32- and 64-row tiles (256 tiles of 256 columns).
+        (&[29], 65_500, 21),
+        (&[61], 65_530, 19),
     ];
     for (lead, n, k) in cases {
         check_matmul(&mut rng, lead, n, k);
@@ -200,7 +203,14 @@ fn the_cases_cover_every_tile() {
             sources.push_str(&d.shader.source);
         }
     };
-    for (lead, n) in [(17, 33), (33, 3), (2048, 2048), (3, 5)] {
+    for (lead, n) in [
+        (17, 33),
+        (33, 3),
+        (2048, 2048),
+        (3, 5),
+        (29, 65_500),
+        (61, 65_530),
+    ] {
         add(OpKind::MatMul(MatMul), &[&[lead, 37], &[n, 37]]);
     }
     for (xs, ws, cv) in conv_cases() {

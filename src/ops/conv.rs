@@ -293,19 +293,89 @@ enum GpuMode {
 }
 
 /// The implicit GEMM of kernels/conv.wgsl for `mode` on kernels/gemm.wgsl, over inputs 0, 1
-/// and output 0, one GEMM per group.
+/// and output 0, one GEMM per group; the input gradient one per stride phase.
 fn conv_kernel(g: &Geom, mode: GpuMode) -> Result<Vec<Dispatch>, String> {
-    const TEXT: &str = include_str!("../../kernels/conv.wgsl");
-    let (rows, cols, inner) = match mode {
-        GpuMode::Forward => (g.og(), g.n * g.p(), g.k()),
-        GpuMode::GradInput => (g.cg(), g.n * g.hw(), g.og() * g.kh * g.kw),
-        GpuMode::GradWeight => (g.og(), g.k(), g.n * g.p()),
+    let whole = Phase {
+        first: [0, 0],
+        size: [g.h, g.w],
+        taps: [(0, 1, g.kh), (0, 1, g.kw)],
     };
+    match mode {
+        GpuMode::Forward => conv_gemm(g, mode, &whole, (g.og(), g.n * g.p(), g.k())),
+        GpuMode::GradWeight => conv_gemm(g, mode, &whole, (g.og(), g.k(), g.n * g.p())),
+        GpuMode::GradInput => {
+            let mut ds = Vec::new();
+            for py in 0..g.stride[0].min(g.h) {
+                for px in 0..g.stride[1].min(g.w) {
+                    let ph = Phase::of(g, [py, px]);
+                    let shape = (
+                        g.cg(),
+                        g.n * ph.size[0] * ph.size[1],
+                        g.og() * ph.taps[0].2 * ph.taps[1].2,
+                    );
+                    ds.extend(conv_gemm(g, mode, &ph, shape)?);
+                }
+            }
+            Ok(ds)
+        }
+    }
+}
+
+/// One stride phase of the input gradient: the input pixels (first + stride·u, ..) and the
+/// kernel taps that reach them, per dim as (first, step, count). The whole image and every
+/// tap for the other modes.
+struct Phase {
+    first: [usize; 2],
+    size: [usize; 2],
+    taps: [(usize, usize, usize); 2],
+}
+
+impl Phase {
+    fn of(g: &Geom, first: [usize; 2]) -> Phase {
+        let dim = |d: usize, len: usize, k: usize| {
+            // Tap ki reaches this phase's pixels when (first + pad - ki·dil) ≡ 0 (mod stride):
+            // a congruence, so the taps that do are an arithmetic progression.
+            let reach: Vec<usize> = (0..k)
+                .filter(|&ki| {
+                    (first[d] as isize + g.pad[d] as isize - (ki * g.dil[d]) as isize)
+                        .rem_euclid(g.stride[d] as isize)
+                        == 0
+                })
+                .collect();
+            let step = if reach.len() > 1 {
+                reach[1] - reach[0]
+            } else {
+                1
+            };
+            let size = (len - first[d]).div_ceil(g.stride[d]);
+            (
+                size,
+                (reach.first().copied().unwrap_or(0), step, reach.len()),
+            )
+        };
+        let (h, ty) = dim(0, g.h, g.kh);
+        let (w, tx) = dim(1, g.w, g.kw);
+        Phase {
+            first,
+            size: [h, w],
+            taps: [ty, tx],
+        }
+    }
+}
+
+fn conv_gemm(
+    g: &Geom,
+    mode: GpuMode,
+    ph: &Phase,
+    (rows, cols, inner): (usize, usize, usize),
+) -> Result<Vec<Dispatch>, String> {
+    const TEXT: &str = include_str!("../../kernels/conv.wgsl");
     let operands = TEXT.replacen(
         "const MODE: u32 = 0u;",
         &format!("const MODE: u32 = {}u;", mode as u32),
         1,
     );
+    let [(ki0, ks_y, nky), (kj0, ks_x, nkx)] = ph.taps;
     let params = Params::new()
         .u32(g.n)
         .u32(g.c)
@@ -322,7 +392,17 @@ fn conv_kernel(g: &Geom, mode: GpuMode) -> Result<Vec<Dispatch>, String> {
         .u32(g.pad[1])
         .u32(g.dil[0])
         .u32(g.dil[1])
-        .u32(g.groups);
+        .u32(g.groups)
+        .u32(ph.first[0])
+        .u32(ph.first[1])
+        .u32(ph.size[0])
+        .u32(ph.size[1])
+        .u32(ki0)
+        .u32(ks_y)
+        .u32(nky)
+        .u32(kj0)
+        .u32(ks_x)
+        .u32(nkx);
     Gemm {
         operands,
         params,

@@ -11,8 +11,9 @@ use super::{Bind, Dispatch, MAX_GROUPS, PREAMBLE, Params, Shader, grid, groups};
 const TK: usize = 16;
 
 /// The output tile one workgroup of 256 threads computes: `rows` x `cols`, with `wy` threads
-/// along the rows (kernels/gemm.wgsl `TM`, `TN`, `WY`). Every shape gives each thread 4x4 or
-/// 8x8 outputs; workgroup memory is 16 · (rows + cols) words, at most 17 KiB (Metal has 32).
+/// along the rows (kernels/gemm.wgsl `TM`, `TN`, `WY`). Every shape gives each thread 4x4, 8x4
+/// or 8x8 outputs; workgroup memory is 16 · (rows + cols + 8) words, at most 21 KiB (Metal
+/// has 32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     pub rows: usize,
@@ -21,9 +22,10 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// The shapes, smallest first: a GEMM with 16 or 32 rows (the early convolutions' output
-    /// channels) would waste most of a 64-row tile.
-    pub const ALL: [Tile; 4] = [
+    /// The shapes: a GEMM with 16 or 32 rows (the early convolutions' output channels) would
+    /// waste most of a 64-row tile; the 8x8-per-thread tiles reuse each value read from
+    /// workgroup memory twice as often as the 4x4 ones, but leave fewer workgroups.
+    pub const ALL: [Tile; 6] = [
         Tile {
             rows: 16,
             cols: 256,
@@ -35,9 +37,19 @@ impl Tile {
             wy: 8,
         },
         Tile {
+            rows: 32,
+            cols: 256,
+            wy: 4,
+        },
+        Tile {
             rows: 64,
             cols: 64,
             wy: 16,
+        },
+        Tile {
+            rows: 64,
+            cols: 256,
+            wy: 8,
         },
         Tile {
             rows: 128,
@@ -47,18 +59,18 @@ impl Tile {
     ];
 
     /// The tile for a GEMM of `groups` × [rows, cols]: from its shape alone, so every adapter
-    /// runs the same kernels. The 128x128 tile (8x8 per thread) only where it still leaves
-    /// enough workgroups to fill a large GPU.
+    /// runs the same kernels. The largest tile that fits the rows and still leaves 256
+    /// workgroups (two waves of an H100's 132 SMs), else the smaller one.
     pub fn for_shape(rows: usize, cols: usize, groups: usize) -> Tile {
-        let [t16, t32, t64, t128] = Tile::ALL;
-        if rows <= 16 {
-            t16
-        } else if rows <= 32 {
-            t32
-        } else if t128.tiles(rows, cols) * groups >= 256 {
-            t128
-        } else {
-            t64
+        let [t16, t32, t32_wide, t64, t64_wide, t128] = Tile::ALL;
+        let enough = |t: Tile| t.tiles(rows, cols) * groups >= 256;
+        match rows {
+            0..=16 => t16,
+            17..=32 if enough(t32_wide) => t32_wide,
+            17..=32 => t32,
+            33..=64 if enough(t64_wide) => t64_wide,
+            _ if rows > 64 && enough(t128) => t128,
+            _ => t64,
         }
     }
 
