@@ -127,9 +127,12 @@ struct DriverCache {
 impl Pipelines {
     /// Opens the cache file of this adapter (if the device has `PIPELINE_CACHE`); never fails.
     pub(super) fn open(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Pipelines {
-        let key = wgpu::util::pipeline_cache_key(info)
-            .filter(|_| device.features().contains(wgpu::Features::PIPELINE_CACHE));
-        let dir = cache_dir();
+        Pipelines::open_in(device, wgpu::util::pipeline_cache_key(info), cache_dir())
+    }
+
+    /// `open` with the file name (`None`: no cache for this adapter) and directory given.
+    fn open_in(device: &wgpu::Device, key: Option<String>, dir: Option<PathBuf>) -> Pipelines {
+        let key = key.filter(|_| device.features().contains(wgpu::Features::PIPELINE_CACHE));
         let (driver, cache, on_disk) = match (key, dir) {
             (None, _) => (None, CacheState::Unsupported, None),
             (Some(_), None) => (None, CacheState::NoDirectory, None),
@@ -451,5 +454,152 @@ mod tests {
                 bytes: HEADER as u64 + 3
             }
         );
+    }
+
+    use crate::backend::gpu::{Gpu, test_gpu};
+
+    /// A kernel that writes `value` to its one output; every such kernel has the same entry
+    /// and label, so only the source tells them apart.
+    fn kernel(value: &str) -> Shader {
+        Shader {
+            source: format!(
+                "@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n\
+                 @compute @workgroup_size(1)\nfn main() {{ out[0] = {value}; }}\n"
+            )
+            .into(),
+            entry: "main",
+        }
+    }
+
+    fn layout(gpu: &Gpu) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let bgl = gpu
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: None,
+                entries: &[wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: false },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }],
+            });
+        let pl = gpu
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+        (bgl, pl)
+    }
+
+    /// Builds `shader` through `pipelines` and runs it: the value it wrote.
+    fn run(gpu: &Gpu, pipelines: &Pipelines, shader: &Shader) -> f32 {
+        let (bgl, pl) = layout(gpu);
+        let pipeline = pipelines
+            .get(&gpu.device, shader, &pl, gpu.shader_checks)
+            .unwrap();
+        let buffer = |usage| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 4,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let out = buffer(wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+        let read = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &bgl,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: out.as_entire_binding(),
+            }],
+        });
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        encoder.copy_buffer_to_buffer(&out, 0, &read, 0, 4);
+        gpu.submit(encoder.finish());
+        read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        gpu.wait().unwrap();
+        let view = read.slice(..).get_mapped_range().unwrap();
+        bytemuck::cast_slice::<u8, f32>(&view)[0]
+    }
+
+    fn state(p: &Pipelines) -> CacheState {
+        p.stats().cache
+    }
+
+    /// Where the driver really caches (NVIDIA, newer Mesa), a kernel whose source changed
+    /// must be compiled anew, not served the binary cached under the same entry and layout;
+    /// on every Vulkan driver the file goes from empty to loaded, and a corrupt file or one
+    /// of another device is ignored.
+    #[test]
+    fn a_changed_kernel_is_compiled_anew() {
+        let Some(gpu) = test_gpu() else { return };
+        if !gpu.features.contains(wgpu::Features::PIPELINE_CACHE) {
+            crate::errln!("skipping: the adapter has no PIPELINE_CACHE");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Pipelines::open_in(&gpu.device, Some("k".into()), Some(dir.path().into()));
+        let (one, two) = (kernel("1.0"), kernel("2.0"));
+        let first = open();
+        assert_eq!(state(&first), CacheState::Empty);
+        assert_eq!(run(gpu, &first, &one), 1.0);
+        first.save();
+        let file = dir.path().join("k.pipelines");
+        let saved = std::fs::read(&file).unwrap();
+        assert_eq!(first.stats().saved_bytes, Some(saved.len() as u64));
+
+        let second = open();
+        let loaded = CacheState::Loaded {
+            bytes: saved.len() as u64,
+        };
+        assert_eq!(state(&second), loaded);
+        assert_eq!(
+            run(gpu, &second, &two),
+            2.0,
+            "the changed kernel got a stale binary"
+        );
+        assert_eq!(run(gpu, &second, &one), 1.0);
+        assert_eq!(second.stats().built, 2);
+
+        std::fs::write(&file, b"not a cache").unwrap();
+        let corrupt = open();
+        assert!(
+            matches!(state(&corrupt), CacheState::Ignored { reason } if reason.ends_with("is corrupt"))
+        );
+        assert_eq!(run(gpu, &corrupt, &two), 2.0);
+        corrupt.save();
+        assert!(
+            unwrap(&std::fs::read(&file).unwrap()).is_some(),
+            "not rewritten"
+        );
+
+        // Well wrapped, but wgpu's header names another device (a byte of the vendor id,
+        // after magic, version, ABI, backend and 3 bytes of padding): wgpu refuses it, we
+        // start empty, and the refusal must not reach the device's error handler.
+        let mut data = unwrap(&saved).unwrap().to_vec();
+        data[8 + 4 + 4 + 1 + 3] ^= 0xff;
+        std::fs::write(&file, wrap(&data, Sha256::digest(&data).into())).unwrap();
+        let foreign = open();
+        assert!(
+            matches!(state(&foreign), CacheState::Ignored { reason } if reason.contains("different device")),
+            "{:?}",
+            state(&foreign)
+        );
+        assert_eq!(run(gpu, &foreign, &one), 1.0);
+        gpu.check().unwrap();
     }
 }
