@@ -156,9 +156,10 @@ struct Startup {
 }
 
 impl Startup {
-    /// "ready for step 1 in 1.84 s: device 0.21 s, data 0.95 s, plan 0.12 s, executor 0.40
-    /// s, eval model 0.10 s; kernels: 61 pipelines in 0.42 s (naga 0.05 s, driver 0.37 s),
-    /// pipeline cache loaded (1.2 MiB)".
+    /// "ready for step 1 in 1.84 s: device 0.21 s, data 0.95 s, plan 0.12 s, executor
+    /// 0.40 s, eval model 0.10 s; kernels: 61 pipelines in 0.42 s (naga 0.05 s, driver
+    /// 0.37 s), pipeline cache loaded (1.2 MiB)"; the parts need not add up to the whole
+    /// (the run directory, a checkpoint to resume from, the loader thread).
     fn line(&self, gpu: Option<&Gpu>) -> String {
         let device = gpu.map_or(0.0, |g| g.opened_in.as_secs_f64());
         let mut line = format!(

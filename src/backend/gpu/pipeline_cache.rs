@@ -12,9 +12,9 @@
 //! `~/.cache/trainer`. It holds our header (magic, length, SHA-256 of the rest), then wgpu's
 //! data: wgpu's header (adapter, driver version) and the driver's blob (whose own header names
 //! the driver build). Whatever is wrong with a file only costs speed, never the run: a file
-//! that is truncated or corrupt (our checksum) is not given to the driver; one from another
-//! driver version wgpu drops (`fallback`); one from another device wgpu refuses, and we start
-//! empty. A file above `MAX_FILE` is not loaded either: the driver never forgets an entry, so
+//! that is truncated or corrupt (our checksum) is not given to the driver; one of another
+//! device, driver version or wgpu version wgpu refuses, and we start empty (what wgpu's
+//! `fallback` does, but with the reason for the start line). A file above `MAX_FILE` is not loaded either: the driver never forgets an entry, so
 //! pipelines of kernels that have since changed would pile up; the next save holds only what
 //! this process built.
 //!
@@ -340,21 +340,22 @@ fn unwrap(bytes: &[u8]) -> Option<&[u8]> {
     (whole && Sha256::digest(data).as_slice() == digest).then_some(data)
 }
 
-/// The driver's cache, started from `data` if given. `Err` with the reason when wgpu refuses
-/// the data (another device's: wgpu drops other mismatches itself, `fallback`).
+/// The driver's cache, started from `data` if given. `Err` with wgpu's reason when it refuses
+/// the data (another device's, another driver version's, another wgpu's); the caller then
+/// starts empty, as `fallback: true` would, but knows why.
 fn driver_cache(device: &wgpu::Device, data: Option<&[u8]>) -> Result<wgpu::PipelineCache, String> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     // SAFETY: `data` is what `PipelineCache::get_data` returned in an earlier process (our
     // checksum shows the file is whole and unchanged since we wrote it); wgpu checks its own
-    // header (adapter, driver version) and the driver its own (vendor, device, build UUID),
-    // and with `fallback` starts empty on a mismatch rather than use the data.
+    // header (adapter, driver version) and refuses a mismatch, and the driver checks its own
+    // (vendor, device, build UUID) and ignores data that is not its own.
     #[allow(unsafe_code)]
     let cache = unsafe {
         device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
             label: Some("trainer"),
             data,
-            fallback: true,
+            fallback: false,
         })
     };
     let v = pollster::block_on(validation.pop());
@@ -600,6 +601,20 @@ mod tests {
             state(&foreign)
         );
         assert_eq!(run(gpu, &foreign, &one), 1.0);
+        gpu.check().unwrap();
+
+        // This device's, from another driver version (wgpu's validation key: the driver
+        // version, after the 15-byte adapter key).
+        let mut data = unwrap(&saved).unwrap().to_vec();
+        data[8 + 4 + 4 + 1 + 15] ^= 0xff;
+        std::fs::write(&file, wrap(&data, Sha256::digest(&data).into())).unwrap();
+        let outdated = open();
+        assert!(
+            matches!(state(&outdated), CacheState::Ignored { reason } if reason.contains("out of date")),
+            "{:?}",
+            state(&outdated)
+        );
+        assert_eq!(run(gpu, &outdated, &two), 2.0);
         gpu.check().unwrap();
     }
 }
