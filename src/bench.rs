@@ -1,5 +1,7 @@
 //! `trainer bench`: full training steps on synthetic data, timed after a warm-up. Speed is
-//! measured here, never in tests.
+//! measured here, never in tests. The start is timed too (`Startup`: opening the device,
+//! preparing the executor, the first step), with the pipelines built and whether the
+//! persistent pipeline cache was loaded (`backend::gpu::pipeline_cache`).
 //!
 //! `--profile` (GPU) says where a step's time goes: after the warm-up, `--steps` steps are run
 //! with every dispatch timed by GPU timestamp queries (`backend::gpu::profile`), and the
@@ -19,7 +21,7 @@ use serde::Serialize;
 use crate::backend::cpu::CpuExec;
 
 use crate::backend::PrepareError;
-use crate::backend::gpu::{Gpu, GpuExec, Timestamps};
+use crate::backend::gpu::{Gpu, GpuExec, PipelineStats, Timestamps};
 use crate::host_memory::{self, MemoryError};
 use crate::schedule::Plan;
 use crate::tensor::DType;
@@ -40,6 +42,41 @@ pub struct BenchResult {
     /// enough for a GPU watchdog to stop it; `TRAINER_GPU_SUBMIT_MS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub submits_per_step: Option<usize>,
+    pub startup: Startup,
+}
+
+/// How long the bench took to start, in seconds.
+#[derive(Debug, Serialize)]
+pub struct Startup {
+    /// Opening the GPU device (0 on the CPU).
+    pub device_s: f64,
+    /// Preparing the executor: buffers, pipelines, bind groups, initial weights.
+    pub prepare_s: f64,
+    /// The first step, until its results were there.
+    pub first_step_s: f64,
+    /// GPU: the pipelines built and the pipeline cache's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipelines: Option<PipelineStats>,
+}
+
+impl Startup {
+    /// "start 0.52 s: device 0.10 s, prepare 0.30 s, first step 0.12 s; kernels: ...".
+    pub fn line(&self) -> String {
+        let device = match self.pipelines {
+            Some(_) => format!("device {:.2} s, ", self.device_s),
+            None => String::new(),
+        };
+        let mut line = format!(
+            "start {:.2} s: {device}prepare {:.2} s, first step {:.2} s",
+            self.device_s + self.prepare_s + self.first_step_s,
+            self.prepare_s,
+            self.first_step_s
+        );
+        if let Some(p) = &self.pipelines {
+            line += &format!("; kernels: {}", p.summary());
+        }
+        line
+    }
 }
 
 pub const WARMUP: usize = 2;
@@ -85,14 +122,20 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, PrepareEr
     let batch = plan.graph.batch;
     let (features, labels, loss_t) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
     // The executor first: its check covers the whole plan, the batch's only the batch.
+    let t0 = Instant::now();
     let mut exec: CpuExec<f32> = CpuExec::new(plan, seed)?;
+    let prepare_s = t0.elapsed().as_secs_f64();
     let (x, y) = synthetic_batch(&exec.plan, seed)?;
     exec.feed(features, &x).map_err(PrepareError::Failed)?;
     exec.feed(labels, &y).map_err(PrepareError::Failed)?;
     let mut times = Vec::with_capacity(steps);
+    let mut first_step_s = 0.0;
     for step in 0..WARMUP + steps {
         let t0 = Instant::now();
         exec.step(ctx(step, seed));
+        if step == 0 {
+            first_step_s = t0.elapsed().as_secs_f64();
+        }
         if step >= WARMUP {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -109,20 +152,43 @@ pub fn run(plan: Plan, seed: u64, steps: usize) -> Result<BenchResult, PrepareEr
         threads: rayon::current_num_threads(),
         loss: exec.read(loss_t)[0] as f64,
         submits_per_step: None,
+        startup: Startup {
+            device_s: 0.0,
+            prepare_s,
+            first_step_s,
+            pipelines: None,
+        },
     })
 }
 
-/// `plan` prepared on the GPU, fed one synthetic batch, after `WARMUP` steps.
-fn warmed_up<'g>(gpu: &'g Gpu, plan: Plan, seed: u64) -> Result<GpuExec<'g>, PrepareError> {
+/// `plan` prepared on the GPU, fed one synthetic batch, after `WARMUP` steps (the first one
+/// waited for, to time the start).
+fn warmed_up<'g>(
+    gpu: &'g Gpu,
+    plan: Plan,
+    seed: u64,
+) -> Result<(GpuExec<'g>, Startup), PrepareError> {
     let (features, labels) = (plan.graph.features, plan.graph.labels);
+    let t0 = Instant::now();
     let mut exec = GpuExec::new(gpu, plan, seed)?;
+    let prepare_s = t0.elapsed().as_secs_f64();
     let (x, y) = synthetic_batch(&exec.plan, seed)?;
+    let t0 = Instant::now();
     exec.feed(features, &x)?;
     exec.feed(labels, &y)?;
-    for step in 0..WARMUP {
+    exec.step(ctx(0, seed))?;
+    gpu.wait()?;
+    let first_step_s = t0.elapsed().as_secs_f64();
+    for step in 1..WARMUP {
         exec.step(ctx(step, seed))?;
     }
-    Ok(exec)
+    let startup = Startup {
+        device_s: gpu.opened_in.as_secs_f64(),
+        prepare_s,
+        first_step_s,
+        pipelines: Some(gpu.pipeline_stats()),
+    };
+    Ok((exec, startup))
 }
 
 /// GPU steps are queued back to back as in training (nothing waits between them), so the
@@ -134,7 +200,7 @@ pub fn run_gpu(
     steps: usize,
 ) -> Result<BenchResult, PrepareError> {
     let (batch, loss_t) = (plan.graph.batch, plan.graph.loss);
-    let mut exec = warmed_up(gpu, plan, seed)?;
+    let (mut exec, startup) = warmed_up(gpu, plan, seed)?;
     gpu.wait()?;
     let t0 = Instant::now();
     for step in WARMUP..WARMUP + steps {
@@ -152,6 +218,7 @@ pub fn run_gpu(
         threads: 0,
         loss: exec.read(loss_t)?[0] as f64,
         submits_per_step: Some(exec.submits_per_step()),
+        startup,
     })
 }
 
@@ -207,7 +274,7 @@ pub fn profile_gpu(
     // Refused before anything is built.
     let timestamps = gpu.timestamps()?;
     let batch = plan.graph.batch;
-    let exec = warmed_up(gpu, plan, seed)?;
+    let (exec, _) = warmed_up(gpu, plan, seed)?;
     let g = &exec.plan.graph;
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut wall = 0.0;

@@ -406,13 +406,14 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
             None => String::new(),
         };
         print_out(&format!(
-            "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n",
+            "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n{}\n",
             config.display(),
             result.device,
             result.batch,
             result.step_ms,
             result.steps,
             result.img_per_s,
+            result.startup.line(),
         ))
     }
 }

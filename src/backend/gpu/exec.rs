@@ -20,7 +20,7 @@ use super::alloc::{REGIONS, storage_buffer};
 use super::fault::Fault;
 use super::{Gpu, GpuError, submit};
 use crate::backend::Captured;
-use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, SCRATCH_ALIGN, Shader, workspace};
+use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, SCRATCH_ALIGN, workspace};
 use crate::ops::OpKind;
 use crate::schedule::{Launch, Plan, Region, Slot};
 use crate::tensor::StepCtx;
@@ -33,17 +33,15 @@ fn region_index(r: Region) -> usize {
     REGIONS.iter().position(|&x| x == r).expect("a region")
 }
 
-/// Shader modules, pipelines and bind group layouts, created once each.
+/// Bind group layouts, created once each; pipelines come from the device's (`Gpu::pipelines`).
 pub(super) struct Kernels {
     layouts: BTreeMap<usize, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    pipelines: BTreeMap<Shader, wgpu::ComputePipeline>,
 }
 
 impl Kernels {
     pub(super) fn new() -> Kernels {
         Kernels {
             layouts: BTreeMap::new(),
-            pipelines: BTreeMap::new(),
         }
     }
 
@@ -92,43 +90,12 @@ impl Kernels {
         })
     }
 
+    /// The kernel's pipeline: built once per device (`pipeline_cache`), whichever executor
+    /// asks first.
     fn pipeline(&mut self, gpu: &Gpu, d: &Dispatch) -> Result<wgpu::ComputePipeline, GpuError> {
-        if let Some(p) = self.pipelines.get(&d.shader) {
-            return Ok(p.clone());
-        }
-        let layout = self.layout(gpu, d.bindings.len()).1.clone();
-        let pipeline = gpu.scoped(|| {
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some(d.shader.entry),
-                source: wgpu::ShaderSource::Wgsl(d.shader.source.clone()),
-            };
-            let module = if gpu.shader_checks {
-                gpu.device.create_shader_module(desc)
-            } else {
-                // SAFETY: every kernel guards its indices against the sizes in its `Params`,
-                // which `bind` checked against the bound ranges; the test suite builds every
-                // kernel with checks on (TRAINER_SHADER_CHECKS=1). Checks cost up to 48x.
-                #[allow(unsafe_code)]
-                unsafe {
-                    gpu.device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                }
-            };
-            gpu.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(d.shader.entry),
-                    layout: Some(&layout),
-                    module: &module,
-                    entry_point: Some(d.shader.entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-        });
-        let pipeline = pipeline.map_err(|e| {
-            GpuError::Plan(format!("kernel `{}` does not build: {e}", d.shader.entry))
-        })?;
-        self.pipelines.insert(d.shader.clone(), pipeline.clone());
-        Ok(pipeline)
+        let layout = &self.layout(gpu, d.bindings.len()).1;
+        gpu.pipelines
+            .get(&gpu.device, &d.shader, layout, gpu.shader_checks)
     }
 
     fn bind_group(
@@ -490,6 +457,8 @@ impl<'g> GpuExec<'g> {
             exec.set_param(i, &values);
         }
         gpu.check()?;
+        // The driver's compiled pipelines, for the next process (`pipeline_cache`).
+        gpu.pipelines.save();
         Ok(exec)
     }
 

@@ -1,15 +1,17 @@
 //! The GPU backend: WGSL kernels through wgpu (Metal, Vulkan, DX12). This module owns the
 //! device, its limits and features, and the errors wgpu reports; `exec` runs a plan;
 //! `readback` reads tensors back after steps without waiting for them; `profile` times each
-//! dispatch of a step with timestamp queries (`trainer bench --profile`); kernels are declared
-//! by their ops (`Primitive::gpu`) with the types in `kernel`.
+//! dispatch of a step with timestamp queries (`trainer bench --profile`); `pipeline_cache`
+//! builds each kernel's pipeline once per device and keeps the driver's compiled pipelines
+//! across processes; kernels are declared by their ops (`Primitive::gpu`) with the types in
+//! `kernel`.
 
 mod alloc;
 mod error;
 mod exec;
 mod fault;
 mod health;
-
+mod pipeline_cache;
 mod profile;
 mod readback;
 mod submit;
@@ -21,6 +23,7 @@ use std::time::Duration;
 pub use error::GpuError;
 use error::classify;
 pub use exec::{GpuExec, eval_once};
+pub use pipeline_cache::{CacheState, PipelineStats};
 pub use profile::{DispatchTime, Profile, Timestamps};
 
 /// One adapter as `trainer devices` lists it.
@@ -151,9 +154,11 @@ fn summary(a: &wgpu::Adapter) -> AdapterSummary {
     }
 }
 
-/// The features `Gpu::new` requests where the adapter has them (`profile`).
+/// The timestamp features `Gpu::new` requests where the adapter has them (`profile`).
 const TIMESTAMP_FEATURES: wgpu::Features =
     wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+/// Every optional feature `Gpu::new` requests where the adapter has it.
+const OPTIONAL_FEATURES: wgpu::Features = TIMESTAMP_FEATURES.union(wgpu::Features::PIPELINE_CACHE);
 
 /// An open device: what every executor on it shares.
 pub struct Gpu {
@@ -162,8 +167,12 @@ pub struct Gpu {
     pub queue: ManuallyDrop<wgpu::Queue>,
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
-    /// The optional features the device was opened with (timestamp queries, where present).
+    /// The optional features the device was opened with (`OPTIONAL_FEATURES` the adapter has).
     pub features: wgpu::Features,
+    /// Every kernel's pipeline, built once, and the persistent pipeline cache.
+    pub(crate) pipelines: pipeline_cache::Pipelines,
+    /// How long `Gpu::new` took (instance, adapter, device, the pipeline cache file).
+    pub opened_in: Duration,
     /// Build kernels with naga's bounds checks (`TRAINER_SHADER_CHECKS=1`; the test suite).
     pub shader_checks: bool,
     /// The estimated seconds one submit may take (`TRAINER_GPU_SUBMIT_MS`; see `submit`).
@@ -178,6 +187,7 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the high-performance adapter with its real limits (not WebGPU's defaults).
     pub fn new() -> Result<Gpu, GpuError> {
+        let started = std::time::Instant::now();
         let fault = fault::Fault::from_env()?;
         let timeout = health::timeout_from_env()?;
         let submit_budget = submit::budget_from_env()?;
@@ -199,9 +209,9 @@ impl Gpu {
             },
         })?;
         let limits = adapter.limits();
-        // Timestamps only where the adapter has them, for `trainer bench --profile`; a normal
-        // step writes none.
-        let features = adapter.features() & TIMESTAMP_FEATURES;
+        // Timestamps only where the adapter has them, for `trainer bench --profile` (a normal
+        // step writes none); the pipeline cache where it has one (Vulkan).
+        let features = adapter.features() & OPTIONAL_FEATURES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("trainer"),
             required_features: features,
@@ -220,12 +230,15 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             sink.lost(reason, &message, hook.as_deref())
         });
+        let pipelines = pipeline_cache::Pipelines::open(&device, &adapter.get_info());
         Ok(Gpu {
             adapter: summary(&adapter),
             device: ManuallyDrop::new(device),
             queue: ManuallyDrop::new(queue),
             limits,
             features,
+            pipelines,
+            opened_in: started.elapsed(),
             shader_checks: std::env::var("TRAINER_SHADER_CHECKS").is_ok_and(|v| v == "1"),
             submit_budget,
             timeout,
@@ -345,6 +358,11 @@ impl Gpu {
             // wgpu panics when the driver fails the wait: the device is gone.
             Err(panic) => Err(self.poll_failed("waiting", Err(panic))),
         }
+    }
+
+    /// What building pipelines has cost so far, and whether the pipeline cache was loaded.
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        self.pipelines.stats()
     }
 
     /// The testing hook, if set (`fault`).
