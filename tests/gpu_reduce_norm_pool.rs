@@ -5,6 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
+use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
     MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo,
@@ -144,7 +145,80 @@ fn channel_stats(x: &(TensorType, Vec<f32>)) -> (Vec<f32>, Vec<f32>) {
     (mean, var)
 }
 
-const BN_SHAPES: [&[usize]; 5] = [&[1, 3, 7, 5], &[3, 3, 7, 5], &[5, 3], &[3, 3], &[4, 3, 7]];
+/// Shapes whose channels fit one block of the GPU's statistics and gradient sums, then shapes
+/// split into several (`BN_SPLIT`): blocks crossing image boundaries, a last block cut short,
+/// and more blocks than a workgroup has threads.
+const BN_SHAPES: [&[usize]; 8] = [
+    &[1, 3, 7, 5],
+    &[3, 3, 7, 5],
+    &[5, 3],
+    &[3, 3],
+    &[4, 3, 7],
+    &[7, 2, 37, 41],
+    &[3001, 3],
+    &[2, 1, 367, 371],
+];
+
+/// Blocks per channel that `BN_SHAPES` give, in order.
+const BN_SPLIT: [usize; 8] = [1, 1, 1, 1, 1, 9, 3, 266];
+
+/// Blocks per channel of the first pass of batchnorm's statistics (`grad`: of its gradient
+/// sums) on x of `shape`, from the dispatches the op asks for: one per block, then a merge.
+fn bn_blocks(shape: &[usize], grad: bool) -> usize {
+    let c = shape[1];
+    let x = TensorType::f32(shape.to_vec());
+    let stat = TensorType::f32(vec![c]);
+    let (op, ins) = match grad {
+        false => (
+            OpKind::BatchNorm(BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+                affine: false,
+                training: true,
+            }),
+            vec![&x, &stat, &stat],
+        ),
+        true => (
+            OpKind::BatchNormGrad(BatchNormGrad {
+                eps: 1e-5,
+                affine: false,
+                training: true,
+            }),
+            vec![&x, &stat, &stat, &x],
+        ),
+    };
+    let outputs = op.primitive().infer(&ins).unwrap();
+    let args = KernelArgs {
+        inputs: &ins,
+        outputs: &outputs,
+    };
+    let ds = op.primitive().gpu(&args).unwrap();
+    let entries: Vec<&str> = ds.iter().map(|d| d.shader.entry).collect();
+    let [first, second] = if grad {
+        ["bn_grad_sums", "bn_grad_merge"]
+    } else {
+        ["bn_stats", "bn_stats_merge"]
+    };
+    assert_eq!(entries[0], first);
+    let [x, y, z] = ds[0].workgroups;
+    let blocks = (x * y * z) as usize / c;
+    let merged = entries[1] == second;
+    assert_eq!(merged, blocks > 1, "{shape:?}: {entries:?}");
+    // Workspace only where there are partials to merge.
+    assert_eq!(workspace(&ds) > 0, merged, "{shape:?}");
+    blocks
+}
+
+/// The shapes above exercise both passes, so the two-pass kernels are not tested vacuously.
+#[test]
+fn batchnorm_test_shapes_split_into_blocks() {
+    for grad in [false, true] {
+        let found: Vec<usize> = BN_SHAPES.iter().map(|s| bn_blocks(s, grad)).collect();
+        assert_eq!(found, BN_SPLIT, "grad {grad}");
+    }
+    // ResNet-20's first stage at batch 128: 56 blocks of each channel's 100,352 values.
+    assert_eq!(bn_blocks(&[128, 16, 28, 28], false), 56);
+}
 
 #[test]
 fn batchnorm_in_every_mode() {

@@ -11,13 +11,47 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, Params, grid, groups, section};
+use crate::kernel::gpu::{Bind, Params, SCRATCH_ALIGN, grid, groups, section};
 use crate::tensor::{TensorId, TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/reduce.wgsl");
 
 /// Rows at most this long are reduced by one thread each; longer ones by a workgroup each.
 const SHORT_ROW: usize = 32;
+
+/// Workgroups a split reduction aims for: about one full wave of a large GPU (an H100 holds
+/// 132 × 8 workgroups of 256 threads).
+const SPLIT_TARGET_GROUPS: usize = 1024;
+/// The fewest rounds (a round: one item per thread, or per run of threads) a block takes, so
+/// that a block's work outweighs its partial's traffic and the second pass stays small.
+const SPLIT_MIN_ROUNDS: usize = 4;
+/// The most blocks one sum is cut into: its second pass adds at most this many partials.
+const SPLIT_MAX_BLOCKS: usize = 1024;
+
+/// How a GPU reduction of `outputs` independent sums, each `rounds` workgroup rounds long, is
+/// cut into blocks: (blocks per sum, rounds per block), every block that long but the last.
+/// Each block writes a partial to workspace and a second pass adds each sum's partials in
+/// block order; with one block, the first pass writes the result itself. Few sums get many
+/// blocks, so that a reduction fills the GPU however many sums it has. The split depends on the
+/// shapes only, never on the adapter, so a config runs the same kernels (and bits) everywhere.
+pub(crate) fn split_reduction(outputs: usize, rounds: usize) -> (usize, usize) {
+    let want = (SPLIT_TARGET_GROUPS / outputs.max(1)).max(1);
+    let most = (rounds / SPLIT_MIN_ROUNDS).clamp(1, SPLIT_MAX_BLOCKS);
+    let per_block = rounds.div_ceil(want.min(most)).max(1);
+    (rounds.div_ceil(per_block).max(1), per_block)
+}
+
+/// Two workspace ranges of `len` words each, the second aligned after the first: where the
+/// first pass of a split reduction writes two partials per block.
+pub(crate) fn partial_pair(len: usize) -> [Bind; 2] {
+    [
+        Bind::Scratch { at: 0, len },
+        Bind::Scratch {
+            at: len.next_multiple_of(SCRATCH_ALIGN),
+            len,
+        },
+    ]
+}
 
 /// Dims of (size, stride) with size-1 dims dropped and neighbours merged where one steps
 /// exactly over the other (so a row-major walk visits the same offsets); at most 8 remain.
