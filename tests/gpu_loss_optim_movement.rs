@@ -241,18 +241,60 @@ fn optimizer_updates_match_the_cpu() {
     }
 }
 
+/// Gradients of the clip coefficient and the blocks the GPU sums them in: several per
+/// gradient, across two dispatches (seven gradients each), more than a workgroup has threads.
+const CLIP_SPLIT: [(&[&[usize]], usize); 2] = [
+    (&[&[600_001], &[3], &[2049, 1]], 296),
+    (
+        &[&[5], &[4097], &[1], &[2], &[3], &[4], &[5], &[6], &[7, 900]],
+        14,
+    ),
+];
+
+/// The clip cases above split into blocks: the words of workspace the coefficient's GPU
+/// kernels take are their blocks' sums.
+#[test]
+fn clip_test_gradients_split_into_blocks() {
+    for (shapes, blocks) in CLIP_SPLIT {
+        let types: Vec<TensorType> = shapes.iter().map(|s| TensorType::f32(s.to_vec())).collect();
+        let ins: Vec<&TensorType> = types.iter().collect();
+        let op = OpKind::GradNormCoef(GradNormCoef { max_norm: 1.0 });
+        let outputs = op.primitive().infer(&ins).unwrap();
+        let args = KernelArgs {
+            inputs: &ins,
+            outputs: &outputs,
+        };
+        let ds = op.primitive().gpu(&args).unwrap();
+        assert_eq!(workspace(&ds), blocks, "{shapes:?}");
+        let last = ds.last().unwrap();
+        assert_eq!(last.shader.entry, "grad_norm_total");
+        assert_eq!(ds.len(), shapes.len().div_ceil(7) + 1);
+    }
+}
+
 #[test]
 fn clip_coefficient_and_counter_match_the_cpu() {
     if test_gpu().is_none() {
         return;
     }
     let mut rng = rng();
-    for count in [1, 3, 7, 8, 11] {
-        let grads: Vec<Tensor> = (0..count)
-            .map(|_| {
-                let shape = [1 + rng.random_range(0..5), 1 + rng.random_range(0..300)];
-                uniform(&mut rng, &shape, -0.1, 0.1)
-            })
+    // Gradients of one block each, then of up to 8 blocks, then the `CLIP_SPLIT` cases.
+    let mut cases: Vec<Vec<Vec<usize>>> = Vec::new();
+    for (count, cols) in [(1, 300), (3, 300), (7, 300), (8, 300), (11, 300), (9, 3000)] {
+        let shapes = (0..count)
+            .map(|_| vec![1 + rng.random_range(0..5), 1 + rng.random_range(0..cols)])
+            .collect();
+        cases.push(shapes);
+    }
+    cases.extend(
+        CLIP_SPLIT
+            .iter()
+            .map(|(s, _)| s.iter().map(|s| s.to_vec()).collect()),
+    );
+    for shapes in cases {
+        let grads: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| uniform(&mut rng, s, -0.1, 0.1))
             .collect();
         // A small max_norm clips, a large one gives exactly 1.
         for max_norm in [0.05, 1.0, 1e6] {
