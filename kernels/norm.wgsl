@@ -6,7 +6,8 @@
 //
 // Batchnorm's per-channel sums run in two passes where a channel has many values: blocks of
 // each channel, a workgroup each, write partials to the launch's workspace, then a workgroup per
-// channel combines them in block order. Layernorm reduces a workgroup per row. Inside a
+// channel combines them in block order; layernorm's column sums (dweight, dbias) likewise, in
+// blocks of rows. Layernorm's row statistics take a workgroup per row. Inside a
 // workgroup each thread sums a fixed strided range, then a fixed tree in workgroup memory. No
 // atomics, so the same inputs give the same bits. Statistics take two passes over the data
 // (mean, then squared deviations), like the CPU.
@@ -430,13 +431,21 @@ fn ln_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 // @entry ln_grad_cols
-// Layernorm dweight = sum_rows dy*xhat and dbias = sum_rows dy: one workgroup per column j,
-// row statistics from ln_row_stats' scratch (for m == 1, xhat is 0: x equals its row mean).
+// Layernorm dweight = sum_rows dy*xhat and dbias = sum_rows dy, first pass: a thread per column
+// j (neighbours read neighbouring memory) adds the rows of one block in order; workgroup g
+// takes columns of tile g % tiles and rows [b*chunk, (b+1)*chunk) of block b = g / tiles, and
+// writes its sums at j*blocks + b: partials for ln_grad_cols_merge, or with one block dweight
+// and dbias themselves. Row statistics come from ln_row_stats' scratch (for m == 1, xhat is 0:
+// x equals its row mean).
 struct Params {
     rows: u32,
     m: u32,
     affine: u32,
     eps: f32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -449,18 +458,60 @@ struct Params {
 @compute @workgroup_size(256)
 fn ln_grad_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = wid.y * nwg.x + wid.x;
-    if (j >= p.m) {
+    let tiles = (p.m + WORKGROUP - 1u) / WORKGROUP;
+    let g = wid.y * nwg.x + wid.x;
+    let b = g / tiles;
+    let j = (g % tiles) * WORKGROUP + lid.x;
+    // No barriers below: threads past the last column or block may leave.
+    if (b >= p.blocks || j >= p.m) {
         return;
     }
+    let end = min(p.rows, (b + 1u) * p.chunk);
     var acc = vec2<f32>(0.0, 0.0);
-    for (var r = lid.x; r < p.rows; r = r + WORKGROUP) {
+    for (var r = b * p.chunk; r < end; r = r + 1u) {
         let at = r * p.m + j;
         var xhat = 0.0;
         if (p.m >= 2u) {
             xhat = (x[at] - dx[2u * r]) * dx[2u * r + 1u];
         }
         acc = acc + vec2<f32>(dy[at] * xhat, dy[at]);
+    }
+    dw[j * p.blocks + b] = acc.x;
+    db[j * p.blocks + b] = acc.y;
+}
+
+// @entry ln_grad_cols_merge
+// Layernorm dweight and dbias, second pass: one workgroup per column adds its blocks' partials
+// in a fixed order.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> part_dw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> part_db: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(5) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(256)
+fn ln_grad_cols_merge(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wid.y * nwg.x + wid.x;
+    if (j >= p.m) {
+        return;
+    }
+    let first = j * p.blocks;
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        acc = acc + vec2<f32>(part_dw[first + b], part_db[first + b]);
     }
     let total = tree_sum(lid.x, acc);
     if (lid.x == 0u) {

@@ -306,8 +306,9 @@ fn batchnorm_running_statistics() {
 }
 
 /// (x shape, dims normalised): short and long rows (past one workgroup's 256 threads), and
-/// rows of one element.
-const LN_CASES: [(&[usize], usize); 7] = [
+/// rows of one element; few rows and many, whose column sums (dweight, dbias) the GPU cuts into
+/// blocks of rows (`LN_BLOCKS`), more than a workgroup has threads in the last case.
+const LN_CASES: [(&[usize], usize); 9] = [
     (&[3, 7, 5], 1),
     (&[3, 7, 5], 2),
     (&[1, 3, 7, 5], 2),
@@ -315,7 +316,48 @@ const LN_CASES: [(&[usize], usize); 7] = [
     (&[2, 300], 1),
     (&[6, 1], 1),
     (&[600, 3], 1),
+    (&[40, 300], 1),
+    (&[1100, 3], 1),
 ];
+const LN_BLOCKS: [usize; 9] = [5, 1, 1, 1, 1, 1, 150, 10, 275];
+
+/// Blocks of rows of the first pass of layernorm's column sums on x of `shape`: the workgroups
+/// of `ln_grad_cols` per tile of 256 columns, merged after it where there are several.
+fn ln_blocks(shape: &[usize], dims: usize) -> usize {
+    let x = TensorType::f32(shape.to_vec());
+    let w = TensorType::f32(shape[shape.len() - dims..].to_vec());
+    let op = OpKind::LayerNormGrad(LayerNormGrad {
+        eps: 1e-5,
+        dims,
+        affine: true,
+    });
+    let ins = [&x, &w, &x];
+    let outputs = op.primitive().infer(&ins).unwrap();
+    let args = KernelArgs {
+        inputs: &ins,
+        outputs: &outputs,
+    };
+    let ds = op.primitive().gpu(&args).unwrap();
+    let cols = ds
+        .iter()
+        .position(|d| d.shader.entry == "ln_grad_cols")
+        .unwrap();
+    let [x, y, z] = ds[cols].workgroups;
+    let tiles = w.numel().div_ceil(256);
+    let blocks = (x * y * z) as usize / tiles;
+    let merged = ds[cols + 1].shader.entry == "ln_grad_cols_merge";
+    assert_eq!(merged, blocks > 1, "{shape:?}");
+    assert_eq!(workspace(&ds) > 0, merged, "{shape:?}");
+    blocks
+}
+
+#[test]
+fn layernorm_test_shapes_split_into_blocks() {
+    let found = LN_CASES.map(|(shape, dims)| ln_blocks(shape, dims));
+    assert_eq!(found, LN_BLOCKS);
+    // GPT-sized rows: 64 × 256 tokens of 384, two tiles of columns in 512 blocks of 32 rows.
+    assert_eq!(ln_blocks(&[64, 256, 384], 1), 512);
+}
 
 #[test]
 fn layernorm_and_its_gradient() {

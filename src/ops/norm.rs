@@ -792,8 +792,9 @@ impl Primitive for LayerNormGrad {
             ("dims", self.dims.to_string()),
         ]
     }
-    /// With affine, dweight and dbias first (row statistics parked in dx, then a workgroup per
-    /// column); then dx, a workgroup per row.
+    /// With affine, dweight and dbias first (row statistics parked in dx; then a thread per
+    /// column over blocks of rows, whose partials a workgroup per column adds); then dx, a
+    /// workgroup per row.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let x = args.inputs[0];
         let m = row_len(&x.shape, self.dims);
@@ -808,12 +809,28 @@ impl Primitive for LayerNormGrad {
                 params(),
                 groups(rows),
             ));
+            // Rounds of one row per thread of a tile of columns.
+            let tiles = m.div_ceil(WORKGROUP as usize);
+            let (blocks, chunk) = split_reduction(tiles, rows);
+            let split = || params().u32(blocks).u32(chunk).u32(0).u32(0);
+            let [dw, db] = match blocks {
+                1 => [Bind::Out(1), Bind::Out(2)],
+                b => partial_pair(m * b),
+            };
             out.push(dispatch(
                 "ln_grad_cols",
-                vec![Bind::In(0), dy, Bind::Out(0), Bind::Out(1), Bind::Out(2)],
-                params(),
-                groups(m),
+                vec![Bind::In(0), dy, Bind::Out(0), dw, db],
+                split(),
+                groups(tiles * blocks),
             ));
+            if blocks > 1 {
+                out.push(dispatch(
+                    "ln_grad_cols_merge",
+                    vec![dw, db, Bind::Out(1), Bind::Out(2)],
+                    split(),
+                    groups(m),
+                ));
+            }
         }
         // Without affine, x stands in for the weight (never read).
         let w = if self.affine {
