@@ -61,10 +61,66 @@ fn sum_to_reverses_broadcasting() {
         let op = OpKind::SumTo(SumTo { shape: to.to_vec() });
         assert_close(&op, std::slice::from_ref(&x));
     }
-    // A long reduction: 40 * 37 elements into each of 3 outputs.
+    // Long reductions: one block of 40 * 37 elements into each of 3 outputs, then the
+    // `LONG_SUMS`, cut into blocks.
     let x = normal(&mut rng, &[40, 3, 37]);
     let op = OpKind::SumTo(SumTo { shape: vec![3, 1] });
     assert_close(&op, std::slice::from_ref(&x));
+    for (op, shape, _) in long_sums() {
+        let x = normal(&mut rng, &shape);
+        assert_close(&op, std::slice::from_ref(&x));
+    }
+}
+
+/// Sums and means of few outputs over many elements each (a conv bias gradient, global
+/// statistics), with the blocks per output the GPU cuts them into.
+fn long_sums() -> [(OpKind, Vec<usize>, usize); 4] {
+    [
+        (
+            OpKind::SumTo(SumTo {
+                shape: vec![3, 1, 1],
+            }),
+            vec![67, 3, 7, 6],
+            2,
+        ),
+        (OpKind::SumTo(SumTo { shape: vec![1] }), vec![301, 37], 11),
+        (
+            OpKind::MeanAxes(MeanAxes {
+                axes: vec![0, 2, 3],
+            }),
+            vec![2, 1, 367, 371],
+            266,
+        ),
+        (
+            OpKind::MeanAxes(MeanAxes { axes: vec![0, 2] }),
+            vec![9, 2, 211, 5],
+            2,
+        ),
+    ]
+}
+
+/// The long sums do split: their first pass has a workgroup per block of each output, and a
+/// second pass adds the blocks (the short ones above take one pass).
+#[test]
+fn long_sums_split_into_blocks() {
+    for (op, shape, blocks) in long_sums() {
+        let x = TensorType::f32(shape.clone());
+        let outputs = op.primitive().infer(&[&x]).unwrap();
+        let args = KernelArgs {
+            inputs: &[&x],
+            outputs: &outputs,
+        };
+        let ds = op.primitive().gpu(&args).unwrap();
+        let entries: Vec<&str> = ds.iter().map(|d| d.shader.entry).collect();
+        assert_eq!(entries, ["axes_group", "axes_merge"], "{shape:?}");
+        let [gx, gy, gz] = ds[0].workgroups;
+        assert_eq!(
+            (gx * gy * gz) as usize,
+            blocks * outputs[0].numel(),
+            "{shape:?}"
+        );
+        assert_eq!(workspace(&ds), blocks * outputs[0].numel());
+    }
 }
 
 #[test]
