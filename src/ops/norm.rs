@@ -217,7 +217,7 @@ impl Primitive for BatchNorm {
         }
         Ok(grads)
     }
-    /// Statistics (blocks of each channel, then their merge: `bn_split`; or copies of the
+    /// Statistics (blocks of each channel, then their merge: `BnSplit`; or copies of the
     /// running ones in eval mode), then y from them, a thread per element.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
