@@ -5,14 +5,22 @@
 // consecutive threads (a power of two, at most 256); each run owns one row at a time, its lanes
 // stride over the row's columns, and a tree inside the run combines them. Small class counts
 // then keep most threads busy, large ones use the whole workgroup per row.
+//
+// The losses' means take two passes where there is much to add: blocks of rows (cross-entropy)
+// or elements (mse), a workgroup each, write their sums to the launch's workspace, then one
+// workgroup adds them in block order (loss_total). With one block, the first pass writes the
+// mean itself. No atomics: the same inputs give the same bits.
 
 struct Params {
     rows: u32,
     cols: u32,
     // Threads per row (a power of two dividing WORKGROUP).
     lanes: u32,
-    // Elements (mse, mse_grad).
+    // Elements (mse, mse_grad); rows for cross-entropy's loss_total: what the mean divides by.
     n: u32,
+    // Blocks of the first pass (cross_entropy, mse), and rows or elements per block.
+    blocks: u32,
+    chunk: u32,
     // Label smoothing ε, 1 − ε and ε / C, rounded from f64 on the host.
     eps: f32,
     keep: f32,
@@ -115,17 +123,26 @@ fn row_stats(lid: u32, row: u32, live: bool) -> RowStats {
     return RowStats(m, acc.x, acc.y);
 }
 
-// Mean cross-entropy in one workgroup: b0 logits [rows, cols], b1 labels [rows], b2 loss [].
-// Each run's first lane accumulates its rows' losses in row order; a fixed tree adds the runs.
+// Cross-entropy, first pass: b0 logits [rows, cols], b1 labels [rows], b2 the blocks' sums
+// (or the loss [] with one block). Workgroup g takes rows [g*chunk, (g+1)*chunk), chunk a
+// multiple of the rows a round takes; each run's first lane accumulates its rows' losses in
+// row order, then a fixed tree adds the runs.
 @compute @workgroup_size(256)
-fn cross_entropy(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid3: vec3<u32>) {
+    // Uniform across the workgroup, so the early return keeps barriers uniform.
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.blocks) {
+        return;
+    }
     let lid = lid3.x;
     let lane = lid % p.lanes;
     let per = WORKGROUP / p.lanes;
+    let end = min(p.rows, (g + 1u) * p.chunk);
     var total = 0.0;
-    for (var r0 = 0u; r0 < p.rows; r0 = r0 + per) {
+    for (var r0 = g * p.chunk; r0 < end; r0 = r0 + per) {
         let row = r0 + lid / p.lanes;
-        let live = row < p.rows;
+        let live = row < end;
         let st = row_stats(lid, row, live);
         if (live && lane == 0u) {
             let y = b1[row];
@@ -141,7 +158,22 @@ fn cross_entropy(@builtin(local_invocation_id) lid3: vec3<u32>) {
     }
     let sum = workgroup_sum(lid, total);
     if (lid == 0u) {
-        b2[0] = sum / f32(p.rows);
+        b2[g] = select(sum, sum / f32(p.rows), p.blocks == 1u);
+    }
+}
+
+// Second pass of cross_entropy and mse: b0 the blocks' sums, b1 loss []: their total, each
+// thread adding a fixed strided set in block order, then a fixed tree; divided by n.
+@compute @workgroup_size(256)
+fn loss_total(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var s = 0.0;
+    for (var i = lid; i < p.blocks; i = i + WORKGROUP) {
+        s = s + b0[i];
+    }
+    let sum = workgroup_sum(lid, s);
+    if (lid == 0u) {
+        b1[0] = sum / f32(p.n);
     }
 }
 
@@ -175,18 +207,25 @@ fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-// Mean of (pred − target)² in one workgroup: b0 pred, b1 target, b2 loss [].
+// Mse, first pass: b0 pred, b1 target, b2 the blocks' sums of (pred − target)² (or the loss []
+// with one block). Workgroup g takes elements [g*chunk, (g+1)*chunk).
 @compute @workgroup_size(256)
-fn mse(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn mse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.blocks) {
+        return;
+    }
     let lid = lid3.x;
+    let end = min(p.n, (g + 1u) * p.chunk);
     var s = 0.0;
-    for (var i = lid; i < p.n; i = i + WORKGROUP) {
+    for (var i = g * p.chunk + lid; i < end; i = i + WORKGROUP) {
         let d = b0[i] - b1[i];
         s = s + d * d;
     }
     let sum = workgroup_sum(lid, s);
     if (lid == 0u) {
-        b2[0] = sum / f32(p.n);
+        b2[g] = select(sum, sum / f32(p.n), p.blocks == 1u);
     }
 }
 

@@ -4,46 +4,108 @@
 // A sectioned file: each `// @entry NAME` section is compiled with the shared head above the
 // first section only (reduce.rs `section`), so each module declares each binding once.
 //
-// Statistics are reduced one workgroup per channel (batchnorm) or per row (layernorm): each
-// thread sums a fixed strided range, then a fixed tree in workgroup memory. No atomics, so the
-// same inputs give the same bits. Two passes (mean, then squared deviations), like the CPU.
+// Batchnorm's per-channel sums run in two passes where a channel has many values: blocks of
+// each channel, a workgroup each, write partials to the launch's workspace, then a workgroup per
+// channel combines them in block order; layernorm's column sums (dweight, dbias) likewise, in
+// blocks of rows. Layernorm's row statistics take a workgroup per row. Inside a
+// workgroup each thread sums a fixed strided range, then a fixed tree in workgroup memory. No
+// atomics, so the same inputs give the same bits. Statistics take two passes over the data
+// (mean, then squared deviations), like the CPU.
 //
 // Non-affine variants bind x in place of weight and bias (`affine` 0) so that every entry has a
 // fixed number of bindings.
 
 // @entry bn_stats
-// Training batchnorm statistics: one workgroup per channel writes its mean and biased variance.
-// Channel ch of x [N, C, S] holds (i*C + ch)*S + j for i < N, j < S.
+// Training batchnorm statistics, first pass. Channel ch of x [N, C, S] holds the count = N*S
+// values (i*C + ch)*S + j for i < N, j < S, taken in that order as t = i*S + j and cut into
+// `blocks` blocks of `chunk` (norm.rs `bn_split`). Workgroup g takes block g % blocks of
+// channel g / blocks and writes its mean and its sum of squared deviations from that mean (two
+// passes over the block, which stays in cache) at g: bn_stats_merge combines them. With one
+// block per channel (g is then ch) it writes the channel's mean and biased variance itself.
 struct Params {
     c: u32,
     n: u32,
     s: u32,
+    blocks: u32,
+    chunk: u32,
     _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mean: array<f32>;
-@group(0) @binding(4) var<storage, read_write> var_: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m2: array<f32>;
 
 @compute @workgroup_size(256)
 fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
     // Uniform across the workgroup, so the early return keeps barriers uniform.
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.c * p.blocks) {
+        return;
+    }
+    let ch = g / p.blocks;
+    let start = (g % p.blocks) * p.chunk;
+    let end = min(p.n * p.s, start + p.chunk);
+    var sum = 0.0;
+    for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
+        sum = sum + x[((t / p.s) * p.c + ch) * p.s + t % p.s];
+    }
+    let k = f32(end - start);
+    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / k;
+    var sq = 0.0;
+    for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
+        let d = x[((t / p.s) * p.c + ch) * p.s + t % p.s] - mu;
+        sq = sq + d * d;
+    }
+    let dev = tree_sum(lid.x, vec2<f32>(sq, 0.0)).x;
+    if (lid.x == 0u) {
+        mean[g] = mu;
+        m2[g] = select(dev, dev / k, p.blocks == 1u);
+    }
+}
+
+// @entry bn_stats_merge
+// Training batchnorm statistics, second pass: one workgroup per channel combines its blocks'
+// means m_b and squared deviations M2_b (counts n_b) in a fixed order: mean = sum n_b m_b / count,
+// then var = sum (M2_b + n_b (m_b - mean)^2) / count, exact where the blocks' moments are.
+struct Params {
+    c: u32,
+    n: u32,
+    s: u32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> block_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> block_m2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> var_: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
     let ch = wid.y * nwg.x + wid.x;
     if (ch >= p.c) {
         return;
     }
     let count = p.n * p.s;
+    let first = ch * p.blocks;
     var sum = 0.0;
-    for (var t = lid.x; t < count; t = t + WORKGROUP) {
-        sum = sum + x[((t / p.s) * p.c + ch) * p.s + t % p.s];
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        sum = sum + f32(min(p.chunk, count - b * p.chunk)) * block_mean[first + b];
     }
     let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(count);
     var sq = 0.0;
-    for (var t = lid.x; t < count; t = t + WORKGROUP) {
-        let d = x[((t / p.s) * p.c + ch) * p.s + t % p.s] - mu;
-        sq = sq + d * d;
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        let d = block_mean[first + b] - mu;
+        sq = sq + (block_m2[first + b] + f32(min(p.chunk, count - b * p.chunk)) * d * d);
     }
     let sigma2 = tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(count);
     if (lid.x == 0u) {
@@ -119,16 +181,18 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 // @entry bn_grad_sums
-// Batchnorm gradient, per channel (a workgroup each): dbias = sum dy, dweight = sum dy*xhat.
+// Batchnorm gradient sums, first pass, blocks as in bn_stats: workgroup g writes its block's
+// sum dy*(x - mean) to dot[g] and sum dy to sum_dy[g] for bn_grad_merge; with one block per
+// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly.
 struct Params {
     c: u32,
     n: u32,
     s: u32,
-    _p0: u32,
+    blocks: u32,
+    chunk: u32,
     eps: f32,
+    _p0: u32,
     _p1: u32,
-    _p2: u32,
-    _p3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -136,27 +200,69 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(4) var<storage, read_write> var_: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dw: array<f32>;
-@group(0) @binding(7) var<storage, read_write> db: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dot: array<f32>;
+@group(0) @binding(7) var<storage, read_write> sum_dy: array<f32>;
 
 @compute @workgroup_size(256)
 fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let ch = wid.y * nwg.x + wid.x;
-    if (ch >= p.c) {
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.c * p.blocks) {
         return;
     }
-    let count = p.n * p.s;
+    let ch = g / p.blocks;
+    let start = (g % p.blocks) * p.chunk;
+    let end = min(p.n * p.s, start + p.chunk);
     let mu = mean[ch];
     var acc = vec2<f32>(0.0, 0.0);
-    for (var t = lid.x; t < count; t = t + WORKGROUP) {
+    for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
         let at = ((t / p.s) * p.c + ch) * p.s + t % p.s;
         acc = acc + vec2<f32>(dy[at], dy[at] * (x[at] - mu));
     }
     let total = tree_sum(lid.x, acc);
     if (lid.x == 0u) {
-        dw[ch] = total.y / sqrt(var_[ch] + p.eps);
-        db[ch] = total.x;
+        dot[g] = select(total.y, total.y / sqrt(var_[ch] + p.eps), p.blocks == 1u);
+        sum_dy[g] = total.x;
+    }
+}
+
+// @entry bn_grad_merge
+// Batchnorm gradient sums, second pass: one workgroup per channel adds its blocks' partials in a
+// fixed order: dweight = sum dy*(x - mean) / sqrt(var + eps), dbias = sum dy.
+struct Params {
+    c: u32,
+    n: u32,
+    s: u32,
+    blocks: u32,
+    chunk: u32,
+    eps: f32,
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> dot: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sum_dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> var_: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(6) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_grad_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ch = wid.y * nwg.x + wid.x;
+    if (ch >= p.c) {
+        return;
+    }
+    let first = ch * p.blocks;
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        acc = acc + vec2<f32>(dot[first + b], sum_dy[first + b]);
+    }
+    let total = tree_sum(lid.x, acc);
+    if (lid.x == 0u) {
+        dw[ch] = total.x / sqrt(var_[ch] + p.eps);
+        db[ch] = total.y;
     }
 }
 
@@ -325,13 +431,21 @@ fn ln_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 // @entry ln_grad_cols
-// Layernorm dweight = sum_rows dy*xhat and dbias = sum_rows dy: one workgroup per column j,
-// row statistics from ln_row_stats' scratch (for m == 1, xhat is 0: x equals its row mean).
+// Layernorm dweight = sum_rows dy*xhat and dbias = sum_rows dy, first pass: a thread per column
+// j (neighbours read neighbouring memory) adds the rows of one block in order; workgroup g
+// takes columns of tile g % tiles and rows [b*chunk, (b+1)*chunk) of block b = g / tiles, and
+// writes its sums at j*blocks + b: partials for ln_grad_cols_merge, or with one block dweight
+// and dbias themselves. Row statistics come from ln_row_stats' scratch (for m == 1, xhat is 0:
+// x equals its row mean).
 struct Params {
     rows: u32,
     m: u32,
     affine: u32,
     eps: f32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -344,18 +458,60 @@ struct Params {
 @compute @workgroup_size(256)
 fn ln_grad_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = wid.y * nwg.x + wid.x;
-    if (j >= p.m) {
+    let tiles = (p.m + WORKGROUP - 1u) / WORKGROUP;
+    let g = wid.y * nwg.x + wid.x;
+    let b = g / tiles;
+    let j = (g % tiles) * WORKGROUP + lid.x;
+    // No barriers below: threads past the last column or block may leave.
+    if (b >= p.blocks || j >= p.m) {
         return;
     }
+    let end = min(p.rows, (b + 1u) * p.chunk);
     var acc = vec2<f32>(0.0, 0.0);
-    for (var r = lid.x; r < p.rows; r = r + WORKGROUP) {
+    for (var r = b * p.chunk; r < end; r = r + 1u) {
         let at = r * p.m + j;
         var xhat = 0.0;
         if (p.m >= 2u) {
             xhat = (x[at] - dx[2u * r]) * dx[2u * r + 1u];
         }
         acc = acc + vec2<f32>(dy[at] * xhat, dy[at]);
+    }
+    dw[j * p.blocks + b] = acc.x;
+    db[j * p.blocks + b] = acc.y;
+}
+
+// @entry ln_grad_cols_merge
+// Layernorm dweight and dbias, second pass: one workgroup per column adds its blocks' partials
+// in a fixed order.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> part_dw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> part_db: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(5) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(256)
+fn ln_grad_cols_merge(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wid.y * nwg.x + wid.x;
+    if (j >= p.m) {
+        return;
+    }
+    let first = j * p.blocks;
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        acc = acc + vec2<f32>(part_dw[first + b], part_db[first + b]);
     }
     let total = tree_sum(lid.x, acc);
     if (lid.x == 0u) {

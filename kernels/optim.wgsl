@@ -21,6 +21,11 @@ struct Params {
     eps: f32,
     ln_beta1: f32,
     ln_beta2: f32,
+    // grad_norm: elements per block, and where this dispatch's first block writes its sum.
+    chunk: u32,
+    base: u32,
+    _p0: u32,
+    _p1: u32,
     // grad_norm: the element count of each bound gradient (b1..b7).
     sizes: array<vec4<u32>, 2>,
 }
@@ -30,9 +35,6 @@ const FLAG_NESTEROV: u32 = 1u;
 const FLAG_DECAY: u32 = 2u;
 // Weight decay applied to the parameter (AdamW).
 const FLAG_DECOUPLED: u32 = 4u;
-// grad_norm: the first dispatch (starts the sum) and the last (turns it into the coefficient).
-const FLAG_FIRST: u32 = 8u;
-const FLAG_LAST: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -200,10 +202,12 @@ fn adam_clip(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     b7[i] = r.z;
 }
 
-// ---- Gradient-norm clipping coefficient, over several dispatches of one workgroup each: each
-// binds the output b0 and up to seven gradients b1..b7 (src/ops/optim.rs generates the sums
-// over the bound ones in place of the marker below) and adds their Σ g² to b0[0] (the first
-// dispatch starts it); the last turns the total into min(1, max_norm / (sqrt(total) + 1e-6)).
+// ---- Gradient-norm clipping coefficient, in two passes. First, blocks of `chunk` elements of
+// every gradient, a workgroup each, write their sums of g² to workspace: a dispatch binds the
+// workspace b0 and up to seven gradients b1..b7 (src/ops/optim.rs generates the sums over the
+// bound ones in place of the marker below), its `n` workgroups taking each gradient's blocks
+// in order, from b0[base]. Then grad_norm_total adds every block's sum in a fixed order and
+// turns the total into min(1, max_norm / (sqrt(total) + 1e-6)). No atomics.
 
 var<workgroup> red: array<f32, 256>;
 
@@ -211,12 +215,9 @@ fn size(k: u32) -> u32 {
     return p.sizes[k / 4u][k % 4u];
 }
 
-@compute @workgroup_size(256)
-fn grad_norm(@builtin(local_invocation_id) lid3: vec3<u32>) {
-    let lid = lid3.x;
-    var s = 0.0;
-    //SUMS
-    red[lid] = s;
+// The sum of v over the workgroup in a fixed tree, valid in thread 0.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
     workgroupBarrier();
     for (var h = WORKGROUP / 2u; h > 0u; h = h / 2u) {
         if (lid < h) {
@@ -224,17 +225,51 @@ fn grad_norm(@builtin(local_invocation_id) lid3: vec3<u32>) {
         }
         workgroupBarrier();
     }
+    return red[0];
+}
+
+@compute @workgroup_size(256)
+fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    // Uniform across the workgroup, so the early return keeps barriers uniform.
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.n) {
+        return;
+    }
+    // Gradient k and its block b that workgroup g takes (every gradient has at least one).
+    var k = 0u;
+    var b = g;
+    for (; k < 6u; k = k + 1u) {
+        let blocks = max(1u, (size(k) + p.chunk - 1u) / p.chunk);
+        if (b < blocks) {
+            break;
+        }
+        b = b - blocks;
+    }
+    let start = b * p.chunk;
+    let end = min(size(k), start + p.chunk);
+    var s = 0.0;
+    //SUMS
+    let total = workgroup_sum(lid, s);
     if (lid == 0u) {
-        var total = red[0];
-        if (!has(FLAG_FIRST)) {
-            total = b0[0] + total;
-        }
-        if (has(FLAG_LAST)) {
-            let c = p.max_norm / (sqrt(total) + 1e-6);
-            // clamp(c, max = 1) keeps a NaN, as torch.clamp does.
-            total = select(c, 1.0, c >= 1.0);
-        }
-        b0[0] = total;
+        b0[p.base + g] = total;
+    }
+}
+
+// b0 the blocks' sums (n of them), b1 the coefficient [].
+@compute @workgroup_size(256)
+fn grad_norm_total(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var s = 0.0;
+    for (var i = lid; i < p.n; i = i + WORKGROUP) {
+        s = s + b0[i];
+    }
+    let total = workgroup_sum(lid, s);
+    if (lid == 0u) {
+        let c = p.max_norm / (sqrt(total) + 1e-6);
+        // clamp(c, max = 1) keeps a NaN, as torch.clamp does.
+        b1[0] = select(c, 1.0, c >= 1.0);
     }
 }
 

@@ -5,7 +5,9 @@
 // first section only (reduce.rs `section`), so each module declares each binding once.
 //
 // Deterministic: every sum has a fixed order. A workgroup reduction has each thread sum a fixed
-// strided range, then halves a tree in workgroup memory; no atomics.
+// strided range, then halves a tree in workgroup memory; no atomics. Few outputs of many
+// elements each are cut into blocks whose sums a second pass adds in block order, so that
+// they fill the GPU.
 
 // Row-major index k over up to 8 dims of (size, stride): the element offset (reduce.rs `offset`).
 fn offset_of(k0: u32, n: u32, size: array<vec4<u32>, 2>, stride: array<vec4<u32>, 2>) -> u32 {
@@ -60,16 +62,19 @@ fn axes_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // @entry axes_group
-// Sum (or mean) over axes, one workgroup per output: for outputs of many elements each.
+// Sum (or mean) over axes for outputs of many elements each, first pass: each output's `count`
+// elements (row-major over the reduced dims) are cut into `blocks` blocks of `chunk`, and
+// workgroup g sums block g % blocks of output g / blocks into part[g] for axes_merge; with one
+// block per output (g is then the output) it writes the output itself.
 struct Params {
     outputs: u32,
     count: u32,
     nkept: u32,
     nred: u32,
     mean: u32,
+    blocks: u32,
+    chunk: u32,
     _p0: u32,
-    _p1: u32,
-    _p2: u32,
     kept_size: array<vec4<u32>, 2>,
     kept_stride: array<vec4<u32>, 2>,
     red_size: array<vec4<u32>, 2>,
@@ -78,20 +83,64 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> part: array<f32>;
 
 @compute @workgroup_size(256)
 fn axes_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_id) lid: vec3<u32>) {
     // Uniform across the workgroup, so the early return keeps barriers uniform.
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.outputs * p.blocks) {
+        return;
+    }
+    let base = offset_of(g / p.blocks, p.nkept, p.kept_size, p.kept_stride);
+    let start = (g % p.blocks) * p.chunk;
+    let end = min(p.count, start + p.chunk);
+    var sum = 0.0;
+    for (var r = start + lid.x; r < end; r = r + WORKGROUP) {
+        sum = sum + x[base + offset_of(r, p.nred, p.red_size, p.red_stride)];
+    }
+    var total = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x;
+    if (p.mean == 1u && p.blocks == 1u) {
+        total = total / f32(p.count);
+    }
+    if (lid.x == 0u) {
+        part[g] = total;
+    }
+}
+
+// @entry axes_merge
+// Sum (or mean) over axes, second pass: one workgroup per output adds its blocks' sums in a
+// fixed order.
+struct Params {
+    outputs: u32,
+    count: u32,
+    nkept: u32,
+    nred: u32,
+    mean: u32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    kept_size: array<vec4<u32>, 2>,
+    kept_stride: array<vec4<u32>, 2>,
+    red_size: array<vec4<u32>, 2>,
+    red_stride: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> part: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn axes_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
     let o = wid.y * nwg.x + wid.x;
     if (o >= p.outputs) {
         return;
     }
-    let base = offset_of(o, p.nkept, p.kept_size, p.kept_stride);
     var sum = 0.0;
-    for (var r = lid.x; r < p.count; r = r + WORKGROUP) {
-        sum = sum + x[base + offset_of(r, p.nred, p.red_size, p.red_stride)];
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        sum = sum + part[o * p.blocks + b];
     }
     var total = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x;
     if (p.mean == 1u) {

@@ -4,6 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     AdamStep, Concat, CountUp, CrossEntropy, CrossEntropyGrad, Dropout, Fill, Gather, GatherGrad,
     GradNormCoef, Mse, MseGrad, OpKind, Reshape, SgdStep, Slice,
@@ -67,15 +68,7 @@ fn losses_and_their_gradients_match_the_cpu() {
         return;
     }
     let mut rng = rng();
-    for (n, c) in [
-        (1, 1),
-        (1, 5),
-        (7, 3),
-        (13, 10),
-        (37, 17),
-        (5, 300),
-        (3, 1001),
-    ] {
+    for (n, c) in CE_SHAPES {
         for label_smoothing in [0.0, 0.1] {
             let logits = random(&mut rng, &[n, c]);
             let labels = ids(&mut rng, &[n], c);
@@ -86,26 +79,90 @@ fn losses_and_their_gradients_match_the_cpu() {
             assert_close(&grad, &[logits, labels, dloss]);
         }
     }
-    // A label outside [0, C) makes the loss NaN and its row of the gradient NaN.
-    let logits = random(&mut rng, &[4, 6]);
-    let mut labels = ids(&mut rng, &[4], 6);
-    for bad in [6.0, -1.0, 2.5] {
-        labels.1[2] = bad;
-        let ce = OpKind::CrossEntropy(CrossEntropy {
-            label_smoothing: 0.1,
-        });
-        assert_close(&ce, &[logits.clone(), labels.clone()]);
-        let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
-            label_smoothing: 0.1,
-        });
-        assert_close(&grad, &[logits.clone(), labels.clone(), scalar(1.0)]);
+    // A label outside [0, C) makes the loss NaN and its row of the gradient NaN, in one block
+    // or in the third block of six.
+    for (rows, at) in [(4, 2), (3000, 1500)] {
+        let logits = random(&mut rng, &[rows, 6]);
+        let mut labels = ids(&mut rng, &[rows], 6);
+        for bad in [6.0, -1.0, 2.5] {
+            labels.1[at] = bad;
+            let ce = OpKind::CrossEntropy(CrossEntropy {
+                label_smoothing: 0.1,
+            });
+            assert_close(&ce, &[logits.clone(), labels.clone()]);
+            let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
+                label_smoothing: 0.1,
+            });
+            assert_close(&grad, &[logits.clone(), labels.clone(), scalar(1.0)]);
+        }
     }
-    for shape in [&[1][..], &[3, 7, 5], &[2, 333], &[1100]] {
+    for shape in MSE_SHAPES {
         let (pred, target) = (random(&mut rng, shape), random(&mut rng, shape));
         assert_close(&OpKind::Mse(Mse), &[pred.clone(), target.clone()]);
         let dloss = scalar(rng.random_range(0.5..2.0));
         assert_close(&OpKind::MseGrad(MseGrad), &[pred, target, dloss]);
     }
+}
+
+/// Logits [rows, classes]: the first ones fit one block of the GPU's mean, the last three are
+/// cut into several (`CE_BLOCKS`), with a last block cut short.
+const CE_SHAPES: [(usize, usize); 10] = [
+    (1, 1),
+    (1, 5),
+    (7, 3),
+    (13, 10),
+    (37, 17),
+    (5, 300),
+    (3, 1001),
+    (1000, 10),
+    (67, 300),
+    (9, 1001),
+];
+const CE_BLOCKS: [usize; 10] = [1, 1, 1, 1, 1, 1, 1, 4, 7, 2];
+
+/// Mse shapes: one block, then several, then more blocks than a workgroup has threads.
+const MSE_SHAPES: [&[usize]; 6] = [&[1], &[3, 7, 5], &[2, 333], &[1100], &[3, 1001], &[263_000]];
+const MSE_BLOCKS: [usize; 6] = [1, 1, 1, 1, 3, 257];
+
+/// Blocks of the first pass of a loss's mean on the GPU: the workgroups of its first dispatch
+/// when `loss_total` adds their sums after it, else 1 (the first pass writes the mean).
+fn loss_blocks(op: OpKind, ins: &[TensorType]) -> usize {
+    let ins: Vec<&TensorType> = ins.iter().collect();
+    let outputs = op.primitive().infer(&ins).unwrap();
+    let args = KernelArgs {
+        inputs: &ins,
+        outputs: &outputs,
+    };
+    let ds = op.primitive().gpu(&args).unwrap();
+    let two_pass = ds.len() == 2 && ds[1].shader.entry == "loss_total";
+    assert_eq!(two_pass, workspace(&ds) > 0, "{op:?}");
+    match two_pass {
+        true => ds[0].workgroups.iter().product::<u32>() as usize,
+        false => 1,
+    }
+}
+
+/// The loss shapes above run both kernels of the two-pass mean, so neither is tested vacuously.
+#[test]
+fn loss_test_shapes_split_into_blocks() {
+    let ce = |(n, c): (usize, usize)| {
+        let labels = TensorType {
+            shape: vec![n],
+            dtype: DType::I32,
+        };
+        let op = OpKind::CrossEntropy(CrossEntropy {
+            label_smoothing: 0.0,
+        });
+        loss_blocks(op, &[TensorType::f32(vec![n, c]), labels])
+    };
+    assert_eq!(CE_SHAPES.map(ce), CE_BLOCKS);
+    let mse = |s: &[usize]| {
+        let t = TensorType::f32(s.to_vec());
+        loss_blocks(OpKind::Mse(Mse), &[t.clone(), t])
+    };
+    assert_eq!(MSE_SHAPES.map(mse), MSE_BLOCKS);
+    // The NaN-label case in six blocks.
+    assert_eq!(ce((3000, 6)), 6);
 }
 
 /// p, g and the optimizer state (`states` tensors like p), then the clip coefficient.
@@ -184,18 +241,60 @@ fn optimizer_updates_match_the_cpu() {
     }
 }
 
+/// Gradients of the clip coefficient and the blocks the GPU sums them in: several per
+/// gradient, across two dispatches (seven gradients each), more than a workgroup has threads.
+const CLIP_SPLIT: [(&[&[usize]], usize); 2] = [
+    (&[&[600_001], &[3], &[2049, 1]], 296),
+    (
+        &[&[5], &[4097], &[1], &[2], &[3], &[4], &[5], &[6], &[7, 900]],
+        14,
+    ),
+];
+
+/// The clip cases above split into blocks: the words of workspace the coefficient's GPU
+/// kernels take are their blocks' sums.
+#[test]
+fn clip_test_gradients_split_into_blocks() {
+    for (shapes, blocks) in CLIP_SPLIT {
+        let types: Vec<TensorType> = shapes.iter().map(|s| TensorType::f32(s.to_vec())).collect();
+        let ins: Vec<&TensorType> = types.iter().collect();
+        let op = OpKind::GradNormCoef(GradNormCoef { max_norm: 1.0 });
+        let outputs = op.primitive().infer(&ins).unwrap();
+        let args = KernelArgs {
+            inputs: &ins,
+            outputs: &outputs,
+        };
+        let ds = op.primitive().gpu(&args).unwrap();
+        assert_eq!(workspace(&ds), blocks, "{shapes:?}");
+        let last = ds.last().unwrap();
+        assert_eq!(last.shader.entry, "grad_norm_total");
+        assert_eq!(ds.len(), shapes.len().div_ceil(7) + 1);
+    }
+}
+
 #[test]
 fn clip_coefficient_and_counter_match_the_cpu() {
     if test_gpu().is_none() {
         return;
     }
     let mut rng = rng();
-    for count in [1, 3, 7, 8, 11] {
-        let grads: Vec<Tensor> = (0..count)
-            .map(|_| {
-                let shape = [1 + rng.random_range(0..5), 1 + rng.random_range(0..300)];
-                uniform(&mut rng, &shape, -0.1, 0.1)
-            })
+    // Gradients of one block each, then of up to 8 blocks, then the `CLIP_SPLIT` cases.
+    let mut cases: Vec<Vec<Vec<usize>>> = Vec::new();
+    for (count, cols) in [(1, 300), (3, 300), (7, 300), (8, 300), (11, 300), (9, 3000)] {
+        let shapes = (0..count)
+            .map(|_| vec![1 + rng.random_range(0..5), 1 + rng.random_range(0..cols)])
+            .collect();
+        cases.push(shapes);
+    }
+    cases.extend(
+        CLIP_SPLIT
+            .iter()
+            .map(|(s, _)| s.iter().map(|s| s.to_vec()).collect()),
+    );
+    for shapes in cases {
+        let grads: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| uniform(&mut rng, s, -0.1, 0.1))
             .collect();
         // A small max_norm clips, a large one gives exactly 1.
         for max_norm in [0.05, 1.0, 1e6] {

@@ -5,6 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
+use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
     MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo,
@@ -60,10 +61,66 @@ fn sum_to_reverses_broadcasting() {
         let op = OpKind::SumTo(SumTo { shape: to.to_vec() });
         assert_close(&op, std::slice::from_ref(&x));
     }
-    // A long reduction: 40 * 37 elements into each of 3 outputs.
+    // Long reductions: one block of 40 * 37 elements into each of 3 outputs, then the
+    // `LONG_SUMS`, cut into blocks.
     let x = normal(&mut rng, &[40, 3, 37]);
     let op = OpKind::SumTo(SumTo { shape: vec![3, 1] });
     assert_close(&op, std::slice::from_ref(&x));
+    for (op, shape, _) in long_sums() {
+        let x = normal(&mut rng, &shape);
+        assert_close(&op, std::slice::from_ref(&x));
+    }
+}
+
+/// Sums and means of few outputs over many elements each (a conv bias gradient, global
+/// statistics), with the blocks per output the GPU cuts them into.
+fn long_sums() -> [(OpKind, Vec<usize>, usize); 4] {
+    [
+        (
+            OpKind::SumTo(SumTo {
+                shape: vec![3, 1, 1],
+            }),
+            vec![67, 3, 7, 6],
+            2,
+        ),
+        (OpKind::SumTo(SumTo { shape: vec![1] }), vec![301, 37], 11),
+        (
+            OpKind::MeanAxes(MeanAxes {
+                axes: vec![0, 2, 3],
+            }),
+            vec![2, 1, 367, 371],
+            266,
+        ),
+        (
+            OpKind::MeanAxes(MeanAxes { axes: vec![0, 2] }),
+            vec![9, 2, 211, 5],
+            2,
+        ),
+    ]
+}
+
+/// The long sums do split: their first pass has a workgroup per block of each output, and a
+/// second pass adds the blocks (the short ones above take one pass).
+#[test]
+fn long_sums_split_into_blocks() {
+    for (op, shape, blocks) in long_sums() {
+        let x = TensorType::f32(shape.clone());
+        let outputs = op.primitive().infer(&[&x]).unwrap();
+        let args = KernelArgs {
+            inputs: &[&x],
+            outputs: &outputs,
+        };
+        let ds = op.primitive().gpu(&args).unwrap();
+        let entries: Vec<&str> = ds.iter().map(|d| d.shader.entry).collect();
+        assert_eq!(entries, ["axes_group", "axes_merge"], "{shape:?}");
+        let [gx, gy, gz] = ds[0].workgroups;
+        assert_eq!(
+            (gx * gy * gz) as usize,
+            blocks * outputs[0].numel(),
+            "{shape:?}"
+        );
+        assert_eq!(workspace(&ds), blocks * outputs[0].numel());
+    }
 }
 
 #[test]
@@ -144,7 +201,80 @@ fn channel_stats(x: &(TensorType, Vec<f32>)) -> (Vec<f32>, Vec<f32>) {
     (mean, var)
 }
 
-const BN_SHAPES: [&[usize]; 5] = [&[1, 3, 7, 5], &[3, 3, 7, 5], &[5, 3], &[3, 3], &[4, 3, 7]];
+/// Shapes whose channels fit one block of the GPU's statistics and gradient sums, then shapes
+/// split into several (`BN_SPLIT`): blocks crossing image boundaries, a last block cut short,
+/// and more blocks than a workgroup has threads.
+const BN_SHAPES: [&[usize]; 8] = [
+    &[1, 3, 7, 5],
+    &[3, 3, 7, 5],
+    &[5, 3],
+    &[3, 3],
+    &[4, 3, 7],
+    &[7, 2, 37, 41],
+    &[3001, 3],
+    &[2, 1, 367, 371],
+];
+
+/// Blocks per channel that `BN_SHAPES` give, in order.
+const BN_SPLIT: [usize; 8] = [1, 1, 1, 1, 1, 9, 3, 266];
+
+/// Blocks per channel of the first pass of batchnorm's statistics (`grad`: of its gradient
+/// sums) on x of `shape`, from the dispatches the op asks for: one per block, then a merge.
+fn bn_blocks(shape: &[usize], grad: bool) -> usize {
+    let c = shape[1];
+    let x = TensorType::f32(shape.to_vec());
+    let stat = TensorType::f32(vec![c]);
+    let (op, ins) = match grad {
+        false => (
+            OpKind::BatchNorm(BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+                affine: false,
+                training: true,
+            }),
+            vec![&x, &stat, &stat],
+        ),
+        true => (
+            OpKind::BatchNormGrad(BatchNormGrad {
+                eps: 1e-5,
+                affine: false,
+                training: true,
+            }),
+            vec![&x, &stat, &stat, &x],
+        ),
+    };
+    let outputs = op.primitive().infer(&ins).unwrap();
+    let args = KernelArgs {
+        inputs: &ins,
+        outputs: &outputs,
+    };
+    let ds = op.primitive().gpu(&args).unwrap();
+    let entries: Vec<&str> = ds.iter().map(|d| d.shader.entry).collect();
+    let [first, second] = if grad {
+        ["bn_grad_sums", "bn_grad_merge"]
+    } else {
+        ["bn_stats", "bn_stats_merge"]
+    };
+    assert_eq!(entries[0], first);
+    let [x, y, z] = ds[0].workgroups;
+    let blocks = (x * y * z) as usize / c;
+    let merged = entries[1] == second;
+    assert_eq!(merged, blocks > 1, "{shape:?}: {entries:?}");
+    // Workspace only where there are partials to merge.
+    assert_eq!(workspace(&ds) > 0, merged, "{shape:?}");
+    blocks
+}
+
+/// The shapes above exercise both passes, so the two-pass kernels are not tested vacuously.
+#[test]
+fn batchnorm_test_shapes_split_into_blocks() {
+    for grad in [false, true] {
+        let found: Vec<usize> = BN_SHAPES.iter().map(|s| bn_blocks(s, grad)).collect();
+        assert_eq!(found, BN_SPLIT, "grad {grad}");
+    }
+    // ResNet-20's first stage at batch 128: 56 blocks of each channel's 100,352 values.
+    assert_eq!(bn_blocks(&[128, 16, 28, 28], false), 56);
+}
 
 #[test]
 fn batchnorm_in_every_mode() {
@@ -232,8 +362,9 @@ fn batchnorm_running_statistics() {
 }
 
 /// (x shape, dims normalised): short and long rows (past one workgroup's 256 threads), and
-/// rows of one element.
-const LN_CASES: [(&[usize], usize); 7] = [
+/// rows of one element; few rows and many, whose column sums (dweight, dbias) the GPU cuts into
+/// blocks of rows (`LN_BLOCKS`), more than a workgroup has threads in the last case.
+const LN_CASES: [(&[usize], usize); 9] = [
     (&[3, 7, 5], 1),
     (&[3, 7, 5], 2),
     (&[1, 3, 7, 5], 2),
@@ -241,7 +372,48 @@ const LN_CASES: [(&[usize], usize); 7] = [
     (&[2, 300], 1),
     (&[6, 1], 1),
     (&[600, 3], 1),
+    (&[40, 300], 1),
+    (&[1100, 3], 1),
 ];
+const LN_BLOCKS: [usize; 9] = [5, 1, 1, 1, 1, 1, 150, 10, 275];
+
+/// Blocks of rows of the first pass of layernorm's column sums on x of `shape`: the workgroups
+/// of `ln_grad_cols` per tile of 256 columns, merged after it where there are several.
+fn ln_blocks(shape: &[usize], dims: usize) -> usize {
+    let x = TensorType::f32(shape.to_vec());
+    let w = TensorType::f32(shape[shape.len() - dims..].to_vec());
+    let op = OpKind::LayerNormGrad(LayerNormGrad {
+        eps: 1e-5,
+        dims,
+        affine: true,
+    });
+    let ins = [&x, &w, &x];
+    let outputs = op.primitive().infer(&ins).unwrap();
+    let args = KernelArgs {
+        inputs: &ins,
+        outputs: &outputs,
+    };
+    let ds = op.primitive().gpu(&args).unwrap();
+    let cols = ds
+        .iter()
+        .position(|d| d.shader.entry == "ln_grad_cols")
+        .unwrap();
+    let [x, y, z] = ds[cols].workgroups;
+    let tiles = w.numel().div_ceil(256);
+    let blocks = (x * y * z) as usize / tiles;
+    let merged = ds[cols + 1].shader.entry == "ln_grad_cols_merge";
+    assert_eq!(merged, blocks > 1, "{shape:?}");
+    assert_eq!(workspace(&ds) > 0, merged, "{shape:?}");
+    blocks
+}
+
+#[test]
+fn layernorm_test_shapes_split_into_blocks() {
+    let found = LN_CASES.map(|(shape, dims)| ln_blocks(shape, dims));
+    assert_eq!(found, LN_BLOCKS);
+    // GPT-sized rows: 64 × 256 tokens of 384, two tiles of columns in 512 blocks of 32 rows.
+    assert_eq!(ln_blocks(&[64, 256, 384], 1), 512);
+}
 
 #[test]
 fn layernorm_and_its_gradient() {

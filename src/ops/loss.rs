@@ -8,6 +8,7 @@ use crate::tensor::{DType, TensorType, fmt_shape};
 
 use crate::kernel::gpu::{Dispatch, KernelArgs};
 
+use super::reduce::split_reduction;
 use super::{
     Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
@@ -20,11 +21,14 @@ fn shader(entry: &'static str) -> Shader {
 }
 
 /// loss.wgsl's `Params`, in field order.
+#[derive(Default)]
 struct LossParams {
     rows: usize,
     cols: usize,
     lanes: usize,
     n: usize,
+    blocks: usize,
+    chunk: usize,
     label_smoothing: f64,
     scale: f64,
 }
@@ -42,6 +46,8 @@ impl LossParams {
             .u32(self.cols)
             .u32(self.lanes)
             .u32(self.n)
+            .u32(self.blocks)
+            .u32(self.chunk)
             .f32(eps)
             .f32(1.0 - eps)
             .f32(eps_c)
@@ -63,32 +69,58 @@ fn lanes(cols: usize) -> usize {
 fn cross_entropy_kernel(eps: f64, grad: bool, args: &KernelArgs) -> Vec<Dispatch> {
     let (rows, cols) = (args.inputs[0].shape[0], args.inputs[0].shape[1]);
     let lanes = lanes(cols);
+    let per_round = WORKGROUP as usize / lanes;
+    if grad {
+        let params = LossParams {
+            rows,
+            cols,
+            lanes,
+            label_smoothing: eps,
+            ..Default::default()
+        };
+        return vec![Dispatch {
+            shader: shader("cross_entropy_grad"),
+            bindings: vec![Bind::In(0), Bind::In(1), Bind::In(2), Bind::Out(0)],
+            params: params.words(),
+            workgroups: groups(rows.div_ceil(per_round)),
+        }];
+    }
+    let (blocks, rounds) = split_reduction(1, rows.div_ceil(per_round));
     let params = LossParams {
         rows,
         cols,
         lanes,
-        n: 0,
+        n: rows,
+        blocks,
+        chunk: rounds * per_round,
         label_smoothing: eps,
         scale: 0.0,
-    }
-    .words();
-    if grad {
-        let per_group = WORKGROUP as usize / lanes;
-        vec![Dispatch {
-            shader: shader("cross_entropy_grad"),
-            bindings: vec![Bind::In(0), Bind::In(1), Bind::In(2), Bind::Out(0)],
-            params,
-            workgroups: groups(rows.div_ceil(per_group)),
-        }]
-    } else {
-        // One workgroup: the mean is one fixed-order reduction over every row.
-        vec![Dispatch {
-            shader: shader("cross_entropy"),
-            bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
+    };
+    mean_in_blocks("cross_entropy", vec![Bind::In(0), Bind::In(1)], params)
+}
+
+/// A loss's mean in two passes (loss.wgsl): `entry` over `inputs` writing each block's sum to
+/// workspace, then `loss_total` adding them in block order; one block writes the mean itself.
+fn mean_in_blocks(entry: &'static str, mut inputs: Vec<Bind>, p: LossParams) -> Vec<Dispatch> {
+    let blocks = p.blocks;
+    let sums = Bind::Scratch { at: 0, len: blocks };
+    inputs.push(if blocks > 1 { sums } else { Bind::Out(0) });
+    let params = p.words();
+    let mut out = vec![Dispatch {
+        shader: shader(entry),
+        bindings: inputs,
+        params: params.clone(),
+        workgroups: groups(blocks),
+    }];
+    if blocks > 1 {
+        out.push(Dispatch {
+            shader: shader("loss_total"),
+            bindings: vec![sums, Bind::Out(0)],
             params,
             workgroups: [1, 1, 1],
-        }]
+        });
     }
+    out
 }
 
 /// PyTorch's `F.cross_entropy(logits, labels, label_smoothing=ε)` of logits [N, C] against
@@ -283,21 +315,19 @@ impl Primitive for Mse {
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let n = args.numel_in(0);
+        let (blocks, rounds) = split_reduction(1, n.div_ceil(WORKGROUP as usize));
         let params = LossParams {
-            rows: 0,
-            cols: 0,
             lanes: 1,
             n,
-            label_smoothing: 0.0,
-            scale: 0.0,
+            blocks,
+            chunk: rounds * WORKGROUP as usize,
+            ..Default::default()
         };
-        // One workgroup: a fixed-order reduction of every element.
-        Ok(vec![Dispatch {
-            shader: shader("mse"),
-            bindings: vec![Bind::In(0), Bind::In(1), Bind::Out(0)],
-            params: params.words(),
-            workgroups: [1, 1, 1],
-        }])
+        Ok(mean_in_blocks(
+            "mse",
+            vec![Bind::In(0), Bind::In(1)],
+            params,
+        ))
     }
 }
 
@@ -340,12 +370,10 @@ impl Primitive for MseGrad {
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let n = args.numel_out(0);
         let params = LossParams {
-            rows: 0,
-            cols: 0,
             lanes: 1,
             n,
-            label_smoothing: 0.0,
             scale: 2.0 / n as f64,
+            ..Default::default()
         };
         Ok(vec![Dispatch {
             shader: shader("mse_grad"),

@@ -5,12 +5,13 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::reduce::{partial_pair, split_reduction};
 use super::{
     Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
 use crate::kernel::cpu::{Io, Real, f64_scratch_len};
 use crate::kernel::gpu::section;
-use crate::kernel::gpu::{Bind, Params, grid, groups};
+use crate::kernel::gpu::{Bind, Params, WORKGROUP, grid, groups};
 use crate::kernel::gpu::{Dispatch, KernelArgs};
 use crate::tensor::{TensorType, fmt_shape};
 
@@ -216,26 +217,38 @@ impl Primitive for BatchNorm {
         }
         Ok(grads)
     }
-    /// Statistics (a workgroup per channel, or copies of the running ones in eval mode), then
-    /// y from them, a thread per element.
+    /// Statistics (blocks of each channel, then their merge: `BnSplit`; or copies of the
+    /// running ones in eval mode), then y from them, a thread per element.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
         let k = args.inputs.len();
         let (rm, rv) = (Bind::In(k - 2), Bind::In(k - 1));
-        let stats = match self.training {
-            true => dispatch(
+        let mut out = Vec::new();
+        if self.training {
+            let split = BnSplit::new(n, c, s);
+            let [a, b] = split.targets([Bind::Out(1), Bind::Out(2)]);
+            out.push(dispatch(
                 "bn_stats",
-                vec![Bind::In(0), Bind::Out(1), Bind::Out(2)],
-                Params::new().u32(c).u32(n).u32(s).u32(0),
-                groups(c),
-            ),
-            false => dispatch(
+                vec![Bind::In(0), a, b],
+                split.params(0.0),
+                split.groups(),
+            ));
+            if split.blocks > 1 {
+                out.push(dispatch(
+                    "bn_stats_merge",
+                    vec![a, b, Bind::Out(1), Bind::Out(2)],
+                    split.params(0.0),
+                    groups(c),
+                ));
+            }
+        } else {
+            out.push(dispatch(
                 "bn_copy_stats",
                 vec![rm, rv, Bind::Out(1), Bind::Out(2)],
                 Params::new().u32(c).u32(0).u32(0).u32(0),
                 grid(c),
-            ),
-        };
+            ));
+        }
         // Without affine, x stands in for weight and bias (never read).
         let (w, b) = match self.affine {
             true => (Bind::In(1), Bind::In(2)),
@@ -256,7 +269,57 @@ impl Primitive for BatchNorm {
                 .u32(0),
             grid(total),
         );
-        Ok(vec![stats, apply])
+        out.push(apply);
+        Ok(out)
+    }
+}
+
+/// How the GPU cuts each channel's N·S values of a batchnorm into blocks (reduce.rs
+/// `split_reduction`, in rounds of one value per thread), and the `Params` its passes share.
+struct BnSplit {
+    n: usize,
+    c: usize,
+    s: usize,
+    blocks: usize,
+    /// Values per block (the last may have fewer).
+    chunk: usize,
+}
+
+impl BnSplit {
+    fn new(n: usize, c: usize, s: usize) -> BnSplit {
+        let rounds = (n * s).div_ceil(WORKGROUP as usize);
+        let (blocks, per_block) = split_reduction(c, rounds);
+        BnSplit {
+            n,
+            c,
+            s,
+            blocks,
+            chunk: per_block * WORKGROUP as usize,
+        }
+    }
+    /// Where the first pass writes its two values per block: workspace when a second pass
+    /// merges them, else the two outputs themselves.
+    fn targets(&self, outputs: [Bind; 2]) -> [Bind; 2] {
+        match self.blocks {
+            1 => outputs,
+            b => partial_pair(self.c * b),
+        }
+    }
+    /// The first pass's workgroups: one per block of each channel.
+    fn groups(&self) -> [u32; 3] {
+        groups(self.c * self.blocks)
+    }
+    /// norm.wgsl's `Params` of both passes (eps unused by the statistics).
+    fn params(&self, eps: f64) -> Params {
+        Params::new()
+            .u32(self.c)
+            .u32(self.n)
+            .u32(self.s)
+            .u32(self.blocks)
+            .u32(self.chunk)
+            .f32(eps)
+            .u32(0)
+            .u32(0)
     }
 }
 
@@ -374,25 +437,28 @@ impl Primitive for BatchNormGrad {
             ("training", self.training.to_string()),
         ]
     }
-    /// dweight and dbias a workgroup per channel, then dx a thread per element from them.
+    /// dweight and dbias (blocks of each channel, then their sums: `BnSplit`), then dx a
+    /// thread per element from them.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
         let k = args.inputs.len();
         let (mean, var, dy) = (Bind::In(k - 3), Bind::In(k - 2), Bind::In(k - 1));
-        let sums = dispatch(
+        let split = BnSplit::new(n, c, s);
+        let [dot, sum] = split.targets([Bind::Out(1), Bind::Out(2)]);
+        let mut out = vec![dispatch(
             "bn_grad_sums",
-            vec![Bind::In(0), mean, var, dy, Bind::Out(1), Bind::Out(2)],
-            Params::new()
-                .u32(c)
-                .u32(n)
-                .u32(s)
-                .u32(0)
-                .f32(self.eps)
-                .u32(0)
-                .u32(0)
-                .u32(0),
-            groups(c),
-        );
+            vec![Bind::In(0), mean, var, dy, dot, sum],
+            split.params(self.eps),
+            split.groups(),
+        )];
+        if split.blocks > 1 {
+            out.push(dispatch(
+                "bn_grad_merge",
+                vec![dot, sum, var, Bind::Out(1), Bind::Out(2)],
+                split.params(self.eps),
+                groups(c),
+            ));
+        }
         // Without affine, x stands in for the weight (never read).
         let w = if self.affine {
             Bind::In(1)
@@ -423,7 +489,8 @@ impl Primitive for BatchNormGrad {
                 .u32(0),
             grid(total),
         );
-        Ok(vec![sums, dx])
+        out.push(dx);
+        Ok(out)
     }
 }
 
@@ -725,8 +792,9 @@ impl Primitive for LayerNormGrad {
             ("dims", self.dims.to_string()),
         ]
     }
-    /// With affine, dweight and dbias first (row statistics parked in dx, then a workgroup per
-    /// column); then dx, a workgroup per row.
+    /// With affine, dweight and dbias first (row statistics parked in dx; then a thread per
+    /// column over blocks of rows, whose partials a workgroup per column adds); then dx, a
+    /// workgroup per row.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let x = args.inputs[0];
         let m = row_len(&x.shape, self.dims);
@@ -741,12 +809,28 @@ impl Primitive for LayerNormGrad {
                 params(),
                 groups(rows),
             ));
+            // Rounds of one row per thread of a tile of columns.
+            let tiles = m.div_ceil(WORKGROUP as usize);
+            let (blocks, chunk) = split_reduction(tiles, rows);
+            let split = || params().u32(blocks).u32(chunk).u32(0).u32(0);
+            let [dw, db] = match blocks {
+                1 => [Bind::Out(1), Bind::Out(2)],
+                b => partial_pair(m * b),
+            };
             out.push(dispatch(
                 "ln_grad_cols",
-                vec![Bind::In(0), dy, Bind::Out(0), Bind::Out(1), Bind::Out(2)],
-                params(),
-                groups(m),
+                vec![Bind::In(0), dy, Bind::Out(0), dw, db],
+                split(),
+                groups(tiles * blocks),
             ));
+            if blocks > 1 {
+                out.push(dispatch(
+                    "ln_grad_cols_merge",
+                    vec![dw, db, Bind::Out(1), Bind::Out(2)],
+                    split(),
+                    groups(m),
+                ));
+            }
         }
         // Without affine, x stands in for the weight (never read).
         let w = if self.affine {

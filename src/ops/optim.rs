@@ -11,7 +11,7 @@ use crate::kernel::gpu::{Dispatch, KernelArgs};
 
 use super::{Eval, Primitive, ShapeResult, expect_arity, expect_f32};
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, grid};
+use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, grid, groups};
 
 const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
 
@@ -30,17 +30,20 @@ struct OptimParams {
     eps: f64,
     ln_beta1: f64,
     ln_beta2: f64,
+    chunk: usize,
+    base: usize,
     sizes: [usize; 8],
 }
 
 const FLAG_NESTEROV: u32 = 1;
 const FLAG_DECAY: u32 = 2;
 const FLAG_DECOUPLED: u32 = 4;
-const FLAG_FIRST: u32 = 8;
-const FLAG_LAST: u32 = 16;
 
-/// Gradients one grad_norm dispatch sums (eight storage bindings, one for the output).
+/// Gradients one grad_norm dispatch sums (eight storage bindings, one for the workspace).
 const GRADS_PER_DISPATCH: usize = 7;
+/// Elements of a gradient one grad_norm workgroup sums: 8 per thread, a fixed size so the
+/// blocks depend on the shapes only.
+const GRAD_NORM_CHUNK: usize = 8 * WORKGROUP as usize;
 
 impl OptimParams {
     fn words(&self) -> Vec<u32> {
@@ -56,7 +59,11 @@ impl OptimParams {
             .f32(self.c2)
             .f32(self.eps)
             .f32(self.ln_beta1)
-            .f32(self.ln_beta2);
+            .f32(self.ln_beta2)
+            .u32(self.chunk)
+            .u32(self.base)
+            .u32(0)
+            .u32(0);
         for &s in &self.sizes {
             p = p.u32(s);
         }
@@ -104,45 +111,61 @@ impl Primitive for GradNormCoef {
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![("max_norm", self.max_norm.to_string())]
     }
-    /// One single-workgroup dispatch per seven gradients, in input order, each adding its
-    /// gradients' Σ g² into the output; the last turns the total into the coefficient.
+    /// Blocks of every gradient, a workgroup each, write their Σ g² to workspace (a dispatch per
+    /// seven gradients, in input order); then one workgroup adds them in block order and turns
+    /// the total into the coefficient.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let chunks: Vec<&[&TensorType]> = args.inputs.chunks(GRADS_PER_DISPATCH).collect();
-        let last = chunks.len() - 1;
-        let mut first_input = 0;
-        let mut out = Vec::with_capacity(chunks.len());
-        for (c, grads) in chunks.iter().enumerate() {
+        let blocks = |g: &TensorType| g.numel().div_ceil(GRAD_NORM_CHUNK).max(1);
+        let total: usize = args.inputs.iter().map(|g| blocks(g)).sum();
+        let sums = Bind::Scratch { at: 0, len: total };
+        let mut out = Vec::new();
+        let (mut first_input, mut base) = (0, 0);
+        for grads in args.inputs.chunks(GRADS_PER_DISPATCH) {
             let mut sizes = [0; 8];
-            let mut sums = String::new();
+            let mut cases = String::new();
             for (k, g) in grads.iter().enumerate() {
                 sizes[k] = g.numel();
-                // Each thread sums a fixed strided range: the same order every run.
-                sums += &format!(
-                    "for (var j = lid; j < size({k}u); j = j + WORKGROUP) {{ let v = b{}[j]; s = s + v * v; }}\n    ",
+                // Each thread sums a fixed strided range of the block: the same order every run.
+                cases += &format!(
+                    "case {k}u: {{ for (var j = start + lid; j < end; j = j + WORKGROUP) {{ let v = b{}[j]; s = s + v * v; }} }}\n        ",
                     k + 1
                 );
             }
-            let flags =
-                (if c == 0 { FLAG_FIRST } else { 0 }) | (if c == last { FLAG_LAST } else { 0 });
+            let n: usize = grads.iter().map(|g| blocks(g)).sum();
             let params = OptimParams {
-                flags,
+                n,
                 max_norm: self.max_norm,
+                chunk: GRAD_NORM_CHUNK,
+                base,
                 sizes,
                 ..Default::default()
             };
-            let mut bindings = vec![Bind::Out(0)];
+            let mut bindings = vec![sums];
             bindings.extend((first_input..first_input + grads.len()).map(Bind::In));
             first_input += grads.len();
+            base += n;
+            let switch = format!("switch k {{\n        {cases}default: {{}}\n    }}");
             out.push(Dispatch {
                 shader: Shader {
-                    source: format!("{PREAMBLE}\n{}", KERNELS.replace("//SUMS", &sums)).into(),
+                    source: format!("{PREAMBLE}\n{}", KERNELS.replace("//SUMS", &switch)).into(),
                     entry: "grad_norm",
                 },
                 bindings,
                 params: params.words(),
-                workgroups: [1, 1, 1],
+                workgroups: groups(n),
             });
         }
+        let params = OptimParams {
+            n: total,
+            max_norm: self.max_norm,
+            ..Default::default()
+        };
+        out.push(Dispatch {
+            shader: Shader::file(KERNELS, "grad_norm_total"),
+            bindings: vec![sums, Bind::Out(0)],
+            params: params.words(),
+            workgroups: [1, 1, 1],
+        });
         Ok(out)
     }
 }

@@ -11,13 +11,47 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, Params, grid, groups, section};
+use crate::kernel::gpu::{Bind, Params, SCRATCH_ALIGN, WORKGROUP, grid, groups, section};
 use crate::tensor::{TensorId, TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/reduce.wgsl");
 
 /// Rows at most this long are reduced by one thread each; longer ones by a workgroup each.
 const SHORT_ROW: usize = 32;
+
+/// Workgroups a split reduction aims for: about one full wave of a large GPU (an H100 holds
+/// 132 × 8 workgroups of 256 threads).
+const SPLIT_TARGET_GROUPS: usize = 1024;
+/// The fewest rounds (a round: one item per thread, or per run of threads) a block takes, so
+/// that a block's work outweighs its partial's traffic and the second pass stays small.
+const SPLIT_MIN_ROUNDS: usize = 4;
+/// The most blocks one sum is cut into: its second pass adds at most this many partials.
+const SPLIT_MAX_BLOCKS: usize = 1024;
+
+/// How a GPU reduction of `outputs` independent sums, each `rounds` workgroup rounds long, is
+/// cut into blocks: (blocks per sum, rounds per block), every block that long but the last.
+/// Each block writes a partial to workspace and a second pass adds each sum's partials in
+/// block order; with one block, the first pass writes the result itself. Few sums get many
+/// blocks, so that a reduction fills the GPU however many sums it has. The split depends on the
+/// shapes only, never on the adapter, so a config runs the same kernels (and bits) everywhere.
+pub(crate) fn split_reduction(outputs: usize, rounds: usize) -> (usize, usize) {
+    let want = (SPLIT_TARGET_GROUPS / outputs.max(1)).max(1);
+    let most = (rounds / SPLIT_MIN_ROUNDS).clamp(1, SPLIT_MAX_BLOCKS);
+    let per_block = rounds.div_ceil(want.min(most)).max(1);
+    (rounds.div_ceil(per_block).max(1), per_block)
+}
+
+/// Two workspace ranges of `len` words each, the second aligned after the first: where the
+/// first pass of a split reduction writes two partials per block.
+pub(crate) fn partial_pair(len: usize) -> [Bind; 2] {
+    [
+        Bind::Scratch { at: 0, len },
+        Bind::Scratch {
+            at: len.next_multiple_of(SCRATCH_ALIGN),
+            len,
+        },
+    ]
+}
 
 /// Dims of (size, stride) with size-1 dims dropped and neighbours merged where one steps
 /// exactly over the other (so a row-major walk visits the same offsets); at most 8 remain.
@@ -51,7 +85,7 @@ fn dim_words(mut params: Params, dims: &[(usize, usize)]) -> Params {
 
 /// Sums (or means) x over `reduced` dims into one output per row-major index over `kept`
 /// (both lists of (size, x stride)): a thread per output when each sums few elements, else a
-/// workgroup per output.
+/// workgroup per block of each output's elements (`split_reduction`), then the blocks' sums.
 fn reduce_axes(
     kept: &[(usize, usize)],
     reduced: &[(usize, usize)],
@@ -60,27 +94,49 @@ fn reduce_axes(
     let outputs: usize = kept.iter().map(|d| d.0).product();
     let count: usize = reduced.iter().map(|d| d.0).product();
     let (kept, reduced) = (merge_dims(kept)?, merge_dims(reduced)?);
+    let short = count <= SHORT_ROW;
+    let (blocks, rounds) = match short {
+        true => (1, 0),
+        false => split_reduction(outputs, count.div_ceil(WORKGROUP as usize)),
+    };
     let params = Params::new()
         .u32(outputs)
         .u32(count)
         .u32(kept.len())
         .u32(reduced.len())
         .u32(mean as usize)
-        .u32(0)
-        .u32(0)
+        .u32(blocks)
+        .u32(rounds * WORKGROUP as usize)
         .u32(0);
     let params = dim_words(dim_words(params, &kept), &reduced).done();
-    let (entry, workgroups) = if count <= SHORT_ROW {
-        ("axes_thread", grid(outputs))
-    } else {
-        ("axes_group", groups(outputs))
+    if short {
+        return Ok(vec![Dispatch {
+            shader: section(KERNELS, "axes_thread"),
+            bindings: vec![Bind::In(0), Bind::Out(0)],
+            params,
+            workgroups: grid(outputs),
+        }]);
+    }
+    let sums = Bind::Scratch {
+        at: 0,
+        len: outputs * blocks,
     };
-    Ok(vec![Dispatch {
-        shader: section(KERNELS, entry),
-        bindings: vec![Bind::In(0), Bind::Out(0)],
-        params,
-        workgroups,
-    }])
+    let target = if blocks > 1 { sums } else { Bind::Out(0) };
+    let mut out = vec![Dispatch {
+        shader: section(KERNELS, "axes_group"),
+        bindings: vec![Bind::In(0), target],
+        params: params.clone(),
+        workgroups: groups(outputs * blocks),
+    }];
+    if blocks > 1 {
+        out.push(Dispatch {
+            shader: section(KERNELS, "axes_merge"),
+            bindings: vec![sums, Bind::Out(0)],
+            params,
+            workgroups: groups(outputs),
+        });
+    }
+    Ok(out)
 }
 
 /// Softmax and its gradient: rows along the axis, short ones a thread each, long ones a
@@ -589,6 +645,25 @@ pub(crate) mod tests {
     pub(crate) fn uniform(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(lo..hi)).collect()
+    }
+
+    #[test]
+    fn split_reductions_fill_the_gpu_only_where_sums_are_few_and_long() {
+        // ResNet-20's first batchnorm at batch 128: 16 channels of 392 rounds.
+        assert_eq!(split_reduction(16, 392), (56, 7));
+        // Enough sums to fill the GPU alone, or short ones: one block each.
+        assert_eq!(split_reduction(1024, 100_000), (1, 100_000));
+        assert_eq!(split_reduction(1, 7), (1, 7));
+        assert_eq!(split_reduction(3, 0), (1, 1));
+        // One huge sum: at most SPLIT_MAX_BLOCKS partials.
+        assert_eq!(split_reduction(1, 1 << 24).0, SPLIT_MAX_BLOCKS);
+        for (outputs, rounds) in [(1, 8), (3, 1000), (7, 65_537), (300, 12), (1, 4099)] {
+            let (blocks, per) = split_reduction(outputs, rounds);
+            assert!((1..=SPLIT_MAX_BLOCKS).contains(&blocks));
+            assert!(per >= SPLIT_MIN_ROUNDS || blocks == 1, "{outputs} {rounds}");
+            // Every block but the last is whole, and the last is not empty.
+            assert!(blocks * per >= rounds && (blocks - 1) * per < rounds);
+        }
     }
 
     pub(crate) fn f32_input(shape: &[usize], seed: u64) -> (TensorType, Vec<f64>) {
