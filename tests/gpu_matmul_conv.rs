@@ -62,7 +62,7 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         return;
     }
     let mut rng = seeded();
-    let cases: [(&[usize], usize, usize); 15] = [
+    let cases: [(&[usize], usize, usize); 16] = [
         (&[1], 1, 1),
         (&[3], 1, 17),
         (&[1], 17, 3),
@@ -77,8 +77,10 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         // product's 1,030 (4 slices, the last one short).
         (&[600], 5, 9),
         (&[3], 5, 1030),
-        // The 128x128 tile (a 2048 x 2048 product); its gradients split K.
+        // The 128x128 and 128x256 tiles (2048 x 2048 and 2048 x 4096 products); their
+        // gradients split K.
         (&[2048], 2048, 37),
+        (&[2048], 4096, 21),
         // The wide 32- and 64-row tiles (256 tiles of 256 columns).
         (&[29], 65_500, 21),
         (&[61], 65_530, 19),
@@ -207,6 +209,7 @@ fn the_cases_cover_every_tile() {
         (17, 33),
         (33, 3),
         (2048, 2048),
+        (2048, 4096),
         (3, 5),
         (29, 65_500),
         (61, 65_530),

@@ -91,8 +91,13 @@ pub trait Eval {
 
 impl OpKind {
     /// Words of GPU workspace the op's kernels bind for these types (kernel/gpu.rs
-    /// `workspace`); 0 where it has no GPU kernel, which the GPU executor reports itself.
+    /// `workspace`); 0 where it has no GPU kernel or a tensor too large for 32-bit kernel
+    /// indices (a CPU-only plan), which the GPU executor reports itself.
     pub fn gpu_workspace(&self, inputs: &[&TensorType], outputs: &[TensorType]) -> usize {
+        let too_large = |t: &TensorType| t.numel() > u32::MAX as usize;
+        if inputs.iter().copied().chain(outputs).any(too_large) {
+            return 0;
+        }
         self.primitive()
             .gpu(&KernelArgs { inputs, outputs })
             .map_or(0, |ds| crate::kernel::gpu::workspace(&ds))

@@ -186,6 +186,18 @@ pub(super) fn dispatches(
     Ok(ds)
 }
 
+/// A slot one binding can hold on this adapter, or the error that names `what` and the fix.
+fn check_binding(slot: &Slot, what: &str, max_binding: u64, layer: &str) -> Result<(), GpuError> {
+    if slot.len as u64 * 4 <= max_binding {
+        return Ok(());
+    }
+    Err(GpuError::Plan(format!(
+        "layer `{layer}`: {what} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
+        crate::config::values::human(slot.len as u64 * 4),
+        crate::config::values::human(max_binding)
+    )))
+}
+
 /// The memory binding `b` of launch `l` stands for: a tensor's slot, or its part of the
 /// launch's workspace (which the memory planner sized from the same dispatches).
 fn bound_slot(l: &Launch, b: Bind, layer: &str) -> Result<Slot, GpuError> {
@@ -344,27 +356,17 @@ impl<'g> GpuExec<'g> {
             }
             let layer = &g.layers[node.layer].name;
             let in_types: Vec<&TensorType> = node.inputs.iter().map(|&t| g.ty(t)).collect();
+            // Before the kernels are planned: their 32-bit indices assume bindable tensors.
+            let tensors = l.inputs.iter().zip(&in_types).map(|(s, t)| (s, *t));
+            for (slot, ty) in tensors.chain(l.outputs.iter().zip(&node.outputs)) {
+                let what = format!("a tensor of shape {}", fmt_shape(&ty.shape));
+                check_binding(slot, &what, max_binding, layer)?;
+            }
             for d in dispatches(gpu, &node.op, &in_types, &node.outputs, layer)? {
                 for &b in &d.bindings {
                     let slot = bound_slot(l, b, layer)?;
-                    if slot.len * 4 > max_binding as usize {
-                        let what = match b {
-                            Bind::In(i) => {
-                                format!("a tensor of shape {}", fmt_shape(&in_types[i].shape))
-                            }
-                            Bind::Out(j) => {
-                                format!("a tensor of shape {}", fmt_shape(&node.outputs[j].shape))
-                            }
-                            Bind::Scratch { .. } => {
-                                format!("the workspace of kernel `{}`", d.shader.entry)
-                            }
-                        };
-                        return Err(GpuError::Plan(format!(
-                            "layer `{layer}`: {what} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
-                            crate::config::values::human(slot.len as u64 * 4),
-                            crate::config::values::human(max_binding)
-                        )));
-                    }
+                    let what = format!("the workspace of kernel `{}`", d.shader.entry);
+                    check_binding(&slot, &what, max_binding, layer)?;
                 }
                 all.push((li, d));
             }
