@@ -18,6 +18,10 @@ use crate::host_memory;
 /// Batches the loader keeps ready ahead of the caller.
 const AHEAD: usize = 2;
 
+/// Samples one rayon task transforms at least: one sample is about a microsecond of work,
+/// less than handing it to another thread costs.
+const SAMPLES_PER_TASK: usize = 16;
+
 /// Full training batches per epoch: the last partial batch is dropped (the graph's batch size
 /// is fixed).
 pub fn batches_per_epoch(split_len: usize, batch: usize) -> usize {
@@ -133,10 +137,10 @@ fn assemble(
             .par_chunks_mut(len)
             .zip(rows.par_iter())
             .enumerate()
+            .with_min_len(SAMPLES_PER_TASK)
             .for_each(|(j, (out, &row))| {
-                split.write_sample(row, out);
                 let key = augment.map(|(seed, epoch, p)| (seed, epoch, (p + j) as u64));
-                pipe.apply(out, key);
+                pipe.write(split.source(row), out, key);
             });
     }
     labels.extend(rows.iter().map(|&r| split.label(r) as f32));
