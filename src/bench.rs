@@ -10,6 +10,10 @@
 //! (the bytes its dispatches bind), largest total first; then the sum of kernel times against
 //! the step's wall time (the gap is launch and submit overhead). An adapter without
 //! TIMESTAMP_QUERY is refused (exit 2).
+//!
+//! `--loader` times the data path alone (no model, no device): the training `Loader` over the
+//! config's dataset with its augmentation, then one validation pass, in batches and images
+//! per second, to check that the loader outruns the step (issue 15: at least 3×).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -22,6 +26,7 @@ use crate::backend::cpu::CpuExec;
 
 use crate::backend::PrepareError;
 use crate::backend::gpu::{Gpu, GpuExec, PipelineStats, Timestamps};
+use crate::data::{self, DataError, Loader};
 use crate::host_memory::{self, MemoryError};
 use crate::schedule::Plan;
 use crate::tensor::DType;
@@ -381,4 +386,120 @@ pub fn profile_table(config: &str, p: &ProfileResult) -> String {
         }
     );
     out
+}
+
+/// `trainer bench --loader`: one loader's pace, measured from the consumer's side.
+#[derive(Debug, Serialize)]
+pub struct LoaderRate {
+    pub batches: usize,
+    /// Real samples (an evaluation pass's last batch is padded; padding is not counted).
+    pub images: usize,
+    pub seconds: f64,
+    pub ms_per_batch: f64,
+    pub img_per_s: f64,
+}
+
+impl LoaderRate {
+    fn new(batches: usize, images: usize, seconds: f64) -> LoaderRate {
+        let seconds = seconds.max(1e-9);
+        LoaderRate {
+            batches,
+            images,
+            seconds,
+            ms_per_batch: seconds * 1e3 / batches.max(1) as f64,
+            img_per_s: images as f64 / seconds,
+        }
+    }
+}
+
+/// The data path alone: the training `Loader` `fit` uses (the config's dataset, order and
+/// augmentation) and one validation pass, with no model.
+#[derive(Debug, Serialize)]
+pub struct LoaderResult {
+    /// The dataset, as `fit` names it.
+    pub data: String,
+    /// Reading and checking the dataset (once per run).
+    pub open_s: f64,
+    /// rayon threads the loader assembles each batch on (`RAYON_NUM_THREADS`).
+    pub threads: usize,
+    pub batch: usize,
+    pub eval_batch: usize,
+    /// Training batches taken before the timed ones (the thread starting, its queue filling).
+    pub warmup: usize,
+    pub train: LoaderRate,
+    /// One whole pass over the validation split, as each epoch end runs it (thread start
+    /// included).
+    pub validation: LoaderRate,
+}
+
+/// Takes `WARMUP` training batches, then times `steps` more (default: one epoch), then one
+/// validation pass. Every batch is made exactly as `fit` makes it.
+pub fn run_loader(
+    cfg: &crate::config::Config,
+    config_dir: &std::path::Path,
+    batch: usize,
+    steps: Option<usize>,
+) -> Result<LoaderResult, DataError> {
+    let t0 = Instant::now();
+    let splits = data::open(&cfg.data, config_dir, &cfg.model.input.shape, cfg.run.seed)?;
+    let open_s = t0.elapsed().as_secs_f64();
+    let (train_len, seed) = (splits.train.len(), cfg.run.seed);
+    let steps = steps.unwrap_or_else(|| data::batches_per_epoch(train_len, batch).max(1));
+    let mut loader = Loader::train(splits.train.clone(), &cfg.data, batch, seed, 0, 0)?;
+    let mut next = || match loader.next() {
+        Some(b) => b,
+        None => Err(DataError::Config("the data loader stopped".into())),
+    };
+    for _ in 0..WARMUP {
+        next()?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        next()?;
+    }
+    let train = LoaderRate::new(steps, steps * batch, t0.elapsed().as_secs_f64());
+    drop(loader);
+
+    let eval_batch = cfg.data.eval_batch_size.map_or(batch, |b| b.0);
+    let t0 = Instant::now();
+    let mut loader = Loader::eval(splits.val.clone(), &cfg.data, eval_batch)?;
+    let (mut batches, mut images) = (0, 0);
+    while let Some(b) = loader.next() {
+        images += b?.len;
+        batches += 1;
+    }
+    let validation = LoaderRate::new(batches, images, t0.elapsed().as_secs_f64());
+    Ok(LoaderResult {
+        data: splits.source,
+        open_s,
+        threads: rayon::current_num_threads(),
+        batch,
+        eval_batch,
+        warmup: WARMUP,
+        train,
+        validation,
+    })
+}
+
+/// The loader's rates as text, for `trainer bench --loader` without `--json`.
+pub fn loader_text(config: &str, r: &LoaderResult) -> String {
+    let rate = |what: &str, size: usize, l: &LoaderRate| {
+        format!(
+            "{what}: {} batches of {size} in {:.3} s: {:.3} ms/batch, {:.0} images/s\n",
+            l.batches, l.seconds, l.ms_per_batch, l.img_per_s
+        )
+    };
+    format!(
+        "{config}: data path alone, {} thread{}: {} (opened in {:.2} s)\n{}{}",
+        r.threads,
+        if r.threads == 1 { "" } else { "s" },
+        r.data,
+        r.open_s,
+        rate(
+            &format!("train (after {} warm-up batches)", r.warmup),
+            r.batch,
+            &r.train
+        ),
+        rate("validation pass", r.eval_batch, &r.validation),
+    )
 }

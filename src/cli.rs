@@ -30,7 +30,7 @@ pub enum Command {
     Graph(GraphArgs),
     /// Plan one training step: launches, FLOPs, memory, recomputation
     Plan(PlanArgs),
-    /// Time full training steps on synthetic data
+    /// Time full training steps on synthetic data, or the data loader alone (--loader)
     Bench(BenchArgs),
     /// Train a config: data, validation every epoch, TensorBoard and CSV logs, checkpoints
     Fit(FitArgs),
@@ -90,9 +90,9 @@ pub struct BenchArgs {
     /// Backend (default: the config's run.device)
     #[arg(long, value_enum)]
     pub device: Option<Device>,
-    /// Timed steps after two warm-up steps
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
-    pub steps: u32,
+    /// Timed steps after two warm-up steps (default 10; with --loader, batches: one epoch)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub steps: Option<u32>,
     /// Batch size (default: data.batch_size)
     #[arg(long, value_parser = batch_size)]
     pub batch: Option<usize>,
@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// GPU: time every kernel of `--steps` steps (timestamp queries), grouped by op and shape
     #[arg(long)]
     pub profile: bool,
+    /// The data path alone (no model): the training loader with the config's augmentation,
+    /// then one validation pass, in images/s
+    #[arg(long, conflicts_with_all = ["profile", "device"])]
+    pub loader: bool,
 }
 
 #[derive(Args)]
@@ -368,10 +372,14 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
         batch,
         json,
         profile,
+        loader,
     } = args;
+    if loader {
+        return bench_loader(&config, sets, batch, steps.map(|s| s as usize), json);
+    }
     let (plan, cfg) = plan_step(&config, sets, batch)?;
     let device = device_of(device, &cfg);
-    let (seed, steps) = (cfg.run.seed, steps as usize);
+    let (seed, steps) = (cfg.run.seed, steps.map_or(10, |s| s as usize));
     if profile {
         let Backend::Gpu(gpu) = open_backend(device)? else {
             crate::errln!("error: --profile times GPU kernels: pass --device gpu");
@@ -414,6 +422,31 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
             result.steps,
             result.img_per_s,
             result.startup.line(),
+        ))
+    }
+}
+
+/// `trainer bench --loader`: the training data path's pace, and a validation pass's.
+fn bench_loader(
+    config: &std::path::Path,
+    sets: &[String],
+    batch: Option<usize>,
+    steps: Option<usize>,
+    json: bool,
+) -> Result<(), u8> {
+    let cfg = load_config(config, sets)?;
+    let dir = config.parent().unwrap_or(std::path::Path::new("."));
+    let batch = batch.unwrap_or(cfg.data.batch_size.0);
+    let result = crate::bench::run_loader(&cfg, dir, batch, steps).map_err(|e| {
+        crate::errln!("error: {e}");
+        2
+    })?;
+    if json {
+        print_out(&(serde_json::to_string_pretty(&result).map_err(internal)? + "\n"))
+    } else {
+        print_out(&crate::bench::loader_text(
+            &config.display().to_string(),
+            &result,
         ))
     }
 }

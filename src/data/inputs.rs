@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::augment::Pipeline;
+use super::split::Source;
 use super::{DataError, folder, idx};
 use crate::config::sections::Data;
 
@@ -52,8 +53,8 @@ pub fn read_inputs(
             )]
         };
         for (name, px) in samples {
-            let mut x: Vec<f32> = px.iter().map(|&v| f32::from(v) / 255.0).collect();
-            pipe.apply(&mut x, None);
+            let mut x = vec![0.0; px.len()];
+            pipe.write(Source::U8(&px), &mut x, None);
             out.push((name, x));
         }
     }

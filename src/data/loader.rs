@@ -1,7 +1,8 @@
 //! `Loader`: a thread that assembles the next batches while the caller computes. Each batch
 //! is a pure function of (split, config, seed, epoch, batch index), so a loader started at
 //! (epoch, index) continues exactly where an uninterrupted one would be, and the rayon
-//! parallelism inside a batch (one task per sample) cannot change its bytes.
+//! parallelism inside a batch (tasks of `SAMPLES_PER_TASK` samples or more, each sample written
+//! whole by one task) cannot change its bytes. `trainer bench --loader` measures its pace.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -17,6 +18,10 @@ use crate::host_memory;
 
 /// Batches the loader keeps ready ahead of the caller.
 const AHEAD: usize = 2;
+
+/// Samples one rayon task transforms at least: one sample is about a microsecond of work,
+/// less than handing it to another thread costs.
+const SAMPLES_PER_TASK: usize = 16;
 
 /// Full training batches per epoch: the last partial batch is dropped (the graph's batch size
 /// is fixed).
@@ -133,10 +138,10 @@ fn assemble(
             .par_chunks_mut(len)
             .zip(rows.par_iter())
             .enumerate()
+            .with_min_len(SAMPLES_PER_TASK)
             .for_each(|(j, (out, &row))| {
-                split.write_sample(row, out);
                 let key = augment.map(|(seed, epoch, p)| (seed, epoch, (p + j) as u64));
-                pipe.apply(out, key);
+                pipe.write(split.source(row), out, key);
             });
     }
     labels.extend(rows.iter().map(|&r| split.label(r) as f32));
@@ -415,6 +420,105 @@ mod tests {
             .to_string();
         assert!(e.contains("23 samples, fewer than one batch of 24"), "{e}");
         assert!(Loader::eval(split(), &cfg(), 0).is_err());
+    }
+
+    /// FNV-1a over the bits of every batch's features and labels, and their positions.
+    fn digest(batches: impl Iterator<Item = Batch>) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |v: u64| {
+            for b in v.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        for b in batches {
+            eat(b.epoch);
+            eat(b.index as u64);
+            eat(b.len as u64);
+            b.features.iter().for_each(|v| eat(v.to_bits() as u64));
+            b.labels.iter().for_each(|v| eat(v.to_bits() as u64));
+        }
+        h
+    }
+
+    /// `n` samples of `shape`, u8 or f32, with varied pixels; labels i % 5.
+    fn store(shape: &[usize], n: usize, u8_pixels: bool) -> Arc<Split> {
+        let len: usize = shape.iter().product();
+        let byte = |i: usize| ((i * 37 + i / 7 + 11) % 256) as u8;
+        let pixels = match u8_pixels {
+            true => Pixels::U8((0..n * len).map(byte).collect()),
+            false => Pixels::F32(
+                (0..n * len)
+                    .map(|i| f32::from(byte(i)) / 97.0 - 1.0)
+                    .collect(),
+            ),
+        };
+        let store = Store {
+            pixels,
+            labels: (0..n as u32).map(|i| i % 5).collect(),
+            shape: shape.to_vec(),
+            class_names: Arc::new((0..5).map(|i| i.to_string()).collect()),
+        };
+        Arc::new(Split::all(Arc::new(store)))
+    }
+
+    /// Batches are pinned to the bits the loader gave before its single-pass rewrite
+    /// (digests recorded from the per-step code: convert, crop into a copy, flip, normalise):
+    /// u8 and f32 pixels, one and three channels, crop then flip, flip then crop, two crops,
+    /// padding wider than the image, with and without normalisation, training and evaluation.
+    #[test]
+    fn batches_keep_their_bits() {
+        let crop = |size, padding| Augment::RandomCrop {
+            size: Positive(size),
+            padding: Count(padding),
+        };
+        let norm = |m: &[f64], s: &[f64]| {
+            Some(Normalize {
+                mean: m.iter().map(|&v| Finite(v)).collect(),
+                std: s.iter().map(|&v| PositiveFloat(v)).collect(),
+            })
+        };
+        let cases = [
+            (
+                vec![3, 9, 9],
+                true,
+                vec![crop(9, 2), Augment::Hflip],
+                norm(&[0.4, 0.5, 0.6], &[0.2, 0.3, 0.25]),
+            ),
+            (vec![1, 9, 9], true, vec![Augment::Hflip, crop(9, 3)], None),
+            (
+                vec![2, 6, 6],
+                false,
+                vec![crop(6, 7), crop(6, 1), Augment::Hflip],
+                norm(&[0.1, -0.2], &[0.7, 1.5]),
+            ),
+            (
+                vec![1, 28, 28],
+                true,
+                vec![crop(28, 2), Augment::Hflip],
+                norm(&[0.2860], &[0.3530]),
+            ),
+            (vec![3, 4, 4], false, vec![], None),
+        ];
+        let mut got = Vec::new();
+        for (shape, u8_pixels, augment, normalize) in cases {
+            let split = store(&shape, 41, u8_pixels);
+            let mut c = cfg();
+            c.augment = augment;
+            c.normalize = normalize;
+            let mut train = Loader::train(split.clone(), &c, 6, 9, 1, 2).unwrap();
+            let train = digest((0..9).map(|_| train.next().unwrap().unwrap()));
+            let mut eval = Loader::eval(split, &c, 8).unwrap();
+            let eval = digest(std::iter::from_fn(|| eval.next().map(Result::unwrap)));
+            got.push((train, eval));
+        }
+        let want: [(u64, u64); 5] = [
+            (0xa8154e7d4c885178, 0x2cd4c93feefc14dc),
+            (0x64ae5651d42639ac, 0x3e5415e05bc7ca6e),
+            (0x1cca3ae8930adf56, 0x4f83c3c85967f337),
+            (0x5b89e1eb8638321a, 0x645b020a65782847),
+            (0x05ac6eb4c44a9f7a, 0x35beaa7c7ed5ae18),
+        ];
+        assert_eq!(got, want, "{got:x?}");
     }
 
     #[test]

@@ -97,21 +97,25 @@ impl Split {
     }
     /// Sample `i` as f32 (u8 pixels scaled to [0, 1]), before augmentation and normalisation.
     pub fn sample(&self, i: usize) -> Vec<f32> {
-        let mut out = vec![0.0; self.sample_len()];
-        self.write_sample(i, &mut out);
-        out
-    }
-    /// Writes sample `i` into `out` (length `sample_len`), u8 pixels divided by 255.
-    pub(crate) fn write_sample(&self, i: usize, out: &mut [f32]) {
-        let n = out.len();
-        let start = self.rows[i] * n;
-        match &self.store.pixels {
-            Pixels::U8(p) => {
-                for (o, &v) in out.iter_mut().zip(&p[start..start + n]) {
-                    *o = f32::from(v) / 255.0;
-                }
-            }
-            Pixels::F32(p) => out.copy_from_slice(&p[start..start + n]),
+        match self.source(i) {
+            Source::U8(p) => p.iter().map(|&v| f32::from(v) / 255.0).collect(),
+            Source::F32(p) => p.to_vec(),
         }
     }
+    /// The stored pixels of sample `i` (0 ≤ i < len), as the source gave them.
+    pub(crate) fn source(&self, i: usize) -> Source<'_> {
+        let n = self.sample_len();
+        let start = self.rows[i] * n;
+        match &self.store.pixels {
+            Pixels::U8(p) => Source::U8(&p[start..start + n]),
+            Pixels::F32(p) => Source::F32(&p[start..start + n]),
+        }
+    }
+}
+
+/// One sample's stored pixels.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source<'a> {
+    U8(&'a [u8]),
+    F32(&'a [f32]),
 }
