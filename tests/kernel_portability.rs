@@ -12,7 +12,8 @@ use trainer::ops::{MatMul, OpKind};
 use trainer::tensor::TensorType;
 use trainer::training;
 
-const CONFIGS: [&str; 8] = [
+const CONFIGS: [&str; 9] = [
+    "benches/configs/gemm1024.toml",
     "benches/configs/gemm4096.toml",
     "configs/mlp.toml",
     "configs/lenet.toml",
