@@ -409,6 +409,17 @@ impl<'g> GpuExec<'g> {
         let (params, at) = pack_params(gpu, &param_words);
         let step = step_buffer(gpu);
         let mut kernels = Kernels::new();
+        let layouts: Vec<wgpu::PipelineLayout> = all
+            .iter()
+            .map(|(_, d)| kernels.layout(gpu, d.bindings.len()).1.clone())
+            .collect();
+        let wanted: Vec<_> = all
+            .iter()
+            .zip(&layouts)
+            .map(|((_, d), l)| (&d.shader, l))
+            .collect();
+        gpu.pipelines
+            .prebuild(&gpu.device, &wanted, gpu.shader_checks)?;
         let mut prepared = Vec::with_capacity(all.len());
         for ((li, d), &(offset, size)) in all.iter().zip(&at) {
             let l = &plan.launches[*li];

@@ -72,6 +72,9 @@ pub struct PipelineStats {
     pub module_s: f64,
     /// Seconds in `create_compute_pipeline` (SPIR-V out, the driver's compiler or its cache).
     pub pipeline_s: f64,
+    /// Wall seconds building took: less than the two above where kernels were built on
+    /// several threads at once (`Pipelines::prebuild`).
+    pub wall_s: f64,
     pub cache: CacheState,
     pub file: Option<PathBuf>,
     /// Bytes of the last file this process wrote, if it wrote one.
@@ -96,7 +99,7 @@ impl PipelineStats {
             "{} pipeline{} in {:.2} s (naga {:.2} s, driver {:.2} s), {cache}",
             self.built,
             if self.built == 1 { "" } else { "s" },
-            self.module_s + self.pipeline_s,
+            self.wall_s,
             self.module_s,
             self.pipeline_s
         )
@@ -117,6 +120,13 @@ struct Memo {
     unsaved: usize,
     /// SHA-256 of the wgpu data the file holds (loaded or written by us).
     on_disk: Option<[u8; 32]>,
+}
+
+/// One kernel just built, and what it took.
+struct Built {
+    pipeline: wgpu::ComputePipeline,
+    module_s: f64,
+    pipeline_s: f64,
 }
 
 struct DriverCache {
@@ -158,6 +168,7 @@ impl Pipelines {
                     built: 0,
                     module_s: 0.0,
                     pipeline_s: 0.0,
+                    wall_s: 0.0,
                     cache,
                     file: driver.as_ref().map(|d| d.file.clone()),
                     saved_bytes: None,
@@ -184,10 +195,56 @@ impl Pipelines {
         layout: &wgpu::PipelineLayout,
         checks: bool,
     ) -> Result<wgpu::ComputePipeline, GpuError> {
-        let mut memo = self.memo();
-        if let Some(p) = memo.pipelines.get(shader) {
+        if let Some(p) = self.memo().pipelines.get(shader) {
             return Ok(p.clone());
         }
+        let started = Instant::now();
+        let built = self.build(device, shader, layout, checks)?;
+        let pipeline = built.pipeline.clone();
+        self.insert(shader, built, started.elapsed().as_secs_f64());
+        Ok(pipeline)
+    }
+
+    /// Builds the kernels of `wanted` that are not built yet, on all threads at once (drivers
+    /// compile in parallel; a first run's start is mostly this), so that `get` finds them.
+    pub(super) fn prebuild(
+        &self,
+        device: &wgpu::Device,
+        wanted: &[(&Shader, &wgpu::PipelineLayout)],
+        checks: bool,
+    ) -> Result<(), GpuError> {
+        use rayon::prelude::*;
+        let mut missing: Vec<(&Shader, &wgpu::PipelineLayout)> = {
+            let memo = self.memo();
+            wanted
+                .iter()
+                .copied()
+                .filter(|(s, _)| !memo.pipelines.contains_key(*s))
+                .collect()
+        };
+        missing.sort_by(|a, b| a.0.cmp(b.0));
+        missing.dedup_by(|a, b| a.0 == b.0);
+        let started = Instant::now();
+        let built: Vec<Built> = missing
+            .par_iter()
+            .map(|&(shader, layout)| self.build(device, shader, layout, checks))
+            .collect::<Result<_, _>>()?;
+        let wall = started.elapsed().as_secs_f64();
+        let n = built.len().max(1) as f64;
+        for ((shader, _), b) in missing.iter().zip(built) {
+            self.insert(shader, b, wall / n);
+        }
+        Ok(())
+    }
+
+    /// Compiles one kernel (error scopes are per thread in wgpu, so threads may build at once).
+    fn build(
+        &self,
+        device: &wgpu::Device,
+        shader: &Shader,
+        layout: &wgpu::PipelineLayout,
+        checks: bool,
+    ) -> Result<Built, GpuError> {
         let cache = self.driver.as_ref().map(|d| &d.cache);
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -226,12 +283,24 @@ impl Pipelines {
                 classify(&e, "")
             )));
         }
+        Ok(Built {
+            pipeline,
+            module_s: (modules_done - started).as_secs_f64(),
+            pipeline_s: (done - modules_done).as_secs_f64(),
+        })
+    }
+
+    fn insert(&self, shader: &Shader, b: Built, wall_s: f64) {
+        let mut memo = self.memo();
+        if memo.pipelines.contains_key(shader) {
+            return;
+        }
         memo.stats.built += 1;
-        memo.stats.module_s += (modules_done - started).as_secs_f64();
-        memo.stats.pipeline_s += (done - modules_done).as_secs_f64();
+        memo.stats.module_s += b.module_s;
+        memo.stats.pipeline_s += b.pipeline_s;
+        memo.stats.wall_s += wall_s;
         memo.unsaved += 1;
-        memo.pipelines.insert(shader.clone(), pipeline.clone());
-        Ok(pipeline)
+        memo.pipelines.insert(shader.clone(), b.pipeline);
     }
 
     /// Writes the driver's data to the file if this process built pipelines since the last
