@@ -1,26 +1,9 @@
 //! `trainer bench --loader` driven as a user drives it: the data path alone (no model) on the
 //! shipped Fashion-MNIST with resnet.toml's augmentation, a few batches of it.
 
-use std::process::{Command, Output};
+mod common;
 
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run trainer")
-}
-
-fn ok_stdout(args: &[&str]) -> String {
-    let out = trainer(args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "trainer {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
+use common::{ok_stdout, trainer};
 
 /// resnet.toml (random crop, flip) on the first 1000 training and 250 validation images.
 const SMALL: &[&str] = &[

@@ -1,26 +1,11 @@
 //! The CLI driven as a user drives it, on the shipped configs.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run trainer")
-}
+mod common;
 
-fn ok_stdout(args: &[&str]) -> String {
-    let out = trainer(args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "trainer {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
+use common::{ok_stdout, trainer};
 
 fn check_json(config: &str) -> serde_json::Value {
     serde_json::from_str(&ok_stdout(&["check", config, "--json"])).expect("check --json is JSON")

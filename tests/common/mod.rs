@@ -1,5 +1,5 @@
-//! What several integration tests share: finding Python with the modules a check needs, and
-//! the GPU-or-skip rule.
+//! What several integration tests share: running the binary, finding Python with the modules a
+//! check needs, and the GPU-or-skip rule.
 
 #![allow(dead_code)]
 
@@ -35,4 +35,25 @@ pub fn python(modules: &[&str]) -> Option<PathBuf> {
 /// True where a GPU adapter (lavapipe counts) exists; see `trainer::backend::gpu::test_gpu`.
 pub fn gpu_or_skip() -> bool {
     trainer::backend::gpu::test_gpu().is_some()
+}
+
+/// `trainer ARGS` run from the project root, waited for.
+pub fn trainer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run trainer")
+}
+
+/// The stdout of `trainer ARGS`, which must exit 0.
+pub fn ok_stdout(args: &[&str]) -> String {
+    let out = trainer(args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "trainer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }
