@@ -265,7 +265,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
         let shape = &cfg.model.input.shape;
         let splits = crate::data::open(&cfg.data, Path::new("."), shape, 1).unwrap();
-        assert!(!splits.val.len().is_multiple_of(4), "a last batch cut short");
+        assert!(
+            !splits.val.len().is_multiple_of(4),
+            "a last batch cut short"
+        );
         let gpu = crate::backend::gpu::test_gpu();
         for gpu in [None].into_iter().chain(gpu.map(Some)) {
             let mut m = EvalModel::new(&cfg, gpu, 4).unwrap();
