@@ -4,6 +4,7 @@
 //! is reused once a tensor is dead, and an elementwise op writes over its input in place when
 //! that input dies there.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -66,6 +67,26 @@ struct Block {
     offset: usize,
 }
 
+/// Words of GPU workspace each launch asks for (`OpKind::gpu_workspace`), remembered per op
+/// and input types: a checkpointing search plans many candidates of one graph, and asking
+/// means planning the op's kernels.
+#[derive(Default)]
+pub struct Workspaces(RefCell<BTreeMap<String, usize>>);
+
+impl Workspaces {
+    fn of(&self, g: &Graph, id: NodeId) -> usize {
+        let n = &g.dag[id];
+        let in_types: Vec<_> = n.inputs.iter().map(|&t| g.ty(t)).collect();
+        let key = format!("{:?} {in_types:?}", n.op);
+        if let Some(&words) = self.0.borrow().get(&key) {
+            return words;
+        }
+        let words = n.op.gpu_workspace(&in_types, &n.outputs);
+        self.0.borrow_mut().insert(key, words);
+        words
+    }
+}
+
 /// Slots for every tensor of `g` run in `order`, arena tensors packed by `last_reads`
 /// (`liveness`).
 pub fn plan(
@@ -73,6 +94,7 @@ pub fn plan(
     order: &[NodeId],
     last_reads: &BTreeMap<TensorId, usize>,
     in_place: bool,
+    workspaces: &Workspaces,
 ) -> Layout {
     let mut slots = BTreeMap::new();
     let mut sizes: BTreeMap<Region, usize> = BTreeMap::new();
@@ -118,8 +140,7 @@ pub fn plan(
     let mut workspace_of: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
     for (i, &id) in order.iter().enumerate() {
         let n = &g.dag[id];
-        let in_types: Vec<_> = n.inputs.iter().map(|&t| g.ty(t)).collect();
-        let words = n.op.gpu_workspace(&in_types, &n.outputs);
+        let words = workspaces.of(g, id);
         if words > 0 {
             blocks.push(Block {
                 len: align(words),

@@ -48,7 +48,8 @@ impl Default for Options {
 /// Plans a training graph (or any graph) under a checkpointing policy.
 pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan, Diagnostic> {
     verified(g, "input");
-    let build = |remat: &Remat| passes(g, remat, policy, options);
+    let workspaces = memory::Workspaces::default();
+    let build = |remat: &Remat| passes(g, remat, policy, options, &workspaces);
     let saved = recompute::saved(g);
     let plan = match policy {
         Checkpointing::None => build(&Remat::default()),
@@ -62,12 +63,18 @@ pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan,
 
 /// The passes after checkpointing's choice, for one `Remat` (a search runs them for each
 /// candidate).
-fn passes(g: &Graph, remat: &Remat, policy: &Checkpointing, options: Options) -> Plan {
+fn passes(
+    g: &Graph,
+    remat: &Remat,
+    policy: &Checkpointing,
+    options: Options,
+    workspaces: &memory::Workspaces,
+) -> Plan {
     let graph = recompute::rematerialize(g, remat);
     // Fusion goes here, once written: on the graph with its clones, before order and memory.
     let order = order::order(&graph);
     let last_reads = liveness::last_reads(&graph, &order);
-    let layout = memory::plan(&graph, &order, &last_reads, options.in_place);
+    let layout = memory::plan(&graph, &order, &last_reads, options.in_place, workspaces);
     Plan::new(graph, &order, layout, policy)
 }
 

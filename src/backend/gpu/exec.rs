@@ -187,10 +187,16 @@ pub(super) fn dispatches(
 }
 
 /// A slot one binding can hold on this adapter, or the error that names `what` and the fix.
-fn check_binding(slot: &Slot, what: &str, max_binding: u64, layer: &str) -> Result<(), GpuError> {
+fn check_binding(
+    slot: &Slot,
+    what: impl FnOnce() -> String,
+    max_binding: u64,
+    layer: &str,
+) -> Result<(), GpuError> {
     if slot.len as u64 * 4 <= max_binding {
         return Ok(());
     }
+    let what = what();
     Err(GpuError::Plan(format!(
         "layer `{layer}`: {what} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
         crate::config::values::human(slot.len as u64 * 4),
@@ -359,14 +365,17 @@ impl<'g> GpuExec<'g> {
             // Before the kernels are planned: their 32-bit indices assume bindable tensors.
             let tensors = l.inputs.iter().zip(&in_types).map(|(s, t)| (s, *t));
             for (slot, ty) in tensors.chain(l.outputs.iter().zip(&node.outputs)) {
-                let what = format!("a tensor of shape {}", fmt_shape(&ty.shape));
-                check_binding(slot, &what, max_binding, layer)?;
+                let what = || format!("a tensor of shape {}", fmt_shape(&ty.shape));
+                check_binding(slot, what, max_binding, layer)?;
             }
             for d in dispatches(gpu, &node.op, &in_types, &node.outputs, layer)? {
+                // Tensors were checked above; workspace (and its reservation) here.
                 for &b in &d.bindings {
-                    let slot = bound_slot(l, b, layer)?;
-                    let what = format!("the workspace of kernel `{}`", d.shader.entry);
-                    check_binding(&slot, &what, max_binding, layer)?;
+                    if let Bind::Scratch { .. } = b {
+                        let slot = bound_slot(l, b, layer)?;
+                        let what = || format!("the workspace of kernel `{}`", d.shader.entry);
+                        check_binding(&slot, what, max_binding, layer)?;
+                    }
                 }
                 all.push((li, d));
             }
