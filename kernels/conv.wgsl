@@ -51,7 +51,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 // forward: x, w; grad input: dy, w; grad weight: x, dy.
 @group(0) @binding(2) var<storage, read_write> in0: array<f32>;
-@group(0) @binding(3) var<storage, read_write> in1: array<f32>;
+// Read as vec4s where rows of w (forward) or images of dy (grad weight) are whole vec4s.
+@group(0) @binding(3) var<storage, read_write> in1: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 fn cg() -> u32 {
@@ -115,15 +116,102 @@ fn phase_pixel(col: u32) -> vec3<u32> {
 // The GEMM's left operand at (row r, inner k) of group g; r and k in range.
 fn load_a(r: u32, k: u32, g: u32) -> f32 {
     if (MODE == 0u) {
-        return in1[(g * og() + r) * cg() * taps() + k];
+        return w1(a_index(r, k, g));
     } else if (MODE == 1u) {
         // w [o, ci, ki, kj] at o = k / NT, ci = r, (ki, kj) the phase's tap k % NT.
         let kk = phase_tap(k % phase_taps());
-        return in1[((g * og() + k / phase_taps()) * cg() + r) * taps() + kk.x * p.kw + kk.y];
+        return w1(((g * og() + k / phase_taps()) * cg() + r) * taps() + kk.x * p.kw + kk.y);
     }
-    // dy [n, g*og + r, pix] at k = n*P + pix.
-    let n = k / pixels();
-    return in1[(n * p.o + g * og() + r) * pixels() + k % pixels()];
+    return w1(a_index(r, k, g));
+}
+
+fn w1(i: u32) -> f32 {
+    return in1[i / 4u][i % 4u];
+}
+
+// Forward: w [g*og + r, k]; grad weight: dy [n, g*og + r, pix] at k = n*P + pix.
+fn a_index(r: u32, k: u32, g: u32) -> u32 {
+    if (MODE == 0u) {
+        return (g * og() + r) * cg() * taps() + k;
+    }
+    return ((k / pixels()) * p.o + g * og() + r) * pixels() + k % pixels();
+}
+
+// Whether four values of A along k from a multiple of 4 are one vec4 of in1.
+fn a_vec() -> bool {
+    if (MODE == 0u) {
+        return (cg() * taps()) % 4u == 0u;
+    }
+    return MODE == 2u && pixels() % 4u == 0u;
+}
+fn load_a4(r: u32, k: u32, g: u32) -> vec4<f32> {
+    return in1[a_index(r, k, g) / 4u];
+}
+// B's quads (four pixels along an output row, or along a phase's row of input pixels for grad
+// input) share their index arithmetic: one division by the kernel and image sizes, not four.
+fn b_vec() -> bool {
+    if (MODE == 1u) {
+        return p.wu % 4u == 0u;
+    }
+    return p.ow % 4u == 0u;
+}
+fn load_b4(k: u32, col: u32, g: u32) -> vec4<f32> {
+    if (MODE == 0u) {
+        return x_at4(col / pixels(), g, k, col % pixels());
+    } else if (MODE == 1u) {
+        return dy_at4(k, col, g);
+    }
+    return x_at4(k / pixels(), g, col, k % pixels());
+}
+
+// x_at at output pixels pix..pix + 3 of one output row (pix a multiple of 4, OW too).
+fn x_at4(n: u32, g: u32, t: u32, pix: u32) -> vec4<f32> {
+    let ci = t / taps();
+    let tt = t % taps();
+    let ki = tt / p.kw;
+    let kj = tt % p.kw;
+    let iy = i32((pix / p.ow) * p.stride_y + ki * p.dil_y) - i32(p.pad_y);
+    let ix = i32((pix % p.ow) * p.stride_x + kj * p.dil_x) - i32(p.pad_x);
+    var v = vec4<f32>(0.0);
+    if (iy < 0 || iy >= i32(p.h)) {
+        return v;
+    }
+    let row = ((n * p.c + g * cg() + ci) * p.h + u32(iy)) * p.w;
+    for (var d = 0u; d < 4u; d = d + 1u) {
+        let x = ix + i32(d * p.stride_x);
+        if (x >= 0 && x < i32(p.w)) {
+            v[d] = in0[row + u32(x)];
+        }
+    }
+    return v;
+}
+
+// Grad input's load_b at columns col..col + 3 of one row of the phase's pixels (col a multiple
+// of 4, WU too): consecutive pixels of a phase read consecutive output columns.
+fn dy_at4(k: u32, col: u32, g: u32) -> vec4<f32> {
+    let px = phase_pixel(col);
+    let oc = k / phase_taps();
+    let kk = phase_tap(k % phase_taps());
+    var v = vec4<f32>(0.0);
+    let ty = i32(px.y + p.pad_y) - i32(kk.x * p.dil_y);
+    if (ty < 0) {
+        return v;
+    }
+    let oy = u32(ty) / p.stride_y;
+    if (oy >= p.oh) {
+        return v;
+    }
+    let row = ((px.x * p.o + g * og() + oc) * p.oh + oy) * p.ow;
+    for (var d = 0u; d < 4u; d = d + 1u) {
+        let tx = i32(px.z + d * p.stride_x + p.pad_x) - i32(kk.y * p.dil_x);
+        if (tx >= 0) {
+            let ox = u32(tx) / p.stride_x;
+            if (ox < p.ow) {
+                v[d] = in0[row + ox];
+            }
+        }
+    }
+    return v;
 }
 
 // The GEMM's right operand at (inner k, column col) of group g; both in range.

@@ -1,6 +1,7 @@
 // Strided GEMM operands for kernels/gemm.wgsl: out[m, n] = sum_k a[m, k] * b[k, n], with a and
 // b read through row and column strides, so one kernel serves x·wᵀ, dy·w and dyᵀ·x
-// (src/ops/matmul.rs). out is row-major.
+// (src/ops/matmul.rs). out is row-major. a and b are read as vec4s where the stride across
+// their contiguous dim is a multiple of 4 (bindings are whole vec4s: kernel::gpu).
 
 struct Params {
     m: u32,
@@ -20,8 +21,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> a: array<f32>;
-@group(0) @binding(3) var<storage, read_write> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> a: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> b: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 fn sizes() -> vec3<u32> {
@@ -33,11 +34,26 @@ fn a_k_fast() -> bool {
 fn b_k_fast() -> bool {
     return p.b_contiguous_k == 1u;
 }
+fn a_vec() -> bool {
+    return select(p.a_k, p.a_m, a_k_fast()) % 4u == 0u;
+}
+fn b_vec() -> bool {
+    return select(p.b_n, p.b_k, b_k_fast()) % 4u == 0u;
+}
 fn load_a(r: u32, k: u32, g: u32) -> f32 {
-    return a[r * p.a_m + k * p.a_k];
+    let i = r * p.a_m + k * p.a_k;
+    return a[i / 4u][i % 4u];
 }
 fn load_b(k: u32, col: u32, g: u32) -> f32 {
-    return b[k * p.b_k + col * p.b_n];
+    let i = k * p.b_k + col * p.b_n;
+    return b[i / 4u][i % 4u];
+}
+// Four values along the contiguous dim from a multiple of 4 (where a_vec / b_vec).
+fn load_a4(r: u32, k: u32, g: u32) -> vec4<f32> {
+    return a[(r * p.a_m + k * p.a_k) / 4u];
+}
+fn load_b4(k: u32, col: u32, g: u32) -> vec4<f32> {
+    return b[(k * p.b_k + col * p.b_n) / 4u];
 }
 fn out_index(r: u32, col: u32, g: u32) -> u32 {
     return r * p.n + col;

@@ -137,6 +137,14 @@ fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         // Depthwise.
         ([2, 5, 9, 11], [5, 1, 3, 3], conv([1, 1], [1, 1], [1, 1], 5)),
         ([1, 4, 7, 5], [8, 1, 3, 3], conv([2, 2], [2, 2], [2, 2], 4)),
+        // Output rows (forward, weight gradient) and phase rows (input gradient) of whole
+        // quads: the im2col operand read four pixels at a time, strided and dilated.
+        (
+            [2, 3, 10, 16],
+            [5, 3, 3, 3],
+            conv([2, 2], [1, 1], [1, 1], 1),
+        ),
+        ([1, 2, 9, 12], [3, 2, 3, 3], conv([1, 1], [2, 2], [2, 2], 1)),
         // More rows and columns than one 64x64 tile; an input smaller than the kernel.
         (
             [2, 3, 13, 12],
@@ -244,7 +252,7 @@ fn the_split_k_cases_split() {
         .iter()
         .map(|(xs, ws, cv)| grad_w(*xs, *ws, cv.clone()))
         .collect();
-    assert_eq!(found, [2, 2, 8]);
+    assert_eq!(found, [2, 2, 10]);
     let mm = slices(
         &OpKind::MatMulGradWeight(MatMulGradWeight),
         &[&[600, 5], &[600, 9]],

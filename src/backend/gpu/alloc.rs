@@ -92,8 +92,8 @@ pub(super) fn regions(gpu: &Gpu, plan: &Plan) -> Result<Vec<wgpu::Buffer>, GpuEr
 pub(super) fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        // A zero-sized buffer cannot be bound; every binding is at least 4 bytes.
-        size: bytes.max(4).next_multiple_of(4),
+        // A zero-sized buffer cannot be bound; every binding is whole vec4s (kernel::gpu).
+        size: bytes.max(16).next_multiple_of(16),
         usage: wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST,

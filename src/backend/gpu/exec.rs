@@ -186,6 +186,13 @@ pub(super) fn dispatches(
     Ok(ds)
 }
 
+/// The bytes a binding of `len` words covers: whole vec4s (kernel::gpu's binding convention).
+/// Slots start 64 words apart (schedule::memory::ALIGN), so the rounding stays in the slot's
+/// own reservation.
+fn binding_bytes(len: usize) -> u64 {
+    len.max(1).next_multiple_of(4) as u64 * 4
+}
+
 /// A slot one binding can hold on this adapter, or the error that names `what` and the fix.
 fn check_binding(
     slot: &Slot,
@@ -193,13 +200,13 @@ fn check_binding(
     max_binding: u64,
     layer: &str,
 ) -> Result<(), GpuError> {
-    if slot.len as u64 * 4 <= max_binding {
+    if binding_bytes(slot.len) <= max_binding {
         return Ok(());
     }
     let what = what();
     Err(GpuError::Plan(format!(
         "layer `{layer}`: {what} takes {}, above the adapter's storage binding limit of {}; lower data.batch_size",
-        crate::config::values::human(slot.len as u64 * 4),
+        crate::config::values::human(binding_bytes(slot.len)),
         crate::config::values::human(max_binding)
     )))
 }
@@ -441,7 +448,7 @@ impl<'g> GpuExec<'g> {
                     wgpu::BufferBinding {
                         buffer: &regions[region_index(slot.region)],
                         offset: slot.offset as u64 * 4,
-                        size: NonZeroU64::new(slot.len.max(1) as u64 * 4),
+                        size: NonZeroU64::new(binding_bytes(slot.len)),
                     }
                 })
                 .collect();
@@ -808,7 +815,7 @@ pub fn eval_once(
                 Bind::Scratch { at, len } => wgpu::BufferBinding {
                     buffer: &workspace,
                     offset: at as u64 * 4,
-                    size: NonZeroU64::new(len as u64 * 4),
+                    size: NonZeroU64::new(binding_bytes(len)),
                 },
             })
             .collect();

@@ -7,14 +7,15 @@
 
 use super::{Bind, Dispatch, MAX_GROUPS, PREAMBLE, Params, Shader, grid, groups};
 
-/// The inner dim's step through workgroup memory (kernels/gemm.wgsl `TK`).
-const TK: usize = 16;
+/// Split-K slices are a multiple of this many values of the inner dim, so of the core's
+/// step through it (kernels/gemm.wgsl `TK`).
+const CHUNK_MULTIPLE: usize = 16;
 
 /// The output tile one workgroup of 256 threads computes: `rows` x `cols`, with `wy` threads
 /// along the rows (kernels/gemm.wgsl `TM`, `TN`, `WY`). Every shape gives each thread 4x4, 8x4,
-/// 8x8 or 8x16 outputs; workgroup memory is 16 · (rows + cols + 8) words, at most 25 KiB
-/// (Metal has 32). On the H100 the 128x256 tile ran 4096³ GEMMs 1–6% and ResNet-18 5% faster
-/// than 128x128 (docs/performance.md).
+/// 8x8 or 16x4 outputs. Tiles of 64 outputs a thread stage the inner dim 8 at a time in two
+/// buffers, the others 16 at a time in one: workgroup memory at most 16 · (rows + cols + 8)
+/// words, 19 KiB (Metal has 32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     pub rows: usize,
@@ -24,9 +25,12 @@ pub struct Tile {
 
 impl Tile {
     /// The shapes: a GEMM with 16 or 32 rows (the early convolutions' output channels) would
-    /// waste most of a 64-row tile; the 8x8-per-thread tiles reuse each value read from
-    /// workgroup memory twice as often as the 4x4 ones, but leave fewer workgroups.
-    pub const ALL: [Tile; 7] = [
+    /// waste most of a 64-row tile; the 64-outputs-per-thread tiles reuse each value read from
+    /// workgroup memory twice as often as the 4x4 ones, but leave fewer workgroups. On the
+    /// H100 (docs/performance.md, session 9) a 128x256 tile (8x16 per thread) ran slower than
+    /// 128x128 with two buffers (its registers leave one workgroup per SM), and 64x256 ran
+    /// ResNet-18 6% faster as 16x4 per thread (wy 4) than as 8x8.
+    pub const ALL: [Tile; 6] = [
         Tile {
             rows: 16,
             cols: 256,
@@ -50,16 +54,11 @@ impl Tile {
         Tile {
             rows: 64,
             cols: 256,
-            wy: 8,
+            wy: 4,
         },
         Tile {
             rows: 128,
             cols: 128,
-            wy: 16,
-        },
-        Tile {
-            rows: 128,
-            cols: 256,
             wy: 16,
         },
     ];
@@ -68,14 +67,13 @@ impl Tile {
     /// runs the same kernels. The largest tile that fits the rows and still leaves 256
     /// workgroups (two waves of an H100's 132 SMs), else the smaller one.
     pub fn for_shape(rows: usize, cols: usize, groups: usize) -> Tile {
-        let [t16, t32, t32_wide, t64, t64_wide, t128, t128_wide] = Tile::ALL;
+        let [t16, t32, t32_wide, t64, t64_wide, t128] = Tile::ALL;
         let enough = |t: Tile| t.tiles(rows, cols) * groups >= 256;
         match rows {
             0..=16 => t16,
             17..=32 if enough(t32_wide) => t32_wide,
             17..=32 => t32,
             33..=64 if enough(t64_wide) => t64_wide,
-            _ if rows > 64 && enough(t128_wide) => t128_wide,
             _ if rows > 64 && enough(t128) => t128,
             _ => t64,
         }
@@ -85,24 +83,36 @@ impl Tile {
         rows.div_ceil(self.rows) * cols.div_ceil(self.cols)
     }
 
+    /// Whether the core stages the inner dim in two buffers of 8 (else one of 16): for tiles
+    /// of 64 outputs a thread, whose registers leave no room for 16-deep staging.
+    pub fn double_buffered(&self) -> bool {
+        self.rows * self.cols / 256 >= 64
+    }
+
     /// kernels/gemm.wgsl with this tile's constants.
     fn core(&self) -> String {
         const CORE: &str = include_str!("../../../kernels/gemm.wgsl");
-        CORE.replacen(
-            "const TM: u32 = 64u;",
-            &format!("const TM: u32 = {}u;", self.rows),
-            1,
-        )
-        .replacen(
-            "const TN: u32 = 64u;",
-            &format!("const TN: u32 = {}u;", self.cols),
-            1,
-        )
-        .replacen(
-            "const WY: u32 = 16u;",
-            &format!("const WY: u32 = {}u;", self.wy),
-            1,
-        )
+        let (tk, stages) = if self.double_buffered() {
+            (8, 2)
+        } else {
+            (16, 1)
+        };
+        [
+            ("TM", 64, self.rows),
+            ("TN", 64, self.cols),
+            ("WY", 16, self.wy),
+            ("TK", 16, tk),
+            ("STAGES", 1, stages),
+        ]
+        .iter()
+        .fold(CORE.to_string(), |src, &(name, default, value)| {
+            let line = |v| format!("const {name}: u32 = {v}u;");
+            assert!(
+                src.contains(&line(default)),
+                "kernels/gemm.wgsl declares {name}"
+            );
+            src.replacen(&line(default), &line(value), 1)
+        })
     }
 }
 /// Workgroups split-K aims for: enough to fill a large GPU (132 SMs on an H100) a few times.
@@ -110,22 +120,22 @@ const TARGET_GROUPS: usize = 2048;
 /// The shortest slice worth its partial sums' traffic.
 const MIN_CHUNK: usize = 256;
 const MAX_SLICES: usize = 256;
-/// Words of partial sums one launch may keep (16 MiB): workspace shares the arena with the
-/// activations, so it counts against the memory peak.
-const MAX_PARTIALS: usize = 4 << 20;
+/// Words of partial sums one launch may keep (32 MiB): workspace shares the arena with the
+/// activations, so it counts against the memory peak. At 16 MiB ResNet-18's weight gradients
+/// (batch 512) got 4 slices or none and filled half an H100.
+const MAX_PARTIALS: usize = 8 << 20;
 
 /// How the inner dim `k` of a GEMM with `tiles` output tiles of `words` outputs in all is cut:
-/// (slices, chunk), every slice `chunk` long (a multiple of `TK`) except the last.
+/// (slices, chunk), every slice `chunk` long (a multiple of `CHUNK_MULTIPLE`) except the last.
 pub fn split_k(tiles: usize, k: usize, words: usize) -> (usize, usize) {
     let want = (TARGET_GROUPS / tiles.max(1)).max(1);
     let most = (k / MIN_CHUNK).max(1).min(MAX_PARTIALS / words.max(1));
-    let slices = prev_power_of_two(want.min(most).min(MAX_SLICES));
-    let chunk = k.div_ceil(slices).next_multiple_of(TK).max(TK);
+    let slices = want.min(most).clamp(1, MAX_SLICES);
+    let chunk = k
+        .div_ceil(slices)
+        .next_multiple_of(CHUNK_MULTIPLE)
+        .max(CHUNK_MULTIPLE);
     (k.div_ceil(chunk).max(1), chunk)
-}
-
-fn prev_power_of_two(n: usize) -> usize {
-    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
 
 /// The operand files' uniform declaration, which `Gemm` replaces by a constant.
@@ -213,8 +223,9 @@ mod tests {
         // ResNet-20's first weight gradient: 3 tiles, k = 128 images × 784 pixels.
         let (s, chunk) = split_k(3, 100_352, 16 * 144);
         assert_eq!((s, chunk), (251, 400));
-        // ResNet-18's first (64 → 64 channels): the partial sums' 16 MiB bound holds it to 64.
-        assert_eq!(split_k(9, 100_352, 64 * 576).0, 64);
+        // ResNet-18's third stage at batch 512 (256 channels, 8x8 pixels): 36 tiles would
+        // want 56 slices; the partial sums' 32 MiB bound holds it to 14.
+        assert_eq!(split_k(36, 512 * 64, 256 * 2304).0, 14);
         // Plenty of tiles, or a short k: one slice covering all of k.
         assert_eq!(split_k(4096, 4096, 4096 * 4096), (1, 4096));
         assert_eq!(split_k(1, 300, 1).0, 1);

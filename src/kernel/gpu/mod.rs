@@ -14,6 +14,8 @@
 //!
 //! Every storage binding is `read_write`, inputs too: an in-place launch binds two ranges of
 //! one buffer, and WebGPU forbids one buffer as read-only and writable storage in one dispatch.
+//! Every storage binding covers whole vec4s (its length rounded up to 4 words), so a kernel
+//! may declare it `array<vec4<f32>>` and read 16 bytes at a time (kernels/matmul.wgsl).
 
 mod gemm;
 
