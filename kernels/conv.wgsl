@@ -147,18 +147,18 @@ fn a_vec() -> bool {
 fn load_a4(r: u32, k: u32, g: u32) -> vec4<f32> {
     return in1[a_index(r, k, g) / 4u];
 }
-// B's quads (four pixels along an output row, or along a phase's row of input pixels for grad
-// input) share their index arithmetic: one division by the kernel and image sizes, not four.
+// B's quads (four pixels along an output row for grad weight, along a phase's row of input
+// pixels for grad input) share their index arithmetic: one division by the kernel and image
+// sizes, not four. Not for the forward: on the H100 its 64-channel convolutions ran 28% slower
+// with them (docs/performance.md, session 9), the larger ones no faster.
 fn b_vec() -> bool {
     if (MODE == 1u) {
         return p.wu % 4u == 0u;
     }
-    return p.ow % 4u == 0u;
+    return MODE == 2u && p.ow % 4u == 0u;
 }
 fn load_b4(k: u32, col: u32, g: u32) -> vec4<f32> {
-    if (MODE == 0u) {
-        return x_at4(col / pixels(), g, k, col % pixels());
-    } else if (MODE == 1u) {
+    if (MODE == 1u) {
         return dy_at4(k, col, g);
     }
     return x_at4(k / pixels(), g, col, k % pixels());

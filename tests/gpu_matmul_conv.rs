@@ -137,8 +137,8 @@ fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         // Depthwise.
         ([2, 5, 9, 11], [5, 1, 3, 3], conv([1, 1], [1, 1], [1, 1], 5)),
         ([1, 4, 7, 5], [8, 1, 3, 3], conv([2, 2], [2, 2], [2, 2], 4)),
-        // Output rows (forward, weight gradient) and phase rows (input gradient) of whole
-        // quads: the im2col operand read four pixels at a time, strided and dilated.
+        // Output rows (weight gradient) and phase rows (input gradient) of whole quads: the
+        // im2col operand read four pixels at a time, strided and dilated.
         (
             [2, 3, 10, 16],
             [5, 3, 3, 3],
