@@ -11,9 +11,10 @@ use crate::kernel::gpu::{Dispatch, KernelArgs};
 
 use super::{Eval, Primitive, ShapeResult, expect_arity, expect_f32};
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, grid, groups};
+use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, Window, grid, groups};
 
 const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
+const MULTI_KERNELS: &str = include_str!("../../kernels/optim_multi.wgsl");
 
 /// optim.wgsl's `Params`, in field order (fields an entry does not use stay 0).
 #[derive(Default)]
@@ -32,6 +33,8 @@ struct OptimParams {
     ln_beta2: f64,
     chunk: usize,
     base: usize,
+    tensors: usize,
+    row: usize,
     sizes: [usize; 8],
 }
 
@@ -62,8 +65,8 @@ impl OptimParams {
             .f32(self.ln_beta2)
             .u32(self.chunk)
             .u32(self.base)
-            .u32(0)
-            .u32(0);
+            .u32(self.tensors)
+            .u32(self.row);
         for &s in &self.sizes {
             p = p.u32(s);
         }
@@ -81,6 +84,99 @@ fn update(entry: &'static str, params: OptimParams, args: &KernelArgs) -> Vec<Di
         workgroups: grid(params.n),
         params: params.words(),
     }]
+}
+
+/// Members one multi-tensor dispatch takes at most: the rows of its table.
+const MULTI_TENSORS: usize = 256;
+/// Words per row of that table: first workgroup, element count, an offset per binding (≤ 10).
+const MULTI_ROW: usize = 12;
+/// `OptimParams` words before the table (optim.wgsl's `Params`).
+const MULTI_TABLE_AT: usize = 24;
+/// Elements of one dispatch's members, at most (unless one member alone has more): keeps each
+/// window a multiple of the members' size well within WebGPU's default 128 MiB binding.
+const MULTI_ELEMENTS: usize = 1 << 23;
+/// Elements a workgroup of a multi-tensor entry updates (optim_multi.wgsl's `MULTI_CHUNK`).
+const MULTI_CHUNK: usize = 1024;
+
+/// The multi-tensor form of an update entry over `members` instances (inputs, then outputs, group
+/// after group in `args`): a dispatch per run of members within `MULTI_TENSORS` and
+/// `MULTI_ELEMENTS`, binding k a window over the k-th tensor of every member in the run, its
+/// table the members' first workgroups and sizes (the executor writes the offsets).
+fn update_multi(
+    entry: &'static str,
+    params: OptimParams,
+    members: usize,
+    args: &KernelArgs,
+) -> Result<Vec<Dispatch>, String> {
+    let divides = |n: usize| members > 0 && n % members == 0;
+    if !divides(args.inputs.len()) || !divides(args.outputs.len()) {
+        return Err(format!("{members} members do not divide the tensors"));
+    }
+    let (a, b) = (args.inputs.len() / members, args.outputs.len() / members);
+    assert!(
+        2 + a + b <= MULTI_ROW,
+        "a table row holds every binding's offset"
+    );
+    let table = format!(
+        "table: array<vec4<u32>, {}>,",
+        MULTI_TENSORS * MULTI_ROW / 4
+    );
+    let source = format!(
+        "{PREAMBLE}\n{}\n{MULTI_KERNELS}",
+        KERNELS.replace("//TABLE", &table)
+    );
+    let size = |g: usize| args.inputs[g * a].numel();
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < members {
+        let (mut end, mut elements) = (first, 0);
+        while end < members
+            && end - first < MULTI_TENSORS
+            && (end == first || elements + size(end) <= MULTI_ELEMENTS)
+        {
+            elements += size(end);
+            end += 1;
+        }
+        let mut rows = vec![0usize; MULTI_TENSORS * MULTI_ROW];
+        let mut chunks = 0;
+        for (k, g) in (first..end).enumerate() {
+            rows[k * MULTI_ROW] = chunks;
+            rows[k * MULTI_ROW + 1] = size(g);
+            chunks += size(g).div_ceil(MULTI_CHUNK).max(1);
+        }
+        let window = |outputs: bool, role: usize, per: usize, column: usize| {
+            Bind::Window(Window {
+                outputs,
+                first: first * per + role,
+                step: per,
+                count: end - first,
+                table: MULTI_TABLE_AT + 2 + column,
+                row: MULTI_ROW,
+            })
+        };
+        let mut bindings: Vec<Bind> = (0..a).map(|r| window(false, r, a, r)).collect();
+        bindings.extend((0..b).map(|r| window(true, r, b, a + r)));
+        let mut words = OptimParams {
+            n: chunks,
+            tensors: end - first,
+            row: MULTI_ROW,
+            ..params
+        }
+        .words();
+        debug_assert_eq!(words.len(), MULTI_TABLE_AT);
+        words.extend(rows.iter().map(|&w| w as u32));
+        out.push(Dispatch {
+            shader: Shader {
+                source: source.clone().into(),
+                entry,
+            },
+            bindings,
+            params: words,
+            workgroups: groups(chunks),
+        });
+        first = end;
+    }
+    Ok(out)
 }
 
 /// The coefficient torch.nn.utils.clip_grad_norm_(grads, max_norm) multiplies every gradient
@@ -258,12 +354,32 @@ impl Primitive for SgdStep {
         Some(0)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let entry = match (self.has_buf(), self.clip) {
-            (false, false) => "sgd",
-            (false, true) => "sgd_clip",
-            (true, false) => "sgd_momentum",
-            (true, true) => "sgd_momentum_clip",
+        let (entry, _) = self.entries();
+        let params = OptimParams {
+            n: args.numel_in(0),
+            ..self.params()
         };
+        Ok(update(entry, params, args))
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some("sgd_step_multi")
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        update_multi(self.entries().1, self.params(), members, args)
+    }
+}
+
+impl SgdStep {
+    /// The single-tensor entry and its multi-tensor form (optim_multi.wgsl).
+    fn entries(&self) -> (&'static str, &'static str) {
+        match (self.has_buf(), self.clip) {
+            (false, false) => ("sgd", "sgd_multi"),
+            (false, true) => ("sgd_clip", "sgd_clip_multi"),
+            (true, false) => ("sgd_momentum", "sgd_momentum_multi"),
+            (true, true) => ("sgd_momentum_clip", "sgd_momentum_clip_multi"),
+        }
+    }
+    fn params(&self) -> OptimParams {
         let mut flags = 0;
         if self.nesterov {
             flags |= FLAG_NESTEROV;
@@ -271,15 +387,13 @@ impl Primitive for SgdStep {
         if self.weight_decay != 0.0 {
             flags |= FLAG_DECAY;
         }
-        let params = OptimParams {
-            n: args.numel_in(0),
+        OptimParams {
             flags,
             momentum: self.momentum,
             damp: 1.0 - self.dampening,
             weight_decay: self.weight_decay,
             ..Default::default()
-        };
-        Ok(update(entry, params, args))
+        }
     }
 }
 
@@ -362,6 +476,32 @@ impl Primitive for AdamStep {
         Some(0)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let params = OptimParams {
+            n: args.numel_in(0),
+            ..self.params()
+        };
+        let entry = if self.clip { "adam_clip" } else { "adam" };
+        Ok(update(entry, params, args))
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some(if self.decoupled {
+            "adamw_step_multi"
+        } else {
+            "adam_step_multi"
+        })
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let entry = if self.clip {
+            "adam_clip_multi"
+        } else {
+            "adam_multi"
+        };
+        update_multi(entry, self.params(), members, args)
+    }
+}
+
+impl AdamStep {
+    fn params(&self) -> OptimParams {
         let wd = self.weight_decay;
         let mut flags = 0;
         if wd != 0.0 {
@@ -373,8 +513,7 @@ impl Primitive for AdamStep {
         }
         // The bias corrections 1 − β^t depend on the runtime step: the kernel computes them
         // from ln β (in f64 here) without cancellation.
-        let params = OptimParams {
-            n: args.numel_in(0),
+        OptimParams {
             flags,
             weight_decay: wd,
             w1: 1.0 - self.beta1,
@@ -384,12 +523,7 @@ impl Primitive for AdamStep {
             ln_beta1: self.beta1.ln(),
             ln_beta2: self.beta2.ln(),
             ..Default::default()
-        };
-        Ok(update(
-            if self.clip { "adam_clip" } else { "adam" },
-            params,
-            args,
-        ))
+        }
     }
 }
 
@@ -468,6 +602,12 @@ impl Primitive for CountUp {
             params: OptimParams::default().words(),
             workgroups: [1, 1, 1],
         }])
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some("count_up_multi")
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        update_multi("count_up_multi", OptimParams::default(), members, args)
     }
 }
 

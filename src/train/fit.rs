@@ -325,8 +325,12 @@ fn build_models<'g>(
     let diag = |d: crate::diag::Diagnostic| FitError::Config(Box::new(d));
     let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
     let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
-    let plan = crate::schedule::plan(&train_graph, &cfg.train.checkpointing, Default::default())
-        .map_err(diag)?;
+    let plan = crate::schedule::plan(
+        &train_graph,
+        &cfg.train.checkpointing,
+        crate::schedule::Options::of(cfg),
+    )
+    .map_err(diag)?;
     let tensors = StepTensors {
         features: forward.features,
         labels: forward.labels,
