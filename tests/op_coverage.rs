@@ -21,8 +21,8 @@ use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
     AdamStep, BatchNorm, BatchNormRunningStats, Binary, BinaryFn, Concat, Conv2d, CountUp,
-    CrossEntropy, Dropout, Fill, Gather, GradNormCoef, Input, LayerNorm, MatMul, MeanAxes, Mse,
-    OpKind, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
+    CrossEntropy, Dropout, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, MatMul, MeanAxes,
+    Mse, OpKind, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -268,6 +268,11 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
         "it updates buffers, which are never trained",
         ValueCheck::Formula(running_stats_cases),
     ),
+    (
+        "Foreach",
+        "the fusion pass's multi-tensor form of the updates above",
+        ValueCheck::Formula(foreach_cases),
+    ),
 ];
 
 /// Variants with no GPU kernel by design: the executor uploads their values.
@@ -328,6 +333,30 @@ fn grad_norm_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
             want: vec![vec![(max_norm / (norm + 1e-6)).min(1.0)]],
         })
         .collect()
+}
+
+/// Two members of each update case (SGD, Adam, the counter) in one multi-tensor op: each
+/// member's formula.
+fn foreach_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let mut out = Vec::new();
+    let updates: [fn(&mut ChaCha8Rng) -> Vec<ValueCase>; 3] =
+        [sgd_cases, adam_cases, count_up_cases];
+    for cases in updates {
+        let (first, second) = (cases(rng), cases(rng));
+        for (a, b) in first.into_iter().zip(second) {
+            assert_eq!((&a.op, a.ctx), (&b.op, b.ctx), "the same variants in order");
+            out.push(ValueCase {
+                op: OpKind::Foreach(Foreach {
+                    inner: Box::new(a.op),
+                    groups: 2,
+                }),
+                inputs: [a.inputs, b.inputs].concat(),
+                ctx: a.ctx,
+                want: [a.want, b.want].concat(),
+            });
+        }
+    }
+    out
 }
 
 /// torch.optim.SGD's update, element by element.
