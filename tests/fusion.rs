@@ -90,31 +90,47 @@ fn fusion_changes_no_bits_on_lavapipe() {
 }
 
 /// `trainer plan configs/resnet.toml`: ResNet-20's 65 SGD updates and 21 batchnorm counters
-/// become two launches; the text says how many there were before, and `run.fusion=false`
-/// plans them all.
+/// become two launches of one GPU dispatch each; the text says how many launches and
+/// dispatches there were before, and `run.fusion=false` plans them all.
 #[test]
 fn plan_shows_launches_before_and_after_fusion() {
-    let launches = |sets: &[&str]| -> (u64, u64) {
+    let figures = |sets: &[&str]| -> [u64; 4] {
         let mut args = vec!["plan", "configs/resnet.toml", "--json"];
         for s in sets {
             args.extend(["--set", s]);
         }
         let v: serde_json::Value = serde_json::from_str(&ok_stdout(&args)).expect("json");
         let get = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
-        (get("launches"), get("launches_unfused"))
+        [
+            "launches",
+            "launches_unfused",
+            "dispatches",
+            "dispatches_unfused",
+        ]
+        .map(get)
     };
-    let (fused, before) = launches(&[]);
-    let (unfused, unfused_before) = launches(&["run.fusion=false"]);
-    assert_eq!(unfused, unfused_before);
-    assert_eq!(before, unfused);
-    assert_eq!(fused, unfused - (65 + 21) + 2, "{fused} of {unfused}");
-    let text = ok_stdout(&["plan", "configs/resnet.toml"]);
-    assert!(
-        text.contains(&format!(
-            "launches          {fused} ({unfused} before fusion;"
-        )),
-        "{text}"
+    let [fused, before, dispatches, dispatches_before] = figures(&[]);
+    let [
+        unfused,
+        unfused_before,
+        unfused_dispatches,
+        unfused_dispatches_before,
+    ] = figures(&["run.fusion=false"]);
+    assert_eq!(
+        (unfused, unfused_dispatches),
+        (unfused_before, unfused_dispatches_before)
     );
+    assert_eq!((before, dispatches_before), (unfused, unfused_dispatches));
+    assert_eq!(fused, unfused - (65 + 21) + 2, "{fused} of {unfused}");
+    // A dispatch each unfused; one for all 65 updates, one for all 21 counters fused.
+    assert_eq!(dispatches, unfused_dispatches - (65 + 21) + 2);
+    let text = ok_stdout(&["plan", "configs/resnet.toml"]);
+    for line in [
+        format!("launches          {fused} ({unfused} before fusion;"),
+        format!("GPU dispatches    {dispatches} ({unfused_dispatches} before fusion)"),
+    ] {
+        assert!(text.contains(&line), "{line} in {text}");
+    }
     let text = ok_stdout(&["plan", "configs/resnet.toml", "--set", "run.fusion=false"]);
     assert!(!text.contains("before fusion"), "{text}");
 }

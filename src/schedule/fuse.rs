@@ -9,8 +9,9 @@
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
 
 use crate::graph::Graph;
+use crate::kernel::gpu::KernelArgs;
 use crate::ops::{Foreach, OpKind};
-use crate::tensor::{NodeId, TensorId};
+use crate::tensor::{NodeId, TensorId, TensorType};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
@@ -96,6 +97,43 @@ fn foreach_groups(g: &Graph) -> Vec<(OpKind, Vec<NodeId>)> {
     }
     groups.retain(|(_, ids)| ids.len() > 1);
     groups
+}
+
+/// GPU dispatches per step of `g`'s ops, and how many they would be unfused (each member of a
+/// `Foreach` with its own kernels). Ops without a GPU kernel, or with a tensor too large for
+/// one (a CPU-only plan), count none.
+pub fn dispatches(g: &Graph) -> (usize, usize) {
+    let count = |op: &OpKind, inputs: &[&TensorType], outputs: &[TensorType]| {
+        let too_large = |t: &TensorType| t.numel() > u32::MAX as usize;
+        if inputs.iter().copied().chain(outputs).any(too_large) {
+            return 0;
+        }
+        let args = KernelArgs { inputs, outputs };
+        op.primitive().gpu(&args).map_or(0, |ds| ds.len())
+    };
+    let (mut fused, mut unfused) = (0, 0);
+    for n in g.dag.node_weights() {
+        if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
+            continue;
+        }
+        let inputs: Vec<&TensorType> = n.inputs.iter().map(|&t| g.ty(t)).collect();
+        let here = count(&n.op, &inputs, &n.outputs);
+        fused += here;
+        unfused += match &n.op {
+            OpKind::Foreach(f) => {
+                let a = inputs.len() / f.groups;
+                let b = n.outputs.len() / f.groups;
+                (0..f.groups)
+                    .map(|k| {
+                        let ins = &inputs[k * a..(k + 1) * a];
+                        count(&f.inner, ins, &n.outputs[k * b..(k + 1) * b])
+                    })
+                    .sum()
+            }
+            _ => here,
+        };
+    }
+    (fused, unfused)
 }
 
 fn remap(map: &[Option<(NodeId, usize)>], t: TensorId) -> TensorId {

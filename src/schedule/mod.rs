@@ -75,6 +75,9 @@ pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan,
         Checkpointing::MemoryBudget(budget) => search::fit_budget(g, &saved, budget.0, &build)?,
     };
     verified(&plan.graph, "planned");
+    let mut plan = plan;
+    // Once for the chosen plan, not per checkpointing candidate: it plans every kernel.
+    (plan.stats.dispatches, plan.stats.dispatches_unfused) = fuse::dispatches(&plan.graph);
     Ok(plan)
 }
 

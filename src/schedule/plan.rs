@@ -54,6 +54,9 @@ pub struct Stats {
     pub launches: usize,
     /// Launches the step would take without fusion (equal to `launches` when it is off).
     pub launches_unfused: usize,
+    /// GPU kernel dispatches per step (an op may take several), and without fusion.
+    pub dispatches: usize,
+    pub dispatches_unfused: usize,
     pub in_place: usize,
     pub recomputed_ops: usize,
     pub flops: Flops,
@@ -220,6 +223,9 @@ fn stats(g: &Graph, launches: &[Launch], layout: &Layout, policy: &Checkpointing
         },
         launches: launches.len(),
         launches_unfused: launches.len(),
+        // Set by `schedule::plan` for the plan it returns.
+        dispatches: 0,
+        dispatches_unfused: 0,
         in_place: layout.in_place,
         recomputed_ops,
         flops,

@@ -32,6 +32,15 @@ pub fn report(name: &str, s: &Stats) -> String {
             s.recomputed_ops
         ),
         format!(
+            "  GPU dispatches    {}{}",
+            s.dispatches,
+            if s.dispatches_unfused > s.dispatches {
+                format!(" ({} before fusion)", s.dispatches_unfused)
+            } else {
+                String::new()
+            }
+        ),
+        format!(
             "  FLOPs             forward {}, backward {}, recompute {}, update {}",
             g(s.flops.forward),
             g(s.flops.backward),
