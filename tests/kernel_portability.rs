@@ -128,7 +128,7 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
         for d in fused.primitive().gpu(&args).expect("its kernels") {
             let e = out
                 .entry(d.shader.source.to_string())
-                .or_insert_with(|| (Vec::new(), format!("{}", fused.primitive().name())));
+                .or_insert_with(|| (Vec::new(), fused.primitive().name().to_string()));
             if !e.0.contains(&d.shader.entry) {
                 e.0.push(d.shader.entry);
             }

@@ -41,7 +41,7 @@ impl Primitive for Foreach {
         if inner.foreach().is_none() || matches!(*self.inner, OpKind::Foreach(_)) {
             return Err(format!("`{}` has no multi-tensor form", inner.name()));
         }
-        if self.groups == 0 || inputs.len() % self.groups != 0 {
+        if self.groups == 0 || !inputs.len().is_multiple_of(self.groups) {
             return Err(format!(
                 "{} inputs do not split into {} groups",
                 inputs.len(),

@@ -108,7 +108,7 @@ fn update_multi(
     members: usize,
     args: &KernelArgs,
 ) -> Result<Vec<Dispatch>, String> {
-    let divides = |n: usize| members > 0 && n % members == 0;
+    let divides = |n: usize| members > 0 && n.is_multiple_of(members);
     if !divides(args.inputs.len()) || !divides(args.outputs.len()) {
         return Err(format!("{members} members do not divide the tensors"));
     }
