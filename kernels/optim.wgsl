@@ -24,13 +24,12 @@ struct Params {
     // grad_norm: elements per block, and where this dispatch's first block writes its sum.
     chunk: u32,
     base: u32,
-    // Multi-tensor entries (optim_multi.wgsl): rows of the table, and words per row.
-    tensors: u32,
-    row: u32,
+    _p0: u32,
+    _p1: u32,
     // grad_norm: the element count of each bound gradient (b1..b7).
     sizes: array<vec4<u32>, 2>,
-    // Multi-tensor entries: their table, in place of the marker (src/ops/optim.rs).
-    //TABLE
+    // Multi-tensor entries (optim_multi.wgsl): multi.wgsl's fields, in place of the marker.
+    //MULTI
 }
 
 const FLAG_NESTEROV: u32 = 1u;

@@ -89,9 +89,8 @@ fn fusion_changes_no_bits_on_lavapipe() {
     }
 }
 
-/// `trainer plan configs/resnet.toml`: ResNet-20's 65 SGD updates and 21 batchnorm counters
-/// become two launches of one GPU dispatch each; the text says how many launches and
-/// dispatches there were before, and `run.fusion=false` plans them all.
+/// `trainer plan configs/resnet.toml`: ResNet-20's updates become five launches; the text says
+/// how many launches and dispatches there were before, and `run.fusion=false` plans them all.
 #[test]
 fn plan_shows_launches_before_and_after_fusion() {
     let figures = |sets: &[&str]| -> [u64; 4] {
@@ -121,9 +120,10 @@ fn plan_shows_launches_before_and_after_fusion() {
         (unfused_before, unfused_dispatches_before)
     );
     assert_eq!((before, dispatches_before), (unfused, unfused_dispatches));
-    assert_eq!(fused, unfused - (65 + 21) + 2, "{fused} of {unfused}");
-    // A dispatch each unfused; one for all 65 updates, one for all 21 counters fused.
-    assert_eq!(dispatches, unfused_dispatches - (65 + 21) + 2);
+    // 65 SGD updates, 21 counters, 21 running statistics of three batch sizes (one per stage:
+    // 32², 16² and 8² pixels) become 1 + 1 + 3 launches of one dispatch each.
+    assert_eq!(fused, unfused - (65 + 21 + 21) + 5, "{fused} of {unfused}");
+    assert_eq!(dispatches, unfused_dispatches - (65 + 21 + 21) + 5);
     let text = ok_stdout(&["plan", "configs/resnet.toml"]);
     for line in [
         format!("launches          {fused} ({unfused} before fusion;"),

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
 use trainer::kernel::gpu::{Bind, KernelArgs};
-use trainer::ops::{AdamStep, CountUp, Foreach, OpKind, SgdStep};
+use trainer::ops::{AdamStep, BatchNormRunningStats, CountUp, Foreach, OpKind, SgdStep};
 use trainer::tensor::StepCtx;
 use trainer::tensor::{DType, TensorType};
 
@@ -142,6 +142,31 @@ fn fused_updates_give_the_unfused_bits() {
             }
         }
     }
+}
+
+/// Running statistics of batchnorms of odd channel counts.
+#[test]
+fn fused_running_statistics_give_the_unfused_bits() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    let op = OpKind::BatchNormRunningStats(BatchNormRunningStats {
+        momentum: 0.1,
+        count: 37,
+    });
+    let members: Vec<Vec<Tensor>> = [1, 3, 1024, 2049, 1, 64]
+        .iter()
+        .map(|&c| {
+            vec![
+                uniform(&mut rng, &[c], -1.0, 1.0),
+                uniform(&mut rng, &[c], 0.5, 2.0),
+                uniform(&mut rng, &[c], -1.0, 1.0),
+                uniform(&mut rng, &[c], 0.0, 2.0),
+            ]
+        })
+        .collect();
+    check(&op, &members, StepCtx::default());
 }
 
 /// Batchnorm counters, more of them than one dispatch's table holds (256).

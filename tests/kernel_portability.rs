@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use trainer::config;
 use trainer::kernel::gpu::{KernelArgs, Tile};
 use trainer::nn;
-use trainer::ops::{AdamStep, CountUp, Foreach, MatMul, OpKind, SgdStep};
+use trainer::ops::{AdamStep, BatchNormRunningStats, CountUp, Foreach, MatMul, OpKind, SgdStep};
 use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
@@ -111,6 +111,11 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
         updates.push((op, ins));
     }
     updates.push((OpKind::CountUp(CountUp), vec![counter]));
+    let stats = OpKind::BatchNormRunningStats(BatchNormRunningStats {
+        momentum: 0.1,
+        count: 10,
+    });
+    updates.push((stats, vec![f32s(5); 4]));
     for (op, member) in updates {
         let fused = OpKind::Foreach(Foreach {
             inner: Box::new(op),
@@ -181,6 +186,7 @@ fn every_kernel_translates_to_metal_spirv_and_hlsl() {
         "adam_multi",
         "adam_clip_multi",
         "count_up_multi",
+        "bn_running_stats_multi",
     ] {
         assert!(
             all.values().any(|(entries, _)| entries.contains(&entry)),

@@ -335,12 +335,12 @@ fn grad_norm_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
         .collect()
 }
 
-/// Two members of each update case (SGD, Adam, the counter) in one multi-tensor op: each
-/// member's formula.
+/// Two members of each update case (SGD, Adam, the counter, running statistics) in one
+/// multi-tensor op: each member's formula.
 fn foreach_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
     let mut out = Vec::new();
-    let updates: [fn(&mut ChaCha8Rng) -> Vec<ValueCase>; 3] =
-        [sgd_cases, adam_cases, count_up_cases];
+    let updates: [fn(&mut ChaCha8Rng) -> Vec<ValueCase>; 4] =
+        [sgd_cases, adam_cases, count_up_cases, running_stats_cases];
     for cases in updates {
         let (first, second) = (cases(rng), cases(rng));
         for (a, b) in first.into_iter().zip(second) {

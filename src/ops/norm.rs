@@ -10,9 +10,9 @@ use super::{
     Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
 };
 use crate::kernel::cpu::{Io, Real, f64_scratch_len};
-use crate::kernel::gpu::section;
 use crate::kernel::gpu::{Bind, Params, WORKGROUP, grid, groups};
 use crate::kernel::gpu::{Dispatch, KernelArgs};
+use crate::kernel::gpu::{Shader, multi, section};
 use crate::tensor::{TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/norm.wgsl");
@@ -611,21 +611,41 @@ impl Primitive for BatchNormRunningStats {
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let c = args.numel_in(0);
-        // The CPU's f32 constants, rounded the same way.
-        let m = self.momentum as f32;
-        let bessel = (self.count as f64 / (self.count - 1) as f64) as f32;
         let mut bindings: Vec<Bind> = (0..4).map(Bind::In).collect();
         bindings.extend([Bind::Out(0), Bind::Out(1)]);
+        let params = self.constants(Params::new().u32(c));
         Ok(vec![dispatch(
             "bn_running_stats",
             bindings,
-            Params::new()
-                .u32(c)
-                .f32(m as f64)
-                .f32((1.0 - m) as f64)
-                .f32(bessel as f64),
+            params,
             grid(c),
         )])
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some("batchnorm_running_stats_multi")
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let entry = "bn_running_stats_multi";
+        let text = section(KERNELS, entry);
+        let shader = Shader {
+            source: multi::source(&text.source).into(),
+            entry,
+        };
+        let head = self.constants(Params::new()).u32(0).done();
+        multi::dispatches(&shader, &head, members, args)
+    }
+}
+
+impl BatchNormRunningStats {
+    /// `params` followed by m, 1 − m and the Bessel factor: the CPU's f32 constants, rounded
+    /// the same way.
+    fn constants(&self, params: Params) -> Params {
+        let m = self.momentum as f32;
+        let bessel = (self.count as f64 / (self.count - 1) as f64) as f32;
+        params
+            .f32(m as f64)
+            .f32((1.0 - m) as f64)
+            .f32(bessel as f64)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::kernel::gpu::{Dispatch, KernelArgs};
 
 use super::{Eval, Primitive, ShapeResult, expect_arity, expect_f32};
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, Window, grid, groups};
+use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, grid, groups, multi};
 
 const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
 const MULTI_KERNELS: &str = include_str!("../../kernels/optim_multi.wgsl");
@@ -33,8 +33,6 @@ struct OptimParams {
     ln_beta2: f64,
     chunk: usize,
     base: usize,
-    tensors: usize,
-    row: usize,
     sizes: [usize; 8],
 }
 
@@ -65,8 +63,8 @@ impl OptimParams {
             .f32(self.ln_beta2)
             .u32(self.chunk)
             .u32(self.base)
-            .u32(self.tensors)
-            .u32(self.row);
+            .u32(0)
+            .u32(0);
         for &s in &self.sizes {
             p = p.u32(s);
         }
@@ -86,97 +84,19 @@ fn update(entry: &'static str, params: OptimParams, args: &KernelArgs) -> Vec<Di
     }]
 }
 
-/// Members one multi-tensor dispatch takes at most: the rows of its table.
-const MULTI_TENSORS: usize = 256;
-/// Words per row of that table: first workgroup, element count, an offset per binding (≤ 10).
-const MULTI_ROW: usize = 12;
-/// `OptimParams` words before the table (optim.wgsl's `Params`).
-const MULTI_TABLE_AT: usize = 24;
-/// Elements of one dispatch's members, at most (unless one member alone has more): keeps each
-/// window a multiple of the members' size well within WebGPU's default 128 MiB binding.
-const MULTI_ELEMENTS: usize = 1 << 23;
-/// Elements a workgroup of a multi-tensor entry updates (optim_multi.wgsl's `MULTI_CHUNK`).
-const MULTI_CHUNK: usize = 1024;
-
-/// The multi-tensor form of an update entry over `members` instances (inputs, then outputs, group
-/// after group in `args`): a dispatch per run of members within `MULTI_TENSORS` and
-/// `MULTI_ELEMENTS`, binding k a window over the k-th tensor of every member in the run, its
-/// table the members' first workgroups and sizes (the executor writes the offsets).
+/// The multi-tensor form of an update entry (kernels/optim_multi.wgsl) over `members`
+/// instances, inputs then outputs member after member in `args` (kernel/gpu/multi.rs).
 fn update_multi(
     entry: &'static str,
     params: OptimParams,
     members: usize,
     args: &KernelArgs,
 ) -> Result<Vec<Dispatch>, String> {
-    let divides = |n: usize| members > 0 && n.is_multiple_of(members);
-    if !divides(args.inputs.len()) || !divides(args.outputs.len()) {
-        return Err(format!("{members} members do not divide the tensors"));
-    }
-    let (a, b) = (args.inputs.len() / members, args.outputs.len() / members);
-    assert!(
-        2 + a + b <= MULTI_ROW,
-        "a table row holds every binding's offset"
-    );
-    let table = format!(
-        "table: array<vec4<u32>, {}>,",
-        MULTI_TENSORS * MULTI_ROW / 4
-    );
-    let source = format!(
-        "{PREAMBLE}\n{}\n{MULTI_KERNELS}",
-        KERNELS.replace("//TABLE", &table)
-    );
-    let size = |g: usize| args.inputs[g * a].numel();
-    let mut out = Vec::new();
-    let mut first = 0;
-    while first < members {
-        let (mut end, mut elements) = (first, 0);
-        while end < members
-            && end - first < MULTI_TENSORS
-            && (end == first || elements + size(end) <= MULTI_ELEMENTS)
-        {
-            elements += size(end);
-            end += 1;
-        }
-        let mut rows = vec![0usize; MULTI_TENSORS * MULTI_ROW];
-        let mut chunks = 0;
-        for (k, g) in (first..end).enumerate() {
-            rows[k * MULTI_ROW] = chunks;
-            rows[k * MULTI_ROW + 1] = size(g);
-            chunks += size(g).div_ceil(MULTI_CHUNK).max(1);
-        }
-        let window = |outputs: bool, role: usize, per: usize, column: usize| {
-            Bind::Window(Window {
-                outputs,
-                first: first * per + role,
-                step: per,
-                count: end - first,
-                table: MULTI_TABLE_AT + 2 + column,
-                row: MULTI_ROW,
-            })
-        };
-        let mut bindings: Vec<Bind> = (0..a).map(|r| window(false, r, a, r)).collect();
-        bindings.extend((0..b).map(|r| window(true, r, b, a + r)));
-        let mut words = OptimParams {
-            n: chunks,
-            tensors: end - first,
-            row: MULTI_ROW,
-            ..params
-        }
-        .words();
-        debug_assert_eq!(words.len(), MULTI_TABLE_AT);
-        words.extend(rows.iter().map(|&w| w as u32));
-        out.push(Dispatch {
-            shader: Shader {
-                source: source.clone().into(),
-                entry,
-            },
-            bindings,
-            params: words,
-            workgroups: groups(chunks),
-        });
-        first = end;
-    }
-    Ok(out)
+    let shader = Shader {
+        source: multi::source(&format!("{PREAMBLE}\n{KERNELS}\n{MULTI_KERNELS}")).into(),
+        entry,
+    };
+    multi::dispatches(&shader, &params.words(), members, args)
 }
 
 /// The coefficient torch.nn.utils.clip_grad_norm_(grads, max_norm) multiplies every gradient

@@ -3,7 +3,7 @@
 //! the config); a fused plan gives the same bits as an unfused one (tests/fusion.rs).
 //!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
-//! Adam, the batchnorm counter), whose outputs nothing reads, joins the others equal to it
+//! Adam, batchnorm's running statistics and counter), whose outputs nothing reads, joins the others equal to it
 //! (same op, same attributes) in one `Foreach` node, placed where the last of them was, so its
 //! inputs all exist. The node's inputs and outputs are the members', member after member, so
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
@@ -145,8 +145,8 @@ fn remap(map: &[Option<(NodeId, usize)>], t: TensorId) -> TensorId {
 mod tests {
     use super::*;
 
-    /// ResNet-20's step: every SGD update and every batchnorm counter becomes one launch, and
-    /// every update still writes over its own state.
+    /// ResNet-20's step: every SGD update, every batchnorm counter, the running statistics of
+    /// each stage become one launch each, and every update still writes over its own state.
     #[test]
     fn updates_of_one_kind_become_one_node() {
         let cfg = crate::config::load(
@@ -170,9 +170,12 @@ mod tests {
         assert_eq!(count(&fused, "sgd_step"), 0);
         assert_eq!(count(&fused, "sgd_step_multi"), 1);
         assert_eq!(count(&fused, "count_up_multi"), 1);
+        // One per batch size the statistics were taken over: a stage each.
+        assert_eq!(count(&fused, "batchnorm_running_stats_multi"), 3);
+        let stats = count(&g, "batchnorm_running_stats");
         assert_eq!(
             fused.dag.node_count(),
-            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1
+            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3
         );
         assert_eq!(fused.updates.len(), g.updates.len());
         for (&(i, old), &(j, new)) in g.updates.iter().zip(&fused.updates) {

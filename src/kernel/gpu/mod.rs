@@ -16,6 +16,7 @@
 //! one buffer, and WebGPU forbids one buffer as read-only and writable storage in one dispatch.
 
 mod gemm;
+pub mod multi;
 
 pub use gemm::{Gemm, Tile, split_k};
 
