@@ -142,14 +142,16 @@ fn bn_copy_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // @entry bn_apply
 // y = (x - mean) * w / sqrt(var + eps) + b, one thread per element, from the statistics an
-// earlier dispatch wrote (the CPU's f32 sequence).
+// earlier dispatch wrote (the CPU's f32 sequence); then relu where `relu` is 1 (the fusion
+// pass's batchnorm + relu: src/ops/norm.rs puts the elementwise table's relu in place of
+// RELU_OF_A).
 struct Params {
     total: u32,
     c: u32,
     s: u32,
     affine: u32,
     eps: f32,
-    _p0: u32,
+    relu: u32,
     _p1: u32,
     _p2: u32,
 }
@@ -177,7 +179,12 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         bc = b[ch];
     }
     let scale = wc / sqrt(var_[ch] + p.eps);
-    y[i] = (x[i] - mean[ch]) * scale + bc;
+    let a = (x[i] - mean[ch]) * scale + bc;
+    if (p.relu == 1u) {
+        y[i] = RELU_OF_A;
+    } else {
+        y[i] = a;
+    }
 }
 
 // @entry bn_grad_sums

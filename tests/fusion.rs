@@ -89,8 +89,9 @@ fn fusion_changes_no_bits_on_lavapipe() {
     }
 }
 
-/// `trainer plan configs/resnet.toml`: ResNet-20's updates become five launches; the text says
-/// how many launches and dispatches there were before, and `run.fusion=false` plans them all.
+/// `trainer plan configs/resnet.toml`: ResNet-20's updates become five launches and relus join
+/// their batchnorms; the text says how many launches and dispatches there were before, and
+/// `run.fusion=false` plans them all.
 #[test]
 fn plan_shows_launches_before_and_after_fusion() {
     let figures = |sets: &[&str]| -> [u64; 4] {
@@ -121,9 +122,14 @@ fn plan_shows_launches_before_and_after_fusion() {
     );
     assert_eq!((before, dispatches_before), (unfused, unfused_dispatches));
     // 65 SGD updates, 21 counters, 21 running statistics of three batch sizes (one per stage:
-    // 32², 16² and 8² pixels) become 1 + 1 + 3 launches of one dispatch each.
-    assert_eq!(fused, unfused - (65 + 21 + 21) + 5, "{fused} of {unfused}");
-    assert_eq!(dispatches, unfused_dispatches - (65 + 21 + 21) + 5);
+    // 32², 16² and 8² pixels) become 1 + 1 + 3 launches of one dispatch each; the 10 relus
+    // right after a batchnorm (the stem's, each block's first) join it.
+    assert_eq!(
+        fused,
+        unfused - (65 + 21 + 21) + 5 - 10,
+        "{fused} of {unfused}"
+    );
+    assert_eq!(dispatches, unfused_dispatches - (65 + 21 + 21) + 5 - 10);
     let text = ok_stdout(&["plan", "configs/resnet.toml"]);
     for line in [
         format!("launches          {fused} ({unfused} before fusion;"),

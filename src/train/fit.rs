@@ -331,11 +331,12 @@ fn build_models<'g>(
         crate::schedule::Options::of(cfg),
     )
     .map_err(diag)?;
+    // The planned graph's ids: fusion renumbers the nodes after a fused one.
     let tensors = StepTensors {
-        features: forward.features,
-        labels: forward.labels,
-        loss: forward.loss,
-        output: forward.output,
+        features: plan.graph.features,
+        labels: plan.graph.labels,
+        loss: plan.graph.loss,
+        output: plan.graph.output,
     };
     startup.plan = t.elapsed().as_secs_f64();
     let t = Instant::now();
