@@ -854,7 +854,9 @@ pub fn eval_once(
             len: values.len(),
         };
         memory.extend_from_slice(values);
-        memory.resize(memory.len().max(1).next_multiple_of(SCRATCH_ALIGN), 0.0);
+        // At least a word each: an empty tensor is bound as 4 bytes.
+        let end = slot.offset + values.len().max(1);
+        memory.resize(end.next_multiple_of(SCRATCH_ALIGN), 0.0);
         slot
     };
     let inputs: Vec<Slot> = ins.iter().map(|(_, v)| place(v)).collect();
