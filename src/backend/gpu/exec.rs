@@ -162,7 +162,15 @@ pub(super) fn dispatches(
         .gpu(&KernelArgs { inputs, outputs })
         .map_err(|e| GpuError::Plan(format!("layer `{layer}` ({name}): {e}")))?;
     let max = gpu.limits.max_compute_workgroups_per_dimension;
+    let max_storage = gpu.limits.max_storage_buffers_per_shader_stage as usize;
     for d in &ds {
+        if d.bindings.len() > max_storage {
+            return Err(GpuError::Plan(format!(
+                "layer `{layer}` ({name}): kernel `{}` binds {} storage buffers, above the adapter's {max_storage} per shader stage",
+                d.shader.entry,
+                d.bindings.len()
+            )));
+        }
         if d.workgroups.iter().any(|&w| w > max) {
             return Err(GpuError::Plan(format!(
                 "layer `{layer}` ({name}): kernel `{}` needs {:?} workgroups, above the adapter's {max} per dimension",
