@@ -142,14 +142,16 @@ fn bn_copy_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // @entry bn_apply
 // y = (x - mean) * w / sqrt(var + eps) + b, one thread per element, from the statistics an
-// earlier dispatch wrote (the CPU's f32 sequence).
+// earlier dispatch wrote (the CPU's f32 sequence); then relu where `relu` is 1 (the fusion
+// pass's batchnorm + relu: src/ops/norm.rs puts the elementwise table's relu in place of
+// RELU_OF_A).
 struct Params {
     total: u32,
     c: u32,
     s: u32,
     affine: u32,
     eps: f32,
-    _p0: u32,
+    relu: u32,
     _p1: u32,
     _p2: u32,
 }
@@ -177,7 +179,12 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         bc = b[ch];
     }
     let scale = wc / sqrt(var_[ch] + p.eps);
-    y[i] = (x[i] - mean[ch]) * scale + bc;
+    let a = (x[i] - mean[ch]) * scale + bc;
+    if (p.relu == 1u) {
+        y[i] = RELU_OF_A;
+    } else {
+        y[i] = a;
+    }
 }
 
 // @entry bn_grad_sums
@@ -344,6 +351,46 @@ fn bn_running_stats(@builtin(workgroup_id) wid: vec3<u32>,
     let s2 = var_[i];
     new_rm[i] = p.m * mu + p.keep * a;
     new_rv[i] = p.m * (s2 * p.bessel) + p.keep * v;
+}
+
+// @entry bn_running_stats_multi
+// bn_running_stats over many batchnorms at once (src/kernel/gpu/multi.rs; multi.wgsl is
+// appended): b0 rm, b1 rv, b2 mean, b3 var, b4 rm', b5 rv', each a window over every member.
+struct Params {
+    m: f32,
+    keep: f32,
+    bessel: f32,
+    _p0: u32,
+    //MULTI
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> b0: array<f32>;
+@group(0) @binding(3) var<storage, read_write> b1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> b2: array<f32>;
+@group(0) @binding(5) var<storage, read_write> b3: array<f32>;
+@group(0) @binding(6) var<storage, read_write> b4: array<f32>;
+@group(0) @binding(7) var<storage, read_write> b5: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_running_stats_multi(@builtin(workgroup_id) wid: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let s = span(wid, nwg);
+    let o0 = cell(s.t, 2u);
+    let o1 = cell(s.t, 3u);
+    let o2 = cell(s.t, 4u);
+    let o3 = cell(s.t, 5u);
+    let o4 = cell(s.t, 6u);
+    let o5 = cell(s.t, 7u);
+    for (var i = s.start + lid.x; i < s.end; i = i + WORKGROUP) {
+        let a = b0[o0 + i];
+        let v = b1[o1 + i];
+        let mu = b2[o2 + i];
+        let s2 = b3[o3 + i];
+        b4[o4 + i] = p.m * mu + p.keep * a;
+        b5[o5 + i] = p.m * (s2 * p.bessel) + p.keep * v;
+    }
 }
 
 // @entry ln_forward

@@ -28,6 +28,8 @@ struct Params {
     _p1: u32,
     // grad_norm: the element count of each bound gradient (b1..b7).
     sizes: array<vec4<u32>, 2>,
+    // Multi-tensor entries (optim_multi.wgsl): multi.wgsl's fields, in place of the marker.
+    //MULTI
 }
 
 const FLAG_NESTEROV: u32 = 1u;

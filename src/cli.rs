@@ -670,11 +670,15 @@ fn plan_step(
     let cfg = load_config(path, sets)?;
     let train = crate::training::training_graph(&g, &cfg.optimizer)
         .map_err(|d| user_error(&d.into(), &sources))?;
-    let plan = crate::schedule::plan(&train, &cfg.train.checkpointing, Default::default())
-        .map_err(|d| {
-            let d = d.at(cfg.loc(&["train", "checkpointing"]), "this policy");
-            user_error(&d.into(), &sources)
-        })?;
+    let plan = crate::schedule::plan(
+        &train,
+        &cfg.train.checkpointing,
+        crate::schedule::Options::of(&cfg),
+    )
+    .map_err(|d| {
+        let d = d.at(cfg.loc(&["train", "checkpointing"]), "this policy");
+        user_error(&d.into(), &sources)
+    })?;
     Ok((plan, cfg))
 }
 

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use trainer::config;
 use trainer::kernel::gpu::{KernelArgs, Tile};
 use trainer::nn;
-use trainer::ops::{MatMul, OpKind};
+use trainer::ops::{AdamStep, BatchNormRunningStats, CountUp, Foreach, MatMul, OpKind, SgdStep};
+use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
 
@@ -40,35 +41,101 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
                 .result
                 .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
             let g = nn::build_with_batch(&cfg, batch).expect("builds");
-            let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
-            for id in t.dag.node_indices() {
-                let n = &t.dag[id];
-                if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
-                    continue;
-                }
-                let inputs: Vec<&TensorType> = n.inputs.iter().map(|&x| t.ty(x)).collect();
-                let args = KernelArgs {
-                    inputs: &inputs,
-                    outputs: &n.outputs,
-                };
-                let what = format!(
-                    "{path}: layer `{}` ({})",
-                    t.layers[n.layer].name,
-                    n.op.primitive().name()
-                );
-                match n.op.primitive().gpu(&args) {
-                    Ok(ds) => {
-                        for d in ds {
-                            let e = out
-                                .entry(d.shader.source.to_string())
-                                .or_insert_with(|| (Vec::new(), what.clone()));
-                            if !e.0.contains(&d.shader.entry) {
-                                e.0.push(d.shader.entry);
+            let unfused = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
+            // The fusion pass's multi-tensor kernels too.
+            for t in [fuse::fuse(&unfused), unfused] {
+                for id in t.dag.node_indices() {
+                    let n = &t.dag[id];
+                    if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
+                        continue;
+                    }
+                    let inputs: Vec<&TensorType> = n.inputs.iter().map(|&x| t.ty(x)).collect();
+                    let args = KernelArgs {
+                        inputs: &inputs,
+                        outputs: &n.outputs,
+                    };
+                    let what = format!(
+                        "{path}: layer `{}` ({})",
+                        t.layers[n.layer].name,
+                        n.op.primitive().name()
+                    );
+                    match n.op.primitive().gpu(&args) {
+                        Ok(ds) => {
+                            for d in ds {
+                                let e = out
+                                    .entry(d.shader.source.to_string())
+                                    .or_insert_with(|| (Vec::new(), what.clone()));
+                                if !e.0.contains(&d.shader.entry) {
+                                    e.0.push(d.shader.entry);
+                                }
                             }
                         }
+                        Err(e) => missing.push(format!("{what}: {e}")),
                     }
-                    Err(e) => missing.push(format!("{what}: {e}")),
                 }
+            }
+        }
+    }
+    // Every multi-tensor update entry (kernels/optim_multi.wgsl), whether or not a config
+    // picks it.
+    let f32s = |n| TensorType::f32(vec![n]);
+    let counter = TensorType {
+        shape: vec![],
+        dtype: trainer::tensor::DType::I32,
+    };
+    let mut updates: Vec<(OpKind, Vec<TensorType>)> = Vec::new();
+    for clip in [false, true] {
+        let coef = clip.then(|| TensorType::f32(vec![]));
+        for momentum in [0.0, 0.9] {
+            let op = OpKind::SgdStep(SgdStep {
+                momentum,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+                clip,
+            });
+            let mut ins = vec![f32s(5); 2 + (momentum != 0.0) as usize];
+            ins.extend(coef.clone());
+            updates.push((op, ins));
+        }
+        let op = OpKind::AdamStep(AdamStep {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            clip,
+        });
+        let mut ins = vec![f32s(5); 4];
+        ins.extend(coef);
+        updates.push((op, ins));
+    }
+    updates.push((OpKind::CountUp(CountUp), vec![counter]));
+    let stats = OpKind::BatchNormRunningStats(BatchNormRunningStats {
+        momentum: 0.1,
+        count: 10,
+    });
+    updates.push((stats, vec![f32s(5); 4]));
+    for (op, member) in updates {
+        let fused = OpKind::Foreach(Foreach {
+            inner: Box::new(op),
+            groups: 2,
+        });
+        let types: Vec<&TensorType> = member.iter().chain(&member).collect();
+        let outputs = fused
+            .primitive()
+            .infer(&types)
+            .expect("a multi-tensor update");
+        let args = KernelArgs {
+            inputs: &types,
+            outputs: &outputs,
+        };
+        for d in fused.primitive().gpu(&args).expect("its kernels") {
+            let e = out
+                .entry(d.shader.source.to_string())
+                .or_insert_with(|| (Vec::new(), fused.primitive().name().to_string()));
+            if !e.0.contains(&d.shader.entry) {
+                e.0.push(d.shader.entry);
             }
         }
     }
@@ -112,6 +179,14 @@ fn every_kernel_translates_to_metal_spirv_and_hlsl() {
         "axes_merge",
         "loss_total",
         "grad_norm_total",
+        "sgd_multi",
+        "sgd_clip_multi",
+        "sgd_momentum_multi",
+        "sgd_momentum_clip_multi",
+        "adam_multi",
+        "adam_clip_multi",
+        "count_up_multi",
+        "bn_running_stats_multi",
     ] {
         assert!(
             all.values().any(|(entries, _)| entries.contains(&entry)),

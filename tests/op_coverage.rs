@@ -20,9 +20,9 @@ use trainer::backend::gpu::{compare_with_cpu, test_gpu};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
-    AdamStep, BatchNorm, BatchNormRunningStats, Binary, BinaryFn, Concat, Conv2d, CountUp,
-    CrossEntropy, Dropout, Fill, Gather, GradNormCoef, Input, LayerNorm, MatMul, MeanAxes, Mse,
-    OpKind, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
+    AdamStep, BatchNorm, BatchNormRelu, BatchNormRunningStats, Binary, BinaryFn, Concat, Conv2d,
+    CountUp, CrossEntropy, Dropout, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, MatMul,
+    MeanAxes, Mse, OpKind, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -268,6 +268,16 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
         "it updates buffers, which are never trained",
         ValueCheck::Formula(running_stats_cases),
     ),
+    (
+        "Foreach",
+        "the fusion pass's multi-tensor form of the updates above",
+        ValueCheck::Formula(foreach_cases),
+    ),
+    (
+        "BatchNormRelu",
+        "made by the fusion pass, after autodiff (batchnorm's and relu's vjps cover it)",
+        ValueCheck::Formula(batchnorm_relu_cases),
+    ),
 ];
 
 /// Variants with no GPU kernel by design: the executor uploads their values.
@@ -328,6 +338,87 @@ fn grad_norm_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
             want: vec![vec![(max_norm / (norm + 1e-6)).min(1.0)]],
         })
         .collect()
+}
+
+/// Two members of each update case (SGD, Adam, the counter, running statistics) in one
+/// multi-tensor op: each member's formula.
+fn foreach_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let mut out = Vec::new();
+    let updates: [fn(&mut ChaCha8Rng) -> Vec<ValueCase>; 4] =
+        [sgd_cases, adam_cases, count_up_cases, running_stats_cases];
+    for cases in updates {
+        let (first, second) = (cases(rng), cases(rng));
+        for (a, b) in first.into_iter().zip(second) {
+            assert_eq!((&a.op, a.ctx), (&b.op, b.ctx), "the same variants in order");
+            out.push(ValueCase {
+                op: OpKind::Foreach(Foreach {
+                    inner: Box::new(a.op),
+                    groups: 2,
+                }),
+                inputs: [a.inputs, b.inputs].concat(),
+                ctx: a.ctx,
+                want: [a.want, b.want].concat(),
+            });
+        }
+    }
+    out
+}
+
+/// Batchnorm (batch statistics when training, the running ones otherwise; affine or not),
+/// then relu: y = max(0, (x − mean)/sqrt(var + eps)·w + b), with the mean and biased variance.
+fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let (n, c, s, eps) = (3, 4, 5, 1e-5);
+    let mut out = Vec::new();
+    for (training, affine) in [(true, true), (true, false), (false, true)] {
+        let mut inputs = vec![uniform(rng, &[n, c, s], -2.0, 2.0)];
+        if affine {
+            inputs.push(uniform(rng, &[c], 0.5, 1.5));
+            inputs.push(uniform(rng, &[c], -0.5, 0.5));
+        }
+        inputs.push(uniform(rng, &[c], -0.5, 0.5));
+        inputs.push(uniform(rng, &[c], 0.5, 1.5));
+        let x = &inputs[0].1;
+        let at = |i: usize, ch: usize, j: usize| x[(i * c + ch) * s + j];
+        let (mut mean, mut var) = (vec![0.0; c], vec![0.0; c]);
+        for ch in 0..c {
+            if training {
+                let vals: Vec<f64> = (0..n)
+                    .flat_map(|i| (0..s).map(move |j| (i, j)))
+                    .map(|(i, j)| at(i, ch, j))
+                    .collect();
+                mean[ch] = vals.iter().sum::<f64>() / vals.len() as f64;
+                var[ch] =
+                    vals.iter().map(|v| (v - mean[ch]).powi(2)).sum::<f64>() / vals.len() as f64;
+            } else {
+                let k = inputs.len();
+                (mean[ch], var[ch]) = (inputs[k - 2].1[ch], inputs[k - 1].1[ch]);
+            }
+        }
+        let mut y = vec![0.0; n * c * s];
+        for (idx, v) in y.iter_mut().enumerate() {
+            let ch = (idx / s) % c;
+            let (w, b) = if affine {
+                (inputs[1].1[ch], inputs[2].1[ch])
+            } else {
+                (1.0, 0.0)
+            };
+            *v = ((x[idx] - mean[ch]) / (var[ch] + eps).sqrt() * w + b).max(0.0);
+        }
+        out.push(ValueCase {
+            op: OpKind::BatchNormRelu(BatchNormRelu {
+                bn: BatchNorm {
+                    eps,
+                    momentum: 0.1,
+                    affine,
+                    training,
+                },
+            }),
+            inputs,
+            ctx: StepCtx::default(),
+            want: vec![y, mean, var],
+        });
+    }
+    out
 }
 
 /// torch.optim.SGD's update, element by element.

@@ -73,10 +73,18 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 #[test]
-fn checkpointing_and_in_place_change_no_bits() {
+fn checkpointing_in_place_and_fusion_change_no_bits() {
     let cfg = load("configs/resnet.toml", &[]);
     let g = train_graph(&cfg, 3);
-    let base = schedule::plan(&g, &Checkpointing::None, Options { in_place: false }).unwrap();
+    let base = schedule::plan(
+        &g,
+        &Checkpointing::None,
+        Options {
+            in_place: false,
+            fuse: false,
+        },
+    )
+    .unwrap();
     let peak = base.stats.bytes.activations_peak;
     let (loss, grads) = step::<f32>(base, 5);
     assert!(loss.is_finite());

@@ -17,6 +17,9 @@ pub struct Run {
     pub seed: u64,
     #[serde(default)]
     pub device: Device,
+    /// Plans the step with the fusion pass (schedule/fuse.rs): fewer launches, the same bits.
+    #[serde(default = "yes")]
+    pub fusion: bool,
 }
 
 fn default_name() -> String {
@@ -29,6 +32,7 @@ impl Default for Run {
             name: default_name(),
             seed: 0,
             device: Device::Auto,
+            fusion: true,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod conv;
 mod elementwise;
+mod foreach;
 mod loss;
 mod matmul;
 mod movement;
@@ -16,10 +17,13 @@ mod vjp;
 
 pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
 pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
+pub use foreach::Foreach;
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
-pub use norm::{BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad};
+pub use norm::{
+    BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormRunningStats, LayerNorm, LayerNormGrad,
+};
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, Pool2dGrad, PoolKind};
 pub use random::{Dropout, DropoutKey};
@@ -74,6 +78,25 @@ pub trait Primitive {
     /// The GPU kernels the op launches, in order (kernel/gpu.rs has the conventions).
     fn gpu(&self, _args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         Err(format!("`{}` has no GPU kernel yet", self.name()))
+    }
+    /// This op with unary `f` applied to its output 0 in the same launch (the fusion pass
+    /// fuses an activation into the op before it where nothing else reads that output), or
+    /// None where it has no such form. Same bits as the two launches.
+    fn with_epilogue(&self, _f: UnaryFn) -> Option<OpKind> {
+        None
+    }
+    /// The name of the op's multi-tensor form ([`Foreach`]: this op, with these attributes,
+    /// over many tensor groups in one launch), or None where it has none. The fusion pass
+    /// groups only ops that answer, only with ops equal to them, and only where no op reads
+    /// their outputs (updates). An op that answers takes no CPU scratch.
+    fn foreach(&self) -> Option<&'static str> {
+        None
+    }
+    /// The GPU kernels of `groups` instances at once: `args` holds the instances' inputs group
+    /// after group, then their outputs likewise (kernel/gpu.rs `Bind::Window` binds many
+    /// tensors at once).
+    fn gpu_foreach(&self, _groups: usize, _args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        Err(format!("`{}` has no multi-tensor kernel", self.name()))
     }
 }
 
@@ -234,6 +257,9 @@ op_kinds! {
     Conv2dGradInput(Conv2dGradInput),
     Conv2dGradWeight(Conv2dGradWeight),
     Pool2dGrad(Pool2dGrad),
+    // Made by the fusion pass (schedule/fuse.rs).
+    Foreach(Foreach),
+    BatchNormRelu(BatchNormRelu),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {

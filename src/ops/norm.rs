@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use super::reduce::{partial_pair, split_reduction};
 use super::{
-    Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
+    Eval, OpKind, Primitive, ShapeResult, UnaryFn, VjpArgs, VjpCx, VjpResult, expect_arity,
+    expect_f32,
 };
 use crate::kernel::cpu::{Io, Real, f64_scratch_len};
-use crate::kernel::gpu::section;
 use crate::kernel::gpu::{Bind, Params, WORKGROUP, grid, groups};
 use crate::kernel::gpu::{Dispatch, KernelArgs};
+use crate::kernel::gpu::{Shader, multi, section};
 use crate::tensor::{TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/norm.wgsl");
@@ -220,6 +221,16 @@ impl Primitive for BatchNorm {
     /// Statistics (blocks of each channel, then their merge: `BnSplit`; or copies of the
     /// running ones in eval mode), then y from them, a thread per element.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        self.kernels(args, false)
+    }
+    fn with_epilogue(&self, f: UnaryFn) -> Option<OpKind> {
+        (f == UnaryFn::Relu).then(|| OpKind::BatchNormRelu(BatchNormRelu { bn: self.clone() }))
+    }
+}
+
+impl BatchNorm {
+    /// `Primitive::gpu`, with relu applied to y where `relu` (`BatchNormRelu`).
+    fn kernels(&self, args: &KernelArgs, relu: bool) -> Result<Vec<Dispatch>, String> {
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
         let k = args.inputs.len();
         let (rm, rv) = (Bind::In(k - 2), Bind::In(k - 1));
@@ -255,7 +266,7 @@ impl Primitive for BatchNorm {
             false => (Bind::In(0), Bind::In(0)),
         };
         let total = args.numel_in(0);
-        let apply = dispatch(
+        let mut apply = dispatch(
             "bn_apply",
             vec![Bind::In(0), w, b, Bind::Out(1), Bind::Out(2), Bind::Out(0)],
             Params::new()
@@ -264,13 +275,55 @@ impl Primitive for BatchNorm {
                 .u32(s)
                 .u32(self.affine as usize)
                 .f32(self.eps)
-                .u32(0)
+                .u32(relu as usize)
                 .u32(0)
                 .u32(0),
             grid(total),
         );
+        // The elementwise table's relu, as the relu launch it replaces computes it.
+        let source = apply
+            .shader
+            .source
+            .replace("RELU_OF_A", UnaryFn::Relu.wgsl());
+        apply.shader.source = source.into();
         out.push(apply);
         Ok(out)
+    }
+}
+
+/// Batchnorm followed by relu in one launch, made by the fusion pass (schedule/fuse.rs) where
+/// nothing else reads the batchnorm's output: the same outputs as `BatchNorm` with relu
+/// applied to y, by the same code (the same bits as the two launches). It has no gradient:
+/// fusion runs after autodiff.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BatchNormRelu {
+    pub bn: BatchNorm,
+}
+
+impl Primitive for BatchNormRelu {
+    fn name(&self) -> &'static str {
+        "batchnorm_relu"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        self.bn.infer(inputs)
+    }
+    fn flops(&self, inputs: &[&TensorType], outputs: &[TensorType]) -> u64 {
+        self.bn.flops(inputs, outputs) + inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        self.bn.attrs()
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        self.bn.kernels(args, true)
+    }
+}
+
+impl Eval for BatchNormRelu {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        self.bn.apply(io, true);
+    }
+    fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
+        self.bn.scratch(inputs, outputs, threads)
     }
 }
 
@@ -325,6 +378,17 @@ impl BnSplit {
 
 impl Eval for BatchNorm {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        self.apply(io, false);
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        let (n, c, _) = bn_layout(&inputs[0].shape);
+        f64_scratch_len(bn_scratch(n, c, 3))
+    }
+}
+
+impl BatchNorm {
+    /// `Eval::eval`, with relu applied to y where `relu` (`BatchNormRelu`).
+    fn apply<T: Real>(&self, io: &mut Io<'_, T>, relu: bool) {
         let layout = bn_layout(io.in_shape(0));
         let (n, c, s) = layout;
         let (eps, training) = (T::of(self.eps), self.training);
@@ -370,14 +434,17 @@ impl Eval for BatchNorm {
             .with_min_len(blocks_per_task(s))
             .for_each(|(block, (y, x))| {
                 let [mu, scale, b] = channel_coefs(coefs, block % c);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - mu) * scale + b;
+                if relu {
+                    // The elementwise table's relu, as the relu launch it replaces.
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = UnaryFn::Relu.apply((x - mu) * scale + b);
+                    }
+                } else {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = (x - mu) * scale + b;
+                    }
                 }
             });
-    }
-    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
-        let (n, c, _) = bn_layout(&inputs[0].shape);
-        f64_scratch_len(bn_scratch(n, c, 3))
     }
 }
 
@@ -611,21 +678,41 @@ impl Primitive for BatchNormRunningStats {
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let c = args.numel_in(0);
-        // The CPU's f32 constants, rounded the same way.
-        let m = self.momentum as f32;
-        let bessel = (self.count as f64 / (self.count - 1) as f64) as f32;
         let mut bindings: Vec<Bind> = (0..4).map(Bind::In).collect();
         bindings.extend([Bind::Out(0), Bind::Out(1)]);
+        let params = self.constants(Params::new().u32(c));
         Ok(vec![dispatch(
             "bn_running_stats",
             bindings,
-            Params::new()
-                .u32(c)
-                .f32(m as f64)
-                .f32((1.0 - m) as f64)
-                .f32(bessel as f64),
+            params,
             grid(c),
         )])
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some("batchnorm_running_stats_multi")
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let entry = "bn_running_stats_multi";
+        let text = section(KERNELS, entry);
+        let shader = Shader {
+            source: multi::source(&text.source).into(),
+            entry,
+        };
+        let head = self.constants(Params::new()).u32(0).done();
+        multi::dispatches(&shader, &head, members, args)
+    }
+}
+
+impl BatchNormRunningStats {
+    /// `params` followed by m, 1 − m and the Bessel factor: the CPU's f32 constants, rounded
+    /// the same way.
+    fn constants(&self, params: Params) -> Params {
+        let m = self.momentum as f32;
+        let bessel = (self.count as f64 / (self.count - 1) as f64) as f32;
+        params
+            .f32(m as f64)
+            .f32((1.0 - m) as f64)
+            .f32(bessel as f64)
     }
 }
 

@@ -11,9 +11,10 @@ use crate::kernel::gpu::{Dispatch, KernelArgs};
 
 use super::{Eval, Primitive, ShapeResult, expect_arity, expect_f32};
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, grid, groups};
+use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, grid, groups, multi};
 
 const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
+const MULTI_KERNELS: &str = include_str!("../../kernels/optim_multi.wgsl");
 
 /// optim.wgsl's `Params`, in field order (fields an entry does not use stay 0).
 #[derive(Default)]
@@ -81,6 +82,21 @@ fn update(entry: &'static str, params: OptimParams, args: &KernelArgs) -> Vec<Di
         workgroups: grid(params.n),
         params: params.words(),
     }]
+}
+
+/// The multi-tensor form of an update entry (kernels/optim_multi.wgsl) over `members`
+/// instances, inputs then outputs member after member in `args` (kernel/gpu/multi.rs).
+fn update_multi(
+    entry: &'static str,
+    params: OptimParams,
+    members: usize,
+    args: &KernelArgs,
+) -> Result<Vec<Dispatch>, String> {
+    let shader = Shader {
+        source: multi::source(&format!("{PREAMBLE}\n{KERNELS}\n{MULTI_KERNELS}")).into(),
+        entry,
+    };
+    multi::dispatches(&shader, &params.words(), members, args)
 }
 
 /// The coefficient torch.nn.utils.clip_grad_norm_(grads, max_norm) multiplies every gradient
@@ -258,12 +274,32 @@ impl Primitive for SgdStep {
         Some(0)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let entry = match (self.has_buf(), self.clip) {
-            (false, false) => "sgd",
-            (false, true) => "sgd_clip",
-            (true, false) => "sgd_momentum",
-            (true, true) => "sgd_momentum_clip",
+        let (entry, _) = self.entries();
+        let params = OptimParams {
+            n: args.numel_in(0),
+            ..self.params()
         };
+        Ok(update(entry, params, args))
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some("sgd_step_multi")
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        update_multi(self.entries().1, self.params(), members, args)
+    }
+}
+
+impl SgdStep {
+    /// The single-tensor entry and its multi-tensor form (optim_multi.wgsl).
+    fn entries(&self) -> (&'static str, &'static str) {
+        match (self.has_buf(), self.clip) {
+            (false, false) => ("sgd", "sgd_multi"),
+            (false, true) => ("sgd_clip", "sgd_clip_multi"),
+            (true, false) => ("sgd_momentum", "sgd_momentum_multi"),
+            (true, true) => ("sgd_momentum_clip", "sgd_momentum_clip_multi"),
+        }
+    }
+    fn params(&self) -> OptimParams {
         let mut flags = 0;
         if self.nesterov {
             flags |= FLAG_NESTEROV;
@@ -271,15 +307,13 @@ impl Primitive for SgdStep {
         if self.weight_decay != 0.0 {
             flags |= FLAG_DECAY;
         }
-        let params = OptimParams {
-            n: args.numel_in(0),
+        OptimParams {
             flags,
             momentum: self.momentum,
             damp: 1.0 - self.dampening,
             weight_decay: self.weight_decay,
             ..Default::default()
-        };
-        Ok(update(entry, params, args))
+        }
     }
 }
 
@@ -362,6 +396,32 @@ impl Primitive for AdamStep {
         Some(0)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let params = OptimParams {
+            n: args.numel_in(0),
+            ..self.params()
+        };
+        let entry = if self.clip { "adam_clip" } else { "adam" };
+        Ok(update(entry, params, args))
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some(if self.decoupled {
+            "adamw_step_multi"
+        } else {
+            "adam_step_multi"
+        })
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let entry = if self.clip {
+            "adam_clip_multi"
+        } else {
+            "adam_multi"
+        };
+        update_multi(entry, self.params(), members, args)
+    }
+}
+
+impl AdamStep {
+    fn params(&self) -> OptimParams {
         let wd = self.weight_decay;
         let mut flags = 0;
         if wd != 0.0 {
@@ -373,8 +433,7 @@ impl Primitive for AdamStep {
         }
         // The bias corrections 1 − β^t depend on the runtime step: the kernel computes them
         // from ln β (in f64 here) without cancellation.
-        let params = OptimParams {
-            n: args.numel_in(0),
+        OptimParams {
             flags,
             weight_decay: wd,
             w1: 1.0 - self.beta1,
@@ -384,12 +443,7 @@ impl Primitive for AdamStep {
             ln_beta1: self.beta1.ln(),
             ln_beta2: self.beta2.ln(),
             ..Default::default()
-        };
-        Ok(update(
-            if self.clip { "adam_clip" } else { "adam" },
-            params,
-            args,
-        ))
+        }
     }
 }
 
@@ -468,6 +522,12 @@ impl Primitive for CountUp {
             params: OptimParams::default().words(),
             workgroups: [1, 1, 1],
         }])
+    }
+    fn foreach(&self) -> Option<&'static str> {
+        Some("count_up_multi")
+    }
+    fn gpu_foreach(&self, members: usize, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        update_multi("count_up_multi", OptimParams::default(), members, args)
     }
 }
 

@@ -7,14 +7,16 @@
 //!   bring the others back. `none` and `blocks` name their drop set; `sqrt` and
 //!   `memory_budget` search for one (`search`), planning each candidate to the end, since
 //!   only the memory pass knows its real peak.
-//! - fuse: not written yet. It goes after recompute (a recomputed cheap op then fuses into
-//!   its consumer for free) and before memory (fusion removes intermediates).
+//! - `fuse`: fewer launches for the same arithmetic (multi-tensor updates). After recompute (a
+//!   recomputed cheap op can then fuse into its consumer) and before memory (fusion removes
+//!   intermediates). `Options::fuse` switches it, with the same bits either way.
 //! - `order`: a deterministic topological order of the launches.
 //! - `liveness`: each tensor's last read in that order.
 //! - `memory`: a slot for every tensor, the arena packed by lifetime.
 //! - `plan` (the type): the launches over their slots and the step's figures; `report` is
 //!   their text.
 
+pub mod fuse;
 pub mod liveness;
 pub mod memory;
 pub mod order;
@@ -37,11 +39,26 @@ use crate::graph::Graph;
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub in_place: bool,
+    /// The fusion pass (`fuse`); `run.fusion` in the config.
+    pub fuse: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { in_place: true }
+        Options {
+            in_place: true,
+            fuse: true,
+        }
+    }
+}
+
+impl Options {
+    /// The passes a config asks for (`run.fusion`).
+    pub fn of(cfg: &crate::config::Config) -> Options {
+        Options {
+            fuse: cfg.run.fusion,
+            ..Options::default()
+        }
     }
 }
 
@@ -58,6 +75,9 @@ pub fn plan(g: &Graph, policy: &Checkpointing, options: Options) -> Result<Plan,
         Checkpointing::MemoryBudget(budget) => search::fit_budget(g, &saved, budget.0, &build)?,
     };
     verified(&plan.graph, "planned");
+    let mut plan = plan;
+    // Once for the chosen plan, not per checkpointing candidate: it plans every kernel.
+    (plan.stats.dispatches, plan.stats.dispatches_unfused) = fuse::dispatches(&plan.graph);
     Ok(plan)
 }
 
@@ -71,11 +91,16 @@ fn passes(
     workspaces: &memory::Workspaces,
 ) -> Plan {
     let graph = recompute::rematerialize(g, remat);
-    // Fusion goes here, once written: on the graph with its clones, before order and memory.
+    let unfused = graph.dag.node_count();
+    let graph = if options.fuse {
+        fuse::fuse(&graph)
+    } else {
+        graph
+    };
     let order = order::order(&graph);
     let last_reads = liveness::last_reads(&graph, &order);
     let layout = memory::plan(&graph, &order, &last_reads, options.in_place, workspaces);
-    Plan::new(graph, &order, layout, policy)
+    Plan::new(graph, &order, layout, policy, unfused)
 }
 
 /// In debug builds and tests, a graph that breaks an invariant (`Graph::verify`) is a bug in

@@ -52,6 +52,11 @@ pub struct Stats {
     pub batch: usize,
     pub checkpointing: String,
     pub launches: usize,
+    /// Launches the step would take without fusion (equal to `launches` when it is off).
+    pub launches_unfused: usize,
+    /// GPU kernel dispatches per step (an op may take several), and without fusion.
+    pub dispatches: usize,
+    pub dispatches_unfused: usize,
     pub in_place: usize,
     pub recomputed_ops: usize,
     pub flops: Flops,
@@ -77,6 +82,7 @@ impl Plan {
         order: &[NodeId],
         layout: Layout,
         policy: &Checkpointing,
+        unfused: usize,
     ) -> Plan {
         let launches: Vec<Launch> = order
             .iter()
@@ -90,7 +96,9 @@ impl Plan {
                 }
             })
             .collect();
-        let stats = stats(&graph, &launches, &layout, policy);
+        let mut stats = stats(&graph, &launches, &layout, policy);
+        // Every node is a launch: fusion took away the difference.
+        stats.launches_unfused = launches.len() + unfused.saturating_sub(graph.dag.node_count());
         Plan {
             graph,
             launches,
@@ -214,6 +222,10 @@ fn stats(g: &Graph, launches: &[Launch], layout: &Layout, policy: &Checkpointing
             Checkpointing::MemoryBudget(b) => format!("memory_budget {}", human(b.0)),
         },
         launches: launches.len(),
+        launches_unfused: launches.len(),
+        // Set by `schedule::plan` for the plan it returns.
+        dispatches: 0,
+        dispatches_unfused: 0,
         in_place: layout.in_place,
         recomputed_ops,
         flops,

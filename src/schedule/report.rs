@@ -21,8 +21,24 @@ pub fn report(name: &str, s: &Stats) -> String {
             s.batch, s.checkpointing
         ),
         format!(
-            "  launches          {} ({} in place, {} recomputed)",
-            s.launches, s.in_place, s.recomputed_ops
+            "  launches          {} ({}{} in place, {} recomputed)",
+            s.launches,
+            if s.launches_unfused > s.launches {
+                format!("{} before fusion; ", s.launches_unfused)
+            } else {
+                String::new()
+            },
+            s.in_place,
+            s.recomputed_ops
+        ),
+        format!(
+            "  GPU dispatches    {}{}",
+            s.dispatches,
+            if s.dispatches_unfused > s.dispatches {
+                format!(" ({} before fusion)", s.dispatches_unfused)
+            } else {
+                String::new()
+            }
         ),
         format!(
             "  FLOPs             forward {}, backward {}, recompute {}, update {}",

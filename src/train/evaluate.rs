@@ -28,9 +28,11 @@ pub struct EvalModel<'g> {
 impl<'g> EvalModel<'g> {
     pub fn new(cfg: &Config, gpu: Option<&'g Gpu>, batch: usize) -> Result<Self, Diagnostic> {
         let g = build_for(cfg, batch, Mode::Eval)?;
-        let (features, output) = (g.features, g.output);
-        let classes = g.ty(output).shape.last().copied().unwrap_or(1);
-        let plan = crate::schedule::plan(&g, &Checkpointing::None, Default::default())?;
+        let classes = g.ty(g.output).shape.last().copied().unwrap_or(1);
+        let options = crate::schedule::Options::of(cfg);
+        let plan = crate::schedule::plan(&g, &Checkpointing::None, options)?;
+        // The planned graph's ids: fusion renumbers the nodes after a fused one.
+        let (features, output) = (plan.graph.features, plan.graph.output);
         let exec =
             Exec::new(gpu, plan, cfg.run.seed).map_err(|e| Diagnostic::new(e.to_string()))?;
         Ok(EvalModel {

@@ -325,13 +325,18 @@ fn build_models<'g>(
     let diag = |d: crate::diag::Diagnostic| FitError::Config(Box::new(d));
     let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
     let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
-    let plan = crate::schedule::plan(&train_graph, &cfg.train.checkpointing, Default::default())
-        .map_err(diag)?;
+    let plan = crate::schedule::plan(
+        &train_graph,
+        &cfg.train.checkpointing,
+        crate::schedule::Options::of(cfg),
+    )
+    .map_err(diag)?;
+    // The planned graph's ids: fusion renumbers the nodes after a fused one.
     let tensors = StepTensors {
-        features: forward.features,
-        labels: forward.labels,
-        loss: forward.loss,
-        output: forward.output,
+        features: plan.graph.features,
+        labels: plan.graph.labels,
+        loss: plan.graph.loss,
+        output: plan.graph.output,
     };
     startup.plan = t.elapsed().as_secs_f64();
     let t = Instant::now();

@@ -162,7 +162,15 @@ pub(super) fn dispatches(
         .gpu(&KernelArgs { inputs, outputs })
         .map_err(|e| GpuError::Plan(format!("layer `{layer}` ({name}): {e}")))?;
     let max = gpu.limits.max_compute_workgroups_per_dimension;
+    let max_storage = gpu.limits.max_storage_buffers_per_shader_stage as usize;
     for d in &ds {
+        if d.bindings.len() > max_storage {
+            return Err(GpuError::Plan(format!(
+                "layer `{layer}` ({name}): kernel `{}` binds {} storage buffers, above the adapter's {max_storage} per shader stage",
+                d.shader.entry,
+                d.bindings.len()
+            )));
+        }
         if d.workgroups.iter().any(|&w| w > max) {
             return Err(GpuError::Plan(format!(
                 "layer `{layer}` ({name}): kernel `{}` needs {:?} workgroups, above the adapter's {max} per dimension",
@@ -174,6 +182,16 @@ pub(super) fn dispatches(
                 Bind::In(i) => i < inputs.len(),
                 Bind::Out(j) => j < outputs.len(),
                 Bind::Scratch { at, len } => at % SCRATCH_ALIGN == 0 && len > 0,
+                Bind::Window(w) => {
+                    let n = if w.outputs {
+                        outputs.len()
+                    } else {
+                        inputs.len()
+                    };
+                    w.count > 0
+                        && w.members().all(|i| i < n)
+                        && (0..w.count).all(|k| w.word(k) < d.params.len())
+                }
             };
             if !ok {
                 return Err(GpuError::Plan(format!(
@@ -211,24 +229,75 @@ fn check_binding(
     )))
 }
 
-/// The memory binding `b` of launch `l` stands for: a tensor's slot, or its part of the
-/// launch's workspace (which the memory planner sized from the same dispatches).
-fn bound_slot(l: &Launch, b: Bind, layer: &str) -> Result<Slot, GpuError> {
+/// The memory binding `b` stands for, given the slots of the launch's tensors and its
+/// workspace, and the `Params` words (index, value) a `Bind::Window` writes: each member's
+/// word offset within the window.
+fn resolve(
+    b: Bind,
+    inputs: &[Slot],
+    outputs: &[Slot],
+    workspace: Option<Slot>,
+    layer: &str,
+) -> Result<(Slot, Vec<(usize, u32)>), GpuError> {
     match b {
-        Bind::In(i) => Ok(l.inputs[i]),
-        Bind::Out(j) => Ok(l.outputs[j]),
-        Bind::Scratch { at, len } => match l.workspace {
-            Some(w) if at + len <= w.len => Ok(Slot {
-                offset: w.offset + at,
-                len,
-                ..w
-            }),
+        Bind::In(i) => Ok((inputs[i], Vec::new())),
+        Bind::Out(j) => Ok((outputs[j], Vec::new())),
+        Bind::Scratch { at, len } => match workspace {
+            Some(w) if at + len <= w.len => Ok((
+                Slot {
+                    offset: w.offset + at,
+                    len,
+                    ..w
+                },
+                Vec::new(),
+            )),
             _ => Err(GpuError::Plan(format!(
                 "layer `{layer}`: a kernel binds workspace words {at}..{} that the plan did not reserve (an internal error)",
                 at + len
             ))),
         },
+        Bind::Window(w) => {
+            let of = if w.outputs { outputs } else { inputs };
+            let slots: Vec<Slot> = w.members().map(|i| of[i]).collect();
+            let region = slots[0].region;
+            if slots.iter().any(|s| s.region != region) {
+                return Err(GpuError::Plan(format!(
+                    "layer `{layer}`: a multi-tensor kernel binds tensors of several memory regions at once (an internal error; `--set run.fusion=false` plans without it)"
+                )));
+            }
+            // From a storage-aligned offset (256 bytes: WebGPU's largest alignment).
+            let start = slots.iter().map(|s| s.offset).min().unwrap_or(0);
+            let start = start - start % SCRATCH_ALIGN;
+            let end = slots
+                .iter()
+                .map(|s| s.offset + s.len)
+                .max()
+                .unwrap_or(start);
+            let words = slots
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    let offset = u32::try_from(s.offset - start).map_err(|_| {
+                        GpuError::Plan(format!(
+                            "layer `{layer}`: a multi-tensor kernel's window spans more than 2^32 elements; `--set run.fusion=false` plans without it"
+                        ))
+                    })?;
+                    Ok((w.word(k), offset))
+                })
+                .collect::<Result<Vec<_>, GpuError>>()?;
+            let slot = Slot {
+                region,
+                offset: start,
+                len: end - start,
+            };
+            Ok((slot, words))
+        }
     }
+}
+
+/// [`resolve`] for binding `b` of launch `l`.
+fn bound_slot(l: &Launch, b: Bind, layer: &str) -> Result<(Slot, Vec<(usize, u32)>), GpuError> {
+    resolve(b, &l.inputs, &l.outputs, l.workspace, layer)
 }
 
 /// Uniform offsets must be multiples of this (WebGPU's default and maximum requirement).
@@ -375,13 +444,24 @@ impl<'g> GpuExec<'g> {
                 let what = || format!("a tensor of shape {}", fmt_shape(&ty.shape));
                 check_binding(slot, what, max_binding, layer)?;
             }
-            for d in dispatches(gpu, &node.op, &in_types, &node.outputs, layer)? {
-                // Tensors were checked above; workspace (and its reservation) here.
+            for mut d in dispatches(gpu, &node.op, &in_types, &node.outputs, layer)? {
+                // Tensors were checked above; workspace (and its reservation) and windows here,
+                // whose members' offsets go into the kernel's parameters.
                 for &b in &d.bindings {
-                    if let Bind::Scratch { .. } = b {
-                        let slot = bound_slot(l, b, layer)?;
-                        let what = || format!("the workspace of kernel `{}`", d.shader.entry);
-                        check_binding(&slot, what, max_binding, layer)?;
+                    let (slot, words) = match b {
+                        Bind::Scratch { .. } | Bind::Window(_) => bound_slot(l, b, layer)?,
+                        _ => continue,
+                    };
+                    let what = || match b {
+                        Bind::Window(_) => format!(
+                            "the tensors kernel `{}` binds at once (a fused launch; `--set run.fusion=false` plans without it)",
+                            d.shader.entry
+                        ),
+                        _ => format!("the workspace of kernel `{}`", d.shader.entry),
+                    };
+                    check_binding(&slot, what, max_binding, layer)?;
+                    for (word, value) in words {
+                        d.params[word] = value;
                     }
                 }
                 all.push((li, d));
@@ -399,11 +479,7 @@ impl<'g> GpuExec<'g> {
                 let bytes: usize = d
                     .bindings
                     .iter()
-                    .map(|&b| match b {
-                        Bind::In(i) => l.inputs[i].len,
-                        Bind::Out(j) => l.outputs[j].len,
-                        Bind::Scratch { len, .. } => len,
-                    })
+                    .map(|&b| bound_slot(l, b, "").map_or(0, |(s, _)| s.len))
                     .sum();
                 Origin {
                     launch: *li,
@@ -444,7 +520,7 @@ impl<'g> GpuExec<'g> {
                 .iter()
                 .map(|&b| {
                     // Checked when the dispatches were collected above.
-                    let slot = bound_slot(l, b, "").expect("a checked binding");
+                    let (slot, _) = bound_slot(l, b, "").expect("a checked binding");
                     wgpu::BufferBinding {
                         buffer: &regions[region_index(slot.region)],
                         offset: slot.offset as u64 * 4,
@@ -772,8 +848,10 @@ impl<'g> GpuExec<'g> {
     }
 }
 
-/// Evaluates one op on the GPU on fresh buffers, outputs NaN-filled first so an element the
-/// kernel forgets cannot pass: the GPU twin of `cpu::eval_once`, for kernel tests.
+/// Evaluates one op on the GPU on fresh memory, outputs NaN-filled first so an element the
+/// kernel forgets cannot pass: the GPU twin of `cpu::eval_once`, for kernel tests. Inputs,
+/// outputs and workspace share one buffer, each at a storage-aligned offset, and bindings
+/// resolve as the executor's do (`Bind::Window` included).
 pub fn eval_once(
     gpu: &Gpu,
     op: &OpKind,
@@ -782,19 +860,43 @@ pub fn eval_once(
 ) -> Result<Vec<Vec<f32>>, GpuError> {
     let types: Vec<&TensorType> = ins.iter().map(|(t, _)| *t).collect();
     let out_types = op.primitive().infer(&types).map_err(GpuError::Plan)?;
-    let ds = dispatches(gpu, op, &types, &out_types, "eval_once")?;
-    let upload = |label: &str, values: &[f32]| {
-        let b = storage_buffer(gpu, label, values.len() as u64 * 4);
-        gpu.queue.write_buffer(&b, 0, bytemuck::cast_slice(values));
-        b
+    let mut ds = dispatches(gpu, op, &types, &out_types, "eval_once")?;
+    let mut memory: Vec<f32> = Vec::new();
+    let mut place = |values: &[f32]| {
+        let slot = Slot {
+            region: Region::Arena,
+            offset: memory.len(),
+            len: values.len(),
+        };
+        memory.extend_from_slice(values);
+        // At least a word each: an empty tensor is bound as 4 bytes.
+        let end = slot.offset + values.len().max(1);
+        memory.resize(end.next_multiple_of(SCRATCH_ALIGN), 0.0);
+        slot
     };
-    let inputs: Vec<wgpu::Buffer> = ins.iter().map(|(_, v)| upload("in", v)).collect();
-    let outputs: Vec<wgpu::Buffer> = out_types
+    let inputs: Vec<Slot> = ins.iter().map(|(_, v)| place(v)).collect();
+    let outputs: Vec<Slot> = out_types
         .iter()
-        .map(|t| upload("out", &vec![f32::NAN; t.numel()]))
+        .map(|t| place(&vec![f32::NAN; t.numel()]))
         .collect();
     // Poisoned like the outputs: a kernel that reads workspace it did not write gives NaN.
-    let workspace = upload("workspace", &vec![f32::NAN; workspace(&ds).max(1)]);
+    let words = workspace(&ds);
+    let scratch = (words > 0).then(|| place(&vec![f32::NAN; words]));
+    let mut bound: Vec<Vec<Slot>> = Vec::new();
+    for d in &mut ds {
+        let mut slots = Vec::new();
+        for &b in &d.bindings {
+            let (slot, words) = resolve(b, &inputs, &outputs, scratch, "eval_once")?;
+            for (word, value) in words {
+                d.params[word] = value;
+            }
+            slots.push(slot);
+        }
+        bound.push(slots);
+    }
+    let buffer = storage_buffer(gpu, "eval_once", memory.len() as u64 * 4);
+    gpu.queue
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(&memory));
     let words: Vec<&[u32]> = ds.iter().map(|d| d.params.as_slice()).collect();
     let (params, at) = pack_params(gpu, &words);
     let step = step_buffer(gpu);
@@ -805,18 +907,13 @@ pub fn eval_once(
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
     let mut groups = Vec::new();
-    for (d, &(offset, size)) in ds.iter().zip(&at) {
-        let storage: Vec<wgpu::BufferBinding<'_>> = d
-            .bindings
+    for ((d, &(offset, size)), slots) in ds.iter().zip(&at).zip(&bound) {
+        let storage: Vec<wgpu::BufferBinding<'_>> = slots
             .iter()
-            .map(|&b| match b {
-                Bind::In(i) => inputs[i].as_entire_buffer_binding(),
-                Bind::Out(j) => outputs[j].as_entire_buffer_binding(),
-                Bind::Scratch { at, len } => wgpu::BufferBinding {
-                    buffer: &workspace,
-                    offset: at as u64 * 4,
-                    size: NonZeroU64::new(binding_bytes(len)),
-                },
+            .map(|s| wgpu::BufferBinding {
+                buffer: &buffer,
+                offset: s.offset as u64 * 4,
+                size: NonZeroU64::new(binding_bytes(s.len)),
             })
             .collect();
         let uniform = wgpu::BufferBinding {
@@ -838,9 +935,9 @@ pub fn eval_once(
     }
     gpu.queue.submit([encoder.finish()]);
     gpu.check()?;
-    out_types
+    let ranges: Vec<_> = outputs
         .iter()
-        .zip(&outputs)
-        .map(|(t, b)| download(gpu, b, 0, t.numel()))
-        .collect()
+        .map(|s| (&buffer, s.offset as u64 * 4, s.len))
+        .collect();
+    download_many(gpu, &ranges)
 }

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -132,6 +133,27 @@ impl<'a, T: Real> Io<'a, T> {
             out_types,
             ctx,
             scratch,
+            spare: Vec::new(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The launch narrowed to inputs `ins` and outputs `outs`, over the same memory and step:
+    /// one member of an op made of several (`ops::Foreach`). Allocates nothing when the
+    /// executor built this `Io`.
+    pub fn group(&mut self, ins: Range<usize>, outs: Range<usize>) -> Io<'_, T> {
+        let in_types = match &self.in_types {
+            Types::Refs(v) => Types::Refs(v[ins.clone()].to_vec()),
+            Types::Slice(s) => Types::Slice(&s[ins.clone()]),
+        };
+        Io {
+            ins: Cow::Borrowed(&self.ins[ins]),
+            outs: Cow::Borrowed(&self.outs[outs.clone()]),
+            aliased: self.aliased,
+            in_types,
+            out_types: &self.out_types[outs],
+            ctx: self.ctx,
+            scratch: &mut [],
             spare: Vec::new(),
             _borrow: PhantomData,
         }

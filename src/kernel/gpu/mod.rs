@@ -18,6 +18,7 @@
 //! may declare it `array<vec4<f32>>` and read 16 bytes at a time (kernels/matmul.wgsl).
 
 mod gemm;
+pub mod multi;
 
 pub use gemm::{Gemm, Tile, split_k};
 
@@ -34,13 +35,43 @@ pub const MAX_GROUPS: u32 = 65_535;
 /// that `grid` may have folded into two dimensions.
 pub const PREAMBLE: &str = include_str!("../../../kernels/common.wgsl");
 
-/// What a storage binding is: an input or output tensor of the op, or `len` words of the
-/// launch's workspace from word `at` (a multiple of `SCRATCH_ALIGN`).
+/// What a storage binding is: an input or output tensor of the op, `len` words of the
+/// launch's workspace from word `at` (a multiple of `SCRATCH_ALIGN`), or several tensors at
+/// once (`Window`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bind {
     In(usize),
     Out(usize),
     Scratch { at: usize, len: usize },
+    Window(Window),
+}
+
+/// Several tensors through one binding, for kernels that cover many tensors per dispatch:
+/// inputs (outputs where `outputs`) `first`, `first + step`, ..., `count` of them, which must
+/// live in one memory region. The executor binds the smallest window of that region's buffer
+/// (from a storage-aligned offset) that holds them all, checks it against the adapter's binding
+/// limit, and writes tensor k's word offset within the window into the dispatch's `Params`, at
+/// word `table + k * row`. The kernel must not reach past each tensor's own length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub outputs: bool,
+    pub first: usize,
+    pub step: usize,
+    pub count: usize,
+    pub table: usize,
+    pub row: usize,
+}
+
+impl Window {
+    /// The tensors it binds: input (or output) indices, in table order.
+    pub fn members(&self) -> impl Iterator<Item = usize> + use<> {
+        let (first, step) = (self.first, self.step);
+        (0..self.count).map(move |k| first + k * step)
+    }
+    /// The `Params` word tensor `k`'s offset goes to.
+    pub fn word(&self, k: usize) -> usize {
+        self.table + k * self.row
+    }
 }
 
 /// Workspace bindings start at multiples of this many words (256 bytes: WebGPU's storage

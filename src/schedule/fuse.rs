@@ -1,0 +1,284 @@
+//! Fusion: fewer, larger launches for the same arithmetic. Runs after recompute (on the graph
+//! with its clones) and before order and memory. Switched by `Options::fuse` (`run.fusion` in
+//! the config); a fused plan gives the same bits as an unfused one (tests/fusion.rs).
+//!
+//! Epilogues first: an activation whose input nothing else reads joins the op that made it
+//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
+//!
+//! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
+//! Adam, batchnorm's running statistics and counter), whose outputs nothing reads, joins the others equal to it
+//! (same op, same attributes) in one `Foreach` node, placed where the last of them was, so its
+//! inputs all exist. The node's inputs and outputs are the members', member after member, so
+//! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
+
+use std::collections::BTreeMap;
+
+use petgraph::visit::EdgeRef;
+
+use crate::graph::Graph;
+use crate::kernel::gpu::KernelArgs;
+use crate::ops::{Foreach, OpKind, Unary, UnaryFn};
+use crate::tensor::{NodeId, TensorId, TensorType};
+
+/// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
+pub fn fuse(g: &Graph) -> Graph {
+    foreach(&epilogues(g))
+}
+
+/// Activations fused into the op before them (`Primitive::with_epilogue`: batchnorm + relu)
+/// where nothing else reads that op's output 0, and every other reader of its outputs comes
+/// after the activation (the fused node takes the activation's place).
+fn epilogues(g: &Graph) -> Graph {
+    let returned = |t: TensorId| {
+        [g.features, g.labels, g.output, g.loss].contains(&t)
+            || g.grads.iter().chain(&g.updates).any(|&(_, u)| u == t)
+    };
+    // Producer → (its activation, the fused op).
+    let mut fused: BTreeMap<NodeId, (NodeId, OpKind)> = BTreeMap::new();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        let OpKind::Unary(Unary { f }) = &n.op else {
+            continue;
+        };
+        let t = n.inputs[0];
+        let producer = t.node();
+        let Some(op) = g.dag[producer].op.primitive().with_epilogue(*f) else {
+            continue;
+        };
+        let readers: Vec<(NodeId, u32)> = g
+            .dag
+            .edges(producer)
+            .map(|e| (e.target(), e.weight().output))
+            .collect();
+        let only_reader = readers.iter().filter(|&&(_, o)| o == 0).count() == 1;
+        let later = readers.iter().all(|&(r, o)| o == 0 || r > id);
+        let same_phase = g.dag[producer].phase == n.phase;
+        if t.output == 0 && only_reader && later && same_phase && !returned(t) {
+            fused.insert(producer, (id, op));
+        }
+    }
+    if fused.is_empty() {
+        return g.clone();
+    }
+    let at: BTreeMap<NodeId, NodeId> = fused.iter().map(|(&p, &(a, _))| (a, p)).collect();
+    rebuild(g, |out, id, map| {
+        if fused.contains_key(&id) {
+            return Some(Vec::new());
+        }
+        let &producer = at.get(&id)?;
+        let (_, op) = &fused[&producer];
+        let p = &g.dag[producer];
+        let inputs: Vec<TensorId> = p.inputs.iter().map(|&t| map(t)).collect();
+        let new = out
+            .add_node(op.clone(), &inputs, p.layer, p.phase)
+            .expect("a fused op takes its producer's types");
+        // The activation's output is the fused op's output 0; the producer's others follow.
+        let mut outs = vec![(id, 0, TensorId::of(new, 0))];
+        outs.extend((1..p.outputs.len()).map(|k| (producer, k, TensorId::of(new, k))));
+        Some(outs)
+    })
+}
+
+/// Multi-tensor updates (see the module doc).
+fn foreach(g: &Graph) -> Graph {
+    let groups = foreach_groups(g);
+    if groups.is_empty() {
+        return g.clone();
+    }
+    // Each member's group.
+    let mut member: Vec<Option<usize>> = vec![None; g.dag.node_count()];
+    for (k, (_, ids)) in groups.iter().enumerate() {
+        for &id in ids {
+            member[id.index()] = Some(k);
+        }
+    }
+    rebuild(g, |out, id, map| {
+        let k = member[id.index()]?;
+        let (op, ids) = &groups[k];
+        if ids.last() != Some(&id) {
+            return Some(Vec::new());
+        }
+        let inputs: Vec<TensorId> = ids
+            .iter()
+            .flat_map(|&m| g.dag[m].inputs.iter().map(|&t| map(t)))
+            .collect();
+        let fused = OpKind::Foreach(Foreach {
+            inner: Box::new(op.clone()),
+            groups: ids.len(),
+        });
+        let first = &g.dag[ids[0]];
+        let new = out
+            .add_node(fused, &inputs, first.layer, first.phase)
+            .expect("a multi-tensor op takes its members' types");
+        let mut outs = Vec::new();
+        for &m in ids {
+            for k in 0..g.dag[m].outputs.len() {
+                outs.push((m, k, TensorId::of(new, outs.len())));
+            }
+        }
+        Some(outs)
+    })
+}
+
+/// Ops with a multi-tensor form and no readers, grouped with the ops equal to them, in
+/// creation order; groups of one are left alone.
+fn foreach_groups(g: &Graph) -> Vec<(OpKind, Vec<NodeId>)> {
+    let mut groups: Vec<(OpKind, Vec<NodeId>)> = Vec::new();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        let unread = g.dag.neighbors(id).next().is_none();
+        if n.op.primitive().foreach().is_none() || !unread {
+            continue;
+        }
+        match groups.iter_mut().find(|(op, _)| *op == n.op) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((n.op.clone(), vec![id])),
+        }
+    }
+    groups.retain(|(_, ids)| ids.len() > 1);
+    groups
+}
+
+/// A copy of `g` rewritten node by node in creation order: `fuse(out, id, map)` either adds
+/// what stands for old node `id` itself, returning where old outputs (node, output) went
+/// (possibly none yet, for a node fused into a later one), or returns None to have the node
+/// copied. `map` gives the new tensor of an old one already placed. An old tensor that no
+/// node took (a fused intermediate) must have no reader left.
+fn rebuild(
+    g: &Graph,
+    mut fuse: impl FnMut(
+        &mut Graph,
+        NodeId,
+        &dyn Fn(TensorId) -> TensorId,
+    ) -> Option<Vec<(NodeId, usize, TensorId)>>,
+) -> Graph {
+    let mut out = g.clone();
+    out.dag.clear();
+    let mut map: BTreeMap<TensorId, TensorId> = BTreeMap::new();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        let lookup = |t: TensorId| *map.get(&t).expect("inputs come first");
+        match fuse(&mut out, id, &lookup) {
+            Some(placed) => {
+                for (node, k, t) in placed {
+                    map.insert(TensorId::of(node, k), t);
+                }
+            }
+            None => {
+                let inputs: Vec<TensorId> = n.inputs.iter().map(|&t| lookup(t)).collect();
+                let new = out
+                    .add_node(n.op.clone(), &inputs, n.layer, n.phase)
+                    .expect("a copied node keeps its types");
+                for k in 0..n.outputs.len() {
+                    map.insert(TensorId::of(id, k), TensorId::of(new, k));
+                }
+            }
+        }
+    }
+    let get = |t: TensorId| *map.get(&t).expect("a tensor the step returns is kept");
+    out.features = get(g.features);
+    out.labels = get(g.labels);
+    out.output = get(g.output);
+    out.loss = get(g.loss);
+    for (_, t) in out.grads.iter_mut().chain(out.updates.iter_mut()) {
+        *t = get(*t);
+    }
+    // A fused intermediate was some layer's output: that layer's output is now its reader's.
+    for layer in &mut out.layers {
+        layer.output = layer.output.and_then(|t| map.get(&t).copied());
+    }
+    for p in &mut out.params {
+        p.node = p.node.map(|n| map[&TensorId::of(n, 0)].node());
+    }
+    out
+}
+
+/// GPU dispatches per step of `g`'s ops, and how many they would be unfused (each member of a
+/// `Foreach` with its own kernels, a fused activation with its own). Ops without a GPU kernel, or with a tensor too large for
+/// one (a CPU-only plan), count none.
+pub fn dispatches(g: &Graph) -> (usize, usize) {
+    let count = |op: &OpKind, inputs: &[&TensorType], outputs: &[TensorType]| {
+        let too_large = |t: &TensorType| t.numel() > u32::MAX as usize;
+        if inputs.iter().copied().chain(outputs).any(too_large) {
+            return 0;
+        }
+        let args = KernelArgs { inputs, outputs };
+        op.primitive().gpu(&args).map_or(0, |ds| ds.len())
+    };
+    let (mut fused, mut unfused) = (0, 0);
+    for n in g.dag.node_weights() {
+        if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
+            continue;
+        }
+        let inputs: Vec<&TensorType> = n.inputs.iter().map(|&t| g.ty(t)).collect();
+        let here = count(&n.op, &inputs, &n.outputs);
+        fused += here;
+        unfused += match &n.op {
+            OpKind::Foreach(f) => {
+                let a = inputs.len() / f.groups;
+                let b = n.outputs.len() / f.groups;
+                (0..f.groups)
+                    .map(|k| {
+                        let ins = &inputs[k * a..(k + 1) * a];
+                        count(&f.inner, ins, &n.outputs[k * b..(k + 1) * b])
+                    })
+                    .sum()
+            }
+            OpKind::BatchNormRelu(f) => {
+                let bn = OpKind::BatchNorm(f.bn.clone());
+                let relu = OpKind::Unary(Unary { f: UnaryFn::Relu });
+                count(&bn, &inputs, &n.outputs) + count(&relu, &[&n.outputs[0]], &n.outputs[..1])
+            }
+            _ => here,
+        };
+    }
+    (fused, unfused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ResNet-20's step: every SGD update, every batchnorm counter, the running statistics of
+    /// each stage become one launch each, and every update still writes over its own state;
+    /// relus whose input only they read join their batchnorm.
+    #[test]
+    fn updates_of_one_kind_become_one_node() {
+        let cfg = crate::config::load(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/resnet.toml")),
+            &[],
+        )
+        .result
+        .unwrap();
+        let forward = crate::nn::build(&cfg).unwrap();
+        let g = crate::training::training_graph(&forward, &cfg.optimizer).unwrap();
+        let fused = fuse(&g);
+        fused.verify().unwrap();
+        let count = |g: &Graph, name: &str| {
+            g.dag
+                .node_weights()
+                .filter(|n| n.op.primitive().name() == name)
+                .count()
+        };
+        let sgd = count(&g, "sgd_step");
+        assert!(sgd > 10);
+        assert_eq!(count(&fused, "sgd_step"), 0);
+        assert_eq!(count(&fused, "sgd_step_multi"), 1);
+        assert_eq!(count(&fused, "count_up_multi"), 1);
+        // One per batch size the statistics were taken over: a stage each.
+        assert_eq!(count(&fused, "batchnorm_running_stats_multi"), 3);
+        let stats = count(&g, "batchnorm_running_stats");
+        // The stem's relu and each block's first follow a batchnorm; the others follow adds.
+        assert_eq!(count(&fused, "batchnorm_relu"), 10);
+        assert_eq!(count(&fused, "relu"), count(&g, "relu") - 10);
+        assert_eq!(
+            fused.dag.node_count(),
+            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3 - 10
+        );
+        assert_eq!(fused.updates.len(), g.updates.len());
+        for (&(i, old), &(j, new)) in g.updates.iter().zip(&fused.updates) {
+            assert_eq!(i, j);
+            assert_eq!(g.ty(old), fused.ty(new));
+        }
+    }
+}
