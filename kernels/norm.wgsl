@@ -152,7 +152,8 @@ struct Params {
     affine: u32,
     eps: f32,
     relu: u32,
-    _p1: u32,
+    // 1: r is added to y before the relu (batchnorm + add + relu at a residual block's end).
+    residual: u32,
     _p2: u32,
 }
 
@@ -163,6 +164,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(6) var<storage, read_write> var_: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(8) var<storage, read_write> r: array<f32>;
 
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -179,7 +181,10 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         bc = b[ch];
     }
     let scale = wc / sqrt(var_[ch] + p.eps);
-    let a = (x[i] - mean[ch]) * scale + bc;
+    var a = (x[i] - mean[ch]) * scale + bc;
+    if (p.residual == 1u) {
+        a = a + r[i];
+    }
     if (p.relu == 1u) {
         y[i] = RELU_OF_A;
     } else {

@@ -123,13 +123,17 @@ fn plan_shows_launches_before_and_after_fusion() {
     assert_eq!((before, dispatches_before), (unfused, unfused_dispatches));
     // 65 SGD updates, 21 counters, 21 running statistics of three batch sizes (one per stage:
     // 32², 16² and 8² pixels) become 1 + 1 + 3 launches of one dispatch each; the 10 relus
-    // right after a batchnorm (the stem's, each block's first) join it.
+    // right after a batchnorm (the stem's, each block's first) join it, and each of the 9
+    // blocks' second batchnorm takes the shortcut's add and the relu after it.
     assert_eq!(
         fused,
-        unfused - (65 + 21 + 21) + 5 - 10,
+        unfused - (65 + 21 + 21) + 5 - 10 - 2 * 9,
         "{fused} of {unfused}"
     );
-    assert_eq!(dispatches, unfused_dispatches - (65 + 21 + 21) + 5 - 10);
+    assert_eq!(
+        dispatches,
+        unfused_dispatches - (65 + 21 + 21) + 5 - 10 - 2 * 9
+    );
     let text = ok_stdout(&["plan", "configs/resnet.toml"]);
     for line in [
         format!("launches          {fused} ({unfused} before fusion;"),

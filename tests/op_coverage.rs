@@ -365,11 +365,18 @@ fn foreach_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
 }
 
 /// Batchnorm (batch statistics when training, the running ones otherwise; affine or not),
-/// then relu: y = max(0, (x − mean)/sqrt(var + eps)·w + b), with the mean and biased variance.
+/// then relu: y = max(0, (x − mean)/sqrt(var + eps)·w + b), with the mean and biased variance;
+/// with a residual r, y = max(0, … + b + r).
 fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
     let (n, c, s, eps) = (3, 4, 5, 1e-5);
     let mut out = Vec::new();
-    for (training, affine) in [(true, true), (true, false), (false, true)] {
+    for (training, affine, residual) in [
+        (true, true, false),
+        (true, false, false),
+        (false, true, false),
+        (true, true, true),
+        (false, false, true),
+    ] {
         let mut inputs = vec![uniform(rng, &[n, c, s], -2.0, 2.0)];
         if affine {
             inputs.push(uniform(rng, &[c], 0.5, 1.5));
@@ -377,6 +384,10 @@ fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
         }
         inputs.push(uniform(rng, &[c], -0.5, 0.5));
         inputs.push(uniform(rng, &[c], 0.5, 1.5));
+        let stats = inputs.len();
+        if residual {
+            inputs.push(uniform(rng, &[n, c, s], -1.0, 1.0));
+        }
         let x = &inputs[0].1;
         let at = |i: usize, ch: usize, j: usize| x[(i * c + ch) * s + j];
         let (mut mean, mut var) = (vec![0.0; c], vec![0.0; c]);
@@ -390,8 +401,7 @@ fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
                 var[ch] =
                     vals.iter().map(|v| (v - mean[ch]).powi(2)).sum::<f64>() / vals.len() as f64;
             } else {
-                let k = inputs.len();
-                (mean[ch], var[ch]) = (inputs[k - 2].1[ch], inputs[k - 1].1[ch]);
+                (mean[ch], var[ch]) = (inputs[stats - 2].1[ch], inputs[stats - 1].1[ch]);
             }
         }
         let mut y = vec![0.0; n * c * s];
@@ -402,7 +412,8 @@ fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
             } else {
                 (1.0, 0.0)
             };
-            *v = ((x[idx] - mean[ch]) / (var[ch] + eps).sqrt() * w + b).max(0.0);
+            let r = if residual { inputs[stats].1[idx] } else { 0.0 };
+            *v = ((x[idx] - mean[ch]) / (var[ch] + eps).sqrt() * w + b + r).max(0.0);
         }
         out.push(ValueCase {
             op: OpKind::BatchNormRelu(BatchNormRelu {
@@ -412,6 +423,7 @@ fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
                     affine,
                     training,
                 },
+                residual,
             }),
             inputs,
             ctx: StepCtx::default(),

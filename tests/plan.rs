@@ -202,10 +202,11 @@ fn check_launches(config: &str, text: &str, figures: &Value) {
             "{config}: {line}"
         );
         // A fused launch stands for the op of its name without `_multi` (a multi-tensor
-        // update, named after its first member's layer) or `_relu` (batchnorm + relu, named
-        // after the batchnorm's).
+        // update, named after its first member's layer) or `_relu`/`_add_relu` (batchnorm +
+        // relu, + add at a block's end, named after the batchnorm's).
         let op = fields[2].strip_suffix("_multi").unwrap_or(fields[2]);
         let op = op.strip_suffix("_relu").unwrap_or(op);
+        let op = op.strip_suffix("_add").unwrap_or(op);
         let (op, layer) = (op.to_string(), fields[3].to_string());
         assert!(layers.contains(&layer), "{config}: unknown layer in {line}");
         assert!(

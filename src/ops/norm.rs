@@ -221,18 +221,29 @@ impl Primitive for BatchNorm {
     /// Statistics (blocks of each channel, then their merge: `BnSplit`; or copies of the
     /// running ones in eval mode), then y from them, a thread per element.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        self.kernels(args, false)
+        self.kernels(args, false, false)
     }
     fn with_epilogue(&self, f: UnaryFn) -> Option<OpKind> {
-        (f == UnaryFn::Relu).then(|| OpKind::BatchNormRelu(BatchNormRelu { bn: self.clone() }))
+        (f == UnaryFn::Relu).then(|| {
+            OpKind::BatchNormRelu(BatchNormRelu {
+                bn: self.clone(),
+                residual: false,
+            })
+        })
     }
 }
 
 impl BatchNorm {
-    /// `Primitive::gpu`, with relu applied to y where `relu` (`BatchNormRelu`).
-    fn kernels(&self, args: &KernelArgs, relu: bool) -> Result<Vec<Dispatch>, String> {
+    /// `Primitive::gpu`, with relu applied to y where `relu`, after adding the last input where
+    /// `residual` (`BatchNormRelu`).
+    fn kernels(
+        &self,
+        args: &KernelArgs,
+        relu: bool,
+        residual: bool,
+    ) -> Result<Vec<Dispatch>, String> {
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
-        let k = args.inputs.len();
+        let k = args.inputs.len() - residual as usize;
         let (rm, rv) = (Bind::In(k - 2), Bind::In(k - 1));
         let mut out = Vec::new();
         if self.training {
@@ -266,9 +277,19 @@ impl BatchNorm {
             false => (Bind::In(0), Bind::In(0)),
         };
         let total = args.numel_in(0);
+        // Without a residual, x stands in for it (never read).
+        let r = Bind::In(if residual { k } else { 0 });
         let mut apply = dispatch(
             "bn_apply",
-            vec![Bind::In(0), w, b, Bind::Out(1), Bind::Out(2), Bind::Out(0)],
+            vec![
+                Bind::In(0),
+                w,
+                b,
+                Bind::Out(1),
+                Bind::Out(2),
+                Bind::Out(0),
+                r,
+            ],
             Params::new()
                 .u32(total)
                 .u32(c)
@@ -276,7 +297,7 @@ impl BatchNorm {
                 .u32(self.affine as usize)
                 .f32(self.eps)
                 .u32(relu as usize)
-                .u32(0)
+                .u32(residual as usize)
                 .u32(0),
             grid(total),
         );
@@ -293,34 +314,51 @@ impl BatchNorm {
 
 /// Batchnorm followed by relu in one launch, made by the fusion pass (schedule/fuse.rs) where
 /// nothing else reads the batchnorm's output: the same outputs as `BatchNorm` with relu
-/// applied to y, by the same code (the same bits as the two launches). It has no gradient:
-/// fusion runs after autodiff.
+/// applied to y, by the same code (the same bits as the two or three launches). With
+/// `residual`, a last input is added to y before the relu (a residual block's end). It has no
+/// gradient: fusion runs after autodiff.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BatchNormRelu {
     pub bn: BatchNorm,
+    pub residual: bool,
 }
 
 impl Primitive for BatchNormRelu {
     fn name(&self) -> &'static str {
-        "batchnorm_relu"
+        if self.residual {
+            "batchnorm_add_relu"
+        } else {
+            "batchnorm_relu"
+        }
     }
     fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
-        self.bn.infer(inputs)
+        let Some((&r, bn)) = inputs.split_last().filter(|_| self.residual) else {
+            return self.bn.infer(inputs);
+        };
+        if r != inputs[0] {
+            return Err(format!(
+                "the residual {} differs from x {}",
+                fmt_shape(&r.shape),
+                fmt_shape(&inputs[0].shape)
+            ));
+        }
+        self.bn.infer(bn)
     }
     fn flops(&self, inputs: &[&TensorType], outputs: &[TensorType]) -> u64 {
-        self.bn.flops(inputs, outputs) + inputs[0].numel() as u64
+        let bn = &inputs[..inputs.len() - self.residual as usize];
+        self.bn.flops(bn, outputs) + (1 + self.residual as u64) * inputs[0].numel() as u64
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         self.bn.attrs()
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        self.bn.kernels(args, true)
+        self.bn.kernels(args, true, self.residual)
     }
 }
 
 impl Eval for BatchNormRelu {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        self.bn.apply(io, true);
+        self.bn.apply(io, true, self.residual);
     }
     fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
         self.bn.scratch(inputs, outputs, threads)
@@ -378,7 +416,7 @@ impl BnSplit {
 
 impl Eval for BatchNorm {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        self.apply(io, false);
+        self.apply(io, false, false);
     }
     fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
         let (n, c, _) = bn_layout(&inputs[0].shape);
@@ -387,8 +425,9 @@ impl Eval for BatchNorm {
 }
 
 impl BatchNorm {
-    /// `Eval::eval`, with relu applied to y where `relu` (`BatchNormRelu`).
-    fn apply<T: Real>(&self, io: &mut Io<'_, T>, relu: bool) {
+    /// `Eval::eval`, with relu applied to y where `relu`, after adding the last input where
+    /// `residual` (`BatchNormRelu`).
+    fn apply<T: Real>(&self, io: &mut Io<'_, T>, relu: bool, residual: bool) {
         let layout = bn_layout(io.in_shape(0));
         let (n, c, s) = layout;
         let (eps, training) = (T::of(self.eps), self.training);
@@ -396,7 +435,9 @@ impl BatchNorm {
         let (partial, coefs) = scratch.split_at_mut(2 * n * c);
         let x = ins.get(0);
         let affine = self.affine.then(|| (ins.get(1), ins.get(2)));
-        let (rm, rv) = (ins.get(ins.len() - 2), ins.get(ins.len() - 1));
+        let k = ins.len() - residual as usize;
+        let (rm, rv) = (ins.get(k - 2), ins.get(k - 1));
+        let r = residual.then(|| ins.get(k));
         let [y, mean, var] = outs.as_mut_slice() else {
             unreachable!("batchnorm has three outputs")
         };
@@ -434,7 +475,12 @@ impl BatchNorm {
             .with_min_len(blocks_per_task(s))
             .for_each(|(block, (y, x))| {
                 let [mu, scale, b] = channel_coefs(coefs, block % c);
-                if relu {
+                if let Some(r) = r {
+                    // The add and the table's relu, as the launches they replace.
+                    for ((y, &x), &r) in y.iter_mut().zip(x).zip(&r[block * s..][..s]) {
+                        *y = UnaryFn::Relu.apply((x - mu) * scale + b + r);
+                    }
+                } else if relu {
                     // The elementwise table's relu, as the relu launch it replaces.
                     for (y, &x) in y.iter_mut().zip(x) {
                         *y = UnaryFn::Relu.apply((x - mu) * scale + b);

@@ -2,7 +2,9 @@
 //! with its clones) and before order and memory. Switched by `Options::fuse` (`run.fusion` in
 //! the config); a fused plan gives the same bits as an unfused one (tests/fusion.rs).
 //!
-//! Epilogues first: an activation whose input nothing else reads joins the op that made it
+//! Epilogues first: batchnorm + add + relu at a residual block's end, where the batchnorm's
+//! output and the sum each have one reader, becomes one `BatchNormRelu { residual }` in the
+//! relu's place; then an activation whose input nothing else reads joins the op that made it
 //! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
 //!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
@@ -17,22 +19,101 @@ use petgraph::visit::EdgeRef;
 
 use crate::graph::Graph;
 use crate::kernel::gpu::KernelArgs;
-use crate::ops::{Foreach, OpKind, Unary, UnaryFn};
+use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn};
 use crate::tensor::{NodeId, TensorId, TensorType};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
-    foreach(&epilogues(g))
+    foreach(&epilogues(&residuals(g)))
+}
+
+/// Whether the step hands `t` out (so no fusion may make it disappear).
+fn returned(g: &Graph, t: TensorId) -> bool {
+    [g.features, g.labels, g.output, g.loss].contains(&t)
+        || g.grads.iter().chain(&g.updates).any(|&(_, u)| u == t)
+}
+
+/// Readers of `t`'s producer as (reader, the producer's output it reads), one per edge.
+fn readers(g: &Graph, producer: NodeId) -> Vec<(NodeId, u32)> {
+    g.dag
+        .edges(producer)
+        .map(|e| (e.target(), e.weight().output))
+        .collect()
+}
+
+/// relu(batchnorm(x) + r) as one `BatchNormRelu { residual: true }` in the relu's place, where
+/// the add alone reads the batchnorm's output 0, the relu alone reads the sum, r has the sum's
+/// shape (no broadcasting), and every other reader of the batchnorm comes after the relu.
+fn residuals(g: &Graph) -> Graph {
+    // Relu → (its batchnorm, the add, the add's other input).
+    let mut fused: BTreeMap<NodeId, (NodeId, NodeId, TensorId)> = BTreeMap::new();
+    for id in g.dag.node_indices() {
+        let n = &g.dag[id];
+        if n.op != OpKind::Unary(Unary { f: UnaryFn::Relu }) {
+            continue;
+        }
+        let sum = n.inputs[0];
+        let add = &g.dag[sum.node()];
+        let only = |t: TensorId, reader: NodeId| {
+            let rs = readers(g, t.node());
+            let of_t: Vec<_> = rs.iter().filter(|&&(_, o)| o == t.output).collect();
+            of_t.len() == 1 && of_t[0].0 == reader && !returned(g, t)
+        };
+        if add.op != OpKind::Binary(Binary { f: BinaryFn::Add }) || !only(sum, id) {
+            continue;
+        }
+        let [a, b] = [add.inputs[0], add.inputs[1]];
+        for (y, r) in [(a, b), (b, a)] {
+            let bn = &g.dag[y.node()];
+            let later = readers(g, y.node())
+                .iter()
+                .all(|&(reader, o)| o == 0 || reader > id);
+            let fits = matches!(bn.op, OpKind::BatchNorm(_))
+                && y.output == 0
+                && y != r
+                && g.ty(r) == g.ty(y)
+                && only(y, sum.node())
+                && later
+                && bn.phase == n.phase
+                && add.phase == n.phase;
+            if fits {
+                fused.insert(id, (y.node(), sum.node(), r));
+                break;
+            }
+        }
+    }
+    if fused.is_empty() {
+        return g.clone();
+    }
+    let gone: Vec<NodeId> = fused.values().flat_map(|&(bn, add, _)| [bn, add]).collect();
+    rebuild(g, |out, id, map| {
+        if gone.contains(&id) {
+            return Some(Vec::new());
+        }
+        let &(bn, _, r) = fused.get(&id)?;
+        let p = &g.dag[bn];
+        let OpKind::BatchNorm(op) = &p.op else {
+            unreachable!("checked above")
+        };
+        let mut inputs: Vec<TensorId> = p.inputs.iter().map(|&t| map(t)).collect();
+        inputs.push(map(r));
+        let fused = OpKind::BatchNormRelu(BatchNormRelu {
+            bn: op.clone(),
+            residual: true,
+        });
+        let new = out
+            .add_node(fused, &inputs, p.layer, p.phase)
+            .expect("a fused op takes its producer's types");
+        let mut outs = vec![(id, 0, TensorId::of(new, 0))];
+        outs.extend((1..p.outputs.len()).map(|k| (bn, k, TensorId::of(new, k))));
+        Some(outs)
+    })
 }
 
 /// Activations fused into the op before them (`Primitive::with_epilogue`: batchnorm + relu)
 /// where nothing else reads that op's output 0, and every other reader of its outputs comes
 /// after the activation (the fused node takes the activation's place).
 fn epilogues(g: &Graph) -> Graph {
-    let returned = |t: TensorId| {
-        [g.features, g.labels, g.output, g.loss].contains(&t)
-            || g.grads.iter().chain(&g.updates).any(|&(_, u)| u == t)
-    };
     // Producer → (its activation, the fused op).
     let mut fused: BTreeMap<NodeId, (NodeId, OpKind)> = BTreeMap::new();
     for id in g.dag.node_indices() {
@@ -45,15 +126,11 @@ fn epilogues(g: &Graph) -> Graph {
         let Some(op) = g.dag[producer].op.primitive().with_epilogue(*f) else {
             continue;
         };
-        let readers: Vec<(NodeId, u32)> = g
-            .dag
-            .edges(producer)
-            .map(|e| (e.target(), e.weight().output))
-            .collect();
+        let readers = readers(g, producer);
         let only_reader = readers.iter().filter(|&&(_, o)| o == 0).count() == 1;
         let later = readers.iter().all(|&(r, o)| o == 0 || r > id);
         let same_phase = g.dag[producer].phase == n.phase;
-        if t.output == 0 && only_reader && later && same_phase && !returned(t) {
+        if t.output == 0 && only_reader && later && same_phase && !returned(g, t) {
             fused.insert(producer, (id, op));
         }
     }
@@ -227,7 +304,14 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
             OpKind::BatchNormRelu(f) => {
                 let bn = OpKind::BatchNorm(f.bn.clone());
                 let relu = OpKind::Unary(Unary { f: UnaryFn::Relu });
-                count(&bn, &inputs, &n.outputs) + count(&relu, &[&n.outputs[0]], &n.outputs[..1])
+                let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+                let (bn_inputs, r) = inputs.split_at(inputs.len() - f.residual as usize);
+                let y = &n.outputs[0];
+                count(&bn, bn_inputs, &n.outputs)
+                    + count(&relu, &[y], &n.outputs[..1])
+                    + r.iter()
+                        .map(|&r| count(&add, &[y, r], &n.outputs[..1]))
+                        .sum::<usize>()
             }
             _ => here,
         };
@@ -241,7 +325,8 @@ mod tests {
 
     /// ResNet-20's step: every SGD update, every batchnorm counter, the running statistics of
     /// each stage become one launch each, and every update still writes over its own state;
-    /// relus whose input only they read join their batchnorm.
+    /// relus whose input only they read join their batchnorm, with the add before them at a
+    /// block's end.
     #[test]
     fn updates_of_one_kind_become_one_node() {
         let cfg = crate::config::load(
@@ -268,12 +353,15 @@ mod tests {
         // One per batch size the statistics were taken over: a stage each.
         assert_eq!(count(&fused, "batchnorm_running_stats_multi"), 3);
         let stats = count(&g, "batchnorm_running_stats");
-        // The stem's relu and each block's first follow a batchnorm; the others follow adds.
+        // The stem's relu and each block's first follow a batchnorm; the others end a block:
+        // relu(batchnorm + shortcut), three nodes made one.
         assert_eq!(count(&fused, "batchnorm_relu"), 10);
-        assert_eq!(count(&fused, "relu"), count(&g, "relu") - 10);
+        assert_eq!(count(&fused, "batchnorm_add_relu"), 9);
+        assert_eq!(count(&fused, "relu"), count(&g, "relu") - 19);
+        assert_eq!(count(&fused, "add"), count(&g, "add") - 9);
         assert_eq!(
             fused.dag.node_count(),
-            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3 - 10
+            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3 - 10 - 2 * 9
         );
         assert_eq!(fused.updates.len(), g.updates.len());
         for (&(i, old), &(j, new)) in g.updates.iter().zip(&fused.updates) {
