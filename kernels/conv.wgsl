@@ -82,16 +82,24 @@ fn sizes() -> vec3<u32> {
 // x[n, g*cg + ci, ...] at output pixel `pix` of image n and tap `t` (ci, ki, kj), or 0 in the
 // padding.
 fn x_at(n: u32, g: u32, t: u32, pix: u32) -> f32 {
-    let ci = t / taps();
+    let at = x_source(t, pix);
+    let iy = at.y;
+    let ix = at.z;
+    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
+        return 0.0;
+    }
+    return in0[((n * p.c + g * cg() + u32(at.x)) * p.h + u32(iy)) * p.w + u32(ix)];
+}
+
+// The input pixel tap `t` (ci, ki, kj) of output pixel `pix` reads: (ci, iy, ix), iy and ix
+// outside the image in the padding.
+fn x_source(t: u32, pix: u32) -> vec3<i32> {
     let tt = t % taps();
     let ki = tt / p.kw;
     let kj = tt % p.kw;
     let iy = i32((pix / p.ow) * p.stride_y + ki * p.dil_y) - i32(p.pad_y);
     let ix = i32((pix % p.ow) * p.stride_x + kj * p.dil_x) - i32(p.pad_x);
-    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
-        return 0.0;
-    }
-    return in0[((n * p.c + g * cg() + ci) * p.h + u32(iy)) * p.w + u32(ix)];
+    return vec3<i32>(i32(t / taps()), iy, ix);
 }
 
 // Grad input: taps per output channel in the phase's inner dim. A phase no tap reaches has
@@ -166,19 +174,14 @@ fn load_b4(k: u32, col: u32, g: u32) -> vec4<f32> {
 
 // x_at at output pixels pix..pix + 3 of one output row (pix a multiple of 4, OW too).
 fn x_at4(n: u32, g: u32, t: u32, pix: u32) -> vec4<f32> {
-    let ci = t / taps();
-    let tt = t % taps();
-    let ki = tt / p.kw;
-    let kj = tt % p.kw;
-    let iy = i32((pix / p.ow) * p.stride_y + ki * p.dil_y) - i32(p.pad_y);
-    let ix = i32((pix % p.ow) * p.stride_x + kj * p.dil_x) - i32(p.pad_x);
+    let at = x_source(t, pix);
     var v = vec4<f32>(0.0);
-    if (iy < 0 || iy >= i32(p.h)) {
+    if (at.y < 0 || at.y >= i32(p.h)) {
         return v;
     }
-    let row = ((n * p.c + g * cg() + ci) * p.h + u32(iy)) * p.w;
+    let row = ((n * p.c + g * cg() + u32(at.x)) * p.h + u32(at.y)) * p.w;
     for (var d = 0u; d < 4u; d = d + 1u) {
-        let x = ix + i32(d * p.stride_x);
+        let x = at.z + i32(d * p.stride_x);
         if (x >= 0 && x < i32(p.w)) {
             v[d] = in0[row + u32(x)];
         }

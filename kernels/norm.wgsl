@@ -15,6 +15,13 @@
 // Non-affine variants bind x in place of weight and bias (`affine` 0) so that every entry has a
 // fixed number of bindings.
 
+// PyTorch's running statistics: momentum m of the batch's, keep = 1 - m of the old; the
+// variance Bessel-corrected. One formula for the single and the multi-tensor kernels.
+fn running_stats(old_mean: f32, old_var: f32, mu: f32, s2: f32, m: f32, keep: f32,
+                 bessel: f32) -> vec2<f32> {
+    return vec2<f32>(m * mu + keep * old_mean, m * (s2 * bessel) + keep * old_var);
+}
+
 // @entry bn_stats
 // Training batchnorm statistics, first pass. Channel ch of x [N, C, S] holds the count = N*S
 // values (i*C + ch)*S + j for i < N, j < S, taken in that order as t = i*S + j and cut into
@@ -354,8 +361,9 @@ fn bn_running_stats(@builtin(workgroup_id) wid: vec3<u32>,
     let v = rv[i];
     let mu = mean[i];
     let s2 = var_[i];
-    new_rm[i] = p.m * mu + p.keep * a;
-    new_rv[i] = p.m * (s2 * p.bessel) + p.keep * v;
+    let r = running_stats(a, v, mu, s2, p.m, p.keep, p.bessel);
+    new_rm[i] = r.x;
+    new_rv[i] = r.y;
 }
 
 // @entry bn_running_stats_multi
@@ -393,8 +401,9 @@ fn bn_running_stats_multi(@builtin(workgroup_id) wid: vec3<u32>,
         let v = b1[o1 + i];
         let mu = b2[o2 + i];
         let s2 = b3[o3 + i];
-        b4[o4 + i] = p.m * mu + p.keep * a;
-        b5[o5 + i] = p.m * (s2 * p.bessel) + p.keep * v;
+        let r = running_stats(a, v, mu, s2, p.m, p.keep, p.bessel);
+        b4[o4 + i] = r.x;
+        b5[o5 + i] = r.y;
     }
 }
 

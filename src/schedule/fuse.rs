@@ -13,7 +13,7 @@
 //! inputs all exist. The node's inputs and outputs are the members', member after member, so
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use petgraph::visit::EdgeRef;
 
@@ -85,7 +85,7 @@ fn residuals(g: &Graph) -> Graph {
     if fused.is_empty() {
         return g.clone();
     }
-    let gone: Vec<NodeId> = fused.values().flat_map(|&(bn, add, _)| [bn, add]).collect();
+    let gone: BTreeSet<NodeId> = fused.values().flat_map(|&(bn, add, _)| [bn, add]).collect();
     rebuild(g, |out, id, map| {
         if gone.contains(&id) {
             return Some(Vec::new());
