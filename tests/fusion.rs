@@ -41,14 +41,17 @@ fn fit(config: &str, device: &str, extra: &[&str], dir: &Path) -> (Vec<u8>, Vec<
     )
 }
 
-/// Adam (mlp.toml, with and without gradient clipping) and SGD with momentum and batchnorm
-/// counters (a two-block ResNet): fused and unfused runs give the same bytes.
+/// Adam (mlp.toml, with and without gradient clipping), SGD with momentum and batchnorm
+/// counters (a two-block ResNet), and elementwise chains forward and backward (an MLP with
+/// biases, gelu, tanh, a sigmoid gate, a skip and leaky relu): fused and unfused runs give the
+/// same bytes.
 fn same_bytes_with_and_without_fusion(device: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 4] = [
         ("configs/mlp.toml", &[]),
         ("configs/mlp.toml", &["optimizer.clip_grad_norm=0.5"]),
         ("tests/configs/good/resnet_tiny.toml", &["data.samples=32"]),
+        ("tests/configs/good/mlp_chains.toml", &["data.samples=32"]),
     ];
     for (i, (config, sets)) in cases.iter().enumerate() {
         let mut plan = vec!["plan", config];
@@ -124,15 +127,17 @@ fn plan_shows_launches_before_and_after_fusion() {
     // 65 SGD updates, 21 counters, 21 running statistics of three batch sizes (one per stage:
     // 32², 16² and 8² pixels) become 1 + 1 + 3 launches of one dispatch each; the 10 relus
     // right after a batchnorm (the stem's, each block's first) join it, and each of the 9
-    // blocks' second batchnorm takes the shortcut's add and the relu after it.
+    // blocks' second batchnorm takes the shortcut's add and the relu after it. In the
+    // backward pass, each block's two input gradients' sum and the relu gradient reading it
+    // become one chain (9 launches fewer).
     assert_eq!(
         fused,
-        unfused - (65 + 21 + 21) + 5 - 10 - 2 * 9,
+        unfused - (65 + 21 + 21) + 5 - 10 - 2 * 9 - 9,
         "{fused} of {unfused}"
     );
     assert_eq!(
         dispatches,
-        unfused_dispatches - (65 + 21 + 21) + 5 - 10 - 2 * 9
+        unfused_dispatches - (65 + 21 + 21) + 5 - 10 - 2 * 9 - 9
     );
     let text = ok_stdout(&["plan", "configs/resnet.toml"]);
     for line in [

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use trainer::config;
 use trainer::kernel::gpu::{KernelArgs, Tile};
 use trainer::nn;
-use trainer::ops::{AdamStep, BatchNormRunningStats, CountUp, Foreach, MatMul, OpKind, SgdStep};
+use trainer::ops::{
+    AdamStep, BatchNormRunningStats, BinaryFn, Chain, CountUp, ElementwiseFn, Foreach, Link,
+    MatMul, OpKind, Operand, SgdStep, UnaryFn,
+};
 use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
@@ -155,6 +158,71 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
         {
             out.entry(d.shader.source.to_string())
                 .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} GEMM")));
+        }
+    }
+    // Fused elementwise chains: each row of the table and each of its gradients as a link
+    // (every snippet, with its parameter as a constant), on equal shapes and broadcast, and a
+    // chain of the most inputs one kernel binds.
+    let mut chains: Vec<(Chain, Vec<TensorType>)> = Vec::new();
+    let link = |f: ElementwiseFn, args: &[Operand]| Link {
+        f,
+        args: args.to_vec(),
+    };
+    let add = ElementwiseFn::Binary { f: BinaryFn::Add };
+    for f in UnaryFn::examples() {
+        let mut fns = vec![ElementwiseFn::UnaryGrad {
+            f,
+            from_output: false,
+        }];
+        if f.grad_from_output() {
+            fns.push(ElementwiseFn::UnaryGrad {
+                f,
+                from_output: true,
+            });
+        }
+        for g in fns {
+            let links = vec![
+                link(add, &[Operand::Input(0), Operand::Input(1)]),
+                link(ElementwiseFn::Unary { f }, &[Operand::Link(0)]),
+                link(g, &[Operand::Link(1), Operand::Input(0)]),
+            ];
+            for bias in [vec![3, 5], vec![5]] {
+                let types = vec![TensorType::f32(vec![3, 5]), TensorType::f32(bias)];
+                chains.push((
+                    Chain {
+                        links: links.clone(),
+                    },
+                    types,
+                ));
+            }
+        }
+    }
+    let widest = Chain::MAX_INPUTS;
+    let mut links = vec![link(add, &[Operand::Input(0), Operand::Input(1)])];
+    for k in 2..widest {
+        links.push(link(add, &[Operand::Link(k - 2), Operand::Input(k)]));
+    }
+    chains.push((
+        Chain { links },
+        (0..widest)
+            .map(|k| TensorType::f32(vec![k % 2 + 1, 4]))
+            .collect(),
+    ));
+    for (chain, types) in chains {
+        let op = OpKind::Chain(chain);
+        let inputs: Vec<&TensorType> = types.iter().collect();
+        let outputs = op.primitive().infer(&inputs).expect("a chain");
+        let args = KernelArgs {
+            inputs: &inputs,
+            outputs: &outputs,
+        };
+        for d in op.primitive().gpu(&args).expect("its kernel") {
+            let e = out
+                .entry(d.shader.source.to_string())
+                .or_insert_with(|| (Vec::new(), format!("{op:?}")));
+            if !e.0.contains(&d.shader.entry) {
+                e.0.push(d.shader.entry);
+            }
         }
     }
     missing.sort();

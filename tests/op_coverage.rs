@@ -20,9 +20,10 @@ use trainer::backend::gpu::{compare_with_cpu, test_gpu};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
-    AdamStep, BatchNorm, BatchNormRelu, BatchNormRunningStats, Binary, BinaryFn, Concat, Conv2d,
-    CountUp, CrossEntropy, Dropout, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, MatMul,
-    MeanAxes, Mse, OpKind, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
+    AdamStep, BatchNorm, BatchNormRelu, BatchNormRunningStats, Binary, BinaryFn, Chain, Concat,
+    Conv2d, CountUp, CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather, GradNormCoef,
+    Input, LayerNorm, Link, MatMul, MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind, Reshape,
+    SgdStep, Softmax, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -278,6 +279,11 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
         "made by the fusion pass, after autodiff (batchnorm's and relu's vjps cover it)",
         ValueCheck::Formula(batchnorm_relu_cases),
     ),
+    (
+        "Chain",
+        "made by the fusion pass, after autodiff (its links' vjps cover it)",
+        ValueCheck::Formula(chain_cases),
+    ),
 ];
 
 /// Variants with no GPU kernel by design: the executor uploads their values.
@@ -430,6 +436,109 @@ fn batchnorm_relu_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
             want: vec![y, mean, var],
         });
     }
+    out
+}
+
+/// Fused elementwise chains: every row of the table after a bias add (broadcast over rows),
+/// then each row's gradient, from x and, where it has one, from y; and a tree of six links over
+/// four inputs broadcast three ways, reading one input twice. Each against the links' formulas
+/// with the broadcasting written out.
+fn chain_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    use Operand::{Input as In, Link as L};
+    let link = |f: ElementwiseFn, args: &[Operand]| Link {
+        f,
+        args: args.to_vec(),
+    };
+    let case = |links: Vec<Link>, inputs: Vec<(TensorType, Vec<f64>)>, want: Vec<f64>| ValueCase {
+        op: OpKind::Chain(Chain { links }),
+        inputs,
+        ctx: StepCtx::default(),
+        want: vec![want],
+    };
+    let add = ElementwiseFn::Binary { f: BinaryFn::Add };
+    let mul = ElementwiseFn::Binary { f: BinaryFn::Mul };
+    let (rows, cols) = (3, 7);
+    let mut out = Vec::new();
+    for f in UnaryFn::examples() {
+        let x = uniform(rng, &[rows, cols], -2.0, 2.0);
+        let bias = uniform(rng, &[cols], -1.0, 1.0);
+        let pre: Vec<f64> = (0..rows * cols)
+            .map(|i| x.1[i] + bias.1[i % cols])
+            .collect();
+        out.push(case(
+            vec![
+                link(add, &[In(0), In(1)]),
+                link(ElementwiseFn::Unary { f }, &[L(0)]),
+            ],
+            vec![x.clone(), bias.clone()],
+            pre.iter().map(|&v| f.apply(v)).collect(),
+        ));
+        let dy = uniform(rng, &[rows, cols], -1.0, 1.0);
+        for from_output in [false, true] {
+            if from_output && !f.grad_from_output() {
+                continue;
+            }
+            let at = if from_output {
+                x.1.iter().map(|&v| f.apply(v)).collect()
+            } else {
+                x.1.clone()
+            };
+            let grad = ElementwiseFn::UnaryGrad { f, from_output };
+            // (dy + bias) through the gradient: the bias broadcast, then the product.
+            let want = (0..rows * cols)
+                .map(|i| {
+                    let d = if from_output {
+                        f.derivative(x.1[i])
+                    } else {
+                        f.derivative(at[i])
+                    };
+                    d * (dy.1[i] + bias.1[i % cols])
+                })
+                .collect();
+            let at = (TensorType::f32(vec![rows, cols]), at);
+            out.push(case(
+                vec![link(add, &[In(1), In(2)]), link(grad, &[In(0), L(0)])],
+                vec![at, dy.clone(), bias.clone()],
+                want,
+            ));
+        }
+    }
+    // silu(unary_grad[gelu](x0, x1) + leaky_relu(x2) * x3) * x0 over [2, 3, 1, 5] from x0, x1 of
+    // [3, 1, 5], x2 of [5] and x3 of [2, 1, 1, 1].
+    let x0 = uniform(rng, &[3, 1, 5], -2.0, 2.0);
+    let x1 = uniform(rng, &[3, 1, 5], -1.0, 1.0);
+    let x2 = uniform(rng, &[5], -2.0, 2.0);
+    let x3 = uniform(rng, &[2, 1, 1, 1], -1.0, 1.0);
+    let slope = 0.1;
+    let leaky = UnaryFn::LeakyRelu { slope };
+    let mut want = Vec::new();
+    for a in 0..2 {
+        for b in 0..3 {
+            for c in 0..5 {
+                let g = UnaryFn::Gelu.derivative(x0.1[b * 5 + c]) * x1.1[b * 5 + c];
+                let l = leaky.apply(x2.1[c]) * x3.1[a];
+                want.push(UnaryFn::Silu.apply(g + l) * x0.1[b * 5 + c]);
+            }
+        }
+    }
+    out.push(case(
+        vec![
+            link(
+                ElementwiseFn::UnaryGrad {
+                    f: UnaryFn::Gelu,
+                    from_output: false,
+                },
+                &[In(0), In(1)],
+            ),
+            link(ElementwiseFn::Unary { f: leaky }, &[In(2)]),
+            link(mul, &[L(1), In(3)]),
+            link(add, &[L(0), L(2)]),
+            link(ElementwiseFn::Unary { f: UnaryFn::Silu }, &[L(3)]),
+            link(mul, &[L(4), In(0)]),
+        ],
+        vec![x0, x1, x2, x3],
+        want,
+    ));
     out
 }
 

@@ -1,8 +1,10 @@
 //! Elementwise ops: the unary functions of one table (`unary_fn.rs`: adding an activation is a
 //! row there) and binary functions with numpy-style broadcasting, all through one WGSL template.
 
+mod chain;
 mod unary_fn;
 
+pub use chain::{Chain, ElementwiseFn, Link, Operand};
 pub use unary_fn::UnaryFn;
 
 use serde::Serialize;
@@ -62,8 +64,11 @@ impl Primitive for UnaryGrad {
         Some(1)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let expr = format!("({}) * b", self.f.wgsl_derivative(self.from_output));
-        elementwise_kernel(&expr, 2, self.f.alpha(), args)
+        let f = ElementwiseFn::UnaryGrad {
+            f: self.f,
+            from_output: self.from_output,
+        };
+        elementwise_kernel(&f.wgsl(), 2, self.f.alpha(), args)
     }
 }
 
@@ -115,9 +120,13 @@ impl Primitive for Unary {
         Some(0)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        elementwise_kernel(self.f.wgsl(), 1, self.f.alpha(), args)
+        let f = ElementwiseFn::Unary { f: self.f };
+        elementwise_kernel(&f.wgsl(), 1, self.f.alpha(), args)
     }
 }
+
+/// The helpers the table's WGSL snippets may call (erf, gelu, ...).
+const FNS: &str = include_str!("../../kernels/elementwise_fns.wgsl");
 
 /// The elementwise template (kernels/elementwise.wgsl) with `expr` of `a` (and `b`) filled in:
 /// one thread per element of output 0, inputs broadcast to it by strides.
@@ -165,6 +174,7 @@ fn elementwise_kernel(
         crate::kernel::gpu::PREAMBLE,
         TEMPLATE
             .replace("//BINDINGS", bindings)
+            .replace("//FNS", FNS)
             .replace("/*EXPR*/", expr)
             .replace("//BODY", body)
     );
@@ -246,16 +256,7 @@ impl Primitive for Binary {
         Some(0)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        elementwise_kernel(self.f.wgsl(), 2, 0.0, args)
-    }
-}
-
-impl BinaryFn {
-    fn wgsl(self) -> &'static str {
-        match self {
-            BinaryFn::Add => "a + b",
-            BinaryFn::Mul => "a * b",
-        }
+        elementwise_kernel(&ElementwiseFn::Binary { f: self.f }.wgsl(), 2, 0.0, args)
     }
 }
 

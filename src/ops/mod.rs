@@ -16,7 +16,9 @@ mod reduce;
 mod vjp;
 
 pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
-pub use elementwise::{Binary, BinaryFn, Unary, UnaryFn, UnaryGrad, broadcast};
+pub use elementwise::{
+    Binary, BinaryFn, Chain, ElementwiseFn, Link, Operand, Unary, UnaryFn, UnaryGrad, broadcast,
+};
 pub use foreach::Foreach;
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
@@ -257,9 +259,10 @@ op_kinds! {
     Conv2dGradInput(Conv2dGradInput),
     Conv2dGradWeight(Conv2dGradWeight),
     Pool2dGrad(Pool2dGrad),
-    // Made by the fusion pass (schedule/fuse.rs).
+    // Made by the fusion pass (schedule/fuse/).
     Foreach(Foreach),
     BatchNormRelu(BatchNormRelu),
+    Chain(Chain),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {

@@ -7,11 +7,16 @@
 //! relu's place; then an activation whose input nothing else reads joins the op that made it
 //! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
 //!
+//! Elementwise chains next (`chains.rs`): unary and binary ops whose intermediates only the
+//! next op reads, as one `Chain` launch.
+//!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
 //! Adam, batchnorm's running statistics and counter), whose outputs nothing reads, joins the others equal to it
 //! (same op, same attributes) in one `Foreach` node, placed where the last of them was, so its
 //! inputs all exist. The node's inputs and outputs are the members', member after member, so
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
+
+mod chains;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,7 +29,7 @@ use crate::tensor::{NodeId, TensorId, TensorType};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
-    foreach(&epilogues(&residuals(g)))
+    foreach(&chains::chains(&epilogues(&residuals(g))))
 }
 
 /// Whether the step hands `t` out (so no fusion may make it disappear).
@@ -271,7 +276,7 @@ fn rebuild(
 }
 
 /// GPU dispatches per step of `g`'s ops, and how many they would be unfused (each member of a
-/// `Foreach` with its own kernels, a fused activation with its own). Ops without a GPU kernel, or with a tensor too large for
+/// `Foreach` with its own kernels, a fused activation with its own, each link of a chain). Ops without a GPU kernel, or with a tensor too large for
 /// one (a CPU-only plan), count none.
 pub fn dispatches(g: &Graph) -> (usize, usize) {
     let count = |op: &OpKind, inputs: &[&TensorType], outputs: &[TensorType]| {
@@ -313,6 +318,15 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
                         .map(|&r| count(&add, &[y, r], &n.outputs[..1]))
                         .sum::<usize>()
             }
+            OpKind::Chain(c) => c.unfused(&inputs).map_or(0, |links| {
+                links
+                    .iter()
+                    .map(|(op, ins, out)| {
+                        let ins: Vec<&TensorType> = ins.iter().collect();
+                        count(op, &ins, std::slice::from_ref(out))
+                    })
+                    .sum()
+            }),
             _ => here,
         };
     }
@@ -326,7 +340,8 @@ mod tests {
     /// ResNet-20's step: every SGD update, every batchnorm counter, the running statistics of
     /// each stage become one launch each, and every update still writes over its own state;
     /// relus whose input only they read join their batchnorm, with the add before them at a
-    /// block's end.
+    /// block's end; the gradient sum at a block's input and the relu gradient reading it
+    /// become one chain.
     #[test]
     fn updates_of_one_kind_become_one_node() {
         let cfg = crate::config::load(
@@ -345,6 +360,28 @@ mod tests {
                 .filter(|n| n.op.primitive().name() == name)
                 .count()
         };
+        // Ops of `name`, alone or as links of a chain.
+        let ops = |g: &Graph, name: &str| {
+            let links = g.dag.node_weights().map(|n| match &n.op {
+                OpKind::Chain(c) => c
+                    .links
+                    .iter()
+                    .filter(|l| l.f.op().primitive().name() == name)
+                    .count(),
+                _ => 0,
+            });
+            count(g, name) + links.sum::<usize>()
+        };
+        let chains: Vec<(&crate::ops::Chain, String)> = fused
+            .dag
+            .node_weights()
+            .filter_map(|n| match &n.op {
+                OpKind::Chain(c) => Some((c, n.op.primitive().attrs()[0].1.clone())),
+                _ => None,
+            })
+            .collect();
+        assert!(!chains.is_empty());
+        let links: usize = chains.iter().map(|(c, _)| c.links.len()).sum();
         let sgd = count(&g, "sgd_step");
         assert!(sgd > 10);
         assert_eq!(count(&fused, "sgd_step"), 0);
@@ -357,12 +394,21 @@ mod tests {
         // relu(batchnorm + shortcut), three nodes made one.
         assert_eq!(count(&fused, "batchnorm_relu"), 10);
         assert_eq!(count(&fused, "batchnorm_add_relu"), 9);
-        assert_eq!(count(&fused, "relu"), count(&g, "relu") - 19);
-        assert_eq!(count(&fused, "add"), count(&g, "add") - 9);
+        assert_eq!(ops(&fused, "relu"), count(&g, "relu") - 19);
+        assert_eq!(ops(&fused, "add"), count(&g, "add") - 9);
+        assert_eq!(ops(&fused, "unary_grad"), count(&g, "unary_grad"));
         assert_eq!(
             fused.dag.node_count(),
-            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3 - 10 - 2 * 9
+            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3
+                - 10
+                - 2 * 9
+                - (links - chains.len())
         );
+        // Each block's input gradient: the two paths' sum, then the relu's gradient.
+        assert_eq!(chains.len(), 9);
+        for (_, expr) in &chains {
+            assert_eq!(expr, "unary_grad[fn=relu,of=y](x0, add(x1, x2))");
+        }
         assert_eq!(fused.updates.len(), g.updates.len());
         for (&(i, old), &(j, new)) in g.updates.iter().zip(&fused.updates) {
             assert_eq!(i, j);
