@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{readers, rebuild, returned};
+use super::rewrite::{readers, rebuild, returned};
 use crate::graph::Graph;
 use crate::ops::{Chain, ElementwiseFn, Link, OpKind, Operand};
 use crate::tensor::{NodeId, TensorId};
