@@ -171,6 +171,13 @@ fn stage(ra: ptr<function, array<vec4<f32>, LA>>, rb: ptr<function, array<vec4<f
     }
 }
 
+// The value stored at output index o: the sum itself, or, for a matmul with an epilogue
+// (src/kernel/gpu/gemm.rs `Epilogue`), the sum plus the bias, through the activation. With
+// split-K the slices store their partials as they are and kernels/split_k.wgsl finishes.
+fn finish(v: f32, o: u32) -> f32 {
+    return v;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
@@ -242,7 +249,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 for (var d = 0u; d < 4u; d = d + 1u) {
                     let col = n0 + 4u * (lx + WX * j) + d;
                     if (row < s.x && col < s.y) {
-                        out[base + out_index(row, col, g)] = acc[(i * 4u + c) * BN + j][d];
+                        let o = out_index(row, col, g);
+                        out[base + o] = finish(acc[(i * 4u + c) * BN + j][d], o);
                     }
                 }
             }

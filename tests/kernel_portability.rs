@@ -10,7 +10,7 @@ use trainer::kernel::gpu::{KernelArgs, Tile};
 use trainer::nn;
 use trainer::ops::{
     AdamStep, BatchNormRunningStats, BinaryFn, Chain, CountUp, ElementwiseFn, Foreach, Link,
-    MatMul, OpKind, Operand, SgdStep, UnaryFn,
+    MatMul, MatMulBias, OpKind, Operand, SgdStep, UnaryFn,
 };
 use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
@@ -159,6 +159,40 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             out.entry(d.shader.source.to_string())
                 .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} GEMM")));
         }
+        // With a bias and each activation of the table in its epilogue.
+        let bias = TensorType::f32(vec![n]);
+        let acts = std::iter::once(None).chain(UnaryFn::examples().into_iter().map(Some));
+        for act in acts {
+            let args = KernelArgs {
+                inputs: &[&x, &w, &bias],
+                outputs: &outputs,
+            };
+            let op = OpKind::MatMulBias(MatMulBias { act });
+            for d in op.primitive().gpu(&args).expect("a GEMM") {
+                out.entry(d.shader.source.to_string())
+                    .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} {op:?}")));
+            }
+        }
+    }
+    // Split-K with the epilogue in its reduce.
+    let (x, w, bias) = (
+        TensorType::f32(vec![3, 4096]),
+        TensorType::f32(vec![5, 4096]),
+        TensorType::f32(vec![5]),
+    );
+    let outputs = [TensorType::f32(vec![3, 5])];
+    let args = KernelArgs {
+        inputs: &[&x, &w, &bias],
+        outputs: &outputs,
+    };
+    let op = OpKind::MatMulBias(MatMulBias {
+        act: Some(UnaryFn::Tanh),
+    });
+    let split = op.primitive().gpu(&args).expect("a GEMM");
+    assert_eq!(split.len(), 2, "split-K");
+    for d in split {
+        out.entry(d.shader.source.to_string())
+            .or_insert_with(|| (vec![d.shader.entry], format!("split-K {op:?}")));
     }
     // Fused elementwise chains: each row of the table and each of its gradients as a link
     // (every snippet, with its parameter as a constant), on equal shapes and broadcast, and a

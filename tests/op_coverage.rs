@@ -22,8 +22,8 @@ use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
     AdamStep, BatchNorm, BatchNormRelu, BatchNormRunningStats, Binary, BinaryFn, Chain, Concat,
     Conv2d, CountUp, CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather, GradNormCoef,
-    Input, LayerNorm, Link, MatMul, MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind, Reshape,
-    SgdStep, Softmax, Unary, UnaryFn,
+    Input, LayerNorm, Link, MatMul, MatMulBias, MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind,
+    Reshape, SgdStep, Softmax, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -284,6 +284,11 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
         "made by the fusion pass, after autodiff (its links' vjps cover it)",
         ValueCheck::Formula(chain_cases),
     ),
+    (
+        "MatMulBias",
+        "made by the fusion pass, after autodiff (matmul's, add's and the activation's vjps cover it)",
+        ValueCheck::Formula(matmul_bias_cases),
+    ),
 ];
 
 /// Variants with no GPU kernel by design: the executor uploads their values.
@@ -540,6 +545,43 @@ fn chain_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
         want,
     ));
     out
+}
+
+/// A linear layer in one GEMM: x·wᵀ + b, then the activation, on odd shapes; the long inner
+/// dims (520, 600) make the GPU split K, so the bias and activation are applied after the
+/// slices' sum, in the reduce kernel.
+fn matmul_bias_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let cases: [(&[usize], usize, Option<UnaryFn>); 5] = [
+        (&[2, 3, 7], 5, None),
+        (&[4, 9], 6, Some(UnaryFn::LeakyRelu { slope: 0.1 })),
+        (&[3, 600], 5, Some(UnaryFn::Tanh)),
+        (&[2, 520], 3, Some(UnaryFn::Relu)),
+        (&[5, 13], 7, Some(UnaryFn::Sigmoid)),
+    ];
+    cases
+        .into_iter()
+        .map(|(x_shape, n, act)| {
+            let k = *x_shape.last().unwrap();
+            let x = uniform(rng, x_shape, -1.0, 1.0);
+            let w = uniform(rng, &[n, k], -1.0, 1.0);
+            let b = uniform(rng, &[n], -1.0, 1.0);
+            let rows = x.1.len() / k;
+            let mut y = Vec::new();
+            for r in 0..rows {
+                for j in 0..n {
+                    let dot: f64 = (0..k).map(|l| x.1[r * k + l] * w.1[j * k + l]).sum();
+                    let a = dot + b.1[j];
+                    y.push(act.map_or(a, |f| f.apply(a)));
+                }
+            }
+            ValueCase {
+                op: OpKind::MatMulBias(MatMulBias { act }),
+                inputs: vec![x, w, b],
+                ctx: StepCtx::default(),
+                want: vec![y],
+            }
+        })
+        .collect()
 }
 
 /// torch.optim.SGD's update, element by element.

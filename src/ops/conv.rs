@@ -411,6 +411,7 @@ fn conv_gemm(
         inner,
         groups: g.groups,
         inputs: [Bind::In(0), Bind::In(1)],
+        epilogue: None,
     }
     .dispatches()
 }

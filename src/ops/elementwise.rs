@@ -126,7 +126,7 @@ impl Primitive for Unary {
 }
 
 /// The helpers the table's WGSL snippets may call (erf, gelu, ...).
-const FNS: &str = include_str!("../../kernels/elementwise_fns.wgsl");
+pub(super) const FNS: &str = include_str!("../../kernels/elementwise_fns.wgsl");
 
 /// The elementwise template (kernels/elementwise.wgsl) with `expr` of `a` (and `b`) filled in:
 /// one thread per element of output 0, inputs broadcast to it by strides.

@@ -1,14 +1,18 @@
 //! Matrix product over the last dim: `x [.., K] · wᵀ` with `w [N, K]` (PyTorch's linear
-//! layout), and its two gradients. Leading dims of `x` are flattened into the rows.
+//! layout), and its two gradients. Leading dims of `x` are flattened into the rows. The
+//! fusion pass's `MatMulBias` adds a linear layer's bias and its activation in the GEMM's
+//! epilogue.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    Cost, Eval, OpKind, Primitive, ShapeResult, VjpArgs, VjpCx, VjpResult, expect_arity, expect_f32,
+    Cost, ElementwiseFn, Eval, OpKind, Primitive, ShapeResult, UnaryFn, VjpArgs, VjpCx, VjpResult,
+    expect_arity, expect_f32,
 };
 
 use crate::kernel::cpu::{Io, Mat, Real, matmul, matmul_scratch};
-use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params};
+use crate::kernel::gpu::{Bind, Dispatch, Epilogue, Gemm, KernelArgs, Params};
 use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -21,6 +25,7 @@ fn gemm_kernel(
     [m, n, k]: [usize; 3],
     [a_m, a_k]: [usize; 2],
     [b_k, b_n]: [usize; 2],
+    epilogue: Option<Epilogue>,
 ) -> Result<Vec<Dispatch>, String> {
     let params = Params::new()
         .u32(m)
@@ -40,6 +45,7 @@ fn gemm_kernel(
         inner: k,
         groups: 1,
         inputs: [Bind::In(0), Bind::In(1)],
+        epilogue,
     }
     .dispatches()
 }
@@ -82,7 +88,7 @@ impl Primitive for MatMul {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        gemm_kernel([m, n, k], [k, 1], [1, k])
+        gemm_kernel([m, n, k], [k, 1], [1, k], None)
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let dy = a.dy()?;
@@ -101,19 +107,123 @@ impl Primitive for MatMul {
 
 impl Eval for MatMul {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (m, k, n) = (rows(io.in_type(0)), io.in_shape(1)[1], io.in_shape(1)[0]);
-        let (ins, outs, scratch) = io.split_scratch::<1>(matmul_scratch(m, k));
-        let w = Mat::rows(n, k).t();
-        matmul(
-            ins.get(0),
-            Mat::rows(m, k),
-            ins.get(1),
-            w,
-            outs[0],
-            Mat::rows(m, n),
-            false,
-            scratch,
+        linear(io, None);
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        matmul_scratch(rows(inputs[0]), inputs[1].shape[1])
+    }
+}
+
+/// y = x · wᵀ, then, with `bias` = Some(act), y = act(y + b) row by row (input 2 is b), the
+/// bias add and activation evaluated as `Binary` and `Unary` evaluate them.
+fn linear<T: Real>(io: &mut Io<'_, T>, bias: Option<Option<UnaryFn>>) {
+    let (m, k, n) = (rows(io.in_type(0)), io.in_shape(1)[1], io.in_shape(1)[0]);
+    let (ins, outs, scratch) = io.split_scratch::<1>(matmul_scratch(m, k));
+    let w = Mat::rows(n, k).t();
+    let y = outs.into_iter().next().expect("one output");
+    matmul(
+        ins.get(0),
+        Mat::rows(m, k),
+        ins.get(1),
+        w,
+        y,
+        Mat::rows(m, n),
+        false,
+        scratch,
+    );
+    let Some(act) = bias else {
+        return;
+    };
+    if y.is_empty() {
+        return;
+    }
+    let b = ins.get(2);
+    let rows_per_task = (1 << 14) / n.max(1) + 1;
+    y.par_chunks_mut(rows_per_task * n).for_each(|chunk| {
+        for row in chunk.chunks_exact_mut(n) {
+            for (v, &b) in row.iter_mut().zip(b) {
+                let a = *v + b;
+                *v = match act {
+                    Some(f) => f.apply(a),
+                    None => a,
+                };
+            }
+        }
+    });
+}
+
+/// A linear layer's `matmul`, bias `add` and, optionally, activation as one launch (made by
+/// the fusion pass, schedule/fuse/gemm_epilogue.rs): inputs x [.., K], w [N, K], b [N]. The
+/// GPU adds the bias and applies the activation to each finished sum in the GEMM's store, or
+/// in split-K's reduce after the fixed-order sum of the slices: the bits of the three ops.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MatMulBias {
+    pub act: Option<UnaryFn>,
+}
+
+impl Primitive for MatMulBias {
+    fn name(&self) -> &'static str {
+        match self.act {
+            None => "matmul_bias",
+            Some(_) => "matmul_bias_act",
+        }
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 3)?;
+        let y = MatMul.infer(&inputs[..2])?;
+        let n = inputs[1].shape[0];
+        if inputs[2].shape != [n] {
+            return Err(format!(
+                "bias {} does not fit {n} outputs",
+                fmt_shape(&inputs[2].shape)
+            ));
+        }
+        expect_f32(inputs[2], "the bias")?;
+        Ok(y)
+    }
+    fn flops(&self, inputs: &[&TensorType], out: &[TensorType]) -> u64 {
+        let per_element = 1 + self.act.map_or(0, |f| f.cost());
+        MatMul
+            .flops(&inputs[..2], out)
+            .saturating_add(out[0].numel() as u64 * per_element)
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        let Some(f) = self.act else {
+            return Vec::new();
+        };
+        let mut attrs = vec![("fn", f.name().to_string())];
+        attrs.extend(f.attrs());
+        attrs
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let (m, n, k) = (
+            rows(args.inputs[0]),
+            args.inputs[1].shape[0],
+            args.inputs[1].shape[1],
         );
+        let (decls, expr) = match self.act {
+            Some(f) => (
+                super::elementwise::FNS.to_string(),
+                ElementwiseFn::Unary { f }.wgsl_inline(),
+            ),
+            None => (String::new(), "a".to_string()),
+        };
+        let epilogue = Epilogue {
+            bias: Bind::In(2),
+            cols: n,
+            decls,
+            expr,
+        };
+        gemm_kernel([m, n, k], [k, 1], [1, k], Some(epilogue))
+    }
+}
+
+impl Eval for MatMulBias {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        linear(io, Some(self.act));
     }
     fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
         matmul_scratch(rows(inputs[0]), inputs[1].shape[1])
@@ -155,7 +265,7 @@ impl Primitive for MatMulGradInput {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        gemm_kernel([m, k, n], [n, 1], [k, 1])
+        gemm_kernel([m, k, n], [n, 1], [k, 1], None)
     }
 }
 
@@ -212,7 +322,7 @@ impl Primitive for MatMulGradWeight {
         // dw [n, k] = dyᵀ · x: dy [m, n], x [m, k]; the inner dim is the m rows.
         let (n, k) = (args.outputs[0].shape[0], args.outputs[0].shape[1]);
         let m = rows(args.inputs[0]);
-        gemm_kernel([n, k, m], [1, n], [k, 1])
+        gemm_kernel([n, k, m], [1, n], [k, 1], None)
     }
 }
 

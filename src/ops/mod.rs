@@ -21,7 +21,7 @@ pub use elementwise::{
 };
 pub use foreach::Foreach;
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
-pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
+pub use matmul::{MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
 pub use norm::{
     BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormRunningStats, LayerNorm, LayerNormGrad,
@@ -263,6 +263,7 @@ op_kinds! {
     Foreach(Foreach),
     BatchNormRelu(BatchNormRelu),
     Chain(Chain),
+    MatMulBias(MatMulBias),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {

@@ -138,6 +138,41 @@ pub fn split_k(tiles: usize, k: usize, words: usize) -> (usize, usize) {
     (k.div_ceil(chunk).max(1), chunk)
 }
 
+/// What a GEMM with an epilogue stores in place of each finished sum `v` at output index `o`
+/// (kernels/gemm.wgsl `finish`): `a = v + bias[o % cols]`, then `expr` of `a`. The sum is
+/// complete first, split or not (split-K's reduce finishes it), so the stored value is what a
+/// separate bias add and activation would store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Epilogue {
+    /// The bias, `cols` values, read at the output's column.
+    pub bias: Bind,
+    pub cols: usize,
+    /// WGSL functions `expr` may call.
+    pub decls: String,
+    /// A WGSL expression of `a`, the sum plus the bias.
+    pub expr: String,
+}
+
+/// The identity `finish` of kernels/gemm.wgsl and split_k.wgsl, which an epilogue replaces.
+const FINISH: &str = "fn finish(v: f32, o: u32) -> f32 {\n    return v;\n}";
+
+impl Epilogue {
+    /// `source` with its `finish` replaced by this epilogue's, the bias at `binding`.
+    fn apply(&self, source: &str, binding: usize) -> String {
+        let finish = format!(
+            "@group(0) @binding({binding}) var<storage, read_write> bias: array<f32>;\n\n{}\n\n\
+             fn finish(v: f32, o: u32) -> f32 {{\n    let a = v + bias[o % {}u];\n    \
+             return {};\n}}",
+            self.decls, self.cols, self.expr
+        );
+        assert!(
+            source.contains(FINISH),
+            "the kernel declares the identity `finish`"
+        );
+        source.replacen(FINISH, &finish, 1)
+    }
+}
+
 /// The operand files' uniform declaration, which `Gemm` replaces by a constant.
 const UNIFORM_PARAMS: &str = "@group(0) @binding(0) var<uniform> p: Params;";
 
@@ -153,6 +188,9 @@ pub struct Gemm {
     pub groups: usize,
     /// The inputs bound to @binding(2) and (3).
     pub inputs: [Bind; 2],
+    /// Bias and activation applied to each finished sum (matmul only: output index `o` at
+    /// column `o % cols`).
+    pub epilogue: Option<Epilogue>,
 }
 
 impl Gemm {
@@ -193,19 +231,32 @@ impl Gemm {
             "an operand file declares `{UNIFORM_PARAMS}`"
         );
         let [x, y, _] = groups(tiles);
+        // The epilogue goes where the sum is finished: the core, or split-K's reduce.
+        let (mut core, mut core_binds) =
+            (tile.core(), vec![self.inputs[0], self.inputs[1], target]);
+        if let (Some(e), 1) = (&self.epilogue, slices) {
+            core = e.apply(&core, 2 + core_binds.len());
+            core_binds.push(e.bias);
+        }
         let mut ds = vec![Dispatch {
             shader: Shader {
-                source: format!("{PREAMBLE}\n{operands}\n{}", tile.core()).into(),
+                source: format!("{PREAMBLE}\n{operands}\n{core}").into(),
                 entry: "main",
             },
-            bindings: vec![self.inputs[0], self.inputs[1], target],
+            bindings: core_binds,
             params,
             workgroups: [x, y, (self.groups * slices) as u32],
         }];
         if slices > 1 {
+            let mut reduce = Shader::file(include_str!("../../../kernels/split_k.wgsl"), "main");
+            let mut bindings = vec![partials, Bind::Out(0)];
+            if let Some(e) = &self.epilogue {
+                reduce.source = e.apply(&reduce.source, 2 + bindings.len()).into();
+                bindings.push(e.bias);
+            }
             ds.push(Dispatch {
-                shader: Shader::file(include_str!("../../../kernels/split_k.wgsl"), "main"),
-                bindings: vec![partials, Bind::Out(0)],
+                shader: reduce,
+                bindings,
                 params: Params::new().u32(words).u32(slices).done(),
                 workgroups: grid(words),
             });

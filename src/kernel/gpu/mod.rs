@@ -20,7 +20,7 @@
 mod gemm;
 pub mod multi;
 
-pub use gemm::{Gemm, Tile, split_k};
+pub use gemm::{Epilogue, Gemm, Tile, split_k};
 
 use std::borrow::Cow;
 

@@ -100,6 +100,13 @@ impl ElementwiseFn {
         }
     }
 
+    /// [`ElementwiseFn::wgsl`] with the parameter as a constant: the bits the single op's
+    /// `Params::f32` passes as `p.alpha`, for kernels with no `p.alpha` of their own.
+    pub fn wgsl_inline(self) -> String {
+        let alpha = format!("bitcast<f32>({}u)", (self.alpha() as f32).to_bits());
+        self.wgsl().replace("p.alpha", &alpha)
+    }
+
     /// The parameter (`p.alpha` of the snippet), 0 without one.
     fn alpha(self) -> f64 {
         match self {
@@ -332,9 +339,7 @@ fn chain_kernel(chain: &Chain, args: &KernelArgs) -> Result<Vec<Dispatch>, Strin
     s.push_str(FNS);
     s.push('\n');
     for (k, link) in chain.links.iter().enumerate() {
-        // The parameter as the bits the single op's `Params::f32` would pass.
-        let alpha = format!("bitcast<f32>({}u)", (link.f.alpha() as f32).to_bits());
-        let expr = link.f.wgsl().replace("p.alpha", &alpha);
+        let expr = link.f.wgsl_inline();
         let _ = writeln!(
             s,
             "fn link{k}(a: f32, b: f32) -> f32 {{\n    return {expr};\n}}\n"

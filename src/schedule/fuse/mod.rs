@@ -7,7 +7,8 @@
 //! relu's place; then an activation whose input nothing else reads joins the op that made it
 //! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
 //!
-//! Elementwise chains next (`chains.rs`): unary and binary ops whose intermediates only the
+//! A linear layer's bias add and activation next join its matmul (`gemm_epilogue.rs`:
+//! `MatMulBias`). Elementwise chains then (`chains.rs`): unary and binary ops whose intermediates only the
 //! next op reads, as one `Chain` launch.
 //!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
@@ -17,6 +18,7 @@
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
 
 mod chains;
+mod gemm_epilogue;
 mod rewrite;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +32,8 @@ use crate::tensor::{NodeId, TensorId, TensorType};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
-    foreach(&chains::chains(&epilogues(&residuals(g))))
+    let g = gemm_epilogue::gemm_epilogues(&epilogues(&residuals(g)));
+    foreach(&chains::chains(&g))
 }
 
 /// relu(batchnorm(x) + r) as one `BatchNormRelu { residual: true }` in the relu's place, where
@@ -251,6 +254,14 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
                         .map(|&r| count(&add, &[y, r], &n.outputs[..1]))
                         .sum::<usize>()
             }
+            OpKind::MatMulBias(f) => {
+                let y = &n.outputs[..1];
+                let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+                count(&OpKind::MatMul(crate::ops::MatMul), &inputs[..2], y)
+                    + count(&add, &[&y[0], inputs[2]], y)
+                    + f.act
+                        .map_or(0, |f| count(&OpKind::Unary(Unary { f }), &[&y[0]], y))
+            }
             OpKind::Chain(c) => c.unfused(&inputs).map_or(0, |links| {
                 links
                     .iter()
@@ -274,7 +285,7 @@ mod tests {
     /// each stage become one launch each, and every update still writes over its own state;
     /// relus whose input only they read join their batchnorm, with the add before them at a
     /// block's end; the gradient sum at a block's input and the relu gradient reading it
-    /// become one chain.
+    /// become one chain; the classifier's bias joins its matmul.
     #[test]
     fn updates_of_one_kind_become_one_node() {
         let cfg = crate::config::load(
@@ -328,7 +339,9 @@ mod tests {
         assert_eq!(count(&fused, "batchnorm_relu"), 10);
         assert_eq!(count(&fused, "batchnorm_add_relu"), 9);
         assert_eq!(ops(&fused, "relu"), count(&g, "relu") - 19);
-        assert_eq!(ops(&fused, "add"), count(&g, "add") - 9);
+        // The classifier's bias add joins its matmul.
+        assert_eq!(count(&fused, "matmul_bias"), 1);
+        assert_eq!(ops(&fused, "add"), count(&g, "add") - 9 - 1);
         assert_eq!(ops(&fused, "unary_grad"), count(&g, "unary_grad"));
         assert_eq!(
             fused.dag.node_count(),
@@ -336,6 +349,7 @@ mod tests {
                 - 10
                 - 2 * 9
                 - (links - chains.len())
+                - 1
         );
         // Each block's input gradient: the two paths' sum, then the relu's gradient.
         assert_eq!(chains.len(), 9);
