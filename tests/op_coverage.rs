@@ -286,7 +286,7 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
     ),
     (
         "MatMulBias",
-        "made by the fusion pass, after autodiff (matmul's, add's and the activation's vjps cover it)",
+        "made by the fusion pass, after autodiff (the vjps of matmul, add and activation cover it)",
         ValueCheck::Formula(matmul_bias_cases),
     ),
 ];

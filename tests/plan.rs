@@ -202,15 +202,20 @@ fn check_launches(config: &str, text: &str, figures: &Value) {
             "{config}: {line}"
         );
         // A fused launch stands for the op of its name without `_multi` (a multi-tensor
-        // update, named after its first member's layer) or `_relu`/`_add_relu` (batchnorm +
-        // relu, + add at a block's end, named after the batchnorm's).
+        // update, named after its first member's layer), `_relu`/`_add_relu` (batchnorm +
+        // relu, + add at a block's end, named after the batchnorm's) or `_bias`/`_bias_act`
+        // (a matmul with its bias and activation, named after the matmul's); an elementwise
+        // chain, named after its last op's layer, for some op of that layer.
         let op = fields[2].strip_suffix("_multi").unwrap_or(fields[2]);
         let op = op.strip_suffix("_relu").unwrap_or(op);
         let op = op.strip_suffix("_add").unwrap_or(op);
+        let op = op.strip_suffix("_bias_act").unwrap_or(op);
+        let op = op.strip_suffix("_bias").unwrap_or(op);
         let (op, layer) = (op.to_string(), fields[3].to_string());
         assert!(layers.contains(&layer), "{config}: unknown layer in {line}");
+        let chain_of_the_layer = op == "elementwise_chain" && ops.iter().any(|(_, l)| *l == layer);
         assert!(
-            ops.contains(&(op, layer)),
+            chain_of_the_layer || ops.contains(&(op, layer)),
             "{config}: no such op in that layer: {line}"
         );
         assert_eq!(fields.iter().filter(|f| **f == "->").count(), 1, "{line}");

@@ -348,7 +348,8 @@ fn chain_kernel(chain: &Chain, args: &KernelArgs) -> Result<Vec<Dispatch>, Strin
     s.push_str(
         "fn stride(w: u32) -> u32 {\n    return p.strides[w / 4u][w % 4u];\n}\n\n\
          @compute @workgroup_size(256)\n\
-         fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n        \
+         fn main(@builtin(workgroup_id) wid: vec3<u32>,\n        \
+         @builtin(num_workgroups) nwg: vec3<u32>,\n        \
          @builtin(local_invocation_id) lid: vec3<u32>) {\n    \
          let i = linear_index(wid, nwg, lid);\n    if (i >= p.n) {\n        return;\n    }\n",
     );

@@ -1,7 +1,8 @@
 //! A linear layer's bias add and activation into its matmul's epilogue: `matmul` → `add` of a
 //! bias of shape [cols] (broadcast over the rows) → optionally a unary activation becomes one
-//! `ops::MatMulBias` in the last op's place, where each intermediate has that next op as its
-//! only reader, is not returned by the step, and all are in one phase. An activation whose
+//! `ops::MatMulBias` in the last op's place (named after the matmul's layer), where each
+//! intermediate has that next op as its only reader, is not returned by the step, and all are
+//! in one phase. An activation whose
 //! gradient needs its input (gelu, silu) keeps the sum alive for the backward pass: then only
 //! the bias joins.
 //!
@@ -52,13 +53,13 @@ pub(super) fn gemm_epilogues(g: &Graph) -> Graph {
             OpKind::Unary(Unary { f }) => *f,
             _ => unreachable!("checked in find"),
         });
-        let last = &g.dag[id];
+        // Named after the linear layer (the matmul's), as plans and profiles show it.
         let new = out
             .add_node(
                 OpKind::MatMulBias(MatMulBias { act }),
                 &inputs,
-                last.layer,
-                last.phase,
+                mm.layer,
+                mm.phase,
             )
             .expect("a fused linear takes its ops' types");
         Some(vec![(id, 0, TensorId::of(new, 0))])

@@ -8,8 +8,8 @@
 //! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
 //!
 //! A linear layer's bias add and activation next join its matmul (`gemm_epilogue.rs`:
-//! `MatMulBias`). Elementwise chains then (`chains.rs`): unary and binary ops whose intermediates only the
-//! next op reads, as one `Chain` launch.
+//! `MatMulBias`). Elementwise chains then (`chains.rs`): unary and binary ops whose
+//! intermediates only the next op reads, as one `Chain` launch.
 //!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
 //! Adam, batchnorm's running statistics and counter), whose outputs nothing reads, joins the others equal to it
@@ -212,8 +212,9 @@ fn foreach_groups(g: &Graph) -> Vec<(OpKind, Vec<NodeId>)> {
 }
 
 /// GPU dispatches per step of `g`'s ops, and how many they would be unfused (each member of a
-/// `Foreach` with its own kernels, a fused activation with its own, each link of a chain). Ops without a GPU kernel, or with a tensor too large for
-/// one (a CPU-only plan), count none.
+/// `Foreach` with its own kernels, a fused activation with its own, a matmul's epilogue as its
+/// add and activation, each link of a chain). Ops without a GPU kernel, or with a tensor too
+/// large for one (a CPU-only plan), count none.
 pub fn dispatches(g: &Graph) -> (usize, usize) {
     let count = |op: &OpKind, inputs: &[&TensorType], outputs: &[TensorType]| {
         let too_large = |t: &TensorType| t.numel() > u32::MAX as usize;
