@@ -153,8 +153,8 @@ fn chain_of(g: &Graph, tree: &Tree) -> Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Init, Phase};
-    use crate::ops::{Binary, BinaryFn, Input, Unary, UnaryFn};
+    use crate::graph::Phase;
+    use crate::ops::{Binary, BinaryFn, Input, Primitive, Unary, UnaryFn};
     use crate::tensor::TensorType;
 
     fn input(g: &mut Graph, name: &str, shape: &[usize]) -> TensorId {
@@ -186,8 +186,6 @@ mod tests {
             })
             .collect()
     }
-
-    use crate::ops::Primitive;
 
     /// tanh(relu(x + b) * s): one chain; the relu's output read twice (by a mul and by the
     /// step) stops a chain there; nothing fuses across phases.
