@@ -283,10 +283,71 @@ impl<'a, T: Real> Io<'a, T> {
             run(0);
         }
     }
+
+    /// [`Io::map`] with one output, a tile at a time: `f(x, len, y)` gets each input's values
+    /// at up to `TILE` consecutive output elements (broadcast, copied out first, so the output
+    /// may overwrite an input of its shape) and writes the output's values at them into
+    /// `y[..len]`. A function of several steps (a fused elementwise chain) then runs each step
+    /// over a whole tile, in loops that vectorise, instead of all steps one element at a time.
+    pub fn map_tiles<const I: usize>(
+        &mut self,
+        f: impl Fn(&[[T; TILE]; I], usize, &mut [T; TILE]) + Sync,
+    ) {
+        assert_eq!(self.ins.len(), I, "map arity");
+        assert_eq!(self.outs.len(), 1, "map_tiles writes one output");
+        let shape = &self.out_types[0].shape;
+        let n: usize = shape.iter().product();
+        assert_eq!(self.outs[0].1, n, "map output has the wrong length");
+        let index: [Broadcast; I] =
+            std::array::from_fn(|i| Broadcast::new(&self.in_type(i).shape, shape, self.ins[i].1));
+        let ins: [SendPtr<T>; I] = std::array::from_fn(|i| SendPtr(self.ins[i].0));
+        let out = SendPtr(self.outs[0].0);
+        let chunk = 1 << 14;
+        let run = |start: usize| {
+            // The whole SendPtr, not its raw field, is what the closure may share.
+            let out = &out;
+            let end = (start + chunk).min(n);
+            let mut cursors: [Cursor; I] = std::array::from_fn(|i| index[i].cursor(start));
+            let mut x = [[T::ZERO; TILE]; I];
+            let mut y = [T::ZERO; TILE];
+            let mut k = start;
+            while k < end {
+                let len = TILE.min(end - k);
+                for (i, c) in cursors.iter_mut().enumerate() {
+                    // An input of the output's shape is read at k itself (its cursor unused).
+                    if index[i].kind == BroadcastKind::Same {
+                        // SAFETY: [k, k + len) < n, the input's length (Broadcast::new); x is
+                        // a stack copy, so an aliased output cannot overlap it.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(ins[i].0.add(k), x[i].as_mut_ptr(), len)
+                        };
+                        continue;
+                    }
+                    for v in &mut x[i][..len] {
+                        // SAFETY: Broadcast::new checked every offset it yields is in range.
+                        *v = unsafe { *ins[i].0.add(c.offset) };
+                        c.advance(&index[i]);
+                    }
+                }
+                f(&x, len, &mut y);
+                // SAFETY: [k, k + len) < n, the output's length (checked above); every input
+                // value of these elements was copied to x first.
+                unsafe { std::ptr::copy_nonoverlapping(y.as_ptr(), out.0.add(k), len) };
+                k += len;
+            }
+        };
+        if n > chunk {
+            (0..n.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|c| run(c * chunk));
+        } else if n > 0 {
+            run(0);
+        }
+    }
 }
 
-/// Elements [`map_same`] copies its inputs in at a time.
-const TILE: usize = 64;
+/// Elements [`map_same`] and [`Io::map_tiles`] copy their inputs in at a time.
+pub const TILE: usize = 64;
 
 /// `outs[j][k] = f(ins at k)[j]` for k in `range`, every input of the outputs' shape. Each tile
 /// of inputs is copied to the stack first: an output that is also an input (an in-place launch)
@@ -507,6 +568,44 @@ mod tests {
         for (i, &v) in b.iter().enumerate() {
             assert_eq!(v, (2 * i + i % 7) as f32, "element {i}");
         }
+    }
+
+    /// `map_tiles` in place over several parallel chunks and a short last tile, with a
+    /// broadcast input: the values `map` gives.
+    #[test]
+    fn map_tiles_gives_what_map_gives() {
+        let (rows, cols) = (3 * (1 << 14) / 7 + 5, 7);
+        let n = rows * cols;
+        let t = [TensorType::f32(vec![rows, cols])];
+        let types = [t[0].clone(), TensorType::f32(vec![cols])];
+        let row: Vec<f32> = (0..cols).map(|j| j as f32 - 2.5).collect();
+        let start: Vec<f32> = (0..n).map(|i| (i % 11) as f32 * 0.5).collect();
+        let mut want = start.clone();
+        let ins = [
+            (start.as_ptr() as *mut f32, n),
+            (row.as_ptr() as *mut f32, cols),
+        ];
+        let outs = [(want.as_mut_ptr(), n)];
+        // SAFETY: the buffers outlive the Io; nothing aliases.
+        let mut io =
+            unsafe { Io::from_raw(&ins, &outs, false, &types, &t, StepCtx::default(), &mut []) };
+        io.map(|[a, b]| [(a * b).max(0.0)]);
+        let mut got = start.clone();
+        let ins = [(got.as_mut_ptr(), n), (row.as_ptr() as *mut f32, cols)];
+        let outs = [(got.as_mut_ptr(), n)];
+        // SAFETY: as above, with the output over input 0 (in place).
+        let mut io =
+            unsafe { Io::from_raw(&ins, &outs, true, &types, &t, StepCtx::default(), &mut []) };
+        io.map_tiles::<2>(|[a, b], _, y| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = (a * b).max(0.0);
+            }
+        });
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 
     /// The offsets a broadcast yields for every output index, against numpy's rule computed

@@ -16,7 +16,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::{BinaryFn, FNS, UnaryFn, broadcast_strides};
-use crate::kernel::cpu::{Io, Real};
+use crate::kernel::cpu::{Io, Real, TILE};
 use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Params, Shader, per_element};
 use crate::ops::{Binary, Eval, OpKind, Primitive, ShapeResult, Unary, UnaryGrad};
 use crate::tensor::TensorType;
@@ -192,20 +192,21 @@ impl Chain {
         Ok(out)
     }
 
-    /// The output at one element from the inputs' values at it, link by link.
-    #[inline(always)]
-    fn value<T: Real>(&self, x: &[T]) -> T {
-        let mut v = [T::ZERO; MAX_LINKS];
-        let read = |v: &[T; MAX_LINKS], a: Operand| match a {
-            Operand::Input(i) => x[i],
-            Operand::Link(j) => v[j],
-        };
+    /// The output at a tile of elements from the inputs' values there, link after link, each
+    /// over the whole tile (elements past `len` are computed and dropped).
+    fn tile<T: Real>(&self, x: &[[T; TILE]], len: usize, y: &mut [T; TILE]) {
+        let mut v = [[T::ZERO; TILE]; MAX_LINKS];
         for (k, link) in self.links.iter().enumerate() {
-            let a = read(&v, link.args[0]);
-            let b = link.args.get(1).map_or(T::ZERO, |&o| read(&v, o));
-            v[k] = link.f.apply(a, b);
+            let (done, rest) = v.split_at_mut(k);
+            let at = |o: Operand| match o {
+                Operand::Input(i) => &x[i],
+                Operand::Link(j) => &done[j],
+            };
+            let zeros = [T::ZERO; TILE];
+            let b = link.args.get(1).map_or(&zeros, |&o| at(o));
+            apply_tile(link.f, at(link.args[0]), b, &mut rest[0]);
         }
-        v[self.links.len() - 1]
+        y[..len].copy_from_slice(&v[self.links.len() - 1][..len]);
     }
 
     /// The chain as one expression, for plans and graphs: `relu(add(x0, x1))`.
@@ -277,17 +278,41 @@ impl Primitive for Chain {
 
 impl Eval for Chain {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        // `Io::map` takes its arity as a constant.
+        // `Io::map_tiles` takes its arity as a constant.
+        let f = |x: &[[T; TILE]], len, y: &mut [T; TILE]| self.tile(x, len, y);
         match io.inputs() {
-            1 => io.map(|x: [T; 1]| [self.value(&x)]),
-            2 => io.map(|x: [T; 2]| [self.value(&x)]),
-            3 => io.map(|x: [T; 3]| [self.value(&x)]),
-            4 => io.map(|x: [T; 4]| [self.value(&x)]),
-            5 => io.map(|x: [T; 5]| [self.value(&x)]),
-            6 => io.map(|x: [T; 6]| [self.value(&x)]),
-            7 => io.map(|x: [T; 7]| [self.value(&x)]),
+            1 => io.map_tiles::<1>(|x, len, y| f(x, len, y)),
+            2 => io.map_tiles::<2>(|x, len, y| f(x, len, y)),
+            3 => io.map_tiles::<3>(|x, len, y| f(x, len, y)),
+            4 => io.map_tiles::<4>(|x, len, y| f(x, len, y)),
+            5 => io.map_tiles::<5>(|x, len, y| f(x, len, y)),
+            6 => io.map_tiles::<6>(|x, len, y| f(x, len, y)),
+            7 => io.map_tiles::<7>(|x, len, y| f(x, len, y)),
             n => unreachable!("a chain of {n} inputs (infer allows 1 to {MAX_INPUTS})"),
         }
+    }
+}
+
+/// One link over a tile: `out[t] = f(a[t], b[t])`, as `ElementwiseFn::apply` computes it, with
+/// the function chosen once per tile (and the common ones' loops free of any branch on it).
+#[inline(always)]
+fn apply_tile<T: Real>(f: ElementwiseFn, a: &[T; TILE], b: &[T; TILE], out: &mut [T; TILE]) {
+    #[inline(always)]
+    fn each<T: Real>(a: &[T; TILE], b: &[T; TILE], out: &mut [T; TILE], g: impl Fn(T, T) -> T) {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = g(a, b);
+        }
+    }
+    let relu = UnaryFn::Relu;
+    match f {
+        ElementwiseFn::Binary { f: BinaryFn::Add } => each(a, b, out, |a, b| a + b),
+        ElementwiseFn::Binary { f: BinaryFn::Mul } => each(a, b, out, |a, b| a * b),
+        ElementwiseFn::Unary { f: UnaryFn::Relu } => each(a, b, out, |a, _| relu.apply(a)),
+        ElementwiseFn::UnaryGrad {
+            f: UnaryFn::Relu,
+            from_output: true,
+        } => each(a, b, out, |a, b| relu.derivative_from_output(a) * b),
+        f => each(a, b, out, |a, b| f.apply(a, b)),
     }
 }
 
