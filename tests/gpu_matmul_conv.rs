@@ -62,7 +62,7 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         return;
     }
     let mut rng = seeded();
-    let cases: [(&[usize], usize, usize); 16] = [
+    let cases: [(&[usize], usize, usize); 18] = [
         (&[1], 1, 1),
         (&[3], 1, 17),
         (&[1], 17, 3),
@@ -84,6 +84,10 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         // The wide 32- and 64-row tiles (256 tiles of 256 columns).
         (&[29], 65_500, 21),
         (&[61], 65_530, 19),
+        // x·wᵀ through a transposed copy of w (ops/matmul.rs `transposes_weight`): read as
+        // quads (516 columns), and one at a time (2,053).
+        (&[1030], 516, 515),
+        (&[131], 2053, 1001),
     ];
     for (lead, n, k) in cases {
         check_matmul(&mut rng, lead, n, k);
@@ -234,6 +238,34 @@ fn the_cases_cover_every_tile() {
         );
         assert!(sources.contains(&want), "no case runs {tile:?}");
     }
+}
+
+/// The products large enough for it multiply by a transposed copy of w; the others do not.
+#[test]
+fn large_products_transpose_the_weight_first() {
+    let entries = |xs: &[usize], ws: &[usize]| {
+        let types = [TensorType::f32(xs.to_vec()), TensorType::f32(ws.to_vec())];
+        let refs: Vec<&TensorType> = types.iter().collect();
+        let op = OpKind::MatMul(MatMul);
+        let outputs = op.primitive().infer(&refs).unwrap();
+        let args = KernelArgs {
+            inputs: &refs,
+            outputs: &outputs,
+        };
+        let ds = op.primitive().gpu(&args).unwrap();
+        ds.iter()
+            .map(|d| {
+                d.shader
+                    .source
+                    .contains("dst [cols, rows] = src [rows, cols]")
+            })
+            .collect::<Vec<bool>>()
+    };
+    // The copy first, then the GEMM (here split in K, and the sum).
+    assert_eq!(entries(&[1030, 515], &[516, 515]), [true, false, false]);
+    assert_eq!(entries(&[131, 1001], &[2053, 1001]), [true, false, false]);
+    assert_eq!(entries(&[2048, 37], &[2048, 37]), [false]);
+    assert_eq!(entries(&[127, 4096], &[4096, 4096]), [false, false]);
 }
 
 /// The split-K cases above do split, so the tests cover both passes.

@@ -139,10 +139,12 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             }
         }
     }
-    // Every GEMM tile shape (kernel/gpu/gemm.rs), whether or not a config's sizes pick it.
-    for tile in Tile::ALL {
-        let [m, n] = [tile.rows * 16, tile.cols * 16];
-        let (x, w) = (TensorType::f32(vec![m, 8]), TensorType::f32(vec![n, 8]));
+    // Every GEMM tile shape (kernel/gpu/gemm.rs), whether or not a config's sizes pick it, and
+    // the transposed copy of w that large products multiply by (ops/matmul.rs).
+    let tiles = Tile::ALL.map(|t| ([t.rows * 16, 8, t.cols * 16], format!("the {t:?} GEMM")));
+    let large = ([1030, 515, 516], "a large x·wᵀ".to_string());
+    for ([m, k, n], what) in tiles.into_iter().chain([large]) {
+        let (x, w) = (TensorType::f32(vec![m, k]), TensorType::f32(vec![n, k]));
         let outputs = [TensorType::f32(vec![m, n])];
         let args = KernelArgs {
             inputs: &[&x, &w],
@@ -154,7 +156,7 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             .expect("a GEMM")
         {
             out.entry(d.shader.source.to_string())
-                .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} GEMM")));
+                .or_insert_with(|| (vec![d.shader.entry], what.clone()));
         }
     }
     missing.sort();

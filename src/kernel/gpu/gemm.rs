@@ -158,6 +158,12 @@ pub struct Gemm {
 impl Gemm {
     /// The dispatches: the GEMM writing output 0, or its slices into workspace and the sum.
     pub fn dispatches(self) -> Result<Vec<Dispatch>, String> {
+        self.dispatches_from(0)
+    }
+
+    /// `dispatches` for a launch whose workspace words below `at` (a multiple of
+    /// `SCRATCH_ALIGN`) hold something else: an operand the launch prepared.
+    pub fn dispatches_from(self, at: usize) -> Result<Vec<Dispatch>, String> {
         let tile = Tile::for_shape(self.rows, self.cols, self.groups);
         let tiles = tile.tiles(self.rows, self.cols);
         let words = self.groups * self.rows * self.cols;
@@ -169,7 +175,7 @@ impl Gemm {
             ));
         }
         let partials = Bind::Scratch {
-            at: 0,
+            at,
             len: slices * words,
         };
         let target = if slices > 1 { partials } else { Bind::Out(0) };
