@@ -8,7 +8,7 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Mat, Real, matmul, matmul_scratch};
-use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params, SCRATCH_ALIGN, Shader, groups};
+use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params, transpose_pays, transposed};
 use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -55,15 +55,6 @@ fn strided_gemm(
     .dispatches_from(at)
 }
 
-/// Whether `x [m, k] · wᵀ` first copies `w [n, k]` transposed into its workspace. The GEMM core
-/// stages an operand that runs along the inner dim (w's rows) slower than one that runs along
-/// its columns (4096³ on an H100: 32 against 40 TFLOP/s, docs/performance.md), and the copy
-/// reads and writes w once where the GEMM reads it m / 128 times: worth its extra dispatch
-/// (a few µs) from about 2^28 multiply-adds.
-fn transposes_weight(m: usize, n: usize, k: usize) -> bool {
-    m >= 128 && n >= 4 && m.saturating_mul(n).saturating_mul(k) >= 1 << 28
-}
-
 /// Rows of a tensor whose last dim is the matrix's columns.
 fn rows(t: &TensorType) -> usize {
     t.numel() / t.shape.last().copied().unwrap_or(1).max(1)
@@ -102,19 +93,12 @@ impl Primitive for MatMul {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        if !transposes_weight(m, n, k) {
+        // Large products multiply by wᵀ [k, n] copied into the workspace, read along its rows.
+        if n < 4 || !transpose_pays(m.saturating_mul(n).saturating_mul(k), m) {
             return gemm_kernel([m, n, k], [k, 1], [1, k]);
         }
-        // wᵀ [k, n] in the workspace, then x · wᵀ reading it along its rows.
-        let wt = Bind::Scratch { at: 0, len: n * k };
-        let transpose = Dispatch {
-            shader: Shader::file(include_str!("../../kernels/transpose.wgsl"), "main"),
-            bindings: vec![Bind::In(1), wt],
-            params: Params::new().u32(n).u32(k).done(),
-            workgroups: groups(n.div_ceil(16) * k.div_ceil(16)),
-        };
-        let at = (n * k).next_multiple_of(SCRATCH_ALIGN);
-        let mut ds = vec![transpose];
+        let (copy, wt, at) = transposed(Bind::In(1), n, k);
+        let mut ds = vec![copy];
         ds.extend(strided_gemm([m, n, k], [k, 1], [n, 1], wt, at)?);
         Ok(ds)
     }

@@ -20,7 +20,7 @@
 mod gemm;
 pub mod multi;
 
-pub use gemm::{Gemm, Tile, split_k};
+pub use gemm::{Gemm, Tile, split_k, transpose_pays, transposed};
 
 use std::borrow::Cow;
 
