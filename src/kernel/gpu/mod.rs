@@ -110,11 +110,36 @@ impl Shader {
     }
 }
 
+/// The workgroup reductions `section` prepends: a fixed tree through workgroup memory, which
+/// every WebGPU device runs.
+pub const TREE: &str = include_str!("../../../kernels/tree.wgsl");
+/// The same functions through subgroup shuffles (`Features::SUBGROUP`): two barriers instead
+/// of log2(WORKGROUP) + 2. Still a fixed order, given the device's subgroup size.
+pub const TREE_SUBGROUP: &str = include_str!("../../../kernels/tree_subgroup.wgsl");
+
+impl Shader {
+    /// The source to compile on a device: with `subgroups`, `TREE_SUBGROUP` in place of
+    /// `TREE` where the kernel has it; otherwise (and for kernels without it) as written.
+    pub fn source_for(&self, subgroups: bool) -> Cow<'_, str> {
+        match self.source.find(TREE) {
+            Some(at) if subgroups => {
+                let s = &self.source;
+                Cow::Owned(format!(
+                    "{}{TREE_SUBGROUP}{}",
+                    &s[..at],
+                    &s[at + TREE.len()..]
+                ))
+            }
+            _ => Cow::Borrowed(&self.source),
+        }
+    }
+}
+
 /// Entry `entry` of a sectioned kernel file (kernels/reduce.wgsl, norm.wgsl, pool.wgsl): the
-/// preamble, the shared tree reductions (kernels/tree.wgsl), the file's shared head (before its first `// @entry` line) and that entry's own
-/// section, so that each module declares each binding once (entries differ in `Params`).
+/// preamble, the shared tree reductions (`TREE`), the file's shared head (before its first
+/// `// @entry` line) and that entry's own section, so that each module declares each binding
+/// once (entries differ in `Params`).
 pub fn section(text: &'static str, entry: &'static str) -> Shader {
-    const TREE: &str = include_str!("../../../kernels/tree.wgsl");
     let mut parts = text.split("\n// @entry ");
     let head = parts.next().unwrap_or_default();
     let body = parts
