@@ -117,7 +117,20 @@ pub const TREE: &str = include_str!("../../../kernels/tree.wgsl");
 /// of log2(WORKGROUP) + 2. Still a fixed order, given the device's subgroup size.
 pub const TREE_SUBGROUP: &str = include_str!("../../../kernels/tree_subgroup.wgsl");
 
+/// `PREAMBLE`, `TREE`, then `text`: the source of a kernel that calls `tree_sum`/`tree_max`.
+pub fn with_tree(text: &str) -> String {
+    format!("{PREAMBLE}\n{TREE}\n{text}")
+}
+
 impl Shader {
+    /// A kernel from a file that reduces with `tree_sum` or `tree_max` (`with_tree`).
+    pub fn reducing(text: &'static str, entry: &'static str) -> Shader {
+        Shader {
+            source: with_tree(text).into(),
+            entry,
+        }
+    }
+
     /// The source to compile on a device: with `subgroups`, `TREE_SUBGROUP` in place of
     /// `TREE` where the kernel has it; otherwise (and for kernels without it) as written.
     pub fn source_for(&self, subgroups: bool) -> Cow<'_, str> {
@@ -146,7 +159,7 @@ pub fn section(text: &'static str, entry: &'static str) -> Shader {
         .find(|s| s.split_whitespace().next() == Some(entry))
         .unwrap_or_else(|| panic!("kernel file has no section `{entry}`"));
     Shader {
-        source: format!("{PREAMBLE}\n{TREE}\n{head}\n// {body}").into(),
+        source: with_tree(&format!("{head}\n// {body}")).into(),
         entry,
     }
 }
