@@ -1,7 +1,8 @@
 // tree.wgsl through subgroup shuffles, for devices with the SUBGROUP feature (the executor
 // puts this in its place; TRAINER_NO_SUBGROUPS=1 keeps tree.wgsl). Same functions, same
 // contract: every thread gets the workgroup's total, in an order fixed by the subgroup size
-// alone, so a device gives the same bits run to run. No subgroupAdd: its order is unspecified.
+// and the device's (fixed) grouping of invocations into subgroups, so a device gives the same
+// bits run to run. No subgroupAdd: its order is unspecified.
 //
 // 1. A butterfly of subgroupShuffleXor inside each subgroup (masks 1, 2, 4, ...): every lane
 //    ends with its subgroup's total, the same bits in every lane (a + b = b + a).
@@ -52,9 +53,13 @@ fn tree_sum(lanes: Lanes, v: vec2<f32>) -> vec2<f32> {
         tree_red[lanes.id] = own;
     }
     workgroupBarrier();
+    let slots = min(lanes.count, TREE_SLOTS);
     var s = vec2<f32>(0.0, 0.0);
-    for (var k = lanes.lane; k < min(lanes.count, TREE_SLOTS); k = k + tree_width(lanes)) {
-        s = s + tree_red[k];
+    // The same trip count in every lane: the shuffles after the loop need the whole subgroup.
+    for (var k = 0u; k < slots; k = k + tree_width(lanes)) {
+        if (k + lanes.lane < slots) {
+            s = s + tree_red[k + lanes.lane];
+        }
     }
     let total = butterfly_sum(lanes, s);
     // Nobody may overwrite a slot before every subgroup has read them all.
@@ -69,9 +74,12 @@ fn tree_max(lanes: Lanes, v: f32) -> f32 {
     }
     workgroupBarrier();
     // Slot 0 stands in where a lane has no slot of its own: max is idempotent.
+    let slots = min(lanes.count, TREE_SLOTS);
     var m = tree_red[0].x;
-    for (var k = lanes.lane; k < min(lanes.count, TREE_SLOTS); k = k + tree_width(lanes)) {
-        m = max(m, tree_red[k].x);
+    for (var k = 0u; k < slots; k = k + tree_width(lanes)) {
+        if (k + lanes.lane < slots) {
+            m = max(m, tree_red[k + lanes.lane].x);
+        }
     }
     let total = butterfly_max(lanes, m);
     workgroupBarrier();

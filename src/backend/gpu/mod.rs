@@ -280,6 +280,17 @@ impl Gpu {
         })
     }
 
+    /// The device for reports: adapter, backend, and the subgroup sizes where reductions use
+    /// subgroups ("NVIDIA H100, Vulkan, subgroups 32").
+    pub fn describe(&self) -> String {
+        let subgroups = match self.subgroups {
+            Some([lo, hi]) if lo == hi => format!(", subgroups {lo}"),
+            Some([lo, hi]) => format!(", subgroups {lo}-{hi}"),
+            None => String::new(),
+        };
+        format!("{}, {}{subgroups}", self.adapter.name, self.adapter.backend)
+    }
+
     /// The first error the device reported since the last call, if any; once the device is
     /// lost, that, on every call.
     pub fn check(&self) -> Result<(), GpuError> {
