@@ -167,7 +167,8 @@ pub struct Gpu {
     pub queue: ManuallyDrop<wgpu::Queue>,
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
-    /// The optional features the device was opened with (`OPTIONAL_FEATURES` the adapter has).
+    /// The optional features the device was opened with (`OPTIONAL_FEATURES` the adapter has,
+    /// and `SUBGROUP` where `subgroups` is set).
     pub features: wgpu::Features,
     /// Every kernel's pipeline, built once, and the persistent pipeline cache.
     pub(crate) pipelines: pipeline_cache::Pipelines,

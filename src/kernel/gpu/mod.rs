@@ -249,6 +249,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_kernels_with_the_tree_take_the_subgroup_variant() {
+        let text = "fn head() {}\n// @entry a\nfn a() { tree_sum(); }\n";
+        let reducing = section(text, "a");
+        let swapped = reducing.source_for(true);
+        assert!(swapped.contains(TREE_SUBGROUP) && !swapped.contains(TREE));
+        assert!(swapped.ends_with("fn a() { tree_sum(); }\n"), "{swapped}");
+        assert_eq!(reducing.source_for(false), reducing.source);
+        let plain = Shader::file("fn b() {}", "b");
+        assert_eq!(plain.source_for(true), plain.source);
+    }
+
+    #[test]
     fn grids_fold_past_the_dimension_limit() {
         assert_eq!(grid(1), [1, 1, 1]);
         assert_eq!(grid(257), [2, 1, 1]);
