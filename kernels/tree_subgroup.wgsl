@@ -7,18 +7,19 @@
 // 1. A butterfly of subgroupShuffleXor inside each subgroup (masks 1, 2, 4, ...): every lane
 //    ends with its subgroup's total, the same bits in every lane (a + b = b + a).
 // 2. Lane 0 writes it to slot `subgroup_id`; one barrier.
-// 3. Every subgroup adds the slots the same way (lane k takes slots k, k + size, ... in order,
+// 3. Every subgroup adds the slots the same way (lane k takes slots k, k + width, ... in order,
 //    then the butterfly), so all threads agree; a last barrier before the slots are reused.
 // Two barriers, where tree.wgsl takes log2(WORKGROUP) + 2.
 //
 // The host picks this file only for adapters whose subgroup sizes are powers of two of at
-// least 4 lanes (`TREE_SLOTS`); a workgroup smaller than a subgroup fills one subgroup's
-// first lanes, so the butterfly stays within the first min(size, WORKGROUP) lanes.
+// least 4 lanes (`TREE_SLOTS`). A subgroup's lanes holding values are WORKGROUP / subgroups:
+// its size, or the whole workgroup where that is smaller than a subgroup (then the first
+// lanes of one). That count, not `subgroup_size`, bounds the butterfly: lavapipe built for
+// 1024-bit vectors reports a size of 32 for subgroups of 16 lanes.
 
 struct Lanes {
     @builtin(local_invocation_index) index: u32,
     @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) size: u32,
     @builtin(subgroup_id) id: u32,
     @builtin(num_subgroups) count: u32,
 }
@@ -28,7 +29,7 @@ var<workgroup> tree_red: array<vec2<f32>, TREE_SLOTS>;
 
 // Lanes of a subgroup that hold a value.
 fn tree_width(lanes: Lanes) -> u32 {
-    return min(lanes.size, WORKGROUP);
+    return WORKGROUP / max(lanes.count, 1u);
 }
 
 fn butterfly_sum(lanes: Lanes, v: vec2<f32>) -> vec2<f32> {
