@@ -12,14 +12,13 @@
 // Two barriers, where tree.wgsl takes log2(WORKGROUP) + 2.
 //
 // The host picks this file only for adapters whose subgroup sizes are powers of two of at
-// least 4 lanes (`TREE_SLOTS`). A subgroup's lanes holding values are WORKGROUP / subgroups:
-// its size, or the whole workgroup where that is smaller than a subgroup (then the first
-// lanes of one). That count, not `subgroup_size`, bounds the butterfly: lavapipe built for
-// 1024-bit vectors reports a size of 32 for subgroups of 16 lanes.
+// least 4 lanes (`TREE_SLOTS`); a workgroup smaller than a subgroup fills one subgroup's
+// first lanes, so the butterfly stays within the first min(size, WORKGROUP) lanes.
 
 struct Lanes {
     @builtin(local_invocation_index) index: u32,
     @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) size: u32,
     @builtin(subgroup_id) id: u32,
     @builtin(num_subgroups) count: u32,
 }
@@ -29,7 +28,7 @@ var<workgroup> tree_red: array<vec2<f32>, TREE_SLOTS>;
 
 // Lanes of a subgroup that hold a value.
 fn tree_width(lanes: Lanes) -> u32 {
-    return WORKGROUP / max(lanes.count, 1u);
+    return min(lanes.size, WORKGROUP);
 }
 
 fn butterfly_sum(lanes: Lanes, v: vec2<f32>) -> vec2<f32> {
