@@ -1,10 +1,12 @@
 //! Reduction, normalisation and pooling kernels against the CPU backend, on odd shapes, both
 //! kernel shapes of each reduction (a thread per row and a workgroup per row), every mode of
-//! batchnorm and layernorm, and pooling ties; fresh seeds every run.
+//! batchnorm and layernorm, and pooling ties; fresh seeds every run. Where the adapter has
+//! subgroups, every check runs on both reduction variants (kernels/tree_subgroup.wgsl and the
+//! portable kernels/tree.wgsl), each on a device of its own.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
+use trainer::backend::gpu::{Gpu, compare_with_cpu, eval_once, test_gpu, test_gpus};
 use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
@@ -24,10 +26,22 @@ fn normal(rng: &mut impl Rng, shape: &[usize]) -> (TensorType, Vec<f32>) {
 }
 
 fn assert_close(op: &OpKind, ins: &[(TensorType, Vec<f32>)]) {
-    let gpu = test_gpu().expect("GPU");
-    let errs = compare_with_cpu(gpu, op, ins, StepCtx::default()).unwrap();
-    for (k, e) in errs.iter().enumerate() {
-        assert!(*e < 1e-4, "{op:?} output {k}: relative error {e}");
+    for gpu in test_gpus() {
+        let errs = compare_with_cpu(gpu, op, ins, StepCtx::default()).unwrap();
+        for (k, e) in errs.iter().enumerate() {
+            assert!(
+                *e < 1e-4,
+                "{op:?} output {k} ({}): relative error {e}",
+                variant(gpu)
+            );
+        }
+    }
+}
+
+fn variant(gpu: &Gpu) -> String {
+    match gpu.subgroups {
+        Some([lo, hi]) => format!("subgroup reductions, {lo}..={hi} lanes"),
+        None => "portable reductions".into(),
     }
 }
 
@@ -331,7 +345,9 @@ fn batchnorm_gradient_in_every_mode() {
                 if affine {
                     ins.push(normal(&mut rng, &[c]));
                 }
-                ins.extend([mean, var, normal(&mut rng, shape)]);
+                // dy off centre: dβ = Σ dy over a channel of 272k elements must not cancel
+                // to near 0, where no relative tolerance holds (either reduction variant).
+                ins.extend([mean, var, random(&mut rng, shape, -2.0, 4.0)]);
                 let op = BatchNormGrad {
                     eps: 1e-5,
                     affine,
@@ -528,10 +544,58 @@ fn max_pooling_breaks_ties_and_routes_nan_like_the_cpu() {
 }
 
 #[test]
-fn reductions_give_the_same_bits_every_run() {
+fn subgroup_reductions_are_used_where_the_adapter_has_them() {
     let Some(gpu) = test_gpu() else {
         return;
     };
+    let has = gpu.adapter.features.iter().any(|f| f == "SUBGROUP");
+    let off = std::env::var("TRAINER_NO_SUBGROUPS").is_ok_and(|v| v == "1");
+    eprintln!("{}: {}", gpu.adapter.name, variant(gpu));
+    assert_eq!(gpu.subgroups.is_some(), has && !off, "{}", variant(gpu));
+    // Both variants are tested where there are two.
+    assert_eq!(test_gpus().len(), 1 + gpu.subgroups.is_some() as usize);
+    assert!(test_gpus()[1..].iter().all(|g| g.subgroups.is_none()));
+}
+
+/// Lavapipe's subgroups are as wide as its vectors (`LP_NATIVE_VECTOR_WIDTH`): every other test
+/// here runs again in a child process with 4- and 16-lane subgroups (8 is the default).
+#[test]
+fn lavapipe_reruns_these_tests_with_other_subgroup_sizes() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let lavapipe = gpu.adapter.name.starts_with("llvmpipe");
+    if !lavapipe || gpu.subgroups.is_none() || std::env::var_os("LP_NATIVE_VECTOR_WIDTH").is_some()
+    {
+        return;
+    }
+    for (bits, lanes) in [(128, 4), (512, 16)] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--skip",
+                "lavapipe_reruns",
+                "--nocapture",
+                "--test-threads",
+                "2",
+            ])
+            .env("LP_NATIVE_VECTOR_WIDTH", bits.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "with {lanes}-lane subgroups:\n{text}");
+        let want = format!("subgroup reductions, {lanes}..={lanes} lanes");
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn reductions_give_the_same_bits_every_run() {
+    for gpu in test_gpus() {
+        same_bits_twice(gpu);
+    }
+}
+
+fn same_bits_twice(gpu: &Gpu) {
     let mut rng = rng();
     let x = normal(&mut rng, &[40, 3, 37]);
     let dy = normal(&mut rng, &[40, 3, 37]);
@@ -564,6 +628,6 @@ fn reductions_give_the_same_bits_every_run() {
                 .map(|o| o.iter().map(|v| v.to_bits()).collect())
                 .collect()
         };
-        assert_eq!(bits(), bits(), "{op:?}");
+        assert_eq!(bits(), bits(), "{op:?} ({})", variant(gpu));
     }
 }

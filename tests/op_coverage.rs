@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::cpu::{Feeds, eval_once, interpret};
-use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::backend::gpu::{Gpu, compare_with_cpu, test_gpu, test_gpus};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
@@ -757,8 +757,12 @@ fn every_op_has_a_gradient_check() {
 }
 
 /// The largest norm-wise relative error of `op`'s outputs, GPU against CPU, on these inputs.
-fn gpu_error(op: &OpKind, inputs: &[(TensorType, Vec<f64>)], ctx: StepCtx) -> Result<f64, String> {
-    let gpu = test_gpu().expect("a GPU");
+fn gpu_error(
+    gpu: &Gpu,
+    op: &OpKind,
+    inputs: &[(TensorType, Vec<f64>)],
+    ctx: StepCtx,
+) -> Result<f64, String> {
     let ins: Vec<(TensorType, Vec<f32>)> = inputs
         .iter()
         .map(|(t, v)| (t.clone(), v.iter().map(|&x| x as f32).collect()))
@@ -800,17 +804,27 @@ fn every_op_with_a_kernel_matches_the_cpu_on_the_gpu() {
     }
     // Variants that ran and matched, and those that ran and did not (already reported).
     let (mut compared, mut failed) = (BTreeSet::new(), BTreeSet::new());
-    for (op, inputs, ctx, from) in &runs {
-        let problem = match gpu_error(op, inputs, *ctx) {
-            Ok(e) if e < GPU_TOLERANCE => {
-                compared.insert(op.variant());
-                continue;
-            }
-            Ok(e) => format!("{op:?} (from {from}): GPU vs CPU relative error {e:e} at {ctx:?}"),
-            Err(e) => format!("{op:?} (from {from}): {e}"),
+    // Each reduction variant where the adapter has two (subgroups, and the portable tree).
+    for gpu in test_gpus() {
+        let device = if gpu.subgroups.is_some() {
+            "subgroup reductions"
+        } else {
+            "portable reductions"
         };
-        problems.push(problem);
-        failed.insert(op.variant());
+        for (op, inputs, ctx, from) in &runs {
+            let problem = match gpu_error(gpu, op, inputs, *ctx) {
+                Ok(e) if e < GPU_TOLERANCE => {
+                    compared.insert(op.variant());
+                    continue;
+                }
+                Ok(e) => format!(
+                    "{op:?} (from {from}, {device}): GPU vs CPU relative error {e:e} at {ctx:?}"
+                ),
+                Err(e) => format!("{op:?} (from {from}, {device}): {e}"),
+            };
+            problems.push(problem);
+            failed.insert(op.variant());
+        }
     }
     for &variant in OpKind::VARIANTS {
         if NO_KERNEL.contains(&variant) || compared.contains(variant) {
