@@ -5,7 +5,9 @@
 //! Epilogues first: batchnorm + add + relu at a residual block's end, where the batchnorm's
 //! output and the sum each have one reader, becomes one `BatchNormRelu { residual }` in the
 //! relu's place; then an activation whose input nothing else reads joins the op that made it
-//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
+//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place. In the backward
+//! pass, relu's gradient (and a gradient sum before it) joins the batchnorm gradient it feeds
+//! (`bn_grad.rs`).
 //!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
 //! Adam, batchnorm's running statistics and counter), whose outputs nothing reads, joins the others equal to it
@@ -13,18 +15,20 @@
 //! inputs all exist. The node's inputs and outputs are the members', member after member, so
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
 
+mod bn_grad;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use petgraph::visit::EdgeRef;
 
 use crate::graph::Graph;
 use crate::kernel::gpu::KernelArgs;
-use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn};
+use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn, UnaryGrad};
 use crate::tensor::{NodeId, TensorId, TensorType};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
-    foreach(&epilogues(&residuals(g)))
+    foreach(&bn_grad::relu_grads(&epilogues(&residuals(g))))
 }
 
 /// Whether the step hands `t` out (so no fusion may make it disappear).
@@ -313,6 +317,22 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
                         .map(|&r| count(&add, &[y, r], &n.outputs[..1]))
                         .sum::<usize>()
             }
+            OpKind::BatchNormReluGrad(f) => {
+                // x, [weight], mean, var, y, g (g2): the add, relu's gradient, then batchnorm's.
+                let stats = inputs.len() - 2 - f.adds as usize;
+                let (y, g) = (inputs[stats], inputs[stats + 1]);
+                let dy = std::slice::from_ref(&n.outputs[0]);
+                let relu_grad = OpKind::UnaryGrad(UnaryGrad {
+                    f: UnaryFn::Relu,
+                    from_output: true,
+                });
+                let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+                let mut bn_inputs = inputs[..stats].to_vec();
+                bn_inputs.push(g);
+                count(&OpKind::BatchNormGrad(f.bn.clone()), &bn_inputs, &n.outputs)
+                    + count(&relu_grad, &[y, g], dy)
+                    + if f.adds { count(&add, &[g, g], dy) } else { 0 }
+            }
             _ => here,
         };
     }
@@ -358,10 +378,15 @@ mod tests {
         assert_eq!(count(&fused, "batchnorm_relu"), 10);
         assert_eq!(count(&fused, "batchnorm_add_relu"), 9);
         assert_eq!(count(&fused, "relu"), count(&g, "relu") - 19);
-        assert_eq!(count(&fused, "add"), count(&g, "add") - 9);
+        // Backward: the stem's relu gradient takes the gradient sum before it (bn_grad.rs).
+        assert_eq!(count(&fused, "add"), count(&g, "add") - 9 - 1);
         assert_eq!(
             fused.dag.node_count(),
-            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3 - 10 - 2 * 9
+            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3
+                - 10
+                - 2 * 9
+                - 10
+                - 1
         );
         assert_eq!(fused.updates.len(), g.updates.len());
         for (&(i, old), &(j, new)) in g.updates.iter().zip(&fused.updates) {
