@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{readers, rebuild, returned};
+use super::rewrite::{readers, rebuild, returned};
 use crate::graph::Graph;
 use crate::ops::{BatchNormReluGrad, Binary, BinaryFn, OpKind, UnaryFn, UnaryGrad};
 use crate::tensor::{NodeId, TensorId};
