@@ -55,33 +55,50 @@ const LANES: usize = 16;
 /// vectorises.
 #[inline(always)]
 fn lanes_sum<T: Real, const K: usize>(xs: [&[T]; K], f: impl Fn([T; K]) -> T) -> f64 {
+    lanes_sums(xs, |v| [f(v)])[0]
+}
+
+/// `M` sums of `lanes_sum` in one pass over the blocks (each the bits `lanes_sum` gives).
+#[inline(always)]
+fn lanes_sums<T: Real, const K: usize, const M: usize>(
+    xs: [&[T]; K],
+    f: impl Fn([T; K]) -> [T; M],
+) -> [f64; M] {
     let len = xs[0].len();
     assert!(xs.iter().all(|x| x.len() == len), "blocks of one length");
     let whole = len - len % LANES;
-    let mut acc = [T::ZERO; LANES];
+    let mut acc = [[T::ZERO; LANES]; M];
     for base in (0..whole).step_by(LANES) {
         let run: [&[T; LANES]; K] =
             std::array::from_fn(|k| xs[k][base..base + LANES].try_into().expect("LANES long"));
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(std::array::from_fn(|k| run[k][l]));
+        for l in 0..LANES {
+            let terms = f(std::array::from_fn(|k| run[k][l]));
+            for (a, t) in acc.iter_mut().zip(terms) {
+                a[l] += t;
+            }
         }
     }
     // The lanes pairwise in f64: a few vector adds, where a chain of 16 would dominate short
     // blocks. Exact, as the chain was, unless the lanes' magnitudes span more than 2^29.
-    let mut wide = acc.map(T::to_f64);
-    let mut half = LANES / 2;
-    while half > 0 {
-        for l in 0..half {
-            wide[l] += wide[l + half];
+    let mut sums = acc.map(|acc| {
+        let mut wide = acc.map(T::to_f64);
+        let mut half = LANES / 2;
+        while half > 0 {
+            for l in 0..half {
+                wide[l] += wide[l + half];
+            }
+            half /= 2;
         }
-        half /= 2;
-    }
-    let mut sum = wide[0];
+        wide[0]
+    });
     #[allow(clippy::needless_range_loop, reason = "i indexes every block")]
     for i in whole..len {
-        sum += f(std::array::from_fn(|k| xs[k][i])).to_f64();
+        let terms = f(std::array::from_fn(|k| xs[k][i]));
+        for (sum, t) in sums.iter_mut().zip(terms) {
+            *sum += t.to_f64();
+        }
     }
-    sum
+    sums
 }
 
 /// `out[i] = f(xs at i)` over blocks of `out`'s length, `LANES` at a time through fixed-size
@@ -783,10 +800,12 @@ impl<T: Real> GradCx<'_, T> {
         for_blocks(partial, self.layout, |block, ch| {
             let b = block_of(block);
             let mu = mean[ch];
-            (
-                lanes_sum(b, dy),
-                lanes_sum(b, |v: [T; K]| dy(v) * (v[0] - mu)),
-            )
+            // One pass, dy made once per element.
+            let [sum, dot] = lanes_sums(b, |v: [T; K]| {
+                let d = dy(v);
+                [d, d * (v[0] - mu)]
+            });
+            (sum, dot)
         });
         let partial = &*partial;
         dw.par_iter_mut()
