@@ -202,7 +202,10 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // @entry bn_grad_sums
 // Batchnorm gradient sums, first pass, blocks as in bn_stats: workgroup g writes its block's
 // sum dy*(x - mean) to dot[g] and sum dy to sum_dy[g] for bn_grad_merge; with one block per
-// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly.
+// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly. Here and in
+// bn_grad_dx dy is read through dy_at: the dy input, or (batchnorm_relu_grad, the fusion
+// pass's) relu's gradient of a dy input or of the sum of two, made as the launches it replaces
+// made it.
 struct Params {
     c: u32,
     n: u32,
@@ -221,6 +224,12 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> dy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dot: array<f32>;
 @group(0) @binding(7) var<storage, read_write> sum_dy: array<f32>;
+//DY_BINDINGS
+
+// dy at element i (norm.rs `DyFrom` writes the body and any bindings it reads).
+fn dy_at(i: u32) -> f32 {
+    //DY_AT
+}
 
 @compute @workgroup_size(256)
 fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -236,7 +245,8 @@ fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var acc = vec2<f32>(0.0, 0.0);
     for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
         let at = ((t / p.s) * p.c + ch) * p.s + t % p.s;
-        acc = acc + vec2<f32>(dy[at], dy[at] * (x[at] - mu));
+        let d = dy_at(at);
+        acc = acc + vec2<f32>(d, d * (x[at] - mu));
     }
     let total = tree_sum(lanes, acc);
     if (lid.x == 0u) {
@@ -308,6 +318,12 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dx: array<f32>;
+//DY_BINDINGS
+
+// dy at element i (norm.rs `DyFrom` writes the body and any bindings it reads).
+fn dy_at(i: u32) -> f32 {
+    //DY_AT
+}
 
 @compute @workgroup_size(256)
 fn bn_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -323,12 +339,12 @@ fn bn_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         scale = w[ch] * istd;
     }
     if (p.training == 0u) {
-        dx[i] = dy[i] * scale;
+        dx[i] = dy_at(i) * scale;
         return;
     }
     let mean_dy = db[ch] / p.count;
     let k = dw[ch] * istd / p.count;
-    dx[i] = (dy[i] - mean_dy - (x[i] - mean[ch]) * k) * scale;
+    dx[i] = (dy_at(i) - mean_dy - (x[i] - mean[ch]) * k) * scale;
 }
 
 // @entry bn_running_stats

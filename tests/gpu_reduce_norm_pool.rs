@@ -6,11 +6,13 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use trainer::backend::cpu;
 use trainer::backend::gpu::{Gpu, compare_with_cpu, eval_once, test_gpu, test_gpus};
 use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
-    BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
-    MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo,
+    BatchNorm, BatchNormGrad, BatchNormReluGrad, BatchNormRunningStats, Binary, BinaryFn,
+    LayerNorm, LayerNormGrad, MeanAxes, MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind,
+    Softmax, SoftmaxGrad, SumTo, UnaryFn, UnaryGrad,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorType;
@@ -355,6 +357,88 @@ fn batchnorm_gradient_in_every_mode() {
                 };
                 assert_close(&OpKind::BatchNormGrad(op), &ins);
             }
+        }
+    }
+}
+
+/// The fusion pass's batchnorm gradient of relu's gradient (of a sum of two gradients where
+/// `adds`) gives the bits of the add, unary_grad and batchnorm_grad launches it replaces, on
+/// the GPU and on the CPU, in every mode, on shapes of one block and of several; and matches
+/// the CPU on the GPU.
+#[test]
+fn batchnorm_relu_gradient_is_the_unfused_launches_bit_for_bit() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let mut rng = rng();
+    // On the GPU, else the CPU.
+    let run = |on_gpu: bool, op: &OpKind, ins: &[&(TensorType, Vec<f32>)]| -> Vec<Vec<f32>> {
+        let refs: Vec<(&TensorType, &[f32])> = ins.iter().map(|(t, v)| (t, &v[..])).collect();
+        match on_gpu {
+            true => eval_once(gpu, op, &refs, StepCtx::default()).unwrap(),
+            false => cpu::eval_once(op, &refs, StepCtx::default()).unwrap(),
+        }
+    };
+    let bits = |outs: Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+        outs.iter()
+            .map(|o| o.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+    let relu_grad = OpKind::UnaryGrad(UnaryGrad {
+        f: UnaryFn::Relu,
+        from_output: true,
+    });
+    for shape in BN_SHAPES {
+        let c = shape[1];
+        for (affine, training, adds) in [
+            (true, true, true),
+            (true, true, false),
+            (false, true, true),
+            (true, false, true),
+            (false, false, false),
+        ] {
+            let x = normal(&mut rng, shape);
+            let (mean, var) = channel_stats(&x);
+            let t = TensorType::f32(vec![c]);
+            let mut stats = vec![x, (t.clone(), mean), (t, var)];
+            if affine {
+                stats.insert(1, normal(&mut rng, &[c]));
+            }
+            // relu's output: zero or positive, as a relu makes it.
+            let mut y = normal(&mut rng, shape);
+            y.1.iter_mut().for_each(|v| *v = v.max(0.0));
+            let grads: Vec<_> = (0..1 + adds as usize)
+                .map(|_| normal(&mut rng, shape))
+                .collect();
+            let bn = BatchNormGrad {
+                eps: 1e-5,
+                affine,
+                training,
+            };
+            let fused = OpKind::BatchNormReluGrad(BatchNormReluGrad {
+                bn: bn.clone(),
+                adds,
+            });
+            let fused_ins: Vec<_> = stats.iter().chain([&y]).chain(&grads).collect();
+            for on_gpu in [true, false] {
+                let g = match adds {
+                    true => run(on_gpu, &add, &[&grads[0], &grads[1]]).remove(0),
+                    false => grads[0].1.clone(),
+                };
+                let g = (y.0.clone(), g);
+                let dy = (y.0.clone(), run(on_gpu, &relu_grad, &[&y, &g]).remove(0));
+                let mut ins: Vec<_> = stats.iter().collect();
+                ins.push(&dy);
+                let unfused = bits(run(on_gpu, &OpKind::BatchNormGrad(bn.clone()), &ins));
+                let got = bits(run(on_gpu, &fused, &fused_ins));
+                assert!(
+                    got == unfused,
+                    "GPU {on_gpu} {shape:?} affine {affine} training {training} adds {adds}"
+                );
+            }
+            let owned: Vec<_> = fused_ins.into_iter().cloned().collect();
+            assert_close(&fused, &owned);
         }
     }
 }

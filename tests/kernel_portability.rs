@@ -195,6 +195,17 @@ fn every_kernel_translates_to_metal_spirv_and_hlsl() {
             "no config launches `{entry}`"
         );
     }
+    // The fusion pass's batchnorm gradients of relu's gradient (of a gradient sum too) read dy
+    // through their own `dy_at`: sources of their own.
+    for op in ["batchnorm_relu_grad", "batchnorm_relu_grad_add"] {
+        let ours = |e: &[&str], what: &str| {
+            e.contains(&"bn_grad_dx") && what.ends_with(&format!("({op})"))
+        };
+        assert!(
+            all.values().any(|(e, what)| ours(e, what)),
+            "no config launches `{op}`"
+        );
+    }
     let mut failures = Vec::new();
     let mut with_subgroups = 0;
     for (source, (entries, what)) in &all {

@@ -22,7 +22,8 @@ pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
 pub use norm::{
-    BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormRunningStats, LayerNorm, LayerNormGrad,
+    BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, LayerNorm,
+    LayerNormGrad,
 };
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, Pool2dGrad, PoolKind};
@@ -260,6 +261,7 @@ op_kinds! {
     // Made by the fusion pass (schedule/fuse.rs).
     Foreach(Foreach),
     BatchNormRelu(BatchNormRelu),
+    BatchNormReluGrad(BatchNormReluGrad),
 }
 
 pub(crate) fn expect_arity(inputs: &[&TensorType], n: usize) -> Result<(), String> {

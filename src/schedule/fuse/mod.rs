@@ -5,7 +5,9 @@
 //! Epilogues first: batchnorm + add + relu at a residual block's end, where the batchnorm's
 //! output and the sum each have one reader, becomes one `BatchNormRelu { residual }` in the
 //! relu's place; then an activation whose input nothing else reads joins the op that made it
-//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
+//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place. In the backward
+//! pass, relu's gradient (and a gradient sum before it) joins the batchnorm gradient it feeds
+//! (`bn_grad.rs`).
 //!
 //! Multi-tensor updates: every op that has a multi-tensor form (`Primitive::foreach`: SGD,
 //! Adam, batchnorm's running statistics and counter), whose outputs nothing reads, joins the others equal to it
@@ -13,32 +15,20 @@
 //! inputs all exist. The node's inputs and outputs are the members', member after member, so
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod bn_grad;
+mod rewrite;
 
-use petgraph::visit::EdgeRef;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::graph::Graph;
 use crate::kernel::gpu::KernelArgs;
-use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn};
+use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn, UnaryGrad};
 use crate::tensor::{NodeId, TensorId, TensorType};
+use rewrite::{readers, rebuild, returned};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
-    foreach(&epilogues(&residuals(g)))
-}
-
-/// Whether the step hands `t` out (so no fusion may make it disappear).
-fn returned(g: &Graph, t: TensorId) -> bool {
-    [g.features, g.labels, g.output, g.loss].contains(&t)
-        || g.grads.iter().chain(&g.updates).any(|&(_, u)| u == t)
-}
-
-/// Readers of `t`'s producer as (reader, the producer's output it reads), one per edge.
-fn readers(g: &Graph, producer: NodeId) -> Vec<(NodeId, u32)> {
-    g.dag
-        .edges(producer)
-        .map(|e| (e.target(), e.weight().output))
-        .collect()
+    foreach(&bn_grad::relu_grads(&epilogues(&residuals(g))))
 }
 
 /// relu(batchnorm(x) + r) as one `BatchNormRelu { residual: true }` in the relu's place, where
@@ -216,60 +206,6 @@ fn foreach_groups(g: &Graph) -> Vec<(OpKind, Vec<NodeId>)> {
     groups
 }
 
-/// A copy of `g` rewritten node by node in creation order: `fuse(out, id, map)` either adds
-/// what stands for old node `id` itself, returning where old outputs (node, output) went
-/// (possibly none yet, for a node fused into a later one), or returns None to have the node
-/// copied. `map` gives the new tensor of an old one already placed. An old tensor that no
-/// node took (a fused intermediate) must have no reader left.
-fn rebuild(
-    g: &Graph,
-    mut fuse: impl FnMut(
-        &mut Graph,
-        NodeId,
-        &dyn Fn(TensorId) -> TensorId,
-    ) -> Option<Vec<(NodeId, usize, TensorId)>>,
-) -> Graph {
-    let mut out = g.clone();
-    out.dag.clear();
-    let mut map: BTreeMap<TensorId, TensorId> = BTreeMap::new();
-    for id in g.dag.node_indices() {
-        let n = &g.dag[id];
-        let lookup = |t: TensorId| *map.get(&t).expect("inputs come first");
-        match fuse(&mut out, id, &lookup) {
-            Some(placed) => {
-                for (node, k, t) in placed {
-                    map.insert(TensorId::of(node, k), t);
-                }
-            }
-            None => {
-                let inputs: Vec<TensorId> = n.inputs.iter().map(|&t| lookup(t)).collect();
-                let new = out
-                    .add_node(n.op.clone(), &inputs, n.layer, n.phase)
-                    .expect("a copied node keeps its types");
-                for k in 0..n.outputs.len() {
-                    map.insert(TensorId::of(id, k), TensorId::of(new, k));
-                }
-            }
-        }
-    }
-    let get = |t: TensorId| *map.get(&t).expect("a tensor the step returns is kept");
-    out.features = get(g.features);
-    out.labels = get(g.labels);
-    out.output = get(g.output);
-    out.loss = get(g.loss);
-    for (_, t) in out.grads.iter_mut().chain(out.updates.iter_mut()) {
-        *t = get(*t);
-    }
-    // A fused intermediate was some layer's output: that layer's output is now its reader's.
-    for layer in &mut out.layers {
-        layer.output = layer.output.and_then(|t| map.get(&t).copied());
-    }
-    for p in &mut out.params {
-        p.node = p.node.map(|n| map[&TensorId::of(n, 0)].node());
-    }
-    out
-}
-
 /// GPU dispatches per step of `g`'s ops, and how many they would be unfused (each member of a
 /// `Foreach` with its own kernels, a fused activation with its own). Ops without a GPU kernel, or with a tensor too large for
 /// one (a CPU-only plan), count none.
@@ -312,6 +248,22 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
                     + r.iter()
                         .map(|&r| count(&add, &[y, r], &n.outputs[..1]))
                         .sum::<usize>()
+            }
+            OpKind::BatchNormReluGrad(f) => {
+                // x, [weight], mean, var, y, g (g2): the add, relu's gradient, then batchnorm's.
+                let stats = inputs.len() - 2 - f.adds as usize;
+                let (y, g) = (inputs[stats], inputs[stats + 1]);
+                let dy = std::slice::from_ref(&n.outputs[0]);
+                let relu_grad = OpKind::UnaryGrad(UnaryGrad {
+                    f: UnaryFn::Relu,
+                    from_output: true,
+                });
+                let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+                let mut bn_inputs = inputs[..stats].to_vec();
+                bn_inputs.push(g);
+                count(&OpKind::BatchNormGrad(f.bn.clone()), &bn_inputs, &n.outputs)
+                    + count(&relu_grad, &[y, g], dy)
+                    + if f.adds { count(&add, &[g, g], dy) } else { 0 }
             }
             _ => here,
         };
@@ -358,10 +310,15 @@ mod tests {
         assert_eq!(count(&fused, "batchnorm_relu"), 10);
         assert_eq!(count(&fused, "batchnorm_add_relu"), 9);
         assert_eq!(count(&fused, "relu"), count(&g, "relu") - 19);
-        assert_eq!(count(&fused, "add"), count(&g, "add") - 9);
+        // Backward: the stem's relu gradient takes the gradient sum before it (bn_grad.rs).
+        assert_eq!(count(&fused, "add"), count(&g, "add") - 9 - 1);
         assert_eq!(
             fused.dag.node_count(),
-            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3 - 10 - 2 * 9
+            g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3
+                - 10
+                - 2 * 9
+                - 10
+                - 1
         );
         assert_eq!(fused.updates.len(), g.updates.len());
         for (&(i, old), &(j, new)) in g.updates.iter().zip(&fused.updates) {
