@@ -14,6 +14,9 @@
 // (images × pixels, up to 100k) is where split-K pays.
 
 const MODE: u32 = 0u;
+// 1 where the forward reads w from a transposed copy, [cg*kh*kw, o] (groups = 1 only): an
+// operand that runs along the rows stages faster than one along the inner dim (conv.rs).
+const W_T: u32 = 0u;
 
 struct Params {
     n: u32,
@@ -139,6 +142,9 @@ fn w1(i: u32) -> f32 {
 
 // Forward: w [g*og + r, k]; grad weight: dy [n, g*og + r, pix] at k = n*P + pix.
 fn a_index(r: u32, k: u32, g: u32) -> u32 {
+    if (MODE == 0u && W_T == 1u) {
+        return k * p.o + r;
+    }
     if (MODE == 0u) {
         return (g * og() + r) * cg() * taps() + k;
     }
@@ -147,6 +153,9 @@ fn a_index(r: u32, k: u32, g: u32) -> u32 {
 
 // Whether four values of A along k from a multiple of 4 are one vec4 of in1.
 fn a_vec() -> bool {
+    if (MODE == 0u && W_T == 1u) {
+        return p.o % 4u == 0u;
+    }
     if (MODE == 0u) {
         return (cg() * taps()) % 4u == 0u;
     }
@@ -255,10 +264,10 @@ fn out_index(r: u32, col: u32, g: u32) -> u32 {
     return (g * og() + r) * cg() * taps() + col;
 }
 
-// The left operand is contiguous along k in every mode; the right one along k for grad weight
-// (k runs over pixels), along its columns (pixels) otherwise.
+// The left operand is contiguous along k in every mode but the forward's transposed w; the
+// right one along k for grad weight (k runs over pixels), along its columns (pixels) otherwise.
 fn a_k_fast() -> bool {
-    return true;
+    return !(MODE == 0u && W_T == 1u);
 }
 fn b_k_fast() -> bool {
     return MODE == 2u;

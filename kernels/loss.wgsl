@@ -77,19 +77,6 @@ fn segment_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
     return r;
 }
 
-// The sum of v over the whole workgroup, valid in thread 0.
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-    red_a[lid] = v;
-    workgroupBarrier();
-    for (var s = WORKGROUP / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red_a[lid] = red_a[lid] + red_a[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return red_a[0];
-}
-
 // Whether a label (an integer stored as f32) names a class in [0, cols), as the CPU's `class`.
 fn valid_label(y: f32) -> bool {
     return y >= 0.0 && y < f32(p.cols) && fract(y) == 0.0 && u32(y) < p.cols;
@@ -126,10 +113,10 @@ fn row_stats(lid: u32, row: u32, live: bool) -> RowStats {
 // Cross-entropy, first pass: b0 logits [rows, cols], b1 labels [rows], b2 the blocks' sums
 // (or the loss [] with one block). Workgroup g takes rows [g*chunk, (g+1)*chunk), chunk a
 // multiple of the rows a round takes; each run's first lane accumulates its rows' losses in
-// row order, then a fixed tree adds the runs.
+// row order, then `tree_sum` adds the runs.
 @compute @workgroup_size(256)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_id) lid3: vec3<u32>) {
+                 @builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     // Uniform across the workgroup, so the early return keeps barriers uniform.
     let g = wid.y * nwg.x + wid.x;
     if (g >= p.blocks) {
@@ -156,22 +143,22 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             }
         }
     }
-    let sum = workgroup_sum(lid, total);
+    let sum = tree_sum(lanes, vec2<f32>(total, 0.0)).x;
     if (lid == 0u) {
         b2[g] = select(sum, sum / f32(p.rows), p.blocks == 1u);
     }
 }
 
 // Second pass of cross_entropy and mse: b0 the blocks' sums, b1 loss []: their total, each
-// thread adding a fixed strided set in block order, then a fixed tree; divided by n.
+// thread adding a fixed strided set in block order, then `tree_sum`; divided by n.
 @compute @workgroup_size(256)
-fn loss_total(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn loss_total(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     let lid = lid3.x;
     var s = 0.0;
     for (var i = lid; i < p.blocks; i = i + WORKGROUP) {
         s = s + b0[i];
     }
-    let sum = workgroup_sum(lid, s);
+    let sum = tree_sum(lanes, vec2<f32>(s, 0.0)).x;
     if (lid == 0u) {
         b1[0] = sum / f32(p.n);
     }
@@ -211,7 +198,7 @@ fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
 // with one block). Workgroup g takes elements [g*chunk, (g+1)*chunk).
 @compute @workgroup_size(256)
 fn mse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-       @builtin(local_invocation_id) lid3: vec3<u32>) {
+       @builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     let g = wid.y * nwg.x + wid.x;
     if (g >= p.blocks) {
         return;
@@ -223,7 +210,7 @@ fn mse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let d = b0[i] - b1[i];
         s = s + d * d;
     }
-    let sum = workgroup_sum(lid, s);
+    let sum = tree_sum(lanes, vec2<f32>(s, 0.0)).x;
     if (lid == 0u) {
         b2[g] = select(sum, sum / f32(p.n), p.blocks == 1u);
     }

@@ -47,7 +47,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_id) lid: vec3<u32>) {
+            @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     // Uniform across the workgroup, so the early return keeps barriers uniform.
     let g = wid.y * nwg.x + wid.x;
     if (g >= p.c * p.blocks) {
@@ -61,13 +61,13 @@ fn bn_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         sum = sum + x[((t / p.s) * p.c + ch) * p.s + t % p.s];
     }
     let k = f32(end - start);
-    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / k;
+    let mu = tree_sum(lanes, vec2<f32>(sum, 0.0)).x / k;
     var sq = 0.0;
     for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
         let d = x[((t / p.s) * p.c + ch) * p.s + t % p.s] - mu;
         sq = sq + d * d;
     }
-    let dev = tree_sum(lid.x, vec2<f32>(sq, 0.0)).x;
+    let dev = tree_sum(lanes, vec2<f32>(sq, 0.0)).x;
     if (lid.x == 0u) {
         mean[g] = mu;
         m2[g] = select(dev, dev / k, p.blocks == 1u);
@@ -97,7 +97,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn bn_stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_id) lid: vec3<u32>) {
+                  @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let ch = wid.y * nwg.x + wid.x;
     if (ch >= p.c) {
         return;
@@ -108,13 +108,13 @@ fn bn_stats_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
         sum = sum + f32(min(p.chunk, count - b * p.chunk)) * block_mean[first + b];
     }
-    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(count);
+    let mu = tree_sum(lanes, vec2<f32>(sum, 0.0)).x / f32(count);
     var sq = 0.0;
     for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
         let d = block_mean[first + b] - mu;
         sq = sq + (block_m2[first + b] + f32(min(p.chunk, count - b * p.chunk)) * d * d);
     }
-    let sigma2 = tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(count);
+    let sigma2 = tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(count);
     if (lid.x == 0u) {
         mean[ch] = mu;
         var_[ch] = sigma2;
@@ -202,7 +202,10 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // @entry bn_grad_sums
 // Batchnorm gradient sums, first pass, blocks as in bn_stats: workgroup g writes its block's
 // sum dy*(x - mean) to dot[g] and sum dy to sum_dy[g] for bn_grad_merge; with one block per
-// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly.
+// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly. Here and in
+// bn_grad_dx dy is read through dy_at: the dy input, or (batchnorm_relu_grad, the fusion
+// pass's) relu's gradient of a dy input or of the sum of two, made as the launches it replaces
+// made it.
 struct Params {
     c: u32,
     n: u32,
@@ -221,10 +224,16 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> dy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dot: array<f32>;
 @group(0) @binding(7) var<storage, read_write> sum_dy: array<f32>;
+//DY_BINDINGS
+
+// dy at element i (norm.rs `DyFrom` writes the body and any bindings it reads).
+fn dy_at(i: u32) -> f32 {
+    //DY_AT
+}
 
 @compute @workgroup_size(256)
 fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_id) lid: vec3<u32>) {
+                @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let g = wid.y * nwg.x + wid.x;
     if (g >= p.c * p.blocks) {
         return;
@@ -236,9 +245,10 @@ fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var acc = vec2<f32>(0.0, 0.0);
     for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
         let at = ((t / p.s) * p.c + ch) * p.s + t % p.s;
-        acc = acc + vec2<f32>(dy[at], dy[at] * (x[at] - mu));
+        let d = dy_at(at);
+        acc = acc + vec2<f32>(d, d * (x[at] - mu));
     }
-    let total = tree_sum(lid.x, acc);
+    let total = tree_sum(lanes, acc);
     if (lid.x == 0u) {
         dot[g] = select(total.y, total.y / sqrt(var_[ch] + p.eps), p.blocks == 1u);
         sum_dy[g] = total.x;
@@ -268,7 +278,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn bn_grad_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_id) lid: vec3<u32>) {
+                 @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let ch = wid.y * nwg.x + wid.x;
     if (ch >= p.c) {
         return;
@@ -278,7 +288,7 @@ fn bn_grad_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
         acc = acc + vec2<f32>(dot[first + b], sum_dy[first + b]);
     }
-    let total = tree_sum(lid.x, acc);
+    let total = tree_sum(lanes, acc);
     if (lid.x == 0u) {
         dw[ch] = total.x / sqrt(var_[ch] + p.eps);
         db[ch] = total.y;
@@ -308,6 +318,12 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dx: array<f32>;
+//DY_BINDINGS
+
+// dy at element i (norm.rs `DyFrom` writes the body and any bindings it reads).
+fn dy_at(i: u32) -> f32 {
+    //DY_AT
+}
 
 @compute @workgroup_size(256)
 fn bn_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -323,12 +339,12 @@ fn bn_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         scale = w[ch] * istd;
     }
     if (p.training == 0u) {
-        dx[i] = dy[i] * scale;
+        dx[i] = dy_at(i) * scale;
         return;
     }
     let mean_dy = db[ch] / p.count;
     let k = dw[ch] * istd / p.count;
-    dx[i] = (dy[i] - mean_dy - (x[i] - mean[ch]) * k) * scale;
+    dx[i] = (dy_at(i) - mean_dy - (x[i] - mean[ch]) * k) * scale;
 }
 
 // @entry bn_running_stats
@@ -424,7 +440,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn ln_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
+              @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let r = wid.y * nwg.x + wid.x;
     if (r >= p.rows) {
         return;
@@ -434,13 +450,13 @@ fn ln_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         sum = sum + x[base + j];
     }
-    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(p.m);
+    let mu = tree_sum(lanes, vec2<f32>(sum, 0.0)).x / f32(p.m);
     var sq = 0.0;
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let d = x[base + j] - mu;
         sq = sq + d * d;
     }
-    let rstd = 1.0 / sqrt(tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    let rstd = 1.0 / sqrt(tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let xhat = (x[base + j] - mu) * rstd;
         if (p.affine == 1u) {
@@ -468,7 +484,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn ln_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_id) lid: vec3<u32>) {
+                @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let r = wid.y * nwg.x + wid.x;
     if (r >= p.rows || p.m < 2u) {
         return;
@@ -478,13 +494,13 @@ fn ln_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         sum = sum + x[base + j];
     }
-    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(p.m);
+    let mu = tree_sum(lanes, vec2<f32>(sum, 0.0)).x / f32(p.m);
     var sq = 0.0;
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let d = x[base + j] - mu;
         sq = sq + d * d;
     }
-    let rstd = 1.0 / sqrt(tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    let rstd = 1.0 / sqrt(tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
     if (lid.x == 0u) {
         dx[2u * r] = mu;
         dx[2u * r + 1u] = rstd;
@@ -564,7 +580,7 @@ struct Params {
 @compute @workgroup_size(256)
 fn ln_grad_cols_merge(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_id) lid: vec3<u32>) {
+                      @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let j = wid.y * nwg.x + wid.x;
     if (j >= p.m) {
         return;
@@ -574,7 +590,7 @@ fn ln_grad_cols_merge(@builtin(workgroup_id) wid: vec3<u32>,
     for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
         acc = acc + vec2<f32>(part_dw[first + b], part_db[first + b]);
     }
-    let total = tree_sum(lid.x, acc);
+    let total = tree_sum(lanes, acc);
     if (lid.x == 0u) {
         dw[j] = total.x;
         db[j] = total.y;
@@ -606,7 +622,7 @@ fn g_of(at: u32, j: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn ln_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
+              @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let r = wid.y * nwg.x + wid.x;
     if (r >= p.rows) {
         return;
@@ -616,19 +632,19 @@ fn ln_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         sum = sum + x[base + j];
     }
-    let mu = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x / f32(p.m);
+    let mu = tree_sum(lanes, vec2<f32>(sum, 0.0)).x / f32(p.m);
     var sq = 0.0;
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let d = x[base + j] - mu;
         sq = sq + d * d;
     }
-    let rstd = 1.0 / sqrt(tree_sum(lid.x, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    let rstd = 1.0 / sqrt(tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
     var acc = vec2<f32>(0.0, 0.0);
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let g = g_of(base + j, j);
         acc = acc + vec2<f32>(g, g * (x[base + j] - mu) * rstd);
     }
-    let means = tree_sum(lid.x, acc) / f32(p.m);
+    let means = tree_sum(lanes, acc) / f32(p.m);
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let xhat = (x[base + j] - mu) * rstd;
         dx[base + j] = rstd * (g_of(base + j, j) - means.x - xhat * means.y);

@@ -211,28 +211,13 @@ fn adam_clip(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 // in order, from b0[base]. Then grad_norm_total adds every block's sum in a fixed order and
 // turns the total into min(1, max_norm / (sqrt(total) + 1e-6)). No atomics.
 
-var<workgroup> red: array<f32, 256>;
-
 fn size(k: u32) -> u32 {
     return p.sizes[k / 4u][k % 4u];
 }
 
-// The sum of v over the workgroup in a fixed tree, valid in thread 0.
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var h = WORKGROUP / 2u; h > 0u; h = h / 2u) {
-        if (lid < h) {
-            red[lid] = red[lid] + red[lid + h];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
-
 @compute @workgroup_size(256)
 fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_id) lid3: vec3<u32>) {
+             @builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     let lid = lid3.x;
     // Uniform across the workgroup, so the early return keeps barriers uniform.
     let g = wid.y * nwg.x + wid.x;
@@ -253,7 +238,7 @@ fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let end = min(size(k), start + p.chunk);
     var s = 0.0;
     //SUMS
-    let total = workgroup_sum(lid, s);
+    let total = tree_sum(lanes, vec2<f32>(s, 0.0)).x;
     if (lid == 0u) {
         b0[p.base + g] = total;
     }
@@ -261,13 +246,13 @@ fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 // b0 the blocks' sums (n of them), b1 the coefficient [].
 @compute @workgroup_size(256)
-fn grad_norm_total(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn grad_norm_total(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     let lid = lid3.x;
     var s = 0.0;
     for (var i = lid; i < p.n; i = i + WORKGROUP) {
         s = s + b0[i];
     }
-    let total = workgroup_sum(lid, s);
+    let total = tree_sum(lanes, vec2<f32>(s, 0.0)).x;
     if (lid == 0u) {
         let c = p.max_norm / (sqrt(total) + 1e-6);
         // clamp(c, max = 1) keeps a NaN, as torch.clamp does.

@@ -87,7 +87,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn axes_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
+              @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     // Uniform across the workgroup, so the early return keeps barriers uniform.
     let g = wid.y * nwg.x + wid.x;
     if (g >= p.outputs * p.blocks) {
@@ -100,7 +100,7 @@ fn axes_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     for (var r = start + lid.x; r < end; r = r + WORKGROUP) {
         sum = sum + x[base + offset_of(r, p.nred, p.red_size, p.red_stride)];
     }
-    var total = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x;
+    var total = tree_sum(lanes, vec2<f32>(sum, 0.0)).x;
     if (p.mean == 1u && p.blocks == 1u) {
         total = total / f32(p.count);
     }
@@ -133,7 +133,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn axes_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
+              @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let o = wid.y * nwg.x + wid.x;
     if (o >= p.outputs) {
         return;
@@ -142,7 +142,7 @@ fn axes_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
         sum = sum + part[o * p.blocks + b];
     }
-    var total = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x;
+    var total = tree_sum(lanes, vec2<f32>(sum, 0.0)).x;
     if (p.mean == 1u) {
         total = total / f32(p.count);
     }
@@ -229,7 +229,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn softmax_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_id) lid: vec3<u32>) {
+                 @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let r = wid.y * nwg.x + wid.x;
     if (r >= p.rows || p.len == 0u) {
         return;
@@ -240,12 +240,12 @@ fn softmax_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var k = lid.x; k < p.len; k = k + WORKGROUP) {
         m = max(m, x[base + k * p.inner]);
     }
-    m = tree_max(lid.x, m);
+    m = tree_max(lanes, m);
     var sum = 0.0;
     for (var k = lid.x; k < p.len; k = k + WORKGROUP) {
         sum = sum + exp(x[base + k * p.inner] - m);
     }
-    sum = tree_sum(lid.x, vec2<f32>(sum, 0.0)).x;
+    sum = tree_sum(lanes, vec2<f32>(sum, 0.0)).x;
     for (var k = lid.x; k < p.len; k = k + WORKGROUP) {
         y[base + k * p.inner] = exp(x[base + k * p.inner] - m) / sum;
     }
@@ -301,7 +301,7 @@ struct Params {
 @compute @workgroup_size(256)
 fn softmax_grad_group(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_id) lid: vec3<u32>) {
+                      @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
     let r = wid.y * nwg.x + wid.x;
     if (r >= p.rows) {
         return;
@@ -311,7 +311,7 @@ fn softmax_grad_group(@builtin(workgroup_id) wid: vec3<u32>,
     for (var k = lid.x; k < p.len; k = k + WORKGROUP) {
         dot = dot + dy[base + k * p.inner] * y[base + k * p.inner];
     }
-    dot = tree_sum(lid.x, vec2<f32>(dot, 0.0)).x;
+    dot = tree_sum(lanes, vec2<f32>(dot, 0.0)).x;
     for (var k = lid.x; k < p.len; k = k + WORKGROUP) {
         let at = base + k * p.inner;
         dx[at] = y[at] * (dy[at] - dot);

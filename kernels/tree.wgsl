@@ -1,36 +1,46 @@
-// Fixed-order workgroup reductions shared by the sectioned kernel files (reduce.rs `section`
-// prepends this): no atomics, so the same inputs give the same bits.
+// Fixed-order workgroup reductions shared by the sectioned kernel files (`section` in
+// src/kernel/gpu/mod.rs prepends this): no atomics, so the same inputs give the same bits.
+// Where the device has subgroups, the executor builds kernels with tree_subgroup.wgsl in place
+// of this file: the same `Lanes`, `tree_sum` and `tree_max`, fewer barriers.
 
-var<workgroup> red: array<vec2<f32>, 256>;
+// Where a thread sits in its workgroup (an entry point's parameter: builtins reach only
+// entry points, and the subgroup variant needs more of them).
+struct Lanes {
+    @builtin(local_invocation_index) index: u32,
+}
+
+var<workgroup> tree_red: array<vec2<f32>, WORKGROUP>;
 
 // The workgroup's total of `v` (both lanes), in a fixed tree order; every thread gets it.
 // Call from uniform control flow with all WORKGROUP threads.
-fn tree_sum(lid: u32, v: vec2<f32>) -> vec2<f32> {
-    red[lid] = v;
+fn tree_sum(lanes: Lanes, v: vec2<f32>) -> vec2<f32> {
+    let lid = lanes.index;
+    tree_red[lid] = v;
     workgroupBarrier();
     for (var half = WORKGROUP / 2u; half > 0u; half = half / 2u) {
         if (lid < half) {
-            red[lid] = red[lid] + red[lid + half];
+            tree_red[lid] = tree_red[lid] + tree_red[lid + half];
         }
         workgroupBarrier();
     }
-    let total = red[0];
-    // Nobody may overwrite red[0] before everyone has read it.
+    let total = tree_red[0];
+    // Nobody may overwrite tree_red[0] before everyone has read it.
     workgroupBarrier();
     return total;
 }
 
 // The workgroup's maximum of `v`, as `tree_sum`.
-fn tree_max(lid: u32, v: f32) -> f32 {
-    red[lid] = vec2<f32>(v, 0.0);
+fn tree_max(lanes: Lanes, v: f32) -> f32 {
+    let lid = lanes.index;
+    tree_red[lid] = vec2<f32>(v, 0.0);
     workgroupBarrier();
     for (var half = WORKGROUP / 2u; half > 0u; half = half / 2u) {
         if (lid < half) {
-            red[lid].x = max(red[lid].x, red[lid + half].x);
+            tree_red[lid].x = max(tree_red[lid].x, tree_red[lid + half].x);
         }
         workgroupBarrier();
     }
-    let total = red[0].x;
+    let total = tree_red[0].x;
     workgroupBarrier();
     return total;
 }

@@ -214,7 +214,7 @@ pub fn run_gpu(
     gpu.wait()?;
     let step_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
     Ok(BenchResult {
-        device: format!("gpu ({}, {})", gpu.adapter.name, gpu.adapter.backend),
+        device: format!("gpu ({})", gpu.describe()),
         batch,
         step_ms,
         img_per_s: batch as f64 / (step_ms / 1e3),
@@ -331,7 +331,7 @@ pub fn profile_gpu(
         .collect();
     rows.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
     Ok(ProfileResult {
-        device: format!("gpu ({}, {})", gpu.adapter.name, gpu.adapter.backend),
+        device: format!("gpu ({})", gpu.describe()),
         batch,
         steps,
         warmup: WARMUP,

@@ -1,9 +1,10 @@
 //! Loss, optimizer, data-movement and dropout kernels against the CPU backend, on odd shapes
-//! and every attribute variant, fresh seeds every run.
+//! and every attribute variant, fresh seeds every run; where the adapter has subgroups, on both
+//! reduction variants (the losses and the clip norm reduce through kernels/tree*.wgsl).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::backend::gpu::{compare_with_cpu, test_gpu, test_gpus};
 use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     AdamStep, Concat, CountUp, CrossEntropy, CrossEntropyGrad, Dropout, Fill, Gather, GatherGrad,
@@ -48,13 +49,15 @@ fn ids(rng: &mut impl Rng, shape: &[usize], n: usize) -> Tensor {
 }
 
 fn check(op: &OpKind, ins: &[Tensor], ctx: StepCtx, tol: f64) {
-    let gpu = test_gpu().expect("GPU");
-    let errs = compare_with_cpu(gpu, op, ins, ctx).unwrap();
-    for (k, e) in errs.iter().enumerate() {
-        assert!(
-            *e < tol,
-            "{op:?} at {ctx:?}, output {k}: relative error {e}"
-        );
+    for gpu in test_gpus() {
+        let errs = compare_with_cpu(gpu, op, ins, ctx).unwrap();
+        for (k, e) in errs.iter().enumerate() {
+            assert!(
+                *e < tol,
+                "{op:?} at {ctx:?}, output {k} (subgroups {:?}): relative error {e}",
+                gpu.subgroups
+            );
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
-use trainer::kernel::gpu::{KernelArgs, Tile};
+use trainer::kernel::gpu::{Dispatch, KernelArgs, Tile};
 use trainer::ops::{
     Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulGradInput, MatMulGradWeight, OpKind,
 };
@@ -62,7 +62,7 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         return;
     }
     let mut rng = seeded();
-    let cases: [(&[usize], usize, usize); 16] = [
+    let cases: [(&[usize], usize, usize); 18] = [
         (&[1], 1, 1),
         (&[3], 1, 17),
         (&[1], 17, 3),
@@ -84,6 +84,10 @@ fn matmul_and_its_gradients_match_the_cpu_on_odd_sizes() {
         // The wide 32- and 64-row tiles (256 tiles of 256 columns).
         (&[29], 65_500, 21),
         (&[61], 65_530, 19),
+        // x·wᵀ through a transposed copy of w (ops/matmul.rs `transposes_weight`): read as
+        // quads (516 columns), and one at a time (2,053).
+        (&[1030], 516, 515),
+        (&[131], 2053, 1001),
     ];
     for (lead, n, k) in cases {
         check_matmul(&mut rng, lead, n, k);
@@ -178,7 +182,8 @@ fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
 }
 
 /// Slices of `op`'s GEMM on these inputs: 1 unless it splits K (one `Bind::Scratch`).
-fn slices(op: &OpKind, ins: &[&[usize]]) -> usize {
+/// The dispatches of `op` on inputs of shapes `ins`, and its output types.
+fn dispatches(op: &OpKind, ins: &[&[usize]]) -> (Vec<Dispatch>, Vec<TensorType>) {
     let types: Vec<TensorType> = ins.iter().map(|s| TensorType::f32(s.to_vec())).collect();
     let refs: Vec<&TensorType> = types.iter().collect();
     let outputs = op.primitive().infer(&refs).unwrap();
@@ -189,6 +194,12 @@ fn slices(op: &OpKind, ins: &[&[usize]]) -> usize {
             outputs: &outputs,
         })
         .unwrap();
+    (ds, outputs)
+}
+
+/// Split-K slices of `op` (its workspace holds only partial sums).
+fn slices(op: &OpKind, ins: &[&[usize]]) -> usize {
+    let (ds, outputs) = dispatches(op, ins);
     let words = trainer::kernel::gpu::workspace(&ds);
     if words == 0 {
         1
@@ -236,6 +247,34 @@ fn the_cases_cover_every_tile() {
     }
 }
 
+/// The products large enough for it multiply by a transposed copy of w; the others do not.
+#[test]
+fn large_products_transpose_the_weight_first() {
+    // Which dispatches' sources contain `mark`.
+    let marked = |op: OpKind, ins: &[&[usize]], mark: &str| {
+        let (ds, _) = dispatches(&op, ins);
+        ds.iter()
+            .map(|d| d.shader.source.contains(mark))
+            .collect::<Vec<bool>>()
+    };
+    let copy = "dst [cols, rows] = src [rows, cols]";
+    let entries = |xs: &[usize], ws: &[usize]| marked(OpKind::MatMul(MatMul), &[xs, ws], copy);
+    // The copy first, then the GEMM (here split in K, and the sum).
+    assert_eq!(entries(&[1030, 515], &[516, 515]), [true, false, false]);
+    assert_eq!(entries(&[131, 1001], &[2053, 1001]), [true, false, false]);
+    assert_eq!(entries(&[2048, 37], &[2048, 37]), [false]);
+    assert_eq!(entries(&[127, 4096], &[4096, 4096]), [false, false]);
+    let forward = |xs: &[usize], ws: &[usize]| {
+        let op = OpKind::Conv2d(conv([1, 1], [1, 1], [1, 1], 1));
+        marked(op, &[xs, ws], "const W_T: u32 = 1u;")
+    };
+    // The copy, the GEMM reading it, split-K's sum.
+    let (x, small) = ([8, 67, 31, 29], [2, 3, 13, 12]);
+    assert_eq!(forward(&x, &[68, 67, 3, 3]), [false, true, false]);
+    assert_eq!(forward(&x, &[70, 67, 3, 3]), [false, true, false]);
+    assert_eq!(forward(&small, &[70, 3, 3, 3]), [false]);
+}
+
 /// The split-K cases above do split, so the tests cover both passes.
 #[test]
 fn the_split_k_cases_split() {
@@ -275,6 +314,13 @@ fn conv_and_its_gradients_match_the_cpu() {
     let mut rng = seeded();
     for (xs, ws, cv) in conv_cases() {
         check_conv(&mut rng, xs, ws, cv);
+    }
+    // Forwards that multiply by a transposed copy of w (kernel::gpu::transpose_pays; their
+    // gradients take the paths above): output channels read as quads (68) and one at a time.
+    for o in [68, 70] {
+        let (xs, ws) = ([8, 67, 31, 29], [o, 67, 3, 3]);
+        let (x, w) = (random(&mut rng, &xs), random(&mut rng, &ws));
+        assert_close(&OpKind::Conv2d(conv([1, 1], [1, 1], [1, 1], 1)), &[x, w]);
     }
     // A random one.
     let groups = rng.random_range(1..3);

@@ -1,14 +1,18 @@
 //! Reduction, normalisation and pooling kernels against the CPU backend, on odd shapes, both
 //! kernel shapes of each reduction (a thread per row and a workgroup per row), every mode of
-//! batchnorm and layernorm, and pooling ties; fresh seeds every run.
+//! batchnorm and layernorm, and pooling ties; fresh seeds every run. Where the adapter has
+//! subgroups, every check runs on both reduction variants (kernels/tree_subgroup.wgsl and the
+//! portable kernels/tree.wgsl), each on a device of its own.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
+use trainer::backend::cpu;
+use trainer::backend::gpu::{Gpu, compare_with_cpu, eval_once, test_gpu, test_gpus};
 use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
-    BatchNorm, BatchNormGrad, BatchNormRunningStats, LayerNorm, LayerNormGrad, MeanAxes,
-    MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind, Softmax, SoftmaxGrad, SumTo,
+    BatchNorm, BatchNormGrad, BatchNormReluGrad, BatchNormRunningStats, Binary, BinaryFn,
+    LayerNorm, LayerNormGrad, MeanAxes, MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind,
+    Softmax, SoftmaxGrad, SumTo, UnaryFn, UnaryGrad,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorType;
@@ -24,10 +28,22 @@ fn normal(rng: &mut impl Rng, shape: &[usize]) -> (TensorType, Vec<f32>) {
 }
 
 fn assert_close(op: &OpKind, ins: &[(TensorType, Vec<f32>)]) {
-    let gpu = test_gpu().expect("GPU");
-    let errs = compare_with_cpu(gpu, op, ins, StepCtx::default()).unwrap();
-    for (k, e) in errs.iter().enumerate() {
-        assert!(*e < 1e-4, "{op:?} output {k}: relative error {e}");
+    for gpu in test_gpus() {
+        let errs = compare_with_cpu(gpu, op, ins, StepCtx::default()).unwrap();
+        for (k, e) in errs.iter().enumerate() {
+            assert!(
+                *e < 1e-4,
+                "{op:?} output {k} ({}): relative error {e}",
+                variant(gpu)
+            );
+        }
+    }
+}
+
+fn variant(gpu: &Gpu) -> String {
+    match gpu.subgroups {
+        Some([lo, hi]) => format!("subgroup reductions, {lo}..={hi} lanes"),
+        None => "portable reductions".into(),
     }
 }
 
@@ -331,7 +347,9 @@ fn batchnorm_gradient_in_every_mode() {
                 if affine {
                     ins.push(normal(&mut rng, &[c]));
                 }
-                ins.extend([mean, var, normal(&mut rng, shape)]);
+                // dy off centre: dβ = Σ dy over a channel of 272k elements must not cancel
+                // to near 0, where no relative tolerance holds (either reduction variant).
+                ins.extend([mean, var, random(&mut rng, shape, -2.0, 4.0)]);
                 let op = BatchNormGrad {
                     eps: 1e-5,
                     affine,
@@ -339,6 +357,88 @@ fn batchnorm_gradient_in_every_mode() {
                 };
                 assert_close(&OpKind::BatchNormGrad(op), &ins);
             }
+        }
+    }
+}
+
+/// The fusion pass's batchnorm gradient of relu's gradient (of a sum of two gradients where
+/// `adds`) gives the bits of the add, unary_grad and batchnorm_grad launches it replaces, on
+/// the GPU and on the CPU, in every mode, on shapes of one block and of several; and matches
+/// the CPU on the GPU.
+#[test]
+fn batchnorm_relu_gradient_is_the_unfused_launches_bit_for_bit() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let mut rng = rng();
+    // On the GPU, else the CPU.
+    let run = |on_gpu: bool, op: &OpKind, ins: &[&(TensorType, Vec<f32>)]| -> Vec<Vec<f32>> {
+        let refs: Vec<(&TensorType, &[f32])> = ins.iter().map(|(t, v)| (t, &v[..])).collect();
+        match on_gpu {
+            true => eval_once(gpu, op, &refs, StepCtx::default()).unwrap(),
+            false => cpu::eval_once(op, &refs, StepCtx::default()).unwrap(),
+        }
+    };
+    let bits = |outs: Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+        outs.iter()
+            .map(|o| o.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+    let relu_grad = OpKind::UnaryGrad(UnaryGrad {
+        f: UnaryFn::Relu,
+        from_output: true,
+    });
+    for shape in BN_SHAPES {
+        let c = shape[1];
+        for (affine, training, adds) in [
+            (true, true, true),
+            (true, true, false),
+            (false, true, true),
+            (true, false, true),
+            (false, false, false),
+        ] {
+            let x = normal(&mut rng, shape);
+            let (mean, var) = channel_stats(&x);
+            let t = TensorType::f32(vec![c]);
+            let mut stats = vec![x, (t.clone(), mean), (t, var)];
+            if affine {
+                stats.insert(1, normal(&mut rng, &[c]));
+            }
+            // relu's output: zero or positive, as a relu makes it.
+            let mut y = normal(&mut rng, shape);
+            y.1.iter_mut().for_each(|v| *v = v.max(0.0));
+            let grads: Vec<_> = (0..1 + adds as usize)
+                .map(|_| normal(&mut rng, shape))
+                .collect();
+            let bn = BatchNormGrad {
+                eps: 1e-5,
+                affine,
+                training,
+            };
+            let fused = OpKind::BatchNormReluGrad(BatchNormReluGrad {
+                bn: bn.clone(),
+                adds,
+            });
+            let fused_ins: Vec<_> = stats.iter().chain([&y]).chain(&grads).collect();
+            for on_gpu in [true, false] {
+                let g = match adds {
+                    true => run(on_gpu, &add, &[&grads[0], &grads[1]]).remove(0),
+                    false => grads[0].1.clone(),
+                };
+                let g = (y.0.clone(), g);
+                let dy = (y.0.clone(), run(on_gpu, &relu_grad, &[&y, &g]).remove(0));
+                let mut ins: Vec<_> = stats.iter().collect();
+                ins.push(&dy);
+                let unfused = bits(run(on_gpu, &OpKind::BatchNormGrad(bn.clone()), &ins));
+                let got = bits(run(on_gpu, &fused, &fused_ins));
+                assert!(
+                    got == unfused,
+                    "GPU {on_gpu} {shape:?} affine {affine} training {training} adds {adds}"
+                );
+            }
+            let owned: Vec<_> = fused_ins.into_iter().cloned().collect();
+            assert_close(&fused, &owned);
         }
     }
 }
@@ -528,10 +628,58 @@ fn max_pooling_breaks_ties_and_routes_nan_like_the_cpu() {
 }
 
 #[test]
-fn reductions_give_the_same_bits_every_run() {
+fn subgroup_reductions_are_used_where_the_adapter_has_them() {
     let Some(gpu) = test_gpu() else {
         return;
     };
+    let has = gpu.adapter.features.iter().any(|f| f == "SUBGROUP");
+    let off = std::env::var("TRAINER_NO_SUBGROUPS").is_ok_and(|v| v == "1");
+    eprintln!("{}: {}", gpu.adapter.name, variant(gpu));
+    assert_eq!(gpu.subgroups.is_some(), has && !off, "{}", variant(gpu));
+    // Both variants are tested where there are two.
+    assert_eq!(test_gpus().len(), 1 + gpu.subgroups.is_some() as usize);
+    assert!(test_gpus()[1..].iter().all(|g| g.subgroups.is_none()));
+}
+
+/// Lavapipe's subgroups are as wide as its vectors (`LP_NATIVE_VECTOR_WIDTH`): every other test
+/// here runs again in a child process with 4- and 16-lane subgroups (8 is the default).
+#[test]
+fn lavapipe_reruns_these_tests_with_other_subgroup_sizes() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let lavapipe = gpu.adapter.name.starts_with("llvmpipe");
+    if !lavapipe || gpu.subgroups.is_none() || std::env::var_os("LP_NATIVE_VECTOR_WIDTH").is_some()
+    {
+        return;
+    }
+    for (bits, lanes) in [(128, 4), (512, 16)] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--skip",
+                "lavapipe_reruns",
+                "--nocapture",
+                "--test-threads",
+                "2",
+            ])
+            .env("LP_NATIVE_VECTOR_WIDTH", bits.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "with {lanes}-lane subgroups:\n{text}");
+        let want = format!("subgroup reductions, {lanes}..={lanes} lanes");
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn reductions_give_the_same_bits_every_run() {
+    for gpu in test_gpus() {
+        same_bits_twice(gpu);
+    }
+}
+
+fn same_bits_twice(gpu: &Gpu) {
     let mut rng = rng();
     let x = normal(&mut rng, &[40, 3, 37]);
     let dy = normal(&mut rng, &[40, 3, 37]);
@@ -564,6 +712,6 @@ fn reductions_give_the_same_bits_every_run() {
                 .map(|o| o.iter().map(|v| v.to_bits()).collect())
                 .collect()
         };
-        assert_eq!(bits(), bits(), "{op:?}");
+        assert_eq!(bits(), bits(), "{op:?} ({})", variant(gpu));
     }
 }

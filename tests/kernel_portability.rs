@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use trainer::config;
-use trainer::kernel::gpu::{KernelArgs, Tile};
+use trainer::kernel::gpu::{KernelArgs, Shader, Tile};
 use trainer::nn;
 use trainer::ops::{
     AdamStep, BatchNormRunningStats, BinaryFn, Chain, CountUp, ElementwiseFn, Foreach, Link,
@@ -142,10 +142,12 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             }
         }
     }
-    // Every GEMM tile shape (kernel/gpu/gemm.rs), whether or not a config's sizes pick it.
-    for tile in Tile::ALL {
-        let [m, n] = [tile.rows * 16, tile.cols * 16];
-        let (x, w) = (TensorType::f32(vec![m, 8]), TensorType::f32(vec![n, 8]));
+    // Every GEMM tile shape (kernel/gpu/gemm.rs), whether or not a config's sizes pick it, and
+    // the transposed copy of w that large products multiply by (ops/matmul.rs).
+    let tiles = Tile::ALL.map(|t| ([t.rows * 16, 8, t.cols * 16], format!("the {t:?} GEMM")));
+    let large = ([1030, 515, 516], "a large x·wᵀ".to_string());
+    for ([m, k, n], what) in tiles.into_iter().chain([large]) {
+        let (x, w) = (TensorType::f32(vec![m, k]), TensorType::f32(vec![n, k]));
         let outputs = [TensorType::f32(vec![m, n])];
         let args = KernelArgs {
             inputs: &[&x, &w],
@@ -157,7 +159,7 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             .expect("a GEMM")
         {
             out.entry(d.shader.source.to_string())
-                .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} GEMM")));
+                .or_insert_with(|| (vec![d.shader.entry], what.clone()));
         }
         // With a bias and each activation of the table in its epilogue.
         let bias = TensorType::f32(vec![n]);
@@ -170,7 +172,7 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             let op = OpKind::MatMulBias(MatMulBias { act });
             for d in op.primitive().gpu(&args).expect("a GEMM") {
                 out.entry(d.shader.source.to_string())
-                    .or_insert_with(|| (vec![d.shader.entry], format!("the {tile:?} {op:?}")));
+                    .or_insert_with(|| (vec![d.shader.entry], format!("{what} with {op:?}")));
             }
         }
     }
@@ -295,56 +297,124 @@ fn every_kernel_translates_to_metal_spirv_and_hlsl() {
             "no config launches `{entry}`"
         );
     }
-    let mut failures = Vec::new();
-    for (source, (entries, what)) in &all {
-        let module = match naga::front::wgsl::parse_str(source) {
-            Ok(m) => m,
-            Err(e) => {
-                failures.push(format!("{what}: WGSL: {}", e.emit_to_string(source)));
-                continue;
-            }
+    // The fusion pass's batchnorm gradients of relu's gradient (of a gradient sum too) read dy
+    // through their own `dy_at`: sources of their own.
+    for op in ["batchnorm_relu_grad", "batchnorm_relu_grad_add"] {
+        let ours = |e: &[&str], what: &str| {
+            e.contains(&"bn_grad_dx") && what.ends_with(&format!("({op})"))
         };
-        let info = match naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
+        assert!(
+            all.values().any(|(e, what)| ours(e, what)),
+            "no config launches `{op}`"
+        );
+    }
+    let mut failures = Vec::new();
+    let mut with_subgroups = 0;
+    for (source, (entries, what)) in &all {
+        let shader = Shader {
+            source: source.clone().into(),
+            entry: entries[0],
+        };
+        translate(source, entries, what, Target::PORTABLE, &mut failures);
+        // The reductions through subgroups (kernels/tree_subgroup.wgsl), as a device with
+        // `Features::SUBGROUP` builds them.
+        let subgroup = shader.source_for(true);
+        if subgroup != shader.source_for(false) {
+            with_subgroups += 1;
+            let what = format!("{what} (subgroup reductions)");
+            translate(&subgroup, entries, &what, Target::SUBGROUP, &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // Batchnorm, softmax and the axis sums reduce through `tree_sum`/`tree_max`.
+    assert!(
+        with_subgroups >= 8,
+        "only {with_subgroups} kernels have a subgroup variant"
+    );
+}
+
+/// What a kernel variant may assume of the device.
+struct Target {
+    capabilities: naga::valid::Capabilities,
+    /// Metal Shading Language version (simd_shuffle_xor needs 2.0; wgpu enables SUBGROUP on
+    /// Apple7, Mac2 and Metal3 GPUs, which run MSL 2.3 or later).
+    msl: (u8, u8),
+    /// HLSL shader model (wave intrinsics need 6.0; wgpu's DX12 enables SUBGROUP only there).
+    hlsl: naga::back::hlsl::ShaderModel,
+}
+
+impl Target {
+    /// Any WebGPU device: naga's defaults.
+    const PORTABLE: Target = Target {
+        capabilities: naga::valid::Capabilities::empty(),
+        msl: (1, 0),
+        hlsl: naga::back::hlsl::ShaderModel::V5_1,
+    };
+    /// A device with `Features::SUBGROUP`, at the least version each backend needs for it.
+    const SUBGROUP: Target = Target {
+        capabilities: naga::valid::Capabilities::SUBGROUP,
+        msl: (2, 0),
+        hlsl: naga::back::hlsl::ShaderModel::V6_0,
+    };
+}
+
+/// Validates `source` for `target` and translates each entry to MSL, SPIR-V and HLSL.
+fn translate(
+    source: &str,
+    entries: &[&'static str],
+    what: &str,
+    target: Target,
+    failures: &mut Vec<String>,
+) {
+    let module = match naga::front::wgsl::parse_str(source) {
+        Ok(m) => m,
+        Err(e) => {
+            failures.push(format!("{what}: WGSL: {}", e.emit_to_string(source)));
+            return;
+        }
+    };
+    let info =
+        match naga::valid::Validator::new(naga::valid::ValidationFlags::all(), target.capabilities)
+            .validate(&module)
         {
             Ok(i) => i,
             Err(e) => {
                 failures.push(format!("{what}: validation: {}", e.emit_to_string(source)));
-                continue;
+                return;
             }
         };
-        for &entry in entries {
-            let stage = Some((naga::ShaderStage::Compute, entry.to_string()));
-            let msl = naga::back::msl::PipelineOptions {
-                entry_point: stage.clone(),
-                ..Default::default()
-            };
-            if let Err(e) = naga::back::msl::write_string(&module, &info, &Default::default(), &msl)
-            {
-                failures.push(format!("{what}: `{entry}` to Metal: {e}"));
-            }
-            let spv = naga::back::spv::PipelineOptions {
-                shader_stage: naga::ShaderStage::Compute,
-                entry_point: entry.to_string(),
-            };
-            if let Err(e) =
-                naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&spv))
-            {
-                failures.push(format!("{what}: `{entry}` to SPIR-V: {e}"));
-            }
-            let hlsl_options = naga::back::hlsl::Options::default();
-            let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
-                entry_point: stage.clone(),
-            };
-            let mut text = String::new();
-            let mut w = naga::back::hlsl::Writer::new(&mut text, &hlsl_options, &hlsl_pipeline);
-            if let Err(e) = w.write(&module, &info, None) {
-                failures.push(format!("{what}: `{entry}` to HLSL: {e}"));
-            }
+    let msl_options = naga::back::msl::Options {
+        lang_version: target.msl,
+        ..Default::default()
+    };
+    for &entry in entries {
+        let stage = Some((naga::ShaderStage::Compute, entry.to_string()));
+        let msl = naga::back::msl::PipelineOptions {
+            entry_point: stage.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = naga::back::msl::write_string(&module, &info, &msl_options, &msl) {
+            failures.push(format!("{what}: `{entry}` to Metal: {e}"));
+        }
+        let spv = naga::back::spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: entry.to_string(),
+        };
+        if let Err(e) = naga::back::spv::write_vec(&module, &info, &Default::default(), Some(&spv))
+        {
+            failures.push(format!("{what}: `{entry}` to SPIR-V: {e}"));
+        }
+        let hlsl_options = naga::back::hlsl::Options {
+            shader_model: target.hlsl,
+            ..Default::default()
+        };
+        let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
+            entry_point: stage.clone(),
+        };
+        let mut text = String::new();
+        let mut w = naga::back::hlsl::Writer::new(&mut text, &hlsl_options, &hlsl_pipeline);
+        if let Err(e) = w.write(&module, &info, None) {
+            failures.push(format!("{what}: `{entry}` to HLSL: {e}"));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

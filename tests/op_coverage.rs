@@ -16,14 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer::backend::cpu::{Feeds, eval_once, interpret};
-use trainer::backend::gpu::{compare_with_cpu, test_gpu};
+use trainer::backend::gpu::{Gpu, compare_with_cpu, test_gpu, test_gpus};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
-    AdamStep, BatchNorm, BatchNormRelu, BatchNormRunningStats, Binary, BinaryFn, Chain, Concat,
-    Conv2d, CountUp, CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather, GradNormCoef,
-    Input, LayerNorm, Link, MatMul, MatMulBias, MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind,
-    Reshape, SgdStep, Softmax, Unary, UnaryFn,
+    AdamStep, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats,
+    Binary, BinaryFn, Chain, Concat, Conv2d, CountUp, CrossEntropy, Dropout, ElementwiseFn, Fill,
+    Foreach, Gather, GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias, MeanAxes, Mse,
+    OpKind, Operand, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -278,6 +278,11 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
         "BatchNormRelu",
         "made by the fusion pass, after autodiff (batchnorm's and relu's vjps cover it)",
         ValueCheck::Formula(batchnorm_relu_cases),
+    ),
+    (
+        "BatchNormReluGrad",
+        "made by the fusion pass, after autodiff (a gradient op: nothing differentiates it)",
+        ValueCheck::Formula(batchnorm_relu_grad_cases),
     ),
     (
         "Chain",
@@ -582,6 +587,75 @@ fn matmul_bias_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
             }
         })
         .collect()
+}
+
+/// Batchnorm's gradient of dy = relu'(y)·g (g = g1 + g2 where `adds`), relu' being 1 where
+/// y > 0, else 0: with M = N·S values per channel and istd = 1/sqrt(var + eps),
+/// dbias = Σ dy, dweight = Σ dy·(x − mean)·istd, and dx = w·istd·(dy − dbias/M −
+/// (x − mean)·istd·dweight/M) when training (the statistics depend on x), w·istd·dy otherwise.
+fn batchnorm_relu_grad_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let (n, c, s, eps) = (3, 4, 5, 1e-5);
+    let m = (n * s) as f64;
+    let mut out = Vec::new();
+    for (training, affine, adds) in [
+        (true, true, false),
+        (true, false, true),
+        (false, true, true),
+        (true, true, true),
+        (false, false, false),
+    ] {
+        let mut inputs = vec![uniform(rng, &[n, c, s], -2.0, 2.0)];
+        if affine {
+            inputs.push(uniform(rng, &[c], 0.5, 1.5));
+        }
+        inputs.push(uniform(rng, &[c], -0.5, 0.5));
+        inputs.push(uniform(rng, &[c], 0.5, 1.5));
+        let stats = inputs.len();
+        // y about half negative, so relu' is 0 about half the time; the gradient(s) of y.
+        for _ in 0..2 + adds as usize {
+            inputs.push(uniform(rng, &[n, c, s], -1.0, 1.0));
+        }
+        let (x, y) = (&inputs[0].1, &inputs[stats].1);
+        let dy: Vec<f64> = (0..n * c * s)
+            .map(|i| {
+                let g: f64 = inputs[stats + 1..].iter().map(|t| t.1[i]).sum();
+                if y[i] > 0.0 { g } else { 0.0 }
+            })
+            .collect();
+        let (mean, var) = (&inputs[stats - 2].1, &inputs[stats - 1].1);
+        let istd = |ch: usize| 1.0 / (var[ch] + eps).sqrt();
+        let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
+        for (i, d) in dy.iter().enumerate() {
+            let ch = (i / s) % c;
+            db[ch] += d;
+            dw[ch] += d * (x[i] - mean[ch]) * istd(ch);
+        }
+        let dx = (0..n * c * s)
+            .map(|i| {
+                let ch = (i / s) % c;
+                let w = if affine { inputs[1].1[ch] } else { 1.0 };
+                let centred = match training {
+                    true => dy[i] - db[ch] / m - (x[i] - mean[ch]) * istd(ch) * dw[ch] / m,
+                    false => dy[i],
+                };
+                w * istd(ch) * centred
+            })
+            .collect();
+        out.push(ValueCase {
+            op: OpKind::BatchNormReluGrad(BatchNormReluGrad {
+                bn: BatchNormGrad {
+                    eps,
+                    affine,
+                    training,
+                },
+                adds,
+            }),
+            inputs,
+            ctx: StepCtx::default(),
+            want: vec![dx, dw, db],
+        });
+    }
+    out
 }
 
 /// torch.optim.SGD's update, element by element.
@@ -908,8 +982,12 @@ fn every_op_has_a_gradient_check() {
 }
 
 /// The largest norm-wise relative error of `op`'s outputs, GPU against CPU, on these inputs.
-fn gpu_error(op: &OpKind, inputs: &[(TensorType, Vec<f64>)], ctx: StepCtx) -> Result<f64, String> {
-    let gpu = test_gpu().expect("a GPU");
+fn gpu_error(
+    gpu: &Gpu,
+    op: &OpKind,
+    inputs: &[(TensorType, Vec<f64>)],
+    ctx: StepCtx,
+) -> Result<f64, String> {
     let ins: Vec<(TensorType, Vec<f32>)> = inputs
         .iter()
         .map(|(t, v)| (t.clone(), v.iter().map(|&x| x as f32).collect()))
@@ -951,17 +1029,27 @@ fn every_op_with_a_kernel_matches_the_cpu_on_the_gpu() {
     }
     // Variants that ran and matched, and those that ran and did not (already reported).
     let (mut compared, mut failed) = (BTreeSet::new(), BTreeSet::new());
-    for (op, inputs, ctx, from) in &runs {
-        let problem = match gpu_error(op, inputs, *ctx) {
-            Ok(e) if e < GPU_TOLERANCE => {
-                compared.insert(op.variant());
-                continue;
-            }
-            Ok(e) => format!("{op:?} (from {from}): GPU vs CPU relative error {e:e} at {ctx:?}"),
-            Err(e) => format!("{op:?} (from {from}): {e}"),
+    // Each reduction variant where the adapter has two (subgroups, and the portable tree).
+    for gpu in test_gpus() {
+        let device = if gpu.subgroups.is_some() {
+            "subgroup reductions"
+        } else {
+            "portable reductions"
         };
-        problems.push(problem);
-        failed.insert(op.variant());
+        for (op, inputs, ctx, from) in &runs {
+            let problem = match gpu_error(gpu, op, inputs, *ctx) {
+                Ok(e) if e < GPU_TOLERANCE => {
+                    compared.insert(op.variant());
+                    continue;
+                }
+                Ok(e) => format!(
+                    "{op:?} (from {from}, {device}): GPU vs CPU relative error {e:e} at {ctx:?}"
+                ),
+                Err(e) => format!("{op:?} (from {from}, {device}): {e}"),
+            };
+            problems.push(problem);
+            failed.insert(op.variant());
+        }
     }
     for &variant in OpKind::VARIANTS {
         if NO_KERNEL.contains(&variant) || compared.contains(variant) {

@@ -204,9 +204,11 @@ fn check_launches(config: &str, text: &str, figures: &Value) {
         // A fused launch stands for the op of its name without `_multi` (a multi-tensor
         // update, named after its first member's layer), `_relu`/`_add_relu` (batchnorm +
         // relu, + add at a block's end, named after the batchnorm's) or `_bias`/`_bias_act`
-        // (a matmul with its bias and activation, named after the matmul's); an elementwise
-        // chain, named after its last op's layer, for some op of that layer.
-        let op = fields[2].strip_suffix("_multi").unwrap_or(fields[2]);
+        // (a matmul with its bias and activation, named after the matmul's); `_relu_grad`
+        // stands for `_grad` (relu's gradient in batchnorm's); an elementwise chain, named
+        // after its last op's layer, for some op of that layer.
+        let op = &fields[2].replace("_relu_grad", "_grad");
+        let op = op.strip_suffix("_multi").unwrap_or(op);
         let op = op.strip_suffix("_relu").unwrap_or(op);
         let op = op.strip_suffix("_add").unwrap_or(op);
         let op = op.strip_suffix("_bias_act").unwrap_or(op);

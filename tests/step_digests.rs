@@ -4,7 +4,9 @@
 //! running statistics, optimizer state) and the logged losses. tests/data/step_digests.txt
 //! holds the digests made before a structural change; a change that moves code must not move
 //! a bit. Digests depend on the machine (CPU kernel set, GPU adapter), so each is stored with
-//! that key; on a machine with no stored digest the run is checked against a second run.
+//! that key; on a machine with no stored digest the run is checked against a second run. On
+//! an adapter with subgroups the GPU runs twice, with the subgroup reductions and with the
+//! portable ones (`TRAINER_NO_SUBGROUPS=1`), each pinned under its own key.
 
 mod common;
 
@@ -28,8 +30,14 @@ const RUNS: [(&str, &[&str]); 2] = [
     ),
 ];
 
-/// Trains, then hashes what the run left behind; also returns the GPU adapter's name.
-fn digest(config: &str, settings: &[&str], device: &str) -> (String, Option<String>) {
+/// Trains (`portable`: with `TRAINER_NO_SUBGROUPS=1`), then hashes what the run left behind;
+/// also returns the GPU adapter's name, with " with subgroups" where its reductions used them.
+fn digest(
+    config: &str,
+    settings: &[&str],
+    device: &str,
+    portable: bool,
+) -> (String, Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let mut args = vec![
@@ -45,7 +53,13 @@ fn digest(config: &str, settings: &[&str], device: &str) -> (String, Option<Stri
         args.push("--set".into());
         args.push(s.to_string());
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+    let mut trainer = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    if portable {
+        trainer.env("TRAINER_NO_SUBGROUPS", "1");
+    } else {
+        trainer.env_remove("TRAINER_NO_SUBGROUPS");
+    }
+    let out = trainer
         .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -75,7 +89,13 @@ fn digest(config: &str, settings: &[&str], device: &str) -> (String, Option<Stri
     }
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let adapter = manifest["adapter"]["name"].as_str().map(String::from);
+    let subgroups = !portable
+        && manifest["adapter"]["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "SUBGROUP"));
+    let adapter = manifest["adapter"]["name"]
+        .as_str()
+        .map(|name| format!("{name}{}", if subgroups { " with subgroups" } else { "" }));
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     (hex, adapter)
 }
@@ -118,9 +138,9 @@ fn stored(config: &str, device: &str, key: &str) -> Option<&'static str> {
         })
 }
 
-fn check(device: &str) {
+fn check(device: &str, portable: bool) {
     for (config, settings) in RUNS {
-        let (got, adapter) = digest(config, settings, device);
+        let (got, adapter) = digest(config, settings, device, portable);
         let key = match device {
             "cpu" => cpu_key(),
             _ => format!(
@@ -141,7 +161,7 @@ fn check(device: &str) {
                 );
                 assert_eq!(
                     got,
-                    digest(config, settings, device).0,
+                    digest(config, settings, device, portable).0,
                     "{config} on {device}"
                 );
             }
@@ -151,7 +171,7 @@ fn check(device: &str) {
 
 #[test]
 fn cpu_steps_keep_their_stored_bits() {
-    check("cpu");
+    check("cpu", false);
 }
 
 #[test]
@@ -159,5 +179,13 @@ fn gpu_steps_keep_their_stored_bits() {
     if !common::gpu_or_skip() {
         return;
     }
-    check("gpu");
+    check("gpu", false);
+}
+
+#[test]
+fn gpu_steps_with_portable_reductions_keep_their_stored_bits() {
+    if !common::gpu_or_skip() {
+        return;
+    }
+    check("gpu", true);
 }

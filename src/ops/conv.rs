@@ -18,7 +18,7 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Mat, Real, pack_lhs, pack_with, packed_bound, packed_len, product};
-use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params};
+use crate::kernel::gpu::{Bind, Dispatch, Gemm, KernelArgs, Params, transpose_pays, transposed};
 use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -370,11 +370,22 @@ fn conv_gemm(
     (rows, cols, inner): (usize, usize, usize),
 ) -> Result<Vec<Dispatch>, String> {
     const TEXT: &str = include_str!("../../kernels/conv.wgsl");
-    let operands = TEXT.replacen(
-        "const MODE: u32 = 0u;",
-        &format!("const MODE: u32 = {}u;", mode as u32),
-        1,
-    );
+    // A large forward multiplies by wᵀ [cg*kh*kw, o] copied into the workspace (kernel::gpu::
+    // transpose_pays): read along its rows, it stages faster than w's rows along k.
+    let macs = rows.saturating_mul(cols).saturating_mul(inner);
+    let pays = matches!(mode, GpuMode::Forward) && g.groups == 1 && g.o >= 4;
+    let copy = (pays && transpose_pays(macs, cols)).then(|| transposed(Bind::In(1), g.o, inner));
+    let operands = TEXT
+        .replacen(
+            "const MODE: u32 = 0u;",
+            &format!("const MODE: u32 = {}u;", mode as u32),
+            1,
+        )
+        .replacen(
+            "const W_T: u32 = 0u;",
+            &format!("const W_T: u32 = {}u;", u32::from(copy.is_some())),
+            1,
+        );
     let [(ki0, ks_y, nky), (kj0, ks_x, nkx)] = ph.taps;
     let params = Params::new()
         .u32(g.n)
@@ -403,17 +414,21 @@ fn conv_gemm(
         .u32(kj0)
         .u32(ks_x)
         .u32(nkx);
-    Gemm {
+    let (w, at) = copy
+        .as_ref()
+        .map_or((Bind::In(1), 0), |&(_, wt, at)| (wt, at));
+    let gemm = Gemm {
         operands,
         params,
         rows,
         cols,
         inner,
         groups: g.groups,
-        inputs: [Bind::In(0), Bind::In(1)],
+        inputs: [Bind::In(0), w],
         epilogue: None,
     }
-    .dispatches()
+    .dispatches_from(at)?;
+    Ok(copy.map(|(d, _, _)| d).into_iter().chain(gemm).collect())
 }
 
 /// The outputs `lo..hi` along one dim whose tap `out * stride + off` lies inside `0..len`.

@@ -17,7 +17,7 @@ use crate::kernel::gpu::{Bind, Params, Shader, WORKGROUP, grid, groups};
 
 /// A kernel of kernels/loss.wgsl.
 fn shader(entry: &'static str) -> Shader {
-    Shader::file(include_str!("../../kernels/loss.wgsl"), entry)
+    Shader::reducing(include_str!("../../kernels/loss.wgsl"), entry)
 }
 
 /// loss.wgsl's `Params`, in field order.

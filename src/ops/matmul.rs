@@ -12,7 +12,9 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Mat, Real, matmul, matmul_scratch};
-use crate::kernel::gpu::{Bind, Dispatch, Epilogue, Gemm, KernelArgs, Params};
+use crate::kernel::gpu::{
+    Bind, Dispatch, Epilogue, Gemm, KernelArgs, Params, transpose_pays, transposed,
+};
 use crate::tensor::{TensorType, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -25,6 +27,33 @@ fn gemm_kernel(
     [m, n, k]: [usize; 3],
     [a_m, a_k]: [usize; 2],
     [b_k, b_n]: [usize; 2],
+) -> Result<Vec<Dispatch>, String> {
+    strided_gemm([m, n, k], [a_m, a_k], [b_k, b_n], Bind::In(1), 0, None)
+}
+
+/// y [m, n] = x [m, k] · wᵀ, w [n, k], then the epilogue if any: the matmul's kernels, with
+/// or without a linear layer's bias and activation, so both sum alike. Large products multiply
+/// by wᵀ [k, n] copied into the workspace, read along its rows.
+fn linear_kernel(
+    [m, n, k]: [usize; 3],
+    epilogue: Option<Epilogue>,
+) -> Result<Vec<Dispatch>, String> {
+    if n < 4 || !transpose_pays(m.saturating_mul(n).saturating_mul(k), m) {
+        return strided_gemm([m, n, k], [k, 1], [1, k], Bind::In(1), 0, epilogue);
+    }
+    let (copy, wt, at) = transposed(Bind::In(1), n, k);
+    let mut ds = vec![copy];
+    ds.extend(strided_gemm([m, n, k], [k, 1], [n, 1], wt, at, epilogue)?);
+    Ok(ds)
+}
+
+/// `gemm_kernel` with `b` bound to `b` and the GEMM's own workspace from word `at`.
+fn strided_gemm(
+    [m, n, k]: [usize; 3],
+    [a_m, a_k]: [usize; 2],
+    [b_k, b_n]: [usize; 2],
+    b: Bind,
+    at: usize,
     epilogue: Option<Epilogue>,
 ) -> Result<Vec<Dispatch>, String> {
     let params = Params::new()
@@ -44,10 +73,10 @@ fn gemm_kernel(
         cols: n,
         inner: k,
         groups: 1,
-        inputs: [Bind::In(0), Bind::In(1)],
+        inputs: [Bind::In(0), b],
         epilogue,
     }
-    .dispatches()
+    .dispatches_from(at)
 }
 
 /// Rows of a tensor whose last dim is the matrix's columns.
@@ -88,7 +117,7 @@ impl Primitive for MatMul {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        gemm_kernel([m, n, k], [k, 1], [1, k], None)
+        linear_kernel([m, n, k], None)
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         let dy = a.dy()?;
@@ -217,7 +246,7 @@ impl Primitive for MatMulBias {
             decls,
             expr,
         };
-        gemm_kernel([m, n, k], [k, 1], [1, k], Some(epilogue))
+        linear_kernel([m, n, k], Some(epilogue))
     }
 }
 
@@ -265,7 +294,7 @@ impl Primitive for MatMulGradInput {
             args.inputs[1].shape[0],
             args.inputs[1].shape[1],
         );
-        gemm_kernel([m, k, n], [n, 1], [k, 1], None)
+        gemm_kernel([m, k, n], [n, 1], [k, 1])
     }
 }
 
@@ -322,7 +351,7 @@ impl Primitive for MatMulGradWeight {
         // dw [n, k] = dyᵀ · x: dy [m, n], x [m, k]; the inner dim is the m rows.
         let (n, k) = (args.outputs[0].shape[0], args.outputs[0].shape[1]);
         let m = rows(args.inputs[0]);
-        gemm_kernel([n, k, m], [1, n], [k, 1], None)
+        gemm_kernel([n, k, m], [1, n], [k, 1])
     }
 }
 

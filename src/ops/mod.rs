@@ -24,7 +24,8 @@ pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
 pub use norm::{
-    BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormRunningStats, LayerNorm, LayerNormGrad,
+    BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, LayerNorm,
+    LayerNormGrad,
 };
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, Pool2dGrad, PoolKind};
@@ -262,6 +263,7 @@ op_kinds! {
     // Made by the fusion pass (schedule/fuse/).
     Foreach(Foreach),
     BatchNormRelu(BatchNormRelu),
+    BatchNormReluGrad(BatchNormReluGrad),
     Chain(Chain),
     MatMulBias(MatMulBias),
 }

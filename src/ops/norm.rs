@@ -55,33 +55,72 @@ const LANES: usize = 16;
 /// vectorises.
 #[inline(always)]
 fn lanes_sum<T: Real, const K: usize>(xs: [&[T]; K], f: impl Fn([T; K]) -> T) -> f64 {
+    lanes_sums(xs, |v| [f(v)])[0]
+}
+
+/// `M` sums of `lanes_sum` in one pass over the blocks (each the bits `lanes_sum` gives).
+#[inline(always)]
+fn lanes_sums<T: Real, const K: usize, const M: usize>(
+    xs: [&[T]; K],
+    f: impl Fn([T; K]) -> [T; M],
+) -> [f64; M] {
     let len = xs[0].len();
     assert!(xs.iter().all(|x| x.len() == len), "blocks of one length");
     let whole = len - len % LANES;
-    let mut acc = [T::ZERO; LANES];
+    let mut acc = [[T::ZERO; LANES]; M];
     for base in (0..whole).step_by(LANES) {
         let run: [&[T; LANES]; K] =
             std::array::from_fn(|k| xs[k][base..base + LANES].try_into().expect("LANES long"));
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(std::array::from_fn(|k| run[k][l]));
+        for l in 0..LANES {
+            let terms = f(std::array::from_fn(|k| run[k][l]));
+            for (a, t) in acc.iter_mut().zip(terms) {
+                a[l] += t;
+            }
         }
     }
     // The lanes pairwise in f64: a few vector adds, where a chain of 16 would dominate short
     // blocks. Exact, as the chain was, unless the lanes' magnitudes span more than 2^29.
-    let mut wide = acc.map(T::to_f64);
-    let mut half = LANES / 2;
-    while half > 0 {
-        for l in 0..half {
-            wide[l] += wide[l + half];
+    let mut sums = acc.map(|acc| {
+        let mut wide = acc.map(T::to_f64);
+        let mut half = LANES / 2;
+        while half > 0 {
+            for l in 0..half {
+                wide[l] += wide[l + half];
+            }
+            half /= 2;
         }
-        half /= 2;
-    }
-    let mut sum = wide[0];
+        wide[0]
+    });
     #[allow(clippy::needless_range_loop, reason = "i indexes every block")]
     for i in whole..len {
-        sum += f(std::array::from_fn(|k| xs[k][i])).to_f64();
+        let terms = f(std::array::from_fn(|k| xs[k][i]));
+        for (sum, t) in sums.iter_mut().zip(terms) {
+            *sum += t.to_f64();
+        }
     }
-    sum
+    sums
+}
+
+/// `out[i] = f(xs at i)` over blocks of `out`'s length, `LANES` at a time through fixed-size
+/// arrays (bounds-check free, so the loop vectorises), then the rest.
+#[inline(always)]
+fn lanes_map<T: Real, const K: usize>(out: &mut [T], xs: [&[T]; K], f: impl Fn([T; K]) -> T) {
+    let len = out.len();
+    assert!(xs.iter().all(|x| x.len() == len), "blocks of one length");
+    let whole = len - len % LANES;
+    for base in (0..whole).step_by(LANES) {
+        let run: [&[T; LANES]; K] =
+            std::array::from_fn(|k| xs[k][base..base + LANES].try_into().expect("LANES long"));
+        let out: &mut [T; LANES] = (&mut out[base..base + LANES])
+            .try_into()
+            .expect("LANES long");
+        for (l, o) in out.iter_mut().enumerate() {
+            *o = f(std::array::from_fn(|k| run[k][l]));
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(whole) {
+        *o = f(std::array::from_fn(|k| xs[k][i]));
+    }
 }
 
 /// The mean of one (image, channel) block of S values and its sum of squared deviations (two
@@ -553,14 +592,101 @@ impl Primitive for BatchNormGrad {
     /// dweight and dbias (blocks of each channel, then their sums: `BnSplit`), then dx a
     /// thread per element from them.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        self.kernels(args, DyFrom::Input)
+    }
+}
+
+/// Where a batchnorm gradient's dy comes from: its last input, or (`BatchNormReluGrad`) relu's
+/// gradient made on the fly from relu's output y and the gradient of y, or the sum of two
+/// gradients of y. Every read of dy, CPU or GPU, goes through it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DyFrom {
+    Input,
+    Relu { adds: bool },
+}
+
+impl DyFrom {
+    /// The inputs dy is made from, after the statistics: dy; or y, g (and g2).
+    fn sources(self) -> usize {
+        match self {
+            DyFrom::Input => 1,
+            DyFrom::Relu { adds } => 2 + adds as usize,
+        }
+    }
+    /// norm.wgsl's `dy_at` body and the bindings it reads beyond the kernel's own, which end
+    /// at binding `next - 1` and include `dy` (the first source after y).
+    fn wgsl(self, next: usize) -> (String, String) {
+        let DyFrom::Relu { adds } = self else {
+            return ("return dy[i];".into(), String::new());
+        };
+        let decl = |k: usize, name: &str| {
+            format!("@group(0) @binding({k}) var<storage, read_write> {name}: array<f32>;\n")
+        };
+        let mut bindings = decl(next, "relu_y");
+        // The add and unary_grad launches it replaces: b = a + b of the two gradients (in
+        // their order), then the elementwise table's relu derivative of y times b.
+        let b = if adds {
+            bindings += &decl(next + 1, "dy2");
+            "dy[i] + dy2[i]"
+        } else {
+            "dy[i]"
+        };
+        let body = format!(
+            "let a = relu_y[i];\n    let b = {b};\n    return ({}) * b;",
+            UnaryFn::Relu.wgsl_derivative(true)
+        );
+        (body, bindings)
+    }
+}
+
+/// `dispatch` of a kernel that reads dy through `dy_at`: `from`'s body and bindings in place,
+/// its sources bound after `bindings` (dy, the first, already among them).
+fn dy_dispatch(
+    entry: &'static str,
+    mut bindings: Vec<Bind>,
+    from: DyFrom,
+    sources: &[Bind],
+    params: Params,
+    wg: [u32; 3],
+) -> Dispatch {
+    let (body, decls) = from.wgsl(2 + bindings.len());
+    // y, then the second gradient; the first gradient is `dy`.
+    if let DyFrom::Relu { .. } = from {
+        bindings.push(sources[0]);
+        bindings.extend(&sources[2..]);
+    }
+    let mut d = dispatch(entry, bindings, params, wg);
+    let source = d
+        .shader
+        .source
+        .replace("//DY_AT", &body)
+        .replace("//DY_BINDINGS", &decls);
+    d.shader.source = source.into();
+    d
+}
+
+impl BatchNormGrad {
+    /// `Primitive::gpu` with dy made as `from` says. Inputs: x, [weight], mean, var, then
+    /// `from`'s sources.
+    fn kernels(&self, args: &KernelArgs, from: DyFrom) -> Result<Vec<Dispatch>, String> {
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
-        let k = args.inputs.len();
-        let (mean, var, dy) = (Bind::In(k - 3), Bind::In(k - 2), Bind::In(k - 1));
+        let stats = 1 + self.affine as usize;
+        let (mean, var) = (Bind::In(stats), Bind::In(stats + 1));
+        let sources: Vec<Bind> = (0..from.sources())
+            .map(|k| Bind::In(stats + 2 + k))
+            .collect();
+        // What `dy` binds: dy itself, or the gradient relu's derivative multiplies.
+        let dy = match from {
+            DyFrom::Input => sources[0],
+            DyFrom::Relu { .. } => sources[1],
+        };
         let split = BnSplit::new(n, c, s);
         let [dot, sum] = split.targets([Bind::Out(1), Bind::Out(2)]);
-        let mut out = vec![dispatch(
+        let mut out = vec![dy_dispatch(
             "bn_grad_sums",
             vec![Bind::In(0), mean, var, dy, dot, sum],
+            from,
+            &sources,
             split.params(self.eps),
             split.groups(),
         )];
@@ -579,7 +705,7 @@ impl Primitive for BatchNormGrad {
             Bind::In(0)
         };
         let total = args.numel_in(0);
-        let dx = dispatch(
+        out.push(dy_dispatch(
             "bn_grad_dx",
             vec![
                 Bind::In(0),
@@ -591,6 +717,8 @@ impl Primitive for BatchNormGrad {
                 Bind::Out(2),
                 Bind::Out(0),
             ],
+            from,
+            &sources,
             Params::new()
                 .u32(total)
                 .u32(c)
@@ -601,35 +729,83 @@ impl Primitive for BatchNormGrad {
                 .f32(self.eps)
                 .u32(0),
             grid(total),
-        );
-        out.push(dx);
+        ));
         Ok(out)
+    }
+
+    /// `Eval::eval` with dy made as `from` says (inputs as in `kernels`).
+    fn grad<T: Real>(&self, io: &mut Io<'_, T>, from: DyFrom) {
+        let layout = bn_layout(io.in_shape(0));
+        let (n, c, _) = layout;
+        let (ins, outs, scratch) = io.split_scratch_f64::<3>(bn_scratch(n, c, 4));
+        let stats = 1 + self.affine as usize;
+        let w = self.affine.then(|| ins.get(1));
+        let (mean, var) = (ins.get(stats), ins.get(stats + 1));
+        let x = ins.get(0);
+        let src = |k: usize| ins.get(stats + 2 + k);
+        let cx = GradCx {
+            layout,
+            eps: self.eps,
+            training: self.training,
+            w,
+            mean,
+            var,
+        };
+        // The unfused ops' arithmetic: the add of the two gradients (in their order), then the
+        // table's relu derivative of y times it, as UnaryGrad's CPU kernel computes it.
+        let relu = |y: T| UnaryFn::Relu.derivative_from_output(y);
+        match from {
+            DyFrom::Input => cx.run(outs, scratch, [x, src(0)], |[_, dy]| dy),
+            DyFrom::Relu { adds: false } => {
+                cx.run(outs, scratch, [x, src(0), src(1)], |[_, y, g]| relu(y) * g)
+            }
+            DyFrom::Relu { adds: true } => cx.run(
+                outs,
+                scratch,
+                [x, src(0), src(1), src(2)],
+                |[_, y, g, g2]| relu(y) * (g + g2),
+            ),
+        }
     }
 }
 
-impl Eval for BatchNormGrad {
-    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let layout = bn_layout(io.in_shape(0));
-        let (n, c, s) = layout;
-        let (eps, training) = (self.eps, self.training);
-        let (ins, mut outs, scratch) = io.split_scratch_f64::<3>(bn_scratch(n, c, 4));
+/// What a batchnorm gradient's CPU evaluation reads besides x and dy.
+struct GradCx<'a, T> {
+    layout: (usize, usize, usize),
+    eps: f64,
+    training: bool,
+    w: Option<&'a [T]>,
+    mean: &'a [T],
+    var: &'a [T],
+}
+
+impl<T: Real> GradCx<'_, T> {
+    /// dx, dweight and dbias into `outs`, where dy at an element is `dy(xs at it)`, `xs[0]`
+    /// being x.
+    fn run<const K: usize>(
+        &self,
+        outs: [&mut [T]; 3],
+        scratch: &mut [f64],
+        xs: [&[T]; K],
+        dy: impl Fn([T; K]) -> T + Sync + Copy,
+    ) {
+        let (n, c, s) = self.layout;
+        let (mean, var, eps) = (self.mean, self.var, self.eps);
         let (partial, coefs) = scratch.split_at_mut(2 * n * c);
-        let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
-        let w = self.affine.then(|| ins.get(1));
-        let (mean, var) = (ins.get(ins.len() - 3), ins.get(ins.len() - 2));
-        let [dx, dw, db] = outs.as_mut_slice() else {
-            unreachable!("batchnorm_grad has three outputs")
-        };
+        let [dx, dw, db] = outs;
         let invstd = |ch: usize| 1.0 / (var[ch].to_f64() + eps).sqrt();
+        let block_of = |block: usize| xs.map(|t| &t[block * s..][..s]);
         // Per (image, channel) block, Σ dy and Σ dy·(x − mean) (`lanes_sum`); then per channel
         // the blocks in image order, in f64.
-        for_blocks(partial, layout, |block, ch| {
-            let (x, dy) = (&x[block * s..][..s], &dy[block * s..][..s]);
+        for_blocks(partial, self.layout, |block, ch| {
+            let b = block_of(block);
             let mu = mean[ch];
-            (
-                lanes_sum([dy], |[dy]| dy),
-                lanes_sum([dy, x], |[dy, x]| dy * (x - mu)),
-            )
+            // One pass, dy made once per element.
+            let [sum, dot] = lanes_sums(b, |v: [T; K]| {
+                let d = dy(v);
+                [d, d * (v[0] - mu)]
+            });
+            (sum, dot)
         });
         let partial = &*partial;
         dw.par_iter_mut()
@@ -649,7 +825,7 @@ impl Eval for BatchNormGrad {
         let count = (n * s) as f64;
         for (ch, k) in coefs.chunks_exact_mut(4).enumerate() {
             let istd = invstd(ch);
-            let scale = T::of(w.map_or(1.0, |w| w[ch].to_f64()) * istd);
+            let scale = T::of(self.w.map_or(1.0, |w| w[ch].to_f64()) * istd);
             let mean_dy = T::of(db[ch].to_f64() / count);
             let slope = T::of(dw[ch].to_f64() * istd / count);
             k.copy_from_slice(&[mean[ch], mean_dy, slope, scale].map(T::to_f64));
@@ -658,26 +834,92 @@ impl Eval for BatchNormGrad {
         if s == 0 {
             return;
         }
+        let training = self.training;
         dx.par_chunks_exact_mut(s)
             .enumerate()
             .with_min_len(blocks_per_task(s))
             .for_each(|(block, dx)| {
                 let [mu, mean_dy, slope, scale] = channel_coefs(coefs, block % c);
-                let (x, dy) = (&x[block * s..][..s], &dy[block * s..][..s]);
+                let b = block_of(block);
                 if !training {
-                    for (dx, &dy) in dx.iter_mut().zip(dy) {
-                        *dx = dy * scale;
-                    }
+                    lanes_map(dx, b, |v| dy(v) * scale);
                     return;
                 }
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    *dx = (dy - mean_dy - (x - mu) * slope) * scale;
-                }
+                lanes_map(dx, b, |v| (dy(v) - mean_dy - (v[0] - mu) * slope) * scale);
             });
+    }
+}
+
+impl Eval for BatchNormGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        self.grad(io, DyFrom::Input);
     }
     fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
         let (n, c, _) = bn_layout(&inputs[0].shape);
         f64_scratch_len(bn_scratch(n, c, 4))
+    }
+}
+
+/// Batchnorm's gradient with relu's gradient before it in one launch, made by the fusion pass
+/// (schedule/fuse/bn_grad.rs) where that gradient is the batchnorm gradient's dy and nothing
+/// else reads it: dy = relu'(y)·g made on the fly, where `adds`, of g = g1 + g2 (a gradient
+/// sum, autodiff's add, that only relu's gradient read). Inputs: those of `BatchNormGrad` with
+/// dy replaced by relu's output y, then g (g1, g2). The same outputs as `BatchNormGrad`, by the
+/// same code and arithmetic (the same bits as the two or three launches). No gradient of its
+/// own: fusion runs after autodiff.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BatchNormReluGrad {
+    pub bn: BatchNormGrad,
+    pub adds: bool,
+}
+
+impl BatchNormReluGrad {
+    fn from(&self) -> DyFrom {
+        DyFrom::Relu { adds: self.adds }
+    }
+}
+
+impl Primitive for BatchNormReluGrad {
+    fn name(&self) -> &'static str {
+        if self.adds {
+            "batchnorm_relu_grad_add"
+        } else {
+            "batchnorm_relu_grad"
+        }
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        let stats = 3 + self.bn.affine as usize;
+        let sources = self.from().sources();
+        expect_arity(inputs, stats + sources)?;
+        let (bn, rest) = inputs.split_at(stats);
+        if let Some(bad) = rest.iter().find(|&&t| t != inputs[0]) {
+            return Err(format!(
+                "relu's output and gradients must be x's {}, got {}",
+                fmt_shape(&inputs[0].shape),
+                fmt_shape(&bad.shape)
+            ));
+        }
+        let mut grad = bn.to_vec();
+        grad.push(rest[1]);
+        self.bn.infer(&grad)
+    }
+    fn flops(&self, inputs: &[&TensorType], outputs: &[TensorType]) -> u64 {
+        self.bn.flops(inputs, outputs) + (1 + self.adds as u64) * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        self.bn.attrs()
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        self.bn.kernels(args, self.from())
+    }
+}
+
+impl Eval for BatchNormReluGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        self.bn.grad(io, self.from());
+    }
+    fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], threads: usize) -> usize {
+        self.bn.scratch(inputs, outputs, threads)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::kernel::gpu::{Dispatch, KernelArgs};
 
 use super::{Eval, Primitive, ShapeResult, expect_arity, expect_f32};
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, WORKGROUP, grid, groups, multi};
+use crate::kernel::gpu::{Bind, Params, Shader, WORKGROUP, grid, groups, multi, with_tree};
 
 const KERNELS: &str = include_str!("../../kernels/optim.wgsl");
 const MULTI_KERNELS: &str = include_str!("../../kernels/optim_multi.wgsl");
@@ -77,7 +77,7 @@ fn update(entry: &'static str, params: OptimParams, args: &KernelArgs) -> Vec<Di
     let mut bindings: Vec<Bind> = (0..args.inputs.len()).map(Bind::In).collect();
     bindings.extend((0..args.outputs.len()).map(Bind::Out));
     vec![Dispatch {
-        shader: Shader::file(KERNELS, entry),
+        shader: Shader::reducing(KERNELS, entry),
         bindings,
         workgroups: grid(params.n),
         params: params.words(),
@@ -93,7 +93,7 @@ fn update_multi(
     args: &KernelArgs,
 ) -> Result<Vec<Dispatch>, String> {
     let shader = Shader {
-        source: multi::source(&format!("{PREAMBLE}\n{KERNELS}\n{MULTI_KERNELS}")).into(),
+        source: multi::source(&with_tree(&format!("{KERNELS}\n{MULTI_KERNELS}"))).into(),
         entry,
     };
     multi::dispatches(&shader, &params.words(), members, args)
@@ -163,7 +163,7 @@ impl Primitive for GradNormCoef {
             let switch = format!("switch k {{\n        {cases}default: {{}}\n    }}");
             out.push(Dispatch {
                 shader: Shader {
-                    source: format!("{PREAMBLE}\n{}", KERNELS.replace("//SUMS", &switch)).into(),
+                    source: with_tree(&KERNELS.replace("//SUMS", &switch)).into(),
                     entry: "grad_norm",
                 },
                 bindings,
@@ -177,7 +177,7 @@ impl Primitive for GradNormCoef {
             ..Default::default()
         };
         out.push(Dispatch {
-            shader: Shader::file(KERNELS, "grad_norm_total"),
+            shader: Shader::reducing(KERNELS, "grad_norm_total"),
             bindings: vec![sums, Bind::Out(0)],
             params: params.words(),
             workgroups: [1, 1, 1],
@@ -517,7 +517,7 @@ impl Primitive for CountUp {
     }
     fn gpu(&self, _: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         Ok(vec![Dispatch {
-            shader: Shader::file(KERNELS, "count_up"),
+            shader: Shader::reducing(KERNELS, "count_up"),
             bindings: vec![Bind::In(0), Bind::Out(0)],
             params: OptimParams::default().words(),
             workgroups: [1, 1, 1],

@@ -167,7 +167,8 @@ pub struct Gpu {
     pub queue: ManuallyDrop<wgpu::Queue>,
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
-    /// The optional features the device was opened with (`OPTIONAL_FEATURES` the adapter has).
+    /// The optional features the device was opened with (`OPTIONAL_FEATURES` the adapter has,
+    /// and `SUBGROUP` where `subgroups` is set).
     pub features: wgpu::Features,
     /// Every kernel's pipeline, built once, and the persistent pipeline cache.
     pub(crate) pipelines: pipeline_cache::Pipelines,
@@ -175,6 +176,9 @@ pub struct Gpu {
     pub opened_in: Duration,
     /// Build kernels with naga's bounds checks (`TRAINER_SHADER_CHECKS=1`; the test suite).
     pub shader_checks: bool,
+    /// The adapter's subgroup sizes (least, most) where workgroup reductions use subgroup
+    /// shuffles (kernels/tree_subgroup.wgsl; `subgroup_sizes`); `None`: the portable tree.
+    pub subgroups: Option<[u32; 2]>,
     /// The estimated seconds one submit may take (`TRAINER_GPU_SUBMIT_MS`; see `submit`).
     pub submit_budget: f64,
     /// How long one submit may take before the device counts as hung.
@@ -184,9 +188,33 @@ pub struct Gpu {
     health: Arc<health::Health>,
 }
 
+/// Set to 1 to build workgroup reductions without subgroups (kernels/tree.wgsl) even where
+/// the adapter has them: the portable variant every device runs, to compare the two.
+const NO_SUBGROUPS: &str = "TRAINER_NO_SUBGROUPS";
+
+/// The subgroup sizes (least, most) kernels/tree_subgroup.wgsl may rely on: where the adapter
+/// has `Features::SUBGROUP` and every size it may pick is a power of two from 4 lanes (the
+/// file's `TREE_SLOTS`) to 128. `None` elsewhere: reductions take the portable tree.
+fn subgroup_sizes(adapter: &wgpu::Adapter) -> Option<[u32; 2]> {
+    let info = adapter.get_info();
+    let sizes = [info.subgroup_min_size, info.subgroup_max_size];
+    let usable = sizes
+        .iter()
+        .all(|s| s.is_power_of_two() && (4..=128).contains(s));
+    (adapter.features().contains(wgpu::Features::SUBGROUP) && usable && sizes[0] <= sizes[1])
+        .then_some(sizes)
+}
+
 impl Gpu {
-    /// Opens the high-performance adapter with its real limits (not WebGPU's defaults).
+    /// Opens the high-performance adapter with its real limits (not WebGPU's defaults);
+    /// reductions use subgroups where it has them, unless `TRAINER_NO_SUBGROUPS=1`.
     pub fn new() -> Result<Gpu, GpuError> {
+        Gpu::open(std::env::var(NO_SUBGROUPS).is_ok_and(|v| v == "1"))
+    }
+
+    /// `Gpu::new`, with `portable` deciding instead of `TRAINER_NO_SUBGROUPS`: true keeps
+    /// every kernel off subgroups (tests compare both variants in one process).
+    pub fn open(portable: bool) -> Result<Gpu, GpuError> {
         let started = std::time::Instant::now();
         let fault = fault::Fault::from_env()?;
         let timeout = health::timeout_from_env()?;
@@ -211,7 +239,11 @@ impl Gpu {
         let limits = adapter.limits();
         // Timestamps only where the adapter has them, for `trainer bench --profile` (a normal
         // step writes none); the pipeline cache where it has one (Vulkan).
-        let features = adapter.features() & OPTIONAL_FEATURES;
+        let mut features = adapter.features() & OPTIONAL_FEATURES;
+        let subgroups = subgroup_sizes(&adapter).filter(|_| !portable);
+        if subgroups.is_some() {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("trainer"),
             required_features: features,
@@ -230,7 +262,8 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             sink.lost(reason, &message, hook.as_deref())
         });
-        let pipelines = pipeline_cache::Pipelines::open(&device, &adapter.get_info());
+        let pipelines =
+            pipeline_cache::Pipelines::open(&device, &adapter.get_info(), subgroups.is_some());
         Ok(Gpu {
             adapter: summary(&adapter),
             device: ManuallyDrop::new(device),
@@ -240,11 +273,23 @@ impl Gpu {
             pipelines,
             opened_in: started.elapsed(),
             shader_checks: std::env::var("TRAINER_SHADER_CHECKS").is_ok_and(|v| v == "1"),
+            subgroups,
             submit_budget,
             timeout,
             fault,
             health,
         })
+    }
+
+    /// The device for reports: adapter, backend, and the subgroup sizes where reductions use
+    /// subgroups ("NVIDIA H100, Vulkan, subgroups 32").
+    pub fn describe(&self) -> String {
+        let subgroups = match self.subgroups {
+            Some([lo, hi]) if lo == hi => format!(", subgroups {lo}"),
+            Some([lo, hi]) => format!(", subgroups {lo}-{hi}"),
+            None => String::new(),
+        };
+        format!("{}, {}{subgroups}", self.adapter.name, self.adapter.backend)
     }
 
     /// The first error the device reported since the last call, if any; once the device is
@@ -440,6 +485,23 @@ pub fn test_gpu() -> Option<&'static Gpu> {
         }
     })
     .as_ref()
+}
+
+/// The test suite's GPUs: `test_gpu`, then, where it reduces through subgroups, a second
+/// device on the same adapter with the portable reductions (`Gpu::open(true)`), so kernel tests
+/// cover both variants in one run. Empty where there is no GPU (see `test_gpu`).
+pub fn test_gpus() -> Vec<&'static Gpu> {
+    static PORTABLE: std::sync::OnceLock<Gpu> = std::sync::OnceLock::new();
+    let Some(gpu) = test_gpu() else {
+        return Vec::new();
+    };
+    if gpu.subgroups.is_none() {
+        return vec![gpu];
+    }
+    let portable = PORTABLE.get_or_init(|| {
+        Gpu::open(true).unwrap_or_else(|e| panic!("the adapter opened once, not twice: {e}"))
+    });
+    vec![gpu, portable]
 }
 
 #[cfg(test)]

@@ -111,6 +111,8 @@ pub(crate) struct Pipelines {
     memo: Mutex<Memo>,
     driver: Option<DriverCache>,
     warned: AtomicBool,
+    /// Kernels take the subgroup reductions (`Shader::source_for`), fixed for the device.
+    subgroups: bool,
 }
 
 struct Memo {
@@ -136,8 +138,17 @@ struct DriverCache {
 
 impl Pipelines {
     /// Opens the cache file of this adapter (if the device has `PIPELINE_CACHE`); never fails.
-    pub(super) fn open(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Pipelines {
-        Pipelines::open_in(device, wgpu::util::pipeline_cache_key(info), cache_dir())
+    /// `subgroups`: build kernels with the subgroup reductions (the device has the feature).
+    pub(super) fn open(
+        device: &wgpu::Device,
+        info: &wgpu::AdapterInfo,
+        subgroups: bool,
+    ) -> Pipelines {
+        let key = wgpu::util::pipeline_cache_key(info);
+        Pipelines {
+            subgroups,
+            ..Pipelines::open_in(device, key, cache_dir())
+        }
     }
 
     /// `open` with the file name (`None`: no cache for this adapter) and directory given.
@@ -178,6 +189,7 @@ impl Pipelines {
             }),
             driver,
             warned: AtomicBool::new(false),
+            subgroups: false,
         }
     }
 
@@ -251,7 +263,7 @@ impl Pipelines {
         let started = Instant::now();
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.entry),
-            source: wgpu::ShaderSource::Wgsl(shader.source.clone()),
+            source: wgpu::ShaderSource::Wgsl(shader.source_for(self.subgroups)),
         };
         let module = if checks {
             device.create_shader_module(desc)

@@ -5,7 +5,7 @@
 //! GPU, and partial sums are more accurate than one long running sum. The split depends on the
 //! shapes only, so a config runs the same kernels (and bits) on every adapter.
 
-use super::{Bind, Dispatch, MAX_GROUPS, PREAMBLE, Params, Shader, grid, groups};
+use super::{Bind, Dispatch, MAX_GROUPS, PREAMBLE, Params, SCRATCH_ALIGN, Shader, grid, groups};
 
 /// Split-K slices are a multiple of this many values of the inner dim, so of the core's
 /// step through it (kernels/gemm.wgsl `TK`).
@@ -120,16 +120,22 @@ const TARGET_GROUPS: usize = 2048;
 /// The shortest slice worth its partial sums' traffic.
 const MIN_CHUNK: usize = 256;
 const MAX_SLICES: usize = 256;
-/// Words of partial sums one launch may keep (32 MiB): workspace shares the arena with the
-/// activations, so it counts against the memory peak. At 16 MiB ResNet-18's weight gradients
-/// (batch 512) got 4 slices or none and filled half an H100.
-const MAX_PARTIALS: usize = 8 << 20;
+/// Words of workspace one GEMM launch may keep (32 MiB), partial sums and a transposed
+/// operand together: workspace shares the arena with the activations, so it counts against
+/// the memory peak. At 16 MiB ResNet-18's weight gradients (batch 512) got 4 slices or none and
+/// filled half an H100.
+const MAX_WORKSPACE: usize = 8 << 20;
 
 /// How the inner dim `k` of a GEMM with `tiles` output tiles of `words` outputs in all is cut:
 /// (slices, chunk), every slice `chunk` long (a multiple of `CHUNK_MULTIPLE`) except the last.
 pub fn split_k(tiles: usize, k: usize, words: usize) -> (usize, usize) {
+    split_k_within(tiles, k, words, MAX_WORKSPACE)
+}
+
+/// `split_k` with at most `budget` words of partial sums.
+fn split_k_within(tiles: usize, k: usize, words: usize, budget: usize) -> (usize, usize) {
     let want = (TARGET_GROUPS / tiles.max(1)).max(1);
-    let most = (k / MIN_CHUNK).max(1).min(MAX_PARTIALS / words.max(1));
+    let most = (k / MIN_CHUNK).max(1).min(budget / words.max(1));
     let slices = want.min(most).clamp(1, MAX_SLICES);
     let chunk = k
         .div_ceil(slices)
@@ -173,6 +179,32 @@ impl Epilogue {
     }
 }
 
+/// Whether a GEMM of `macs` multiply-adds, whose operand `w` (read along the inner dim) it
+/// reads `reuse` times over, should first copy `w` transposed into its workspace. The core
+/// stages an operand that runs along the inner dim slower than one that runs along its rows or
+/// columns (4096³ on an H100: 32 against 40 TFLOP/s, docs/performance.md); the copy reads and
+/// writes `w` once, and pays for its dispatch (a few µs) from about 2^28 multiply-adds.
+pub fn transpose_pays(macs: usize, reuse: usize) -> bool {
+    reuse >= 128 && macs >= 1 << 28
+}
+
+/// The dispatch that writes `src` ([rows, cols], row-major) transposed into workspace words
+/// `0..rows * cols` (kernels/transpose.wgsl), that copy's binding, and the first workspace word
+/// after it that a GEMM may take.
+pub fn transposed(src: Bind, rows: usize, cols: usize) -> (Dispatch, Bind, usize) {
+    let copy = Bind::Scratch {
+        at: 0,
+        len: rows * cols,
+    };
+    let d = Dispatch {
+        shader: Shader::file(include_str!("../../../kernels/transpose.wgsl"), "main"),
+        bindings: vec![src, copy],
+        params: Params::new().u32(rows).u32(cols).done(),
+        workgroups: groups(rows.div_ceil(16) * cols.div_ceil(16)),
+    };
+    (d, copy, (rows * cols).next_multiple_of(SCRATCH_ALIGN))
+}
+
 /// The operand files' uniform declaration, which `Gemm` replaces by a constant.
 const UNIFORM_PARAMS: &str = "@group(0) @binding(0) var<uniform> p: Params;";
 
@@ -196,10 +228,21 @@ pub struct Gemm {
 impl Gemm {
     /// The dispatches: the GEMM writing output 0, or its slices into workspace and the sum.
     pub fn dispatches(self) -> Result<Vec<Dispatch>, String> {
+        self.dispatches_from(0)
+    }
+
+    /// `dispatches` for a launch whose workspace words below `at` (a multiple of
+    /// `SCRATCH_ALIGN`) hold something else: an operand the launch prepared.
+    pub fn dispatches_from(self, at: usize) -> Result<Vec<Dispatch>, String> {
         let tile = Tile::for_shape(self.rows, self.cols, self.groups);
         let tiles = tile.tiles(self.rows, self.cols);
         let words = self.groups * self.rows * self.cols;
-        let (slices, chunk) = split_k(tiles * self.groups, self.inner, words);
+        let (slices, chunk) = split_k_within(
+            tiles * self.groups,
+            self.inner,
+            words,
+            MAX_WORKSPACE.saturating_sub(at),
+        );
         if self.groups * slices > MAX_GROUPS as usize {
             return Err(format!(
                 "{} groups in {slices} slices (at most {MAX_GROUPS} on the GPU)",
@@ -207,7 +250,7 @@ impl Gemm {
             ));
         }
         let partials = Bind::Scratch {
-            at: 0,
+            at,
             len: slices * words,
         };
         let target = if slices > 1 { partials } else { Bind::Out(0) };

@@ -20,7 +20,7 @@
 mod gemm;
 pub mod multi;
 
-pub use gemm::{Epilogue, Gemm, Tile, split_k};
+pub use gemm::{Epilogue, Gemm, Tile, split_k, transpose_pays, transposed};
 
 use std::borrow::Cow;
 
@@ -110,18 +110,56 @@ impl Shader {
     }
 }
 
+/// The workgroup reductions `section` prepends: a fixed tree through workgroup memory, which
+/// every WebGPU device runs.
+pub const TREE: &str = include_str!("../../../kernels/tree.wgsl");
+/// The same functions through subgroup shuffles (`Features::SUBGROUP`): two barriers instead
+/// of log2(WORKGROUP) + 2. Still a fixed order, given the device's subgroup size.
+pub const TREE_SUBGROUP: &str = include_str!("../../../kernels/tree_subgroup.wgsl");
+
+/// `PREAMBLE`, `TREE`, then `text`: the source of a kernel that calls `tree_sum`/`tree_max`.
+pub fn with_tree(text: &str) -> String {
+    format!("{PREAMBLE}\n{TREE}\n{text}")
+}
+
+impl Shader {
+    /// A kernel from a file that reduces with `tree_sum` or `tree_max` (`with_tree`).
+    pub fn reducing(text: &'static str, entry: &'static str) -> Shader {
+        Shader {
+            source: with_tree(text).into(),
+            entry,
+        }
+    }
+
+    /// The source to compile on a device: with `subgroups`, `TREE_SUBGROUP` in place of
+    /// `TREE` where the kernel has it; otherwise (and for kernels without it) as written.
+    pub fn source_for(&self, subgroups: bool) -> Cow<'_, str> {
+        match self.source.find(TREE) {
+            Some(at) if subgroups => {
+                let s = &self.source;
+                Cow::Owned(format!(
+                    "{}{TREE_SUBGROUP}{}",
+                    &s[..at],
+                    &s[at + TREE.len()..]
+                ))
+            }
+            _ => Cow::Borrowed(&self.source),
+        }
+    }
+}
+
 /// Entry `entry` of a sectioned kernel file (kernels/reduce.wgsl, norm.wgsl, pool.wgsl): the
-/// preamble, the shared tree reductions (kernels/tree.wgsl), the file's shared head (before its first `// @entry` line) and that entry's own
-/// section, so that each module declares each binding once (entries differ in `Params`).
+/// preamble, the shared tree reductions (`TREE`), the file's shared head (before its first
+/// `// @entry` line) and that entry's own section, so that each module declares each binding
+/// once (entries differ in `Params`).
 pub fn section(text: &'static str, entry: &'static str) -> Shader {
-    const TREE: &str = include_str!("../../../kernels/tree.wgsl");
     let mut parts = text.split("\n// @entry ");
     let head = parts.next().unwrap_or_default();
     let body = parts
         .find(|s| s.split_whitespace().next() == Some(entry))
         .unwrap_or_else(|| panic!("kernel file has no section `{entry}`"));
     Shader {
-        source: format!("{PREAMBLE}\n{TREE}\n{head}\n// {body}").into(),
+        source: with_tree(&format!("{head}\n// {body}")).into(),
         entry,
     }
 }
@@ -209,6 +247,18 @@ pub fn per_element(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_kernels_with_the_tree_take_the_subgroup_variant() {
+        let text = "fn head() {}\n// @entry a\nfn a() { tree_sum(); }\n";
+        let reducing = section(text, "a");
+        let swapped = reducing.source_for(true);
+        assert!(swapped.contains(TREE_SUBGROUP) && !swapped.contains(TREE));
+        assert!(swapped.ends_with("fn a() { tree_sum(); }\n"), "{swapped}");
+        assert_eq!(reducing.source_for(false), reducing.source);
+        let plain = Shader::file("fn b() {}", "b");
+        assert_eq!(plain.source_for(true), plain.source);
+    }
 
     #[test]
     fn grids_fold_past_the_dimension_limit() {

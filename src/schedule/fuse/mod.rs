@@ -5,7 +5,9 @@
 //! Epilogues first: batchnorm + add + relu at a residual block's end, where the batchnorm's
 //! output and the sum each have one reader, becomes one `BatchNormRelu { residual }` in the
 //! relu's place; then an activation whose input nothing else reads joins the op that made it
-//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place.
+//! (`Primitive::with_epilogue`: batchnorm + relu), in the activation's place. In the backward
+//! pass, relu's gradient (and a gradient sum before it) joins the batchnorm gradient it feeds
+//! (`bn_grad.rs`).
 //!
 //! A linear layer's bias add and activation next join its matmul (`gemm_epilogue.rs`:
 //! `MatMulBias`). Elementwise chains then (`chains.rs`): unary and binary ops whose
@@ -17,23 +19,23 @@
 //! inputs all exist. The node's inputs and outputs are the members', member after member, so
 //! liveness, memory and the in-place updates (`Graph::updates`) still see every tensor.
 
+mod bn_grad;
 mod chains;
 mod gemm_epilogue;
 mod rewrite;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rewrite::{readers, rebuild, returned};
-
 use crate::graph::Graph;
 use crate::kernel::gpu::KernelArgs;
-use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn};
+use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn, UnaryGrad};
 use crate::tensor::{NodeId, TensorId, TensorType};
+use rewrite::{readers, rebuild, returned};
 
 /// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
 pub fn fuse(g: &Graph) -> Graph {
-    let g = gemm_epilogue::gemm_epilogues(&epilogues(&residuals(g)));
-    foreach(&chains::chains(&g))
+    let g = bn_grad::relu_grads(&epilogues(&residuals(g)));
+    foreach(&chains::chains(&gemm_epilogue::gemm_epilogues(&g)))
 }
 
 /// relu(batchnorm(x) + r) as one `BatchNormRelu { residual: true }` in the relu's place, where
@@ -255,6 +257,22 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
                         .map(|&r| count(&add, &[y, r], &n.outputs[..1]))
                         .sum::<usize>()
             }
+            OpKind::BatchNormReluGrad(f) => {
+                // x, [weight], mean, var, y, g (g2): the add, relu's gradient, then batchnorm's.
+                let stats = inputs.len() - 2 - f.adds as usize;
+                let (y, g) = (inputs[stats], inputs[stats + 1]);
+                let dy = std::slice::from_ref(&n.outputs[0]);
+                let relu_grad = OpKind::UnaryGrad(UnaryGrad {
+                    f: UnaryFn::Relu,
+                    from_output: true,
+                });
+                let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+                let mut bn_inputs = inputs[..stats].to_vec();
+                bn_inputs.push(g);
+                count(&OpKind::BatchNormGrad(f.bn.clone()), &bn_inputs, &n.outputs)
+                    + count(&relu_grad, &[y, g], dy)
+                    + if f.adds { count(&add, &[g, g], dy) } else { 0 }
+            }
             OpKind::MatMulBias(f) => {
                 let y = &n.outputs[..1];
                 let add = OpKind::Binary(Binary { f: BinaryFn::Add });
@@ -340,20 +358,23 @@ mod tests {
         assert_eq!(count(&fused, "batchnorm_relu"), 10);
         assert_eq!(count(&fused, "batchnorm_add_relu"), 9);
         assert_eq!(ops(&fused, "relu"), count(&g, "relu") - 19);
+        // Backward: the stem's relu gradient takes the gradient sum before it (bn_grad.rs).
         // The classifier's bias add joins its matmul.
         assert_eq!(count(&fused, "matmul_bias"), 1);
-        assert_eq!(ops(&fused, "add"), count(&g, "add") - 9 - 1);
-        assert_eq!(ops(&fused, "unary_grad"), count(&g, "unary_grad"));
+        assert_eq!(ops(&fused, "add"), count(&g, "add") - 9 - 1 - 1);
+        assert_eq!(ops(&fused, "unary_grad"), count(&g, "unary_grad") - 10);
         assert_eq!(
             fused.dag.node_count(),
             g.dag.node_count() - sgd + 1 - count(&g, "count_up") + 1 - stats + 3
                 - 10
                 - 2 * 9
+                - 10
                 - (links - chains.len())
                 - 1
+                - 1
         );
-        // Each block's input gradient: the two paths' sum, then the relu's gradient.
-        assert_eq!(chains.len(), 9);
+        // The relu gradients bn_grad.rs leaves that read a sum of two paths' gradients.
+        assert_eq!(chains.len(), 8);
         for (_, expr) in &chains {
             assert_eq!(expr, "unary_grad[fn=relu,of=y](x0, add(x1, x2))");
         }

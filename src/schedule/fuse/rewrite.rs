@@ -1,5 +1,5 @@
-//! Rewriting a graph for fusion: who reads a tensor, what the step returns (which no fusion
-//! may remove), and `rebuild`, the copy in which a pass puts its fused nodes.
+//! The graph rewriting the fusions share: who reads a tensor, whether the step hands it out,
+//! and `rebuild`, which copies a graph node by node with fused nodes in place.
 
 use std::collections::BTreeMap;
 
