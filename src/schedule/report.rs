@@ -153,10 +153,15 @@ mod tests {
         let cfg = loaded.result.expect("the shipped mlp loads");
         let g = nn::build_with_batch(&cfg, batch).expect("builds");
         let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
-        crate::schedule::plan(&t, &Checkpointing::None, Default::default()).expect("plans")
+        // Unfused, so that fc1's relu is a launch of its own (else it joins fc1's GEMM).
+        let options = crate::schedule::Options {
+            fuse: false,
+            ..Default::default()
+        };
+        crate::schedule::plan(&t, &Checkpointing::None, options).expect("plans")
     }
 
-    /// configs/mlp.toml at batch 2: the header, then one line per launch; the first flattens
+    /// configs/mlp.toml at batch 2, unfused: the header, then one line per launch; the first flattens
     /// the fed [2, 1, 28, 28] images (6272 bytes, first in `inputs`) into the arena's start,
     /// and the fc1 relu writes over its input in place.
     #[test]
