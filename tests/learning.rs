@@ -25,9 +25,10 @@ fn mlp_learns_separable_data_in_200_steps() {
         Optimizer::Adam(a) => a.lr.0,
         other => panic!("mlp.toml uses adam, got {other:?}"),
     };
-    let (features, labels, loss) = (g.features, g.labels, g.loss);
-    let dim = g.ty(features).numel() / batch;
-    let classes = *g.ty(g.output).shape.last().unwrap();
+    // Fusion renumbers nodes: the plan's graph names the tensors to feed and read.
+    let (features, labels, loss) = (plan.graph.features, plan.graph.labels, plan.graph.loss);
+    let dim = plan.graph.ty(features).numel() / batch;
+    let classes = *plan.graph.ty(plan.graph.output).shape.last().unwrap();
 
     // Ten Gaussian clusters around random prototypes.
     let mut rng = ChaCha8Rng::seed_from_u64(42);
