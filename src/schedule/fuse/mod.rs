@@ -1,6 +1,8 @@
 //! Fusion: fewer, larger launches for the same arithmetic. Runs after recompute (on the graph
 //! with its clones) and before order and memory. Switched by `Options::fuse` (`run.fusion` in
-//! the config); a fused plan gives the same bits as an unfused one (tests/fusion.rs).
+//! the config); a fused plan does the same arithmetic as an unfused one: the same bits on the
+//! CPU and lavapipe (tests/fusion.rs). A driver free to contract `a·b + c` into an fma (Vulkan
+//! allows it; naga cannot forbid it) may round a fused kernel differently: NVIDIA's does.
 //!
 //! Epilogues first: batchnorm + add + relu at a residual block's end, where the batchnorm's
 //! output and the sum each have one reader, becomes one `BatchNormRelu { residual }` in the
