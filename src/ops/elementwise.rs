@@ -178,9 +178,15 @@ fn elementwise_kernel(
             .replace("/*EXPR*/", expr)
             .replace("//BODY", body)
     );
+    Ok(inputs_to_output(source, inputs, params, n))
+}
+
+/// One thread per element of output 0 of `source`'s `main`, which binds inputs `0..inputs`
+/// and then the output.
+fn inputs_to_output(source: String, inputs: usize, params: Params, n: usize) -> Vec<Dispatch> {
     let mut binds: Vec<Bind> = (0..inputs).map(Bind::In).collect();
     binds.push(Bind::Out(0));
-    Ok(per_element(
+    per_element(
         Shader {
             source: source.into(),
             entry: "main",
@@ -188,7 +194,7 @@ fn elementwise_kernel(
         binds,
         params.done(),
         n,
-    ))
+    )
 }
 
 /// An input's element strides along each output dimension: 0 where it is broadcast.

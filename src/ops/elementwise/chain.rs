@@ -15,9 +15,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{BinaryFn, FNS, UnaryFn, broadcast_strides};
+use super::{BinaryFn, FNS, UnaryFn, broadcast_strides, inputs_to_output};
 use crate::kernel::cpu::{Io, Real, TILE};
-use crate::kernel::gpu::{Bind, Dispatch, KernelArgs, Params, Shader, per_element};
+use crate::kernel::gpu::{Dispatch, KernelArgs, Params};
 use crate::ops::{Binary, Eval, OpKind, Primitive, ShapeResult, Unary, UnaryGrad};
 use crate::tensor::TensorType;
 
@@ -414,17 +414,7 @@ fn chain_kernel(chain: &Chain, args: &KernelArgs) -> Result<Vec<Dispatch>, Strin
     let _ = writeln!(s, "    out[i] = v{};\n}}", chain.links.len() - 1);
 
     let source = format!("{}\n{s}", crate::kernel::gpu::PREAMBLE);
-    let mut binds: Vec<Bind> = (0..inputs).map(Bind::In).collect();
-    binds.push(Bind::Out(0));
-    Ok(per_element(
-        Shader {
-            source: source.into(),
-            entry: "main",
-        },
-        binds,
-        params.done(),
-        n,
-    ))
+    Ok(inputs_to_output(source, inputs, params, n))
 }
 
 #[cfg(test)]

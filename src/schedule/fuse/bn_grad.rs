@@ -105,14 +105,8 @@ fn only_reader(g: &Graph, t: TensorId, reader: NodeId) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_graphs::{count, resnet20_step};
     use super::*;
-
-    fn count(g: &Graph, name: &str) -> usize {
-        g.dag
-            .node_weights()
-            .filter(|n| n.op.primitive().name() == name)
-            .count()
-    }
 
     /// ResNet-20's step: the relu after each block's first batchnorm has one reader (conv2),
     /// so its gradient alone is that batchnorm gradient's dy; the stem's relu feeds layer1.0's
@@ -120,14 +114,7 @@ mod tests {
     /// a block has its gradient read twice (bn2's gradient and the shortcut's): left alone.
     #[test]
     fn resnet20s_relu_gradients_join_their_batchnorm_gradients() {
-        let cfg = crate::config::load(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/resnet.toml")),
-            &[],
-        )
-        .result
-        .unwrap();
-        let forward = crate::nn::build(&cfg).unwrap();
-        let g = crate::training::training_graph(&forward, &cfg.optimizer).unwrap();
+        let g = resnet20_step();
         let fused = relu_grads(&g);
         fused.verify().unwrap();
         let (bn_grads, unary_grads) = (count(&g, "batchnorm_grad"), count(&g, "unary_grad"));
@@ -156,14 +143,7 @@ mod tests {
     /// A relu gradient the step hands out, or one a second op reads, stays.
     #[test]
     fn a_relu_gradient_read_elsewhere_stays() {
-        let cfg = crate::config::load(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/resnet.toml")),
-            &[],
-        )
-        .result
-        .unwrap();
-        let forward = crate::nn::build(&cfg).unwrap();
-        let mut g = crate::training::training_graph(&forward, &cfg.optimizer).unwrap();
+        let mut g = resnet20_step();
         // Relu gradients only a batchnorm gradient reads, in creation order.
         let fusable: Vec<NodeId> = g
             .dag

@@ -152,22 +152,10 @@ fn chain_of(g: &Graph, tree: &Tree) -> Chain {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_graphs::{input, op};
     use super::*;
     use crate::graph::Phase;
-    use crate::ops::{Binary, BinaryFn, Input, Primitive, Unary, UnaryFn};
-    use crate::tensor::TensorType;
-
-    fn input(g: &mut Graph, name: &str, shape: &[usize]) -> TensorId {
-        let op = OpKind::Input(Input {
-            name: name.into(),
-            ty: TensorType::f32(shape.to_vec()),
-        });
-        TensorId::of(g.add_node(op, &[], 0, Phase::Forward).unwrap(), 0)
-    }
-
-    fn op(g: &mut Graph, op: OpKind, ins: &[TensorId]) -> TensorId {
-        TensorId::of(g.add_node(op, ins, 0, Phase::Forward).unwrap(), 0)
-    }
+    use crate::ops::{Binary, BinaryFn, Primitive, Unary, UnaryFn};
 
     fn unary(f: UnaryFn) -> OpKind {
         OpKind::Unary(Unary { f })

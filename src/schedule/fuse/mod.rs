@@ -25,6 +25,8 @@ mod bn_grad;
 mod chains;
 mod gemm_epilogue;
 mod rewrite;
+#[cfg(test)]
+mod test_graphs;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -300,6 +302,7 @@ pub fn dispatches(g: &Graph) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::test_graphs::{count, resnet20_step};
     use super::*;
 
     /// ResNet-20's step: every SGD update, every batchnorm counter, the running statistics of
@@ -309,22 +312,9 @@ mod tests {
     /// become one chain; the classifier's bias joins its matmul.
     #[test]
     fn updates_of_one_kind_become_one_node() {
-        let cfg = crate::config::load(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/resnet.toml")),
-            &[],
-        )
-        .result
-        .unwrap();
-        let forward = crate::nn::build(&cfg).unwrap();
-        let g = crate::training::training_graph(&forward, &cfg.optimizer).unwrap();
+        let g = resnet20_step();
         let fused = fuse(&g);
         fused.verify().unwrap();
-        let count = |g: &Graph, name: &str| {
-            g.dag
-                .node_weights()
-                .filter(|n| n.op.primitive().name() == name)
-                .count()
-        };
         // Ops of `name`, alone or as links of a chain.
         let ops = |g: &Graph, name: &str| {
             let links = g.dag.node_weights().map(|n| match &n.op {
