@@ -137,21 +137,10 @@ fn elementwise_kernel(
     args: &KernelArgs,
 ) -> Result<Vec<Dispatch>, String> {
     const TEMPLATE: &str = include_str!("../../kernels/elementwise.wgsl");
-    let out = &args.outputs[0].shape;
-    let n = args.numel_out(0);
-    let same = args.inputs.iter().all(|t| &t.shape == out);
-    let rank = if same { 0 } else { out.len() };
-    if rank > 8 {
-        return Err(format!("broadcasting over rank {rank} (at most 8)"));
-    }
+    let (n, rank, mut words) = broadcast_index(args)?;
+    // The template reads two inputs' strides whatever the arity.
+    words.resize(3, [0; 8]);
     let mut params = Params::new().u32(n).u32(rank).f32(alpha).u32(0);
-    let mut words = [[0usize; 8]; 3];
-    if !same {
-        words[0][..rank].copy_from_slice(out);
-        for (k, t) in args.inputs.iter().enumerate() {
-            words[1 + k][..rank].copy_from_slice(&broadcast_strides(&t.shape, out));
-        }
-    }
     for w in words.iter().flatten() {
         params = params.u32(*w);
     }
@@ -179,6 +168,26 @@ fn elementwise_kernel(
             .replace("//BODY", body)
     );
     Ok(inputs_to_output(source, inputs, params, n))
+}
+
+/// The output's elements, the broadcasting rank (0 where every input has the output's shape,
+/// so the kernel indexes all at the element's index) and the index words: the output's dims,
+/// then each input's strides along them, each padded to 8.
+fn broadcast_index(args: &KernelArgs) -> Result<(usize, usize, Vec<[usize; 8]>), String> {
+    let out = &args.outputs[0].shape;
+    let same = args.inputs.iter().all(|t| &t.shape == out);
+    let rank = if same { 0 } else { out.len() };
+    if rank > 8 {
+        return Err(format!("broadcasting over rank {rank} (at most 8)"));
+    }
+    let mut words = vec![[0usize; 8]; 1 + args.inputs.len()];
+    if !same {
+        words[0][..rank].copy_from_slice(out);
+        for (k, t) in args.inputs.iter().enumerate() {
+            words[1 + k][..rank].copy_from_slice(&broadcast_strides(&t.shape, out));
+        }
+    }
+    Ok((args.numel_out(0), rank, words))
 }
 
 /// One thread per element of output 0 of `source`'s `main`, which binds inputs `0..inputs`

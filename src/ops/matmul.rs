@@ -79,6 +79,12 @@ fn strided_gemm(
     .dispatches_from(at)
 }
 
+/// [m, n, k] of the GPU args of x [.., k] and w [n, k] (x·wᵀ, dy·w, the fused linear).
+fn sizes(args: &KernelArgs) -> [usize; 3] {
+    let w = &args.inputs[1].shape;
+    [rows(args.inputs[0]), w[0], w[1]]
+}
+
 /// Rows of a tensor whose last dim is the matrix's columns.
 fn rows(t: &TensorType) -> usize {
     t.numel() / t.shape.last().copied().unwrap_or(1).max(1)
@@ -112,11 +118,7 @@ impl Primitive for MatMul {
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         // y [m, n] = x [m, k] · wᵀ, w [n, k].
-        let (m, n, k) = (
-            rows(args.inputs[0]),
-            args.inputs[1].shape[0],
-            args.inputs[1].shape[1],
-        );
+        let [m, n, k] = sizes(args);
         linear_kernel([m, n, k], None)
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
@@ -228,11 +230,7 @@ impl Primitive for MatMulBias {
         Cost::Compute
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let (m, n, k) = (
-            rows(args.inputs[0]),
-            args.inputs[1].shape[0],
-            args.inputs[1].shape[1],
-        );
+        let [m, n, k] = sizes(args);
         let (decls, expr) = match self.act {
             Some(f) => (
                 super::elementwise::FNS.to_string(),
@@ -289,11 +287,7 @@ impl Primitive for MatMulGradInput {
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         // dx [m, k] = dy [m, n] · w [n, k].
-        let (m, n, k) = (
-            rows(args.inputs[0]),
-            args.inputs[1].shape[0],
-            args.inputs[1].shape[1],
-        );
+        let [m, n, k] = sizes(args);
         gemm_kernel([m, k, n], [n, 1], [k, 1])
     }
 }

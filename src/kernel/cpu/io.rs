@@ -275,13 +275,7 @@ impl<'a, T: Real> Io<'a, T> {
                 }
             }
         };
-        if n > chunk {
-            (0..n.div_ceil(chunk))
-                .into_par_iter()
-                .for_each(|c| run(c * chunk));
-        } else if n > 0 {
-            run(0);
-        }
+        in_chunks(n, chunk, run);
     }
 
     /// [`Io::map`] with one output, a tile at a time: `f(x, len, y)` gets each input's values
@@ -336,13 +330,18 @@ impl<'a, T: Real> Io<'a, T> {
                 k += len;
             }
         };
-        if n > chunk {
-            (0..n.div_ceil(chunk))
-                .into_par_iter()
-                .for_each(|c| run(c * chunk));
-        } else if n > 0 {
-            run(0);
-        }
+        in_chunks(n, chunk, run);
+    }
+}
+
+/// `run(start)` for every `chunk`-long piece of `0..n`, in parallel where there are several.
+fn in_chunks(n: usize, chunk: usize, run: impl Fn(usize) + Sync) {
+    if n > chunk {
+        (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .for_each(|c| run(c * chunk));
+    } else if n > 0 {
+        run(0);
     }
 }
 

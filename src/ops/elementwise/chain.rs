@@ -15,7 +15,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{BinaryFn, FNS, UnaryFn, broadcast_strides, inputs_to_output};
+use super::{BinaryFn, FNS, UnaryFn, broadcast_index, inputs_to_output};
 use crate::kernel::cpu::{Io, Real, TILE};
 use crate::kernel::gpu::{Dispatch, KernelArgs, Params};
 use crate::ops::{Binary, Eval, OpKind, Primitive, ShapeResult, Unary, UnaryGrad};
@@ -321,23 +321,9 @@ fn apply_tile<T: Real>(f: ElementwiseFn, a: &[T; TILE], b: &[T; TILE], out: &mut
 /// broadcast offset (all at the element's index where every input has the output's shape).
 fn chain_kernel(chain: &Chain, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
     let inputs = args.inputs.len();
-    let out = &args.outputs[0].shape;
-    let n = args.numel_out(0);
-    let same = args.inputs.iter().all(|t| &t.shape == out);
-    let rank = if same { 0 } else { out.len() };
-    if rank > 8 {
-        return Err(format!("broadcasting over rank {rank} (at most 8)"));
-    }
+    let (n, rank, words) = broadcast_index(args)?;
     let mut params = Params::new().u32(n).u32(rank).u32(0).u32(0);
-    let mut dims = [0usize; 8];
-    let mut strides = vec![[0usize; 8]; inputs];
-    if !same {
-        dims[..rank].copy_from_slice(out);
-        for (k, t) in args.inputs.iter().enumerate() {
-            strides[k][..rank].copy_from_slice(&broadcast_strides(&t.shape, out));
-        }
-    }
-    for w in dims.iter().chain(strides.iter().flatten()) {
+    for w in words.iter().flatten() {
         params = params.u32(*w);
     }
 
