@@ -188,9 +188,11 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         bc = b[ch];
     }
     let scale = wc / sqrt(var_[ch] + p.eps);
-    var a = (x[i] - mean[ch]) * scale + bc;
+    // `stored`: the product rounded before the add, whatever the driver would contract (this
+    // kernel has fused variants); the result as the unfused batchnorm and add launches round it.
+    var a = stored(stored((x[i] - mean[ch]) * scale) + bc);
     if (p.residual == 1u) {
-        a = a + r[i];
+        a = stored(a + r[i]);
     }
     if (p.relu == 1u) {
         y[i] = RELU_OF_A;
@@ -205,7 +207,8 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly. Here and in
 // bn_grad_dx dy is read through dy_at: the dy input, or (batchnorm_relu_grad, the fusion
 // pass's) relu's gradient of a dy input or of the sum of two, made as the launches it replaces
-// made it.
+// made it; bn_grad_sums then stores it where src/ops/norm.rs puts `dy_out[at] = d;` in place
+// of KEEP_DY (relu's gradient has readers besides this batchnorm's).
 struct Params {
     c: u32,
     n: u32,
@@ -246,7 +249,10 @@ fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
         let at = ((t / p.s) * p.c + ch) * p.s + t % p.s;
         let d = dy_at(at);
-        acc = acc + vec2<f32>(d, d * (x[at] - mu));
+        //KEEP_DY
+        // `stored`: no contraction into the sum, which the driver might choose differently
+        // in this kernel's fused variants.
+        acc = acc + vec2<f32>(d, stored(d * (x[at] - mu)));
     }
     let total = tree_sum(lanes, acc);
     if (lid.x == 0u) {
@@ -344,7 +350,9 @@ fn bn_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let mean_dy = db[ch] / p.count;
     let k = dw[ch] * istd / p.count;
-    dx[i] = (dy_at(i) - mean_dy - (x[i] - mean[ch]) * k) * scale;
+    // `stored`: as in bn_grad_sums (NVIDIA's driver contracted this product in one variant
+    // of the kernel and not in another).
+    dx[i] = (dy_at(i) - mean_dy - stored((x[i] - mean[ch]) * k)) * scale;
 }
 
 // @entry bn_running_stats

@@ -46,7 +46,10 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
             let g = nn::build_with_batch(&cfg, batch).expect("builds");
             let unfused = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
             // The fusion pass's multi-tensor kernels too.
-            for t in [fuse::fuse(&unfused), unfused] {
+            for t in [
+                fuse::fuse(&unfused, trainer::config::sections::Fusion::ALL),
+                unfused,
+            ] {
                 for id in t.dag.node_indices() {
                     let n = &t.dag[id];
                     if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
@@ -297,11 +300,11 @@ fn every_kernel_translates_to_metal_spirv_and_hlsl() {
             "no config launches `{entry}`"
         );
     }
-    // The fusion pass's batchnorm gradients of relu's gradient (of a gradient sum too) read dy
-    // through their own `dy_at`: sources of their own.
+    // The fusion pass's batchnorm gradients of relu's gradient (of a gradient sum too) make dy
+    // through their own `dy_at` in the sums' pass: sources of their own (dx's is the unfused).
     for op in ["batchnorm_relu_grad", "batchnorm_relu_grad_add"] {
         let ours = |e: &[&str], what: &str| {
-            e.contains(&"bn_grad_dx") && what.ends_with(&format!("({op})"))
+            e.contains(&"bn_grad_sums") && what.ends_with(&format!("({op})"))
         };
         assert!(
             all.values().any(|(e, what)| ours(e, what)),

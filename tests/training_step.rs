@@ -81,7 +81,7 @@ fn checkpointing_in_place_and_fusion_change_no_bits() {
         &Checkpointing::None,
         Options {
             in_place: false,
-            fuse: false,
+            fuse: trainer::config::sections::Fusion::NONE,
         },
     )
     .unwrap();

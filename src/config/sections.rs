@@ -17,9 +17,111 @@ pub struct Run {
     pub seed: u64,
     #[serde(default)]
     pub device: Device,
-    /// Plans the step with the fusion pass (schedule/fuse.rs): fewer launches, the same bits.
-    #[serde(default = "yes")]
-    pub fusion: bool,
+    /// Which fusion passes plan the step (schedule/fuse/): fewer launches, the same arithmetic.
+    #[serde(default)]
+    pub fusion: Fusion,
+}
+
+/// One fusion pass (schedule/fuse/), as `run.fusion` names it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionPass {
+    /// batchnorm + residual add + relu at a block's end.
+    Residual,
+    /// An activation into the op before it (batchnorm + relu).
+    Activation,
+    /// relu's gradient (and a gradient sum before it) into batchnorm's gradient.
+    NormGrad,
+    /// A linear layer's bias add and activation into its matmul.
+    MatmulBias,
+    /// Elementwise chains as one launch.
+    Chains,
+    /// One multi-tensor launch per kind of update.
+    MultiTensor,
+}
+
+impl FusionPass {
+    pub const ALL: [FusionPass; 6] = [
+        FusionPass::Residual,
+        FusionPass::Activation,
+        FusionPass::NormGrad,
+        FusionPass::MatmulBias,
+        FusionPass::Chains,
+        FusionPass::MultiTensor,
+    ];
+}
+
+/// `run.fusion`: `true` (every pass, the default), `false` (none), or a list of the passes to
+/// run, such as `["multi_tensor", "chains"]` (to find which one changes a driver's rounding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fusion([bool; FusionPass::ALL.len()]);
+
+impl Fusion {
+    pub const ALL: Fusion = Fusion([true; FusionPass::ALL.len()]);
+    pub const NONE: Fusion = Fusion([false; FusionPass::ALL.len()]);
+
+    pub fn has(self, pass: FusionPass) -> bool {
+        self.0[pass as usize]
+    }
+
+    pub fn any(self) -> bool {
+        self != Fusion::NONE
+    }
+
+    /// Only `passes`.
+    pub fn only(passes: &[FusionPass]) -> Fusion {
+        let mut f = Fusion::NONE;
+        for &p in passes {
+            f.0[p as usize] = true;
+        }
+        f
+    }
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::ALL
+    }
+}
+
+impl Serialize for Fusion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Fusion::ALL => s.serialize_bool(true),
+            Fusion::NONE => s.serialize_bool(false),
+            f => {
+                let on: Vec<FusionPass> =
+                    FusionPass::ALL.into_iter().filter(|&p| f.has(p)).collect();
+                on.serialize(s)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fusion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fusion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a list of fusion passes")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Fusion, E> {
+                Ok(if v { Fusion::ALL } else { Fusion::NONE })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Fusion, A::Error> {
+                let mut passes = Vec::new();
+                while let Some(p) = seq.next_element::<FusionPass>()? {
+                    passes.push(p);
+                }
+                Ok(Fusion::only(&passes))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_name() -> String {
@@ -32,7 +134,7 @@ impl Default for Run {
             name: default_name(),
             seed: 0,
             device: Device::Auto,
-            fusion: true,
+            fusion: Fusion::ALL,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::{
     Eval, OpKind, Primitive, ShapeResult, UnaryFn, VjpArgs, VjpCx, VjpResult, expect_arity,
     expect_f32,
 };
-use crate::kernel::cpu::{Io, Real, f64_scratch_len};
+use crate::kernel::cpu::{Ins, Io, Real, f64_scratch_len};
 use crate::kernel::gpu::{Bind, Params, WORKGROUP, grid, groups};
 use crate::kernel::gpu::{Dispatch, KernelArgs};
 use crate::kernel::gpu::{Shader, multi, section};
@@ -631,8 +631,9 @@ impl DyFrom {
         } else {
             "dy[i]"
         };
+        // `stored`: rounded as the unfused relu gradient's launch stores it.
         let body = format!(
-            "let a = relu_y[i];\n    let b = {b};\n    return ({}) * b;",
+            "let a = relu_y[i];\n    let b = {b};\n    return stored(({}) * b);",
             UnaryFn::Relu.wgsl_derivative(true)
         );
         (body, bindings)
@@ -646,29 +647,45 @@ fn dy_dispatch(
     mut bindings: Vec<Bind>,
     from: DyFrom,
     sources: &[Bind],
+    keep: Option<Bind>,
     params: Params,
     wg: [u32; 3],
 ) -> Dispatch {
-    let (body, decls) = from.wgsl(2 + bindings.len());
+    let (body, mut decls) = from.wgsl(2 + bindings.len());
     // y, then the second gradient; the first gradient is `dy`.
     if let DyFrom::Relu { .. } = from {
         bindings.push(sources[0]);
         bindings.extend(&sources[2..]);
+    }
+    // bn_grad_sums stores each dy it makes (`KEEP_DY`) where `keep` binds an output for it.
+    let mut store = "";
+    if let Some(keep) = keep {
+        decls += &format!(
+            "@group(0) @binding({}) var<storage, read_write> dy_out: array<f32>;\n",
+            2 + bindings.len()
+        );
+        bindings.push(keep);
+        store = "dy_out[at] = d;";
     }
     let mut d = dispatch(entry, bindings, params, wg);
     let source = d
         .shader
         .source
         .replace("//DY_AT", &body)
-        .replace("//DY_BINDINGS", &decls);
+        .replace("//DY_BINDINGS", &decls)
+        .replace("//KEEP_DY", store);
     d.shader.source = source.into();
     d
 }
 
 impl BatchNormGrad {
     /// `Primitive::gpu` with dy made as `from` says. Inputs: x, [weight], mean, var, then
-    /// `from`'s sources.
+    /// `from`'s sources. Where dy is made from relu's gradient, the sums' pass stores it in
+    /// dx's memory, and dx's pass reads it there and overwrites it element by element: dx's
+    /// kernel is then the unfused one, the same source, so no driver compiles it differently
+    /// (NVIDIA's did, when dx made dy itself).
     fn kernels(&self, args: &KernelArgs, from: DyFrom) -> Result<Vec<Dispatch>, String> {
+        let keep = (from != DyFrom::Input).then_some(Bind::Out(0));
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
         let stats = 1 + self.affine as usize;
         let (mean, var) = (Bind::In(stats), Bind::In(stats + 1));
@@ -687,6 +704,7 @@ impl BatchNormGrad {
             vec![Bind::In(0), mean, var, dy, dot, sum],
             from,
             &sources,
+            keep,
             split.params(self.eps),
             split.groups(),
         )];
@@ -705,6 +723,11 @@ impl BatchNormGrad {
             Bind::In(0)
         };
         let total = args.numel_in(0);
+        // Where the sums' pass stored dy, dx reads it as it is.
+        let (from, dy, sources) = match keep {
+            Some(at) => (DyFrom::Input, at, vec![at]),
+            None => (from, dy, sources),
+        };
         out.push(dy_dispatch(
             "bn_grad_dx",
             vec![
@@ -719,6 +742,7 @@ impl BatchNormGrad {
             ],
             from,
             &sources,
+            None,
             Params::new()
                 .u32(total)
                 .u32(c)
@@ -733,24 +757,17 @@ impl BatchNormGrad {
         Ok(out)
     }
 
-    /// `Eval::eval` with dy made as `from` says (inputs as in `kernels`).
+    /// `Eval::eval` with dy made as `from` says (inputs as in `kernels`). The CPU needs no stored
+    /// dy: its code for dx is one function, whatever dy's source.
     fn grad<T: Real>(&self, io: &mut Io<'_, T>, from: DyFrom) {
         let layout = bn_layout(io.in_shape(0));
         let (n, c, _) = layout;
-        let (ins, outs, scratch) = io.split_scratch_f64::<3>(bn_scratch(n, c, 4));
+        let scratch_len = bn_scratch(n, c, 4);
+        let (ins, outs, scratch) = io.split_scratch_f64::<3>(scratch_len);
         let stats = 1 + self.affine as usize;
-        let w = self.affine.then(|| ins.get(1));
-        let (mean, var) = (ins.get(stats), ins.get(stats + 1));
         let x = ins.get(0);
         let src = |k: usize| ins.get(stats + 2 + k);
-        let cx = GradCx {
-            layout,
-            eps: self.eps,
-            training: self.training,
-            w,
-            mean,
-            var,
-        };
+        let cx = self.cx(&ins, layout);
         // The unfused ops' arithmetic: the add of the two gradients (in their order), then the
         // table's relu derivative of y times it, as UnaryGrad's CPU kernel computes it.
         let relu = |y: T| UnaryFn::Relu.derivative_from_output(y);
@@ -765,6 +782,19 @@ impl BatchNormGrad {
                 [x, src(0), src(1), src(2)],
                 |[_, y, g, g2]| relu(y) * (g + g2),
             ),
+        }
+    }
+
+    /// The statistics the CPU gradient reads (inputs as in `kernels`).
+    fn cx<'b, T: Real>(&self, ins: &Ins<'b, T>, layout: (usize, usize, usize)) -> GradCx<'b, T> {
+        let stats = 1 + self.affine as usize;
+        GradCx {
+            layout,
+            eps: self.eps,
+            training: self.training,
+            w: self.affine.then(|| ins.get(1)),
+            mean: ins.get(stats),
+            var: ins.get(stats + 1),
         }
     }
 }
@@ -1278,6 +1308,56 @@ mod tests {
     use crate::gradcheck::{Arg, check_op};
     use crate::ops::reduce::tests::{assert_close, eval_f64, f32_input, uniform, unravel};
     use crate::tensor::StepCtx;
+
+    /// The fused batchnorm-relu gradient's dx is the unfused dx kernel, the same source read
+    /// from the stored dy, so no driver can compile it differently (NVIDIA's did): its only
+    /// source of its own is the sums' pass, which also stores dy in dx's memory.
+    #[test]
+    fn the_fused_relu_gradients_dx_is_the_unfused_kernel() {
+        for (shape, affine, adds) in [
+            (vec![2, 3, 5, 7], true, true),
+            (vec![64, 8, 40, 40], false, false),
+        ] {
+            let bn = BatchNormGrad {
+                eps: 1e-5,
+                affine,
+                training: true,
+            };
+            let x = TensorType::f32(shape.clone());
+            let c = TensorType::f32(vec![shape[1]]);
+            let mut ins = vec![&x];
+            if affine {
+                ins.push(&c);
+            }
+            ins.extend([&c, &c]);
+            let mut fused_ins = ins.clone();
+            fused_ins.extend(std::iter::repeat_n(&x, 2 + adds as usize));
+            ins.push(&x);
+            let plain = OpKind::BatchNormGrad(bn.clone());
+            let fused = OpKind::BatchNormReluGrad(BatchNormReluGrad { bn, adds });
+            let kernels = |op: &OpKind, ins: &[&TensorType]| {
+                let outputs = op.primitive().infer(ins).unwrap();
+                let args = KernelArgs {
+                    inputs: ins,
+                    outputs: &outputs,
+                };
+                op.primitive().gpu(&args).unwrap()
+            };
+            let (a, b) = (kernels(&plain, &ins), kernels(&fused, &fused_ins));
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(&b) {
+                assert_eq!(a.shader.entry, b.shader.entry);
+                let same = a.shader.source == b.shader.source;
+                assert_eq!(same, a.shader.entry != "bn_grad_sums", "{}", a.shader.entry);
+            }
+            // dx reads dy where the sums' pass stored it: dx's own memory, bound twice.
+            assert!(b[0].bindings.contains(&Bind::Out(0)));
+            let dx = b.last().unwrap();
+            assert_eq!(dx.shader.entry, "bn_grad_dx");
+            let dx_dy = dx.bindings.iter().filter(|&&d| d == Bind::Out(0)).count();
+            assert_eq!(dx_dy, 2);
+        }
+    }
 
     fn bn(affine: bool, training: bool) -> OpKind {
         OpKind::BatchNorm(BatchNorm {

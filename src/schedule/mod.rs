@@ -31,7 +31,7 @@ pub use plan::{Bytes, Flops, Launch, Plan, Stats};
 pub use recompute::Remat;
 pub use report::report;
 
-use crate::config::sections::Checkpointing;
+use crate::config::sections::{Checkpointing, Fusion};
 use crate::diag::Diagnostic;
 use crate::graph::Graph;
 
@@ -39,15 +39,15 @@ use crate::graph::Graph;
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub in_place: bool,
-    /// The fusion pass (`fuse`); `run.fusion` in the config.
-    pub fuse: bool,
+    /// The fusion passes (`fuse`); `run.fusion` in the config.
+    pub fuse: Fusion,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             in_place: true,
-            fuse: true,
+            fuse: Fusion::ALL,
         }
     }
 }
@@ -92,8 +92,8 @@ fn passes(
 ) -> Plan {
     let graph = recompute::rematerialize(g, remat);
     let unfused = graph.dag.node_count();
-    let graph = if options.fuse {
-        fuse::fuse(&graph)
+    let graph = if options.fuse.any() {
+        fuse::fuse(&graph, options.fuse)
     } else {
         graph
     };

@@ -155,7 +155,7 @@ mod tests {
         let t = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
         // Unfused, so that fc1's relu is a launch of its own (else it joins fc1's GEMM).
         let options = crate::schedule::Options {
-            fuse: false,
+            fuse: crate::config::sections::Fusion::NONE,
             ..Default::default()
         };
         crate::schedule::plan(&t, &Checkpointing::None, options).expect("plans")

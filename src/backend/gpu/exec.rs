@@ -27,7 +27,7 @@ use crate::tensor::StepCtx;
 use crate::tensor::TensorId;
 use crate::tensor::{TensorType, fmt_shape};
 
-const STEP_BYTES: u64 = 16;
+const STEP_BYTES: u64 = 32;
 
 fn region_index(r: Region) -> usize {
     REGIONS.iter().position(|&x| x == r).expect("a region")
@@ -338,12 +338,17 @@ fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
     })
 }
 
-fn step_bytes(ctx: StepCtx) -> [u32; 4] {
+/// kernels/common.wgsl's `Step`.
+fn step_bytes(ctx: StepCtx) -> [u32; 8] {
     [
         (ctx.lr as f32).to_bits(),
         ctx.step as u32,
         ctx.seed as u32,
         (ctx.seed >> 32) as u32,
+        0,
+        0,
+        0,
+        0,
     ]
 }
 

@@ -123,11 +123,21 @@ impl Health {
 
     pub fn set_hung(&self) {
         self.hung.store(true, Ordering::Relaxed);
+        A_DEVICE_HUNG.store(true, Ordering::Relaxed);
     }
 
     pub fn hung(&self) -> bool {
         self.hung.load(Ordering::Relaxed)
     }
+}
+
+/// Whether any device of this process hung (a wait timed out).
+static A_DEVICE_HUNG: AtomicBool = AtomicBool::new(false);
+
+/// Whether a device of this process hung: its driver may still be running the work, so the
+/// process must leave without tearing down the driver's libraries under it (`main`).
+pub fn a_device_hung() -> bool {
+    A_DEVICE_HUNG.load(Ordering::Relaxed)
 }
 
 /// `TRAINER_GPU_TIMEOUT_SECS`: seconds one submit may take (default 60).

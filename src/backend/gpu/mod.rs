@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use error::GpuError;
 use error::classify;
 pub use exec::{GpuExec, eval_once};
+pub use health::a_device_hung;
 pub use pipeline_cache::{CacheState, PipelineStats};
 pub use profile::{DispatchTime, Profile, Timestamps};
 

@@ -167,7 +167,7 @@ impl Epilogue {
     fn apply(&self, source: &str, binding: usize) -> String {
         let finish = format!(
             "@group(0) @binding({binding}) var<storage, read_write> bias: array<f32>;\n\n{}\n\n\
-             fn finish(v: f32, o: u32) -> f32 {{\n    let a = v + bias[o % {}u];\n    \
+             fn finish(v: f32, o: u32) -> f32 {{\n    let a = stored(stored(v) + bias[o % {}u]);\n    \
              return {};\n}}",
             self.decls, self.cols, self.expr
         );

@@ -6,10 +6,10 @@
 //! elementwise table's `apply`, `derivative`, `+`, `*`) in link order; the GPU kernel is
 //! generated from the same WGSL snippets as the single-op kernels, one function per link, with
 //! the numpy broadcasting index math of each input to the chain's output. A link's result is
-//! an f32, as the tensor it replaces was, so a chain gives the unfused ops' bits, with one
-//! caveat on GPUs: a shader compiler may contract `a * b + c` into a fused multiply-add once
-//! the product no longer goes through memory, so a chain where a multiply feeds an add may
-//! differ in the last bit on a driver that contracts (lavapipe does not; tests/fusion.rs).
+//! an f32, as the tensor it replaces was, so a chain gives the unfused ops' bits. On the GPU
+//! each link's value goes through common.wgsl's `stored`, so a driver that contracts
+//! `a * b + c` into an fma (NVIDIA's does) cannot do it across links either
+//! (tests/gpu_elementwise.rs).
 
 use std::fmt::Write;
 
@@ -390,9 +390,10 @@ fn chain_kernel(chain: &Chain, args: &KernelArgs) -> Result<Vec<Dispatch>, Strin
             Some(Operand::Link(j)) => format!("v{j}"),
             None => "0.0".to_string(),
         };
+        // `stored`: each link's value rounded as its own launch would store it.
         let _ = writeln!(
             s,
-            "    let v{k} = link{k}({}, {});",
+            "    let v{k} = stored(link{k}({}, {}));",
             arg(link.args.first()),
             arg(link.args.get(1))
         );

@@ -1,8 +1,10 @@
 //! Fusion: fewer, larger launches for the same arithmetic. Runs after recompute (on the graph
 //! with its clones) and before order and memory. Switched by `Options::fuse` (`run.fusion` in
-//! the config); a fused plan does the same arithmetic as an unfused one: the same bits on the
-//! CPU and lavapipe (tests/fusion.rs). A driver free to contract `a·b + c` into an fma (Vulkan
-//! allows it; naga cannot forbid it) may round a fused kernel differently: NVIDIA's does.
+//! the config: all passes, none, or a list); a fused plan does the same arithmetic as an
+//! unfused one, rounded at the same points: the same bits (tests/fusion.rs). A fused kernel
+//! passes each value the unfused launches would have stored through common.wgsl's `stored`,
+//! so a driver free to contract `a·b + c` into an fma (Vulkan allows it, NVIDIA's does) cannot
+//! do it across a launch boundary that fusion removed.
 //!
 //! Epilogues first: batchnorm + add + relu at a residual block's end, where the batchnorm's
 //! output and the sum each have one reader, becomes one `BatchNormRelu { residual }` in the
@@ -30,16 +32,32 @@ mod test_graphs;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::sections::{Fusion, FusionPass};
 use crate::graph::Graph;
 use crate::kernel::gpu::KernelArgs;
 use crate::ops::{BatchNormRelu, Binary, BinaryFn, Foreach, OpKind, Unary, UnaryFn, UnaryGrad};
 use crate::tensor::{NodeId, TensorId, TensorType};
 use rewrite::{readers, rebuild, returned};
 
-/// `g` with its fusable ops fused (a copy of `g` where there is nothing to fuse).
-pub fn fuse(g: &Graph) -> Graph {
-    let g = bn_grad::relu_grads(&epilogues(&residuals(g)));
-    foreach(&chains::chains(&gemm_epilogue::gemm_epilogues(&g)))
+/// `g` with its fusable ops fused by the passes `on` asks for, in a fixed order (a copy of `g`
+/// where there is nothing to fuse).
+pub fn fuse(g: &Graph, on: Fusion) -> Graph {
+    type Pass = fn(&Graph) -> Graph;
+    let passes: [(FusionPass, Pass); 6] = [
+        (FusionPass::Residual, residuals),
+        (FusionPass::Activation, epilogues),
+        (FusionPass::NormGrad, bn_grad::relu_grads),
+        (FusionPass::MatmulBias, gemm_epilogue::gemm_epilogues),
+        (FusionPass::Chains, chains::chains),
+        (FusionPass::MultiTensor, foreach),
+    ];
+    let mut g = g.clone();
+    for (pass, run) in passes {
+        if on.has(pass) {
+            g = run(&g);
+        }
+    }
+    g
 }
 
 /// relu(batchnorm(x) + r) as one `BatchNormRelu { residual: true }` in the relu's place, where
@@ -313,7 +331,7 @@ mod tests {
     #[test]
     fn updates_of_one_kind_become_one_node() {
         let g = resnet20_step();
-        let fused = fuse(&g);
+        let fused = fuse(&g, Fusion::ALL);
         fused.verify().unwrap();
         // Ops of `name`, alone or as links of a chain.
         let ops = |g: &Graph, name: &str| {
