@@ -7,7 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
 use trainer::kernel::gpu::{Dispatch, KernelArgs, Tile};
 use trainer::ops::{
-    Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulGradInput, MatMulGradWeight, OpKind,
+    Binary, BinaryFn, Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulBias,
+    MatMulGradInput, MatMulGradWeight, OpKind, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorType;
@@ -390,5 +391,53 @@ fn results_are_bit_identical_run_to_run() {
         let b = eval_once(gpu, &op, &refs, StepCtx::default()).unwrap();
         let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> { v[0].iter().map(|f| f.to_bits()).collect() };
         assert_eq!(bits(&a), bits(&b), "{op:?}");
+    }
+}
+
+/// A linear layer's bias and activation in the GEMM's store (`MatMulBias`, the fusion pass's)
+/// match the CPU and give the bits of the matmul, add and activation launched one by one: on
+/// a small product, one split in K, and one through a transposed copy of w (whose split-K sum
+/// then stores through `finish`).
+#[test]
+fn matmul_bias_matches_the_cpu_and_its_unfused_launches() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let mut rng = seeded();
+    let run = |op: &OpKind, ins: &[&Input]| -> Vec<f32> {
+        let refs: Vec<(&TensorType, &[f32])> = ins.iter().map(|(t, v)| (t, &v[..])).collect();
+        eval_once(gpu, op, &refs, StepCtx::default())
+            .unwrap()
+            .remove(0)
+    };
+    for (rows, n, k) in [(17, 33, 3), (3, 5, 1030), (1030, 516, 515)] {
+        let (x, w, b) = (
+            random(&mut rng, &[rows, k]),
+            random(&mut rng, &[n, k]),
+            random(&mut rng, &[n]),
+        );
+        let (_, dims) = dispatches(&OpKind::MatMul(MatMul), &[&[rows, k], &[n, k]]);
+        assert_eq!(dims[0].shape, [rows, n]);
+        for act in [None, Some(UnaryFn::Gelu)] {
+            let op = OpKind::MatMulBias(MatMulBias { act });
+            let (ds, _) = dispatches(&op, &[&[rows, k], &[n, k], &[n]]);
+            let copies = ds[0]
+                .shader
+                .source
+                .contains("dst [cols, rows] = src [rows, cols]");
+            assert_eq!(copies, rows == 1030, "{rows}x{n}x{k}");
+            assert_close(&op, &[x.clone(), w.clone(), b.clone()]);
+            let fused = run(&op, &[&x, &w, &b]);
+            let y = (dims[0].clone(), run(&OpKind::MatMul(MatMul), &[&x, &w]));
+            let add = OpKind::Binary(Binary { f: BinaryFn::Add });
+            let mut unfused = (y.0.clone(), run(&add, &[&y, &b]));
+            if let Some(f) = act {
+                unfused.1 = run(&OpKind::Unary(Unary { f }), &[&unfused]);
+            }
+            let differ = (0..fused.len())
+                .filter(|&i| fused[i].to_bits() != unfused.1[i].to_bits())
+                .count();
+            assert_eq!(differ, 0, "{rows}x{n}x{k} {act:?}: {differ} values differ");
+        }
     }
 }
