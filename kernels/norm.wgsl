@@ -204,11 +204,11 @@ fn bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // @entry bn_grad_sums
 // Batchnorm gradient sums, first pass, blocks as in bn_stats: workgroup g writes its block's
 // sum dy*(x - mean) to dot[g] and sum dy to sum_dy[g] for bn_grad_merge; with one block per
-// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly. Here and in
-// bn_grad_dx dy is read through dy_at: the dy input, or (batchnorm_relu_grad, the fusion
-// pass's) relu's gradient of a dy input or of the sum of two, made as the launches it replaces
-// made it; bn_grad_sums then stores it where src/ops/norm.rs puts `dy_out[at] = d;` in place
-// of KEEP_DY (relu's gradient has readers besides this batchnorm's).
+// channel, dweight = dot/sqrt(var + eps) and dbias = sum dy there directly. dy is read through
+// dy_at: the dy input, or (batchnorm_relu_grad, the fusion pass's) relu's gradient of a dy
+// input or of the sum of two, made as the launches it replaces made it, which this pass then
+// stores (src/ops/norm.rs puts `dy_out[at] = d;` in place of STORE_DY) for bn_grad_dx, whose
+// dy_at is then the plain read, as unfused.
 struct Params {
     c: u32,
     n: u32,
@@ -249,7 +249,7 @@ fn bn_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var t = start + lid.x; t < end; t = t + WORKGROUP) {
         let at = ((t / p.s) * p.c + ch) * p.s + t % p.s;
         let d = dy_at(at);
-        //KEEP_DY
+        //STORE_DY
         // `stored`: no contraction into the sum, which the driver might choose differently
         // in this kernel's fused variants.
         acc = acc + vec2<f32>(d, stored(d * (x[at] - mu)));

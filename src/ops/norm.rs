@@ -10,7 +10,7 @@ use super::{
     Eval, OpKind, Primitive, ShapeResult, UnaryFn, VjpArgs, VjpCx, VjpResult, expect_arity,
     expect_f32,
 };
-use crate::kernel::cpu::{Ins, Io, Real, f64_scratch_len};
+use crate::kernel::cpu::{Io, Real, f64_scratch_len};
 use crate::kernel::gpu::{Bind, Params, WORKGROUP, grid, groups};
 use crate::kernel::gpu::{Dispatch, KernelArgs};
 use crate::kernel::gpu::{Shader, multi, section};
@@ -647,7 +647,7 @@ fn dy_dispatch(
     mut bindings: Vec<Bind>,
     from: DyFrom,
     sources: &[Bind],
-    keep: Option<Bind>,
+    store_dy: Option<Bind>,
     params: Params,
     wg: [u32; 3],
 ) -> Dispatch {
@@ -657,14 +657,14 @@ fn dy_dispatch(
         bindings.push(sources[0]);
         bindings.extend(&sources[2..]);
     }
-    // bn_grad_sums stores each dy it makes (`KEEP_DY`) where `keep` binds an output for it.
+    // bn_grad_sums stores each dy it makes (`STORE_DY`) where `store_dy` binds memory for it.
     let mut store = "";
-    if let Some(keep) = keep {
+    if let Some(at) = store_dy {
         decls += &format!(
             "@group(0) @binding({}) var<storage, read_write> dy_out: array<f32>;\n",
             2 + bindings.len()
         );
-        bindings.push(keep);
+        bindings.push(at);
         store = "dy_out[at] = d;";
     }
     let mut d = dispatch(entry, bindings, params, wg);
@@ -673,7 +673,7 @@ fn dy_dispatch(
         .source
         .replace("//DY_AT", &body)
         .replace("//DY_BINDINGS", &decls)
-        .replace("//KEEP_DY", store);
+        .replace("//STORE_DY", store);
     d.shader.source = source.into();
     d
 }
@@ -685,7 +685,7 @@ impl BatchNormGrad {
     /// kernel is then the unfused one, the same source, so no driver compiles it differently
     /// (NVIDIA's did, when dx made dy itself).
     fn kernels(&self, args: &KernelArgs, from: DyFrom) -> Result<Vec<Dispatch>, String> {
-        let keep = (from != DyFrom::Input).then_some(Bind::Out(0));
+        let store_dy = (from != DyFrom::Input).then_some(Bind::Out(0));
         let (n, c, s) = bn_layout(&args.inputs[0].shape);
         let stats = 1 + self.affine as usize;
         let (mean, var) = (Bind::In(stats), Bind::In(stats + 1));
@@ -704,7 +704,7 @@ impl BatchNormGrad {
             vec![Bind::In(0), mean, var, dy, dot, sum],
             from,
             &sources,
-            keep,
+            store_dy,
             split.params(self.eps),
             split.groups(),
         )];
@@ -724,7 +724,7 @@ impl BatchNormGrad {
         };
         let total = args.numel_in(0);
         // Where the sums' pass stored dy, dx reads it as it is.
-        let (from, dy, sources) = match keep {
+        let (from, dy, sources) = match store_dy {
             Some(at) => (DyFrom::Input, at, vec![at]),
             None => (from, dy, sources),
         };
@@ -762,12 +762,20 @@ impl BatchNormGrad {
     fn grad<T: Real>(&self, io: &mut Io<'_, T>, from: DyFrom) {
         let layout = bn_layout(io.in_shape(0));
         let (n, c, _) = layout;
-        let scratch_len = bn_scratch(n, c, 4);
-        let (ins, outs, scratch) = io.split_scratch_f64::<3>(scratch_len);
+        let (ins, outs, scratch) = io.split_scratch_f64::<3>(bn_scratch(n, c, 4));
         let stats = 1 + self.affine as usize;
+        let w = self.affine.then(|| ins.get(1));
+        let (mean, var) = (ins.get(stats), ins.get(stats + 1));
         let x = ins.get(0);
         let src = |k: usize| ins.get(stats + 2 + k);
-        let cx = self.cx(&ins, layout);
+        let cx = GradCx {
+            layout,
+            eps: self.eps,
+            training: self.training,
+            w,
+            mean,
+            var,
+        };
         // The unfused ops' arithmetic: the add of the two gradients (in their order), then the
         // table's relu derivative of y times it, as UnaryGrad's CPU kernel computes it.
         let relu = |y: T| UnaryFn::Relu.derivative_from_output(y);
@@ -782,19 +790,6 @@ impl BatchNormGrad {
                 [x, src(0), src(1), src(2)],
                 |[_, y, g, g2]| relu(y) * (g + g2),
             ),
-        }
-    }
-
-    /// The statistics the CPU gradient reads (inputs as in `kernels`).
-    fn cx<'b, T: Real>(&self, ins: &Ins<'b, T>, layout: (usize, usize, usize)) -> GradCx<'b, T> {
-        let stats = 1 + self.affine as usize;
-        GradCx {
-            layout,
-            eps: self.eps,
-            training: self.training,
-            w: self.affine.then(|| ins.get(1)),
-            mean: ins.get(stats),
-            var: ins.get(stats + 1),
         }
     }
 }

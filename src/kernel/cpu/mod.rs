@@ -19,5 +19,5 @@ pub use conv_simd::{
 pub use gemm::{
     Mat, matmul, matmul_scratch, pack_lhs, pack_with, packed_bound, packed_len, product,
 };
-pub use io::{Ins, Io, TILE, f64_scratch_len};
+pub use io::{Io, TILE, f64_scratch_len};
 pub use real::Real;
