@@ -382,6 +382,14 @@ impl Config {
             ))
             .at(at(&["schedule", "warmup_epochs"]), "too large"));
         }
+        if s.warmup_steps.is_some() && s.warmup_epochs.0 > 0.0 {
+            return Err(
+                Diagnostic::new("`warmup_steps` and `warmup_epochs` are both set")
+                    .at(at(&["schedule", "warmup_steps"]), "warmup counted in steps")
+                    .also(at(&["schedule", "warmup_epochs"]), "and in epochs")
+                    .note("keep one of them (`warmup_epochs = 0` turns the epoch count off)"),
+            );
+        }
         let lr = self.optimizer.lr();
         if let (ScheduleKind::Onecycle, Some(max_lr)) = (s.kind, s.max_lr)
             && max_lr.0 < lr
