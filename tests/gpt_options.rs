@@ -158,3 +158,91 @@ fn warmup_steps_and_cosine_to_max_steps_follow_nanogpt() {
         assert!((lr - want).abs() <= 1e-12, "step {done}: {lr} vs {want}");
     }
 }
+
+/// `weight_decay` of every update in the training graph, by (layer, parameter shape).
+fn update_decays(config: &str, sets: &[&str]) -> Vec<(String, Vec<u64>, f64)> {
+    let mut args = vec!["graph", "--backward", "--format", "json", config];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let out = ok(&args);
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut updates = Vec::new();
+    for n in g["nodes"].as_array().unwrap() {
+        let Some(wd) = n["attrs"].get("weight_decay") else {
+            continue;
+        };
+        let shape = n["outputs"][0]["shape"].as_array().unwrap();
+        updates.push((
+            n["layer"].as_str().unwrap().to_string(),
+            shape.iter().map(|d| d.as_u64().unwrap()).collect(),
+            wd.as_str().unwrap().parse().unwrap(),
+        ));
+    }
+    updates
+}
+
+/// Weight decay by parameter group reaches each parameter's update op: by default every
+/// parameter decays; `decay = "matrices"` leaves out biases and norm weights (nanoGPT's rule);
+/// `no_decay` patterns leave out the parameters they name.
+#[test]
+fn weight_decay_reaches_only_the_parameters_of_its_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "mlp.toml", MLP);
+    let all = update_decays(&config, &[]);
+    assert_eq!(all.len(), 6, "{all:?}"); // weight and bias of fc1, ln, head
+    assert!(all.iter().all(|u| u.2 == 0.1), "{all:?}");
+
+    let matrices = update_decays(&config, &["optimizer.decay=\"matrices\""]);
+    assert_eq!(matrices.len(), 6);
+    for (layer, shape, wd) in &matrices {
+        let want = if shape.len() >= 2 { 0.1 } else { 0.0 };
+        assert_eq!(*wd, want, "{layer} {shape:?}");
+    }
+    assert_eq!(matrices.iter().filter(|u| u.2 == 0.1).count(), 2);
+
+    let named = update_decays(&config, &["optimizer.no_decay=[\"fc1.*\", \"*.bias\"]"]);
+    let want: Vec<(String, Vec<u64>, f64)> = [
+        ("fc1", vec![16, 6], 0.0),
+        ("fc1", vec![16], 0.0),
+        ("ln", vec![16], 0.1), // ln.weight: the one rank-1 parameter left decaying
+        ("ln", vec![16], 0.0),
+        ("head", vec![4, 16], 0.1),
+        ("head", vec![4], 0.0),
+    ]
+    .into_iter()
+    .map(|(l, s, w)| (l.to_string(), s, w))
+    .collect();
+    assert_eq!(named, want);
+
+    // SGD's L2 penalty follows the same groups.
+    let sgd = update_decays(
+        &config,
+        &["optimizer={ kind = \"sgd\", lr = 0.1, weight_decay = 0.5, decay = \"matrices\" }"],
+    );
+    for (layer, shape, wd) in &sgd {
+        assert_eq!(*wd, if shape.len() >= 2 { 0.5 } else { 0.0 }, "{layer}");
+    }
+}
+
+/// A pattern that names no parameter is a located error with a did-you-mean, not a silent
+/// no-op.
+#[test]
+fn a_no_decay_pattern_matching_nothing_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "mlp.toml", MLP);
+    let out = trainer(&[
+        "check",
+        &config,
+        "--set",
+        "optimizer.no_decay=[\"*.bias\", \"head.bais\"]",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"head.bais\" matches no trainable parameter"),
+        "{err}"
+    );
+    assert!(err.contains("--set #1:1:31"), "{err}");
+    assert!(err.contains("did you mean `head.bias`"), "{err}");
+}

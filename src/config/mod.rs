@@ -346,6 +346,17 @@ impl Config {
         v.loc
     }
 
+    /// Checks `[optimizer] no_decay` against the model's trainable parameter names (known
+    /// once the model is built): each pattern must match one, or it is an error at it.
+    pub fn check_param_groups(&self, names: &[&str]) -> Result<(), Diagnostic> {
+        let list = self.tree.get("optimizer").and_then(|o| o.get("no_decay"));
+        self.optimizer
+            .check_groups(names, |i| match list.map(|v| &v.kind) {
+                Some(Kind::Array(items)) if i < items.len() => items[i].loc,
+                _ => self.loc(&["optimizer", "no_decay"]),
+            })
+    }
+
     /// Checks that need more than one key: schedule options per kind, label smoothing only
     /// for cross entropy, `save_every`'s format.
     fn check_semantics(&self) -> Result<(), Diagnostic> {
