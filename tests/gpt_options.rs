@@ -246,3 +246,147 @@ fn a_no_decay_pattern_matching_nothing_is_an_error() {
     assert!(err.contains("--set #1:1:31"), "{err}");
     assert!(err.contains("did you mean `head.bias`"), "{err}");
 }
+
+/// An embedding, a linear layer and a block whose projection takes its std as a parameter,
+/// all with nanoGPT's init, next to a linear layer with PyTorch's default.
+const INIT: &str = r#"
+[run]
+seed = 11
+
+[data]
+dataset = "synthetic"
+samples = 16
+batch_size = 4
+
+[model]
+input = { shape = [8], dtype = "i32" }
+
+[model.blocks.proj]
+params = ["std"]
+body = [{ name = "c_proj", op = "linear", out = 256, init_std = "$std" }]
+
+[[model.layers]]
+name = "wte"
+op = "embedding"
+vocab = 512
+dim = 256
+init_std = 0.02
+
+[[model.layers]]
+name = "fc"
+op = "linear"
+out = 512
+init_std = 0.02
+
+[[model.layers]]
+name = "h"
+block = "proj"
+with = { std = 0.004 }
+
+[[model.layers]]
+name = "plain"
+op = "linear"
+out = 4
+
+[loss]
+kind = "mse"
+
+[optimizer]
+kind = "adamw"
+lr = 1e-3
+"#;
+
+/// The initial value of every parameter, by name, as the CPU executor holds it before step 1.
+fn initial_values(config: &str) -> Vec<(String, Vec<f32>)> {
+    use trainer::backend::cpu::CpuExec;
+    use trainer::tensor::TensorId;
+    let loaded = trainer::config::load(Path::new(config), &[]);
+    let cfg = match loaded.result {
+        Ok(c) => c,
+        Err(e) => panic!("{}", e.render(&loaded.sources)),
+    };
+    let g = trainer::nn::build(&cfg).expect("builds");
+    let g = trainer::training::training_graph(&g, &cfg.optimizer).expect("differentiates");
+    let plan = trainer::schedule::plan(
+        &g,
+        &cfg.train.checkpointing,
+        trainer::schedule::Options::of(&cfg),
+    )
+    .expect("plans");
+    let params: Vec<_> = (plan.graph.params.iter())
+        .filter(|p| p.trainable)
+        .map(|p| (p.name.clone(), p.node.expect("read")))
+        .collect();
+    let exec: CpuExec<f32> = CpuExec::new(plan, cfg.run.seed).unwrap();
+    params
+        .into_iter()
+        .map(|(name, node)| (name, exec.read(TensorId::of(node, 0)).to_vec()))
+        .collect()
+}
+
+/// `init_std` draws weights from N(0, std²) and zeroes biases: the sample mean and standard
+/// deviation of 131,072 draws are within a few standard errors of 0 and std (the tolerances
+/// are about 10 standard errors; the seed is fixed, so the test cannot flake), also through a
+/// block parameter; the layer without it keeps PyTorch's U(±1/√in).
+#[test]
+fn init_std_draws_normal_weights_and_zero_biases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "init.toml", INIT);
+    let values = initial_values(&config);
+    let get = |name: &str| -> &Vec<f32> {
+        let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
+        (values.iter().find(|(n, _)| n == name))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no {name} in {names:?}"))
+    };
+    for (name, std) in [
+        ("wte.weight", 0.02),
+        ("fc.weight", 0.02),
+        ("h.c_proj.weight", 0.004),
+    ] {
+        let v = get(name);
+        assert_eq!(v.len(), 131_072, "{name}");
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        // Standard errors: std/√n ≈ 0.0028·std for the mean, std/√(2n) ≈ 0.002·std for sd.
+        assert!(mean.abs() < 0.03 * std, "{name}: mean {mean}");
+        assert!((sd / std - 1.0).abs() < 0.02, "{name}: sd {sd}, want {std}");
+        // Normal, not uniform: about 4.6% of draws lie beyond 2 std (a uniform of this sd
+        // has none beyond √3 std).
+        let tails = v.iter().filter(|&&x| (x as f64).abs() > 2.0 * std).count() as f64 / n;
+        assert!(
+            (tails - 0.0455).abs() < 0.005,
+            "{name}: {tails} beyond 2 std"
+        );
+    }
+    for name in ["fc.bias", "h.c_proj.bias"] {
+        assert!(
+            get(name).iter().all(|&x| x == 0.0),
+            "{name} is not all zeros"
+        );
+    }
+    // The default is untouched: U(±1/√256) for both weight and bias (4 values, none 0).
+    let bound = 1.0 / 16.0;
+    for name in ["plain.weight", "plain.bias"] {
+        let v = get(name);
+        assert!(v.iter().all(|&x| x.abs() <= bound && x != 0.0), "{name}");
+    }
+    assert!(get("plain.weight").iter().any(|&x| x.abs() > 0.99 * bound));
+}
+
+/// A negative `init_std` is reported at its value, in a layer and through a block argument.
+#[test]
+fn a_negative_init_std_is_an_error_at_its_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(tmp.path(), "init.toml", INIT);
+    let out = trainer(&["check", &config, "--set", "model.layers.1.init_std=-0.02"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a number greater than 0"), "{err}");
+    assert!(err.contains("--set #1:1:25"), "{err}");
+    let out = trainer(&["check", &config, "--set", "model.layers.2.with.std=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a number greater than 0"), "{err}");
+}
