@@ -16,7 +16,7 @@ use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
 
-const CONFIGS: [&str; 9] = [
+const CONFIGS: [&str; 10] = [
     "benches/configs/gemm1024.toml",
     "benches/configs/gemm4096.toml",
     "configs/mlp.toml",
@@ -26,6 +26,7 @@ const CONFIGS: [&str; 9] = [
     "tests/configs/good/dag.toml",
     "tests/configs/good/resnet_tiny.toml",
     "tests/configs/good/tokens.toml",
+    "tests/configs/good/gpt_tiny.toml",
 ];
 
 /// Each distinct kernel source with its entry points, and the op and layer that first used it.

@@ -20,10 +20,10 @@ use trainer::backend::gpu::{Gpu, compare_with_cpu, test_gpu, test_gpus};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
-    AdamStep, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats,
-    Binary, BinaryFn, Chain, Concat, Conv2d, CountUp, CrossEntropy, Dropout, ElementwiseFn, Fill,
-    Foreach, Gather, GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias, MeanAxes, Mse,
-    OpKind, Operand, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
+    AdamStep, Attention, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad,
+    BatchNormRunningStats, Binary, BinaryFn, Chain, Concat, Conv2d, CountUp, CrossEntropy, Dropout,
+    ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias,
+    MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -133,11 +133,37 @@ fn gradient_cases() -> Vec<GradCase> {
             OpKind::Dropout(Dropout { p: 0.3, stream: 5 }),
             vec![f(&[3, 7, 5])],
         ),
+        // Attention over qkv [B, T, 3·heads·D]: causal and full, one head and several.
+        case(
+            OpKind::Attention(Attention {
+                heads: 2,
+                causal: true,
+                scale: 0.6,
+            }),
+            vec![f(&[2, 5, 18])],
+        ),
+        case(
+            OpKind::Attention(Attention {
+                heads: 1,
+                causal: false,
+                scale: 0.5,
+            }),
+            vec![f(&[1, 7, 12])],
+        ),
         case(
             OpKind::CrossEntropy(CrossEntropy {
                 label_smoothing: 0.1,
+                ignore_index: None,
             }),
             vec![f(&[7, 5]), Arg::Ids(vec![7], 5)],
+        ),
+        // A sequence; the ignored label is a class id, so random labels hit it.
+        case(
+            OpKind::CrossEntropy(CrossEntropy {
+                label_smoothing: 0.0,
+                ignore_index: Some(2),
+            }),
+            vec![f(&[2, 9, 5]), Arg::Ids(vec![2, 9], 5)],
         ),
         case(OpKind::Mse(Mse), vec![f(&[3, 7, 5]), f(&[3, 7, 5])]),
         // Training: the gradient through the batch statistics; eval: through the running
@@ -201,6 +227,7 @@ const THROUGH_PARENT: &[(&str, &str)] = &[
     ("Conv2dGradWeight", "Conv2d"),
     ("Pool2dGrad", "Pool2d"),
     ("SoftmaxGrad", "Softmax"),
+    ("AttentionGrad", "Attention"),
     ("MeanAxesGrad", "MeanAxes"),
     ("Slice", "Concat"),
     ("GatherGrad", "Gather"),

@@ -453,20 +453,24 @@ impl HelpKeys for Diagnostic {
     }
 }
 
+/// Letters, digits, `_` and `-`, in segments joined by single dots (`transformer.wte`, so that
+/// parameter names can equal a PyTorch model's nested module names); never `input`.
 fn check_layer_name(n: &Named) -> Result<(), Diagnostic> {
-    let ok = !n.name.is_empty()
-        && n.name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && n.name != "input";
+    let segment = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let ok = n.name.split('.').all(segment) && n.name != "input";
     if ok {
         Ok(())
     } else {
         Err(Diagnostic::new(format!("bad layer name \"{}\"", n.name))
-            .at(n.loc, "names use letters, digits, `_` and `-`")
-            .note(
-                "`input` is reserved for the input of the model or block; dots are added by blocks",
-            ))
+            .at(
+                n.loc,
+                "names use letters, digits, `_` and `-`, in parts joined by single dots",
+            )
+            .note("`input` is reserved for the input of the model or block"))
     }
 }
 

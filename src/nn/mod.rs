@@ -6,12 +6,14 @@
 //! (`UnaryFn`), which are layer ops by being rows there.
 
 mod activation;
+mod attention;
 mod builder;
 mod conv;
 mod linear;
 mod lower;
 mod norm;
 mod pool;
+mod sequence;
 mod shape;
 
 pub use builder::{build, build_for, build_with_batch};
@@ -169,6 +171,8 @@ layer_ops! {
     "add" => Add(shape::Add),
     "mul" => Mul(shape::Mul),
     "concat" => Concat(shape::ConcatSpec),
+    "positional" => Positional(sequence::PositionalSpec),
+    "attention" => Attention(attention::AttentionSpec),
 }
 
 /// The op a layer table names, with its attributes read; an unknown name is an error at the

@@ -2,6 +2,7 @@
 //! shape rule and its cost. [`OpKind`] is the only list of every op and [`OpKind::primitive`] its
 //! only dispatch point: passes ask an op for properties, never for its name.
 
+mod attention;
 mod conv;
 mod elementwise;
 mod foreach;
@@ -15,6 +16,7 @@ mod random;
 mod reduce;
 mod vjp;
 
+pub use attention::{Attention, AttentionGrad};
 pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
 pub use elementwise::{
     Binary, BinaryFn, Chain, ElementwiseFn, Link, Operand, Unary, UnaryFn, UnaryGrad, broadcast,
@@ -228,6 +230,7 @@ op_kinds! {
     Unary(Unary),
     Binary(Binary),
     Softmax(Softmax),
+    Attention(Attention),
     MeanAxes(MeanAxes),
     BatchNorm(BatchNorm),
     LayerNorm(LayerNorm),
@@ -254,6 +257,7 @@ op_kinds! {
     BatchNormRunningStats(BatchNormRunningStats),
     LayerNormGrad(LayerNormGrad),
     SoftmaxGrad(SoftmaxGrad),
+    AttentionGrad(AttentionGrad),
     MeanAxesGrad(MeanAxesGrad),
     CrossEntropyGrad(CrossEntropyGrad),
     MseGrad(MseGrad),
