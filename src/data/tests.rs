@@ -19,6 +19,8 @@ pub(crate) fn cfg(dataset: Dataset, path: Option<&Path>) -> Data {
         normalize: None,
         classes: None,
         samples: None,
+        tokenizer: None,
+        block_size: None,
     }
 }
 
