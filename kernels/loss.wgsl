@@ -29,6 +29,9 @@ struct Params {
     scale: f32,
     // A quiet NaN (uniform, so no compiler folds it away): what an invalid label gives.
     nan: f32,
+    // Cross-entropy: whether rows labelled `ignore` are left out of the loss and its mean.
+    has_ignore: u32,
+    ignore: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,6 +41,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> b1: array<f32>;
 @group(0) @binding(4) var<storage, read_write> b2: array<f32>;
 @group(0) @binding(5) var<storage, read_write> b3: array<f32>;
+@group(0) @binding(6) var<storage, read_write> b4: array<f32>;
 
 var<workgroup> red_a: array<f32, 256>;
 var<workgroup> red_b: array<f32, 256>;
@@ -82,6 +86,11 @@ fn valid_label(y: f32) -> bool {
     return y >= 0.0 && y < f32(p.cols) && fract(y) == 0.0 && u32(y) < p.cols;
 }
 
+// Whether a row's label asks to be left out (`ignore_index`).
+fn ignored(y: f32) -> bool {
+    return p.has_ignore != 0u && y == p.ignore;
+}
+
 // Max, then Σ exp(x − max) and Σ x of row `row` (row < rows where `live`), per run.
 struct RowStats {
     m: f32,
@@ -110,10 +119,10 @@ fn row_stats(lid: u32, row: u32, live: bool) -> RowStats {
     return RowStats(m, acc.x, acc.y);
 }
 
-// Cross-entropy, first pass: b0 logits [rows, cols], b1 labels [rows], b2 the blocks' sums
-// (or the loss [] with one block). Workgroup g takes rows [g*chunk, (g+1)*chunk), chunk a
-// multiple of the rows a round takes; each run's first lane accumulates its rows' losses in
-// row order, then `tree_sum` adds the runs.
+// Cross-entropy, first pass: b0 logits [rows, cols], b1 labels [rows], b2 the blocks' sums and
+// counted rows as pairs (or the loss [] with one block). Workgroup g takes rows
+// [g*chunk, (g+1)*chunk), chunk a multiple of the rows a round takes; each run's first lane
+// accumulates its rows' losses and count in row order, then `tree_sum` adds the runs.
 @compute @workgroup_size(256)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
@@ -126,31 +135,38 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let lane = lid % p.lanes;
     let per = WORKGROUP / p.lanes;
     let end = min(p.rows, (g + 1u) * p.chunk);
-    var total = 0.0;
+    var total = vec2<f32>(0.0, 0.0);
     for (var r0 = g * p.chunk; r0 < end; r0 = r0 + per) {
         let row = r0 + lid / p.lanes;
         let live = row < end;
         let st = row_stats(lid, row, live);
         if (live && lane == 0u) {
             let y = b1[row];
-            if (valid_label(y)) {
+            if (ignored(y)) {
+                // Left out: neither its loss nor its count.
+            } else if (valid_label(y)) {
                 let lse = st.m + log(st.sum_exp);
                 let nll = lse - b0[row * p.cols + u32(y)];
                 let smoothed = lse - st.sum_x / f32(p.cols);
-                total = total + (p.keep * nll + p.eps * smoothed);
+                total = total + vec2<f32>(p.keep * nll + p.eps * smoothed, 1.0);
             } else {
-                total = p.nan;
+                total = vec2<f32>(p.nan, total.y + 1.0);
             }
         }
     }
-    let sum = tree_sum(lanes, vec2<f32>(total, 0.0)).x;
+    let sum = tree_sum(lanes, total);
     if (lid == 0u) {
-        b2[g] = select(sum, sum / f32(p.rows), p.blocks == 1u);
+        if (p.blocks == 1u) {
+            b2[0] = sum.x / sum.y;
+        } else {
+            b2[2u * g] = sum.x;
+            b2[2u * g + 1u] = sum.y;
+        }
     }
 }
 
-// Second pass of cross_entropy and mse: b0 the blocks' sums, b1 loss []: their total, each
-// thread adding a fixed strided set in block order, then `tree_sum`; divided by n.
+// Second pass of mse: b0 the blocks' sums, b1 loss []: their total, each thread adding a fixed
+// strided set in block order, then `tree_sum`; divided by n.
 @compute @workgroup_size(256)
 fn loss_total(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     let lid = lid3.x;
@@ -164,8 +180,39 @@ fn loss_total(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
     }
 }
 
-// dlogits = dloss / rows · (softmax − target): b0 logits, b1 labels, b2 dloss [], b3 dlogits.
-// Each workgroup takes WORKGROUP / lanes rows, one per run.
+// Second pass of cross_entropy: b0 the blocks' (sum, count) pairs, b1 loss []: the sum over the
+// count, both added as loss_total adds.
+@compute @workgroup_size(256)
+fn cross_entropy_total(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
+    let lid = lid3.x;
+    var s = vec2<f32>(0.0, 0.0);
+    for (var i = lid; i < p.blocks; i = i + WORKGROUP) {
+        s = s + vec2<f32>(b0[2u * i], b0[2u * i + 1u]);
+    }
+    let sum = tree_sum(lanes, s);
+    if (lid == 0u) {
+        b1[0] = sum.x / sum.y;
+    }
+}
+
+// The rows cross-entropy counts: b0 labels [rows], b1 the count [1] (exact in f32 below 2^24
+// rows; one workgroup, fixed order).
+@compute @workgroup_size(256)
+fn counted_rows(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
+    let lid = lid3.x;
+    var s = 0.0;
+    for (var i = lid; i < p.rows; i = i + WORKGROUP) {
+        s = s + select(1.0, 0.0, ignored(b0[i]));
+    }
+    let sum = tree_sum(lanes, vec2<f32>(s, 0.0)).x;
+    if (lid == 0u) {
+        b1[0] = sum;
+    }
+}
+
+// dlogits = dloss / count · (softmax − target): b0 logits, b1 labels, b2 dloss [], b3 dlogits,
+// b4 the counted rows (counted_rows); an ignored row's gradient is 0. Each workgroup takes
+// WORKGROUP / lanes rows, one per run.
 @compute @workgroup_size(256)
 fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>,
@@ -182,11 +229,12 @@ fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.cols;
     let y = b1[row];
     let ok = valid_label(y);
-    let scale = b2[0] / f32(p.rows);
+    let skip = ignored(y);
+    let scale = b2[0] / b4[0];
     let lse = st.m + log(st.sum_exp);
     for (var j = lane; j < p.cols; j = j + p.lanes) {
-        var d = p.nan;
-        if (ok) {
+        var d = select(p.nan, 0.0, skip);
+        if (ok && !skip) {
             let want = p.eps_c + select(0.0, p.keep, j == u32(y));
             d = scale * (exp(b0[base + j] - lse) - want);
         }

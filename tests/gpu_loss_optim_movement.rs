@@ -75,12 +75,43 @@ fn losses_and_their_gradients_match_the_cpu() {
         for label_smoothing in [0.0, 0.1] {
             let logits = random(&mut rng, &[n, c]);
             let labels = ids(&mut rng, &[n], c);
-            let ce = OpKind::CrossEntropy(CrossEntropy { label_smoothing });
-            assert_close(&ce, &[logits.clone(), labels.clone()]);
-            let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad { label_smoothing });
-            let dloss = scalar(rng.random_range(0.5..2.0));
-            assert_close(&grad, &[logits, labels, dloss]);
+            for ignore_index in [None, Some(0)] {
+                // Every row ignored is 0/0, which WGSL leaves undefined.
+                if ignore_index.is_some() && labels.1.iter().all(|&l| l == 0.0) {
+                    continue;
+                }
+                let ce = OpKind::CrossEntropy(CrossEntropy {
+                    label_smoothing,
+                    ignore_index,
+                });
+                assert_close(&ce, &[logits.clone(), labels.clone()]);
+                let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
+                    label_smoothing,
+                    ignore_index,
+                });
+                let dloss = scalar(rng.random_range(0.5..2.0));
+                assert_close(&grad, &[logits.clone(), labels.clone(), dloss]);
+            }
         }
+    }
+    // Sequences: logits [batch, positions, classes], a label per position; ignore_index -100
+    // (PyTorch's default) on a few positions, in one block and in several.
+    for shape in [[3, 37, 11], [4, 700, 7]] {
+        let logits = random(&mut rng, &shape);
+        let mut labels = ids(&mut rng, &shape[..2], shape[2]);
+        for at in [5, 17, 40, 41] {
+            labels.1[at] = -100.0;
+        }
+        let ce = OpKind::CrossEntropy(CrossEntropy {
+            label_smoothing: 0.0,
+            ignore_index: Some(-100),
+        });
+        assert_close(&ce, &[logits.clone(), labels.clone()]);
+        let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
+            label_smoothing: 0.0,
+            ignore_index: Some(-100),
+        });
+        assert_close(&grad, &[logits, labels, scalar(1.5)]);
     }
     // A label outside [0, C) makes the loss NaN and its row of the gradient NaN, in one block
     // or in the third block of six.
@@ -91,10 +122,12 @@ fn losses_and_their_gradients_match_the_cpu() {
             labels.1[at] = bad;
             let ce = OpKind::CrossEntropy(CrossEntropy {
                 label_smoothing: 0.1,
+                ignore_index: None,
             });
             assert_close(&ce, &[logits.clone(), labels.clone()]);
             let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
                 label_smoothing: 0.1,
+                ignore_index: None,
             });
             assert_close(&grad, &[logits.clone(), labels.clone(), scalar(1.0)]);
         }
@@ -128,7 +161,7 @@ const MSE_SHAPES: [&[usize]; 6] = [&[1], &[3, 7, 5], &[2, 333], &[1100], &[3, 10
 const MSE_BLOCKS: [usize; 6] = [1, 1, 1, 1, 3, 257];
 
 /// Blocks of the first pass of a loss's mean on the GPU: the workgroups of its first dispatch
-/// when `loss_total` adds their sums after it, else 1 (the first pass writes the mean).
+/// when a second (`*_total`) pass adds their sums after it, else 1 (the first pass writes the mean).
 fn loss_blocks(op: OpKind, ins: &[TensorType]) -> usize {
     let ins: Vec<&TensorType> = ins.iter().collect();
     let outputs = op.primitive().infer(&ins).unwrap();
@@ -137,7 +170,7 @@ fn loss_blocks(op: OpKind, ins: &[TensorType]) -> usize {
         outputs: &outputs,
     };
     let ds = op.primitive().gpu(&args).unwrap();
-    let two_pass = ds.len() == 2 && ds[1].shader.entry == "loss_total";
+    let two_pass = ds.len() == 2 && ds[1].shader.entry.ends_with("total");
     assert_eq!(two_pass, workspace(&ds) > 0, "{op:?}");
     match two_pass {
         true => ds[0].workgroups.iter().product::<u32>() as usize,
@@ -155,6 +188,7 @@ fn loss_test_shapes_split_into_blocks() {
         };
         let op = OpKind::CrossEntropy(CrossEntropy {
             label_smoothing: 0.0,
+            ignore_index: None,
         });
         loss_blocks(op, &[TensorType::f32(vec![n, c]), labels])
     };

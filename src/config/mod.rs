@@ -414,6 +414,12 @@ impl Config {
                     .at(at(&["loss", "label_smoothing"]), "remove it for mse"),
             );
         }
+        if self.loss.kind == LossKind::Mse && self.loss.ignore_index.is_some() {
+            return Err(
+                Diagnostic::new("`ignore_index` applies only to cross_entropy")
+                    .at(at(&["loss", "ignore_index"]), "remove it for mse"),
+            );
+        }
         if parse_every(&self.train.save_every).is_none() {
             return Err(Diagnostic::new(format!(
                 "cannot read save_every = \"{}\"",

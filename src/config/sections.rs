@@ -261,6 +261,10 @@ pub struct Loss {
     /// Cross entropy only: mix the one-hot target with the uniform distribution.
     #[serde(default = "zero_fraction")]
     pub label_smoothing: Fraction,
+    /// Cross entropy only: positions with this label count neither in the loss nor its mean
+    /// (PyTorch's `ignore_index`; padding in sequences).
+    #[serde(default)]
+    pub ignore_index: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

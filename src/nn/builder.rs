@@ -599,8 +599,11 @@ impl<'c> Builder<'c> {
                     .known_layout()
                     .map(|(_, c)| c)
                     .or(self.config.data.classes.map(|c| c.0));
-                let ok_rank = sample.len() == 1;
-                if !ok_rank || classes.is_some_and(|c| c != sample[0]) {
+                // [classes] per sample, or [positions.., classes] (a sequence: every position
+                // is a row of the loss).
+                let ok_rank = matches!(sample.len(), 1 | 2);
+                let last = sample.last().copied();
+                if !ok_rank || classes.is_some_and(|c| Some(c) != last) {
                     let want = match classes {
                         Some(c) => format!("[{c}] (one logit per class)"),
                         None => "[classes]".into(),
@@ -620,10 +623,13 @@ impl<'c> Builder<'c> {
                 }
                 let op = OpKind::CrossEntropy(CrossEntropy {
                     label_smoothing: cfg.label_smoothing.0,
+                    ignore_index: cfg.ignore_index,
                 });
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&sample[..sample.len() - 1]);
                 (
                     TensorType {
-                        shape: vec![batch],
+                        shape,
                         dtype: DType::I32,
                     },
                     op,

@@ -31,6 +31,7 @@ struct LossParams {
     chunk: usize,
     label_smoothing: f64,
     scale: f64,
+    ignore_index: Option<i32>,
 }
 
 impl LossParams {
@@ -53,6 +54,8 @@ impl LossParams {
             .f32(eps_c)
             .f32(self.scale)
             .f32(f64::NAN)
+            .u32(usize::from(self.ignore_index.is_some()))
+            .f32(self.ignore_index.map_or(0.0, f64::from))
             .done()
     }
 }
@@ -65,45 +68,68 @@ fn lanes(cols: usize) -> usize {
         .clamp(1, WORKGROUP as usize)
 }
 
+/// Rows and columns of logits [.., classes].
+fn rows_cols(logits: &TensorType) -> (usize, usize) {
+    let cols = logits.shape.last().copied().unwrap_or(1);
+    (logits.numel() / cols.max(1), cols)
+}
+
 /// Cross-entropy (`grad`: its gradient) over logits [rows, cols].
-fn cross_entropy_kernel(eps: f64, grad: bool, args: &KernelArgs) -> Vec<Dispatch> {
-    let (rows, cols) = (args.inputs[0].shape[0], args.inputs[0].shape[1]);
+fn cross_entropy_kernel(ce: &CrossEntropy, grad: bool, args: &KernelArgs) -> Vec<Dispatch> {
+    let (rows, cols) = rows_cols(args.inputs[0]);
     let lanes = lanes(cols);
     let per_round = WORKGROUP as usize / lanes;
-    if grad {
-        let params = LossParams {
-            rows,
-            cols,
-            lanes,
-            label_smoothing: eps,
-            ..Default::default()
-        };
-        return vec![Dispatch {
-            shader: shader("cross_entropy_grad"),
-            bindings: vec![Bind::In(0), Bind::In(1), Bind::In(2), Bind::Out(0)],
-            params: params.words(),
-            workgroups: groups(rows.div_ceil(per_round)),
-        }];
-    }
-    let (blocks, rounds) = split_reduction(1, rows.div_ceil(per_round));
-    let params = LossParams {
+    let base = LossParams {
         rows,
         cols,
         lanes,
+        label_smoothing: ce.label_smoothing,
+        ignore_index: ce.ignore_index,
+        ..Default::default()
+    };
+    if grad {
+        // The counted rows first (one workgroup, fixed order), then the gradient divides by
+        // them; without an ignored label that count is `rows`, exactly.
+        let count = Bind::Scratch { at: 0, len: 1 };
+        let grad = Dispatch {
+            shader: shader("cross_entropy_grad"),
+            bindings: vec![Bind::In(0), Bind::In(1), Bind::In(2), Bind::Out(0), count],
+            params: base.words(),
+            workgroups: groups(rows.div_ceil(per_round)),
+        };
+        let counting = Dispatch {
+            shader: shader("counted_rows"),
+            bindings: vec![Bind::In(1), count],
+            params: base.words(),
+            workgroups: [1, 1, 1],
+        };
+        return vec![counting, grad];
+    }
+    let (blocks, rounds) = split_reduction(1, rows.div_ceil(per_round));
+    let params = LossParams {
         n: rows,
         blocks,
         chunk: rounds * per_round,
-        label_smoothing: eps,
-        scale: 0.0,
+        ..base
     };
-    mean_in_blocks("cross_entropy", vec![Bind::In(0), Bind::In(1)], params)
+    let entries = ["cross_entropy", "cross_entropy_total"];
+    mean_in_blocks(entries, 2, vec![Bind::In(0), Bind::In(1)], params)
 }
 
-/// A loss's mean in two passes (loss.wgsl): `entry` over `inputs` writing each block's sum to
-/// workspace, then `loss_total` adding them in block order; one block writes the mean itself.
-fn mean_in_blocks(entry: &'static str, mut inputs: Vec<Bind>, p: LossParams) -> Vec<Dispatch> {
+/// A loss's mean in two passes (loss.wgsl): `entry` over `inputs` writing each block's `width`
+/// partial sums to workspace, then `total` adding them in block order; one block writes the mean
+/// itself.
+fn mean_in_blocks(
+    [entry, total]: [&'static str; 2],
+    width: usize,
+    mut inputs: Vec<Bind>,
+    p: LossParams,
+) -> Vec<Dispatch> {
     let blocks = p.blocks;
-    let sums = Bind::Scratch { at: 0, len: blocks };
+    let sums = Bind::Scratch {
+        at: 0,
+        len: blocks * width,
+    };
     inputs.push(if blocks > 1 { sums } else { Bind::Out(0) });
     let params = p.words();
     let mut out = vec![Dispatch {
@@ -114,7 +140,7 @@ fn mean_in_blocks(entry: &'static str, mut inputs: Vec<Bind>, p: LossParams) -> 
     }];
     if blocks > 1 {
         out.push(Dispatch {
-            shader: shader("loss_total"),
+            shader: shader(total),
             bindings: vec![sums, Bind::Out(0)],
             params,
             workgroups: [1, 1, 1],
@@ -123,36 +149,59 @@ fn mean_in_blocks(entry: &'static str, mut inputs: Vec<Bind>, p: LossParams) -> 
     out
 }
 
-/// PyTorch's `F.cross_entropy(logits, labels, label_smoothing=ε)` of logits [N, C] against
-/// class ids [N] (i32): the mean over rows of (1−ε)·(−log p_y) + ε·mean_c(−log p_c). A label
-/// outside [0, C) makes the loss NaN (there is no `ignore_index`).
+/// PyTorch's `F.cross_entropy(logits, labels, label_smoothing=ε, ignore_index=i)` of logits
+/// [.., C] against class ids [..] (i32; every position of a sequence is a row): the mean over
+/// counted rows of (1−ε)·(−log p_y) + ε·mean_c(−log p_c). A row whose label is `ignore_index`
+/// is not counted (its gradient is 0); any other label outside [0, C) makes the loss NaN.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CrossEntropy {
     pub label_smoothing: f64,
+    pub ignore_index: Option<i32>,
 }
 
 fn cross_entropy_shapes(logits: &TensorType, labels: &TensorType) -> Result<(), String> {
     expect_f32(logits, "the logits")?;
-    if logits.rank() != 2 {
+    if logits.rank() < 2 {
         return Err(format!(
-            "expects logits [N, classes], got {}",
+            "expects logits [N, classes] or [N, .., classes], got {}",
             fmt_shape(&logits.shape)
         ));
     }
-    if labels.dtype != DType::I32 || labels.shape != [logits.shape[0]] {
+    let rows = &logits.shape[..logits.rank() - 1];
+    if labels.dtype != DType::I32 || labels.shape != rows {
         return Err(format!(
-            "expects i32 labels [{}], got {}",
-            logits.shape[0],
+            "expects i32 labels {}, got {}",
+            fmt_shape(rows),
             fmt_shape(&labels.shape)
         ));
     }
     Ok(())
 }
 
-/// The class a label names, or None when it is not an integer in [0, classes).
-fn class<T: Real>(label: T, classes: usize) -> Option<usize> {
+/// What a row's label asks for.
+enum Target {
+    Class(usize),
+    Ignored,
+    Invalid,
+}
+
+/// The class a label names; `Ignored` for `ignore`, `Invalid` when it is not an integer in
+/// [0, classes).
+fn target<T: Real>(label: T, classes: usize, ignore: Option<i32>) -> Target {
     let v = label.to_f64();
-    (v >= 0.0 && v < classes as f64 && v.fract() == 0.0).then_some(v as usize)
+    if ignore.is_some_and(|i| f64::from(i) == v) {
+        Target::Ignored
+    } else if v >= 0.0 && v < classes as f64 && v.fract() == 0.0 {
+        Target::Class(v as usize)
+    } else {
+        Target::Invalid
+    }
+}
+
+/// Rows whose label is not `ignore` (an f64 sum in row order, as the GPU's exact f32 count).
+fn counted_rows<T: Real>(labels: &[T], ignore: Option<i32>) -> f64 {
+    let skip = |l: &&T| ignore.is_some_and(|i| f64::from(i) == l.to_f64());
+    (labels.len() - labels.iter().filter(skip).count()) as f64
 }
 
 /// log Σ exp(row), max-subtracted.
@@ -174,7 +223,7 @@ impl Primitive for CrossEntropy {
         6 * inputs[0].numel() as u64
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![("label_smoothing", self.label_smoothing.to_string())]
+        ce_attrs(self.label_smoothing, self.ignore_index)
     }
     fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
         if !a.wants(0) {
@@ -182,42 +231,54 @@ impl Primitive for CrossEntropy {
         }
         let op = CrossEntropyGrad {
             label_smoothing: self.label_smoothing,
+            ignore_index: self.ignore_index,
         };
         let ins = [a.inputs[0], a.inputs[1], a.dy()?];
         Ok(vec![Some(cx.op(OpKind::CrossEntropyGrad(op), &ins)?), None])
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        Ok(cross_entropy_kernel(self.label_smoothing, false, args))
+        Ok(cross_entropy_kernel(self, false, args))
     }
+}
+
+fn ce_attrs(eps: f64, ignore: Option<i32>) -> Vec<(&'static str, String)> {
+    let mut attrs = vec![("label_smoothing", eps.to_string())];
+    attrs.extend(ignore.map(|i| ("ignore_index", i.to_string())));
+    attrs
 }
 
 impl Eval for CrossEntropy {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (n, c) = (io.in_shape(0)[0], io.in_shape(0)[1]);
+        let c = *io.in_shape(0).last().expect("rank >= 2");
         let eps = self.label_smoothing;
         let (ins, outs) = io.split::<1>();
         let (logits, labels) = (ins.get(0), ins.get(1));
         let mut total = 0.0;
-        for i in 0..n {
-            let row = &logits[i * c..(i + 1) * c];
-            let Some(y) = class(labels[i], c) else {
-                total = f64::NAN;
-                break;
+        for (row, &label) in logits.chunks(c.max(1)).zip(labels) {
+            let y = match target(label, c, self.ignore_index) {
+                Target::Class(y) => y,
+                Target::Ignored => continue,
+                Target::Invalid => {
+                    total = f64::NAN;
+                    break;
+                }
             };
             let lse = log_sum_exp(row);
             let nll = lse - row[y].to_f64();
             let smooth = lse - row.iter().map(|v| v.to_f64()).sum::<f64>() / c as f64;
             total += (1.0 - eps) * nll + eps * smooth;
         }
-        outs[0][0] = T::of(total / n as f64);
+        outs[0][0] = T::of(total / counted_rows(labels, self.ignore_index));
     }
 }
 
 /// The gradient of [`CrossEntropy`]: dlogits = dloss·(softmax − target)/N with target =
-/// (1−ε)·onehot(y) + ε/C. A row with an invalid label gets NaN. Inputs: logits, labels, dloss.
+/// (1−ε)·onehot(y) + ε/C and N the counted rows. An ignored row gets 0, a row with an invalid
+/// label NaN. Inputs: logits, labels, dloss.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CrossEntropyGrad {
     pub label_smoothing: f64,
+    pub ignore_index: Option<i32>,
 }
 
 impl Primitive for CrossEntropyGrad {
@@ -236,20 +297,25 @@ impl Primitive for CrossEntropyGrad {
         5 * inputs[0].numel() as u64
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![("label_smoothing", self.label_smoothing.to_string())]
+        ce_attrs(self.label_smoothing, self.ignore_index)
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        Ok(cross_entropy_kernel(self.label_smoothing, true, args))
+        let ce = CrossEntropy {
+            label_smoothing: self.label_smoothing,
+            ignore_index: self.ignore_index,
+        };
+        Ok(cross_entropy_kernel(&ce, true, args))
     }
 }
 
 impl Eval for CrossEntropyGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let (n, c) = (io.in_shape(0)[0], io.in_shape(0)[1]);
+        let c = *io.in_shape(0).last().expect("rank >= 2");
         let eps = self.label_smoothing;
+        let ignore = self.ignore_index;
         let (ins, outs) = io.split::<1>();
         let (logits, labels) = (ins.get(0), ins.get(1));
-        let scale = ins.get(2)[0].to_f64() / n as f64;
+        let scale = ins.get(2)[0].to_f64() / counted_rows(labels, ignore);
         if c == 0 {
             return;
         }
@@ -258,9 +324,10 @@ impl Eval for CrossEntropyGrad {
             .zip(logits.par_chunks(c))
             .zip(labels.par_iter())
             .for_each(|((dx, row), &label)| {
-                let Some(y) = class(label, c) else {
-                    dx.fill(T::of(f64::NAN));
-                    return;
+                let y = match target(label, c, ignore) {
+                    Target::Class(y) => y,
+                    Target::Ignored => return dx.fill(T::of(0.0)),
+                    Target::Invalid => return dx.fill(T::of(f64::NAN)),
                 };
                 let lse = log_sum_exp(row);
                 for (j, (dx, v)) in dx.iter_mut().zip(row).enumerate() {
@@ -324,7 +391,8 @@ impl Primitive for Mse {
             ..Default::default()
         };
         Ok(mean_in_blocks(
-            "mse",
+            ["mse", "loss_total"],
+            1,
             vec![Bind::In(0), Bind::In(1)],
             params,
         ))
@@ -398,7 +466,10 @@ mod tests {
     use crate::ops::reduce::tests::{assert_close, eval_f64, f32_input};
 
     fn ce(label_smoothing: f64) -> OpKind {
-        OpKind::CrossEntropy(CrossEntropy { label_smoothing })
+        OpKind::CrossEntropy(CrossEntropy {
+            label_smoothing,
+            ignore_index: None,
+        })
     }
 
     fn labels(v: Vec<f64>) -> (TensorType, Vec<f64>) {
@@ -453,11 +524,60 @@ mod tests {
             let dloss = (TensorType::f32(vec![]), vec![1.0]);
             let grad = CrossEntropyGrad {
                 label_smoothing: 0.1,
+                ignore_index: None,
             };
             let dx = eval_f64(&OpKind::CrossEntropyGrad(grad), &[x.clone(), y, dloss]);
             assert!(dx[0][5..10].iter().all(|v| v.is_nan()));
             assert!(dx[0][..5].iter().chain(&dx[0][10..]).all(|v| v.is_finite()));
         }
+    }
+
+    /// PyTorch's ignore_index: the loss of a sequence with ignored positions is the loss of
+    /// the other positions alone, their gradient rows the same, the ignored rows' zero.
+    #[test]
+    fn ignored_positions_leave_the_loss_and_its_mean() {
+        let x = f32_input(&[2, 3, 5], 32);
+        let y = [4.0, -100.0, 1.0, -100.0, 0.0, 3.0];
+        let kept = [0, 2, 4, 5];
+        let ignoring = |grad: bool| -> OpKind {
+            match grad {
+                false => OpKind::CrossEntropy(CrossEntropy {
+                    label_smoothing: 0.2,
+                    ignore_index: Some(-100),
+                }),
+                true => OpKind::CrossEntropyGrad(CrossEntropyGrad {
+                    label_smoothing: 0.2,
+                    ignore_index: Some(-100),
+                }),
+            }
+        };
+        let seq_labels = (
+            TensorType {
+                shape: vec![2, 3],
+                dtype: DType::I32,
+            },
+            y.to_vec(),
+        );
+        let rows: Vec<f64> = kept
+            .iter()
+            .flat_map(|&r| x.1[r * 5..][..5].to_vec())
+            .collect();
+        let kept_x = (TensorType::f32(vec![4, 5]), rows);
+        let kept_y = labels(kept.iter().map(|&r| y[r]).collect());
+        let dloss = (TensorType::f32(vec![]), vec![1.5]);
+        let got = eval_f64(&ignoring(false), &[x.clone(), seq_labels.clone()]);
+        let want = eval_f64(&ce(0.2), &[kept_x.clone(), kept_y.clone()]);
+        assert_close(&got[0], &want[0], 1e-12);
+        let dx = eval_f64(&ignoring(true), &[x, seq_labels, dloss.clone()]);
+        let grad = OpKind::CrossEntropyGrad(CrossEntropyGrad {
+            label_smoothing: 0.2,
+            ignore_index: None,
+        });
+        let want = eval_f64(&grad, &[kept_x, kept_y, dloss]);
+        for (k, &r) in kept.iter().enumerate() {
+            assert_close(&dx[0][r * 5..][..5], &want[0][k * 5..][..5], 1e-12);
+        }
+        assert!(dx[0][5..10].iter().chain(&dx[0][15..20]).all(|&v| v == 0.0));
     }
 
     fn gradcheck(op: OpKind, args: &[Arg]) {
