@@ -241,12 +241,12 @@ pub fn check_model(g: &Graph, vocab: &Vocab, source: &str) -> Result<(), Diagnos
         if rows != n {
             let layer = &g.layers[node.layer];
             return Err(Diagnostic::new(format!(
-                "embedding `{}` has vocab = {rows}, but the vocabulary of the text has {what} \
-                 ({source})",
+                "embedding `{}` has vocab = {rows}, but the vocabulary of the text has {what}",
                 layer.name
             ))
             .at(layer.loc, format!("vocab = {rows}"))
-            .note(fix("vocab")));
+            .note(fix("vocab"))
+            .note(format!("the vocabulary is that of {source}")));
         }
     }
     if g.ty(g.labels).dtype == DType::I32 {
@@ -255,11 +255,12 @@ pub fn check_model(g: &Graph, vocab: &Vocab, source: &str) -> Result<(), Diagnos
             let layer = &g.layers[g.node(g.output.node()).layer];
             return Err(Diagnostic::new(format!(
                 "the model output `{}` gives {logits} logits a position, but the vocabulary of \
-                 the text has {what} ({source})",
+                 the text has {what}",
                 layer.name
             ))
             .at(layer.loc, format!("{logits} logits"))
-            .note(fix("its out")));
+            .note(fix("its out"))
+            .note(format!("the vocabulary is that of {source}")));
         }
     }
     Ok(())

@@ -309,8 +309,13 @@ fn open_data(cfg: &Config, config_dir: &Path) -> Result<(Splits, usize), FitErro
     let steps_per_epoch = data::batches_per_epoch(splits.train.per_epoch(), batch);
     if steps_per_epoch == 0 {
         return Err(FitError::User(format!(
-            "the training split has {} samples an epoch, fewer than one batch of {batch}; lower data.batch_size",
-            splits.train.per_epoch()
+            "the training split has {} {} an epoch, fewer than one batch of {batch}; lower data.batch_size",
+            splits.train.per_epoch(),
+            if splits.vocab.is_some() {
+                "windows"
+            } else {
+                "samples"
+            }
         )));
     }
     Ok((splits, steps_per_epoch))
@@ -324,8 +329,8 @@ fn keep_vocab(run: &Path, vocab: &data::Vocab) -> Result<(), FitError> {
         let old = data::Vocab::load(&path).map_err(|e| FitError::User(e.to_string()))?;
         if &old != vocab {
             return Err(FitError::User(format!(
-                "{}: the run was trained on a vocabulary of {} ids, but the text now gives {}; \
-                 the text has changed since the run started",
+                "{}: the run's vocabulary ({} ids) differs from the text's ({} ids): the text \
+                 has changed since the run started, and the model's ids would mean other symbols",
                 path.display(),
                 old.len(),
                 vocab.len()
