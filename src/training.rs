@@ -42,8 +42,10 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         }
         _ => None,
     };
-    let (op, state_names) = optimizer.update(coef.is_some());
     for (i, grad) in g.grads.clone() {
+        // Weight decay by parameter group: `[optimizer] decay` and `no_decay`.
+        let decay = optimizer.decays(&g.params[i].name, g.params[i].ty.shape.len());
+        let (op, state_names) = optimizer.update(coef.is_some(), decay);
         let layer = g.params[i].layer;
         let p = TensorId::of(g.params[i].node.expect("trainable params are read"), 0);
         let mut inputs = vec![p, grad];
@@ -55,7 +57,7 @@ pub fn training_graph(forward: &Graph, optimizer: &Optimizer) -> Result<Graph, D
         inputs.extend(states.iter().map(|&(_, t)| t));
         inputs.extend(coef);
         let n = g
-            .add_node(op.clone(), &inputs, layer, Phase::Update)
+            .add_node(op, &inputs, layer, Phase::Update)
             .map_err(fail)?;
         g.updates.push((i, TensorId::of(n, 0)));
         for (k, &(s, _)) in states.iter().enumerate() {

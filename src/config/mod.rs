@@ -346,6 +346,17 @@ impl Config {
         v.loc
     }
 
+    /// Checks `[optimizer] no_decay` against the model's trainable parameter names (known
+    /// once the model is built): each pattern must match one, or it is an error at it.
+    pub fn check_param_groups(&self, names: &[&str]) -> Result<(), Diagnostic> {
+        let list = self.tree.get("optimizer").and_then(|o| o.get("no_decay"));
+        self.optimizer
+            .check_groups(names, |i| match list.map(|v| &v.kind) {
+                Some(Kind::Array(items)) if i < items.len() => items[i].loc,
+                _ => self.loc(&["optimizer", "no_decay"]),
+            })
+    }
+
     /// Checks that need more than one key: schedule options per kind, label smoothing only
     /// for cross entropy, `save_every`'s format.
     fn check_semantics(&self) -> Result<(), Diagnostic> {
@@ -381,6 +392,14 @@ impl Config {
                 values::MAX_INT
             ))
             .at(at(&["schedule", "warmup_epochs"]), "too large"));
+        }
+        if s.warmup_steps.is_some() && s.warmup_epochs.0 > 0.0 {
+            return Err(
+                Diagnostic::new("`warmup_steps` and `warmup_epochs` are both set")
+                    .at(at(&["schedule", "warmup_steps"]), "warmup counted in steps")
+                    .also(at(&["schedule", "warmup_epochs"]), "and in epochs")
+                    .note("keep one of them (`warmup_epochs = 0` turns the epoch count off)"),
+            );
         }
         let lr = self.optimizer.lr();
         if let (ScheduleKind::Onecycle, Some(max_lr)) = (s.kind, s.max_lr)

@@ -34,6 +34,12 @@ pub struct Sgd {
     pub nesterov: bool,
     #[serde(default = "zero_nonneg")]
     pub weight_decay: NonNegFloat,
+    /// Which parameters `weight_decay` applies to.
+    #[serde(default, skip_serializing_if = "DecayRule::is_all")]
+    pub decay: DecayRule,
+    /// Parameters `weight_decay` does not apply to: name patterns (`*` matches any text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_decay: Vec<String>,
     /// Clip the global L2 norm of all gradients to this value.
     pub clip_grad_norm: Option<PositiveFloat>,
 }
@@ -51,7 +57,53 @@ pub struct Adam {
     /// Adam: L2 added to the gradient; AdamW: decoupled decay of the weights.
     #[serde(default = "zero_nonneg")]
     pub weight_decay: NonNegFloat,
+    /// Which parameters `weight_decay` applies to.
+    #[serde(default, skip_serializing_if = "DecayRule::is_all")]
+    pub decay: DecayRule,
+    /// Parameters `weight_decay` does not apply to: name patterns (`*` matches any text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_decay: Vec<String>,
     pub clip_grad_norm: Option<PositiveFloat>,
+}
+
+/// `decay`: the parameters weight decay applies to, before `no_decay` takes some out.
+/// (Left out of `config.resolved.toml` when it is the default, as `no_decay` when empty, so
+/// configs written before these keys keep their hash.)
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecayRule {
+    /// Every trainable parameter (torch.optim with one parameter group).
+    #[default]
+    All,
+    /// Parameters of rank ≥ 2 only (weights of linear and conv layers, embeddings), not
+    /// biases or norm weights: nanoGPT's `configure_optimizers`.
+    Matrices,
+}
+
+impl DecayRule {
+    fn is_all(&self) -> bool {
+        *self == DecayRule::All
+    }
+}
+
+/// Whether glob `pattern` matches all of `name`; `*` matches any text, dots included.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: the whole name
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl Optimizer {
@@ -71,10 +123,55 @@ impl Optimizer {
         }
     }
 
+    /// The decay rule and the `no_decay` patterns.
+    fn groups(&self) -> (DecayRule, &[String]) {
+        match self {
+            Optimizer::Sgd(s) => (s.decay, &s.no_decay),
+            Optimizer::Adam(a) | Optimizer::Adamw(a) => (a.decay, &a.no_decay),
+        }
+    }
+
+    /// Whether `weight_decay` applies to the trainable parameter `name` of rank `rank`.
+    pub fn decays(&self, name: &str, rank: usize) -> bool {
+        let (rule, no_decay) = self.groups();
+        (rule == DecayRule::All || rank >= 2) && !no_decay.iter().any(|p| glob_match(p, name))
+    }
+
+    /// Each `no_decay` pattern must match a trainable parameter of the model (`names`), so
+    /// that a typo cannot silently leave a parameter decaying; `at(i)` locates pattern `i`.
+    pub fn check_groups(
+        &self,
+        names: &[&str],
+        at: impl Fn(usize) -> Loc,
+    ) -> Result<(), Diagnostic> {
+        let (_, no_decay) = self.groups();
+        for (i, pattern) in no_decay.iter().enumerate() {
+            if names.iter().any(|n| glob_match(pattern, n)) {
+                continue;
+            }
+            let mut shown: Vec<&str> = names.iter().copied().take(6).collect();
+            if names.len() > shown.len() {
+                shown.push("...");
+            }
+            return Err(Diagnostic::new(format!(
+                "`no_decay` pattern \"{pattern}\" matches no trainable parameter"
+            ))
+            .at(at(i), "matches nothing")
+            .help_did_you_mean(pattern, names.iter().copied())
+            .note(format!(
+                "parameters are named <layer>.<parameter>, `*` matching any text: {}",
+                shown.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// The update op of one parameter and the names of the state tensors it reads and
     /// rewrites after (parameter, gradient), as torch.optim names them in its state dict.
-    /// `clip`: the op also takes the clipping coefficient as its last input.
-    pub fn update(&self, clip: bool) -> (OpKind, &'static [&'static str]) {
+    /// `clip`: the op also takes the clipping coefficient as its last input. `decay`: whether
+    /// `weight_decay` applies to this parameter ([`Optimizer::decays`]).
+    pub fn update(&self, clip: bool, decay: bool) -> (OpKind, &'static [&'static str]) {
+        let weight_decay = |wd: NonNegFloat| if decay { wd.0 } else { 0.0 };
         match self {
             Optimizer::Sgd(s) => {
                 let momentum = s.momentum.0;
@@ -82,7 +179,7 @@ impl Optimizer {
                     momentum,
                     dampening: s.dampening.0,
                     nesterov: s.nesterov,
-                    weight_decay: s.weight_decay.0,
+                    weight_decay: weight_decay(s.weight_decay),
                     clip,
                 });
                 let states: &[&str] = if momentum != 0.0 {
@@ -97,7 +194,7 @@ impl Optimizer {
                     beta1: a.betas[0].0,
                     beta2: a.betas[1].0,
                     eps: a.eps.0,
-                    weight_decay: a.weight_decay.0,
+                    weight_decay: weight_decay(a.weight_decay),
                     decoupled: matches!(self, Optimizer::Adamw(_)),
                     clip,
                 });
@@ -210,4 +307,36 @@ pub fn parse(v: &Value) -> Result<Optimizer, Diagnostic> {
             Optimizer::Adamw(adamw)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_whole_names() {
+        let yes = [
+            ("*.bias", "h.0.attn.c_proj.bias"),
+            ("*.ln_*.weight", "h.0.ln_1.weight"),
+            ("fc.bias", "fc.bias"),
+            ("*", "anything"),
+            ("a*b*c", "abc"),
+            ("a*b*c", "a.b.b.c"),
+            ("h.*.ln_1.*", "h.11.ln_1.bias"),
+        ];
+        for (p, n) in yes {
+            assert!(glob_match(p, n), "{p} should match {n}");
+        }
+        let no = [
+            ("*.bias", "fc.bias_ext"),
+            ("fc.bias", "fc.biass"),
+            ("fc", "fc.weight"),
+            ("*.ln_*.weight", "h.0.ln_1.bias"),
+            ("a*b*c", "acb"),
+            ("ab*ba", "aba"), // prefix and suffix may not overlap
+        ];
+        for (p, n) in no {
+            assert!(!glob_match(p, n), "{p} should not match {n}");
+        }
+    }
 }

@@ -294,6 +294,9 @@ pub struct Schedule {
     /// Linear warmup over this many epochs (fractions allowed).
     #[serde(default = "zero_nonneg")]
     pub warmup_epochs: NonNegFloat,
+    /// Linear warmup over this many optimizer steps, as nanoGPT's `get_lr`
+    /// (`lr × (step + 1) / (warmup_steps + 1)`); not with `warmup_epochs`.
+    pub warmup_steps: Option<Count>,
     /// step: multiply the LR by `gamma` every `step_size` epochs.
     pub step_size: Option<Positive>,
     /// multistep: multiply the LR by `gamma` at each of these epochs.
@@ -316,6 +319,7 @@ impl Default for Schedule {
         Schedule {
             kind: ScheduleKind::Constant,
             warmup_epochs: zero_nonneg(),
+            warmup_steps: None,
             step_size: None,
             milestones: None,
             gamma: tenth(),

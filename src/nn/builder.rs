@@ -110,6 +110,11 @@ pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Dia
     let out = b.scope("", &model.layers, features, model.output.as_ref(), None)?;
     b.g.output = out.tensor;
     b.loss(out)?;
+    let trainable: Vec<&str> = (b.g.params.iter())
+        .filter(|p| p.trainable)
+        .map(|p| p.name.as_str())
+        .collect();
+    config.check_param_groups(&trainable)?;
     debug_assert_eq!(b.g.verify(), Ok(()));
     Ok(b.g)
 }

@@ -1,7 +1,7 @@
 use serde::Deserialize;
 
 use super::lower::LayerSpec;
-use crate::config::values::Positive;
+use crate::config::values::{Positive, PositiveFloat};
 use crate::graph::Init;
 use crate::nn::Lower;
 use crate::ops::{Binary, BinaryFn, Gather, MatMul, OpKind};
@@ -19,6 +19,9 @@ pub struct LinearSpec {
     pub out: Positive,
     #[serde(default = "yes")]
     pub bias: bool,
+    /// Weight N(0, init_std²) and bias zeros (nanoGPT's `_init_weights`), instead of
+    /// PyTorch's U(±1/√in) for both.
+    pub init_std: Option<PositiveFloat>,
 }
 
 impl LayerSpec for LinearSpec {
@@ -34,23 +37,29 @@ impl LayerSpec for LinearSpec {
             return Err("linear needs an input with at least one dim per sample".into());
         };
         let out = self.out.0;
-        let w = cx.param("weight", vec![out, fan_in], Init::fan_in_uniform(fan_in))?;
+        let (w_init, b_init) = match self.init_std {
+            Some(std) => (Init::Normal { std: std.0 }, Init::Zeros),
+            None => (Init::fan_in_uniform(fan_in), Init::fan_in_uniform(fan_in)),
+        };
+        let w = cx.param("weight", vec![out, fan_in], w_init)?;
         let y = cx.op(OpKind::MatMul(MatMul), &[x, w])?;
         if !self.bias {
             return Ok(y);
         }
-        let b = cx.param("bias", vec![out], Init::fan_in_uniform(fan_in))?;
+        let b = cx.param("bias", vec![out], b_init)?;
         cx.op(OpKind::Binary(Binary { f: BinaryFn::Add }), &[y, b])
             .map_err(|_| format!("cannot add bias to {}", fmt_shape(&s)))
     }
 }
 
-/// Lookup table: integer ids [..] → vectors [.., dim]; weight [vocab, dim] ~ N(0, 1).
+/// Lookup table: integer ids [..] → vectors [.., dim]; weight [vocab, dim] ~ N(0, 1), or
+/// N(0, init_std²).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingSpec {
     pub vocab: Positive,
     pub dim: Positive,
+    pub init_std: Option<PositiveFloat>,
 }
 
 impl LayerSpec for EmbeddingSpec {
@@ -63,7 +72,9 @@ impl LayerSpec for EmbeddingSpec {
         let w = cx.param(
             "weight",
             vec![self.vocab.0, self.dim.0],
-            Init::Normal { std: 1.0 },
+            Init::Normal {
+                std: self.init_std.map_or(1.0, |s| s.0),
+            },
         )?;
         cx.op(OpKind::Gather(Gather), &[w, inputs[0]])
     }

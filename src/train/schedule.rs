@@ -11,11 +11,16 @@
 //! - `t = step − W`: the step of the main schedule, which starts after the warmup;
 //! - `e = floor(t / spe)`: the epoch of the main schedule (for the epoch-based kinds).
 //!
-//! Warmup is PyTorch's `SequentialLR([LinearLR(opt, start_factor=1/W, end_factor=1,
-//! total_iters=W−1), main], milestones=[W])`: for `step < W`,
+//! Warmup in epochs (`warmup_epochs`) is PyTorch's `SequentialLR([LinearLR(opt,
+//! start_factor=1/W, end_factor=1, total_iters=W−1), main], milestones=[W])`: for `step < W`,
 //! `lr = main(0) × (step + 1) / W`, rising linearly to the main schedule's first LR, which
 //! step `W` then uses; after it the main schedule runs on `t`, as a scheduler that
 //! SequentialLR hands over to starts counting from 0.
+//!
+//! Warmup in steps (`warmup_steps = W`) is nanoGPT's `get_lr`: for `step < W`,
+//! `lr = main(0) × (step + 1) / (W + 1)`, so step `W` is the first to use the full LR. With
+//! `cosine`, `T` is nanoGPT's `lr_decay_iters`: the LR reaches `min_lr` at step `T` and stays
+//! there, `T` being the run's length (`train.max_steps` when it ends the run).
 
 use crate::config::{Schedule, ScheduleKind};
 
@@ -27,6 +32,9 @@ pub struct LrSchedule {
     steps_per_epoch: usize,
     total_steps: usize,
     warmup_steps: usize,
+    /// What warmup step `step` multiplies `main(0)` by `step + 1` over: `W` (epochs, as
+    /// torch's LinearLR) or `W + 1` (steps, as nanoGPT).
+    warmup_denominator: usize,
 }
 
 /// The schedule after warmup, with everything it needs precomputed.
@@ -79,14 +87,25 @@ impl LrSchedule {
         if total_steps == 0 {
             return Err("the run has no optimizer steps".into());
         }
-        let warmup_steps = (cfg.warmup_epochs.0 * steps_per_epoch as f64).round();
-        if !warmup_steps.is_finite() || warmup_steps > usize::MAX as f64 {
-            return Err(format!(
-                "warmup_epochs = {} is too large",
-                cfg.warmup_epochs.0
-            ));
-        }
-        let warmup_steps = warmup_steps as usize;
+        let (warmup_steps, warmup_denominator) = match cfg.warmup_steps {
+            Some(w) if cfg.warmup_epochs.0 > 0.0 => {
+                return Err(format!(
+                    "warmup_steps = {} and warmup_epochs = {} are both set",
+                    w.0, cfg.warmup_epochs.0
+                ));
+            }
+            Some(w) => (w.0, w.0 + 1),
+            None => {
+                let w = (cfg.warmup_epochs.0 * steps_per_epoch as f64).round();
+                if !w.is_finite() || w > usize::MAX as f64 {
+                    return Err(format!(
+                        "warmup_epochs = {} is too large",
+                        cfg.warmup_epochs.0
+                    ));
+                }
+                (w as usize, w as usize)
+            }
+        };
         let main_steps = total_steps.saturating_sub(warmup_steps);
         let gamma = cfg.gamma.0;
         let main = match cfg.kind {
@@ -134,6 +153,7 @@ impl LrSchedule {
             steps_per_epoch,
             total_steps,
             warmup_steps,
+            warmup_denominator,
         })
     }
 
@@ -142,14 +162,15 @@ impl LrSchedule {
     /// minimum) rather than extrapolating, since max_steps or a resume may overshoot by one.
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
-            // (step + 1) / W: step W − 1, the last warmup step, reaches the main schedule's
-            // start exactly; step 0 is not 0, so no step is wasted on a zero LR.
-            return self.main_lr(0) * (step + 1) as f64 / self.warmup_steps as f64;
+            // (step + 1) / W (epochs): step W − 1, the last warmup step, reaches the main
+            // schedule's start exactly; (step + 1) / (W + 1) (steps): step W does, as in
+            // nanoGPT. Step 0 is not 0 either way, so no step is wasted on a zero LR.
+            return self.main_lr(0) * (step + 1) as f64 / self.warmup_denominator as f64;
         }
         self.main_lr(step - self.warmup_steps)
     }
 
-    /// Steps of linear warmup (`round(warmup_epochs × steps_per_epoch)`).
+    /// Steps of linear warmup (`warmup_steps`, or `round(warmup_epochs × steps_per_epoch)`).
     pub fn warmup_steps(&self) -> usize {
         self.warmup_steps
     }
@@ -228,7 +249,7 @@ fn annealing_cos(start: f64, end: f64, pct: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::values::{NonNegFloat, Positive, PositiveFloat};
+    use crate::config::values::{Count, NonNegFloat, Positive, PositiveFloat};
     use std::f64::consts::PI;
 
     fn cfg(kind: ScheduleKind) -> Schedule {
@@ -471,6 +492,90 @@ mod tests {
         assert!(e.contains("max_lr"), "{e}");
         assert!(LrSchedule::new(&cfg(ScheduleKind::Constant), 0.1, 0, 100).is_err());
         assert!(LrSchedule::new(&cfg(ScheduleKind::Constant), 0.1, 10, 0).is_err());
+    }
+
+    /// nanoGPT's `get_lr(it)` (train.py), transcribed independently of `lr_at`.
+    fn nanogpt_lr(it: usize, lr: f64, min_lr: f64, warmup_iters: usize, decay_iters: usize) -> f64 {
+        let it = it as f64;
+        let (warmup, decay) = (warmup_iters as f64, decay_iters as f64);
+        if it < warmup {
+            return lr * (it + 1.0) / (warmup + 1.0);
+        }
+        if it > decay {
+            return min_lr;
+        }
+        let ratio = (it - warmup) / (decay - warmup);
+        assert!((0.0..=1.0).contains(&ratio));
+        let coeff = 0.5 * (1.0 + (PI * ratio).cos());
+        min_lr + coeff * (lr - min_lr)
+    }
+
+    #[test]
+    fn warmup_steps_then_cosine_is_nanogpt() {
+        // nanoGPT's shakespeare-char numbers, scaled down: lr 1e-3, min_lr 1e-4, warmup 10,
+        // lr_decay_iters = max_iters = 100 (our run's total steps). Steps per epoch do not
+        // matter to a step-defined schedule: 7 and 1000 give the same LRs.
+        for spe in [7, 1000] {
+            let mut c = cfg(ScheduleKind::Cosine);
+            c.min_lr = NonNegFloat(1e-4);
+            c.warmup_steps = Some(Count(10));
+            let s = LrSchedule::new(&c, 1e-3, spe, 100).unwrap();
+            assert_eq!(s.warmup_steps(), 10);
+            for step in 0..=130 {
+                assert_close(s.lr_at(step), nanogpt_lr(step, 1e-3, 1e-4, 10, 100));
+            }
+            // The boundaries by hand: 1/11 of lr at step 0, 10/11 at step 9, lr at step 10,
+            // the midpoint of the cosine at step 55, min_lr from step 100 on.
+            assert_close(s.lr_at(0), 1e-3 / 11.0);
+            assert_close(s.lr_at(9), 1e-3 * 10.0 / 11.0);
+            assert_close(s.lr_at(10), 1e-3);
+            assert_close(s.lr_at(55), 1e-4 + 0.9e-3 / 2.0);
+            assert_close(s.lr_at(100), 1e-4);
+            assert_close(s.lr_at(101), 1e-4);
+            assert!(s.lr_at(99) > 1e-4);
+        }
+        // Other lengths, including a warmup of 1 and a run one step longer than its warmup.
+        for (warmup, total) in [(1, 50), (0, 20), (99, 100), (100, 5000)] {
+            let mut c = cfg(ScheduleKind::Cosine);
+            c.min_lr = NonNegFloat(6e-5);
+            c.warmup_steps = Some(Count(warmup));
+            let s = LrSchedule::new(&c, 6e-4, 13, total).unwrap();
+            for step in (0..total + 3).filter(|i| *i < 400 || i % 97 == 0) {
+                assert_close(s.lr_at(step), nanogpt_lr(step, 6e-4, 6e-5, warmup, total));
+            }
+        }
+    }
+
+    #[test]
+    fn warmup_steps_with_other_kinds() {
+        let mut c = cfg(ScheduleKind::Constant);
+        c.warmup_steps = Some(Count(4));
+        let s = LrSchedule::new(&c, 0.5, 3, 20).unwrap();
+        for step in 0..4 {
+            assert_close(s.lr_at(step), 0.5 * (step + 1) as f64 / 5.0);
+        }
+        assert_eq!(s.lr_at(4), 0.5);
+        // Epoch-based kinds count epochs of the main schedule from the end of the warmup.
+        let mut c = cfg(ScheduleKind::Step);
+        c.step_size = Some(Positive(1));
+        c.warmup_steps = Some(Count(2));
+        let s = LrSchedule::new(&c, 1.0, 3, 20).unwrap();
+        assert_close(s.lr_at(1), 2.0 / 3.0);
+        assert_eq!(s.lr_at(2), 1.0);
+        assert_eq!(s.lr_at(4), 1.0);
+        assert_close(s.lr_at(5), 0.1);
+        // Zero warmup steps is no warmup.
+        let mut c = cfg(ScheduleKind::Cosine);
+        c.warmup_steps = Some(Count(0));
+        let with = LrSchedule::new(&c, 0.1, 10, 100).unwrap();
+        let without = LrSchedule::new(&cfg(ScheduleKind::Cosine), 0.1, 10, 100).unwrap();
+        for step in 0..=100 {
+            assert_eq!(with.lr_at(step), without.lr_at(step));
+        }
+        // Both warmups at once is refused (the config check says where).
+        c.warmup_steps = Some(Count(3));
+        c.warmup_epochs = NonNegFloat(1.0);
+        assert!(LrSchedule::new(&c, 0.1, 10, 100).is_err());
     }
 
     #[test]
