@@ -17,6 +17,8 @@ mod order;
 mod split;
 mod synthetic;
 pub mod text;
+mod vocab;
+mod windows;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

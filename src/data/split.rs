@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::text::{Vocab, Windows};
+use super::vocab::Vocab;
+use super::windows::Windows;
 
 /// Pixels as the source gave them: u8 images stay u8 (4× smaller); synthetic data is f32.
 #[derive(Debug)]

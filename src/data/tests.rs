@@ -338,7 +338,7 @@ fn text_validation_is_the_tail_side_by_side() {
         assert_eq!(b.labels.len(), 40);
     }
     // Tokens 400..496 in order: window i starts at 400 + 8i.
-    let id = |p: usize| ((p * 3 % 7) as f32);
+    let id = |p: usize| (p * 3 % 7) as f32;
     let want: Vec<f32> = (400..496).map(id).collect();
     assert_eq!(inputs, want);
     // Without shuffle, training reads side-by-side windows from the start.

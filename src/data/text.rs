@@ -19,10 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::DataError;
-use super::order::{Purpose, below, rng_for};
+pub use super::vocab::{VOCAB_FILE, Vocab};
+use super::windows::Windows;
 use super::{checksum, idx};
 use crate::config::sections::Tokenizer;
 use crate::diag::Diagnostic;
@@ -31,203 +30,13 @@ use crate::host_memory;
 use crate::ops::OpKind;
 use crate::tensor::DType;
 
-/// The vocabulary file's name, in a run directory and in each checkpoint directory.
-pub const VOCAB_FILE: &str = "vocab.json";
-
-/// Token ids ↔ text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Vocab {
-    tokenizer: Tokenizer,
-    /// `char`: the characters by id, sorted; `byte`: empty (the id is the byte).
-    chars: Vec<char>,
-}
-
-/// vocab.json.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VocabFile {
-    format_version: u32,
-    tokenizer: Tokenizer,
-    size: usize,
-    /// `char`: each id's character, as a one-character string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    symbols: Option<Vec<String>>,
-}
-
-const VOCAB_VERSION: u32 = 1;
-
-impl Vocab {
-    /// 256 ids, one per byte value.
-    pub fn bytes() -> Vocab {
-        Vocab {
-            tokenizer: Tokenizer::Byte,
-            chars: Vec::new(),
-        }
-    }
-
-    /// One id per distinct character of `text`, in sorted order.
-    pub fn chars_of(text: &str) -> Vocab {
-        let mut seen = std::collections::BTreeSet::new();
-        seen.extend(text.chars());
-        Vocab {
-            tokenizer: Tokenizer::Char,
-            chars: seen.into_iter().collect(),
-        }
-    }
-
-    pub fn tokenizer(&self) -> Tokenizer {
-        self.tokenizer
-    }
-
-    /// Number of ids.
-    pub fn len(&self) -> usize {
-        match self.tokenizer {
-            Tokenizer::Byte => 256,
-            Tokenizer::Char => self.chars.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The ids of `text`; a character the vocabulary lacks is an error naming it.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        match self.tokenizer {
-            Tokenizer::Byte => Ok(text.bytes().map(u32::from).collect()),
-            Tokenizer::Char => text
-                .chars()
-                .enumerate()
-                .map(|(i, c)| {
-                    self.id_of(c).ok_or_else(|| {
-                        format!(
-                            "{c:?} (character {i}) is not in the vocabulary of {} characters",
-                            self.chars.len()
-                        )
-                    })
-                })
-                .collect(),
-        }
-    }
-
-    /// The id of character `c`, if the vocabulary has it (`char` only).
-    fn id_of(&self, c: char) -> Option<u32> {
-        self.chars.binary_search(&c).ok().map(|i| i as u32)
-    }
-
-    /// The text of `ids`; an id outside the vocabulary is an error. Byte ids that do not
-    /// form UTF-8 (a character cut in two) become U+FFFD.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.len()) {
-            return Err(format!(
-                "id {bad} is outside the vocabulary of {} ids",
-                self.len()
-            ));
-        }
-        Ok(match self.tokenizer {
-            Tokenizer::Byte => {
-                let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
-                String::from_utf8_lossy(&bytes).into_owned()
-            }
-            Tokenizer::Char => ids.iter().map(|&i| self.chars[i as usize]).collect(),
-        })
-    }
-
-    /// How id `id` is shown (as a class name): the character, escaped where it is invisible
-    /// (`\n`, `' '`), or the byte in hex.
-    pub fn show(&self, id: usize) -> String {
-        match self.tokenizer {
-            Tokenizer::Byte => format!("0x{id:02x}"),
-            Tokenizer::Char => match self.chars.get(id) {
-                Some(' ') => "' '".into(),
-                Some(c) if c.is_whitespace() || c.is_control() => c.escape_default().to_string(),
-                Some(c) => c.to_string(),
-                None => String::new(),
-            },
-        }
-    }
-
-    /// vocab.json's text.
-    pub fn to_json(&self) -> String {
-        let file = VocabFile {
-            format_version: VOCAB_VERSION,
-            tokenizer: self.tokenizer,
-            size: self.len(),
-            symbols: (self.tokenizer == Tokenizer::Char)
-                .then(|| self.chars.iter().map(|c| c.to_string()).collect()),
-        };
-        serde_json::to_string_pretty(&file).expect("a vocabulary serialises") + "\n"
-    }
-
-    /// Reads vocab.json's text, checking it describes a vocabulary this build can use.
-    pub fn from_json(text: &str) -> Result<Vocab, String> {
-        let f: VocabFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if f.format_version != VOCAB_VERSION {
-            return Err(format!(
-                "format_version is {}; this build reads {VOCAB_VERSION}",
-                f.format_version
-            ));
-        }
-        let vocab = match (f.tokenizer, f.symbols) {
-            (Tokenizer::Byte, None) => Vocab::bytes(),
-            (Tokenizer::Char, Some(symbols)) => {
-                let mut chars = Vec::with_capacity(symbols.len());
-                for s in &symbols {
-                    let mut it = s.chars();
-                    match (it.next(), it.next()) {
-                        (Some(c), None) => chars.push(c),
-                        _ => return Err(format!("symbol {s:?} is not one character")),
-                    }
-                }
-                if chars.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err("the symbols are not in sorted order without repeats".into());
-                }
-                Vocab {
-                    tokenizer: Tokenizer::Char,
-                    chars,
-                }
-            }
-            (Tokenizer::Byte, Some(_)) => return Err("a byte vocabulary lists no symbols".into()),
-            (Tokenizer::Char, None) => return Err("a char vocabulary needs `symbols`".into()),
-        };
-        if vocab.len() != f.size {
-            return Err(format!(
-                "size is {} but the vocabulary has {} ids",
-                f.size,
-                vocab.len()
-            ));
-        }
-        Ok(vocab)
-    }
-
-    /// Writes `path` (or `path/vocab.json` for a directory) atomically.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let path = match path.is_dir() {
-            true => path.join(VOCAB_FILE),
-            false => path.to_path_buf(),
-        };
-        crate::checkpoint::write_file(&path, self.to_json().as_bytes()).map_err(|e| e.to_string())
-    }
-
-    /// Reads `path`: a vocab.json, or a directory holding one (a run directory or one of
-    /// its checkpoints).
-    pub fn load(path: &Path) -> Result<Vocab, DataError> {
-        let path = match path.is_dir() {
-            true => path.join(VOCAB_FILE),
-            false => path.to_path_buf(),
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        Vocab::from_json(&text).map_err(|m| DataError::format(&path, m))
-    }
-}
-
 /// The model against the vocabulary of its text: every embedding that reads the input ids
 /// must have exactly `vocab.len()` rows and, with cross-entropy, the output exactly that many
 /// logits a position; a mismatch names the layer, at its line, and both numbers.
 /// `source` says where the vocabulary came from.
 pub fn check_model(g: &Graph, vocab: &Vocab, source: &str) -> Result<(), Diagnostic> {
     let n = vocab.len();
-    let what = match vocab.tokenizer {
+    let what = match vocab.tokenizer() {
         Tokenizer::Char => format!("{n} characters"),
         Tokenizer::Byte => "256 byte values".to_string(),
     };
@@ -385,73 +194,6 @@ pub(crate) fn read(path: &Path, tokenizer: Tokenizer) -> Result<Text, DataError>
     })
 }
 
-/// The windows of one split of a text: token range `start..end` of `tokens`; window i starts
-/// at token `start + i·stride`.
-#[derive(Clone)]
-pub(crate) struct Windows {
-    tokens: Arc<Vec<u32>>,
-    start: usize,
-    end: usize,
-    /// T: input tokens per window (a window holds T + 1).
-    block: usize,
-    /// 1 for training (every offset is a window), T for validation (side by side).
-    stride: usize,
-    /// Windows the split holds.
-    len: usize,
-    /// Windows in one training epoch.
-    per_epoch: usize,
-    /// [T], the sample shape.
-    shape: Vec<usize>,
-    pub vocab: Arc<Vocab>,
-}
-
-impl Windows {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn per_epoch(&self) -> usize {
-        self.per_epoch
-    }
-    pub fn block(&self) -> usize {
-        self.block
-    }
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    /// The first `k` windows (at most all of them), an epoch of at most `k`.
-    pub fn first(&self, k: usize) -> Windows {
-        let len = self.len.min(k);
-        Windows {
-            len,
-            per_epoch: self.per_epoch.min(len),
-            ..self.clone()
-        }
-    }
-    /// The T input ids of window `i`.
-    pub fn input(&self, i: usize) -> &[u32] {
-        let s = self.start + i * self.stride;
-        &self.tokens[s..s + self.block]
-    }
-    /// The T label ids of window `i`: each position's next token.
-    pub fn labels(&self, i: usize) -> &[u32] {
-        let s = self.start + i * self.stride + 1;
-        &self.tokens[s..s + self.block]
-    }
-
-    /// The windows training epoch `epoch` visits, in order: `per_epoch` uniform draws of a
-    /// window (a pure function of (seed, epoch)), or without `shuffle` the side-by-side
-    /// windows 0, T, 2T, ... from the start.
-    pub fn epoch_starts(&self, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-        if !shuffle {
-            return (0..self.per_epoch).map(|i| i * self.block).collect();
-        }
-        let mut rng = rng_for(seed, Purpose::TextWindows, epoch, 0);
-        (0..self.per_epoch)
-            .map(|_| below(&mut rng, self.len as u64) as usize)
-            .collect()
-    }
-}
-
 /// The training windows and the validation windows of `text`: the last `val_frac` of the
 /// tokens held out. Each side must hold one window of `block + 1` tokens.
 pub(crate) fn split(
@@ -463,7 +205,7 @@ pub(crate) fn split(
 ) -> Result<(Windows, Windows, String), DataError> {
     let n = text.tokens.len();
     let n_train = (n as f64 * (1.0 - val_frac)).floor() as usize;
-    let unit = match text.vocab.tokenizer {
+    let unit = match text.vocab.tokenizer() {
         Tokenizer::Char => "characters",
         Tokenizer::Byte => "bytes",
     };
