@@ -86,7 +86,9 @@ impl Startup {
 
 pub const WARMUP: usize = 2;
 
-/// A synthetic batch for a plan: features uniform in [-1, 1), labels uniform over the classes.
+/// A synthetic batch for a plan: features uniform in [-1, 1) (integer ids: uniform over the
+/// rows of the smallest embedding that reads them, else over the classes), labels uniform
+/// over the classes.
 /// Host memory like the plan's own: refused with the numbers when the machine lacks it.
 fn synthetic_batch(plan: &Plan, seed: u64) -> Result<(Vec<f32>, Vec<f32>), PrepareError> {
     let g = &plan.graph;
@@ -102,15 +104,32 @@ fn synthetic_batch(plan: &Plan, seed: u64) -> Result<(Vec<f32>, Vec<f32>), Prepa
     };
     host_memory::check((features as u64 + labels as u64) * 4).map_err(short)?;
     let fallible = |e| short(MemoryError::Short(e));
-    let mut x: Vec<f32> = host_memory::try_reserved(features).map_err(fallible)?;
-    x.extend((0..features).map(|_| rng.random_range(-1.0f32..1.0)));
     let classes = g.ty(g.output).shape.last().copied().unwrap_or(1);
+    let mut x: Vec<f32> = host_memory::try_reserved(features).map_err(fallible)?;
+    match g.ty(g.features).dtype {
+        DType::F32 => x.extend((0..features).map(|_| rng.random_range(-1.0f32..1.0))),
+        DType::I32 => {
+            let ids = id_range(g).unwrap_or(classes).max(1);
+            x.extend((0..features).map(|_| rng.random_range(0..ids) as f32));
+        }
+    }
     let mut y: Vec<f32> = host_memory::try_reserved(labels).map_err(fallible)?;
     y.extend((0..labels).map(|_| match labels_ty.dtype {
         DType::I32 => rng.random_range(0..classes) as f32,
         DType::F32 => rng.random_range(-1.0..1.0),
     }));
     Ok((x, y))
+}
+
+/// The rows of the smallest embedding table that reads the input ids, if any.
+fn id_range(g: &crate::graph::Graph) -> Option<usize> {
+    g.dag
+        .node_indices()
+        .map(|id| g.node(id))
+        .filter(|n| matches!(n.op, crate::ops::OpKind::Gather(_)))
+        .filter(|n| n.inputs.get(1) == Some(&g.features))
+        .map(|n| g.ty(n.inputs[0]).shape[0])
+        .min()
 }
 
 fn ctx(step: usize, seed: u64) -> StepCtx {
@@ -443,7 +462,7 @@ pub fn run_loader(
     let t0 = Instant::now();
     let splits = data::open(&cfg.data, config_dir, &cfg.model.input.shape, cfg.run.seed)?;
     let open_s = t0.elapsed().as_secs_f64();
-    let (train_len, seed) = (splits.train.len(), cfg.run.seed);
+    let (train_len, seed) = (splits.train.per_epoch(), cfg.run.seed);
     let steps = steps.unwrap_or_else(|| data::batches_per_epoch(train_len, batch).max(1));
     let mut loader = Loader::train(splits.train.clone(), &cfg.data, batch, seed, 0, 0)?;
     let mut next = || match loader.next() {

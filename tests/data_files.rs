@@ -35,6 +35,8 @@ fn cfg(path: Option<&Path>) -> Data {
         normalize: None,
         classes: None,
         samples: None,
+        tokenizer: None,
+        block_size: None,
     }
 }
 

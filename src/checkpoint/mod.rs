@@ -101,6 +101,9 @@ pub struct Checkpoint {
     pub weights: Vec<NamedTensor>,
     pub optimizer: Vec<NamedTensor>,
     pub state: TrainState,
+    /// Other files kept with the tensors, by file name (a text run's `vocab.json`): written
+    /// into the checkpoint directory, listed in checksums.json and verified when loaded.
+    pub extra: Vec<(String, Vec<u8>)>,
 }
 
 /// checksums.json.
@@ -152,6 +155,7 @@ pub fn resolve(path: &Path, part: Part, accept: &mut Accept) -> Result<Found, Ch
             weights: load_weights_file(path)?,
             optimizer: Vec::new(),
             state: TrainState::default(),
+            extra: Vec::new(),
         };
         return accepted(path, checkpoint, accept);
     }
@@ -207,6 +211,7 @@ pub(crate) fn load_one(dir: &Path, part: Part) -> Result<Checkpoint, CheckpointE
                 weights: tensors::decode(&dir.join(MODEL_FILE), &bytes)?,
                 optimizer: Vec::new(),
                 state: TrainState::default(),
+                extra: read_extra(dir, &sums)?,
             })
         }
     }
@@ -268,7 +273,17 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Checkpoint, CheckpointError> {
         weights: tensors::decode(&dir.join(MODEL_FILE), &model)?,
         optimizer: tensors::decode(&dir.join(OPTIMIZER_FILE), &optimizer)?,
         state,
+        extra: read_extra(dir, &sums)?,
     })
+}
+
+/// The files checksums.json lists besides the tensors and the state, each verified.
+fn read_extra(dir: &Path, sums: &Checksums) -> Result<Vec<(String, Vec<u8>)>, CheckpointError> {
+    sums.sha256
+        .keys()
+        .filter(|name| ![MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].contains(&name.as_str()))
+        .map(|name| Ok((name.clone(), read_verified(dir, name, sums)?)))
+        .collect()
 }
 
 fn read_checksums(dir: &Path) -> Result<Checksums, CheckpointError> {

@@ -179,7 +179,7 @@ impl Store {
     fn write_all(
         &self,
         tmp_dir: &Path,
-        files: &[(&str, Vec<u8>)],
+        files: &[(String, Vec<u8>)],
         tmp_latest: &Path,
         tmp_best: Option<&PathBuf>,
         name: &str,
@@ -501,7 +501,7 @@ fn grouped_failures(failures: &[(String, CheckpointError)]) -> Vec<String> {
 
 /// The bytes of each file of a checkpoint, checksums.json last. Refuses a state JSON cannot
 /// hold exactly (a NaN becomes `null`) or one this build would not read back.
-fn encode(ckpt: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>, CheckpointError> {
+fn encode(ckpt: &Checkpoint) -> Result<Vec<(String, Vec<u8>)>, CheckpointError> {
     let state = &ckpt.state;
     if state.format_version != FORMAT_VERSION {
         return Err(CheckpointError::InvalidState(format!(
@@ -522,13 +522,30 @@ fn encode(ckpt: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>, CheckpointE
         .map_err(|e| CheckpointError::InvalidState(e.to_string()))?;
     state_json.push(b'\n');
     let mut files = vec![
-        (MODEL_FILE, tensors::encode(MODEL_FILE, &ckpt.weights)?),
         (
-            OPTIMIZER_FILE,
+            MODEL_FILE.to_string(),
+            tensors::encode(MODEL_FILE, &ckpt.weights)?,
+        ),
+        (
+            OPTIMIZER_FILE.to_string(),
             tensors::encode(OPTIMIZER_FILE, &ckpt.optimizer)?,
         ),
-        (STATE_FILE, state_json),
+        (STATE_FILE.to_string(), state_json),
     ];
+    for (name, bytes) in &ckpt.extra {
+        let taken = files.iter().any(|(f, _)| f == name) || name == CHECKSUMS_FILE;
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if taken || !plain {
+            return Err(CheckpointError::InvalidState(format!(
+                "cannot keep a file named {name:?} in a checkpoint"
+            )));
+        }
+        files.push((name.clone(), bytes.clone()));
+    }
     let sums = Checksums {
         format_version: FORMAT_VERSION,
         sha256: files
@@ -539,6 +556,6 @@ fn encode(ckpt: &Checkpoint) -> Result<Vec<(&'static str, Vec<u8>)>, CheckpointE
     let mut sums_json = serde_json::to_vec_pretty(&sums)
         .map_err(|e| CheckpointError::InvalidState(e.to_string()))?;
     sums_json.push(b'\n');
-    files.push((CHECKSUMS_FILE, sums_json));
+    files.push((CHECKSUMS_FILE.to_string(), sums_json));
     Ok(files)
 }

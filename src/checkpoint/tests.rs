@@ -66,6 +66,35 @@ fn sample(step: u64) -> Checkpoint {
             lr: 0.1 / 3.0,
             trainer_version: "0.1.0".into(),
         },
+        extra: Vec::new(),
+    }
+}
+
+#[test]
+fn extra_files_are_saved_checksummed_and_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path(), 3);
+    let mut ckpt = sample(4);
+    ckpt.extra = vec![("vocab.json".into(), b"{\"size\": 2}\n".to_vec())];
+    let at = store.save(&ckpt, false).unwrap();
+    assert_eq!(
+        std::fs::read(at.join("vocab.json")).unwrap(),
+        b"{\"size\": 2}\n"
+    );
+    let back = crate::checkpoint::load(&at).unwrap();
+    assert_eq!(back.extra, ckpt.extra);
+    let weights = load_one(&at, Part::Weights).unwrap();
+    assert_eq!(weights.extra, ckpt.extra);
+    // A changed byte is caught like any other file's.
+    std::fs::write(at.join("vocab.json"), b"{\"size\": 3}\n").unwrap();
+    let e = crate::checkpoint::load(&at).unwrap_err().to_string();
+    assert!(e.contains("vocab.json"), "{e}");
+    // Names that would clash or leave the directory are refused before writing.
+    for bad in ["state.json", "checksums.json", "../x", ".hidden", ""] {
+        let mut c = sample(5);
+        c.extra = vec![(bad.into(), Vec::new())];
+        let e = store.save(&c, false).unwrap_err().to_string();
+        assert!(e.contains("cannot keep a file named"), "{bad}: {e}");
     }
 }
 

@@ -464,10 +464,15 @@ impl Config {
     fn check_data(&self) -> Result<(), Diagnostic> {
         let at = |path: &[&str]| self.loc(path);
         let d = &self.data;
-        if matches!(d.dataset, Dataset::Idx | Dataset::ImageFolder) && d.path.is_none() {
+        if matches!(
+            d.dataset,
+            Dataset::Idx | Dataset::ImageFolder | Dataset::Text
+        ) && d.path.is_none()
+        {
             return Err(Diagnostic::new("this dataset format needs `path`")
                 .at(at(&["data", "dataset"]), "add path = \"...\" to [data]"));
         }
+        self.check_text()?;
         let input = &self.model.input;
         if d.dataset.known_layout().is_some() && input.dtype != crate::tensor::DType::F32 {
             return Err(Diagnostic::new("image datasets give f32 samples")
@@ -510,6 +515,72 @@ impl Config {
                     .at(at(&["data", "augment"]), "here")
                     .also(input.loc, "the model input"));
             }
+        }
+        Ok(())
+    }
+
+    /// `text` data: its own keys (`tokenizer`, `block_size`, only there), an i32 input of
+    /// `[block_size]` ids, a held-out tail (`val_split`), no image keys.
+    fn check_text(&self) -> Result<(), Diagnostic> {
+        let at = |path: &[&str]| self.loc(path);
+        let d = &self.data;
+        let dataset = at(&["data", "dataset"]);
+        if d.dataset != Dataset::Text {
+            let set = [
+                ("tokenizer", d.tokenizer.is_some()),
+                ("block_size", d.block_size.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(
+                    Diagnostic::new(format!("`{key}` applies only to dataset = \"text\""))
+                        .at(at(&["data", key]), "remove it")
+                        .also(dataset, "dataset chosen here"),
+                );
+            }
+            return Ok(());
+        }
+        let image_keys = [
+            ("augment", !d.augment.is_empty()),
+            ("normalize", d.normalize.is_some()),
+            ("classes", d.classes.is_some()),
+            ("samples", d.samples.is_some()),
+        ];
+        if let Some((key, _)) = image_keys.iter().find(|(_, on)| *on) {
+            let why = match *key {
+                "classes" => "the vocabulary, read from the text, gives the classes",
+                _ => "text samples are token ids",
+            };
+            return Err(
+                Diagnostic::new(format!("`{key}` does not apply to dataset = \"text\""))
+                    .at(at(&["data", key]), "remove it")
+                    .also(dataset, "dataset chosen here")
+                    .note(why),
+            );
+        }
+        let Some(block) = d.block_size else {
+            return Err(Diagnostic::new("dataset = \"text\" needs `block_size`")
+                .at(dataset, "add block_size = <tokens per window> to [data]")
+                .note("the model input is then { shape = [block_size], dtype = \"i32\" }"));
+        };
+        let input = &self.model.input;
+        if input.shape != [block.0] || input.dtype != crate::tensor::DType::I32 {
+            let shape = crate::tensor::fmt_shape(&input.shape);
+            return Err(Diagnostic::new(format!(
+                "text windows are {} i32 token ids, but the model input is {shape} {}",
+                block.0,
+                input.dtype.name()
+            ))
+            .at(
+                input.loc,
+                format!("expected {{ shape = [{}], dtype = \"i32\" }}", block.0),
+            )
+            .also(at(&["data", "block_size"]), "the window length"));
+        }
+        if d.val_split.0 == 0.0 {
+            return Err(Diagnostic::new(
+                "text data has no test split: set `val_split` to hold out the end of the text",
+            )
+            .at(dataset, "add val_split = 0.1 (the last 10%) to [data]"));
         }
         Ok(())
     }

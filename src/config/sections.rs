@@ -174,6 +174,21 @@ pub struct Data {
     pub classes: Option<Positive>,
     /// Number of samples, for `synthetic` data.
     pub samples: Option<Positive>,
+    /// How `text` data becomes token ids (default `char`).
+    pub tokenizer: Option<Tokenizer>,
+    /// Tokens per `text` window: the model input is `[block_size]` i32 ids.
+    pub block_size: Option<Positive>,
+}
+
+/// `data.tokenizer` of `text` data.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokenizer {
+    /// One id per Unicode character of the text, in sorted order of the characters it holds.
+    #[default]
+    Char,
+    /// One id per byte: 256 ids, any file.
+    Byte,
 }
 
 fn default_batch() -> Positive {
@@ -199,6 +214,8 @@ pub enum Dataset {
     ImageFolder,
     /// Random separable data of the model's input shape.
     Synthetic,
+    /// A UTF-8 file or a folder of files at `path`: windows of token ids for a language model.
+    Text,
 }
 
 impl Dataset {

@@ -133,6 +133,12 @@ impl Pipeline {
                 self.gather(p, out, rows, cols, |c, v| table[c][usize::from(v)]);
             }
             Source::F32(p) => self.gather(p, out, rows, cols, |c, v| self.normalized(c, v)),
+            // Token ids as they are: the config refuses augmentation and normalisation of text.
+            Source::Tokens(p) => {
+                for (o, &id) in out.iter_mut().zip(p) {
+                    *o = id as f32;
+                }
+            }
         }
     }
 
@@ -503,6 +509,8 @@ mod tests {
             }),
             classes: None,
             samples: None,
+            tokenizer: None,
+            block_size: None,
         }
     }
 

@@ -62,11 +62,15 @@ impl TrainPlan {
             ));
         }
         check_batch_size(&split, batch)?;
-        if batches_per_epoch(split.len(), batch) == 0 {
+        if batches_per_epoch(split.per_epoch(), batch) == 0 {
             return Err(DataError::Config(format!(
-                "the training split has {} samples, fewer than one batch of {batch}; lower \
+                "the training split has {} {}, fewer than one batch of {batch}; lower \
                  data.batch_size or raise data.train_limit",
-                split.len()
+                split.per_epoch(),
+                match split.windows() {
+                    Some(_) => "windows an epoch",
+                    None => "samples",
+                }
             )));
         }
         let pipe = Pipeline::new(cfg, split.sample_shape(), true)?;
@@ -80,11 +84,16 @@ impl TrainPlan {
     }
 
     pub(crate) fn per_epoch(&self) -> usize {
-        batches_per_epoch(self.split.len(), self.batch)
+        batches_per_epoch(self.split.per_epoch(), self.batch)
     }
 
+    /// The samples epoch `epoch` visits, in order: a permutation of the split, or for text
+    /// the windows drawn for it.
     pub(crate) fn order(&self, epoch: u64) -> Vec<usize> {
-        epoch_order(self.split.len(), self.seed, epoch, self.shuffle)
+        match self.split.windows() {
+            Some(w) => w.epoch_starts(self.seed, epoch, self.shuffle),
+            None => epoch_order(self.split.len(), self.seed, epoch, self.shuffle),
+        }
     }
 
     /// Batch `index` of `epoch`, given that epoch's order.
@@ -106,6 +115,7 @@ impl TrainPlan {
         Ok(Batch {
             features,
             labels,
+            labels_per_sample: self.split.labels_per_sample(),
             len: self.batch,
             epoch,
             index,
@@ -114,7 +124,7 @@ impl TrainPlan {
 }
 
 /// The features and labels of `rows` (positions in `split`), padded with zeros and label 0
-/// up to `batch`. With `augment` = (seed, epoch, position of rows[0] in the epoch), sample j
+/// up to `batch` (`labels_per_sample` labels a row). With `augment` = (seed, epoch, position of rows[0] in the epoch), sample j
 /// is augmented with the key (seed, epoch, position + j). A batch the host cannot allocate is
 /// an error, not an abort.
 fn assemble(
@@ -132,7 +142,8 @@ fn assemble(
         ))
     };
     let mut features = host_memory::try_filled(batch * len, 0.0f32).map_err(short)?;
-    let mut labels: Vec<f32> = host_memory::try_reserved(batch).map_err(short)?;
+    let per = split.labels_per_sample();
+    let mut labels: Vec<f32> = host_memory::try_reserved(batch * per).map_err(short)?;
     if len > 0 {
         features
             .par_chunks_mut(len)
@@ -144,8 +155,10 @@ fn assemble(
                 pipe.write(split.source(row), out, key);
             });
     }
-    labels.extend(rows.iter().map(|&r| split.label(r) as f32));
-    labels.resize(batch, 0.0);
+    for &r in rows {
+        split.push_labels(r, &mut labels);
+    }
+    labels.resize(batch * per, 0.0);
     Ok((features, labels))
 }
 
@@ -207,6 +220,7 @@ impl Loader {
                     assemble(&split, &pipe, &rows, batch, None).map(|(features, labels)| Batch {
                         features,
                         labels,
+                        labels_per_sample: split.labels_per_sample(),
                         len: rows.len(),
                         epoch: 0,
                         index,
@@ -305,6 +319,8 @@ mod tests {
             }),
             classes: None,
             samples: None,
+            tokenizer: None,
+            block_size: None,
         }
     }
 

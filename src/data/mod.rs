@@ -1,5 +1,5 @@
-//! The dataset layer of a training run: read a dataset (IDX, CIFAR, image folders, synthetic)
-//! into compact splits, then hand out batches from a loader thread.
+//! The dataset layer of a training run: read a dataset (IDX, CIFAR, image folders, synthetic,
+//! text) into compact splits, then hand out batches from a loader thread.
 //!
 //! **Invariant:** every batch is a pure function of (data, config, seed, epoch, batch index):
 //! the epoch order and each sample's augmentation come from generators keyed by those numbers
@@ -16,6 +16,9 @@ mod loader;
 mod order;
 mod split;
 mod synthetic;
+pub mod text;
+mod vocab;
+mod windows;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +28,7 @@ pub use inputs::read_inputs;
 pub use loader::{Loader, batches_per_epoch};
 pub use order::epoch_order;
 pub use split::Split;
+pub use text::{VOCAB_FILE, Vocab};
 
 use crate::config::sections::{Data, Dataset};
 use cifar::Cifar;
@@ -34,10 +38,13 @@ use split::Store;
 /// One batch, ready for the graph's input and label tensors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// [batch, C, H, W] flattened, row-major (C-order).
+    /// [batch, C, H, W] flattened, row-major (C-order); text: [batch, T] token ids as f32.
     pub features: Vec<f32>,
-    /// The class index as f32, one per row.
+    /// Class indices as f32, `labels_per_sample` per row: one class, or for text the next
+    /// token at each of the T positions ([batch, T] row-major).
     pub labels: Vec<f32>,
+    /// 1, or T for text.
+    pub labels_per_sample: usize,
     /// Real samples; eval batches are padded with zeros and label 0 up to the batch size.
     pub len: usize,
     /// 0-based.
@@ -54,6 +61,8 @@ pub struct Splits {
     pub test: Arc<Split>,
     /// e.g. "fashion-mnist at datasets/fashion-mnist (60000 train, 10000 test)".
     pub source: String,
+    /// The vocabulary of text data (saved with the run and its checkpoints).
+    pub vocab: Option<Arc<Vocab>>,
 }
 
 const FASHION_NAMES: [&str; 10] = [
@@ -78,6 +87,7 @@ fn dataset_name(d: Dataset) -> &'static str {
         Dataset::Idx => "idx",
         Dataset::ImageFolder => "image-folder",
         Dataset::Synthetic => "synthetic",
+        Dataset::Text => "text",
     }
 }
 
@@ -198,6 +208,7 @@ pub fn open(
             let (train, test) = folder::read(&dir, input_shape, cfg.classes.map(|c| c.0))?;
             (train, test, format!(" at {}", show(&dir)))
         }
+        Dataset::Text => return open_text(cfg, config_dir, input_shape),
         Dataset::Synthetic => {
             let samples = cfg.samples.map_or(1024, |s| s.0);
             let classes = cfg.classes.map_or(10, |c| c.0);
@@ -235,6 +246,37 @@ pub fn open(
         None => train.subset(&[]),
     };
     make_splits(cfg, train, test, seed, source)
+}
+
+/// `text` data: the tokens of the file or folder, the tail held out (see `text`).
+fn open_text(cfg: &Data, config_dir: &Path, input_shape: &[usize]) -> Result<Splits, DataError> {
+    let path = resolve_path(cfg, config_dir)?;
+    let block = cfg.block_size.map_or(0, |b| b.0);
+    if block == 0 || input_shape != [block] {
+        return Err(DataError::Shape {
+            model: input_shape.to_vec(),
+            data: vec![block],
+            source_name: format!("text at {}", show(&path)),
+        });
+    }
+    let read = text::read(&path, cfg.tokenizer.unwrap_or_default())?;
+    let (train, val, counts) = text::split(
+        read,
+        block,
+        cfg.val_split.0,
+        cfg.train_limit.map(|l| l.0),
+        cfg.val_limit.map(|l| l.0),
+    )?;
+    let vocab = train.vocab.clone();
+    let train = Split::text(train);
+    let test = Split::text(val.clone()).subset(&[]);
+    Ok(Splits {
+        train: Arc::new(train),
+        val: Arc::new(Split::text(val)),
+        test: Arc::new(test),
+        source: format!("text at {} ({counts})", show(&path)),
+        vocab: Some(vocab),
+    })
 }
 
 /// Applies `val_split` (seeded hold-out from train) and the limits.
@@ -289,6 +331,7 @@ fn make_splits(
         val: Arc::new(val),
         test: Arc::new(test),
         source,
+        vocab: None,
     })
 }
 

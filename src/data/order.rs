@@ -15,6 +15,7 @@ pub(crate) enum Purpose {
     SyntheticPrototypes = 4,
     SyntheticTrain = 5,
     SyntheticTest = 6,
+    TextWindows = 7,
 }
 
 /// A ChaCha8 generator keyed by all four numbers (little-endian into the 32-byte seed), so it

@@ -19,6 +19,8 @@ pub(crate) fn cfg(dataset: Dataset, path: Option<&Path>) -> Data {
         normalize: None,
         classes: None,
         samples: None,
+        tokenizer: None,
+        block_size: None,
     }
 }
 
@@ -270,4 +272,87 @@ fn arbitrary_bytes_give_errors_not_panics() {
             );
         }
     }
+}
+
+/// A text of `n` characters cycling through 7 letters, opened with windows of `block`.
+fn text_splits(n: usize, block: usize, shuffle: bool) -> (Splits, Data, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..n).map(|i| (b'a' + (i * 3 % 7) as u8) as char).collect();
+    std::fs::write(dir.path().join("t.txt"), text).unwrap();
+    let mut c = cfg(Dataset::Text, Some(&dir.path().join("t.txt")));
+    c.block_size = Some(Positive(block));
+    c.val_split = Fraction(0.2);
+    c.shuffle = shuffle;
+    let s = open(&c, Path::new("/"), &[block], 9).unwrap();
+    (s, c, dir)
+}
+
+#[test]
+fn text_batches_are_next_token_windows_of_the_training_part() {
+    let (s, c, _dir) = text_splits(500, 8, true);
+    assert_eq!(s.vocab.as_ref().unwrap().len(), 7);
+    // 400 train tokens: 392 windows, 49 side by side; 100 in the tail: 12 windows.
+    assert_eq!(
+        (s.train.len(), s.train.per_epoch(), s.val.len()),
+        (392, 49, 12)
+    );
+    assert!(s.test.is_empty());
+    assert!(s.source.contains("vocabulary 7"), "{}", s.source);
+    let mut l = Loader::train(s.train.clone(), &c, 4, 9, 0, 0).unwrap();
+    let b = l.next().unwrap().unwrap();
+    assert_eq!(
+        (b.features.len(), b.labels.len(), b.labels_per_sample),
+        (32, 32, 8)
+    );
+    // The text cycles with period 7 (id k follows id (k + 3) mod 7 in letter order): each
+    // label is the id that follows its position's input.
+    let next = |id: f32| ((id as usize + 3) % 7) as f32;
+    for r in 0..4 {
+        let (x, y) = (&b.features[r * 8..r * 8 + 8], &b.labels[r * 8..r * 8 + 8]);
+        for t in 0..8 {
+            assert_eq!(y[t], next(x[t]), "row {r} position {t}");
+        }
+        // Within a window, the labels are the inputs shifted by one.
+        assert_eq!(x[1..], y[..7]);
+    }
+    // 12 batches an epoch of 4 windows; a resumed loader continues bit for bit.
+    let mut full = Loader::train(s.train.clone(), &c, 4, 9, 0, 0).unwrap();
+    let all: Vec<Batch> = (0..30).map(|_| full.next().unwrap().unwrap()).collect();
+    assert_eq!((all[12].epoch, all[12].index), (1, 0));
+    assert_ne!(all[0].features, all[12].features);
+    let mut resumed = Loader::train(s.train.clone(), &c, 4, 9, 1, 5).unwrap();
+    for want in &all[17..] {
+        assert_eq!(&resumed.next().unwrap().unwrap(), want);
+    }
+}
+
+#[test]
+fn text_validation_is_the_tail_side_by_side() {
+    let (s, c, _dir) = text_splits(500, 8, false);
+    let mut l = Loader::eval(s.val.clone(), &c, 5).unwrap();
+    assert_eq!(l.batches(), Some(3));
+    let mut inputs = Vec::new();
+    while let Some(b) = l.next() {
+        let b = b.unwrap();
+        inputs.extend_from_slice(&b.features[..b.len * 8]);
+        assert_eq!(b.labels.len(), 40);
+    }
+    // Tokens 400..496 in order: window i starts at 400 + 8i.
+    let id = |p: usize| (p * 3 % 7) as f32;
+    let want: Vec<f32> = (400..496).map(id).collect();
+    assert_eq!(inputs, want);
+    // Without shuffle, training reads side-by-side windows from the start.
+    let mut t = Loader::train(s.train.clone(), &c, 2, 9, 0, 1).unwrap();
+    let b = t.next().unwrap().unwrap();
+    assert_eq!(b.features[..8], (16..24).map(id).collect::<Vec<_>>()[..]);
+}
+
+#[test]
+fn text_needs_the_models_window() {
+    let (_, c, _dir) = text_splits(100, 8, true);
+    let e = open(&c, Path::new("/"), &[9], 0).unwrap_err().to_string();
+    assert!(
+        e.contains("[9] does not match the samples of text at"),
+        "{e}"
+    );
 }

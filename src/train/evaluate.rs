@@ -60,7 +60,8 @@ impl<'g> EvalModel<'g> {
         self.load(&named_tensors(train)?)
     }
 
-    /// One pass over `split` in order; padded rows of the last batch are not counted.
+    /// One pass over `split` in order; padded rows of the last batch are not counted. Text
+    /// counts positions: the loss and accuracy are over every next-token prediction.
     pub fn evaluate(
         &mut self,
         split: Arc<Split>,
@@ -77,7 +78,9 @@ impl<'g> EvalModel<'g> {
             self.exec.feed(self.features, &b.features)?;
             self.exec.step(Default::default())?;
             self.exec.capture(&[self.output])?;
-            waiting.push_back((b.labels.iter().map(|&l| l as i32).collect(), b.len));
+            // Text: a row per position ([batch, T, vocab] logits are [batch·T, vocab] rows).
+            let rows = b.len * b.labels_per_sample;
+            waiting.push_back((b.labels.iter().map(|&l| l as i32).collect(), rows));
             let done = self.exec.poll_captures()?;
             add_batches(&mut eval, &mut waiting, done)?;
         }

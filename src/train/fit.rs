@@ -195,13 +195,17 @@ fn prepare<'a, 'g>(
     let t = Instant::now();
     let (splits, steps_per_epoch) = open_data(cfg, &origin.manifest.config_dir)?;
     startup.data = t.elapsed().as_secs_f64();
-    let (mut models, tensors) = build_models(cfg, gpu, &mut startup)?;
+    let vocab = splits.vocab.as_deref().map(|v| (v, splits.source.as_str()));
+    let (mut models, tensors) = build_models(cfg, gpu, &mut startup, vocab)?;
     let Timeline {
         total_steps,
         schedule,
         save_every,
     } = timeline(cfg, steps_per_epoch)?;
     let run = origin.into_run_dir(cfg, opts)?;
+    if let Some(v) = &splits.vocab {
+        keep_vocab(&run.path, v)?;
+    }
     let store = Store::new(&run.checkpoints(), cfg.train.keep.0);
     let state = match opts.resume {
         Some(_) => resume_state(&store, &run, &mut models.exec)?,
@@ -302,28 +306,58 @@ fn open_data(cfg: &Config, config_dir: &Path) -> Result<(Splits, usize), FitErro
     let splits = data::open(&cfg.data, config_dir, input_shape, cfg.run.seed)
         .map_err(|e| FitError::User(e.to_string()))?;
     let batch = cfg.data.batch_size.0;
-    let steps_per_epoch = data::batches_per_epoch(splits.train.len(), batch);
+    let steps_per_epoch = data::batches_per_epoch(splits.train.per_epoch(), batch);
     if steps_per_epoch == 0 {
         return Err(FitError::User(format!(
-            "the training split has {} samples, fewer than one batch of {batch}; lower data.batch_size",
-            splits.train.len()
+            "the training split has {} {} an epoch, fewer than one batch of {batch}; lower data.batch_size",
+            splits.train.per_epoch(),
+            if splits.vocab.is_some() {
+                "windows"
+            } else {
+                "samples"
+            }
         )));
     }
     Ok((splits, steps_per_epoch))
 }
 
+/// A text run's vocabulary in its directory (vocab.json): written by a new run; a resumed
+/// run's must equal the text's, or its ids would mean other characters.
+fn keep_vocab(run: &Path, vocab: &data::Vocab) -> Result<(), FitError> {
+    let path = run.join(data::VOCAB_FILE);
+    if path.exists() {
+        let old = data::Vocab::load(&path).map_err(|e| FitError::User(e.to_string()))?;
+        if &old != vocab {
+            return Err(FitError::User(format!(
+                "{}: the run's vocabulary ({} ids) differs from the text's ({} ids): the text \
+                 has changed since the run started, and the model's ids would mean other symbols",
+                path.display(),
+                old.len(),
+                vocab.len()
+            )));
+        }
+        return Ok(());
+    }
+    vocab.save(&path).map_err(FitError::Runtime)
+}
+
 /// The planned training step on its executor and the evaluation model (see `Models`), with
-/// the tensors of the step the loop feeds and reads; notes the seconds each took.
+/// the tensors of the step the loop feeds and reads; notes the seconds each took. With a
+/// text's vocabulary (and where it came from), the model is checked against it first.
 fn build_models<'g>(
     cfg: &Config,
     gpu: Option<&'g Gpu>,
     startup: &mut Startup,
+    vocab: Option<(&data::Vocab, &str)>,
 ) -> Result<(Models<'g>, StepTensors), FitError> {
     let t = Instant::now();
     let batch = cfg.data.batch_size.0;
     let eval_batch = cfg.data.eval_batch_size.map_or(batch, |b| b.0);
     let diag = |d: crate::diag::Diagnostic| FitError::Config(Box::new(d));
     let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
+    if let Some((v, source)) = vocab {
+        data::text::check_model(&forward, v, source).map_err(diag)?;
+    }
     let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
     let plan = crate::schedule::plan(
         &train_graph,
@@ -505,6 +539,8 @@ struct Queued {
     len: usize,
     /// Only for accuracy (cross-entropy); empty otherwise.
     labels: Vec<f32>,
+    /// Labels a sample: 1, or T for text (accuracy and loss count positions).
+    labels_per_sample: usize,
     lr: f64,
 }
 
@@ -646,6 +682,7 @@ impl Loop<'_> {
                 epoch: batch.epoch,
                 index: batch.index,
                 len: batch.len,
+                labels_per_sample: batch.labels_per_sample,
                 labels: if self.classify {
                     batch.labels
                 } else {
@@ -760,9 +797,11 @@ impl Loop<'_> {
         };
         if loss.is_finite() {
             books.skipped_in_a_row = 0;
-            let correct = values.get(1).map_or(0, |l| correct(l, &q.labels, q.len));
-            books.window.add(loss, correct, q.len);
-            books.epoch.add(loss, correct, q.len);
+            // Per position for text: the loss is the mean over all of them.
+            let rows = q.len * q.labels_per_sample;
+            let correct = values.get(1).map_or(0, |l| correct(l, &q.labels, rows));
+            books.window.add(loss, correct, rows);
+            books.epoch.add(loss, correct, rows);
         } else if !skip_bad || books.skipped_in_a_row + 1 >= MAX_SKIPPED_IN_A_ROW {
             return self.non_finite(loss, state, books.skipped_in_a_row);
         } else {
@@ -866,7 +905,11 @@ impl Loop<'_> {
     }
 
     fn save(&self, exec: &Exec, state: &TrainState, best: bool) -> Result<(), FitError> {
-        let ckpt = checkpoint_of(exec, state).map_err(FitError::Runtime)?;
+        let mut ckpt = checkpoint_of(exec, state).map_err(FitError::Runtime)?;
+        if let Some(v) = &self.splits.vocab {
+            ckpt.extra
+                .push((data::VOCAB_FILE.into(), v.to_json().into_bytes()));
+        }
         self.store
             .save(&ckpt, best)
             .map_err(|e| FitError::Runtime(e.to_string()))?;
@@ -910,7 +953,8 @@ fn epoch_line(r: &EpochRecord, epochs: usize, best: bool) -> String {
     )
 }
 
-/// How many of the first `len` rows' arg-max equal their label.
+/// How many of the first `len` rows' arg-max equal their label (a row: a sample's logits, or
+/// one position's for text).
 fn correct(logits: &[f32], labels: &[f32], len: usize) -> usize {
     let classes = logits.len() / labels.len().max(1);
     (0..len)
@@ -938,6 +982,7 @@ fn checkpoint_of(exec: &Exec, state: &TrainState) -> Result<Checkpoint, String> 
         weights,
         optimizer,
         state: state.clone(),
+        extra: Vec::new(),
     })
 }
 

@@ -112,6 +112,17 @@ pub fn evaluate(
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let splits = crate::data::open(&cfg.data, dir, &cfg.model.input.shape, cfg.run.seed)
         .map_err(|e| e.to_string())?;
+    if let Some(v) = &splits.vocab {
+        let g =
+            crate::nn::build_for(cfg, m.batch, crate::graph::Mode::Eval).map_err(|d| d.message)?;
+        crate::data::text::check_model(&g, v, &splits.source).map_err(|d| d.message)?;
+        if !val {
+            return Err(format!(
+                "{}: text data has no test split; evaluate the held-out tail with --split val",
+                splits.source
+            ));
+        }
+    }
     let split = if val { &splits.val } else { &splits.test };
     let names = split.class_names();
     let e = m.evaluate(split.clone(), &cfg.data)?;
@@ -160,6 +171,13 @@ pub fn predict(
     inputs: &[PathBuf],
     k: usize,
 ) -> Result<Vec<Prediction>, String> {
+    if cfg.data.dataset == crate::config::Dataset::Text {
+        return Err(
+            "predict classifies image files; a model of text data predicts the next token of \
+             a prompt instead (trainer eval --split val scores it on the held-out text)"
+                .into(),
+        );
+    }
     let samples = crate::data::read_inputs(inputs, &cfg.data, &cfg.model.input.shape)
         .map_err(|e| e.to_string())?;
     let (mut m, _) = model(cfg, gpu, checkpoint)?;
