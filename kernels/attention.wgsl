@@ -8,6 +8,8 @@
 // value is shared between threads and every sum runs in one fixed order: the same inputs give the
 // same bits. The backward splits like metal-flash-attention's: dQ per query row, dK and dV per key
 // row, so no float atomics are needed; dQ's pass also writes Δ_i = dy_i·y_i for the other two.
+// Dropout on the weights drops (i, j) by the dropout op's mask (dropout_mask.wgsl, prepended),
+// which every pass recomputes.
 //
 // Compiled per head width (the op's Rust prepends them): const D (head width), D4 (vec4s per
 // row, ⌈D/4⌉; the padding lanes hold 0), TILE (rows staged at a time: 32 KiB of workgroup memory
@@ -22,6 +24,12 @@ struct Params {
     blocks: u32,
     causal: u32,
     scale: f32,
+    // Dropout on the weights: the smallest 24-bit draw kept (0: no dropout), the stream, and
+    // 1 / (1 − p) (0 at p = 1).
+    threshold: u32,
+    stream_lo: u32,
+    stream_hi: u32,
+    keep: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -68,6 +76,16 @@ fn y_at(b: u32, t: u32, h: u32, d: u32) -> u32 {
 // Word of (b, h, t) in lse and Δ [B, heads, T].
 fn row_at(b: u32, h: u32, t: u32) -> u32 {
     return (b * p.heads + h) * p.t + t;
+}
+
+// Dropout's factor of weight (i, j): 1 / (1 − p) where kept, 0 where dropped, 1 without dropout;
+// element ((b·heads + h)·T + i)·T + j of the stream `key` (src/ops/attention.rs).
+fn kept(key: vec2<u32>, jb: Job, i: u32, j: u32) -> f32 {
+    if (p.threshold == 0u) {
+        return 1.0;
+    }
+    let k = ((jb.b * p.heads + jb.h) * p.t + i) * p.t + j;
+    return select(0.0, p.keep, dropout_bits(key, k) >= p.threshold);
 }
 
 // Whether query i sees key j.
@@ -163,6 +181,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     var m = -3.4028235e38;
     var l = 0.0;
+    let key = dropout_key(p.stream_lo, p.stream_hi);
     let end = keys_end(jb);
     for (var j0 = 0u; j0 < end; j0 = j0 + TILE) {
         workgroupBarrier();
@@ -189,8 +208,9 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             if (sees(i, j0 + jj)) {
                 let pj = exp(s[jj] - mt);
                 l = l + pj;
+                let w = pj * kept(key, jb, i, j0 + jj);
                 for (var e = 0u; e < D4; e = e + 1u) {
-                    o[e] = o[e] + pj * tile_b[jj * D4 + e];
+                    o[e] = o[e] + w * tile_b[jj * D4 + e];
                 }
             }
         }
@@ -211,7 +231,8 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 }
 
 // dQ: b0 qkv, b1 y, b2 lse, b3 dy, b4 dqkv (its q columns), b5 Δ [B, heads, T] (written here for
-// the key-side passes). dq_i = scale·Σ_j P_ij·(dy_i·v_j − Δ_i)·k_j, P_ij = exp(s_ij − lse_i).
+// the key-side passes). dq_i = scale·Σ_j P_ij·(M_ij·dy_i·v_j − Δ_i)·k_j, P_ij = exp(s_ij − lse_i),
+// M_ij dropout's factor.
 @compute @workgroup_size(64)
 fn attention_grad_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -232,6 +253,7 @@ fn attention_grad_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         delta = delta + dot(dy[e], y4(jb.b, i, jb.h, e, false));
     }
     var lse = 0.0;
+    let key = dropout_key(p.stream_lo, p.stream_hi);
     if (i < p.t) {
         lse = b2[row_at(jb.b, jb.h, i)];
         b5[row_at(jb.b, jb.h, i)] = delta;
@@ -250,7 +272,7 @@ fn attention_grad_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     dp = dp + dot(dy[e], tile_b[jj * D4 + e]);
                 }
                 let pj = exp(s * p.scale - lse);
-                let ds = pj * (dp - delta);
+                let ds = pj * (dp * kept(key, jb, i, j0 + jj) - delta);
                 for (var e = 0u; e < D4; e = e + 1u) {
                     dq[e] = dq[e] + ds * tile_a[jj * D4 + e];
                 }
@@ -271,7 +293,8 @@ fn attention_grad_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 }
 
 // dK and dV: b0 qkv, b1 y (unused), b2 lse, b3 dy, b4 dqkv (its k and v columns), b5 Δ.
-// dv_j = Σ_i P_ij·dy_i; dk_j = scale·Σ_i P_ij·(dy_i·v_j − Δ_i)·q_i, over the queries i that see
+// dv_j = Σ_i M_ij·P_ij·dy_i; dk_j = scale·Σ_i P_ij·(M_ij·dy_i·v_j − Δ_i)·q_i (M: dropout's
+// factors), over the queries i that see
 // key j, in order. Two entries (`attention_grad_v`, `attention_grad_k`) of this one body, so a
 // thread holds two rows of accumulators at most.
 fn key_side(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, want_k: bool) {
@@ -290,6 +313,7 @@ fn key_side(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, want_k: bool) {
         }
         acc[e] = vec4<f32>(0.0);
     }
+    let key = dropout_key(p.stream_lo, p.stream_hi);
     for (var i0 = queries_start(jb); i0 < p.t; i0 = i0 + TILE) {
         workgroupBarrier();
         stage_queries(jb, i0, lid);
@@ -302,18 +326,20 @@ fn key_side(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, want_k: bool) {
                     s = s + dot(tile_a[ii * D4 + e], k[e]);
                 }
                 let pj = exp(s * p.scale - tile_r[ii].x);
+                let mij = kept(key, jb, i, j);
                 if (want_k) {
                     var dp = 0.0;
                     for (var e = 0u; e < D4; e = e + 1u) {
                         dp = dp + dot(tile_b[ii * D4 + e], v[e]);
                     }
-                    let ds = pj * (dp - tile_r[ii].y);
+                    let ds = pj * (dp * mij - tile_r[ii].y);
                     for (var e = 0u; e < D4; e = e + 1u) {
                         acc[e] = acc[e] + ds * tile_a[ii * D4 + e];
                     }
                 } else {
+                    let w = pj * mij;
                     for (var e = 0u; e < D4; e = e + 1u) {
-                        acc[e] = acc[e] + pj * tile_b[ii * D4 + e];
+                        acc[e] = acc[e] + w * tile_b[ii * D4 + e];
                     }
                 }
             }

@@ -96,6 +96,7 @@ fn every_layer_op_is_exercised_by_a_config() {
     for c in [
         "tests/configs/good/dag.toml",
         "tests/configs/good/tokens.toml",
+        "tests/configs/good/gpt_tiny.toml",
         "configs/resnet.toml",
         "configs/lenet.toml",
     ] {

@@ -139,14 +139,28 @@ fn gradient_cases() -> Vec<GradCase> {
                 heads: 2,
                 causal: true,
                 scale: 0.6,
+                dropout: 0.0,
+                stream: 0,
             }),
             vec![f(&[2, 5, 18])],
+        ),
+        case(
+            OpKind::Attention(Attention {
+                heads: 2,
+                causal: true,
+                scale: 0.6,
+                dropout: 0.3,
+                stream: 4,
+            }),
+            vec![f(&[2, 6, 12])],
         ),
         case(
             OpKind::Attention(Attention {
                 heads: 1,
                 causal: false,
                 scale: 0.5,
+                dropout: 0.0,
+                stream: 0,
             }),
             vec![f(&[1, 7, 12])],
         ),

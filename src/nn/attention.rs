@@ -5,17 +5,25 @@
 use serde::Deserialize;
 
 use super::{LayerSpec, Lower};
-use crate::config::values::Positive;
+use crate::config::values::{Fraction, Positive};
+use crate::graph::Mode;
 use crate::ops::{Attention, OpKind};
 use crate::tensor::{TensorId, fmt_shape};
 
-/// Heads and the causal flag; the scale is 1/√(head width), as PyTorch's default.
+/// Heads, the causal flag and dropout on the attention weights (training only); the scale is
+/// 1/√(head width), as PyTorch's default.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttentionSpec {
     pub heads: Positive,
     #[serde(default = "yes")]
     pub causal: bool,
+    #[serde(default = "zero")]
+    pub dropout: Fraction,
+}
+
+fn zero() -> Fraction {
+    Fraction(0.0)
 }
 
 fn yes() -> bool {
@@ -36,10 +44,17 @@ impl LayerSpec for AttentionSpec {
                 ));
             }
         };
+        // The stream is taken in both modes so that later layers' streams do not shift.
+        let stream = cx.next_random_stream();
         let op = Attention {
             heads,
             causal: self.causal,
             scale: 1.0 / (width as f64).sqrt(),
+            dropout: match cx.mode() {
+                Mode::Train => self.dropout.0,
+                Mode::Eval => 0.0,
+            },
+            stream,
         };
         cx.op(OpKind::Attention(op), &inputs[..1])
     }

@@ -11,7 +11,7 @@ use super::{
 };
 
 use crate::kernel::cpu::{Io, Real};
-use crate::kernel::gpu::{Bind, Params, Shader, per_element};
+use crate::kernel::gpu::{Bind, PREAMBLE, Params, Shader, per_element};
 use crate::tensor::TensorType;
 
 /// torch.nn.functional.dropout(x, p, training=True): `y = x · m` with `m = 1/(1-p)` where element
@@ -64,7 +64,7 @@ impl Primitive for Dropout {
             .f32(scale)
             .done();
         Ok(per_element(
-            Shader::file(include_str!("../../kernels/random.wgsl"), "dropout"),
+            masking(include_str!("../../kernels/random.wgsl"), "dropout"),
             vec![Bind::In(0), Bind::Out(0)],
             params,
             n,
@@ -91,6 +91,16 @@ impl Eval for Dropout {
                 *y = x * if keep { scale } else { T::ZERO };
             }
         });
+    }
+}
+
+/// Entry `entry` of a kernel file that draws dropout masks: the preamble, then
+/// kernels/dropout_mask.wgsl (`dropout_key`, `dropout_bits`: `DropoutKey` in WGSL), then `text`.
+pub fn masking(text: &str, entry: &'static str) -> Shader {
+    let mask = include_str!("../../kernels/dropout_mask.wgsl");
+    Shader {
+        source: format!("{PREAMBLE}\n{mask}\n{text}").into(),
+        entry,
     }
 }
 
