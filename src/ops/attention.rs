@@ -44,8 +44,16 @@ fn shader(d: usize, entry: &'static str) -> Shader {
     }
 }
 
+/// What every kernel of one attention launch shares.
+struct Launch {
+    /// (B, T, C, D).
+    dims: [usize; 4],
+    params: Vec<u32>,
+    workgroups: [u32; 3],
+}
+
 /// The kernels' `Params` and grid for attention `a` over `qkv`, or why no kernel fits.
-fn launch(a: &Attention, qkv: &TensorType) -> Result<([usize; 4], Vec<u32>, [u32; 3]), String> {
+fn launch(a: &Attention, qkv: &TensorType) -> Result<Launch, String> {
     let dims = dims(qkv, a.heads)?;
     let [b, t, c, d] = dims;
     if d > MAX_GPU_HEAD {
@@ -76,7 +84,11 @@ fn launch(a: &Attention, qkv: &TensorType) -> Result<([usize; 4], Vec<u32>, [u32
         .u32((a.stream >> 32) as usize)
         .f32(keep)
         .done();
-    Ok((dims, params, groups(b * a.heads * blocks)))
+    Ok(Launch {
+        dims,
+        params,
+        workgroups: groups(b * a.heads * blocks),
+    })
 }
 
 /// `dropout(softmax(q·kᵀ·scale + mask))·v` per head, with the causal mask (key j > query i
@@ -215,12 +227,12 @@ impl Primitive for Attention {
         Ok(vec![Some(cx.op(OpKind::AttentionGrad(grad), &ins)?)])
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let (dims, params, workgroups) = launch(self, args.inputs[0])?;
+        let l = launch(self, args.inputs[0])?;
         Ok(vec![Dispatch {
-            shader: shader(dims[3], "attention_forward"),
+            shader: shader(l.dims[3], "attention_forward"),
             bindings: vec![Bind::In(0), Bind::Out(0), Bind::Out(1)],
-            params,
-            workgroups,
+            params: l.params,
+            workgroups: l.workgroups,
         }])
     }
 }
@@ -315,7 +327,7 @@ impl Primitive for AttentionGrad {
     }
     /// dQ (which also writes Δ into the workspace), then dV and dK from it.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let (dims, params, workgroups) = launch(&self.of, args.inputs[0])?;
+        let l = launch(&self.of, args.inputs[0])?;
         let delta = Bind::Scratch {
             at: 0,
             len: args.inputs[2].numel(),
@@ -329,10 +341,10 @@ impl Primitive for AttentionGrad {
             delta,
         ];
         let pass = |entry| Dispatch {
-            shader: shader(dims[3], entry),
+            shader: shader(l.dims[3], entry),
             bindings: bindings.clone(),
-            params: params.clone(),
-            workgroups,
+            params: l.params.clone(),
+            workgroups: l.workgroups,
         };
         Ok(["attention_grad_q", "attention_grad_v", "attention_grad_k"]
             .into_iter()
