@@ -46,10 +46,15 @@ fn check(path: &str, batch: usize, samples: usize) {
         }
         feeds.params.push(v);
     }
-    let x: Vec<f64> = (0..g.ty(g.features).numel())
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
     let classes = *g.ty(g.output).shape.last().unwrap();
+    // Token ids (a language model's vocabulary is its classes), else values.
+    let ft = g.ty(g.features).clone();
+    let x: Vec<f64> = (0..ft.numel())
+        .map(|_| match ft.dtype {
+            DType::I32 => rng.random_range(0..classes) as f64,
+            DType::F32 => rng.random_range(-1.0..1.0),
+        })
+        .collect();
     let lt = g.ty(g.labels).clone();
     let y: Vec<f64> = (0..lt.numel())
         .map(|_| match lt.dtype {
@@ -118,6 +123,13 @@ fn mlp_gradients_match_finite_differences() {
 #[test]
 fn lenet_gradients_match_finite_differences() {
     check("configs/lenet.toml", 2, 4);
+}
+
+#[test]
+fn tiny_gpt_gradients_match_finite_differences() {
+    // Attention with dropout, layernorms, residual sums, the positional table, and the
+    // embedding tied to the output projection (its gradient the sum of both uses).
+    check("tests/configs/good/gpt_tiny.toml", 2, 5);
 }
 
 #[test]

@@ -102,6 +102,10 @@ pub struct Graph {
     pub grads: Vec<(usize, TensorId)>,
     /// Training graphs: after a step, `params[i]` holds the tensor (optimizer, running stats).
     pub updates: Vec<(usize, TensorId)>,
+    /// Second names of shared parameters (weight tying: `lm_head.weight` for the token
+    /// embedding's `transformer.wte.weight`): checkpoints hold the tensor under both, as
+    /// PyTorch's state_dict does.
+    pub tied: Vec<(String, usize)>,
 }
 
 impl Graph {
@@ -127,6 +131,7 @@ impl Graph {
             loss: at,
             grads: Vec::new(),
             updates: Vec::new(),
+            tied: Vec::new(),
         }
     }
     pub fn node(&self, id: NodeId) -> &Node {

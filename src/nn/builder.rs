@@ -83,6 +83,7 @@ pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Dia
         loss: placeholder,
         grads: Vec::new(),
         updates: Vec::new(),
+        tied: Vec::new(),
     };
     let mut b = Builder {
         g,

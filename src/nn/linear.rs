@@ -22,6 +22,9 @@ pub struct LinearSpec {
     /// Weight N(0, init_std²) and bias zeros (nanoGPT's `_init_weights`), instead of
     /// PyTorch's U(±1/√in) for both.
     pub init_std: Option<PositiveFloat>,
+    /// Weight tying: use this earlier layer's `weight` (an embedding's [vocab, dim] is an
+    /// output projection's [out, in]) instead of a weight of its own.
+    pub tie: Option<String>,
 }
 
 impl LayerSpec for LinearSpec {
@@ -41,7 +44,15 @@ impl LayerSpec for LinearSpec {
             Some(std) => (Init::Normal { std: std.0 }, Init::Zeros),
             None => (Init::fan_in_uniform(fan_in), Init::fan_in_uniform(fan_in)),
         };
-        let w = cx.param("weight", vec![out, fan_in], w_init)?;
+        let w = match &self.tie {
+            Some(_) if self.init_std.is_some() => {
+                return Err(
+                    "a tied weight has its layer's initialisation: remove `init_std`".into(),
+                );
+            }
+            Some(layer) => cx.tied_param(layer, "weight", &[out, fan_in])?,
+            None => cx.param("weight", vec![out, fan_in], w_init)?,
+        };
         let y = cx.op(OpKind::MatMul(MatMul), &[x, w])?;
         if !self.bias {
             return Ok(y);

@@ -66,6 +66,52 @@ impl<'a> Lower<'a> {
             .add_param(name, ty, init, true, self.layer, true)?
             .expect("read"))
     }
+    /// The trainable parameter `<layer>.<local>` of an earlier layer, given the second name
+    /// `<this layer>.<local>` (weight tying); it must have `shape`.
+    pub fn tied_param(
+        &mut self,
+        layer: &str,
+        local: &str,
+        shape: &[usize],
+    ) -> Result<TensorId, String> {
+        let name = format!("{layer}.{local}");
+        let Some((index, p)) = self
+            .g
+            .params
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == name && p.trainable)
+        else {
+            let known: Vec<&str> = self
+                .g
+                .params
+                .iter()
+                .filter(|p| p.trainable && p.name.ends_with(&format!(".{local}")))
+                .map(|p| &p.name[..p.name.len() - local.len() - 1])
+                .collect();
+            let hint = match crate::diag::did_you_mean(layer, known.iter().copied()) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None => String::new(),
+            };
+            return Err(format!(
+                "ties to `{name}`, but no layer before it has that parameter{hint}"
+            ));
+        };
+        if p.ty.shape != shape {
+            return Err(format!(
+                "ties to `{name}` of shape {}, but needs {}",
+                crate::tensor::fmt_shape(&p.ty.shape),
+                crate::tensor::fmt_shape(shape)
+            ));
+        }
+        let node = p.node.expect("a trainable parameter is read");
+        let alias = self.full(local);
+        self.g.tied.push((alias, index));
+        Ok(TensorId {
+            node: node.index() as u32,
+            output: 0,
+        })
+    }
     /// A persistent, untrained buffer; `read` adds a node for forward ops to read.
     pub fn buffer(
         &mut self,

@@ -978,6 +978,17 @@ fn checkpoint_of(exec: &Exec, state: &TrainState) -> Result<Checkpoint, String> 
             Some(_) => optimizer.push(t),
         }
     }
+    // A tied parameter under its second name too (PyTorch's state_dict lists both).
+    for (alias, index) in &g.tied {
+        let name = &g.params[*index].name;
+        if let Some(t) = weights.iter().find(|t| &t.name == name) {
+            let copy = NamedTensor {
+                name: alias.clone(),
+                ..t.clone()
+            };
+            weights.push(copy);
+        }
+    }
     Ok(Checkpoint {
         weights,
         optimizer,
