@@ -40,6 +40,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify inputs (IDX image files, PNG or JPEG images) with a checkpoint
     Predict(PredictArgs),
+    /// Sample text from a language model's checkpoint, reproducibly by seed
+    Generate(GenerateArgs),
     /// List the GPU adapters wgpu can see: name, backend, driver, limits, features
     Devices(DevicesArgs),
 }
@@ -174,6 +176,42 @@ pub struct PredictArgs {
 }
 
 #[derive(Args)]
+pub struct GenerateArgs {
+    pub config: PathBuf,
+    /// A checkpoint directory, a run directory (its latest valid checkpoint) or a .safetensors file
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// The text to continue (default: a newline)
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// How many tokens to sample
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub tokens: u32,
+    /// Divides the logits: below 1 sharper, above 1 flatter, 0 always the most likely token
+    #[arg(long, default_value_t = 0.8, value_parser = temperature)]
+    pub temperature: f64,
+    /// Draw only from the k most likely tokens (default: all)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: Option<u32>,
+    /// Seeds the sampling: the same seed gives the same text
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Backend (default: the config's run.device)
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn temperature(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && (0.0..=100.0).contains(&t) => Ok(t),
+        _ => Err(format!("`{s}` is not a temperature in [0, 100]")),
+    }
+}
+
+#[derive(Args)]
 pub struct DevicesArgs {
     /// Machine-readable output
     #[arg(long)]
@@ -266,6 +304,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Command::Resume(args) => resume(args, sets),
         Command::Eval(args) => eval(args, sets),
         Command::Predict(args) => predict(args, sets),
+        Command::Generate(args) => generate(args, sets),
         Command::Devices(args) => devices(args, sets),
     }
 }
@@ -541,6 +580,32 @@ fn predict(args: PredictArgs, sets: &[String]) -> Result<(), u8> {
     report(result, json, |r| {
         crate::train::inference::predictions_table(r)
     })
+}
+
+/// `trainer generate`: text sampled from a checkpoint (the prompt and its continuation).
+fn generate(args: GenerateArgs, sets: &[String]) -> Result<(), u8> {
+    let GenerateArgs {
+        config,
+        checkpoint,
+        prompt,
+        tokens,
+        temperature,
+        top_k,
+        seed,
+        device,
+        json,
+    } = args;
+    let cfg = load_config(&config, sets)?;
+    let backend = open_backend(device_of(device, &cfg))?;
+    let sampling = crate::train::generate::Sampling {
+        prompt: &prompt,
+        tokens: tokens as usize,
+        temperature,
+        top_k: top_k.map(|k| k as usize),
+        seed,
+    };
+    let result = crate::train::generate::generate(&cfg, gpu_of(&backend), &checkpoint, &sampling);
+    report(result, json, |g| format!("{}{}\n", g.prompt, g.text))
 }
 
 /// `trainer devices`: the GPU adapters wgpu sees.

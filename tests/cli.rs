@@ -16,6 +16,7 @@ const SHIPPED: &[&str] = &[
     "configs/resnet18.toml",
     "configs/mlp.toml",
     "configs/lenet.toml",
+    "configs/gpt.toml",
 ];
 
 #[test]
@@ -52,6 +53,8 @@ fn parameter_counts_are_pytorchs() {
     assert_eq!(check_json("configs/resnet18.toml")["params"], 11_173_962);
     let table = ok_stdout(&["check", "configs/resnet.toml"]);
     assert!(table.contains("272,186 parameters"), "{table}");
+    // benches/torch_gpt.py's nanoGPT at vocabulary 84 (the tied weight counted once).
+    assert_eq!(check_json("configs/gpt.toml")["params"], 10_778_112);
 }
 
 /// Names and shapes, in order, of torchvision's state_dict for the same nets (one

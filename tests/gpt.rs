@@ -2,7 +2,7 @@
 //! trained through the binary on a slice of the shipped Shakespeare, on the CPU and on the GPU
 //! backend (lavapipe in CI): the loss falls well below uniform guessing on both, the two runs'
 //! validation losses agree, and each checkpoint holds the tied output projection under both of
-//! PyTorch's names.
+//! PyTorch's names; `trainer generate` continues a prompt, the same text for the same seed.
 
 use std::io::Read;
 use std::path::Path;
@@ -128,8 +128,25 @@ every_steps = 10
     )
 }
 
-/// Trains on `device` for `steps`; returns the (train, val) losses metrics.csv logged.
-fn train(device: &str, steps: usize) -> (Vec<f64>, Vec<f64>) {
+/// A finished run: its directory (alive while this is), config, and the (train, val) losses
+/// metrics.csv logged.
+struct Run {
+    dir: tempfile::TempDir,
+    train: Vec<f64>,
+    val: Vec<f64>,
+}
+
+impl Run {
+    fn config(&self) -> String {
+        self.dir.path().join("gpt.toml").to_str().unwrap().into()
+    }
+    fn run(&self) -> String {
+        self.dir.path().join("run").to_str().unwrap().into()
+    }
+}
+
+/// Trains on `device` for `steps`.
+fn train(device: &str, steps: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let text = shakespeare(60_000);
     std::fs::write(dir.path().join("slice.txt"), &text).unwrap();
@@ -171,12 +188,13 @@ fn train(device: &str, steps: usize) -> (Vec<f64>, Vec<f64>) {
             .clone()
     };
     assert_eq!(get("lm_head.weight"), get("transformer.wte.weight"));
-    (column("train/loss"), column("val/loss"))
+    let (train, val) = (column("train/loss"), column("val/loss"));
+    Run { dir, train, val }
 }
 
-/// Returns the validation losses.
-fn learns(device: &str, steps: usize) -> Vec<f64> {
-    let (train, val) = train(device, steps);
+fn learns(device: &str, steps: usize) -> Run {
+    let r = train(device, steps);
+    let (train, val) = (&r.train, &r.val);
     eprintln!("{device}: train {train:?}, val {val:?}");
     let ln_vocab = (shakespeare(60_000)
         .chars()
@@ -187,12 +205,58 @@ fn learns(device: &str, steps: usize) -> Vec<f64> {
     assert!(train[0] > ln_vocab - 1.0, "{train:?}");
     let last = *val.last().unwrap();
     assert!(last < ln_vocab - 1.3, "val {val:?}, ln(vocab) {ln_vocab}");
-    val
+    r
+}
+
+/// `trainer generate`'s text on `device` from `r`'s run.
+fn generate(r: &Run, device: &str, prompt: &str, extra: &[&str]) -> Output {
+    let (cfg, run) = (r.config(), r.run());
+    let args = [
+        "generate",
+        &cfg,
+        "--checkpoint",
+        &run,
+        "--prompt",
+        prompt,
+        "--device",
+        device,
+    ];
+    trainer(&[&args[..], extra].concat())
+}
+
+fn text(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 #[test]
 fn a_tiny_gpt_learns_shakespeare_on_the_cpu() {
-    learns("cpu", 300);
+    let r = learns("cpu", 300);
+    // generate: the prompt, then 80 characters; the same seed the same text, another seed
+    // another; greedy sampling repeats itself too.
+    let tokens = ["--tokens", "80", "--seed", "7"];
+    let a = text(&generate(&r, "cpu", "KING", &tokens));
+    assert!(a.starts_with("KING"), "{a}");
+    assert_eq!(a.chars().count(), 4 + 80 + 1, "{a:?}");
+    assert_eq!(a, text(&generate(&r, "cpu", "KING", &tokens)));
+    let other = ["--tokens", "80", "--seed", "8"];
+    assert_ne!(a, text(&generate(&r, "cpu", "KING", &other)));
+    let greedy = ["--tokens", "30", "--temperature", "0", "--top-k", "3"];
+    let g = text(&generate(&r, "cpu", "KING", &greedy));
+    assert_eq!(g, text(&generate(&r, "cpu", "KING", &greedy)));
+    // A prompt character the vocabulary lacks is a clear error.
+    let out = generate(&r, "cpu", "KING \u{263a}", &tokens);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains('\u{263a}') && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -203,7 +267,11 @@ fn a_tiny_gpt_learns_shakespeare_on_the_gpu() {
     let gpu = learns("gpu", 300);
     // The same run as the CPU's, up to f32 rounding in different orders.
     let cpu = learns("cpu", 300);
-    for (g, c) in gpu.iter().zip(&cpu) {
-        assert!((g - c).abs() < 1e-3, "gpu {gpu:?}, cpu {cpu:?}");
+    for (g, c) in gpu.val.iter().zip(&cpu.val) {
+        assert!((g - c).abs() < 1e-3, "gpu {:?}, cpu {:?}", gpu.val, cpu.val);
     }
+    let tokens = ["--tokens", "40"];
+    let a = text(&generate(&gpu, "gpu", "KING", &tokens));
+    assert_eq!(a.chars().count(), 4 + 40 + 1, "{a:?}");
+    assert_eq!(a, text(&generate(&gpu, "gpu", "KING", &tokens)));
 }

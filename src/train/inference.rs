@@ -90,6 +90,16 @@ fn model<'g>(
         .data
         .eval_batch_size
         .map_or(cfg.data.batch_size.0, |b| b.0);
+    model_at(cfg, gpu, path, batch)
+}
+
+/// `model` at batch size `batch`.
+pub fn model_at<'g>(
+    cfg: &Config,
+    gpu: Option<&'g Gpu>,
+    path: &Path,
+    batch: usize,
+) -> Result<(EvalModel<'g>, PathBuf), String> {
     let mut m = EvalModel::new(cfg, gpu, batch).map_err(|d| d.message)?;
     let found = checkpoint::resolve(path, Part::Weights, &mut |c| check_fits(m.params(), c))
         .map_err(|e| e.to_string())?;
