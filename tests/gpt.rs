@@ -275,3 +275,42 @@ fn a_tiny_gpt_learns_shakespeare_on_the_gpu() {
     assert_eq!(a.chars().count(), 4 + 40 + 1, "{a:?}");
     assert_eq!(a, text(&generate(&gpu, "gpu", "KING", &tokens)));
 }
+
+/// `trainer plan` of configs/gpt.toml: attention keeps O(T) memory per head (the rows'
+/// log-sum-exp, [batch, heads, T]), never the T × T weights, so the step's activation peak grows
+/// linearly with the context: 4× the context, at most 4.2× the peak (a stored T × T matrix per
+/// layer would add 1.6 GB a layer at T = 1024).
+#[test]
+fn the_plan_keeps_attention_memory_linear_in_the_context() {
+    let plan = |t: usize| -> (u64, String) {
+        let sets = [
+            "--set".to_string(),
+            format!("data.block_size={t}"),
+            "--set".to_string(),
+            format!("model.input.shape=[{t}]"),
+        ];
+        let args: Vec<&str> = ["plan", "configs/gpt.toml"]
+            .into_iter()
+            .chain(sets.iter().map(String::as_str))
+            .collect();
+        let json = text(&trainer(&[&args[..], &["--json"]].concat()));
+        let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let launches = text(&trainer(&[&args[..], &["--launches"]].concat()));
+        (j["bytes"]["activations_peak"].as_u64().unwrap(), launches)
+    };
+    let (small, _) = plan(256);
+    let (large, launches) = plan(1024);
+    let ratio = large as f64 / small as f64;
+    assert!((3.8..4.2).contains(&ratio), "{small} -> {large}: {ratio}");
+    let attention: Vec<&str> = launches
+        .lines()
+        .filter(|l| l.contains(" attention "))
+        .collect();
+    assert_eq!(attention.len(), 6, "{launches}");
+    for l in attention {
+        assert!(
+            l.contains("-> f32[64,1024,384]@") && l.contains(" f32[64,6,1024]@"),
+            "{l}"
+        );
+    }
+}
