@@ -1,16 +1,17 @@
-// Normalisations: batchnorm (statistics, apply, gradient, running statistics) and layernorm
-// (forward, gradient) (src/ops/norm.rs).
+// Normalisations: batchnorm (statistics, apply, gradient, running statistics), layernorm and
+// rmsnorm (forward, gradient) (src/ops/norm.rs).
 //
 // A sectioned file: each `// @entry NAME` section is compiled with the shared head above the
 // first section only (reduce.rs `section`), so each module declares each binding once.
 //
 // Batchnorm's per-channel sums run in two passes where a channel has many values: blocks of
 // each channel, a workgroup each, write partials to the launch's workspace, then a workgroup per
-// channel combines them in block order; layernorm's column sums (dweight, dbias) likewise, in
-// blocks of rows. Layernorm's row statistics take a workgroup per row. Inside a
-// workgroup each thread sums a fixed strided range, then a fixed tree in workgroup memory. No
-// atomics, so the same inputs give the same bits. Statistics take two passes over the data
-// (mean, then squared deviations), like the CPU.
+// channel combines them in block order; layernorm's column sums (dweight, dbias) and rmsnorm's
+// (dweight) likewise, in blocks of rows. Layernorm's and rmsnorm's row statistics take a
+// workgroup per row. Inside a workgroup each thread sums a fixed strided range, then a fixed
+// tree in workgroup memory. No atomics, so the same inputs give the same bits. Statistics take
+// two passes over the data (mean, then squared deviations), like the CPU; rmsnorm's one (the
+// mean square).
 //
 // Non-affine variants bind x in place of weight and bias (`affine` 0) so that every entry has a
 // fixed number of bindings.
@@ -656,5 +657,203 @@ fn ln_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
         let xhat = (x[base + j] - mu) * rstd;
         dx[base + j] = rstd * (g_of(base + j, j) - means.x - xhat * means.y);
+    }
+}
+
+// @entry rms_forward
+// RMSNorm, one workgroup per row of m elements: rstd = 1/sqrt(mean(x^2) + eps), then
+// y = x*rstd (*w when affine).
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn rms_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.m;
+    var sq = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let v = x[base + j];
+        sq = sq + v * v;
+    }
+    let rstd = 1.0 / sqrt(tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let xhat = x[base + j] * rstd;
+        if (p.affine == 1u) {
+            y[base + j] = xhat * w[j];
+        } else {
+            y[base + j] = xhat;
+        }
+    }
+}
+
+// @entry rms_row_stats
+// RMSNorm gradient, first pass (affine only): each row's rstd, parked in dx as scratch (dx[r];
+// dx has rows*m >= rows elements) for rms_grad_cols. rms_grad_dx overwrites it last.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn rms_row_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.m;
+    var sq = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let v = x[base + j];
+        sq = sq + v * v;
+    }
+    let rstd = 1.0 / sqrt(tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    if (lid.x == 0u) {
+        dx[r] = rstd;
+    }
+}
+
+// @entry rms_grad_cols
+// RMSNorm dweight = sum_rows dy*xhat, first pass: as ln_grad_cols, a thread per column j adds
+// the rows of one block in order, and writes its sum at j*blocks + b (a partial for
+// rms_grad_cols_merge, or with one block dweight itself). Row rstds come from rms_row_stats.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dw: array<f32>;
+
+@compute @workgroup_size(256)
+fn rms_grad_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tiles = (p.m + WORKGROUP - 1u) / WORKGROUP;
+    let g = wid.y * nwg.x + wid.x;
+    let b = g / tiles;
+    let j = (g % tiles) * WORKGROUP + lid.x;
+    // No barriers below: threads past the last column or block may leave.
+    if (b >= p.blocks || j >= p.m) {
+        return;
+    }
+    let end = min(p.rows, (b + 1u) * p.chunk);
+    var acc = 0.0;
+    for (var r = b * p.chunk; r < end; r = r + 1u) {
+        let at = r * p.m + j;
+        acc = acc + dy[at] * (x[at] * dx[r]);
+    }
+    dw[j * p.blocks + b] = acc;
+}
+
+// @entry rms_grad_cols_merge
+// RMSNorm dweight, second pass: one workgroup per column adds its blocks' partials in a fixed
+// order.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+    blocks: u32,
+    chunk: u32,
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> part_dw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dw: array<f32>;
+
+@compute @workgroup_size(256)
+fn rms_grad_cols_merge(@builtin(workgroup_id) wid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
+    let j = wid.y * nwg.x + wid.x;
+    if (j >= p.m) {
+        return;
+    }
+    let first = j * p.blocks;
+    var acc = 0.0;
+    for (var b = lid.x; b < p.blocks; b = b + WORKGROUP) {
+        acc = acc + part_dw[first + b];
+    }
+    let total = tree_sum(lanes, vec2<f32>(acc, 0.0));
+    if (lid.x == 0u) {
+        dw[j] = total.x;
+    }
+}
+
+// @entry rms_grad_dx
+// RMSNorm dx, one workgroup per row (rstd recomputed): dx = rstd*(g - xhat*mean(g*xhat)),
+// g = dy*w, xhat = x*rstd.
+struct Params {
+    rows: u32,
+    m: u32,
+    affine: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+
+fn g_of(at: u32, j: u32) -> f32 {
+    if (p.affine == 1u) {
+        return dy[at] * w[j];
+    }
+    return dy[at];
+}
+
+@compute @workgroup_size(256)
+fn rms_grad_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>, lanes: Lanes) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.m;
+    var sq = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let v = x[base + j];
+        sq = sq + v * v;
+    }
+    let rstd = 1.0 / sqrt(tree_sum(lanes, vec2<f32>(sq, 0.0)).x / f32(p.m) + p.eps);
+    var acc = 0.0;
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        acc = acc + g_of(base + j, j) * x[base + j] * rstd;
+    }
+    let mean_gx = tree_sum(lanes, vec2<f32>(acc, 0.0)).x / f32(p.m);
+    for (var j = lid.x; j < p.m; j = j + WORKGROUP) {
+        let xhat = x[base + j] * rstd;
+        dx[base + j] = rstd * (g_of(base + j, j) - xhat * mean_gx);
     }
 }

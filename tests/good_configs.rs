@@ -85,9 +85,10 @@ fn token_model() {
             ("norm", "layernorm", json!([6, 8]), 2 * 48),
             ("mix", "linear", json!([6, 3]), 24),
             ("relu_3", "relu", json!([6, 3]), 0),
+            ("rms", "rmsnorm", json!([6, 3]), 3),
         ],
     );
-    assert_eq!(j["params"], 520);
+    assert_eq!(j["params"], 523);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormReluGrad, BatchNormRunningStats, Binary, BinaryFn,
     LayerNorm, LayerNormGrad, MeanAxes, MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind,
-    Softmax, SoftmaxGrad, SumTo, UnaryFn, UnaryGrad,
+    RmsNorm, RmsNormGrad, Softmax, SoftmaxGrad, SumTo, UnaryFn, UnaryGrad,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorType;
@@ -595,6 +595,77 @@ fn layernorm_and_its_gradient() {
     }
 }
 
+/// (x shape, dims normalised) of rmsnorm: rows longer than a workgroup (odd lengths, one and
+/// several tiles of 256 columns), rows of one element, and many short rows, whose dweight
+/// column sums the GPU cuts into blocks of rows merged in a second pass.
+const RMS_CASES: [(&[usize], usize); 7] = [
+    (&[3, 1001], 1),
+    (&[2, 5, 2049], 1),
+    (&[2, 5, 2049], 2),
+    (&[3, 7, 5], 2),
+    (&[6, 1], 1),
+    (&[1100, 3], 1),
+    (&[40, 300], 1),
+];
+
+#[test]
+fn rmsnorm_test_shapes_split_into_blocks() {
+    // Cases with enough rows merge partials of dweight (the workspace path), the others not.
+    let want = [false, true, false, false, false, true, true];
+    for ((shape, dims), want) in RMS_CASES.into_iter().zip(want) {
+        let x = TensorType::f32(shape.to_vec());
+        let w = TensorType::f32(shape[shape.len() - dims..].to_vec());
+        let op = OpKind::RmsNormGrad(RmsNormGrad {
+            eps: 1e-6,
+            dims,
+            affine: true,
+        });
+        let ins = [&x, &w, &x];
+        let outputs = op.primitive().infer(&ins).unwrap();
+        let args = KernelArgs {
+            inputs: &ins,
+            outputs: &outputs,
+        };
+        let ds = op.primitive().gpu(&args).unwrap();
+        let merged = ds.iter().any(|d| d.shader.entry == "rms_grad_cols_merge");
+        assert_eq!(merged, want, "{shape:?}");
+        assert_eq!(workspace(&ds) > 0, merged, "{shape:?}");
+    }
+}
+
+#[test]
+fn rmsnorm_and_its_gradient() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = rng();
+    for (shape, dims) in RMS_CASES {
+        let norm = &shape[shape.len() - dims..];
+        for affine in [true, false] {
+            let x = normal(&mut rng, shape);
+            let w = normal(&mut rng, norm);
+            // dy following x, so that dweight's sums over rows do not cancel to near 0.
+            let mut dy = normal(&mut rng, shape);
+            dy.1.iter_mut().zip(&x.1).for_each(|(d, x)| *d += x);
+            let (fwd, bwd) = match affine {
+                true => (vec![x.clone(), w.clone()], vec![x.clone(), w, dy.clone()]),
+                false => (vec![x.clone()], vec![x.clone(), dy.clone()]),
+            };
+            // In a row of one element dx = rstd·g·(1 − x̂²), x̂² = x²/(x² + eps): f32 cancels
+            // all of it when eps ≪ x² (PyTorch's too), so such rows take an eps near x².
+            let eps = if norm.iter().product::<usize>() == 1 {
+                0.5
+            } else {
+                1e-6
+            };
+            let op = RmsNorm { eps, dims, affine };
+            assert_close(&OpKind::RmsNorm(op), &fwd);
+            let op = RmsNormGrad { eps, dims, affine };
+            assert_close(&OpKind::RmsNormGrad(op), &bwd);
+        }
+    }
+}
+
 #[test]
 fn pooling_and_its_gradient() {
     if test_gpu().is_none() {
@@ -745,7 +816,15 @@ fn same_bits_twice(gpu: &Gpu) {
                 dims: 2,
                 affine: false,
             }),
-            vec![x.clone(), dy],
+            vec![x.clone(), dy.clone()],
+        ),
+        (
+            OpKind::RmsNormGrad(RmsNormGrad {
+                eps: 1e-6,
+                dims: 1,
+                affine: true,
+            }),
+            vec![x.clone(), normal(&mut rng, &[37]), dy],
         ),
     ];
     for (op, ins) in cases {

@@ -23,7 +23,8 @@ use trainer::ops::{
     AdamStep, Attention, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad,
     BatchNormRunningStats, Binary, BinaryFn, Chain, Concat, Conv2d, CountUp, CrossEntropy, Dropout,
     ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias,
-    MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Unary, UnaryFn,
+    MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind, Reshape, RmsNorm, SgdStep, Softmax, Unary,
+    UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -226,6 +227,31 @@ fn gradient_cases() -> Vec<GradCase> {
             }),
             vec![f(&[3, 7])],
         ),
+        case(
+            OpKind::RmsNorm(RmsNorm {
+                eps: 1e-6,
+                dims: 2,
+                affine: true,
+            }),
+            vec![f(&[2, 3, 5, 7]), f(&[5, 7])],
+        ),
+        case(
+            OpKind::RmsNorm(RmsNorm {
+                eps: 1e-6,
+                dims: 1,
+                affine: false,
+            }),
+            vec![f(&[3, 11])],
+        ),
+        case(
+            // Rows of one element, whose gradient is away from 0 for |x| ≲ √eps only.
+            OpKind::RmsNorm(RmsNorm {
+                eps: 0.5,
+                dims: 1,
+                affine: true,
+            }),
+            vec![f(&[5, 1]), f(&[1])],
+        ),
     ]);
     cases
 }
@@ -249,6 +275,7 @@ const THROUGH_PARENT: &[(&str, &str)] = &[
     ("MseGrad", "Mse"),
     ("BatchNormGrad", "BatchNorm"),
     ("LayerNormGrad", "LayerNorm"),
+    ("RmsNormGrad", "RmsNorm"),
 ];
 
 /// An instance of an op with its inputs, the step it runs at, and its outputs by an

@@ -157,6 +157,7 @@ layer_ops! {
     "embedding" => Embedding(linear::EmbeddingSpec),
     "batchnorm" => BatchNorm(norm::BatchNormSpec),
     "layernorm" => LayerNorm(norm::LayerNormSpec),
+    "rmsnorm" => RmsNorm(norm::RmsNormSpec),
     activations {
         "leaky_relu" => LeakyRelu(activation::LeakyRelu),
         "gelu" => Gelu(activation::Gelu),

@@ -4,7 +4,7 @@ use super::lower::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
 use crate::graph::{Init, Mode};
 use crate::nn::Lower;
-use crate::ops::{BatchNorm, LayerNorm, OpKind};
+use crate::ops::{BatchNorm, LayerNorm, OpKind, RmsNorm};
 use crate::tensor::TensorId;
 use crate::tensor::{DType, TensorType, fmt_shape};
 
@@ -106,6 +106,49 @@ impl LayerSpec for LayerNormSpec {
         }
         cx.op(
             OpKind::LayerNorm(LayerNorm {
+                eps: self.eps.0,
+                dims: d,
+                affine: self.affine,
+            }),
+            &args,
+        )
+    }
+}
+
+/// PyTorch's default eps of `RMSNorm` (`eps=None`): `torch.finfo(torch.float32).eps`.
+fn f32_epsilon() -> PositiveFloat {
+    PositiveFloat(f32::EPSILON as f64)
+}
+
+/// Root-mean-square normalisation over the last `dims` dims of each sample
+/// (`torch.nn.RMSNorm`): learned `weight` only, no bias.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RmsNormSpec {
+    #[serde(default = "one")]
+    pub dims: Positive,
+    #[serde(default = "f32_epsilon")]
+    pub eps: PositiveFloat,
+    #[serde(default = "yes")]
+    pub affine: bool,
+}
+
+impl LayerSpec for RmsNormSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        let d = self.dims.0;
+        if d > s.len() {
+            return Err(format!(
+                "cannot normalise the last {d} dims of a {} sample",
+                fmt_shape(&s)
+            ));
+        }
+        let mut args = vec![inputs[0]];
+        if self.affine {
+            args.push(cx.param("weight", s[s.len() - d..].to_vec(), Init::Ones)?);
+        }
+        cx.op(
+            OpKind::RmsNorm(RmsNorm {
                 eps: self.eps.0,
                 dims: d,
                 affine: self.affine,

@@ -27,7 +27,7 @@ pub use matmul::{MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
 pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
 pub use norm::{
     BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, LayerNorm,
-    LayerNormGrad,
+    LayerNormGrad, RmsNorm, RmsNormGrad,
 };
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, Pool2dGrad, PoolKind};
@@ -234,6 +234,7 @@ op_kinds! {
     MeanAxes(MeanAxes),
     BatchNorm(BatchNorm),
     LayerNorm(LayerNorm),
+    RmsNorm(RmsNorm),
     Pool2d(Pool2d),
     Reshape(Reshape),
     Concat(Concat),
@@ -256,6 +257,7 @@ op_kinds! {
     BatchNormGrad(BatchNormGrad),
     BatchNormRunningStats(BatchNormRunningStats),
     LayerNormGrad(LayerNormGrad),
+    RmsNormGrad(RmsNormGrad),
     SoftmaxGrad(SoftmaxGrad),
     AttentionGrad(AttentionGrad),
     MeanAxesGrad(MeanAxesGrad),

@@ -1296,6 +1296,220 @@ impl Eval for LayerNormGrad {
     }
 }
 
+/// PyTorch's `F.rms_norm` over the trailing `dims` axes: y = x / √(mean(x²) + eps) · weight
+/// (no centring, no bias). Inputs: x, then weight of the normalised shape when affine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RmsNorm {
+    pub eps: f64,
+    pub dims: usize,
+    pub affine: bool,
+}
+
+/// 1/√(mean(x²) + eps) of one row, its sum of squares in f64 in index order.
+fn row_rstd<T: Real>(x: &[T], eps: f64) -> f64 {
+    let sq = x.iter().map(|v| v.to_f64().powi(2)).sum::<f64>();
+    1.0 / (sq / x.len() as f64 + eps).sqrt()
+}
+
+impl Primitive for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rmsnorm"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, if self.affine { 2 } else { 1 })?;
+        layernorm_shapes(inputs[0], &inputs[1..], self.dims)?;
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        // square, sum, scale, weight: about 4 per element.
+        4 * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("eps", self.eps.to_string()),
+            ("dims", self.dims.to_string()),
+        ]
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let mut ins = vec![a.inputs[0]];
+        if self.affine {
+            ins.push(a.inputs[1]);
+        }
+        ins.push(a.dy()?);
+        let op = RmsNormGrad {
+            eps: self.eps,
+            dims: self.dims,
+            affine: self.affine,
+        };
+        let g = cx.op_all(OpKind::RmsNormGrad(op), &ins)?;
+        Ok((0..a.inputs.len())
+            .map(|i| a.wants(i).then(|| g[i]))
+            .collect())
+    }
+    /// One workgroup per row.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = args.inputs[0];
+        let m = row_len(&x.shape, self.dims);
+        let rows = x.numel().checked_div(m).unwrap_or(0);
+        // Without affine, x stands in for the weight (never read).
+        let w = Bind::In(if self.affine { 1 } else { 0 });
+        Ok(vec![dispatch(
+            "rms_forward",
+            vec![Bind::In(0), w, Bind::Out(0)],
+            ln_params(rows, m, self.affine, self.eps),
+            groups(rows),
+        )])
+    }
+}
+
+impl Eval for RmsNorm {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let m = row_len(io.in_shape(0), self.dims);
+        let eps = self.eps;
+        let (ins, outs) = io.split::<1>();
+        let w = self.affine.then(|| ins.get(1));
+        if m == 0 {
+            return;
+        }
+        outs[0]
+            .par_chunks_mut(m)
+            .zip(ins.get(0).par_chunks(m))
+            .for_each(|(y, x)| {
+                let rstd = row_rstd(x, eps);
+                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    let xhat = T::of(x.to_f64() * rstd);
+                    *y = match w {
+                        Some(w) => xhat * w[j],
+                        None => xhat,
+                    };
+                }
+            });
+    }
+}
+
+/// The gradient of [`RmsNorm`]; recomputes each row's rstd. Inputs: x, weight (when affine),
+/// dy. Outputs: dx = rstd·(g − x̂·mean(g·x̂)) with g = dy·weight and x̂ = x·rstd, then
+/// dweight = Σ_rows dy·x̂ when affine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RmsNormGrad {
+    pub eps: f64,
+    pub dims: usize,
+    pub affine: bool,
+}
+
+impl Primitive for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rmsnorm_grad"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, if self.affine { 3 } else { 2 })?;
+        let (x, dy) = (inputs[0], inputs[inputs.len() - 1]);
+        if x != dy {
+            return Err("x and dy differ".into());
+        }
+        layernorm_shapes(x, &inputs[1..inputs.len() - 1], self.dims)?;
+        let mut out = vec![x.clone()];
+        if self.affine {
+            out.push(TensorType::f32(x.shape[x.rank() - self.dims..].to_vec()));
+        }
+        Ok(out)
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        8 * inputs[0].numel() as u64
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("eps", self.eps.to_string()),
+            ("dims", self.dims.to_string()),
+        ]
+    }
+    /// With affine, dweight first (row rstds parked in dx; then a thread per column over
+    /// blocks of rows, whose partials a workgroup per column adds); then dx, a workgroup per
+    /// row.
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = args.inputs[0];
+        let m = row_len(&x.shape, self.dims);
+        let rows = x.numel().checked_div(m).unwrap_or(0);
+        let dy = Bind::In(args.inputs.len() - 1);
+        let params = || ln_params(rows, m, self.affine, self.eps);
+        let mut out = Vec::new();
+        if self.affine {
+            out.push(dispatch(
+                "rms_row_stats",
+                vec![Bind::In(0), Bind::Out(0)],
+                params(),
+                groups(rows),
+            ));
+            // Rounds of one row per thread of a tile of columns.
+            let tiles = m.div_ceil(WORKGROUP as usize);
+            let (blocks, chunk) = split_reduction(tiles, rows);
+            let split = || params().u32(blocks).u32(chunk).u32(0).u32(0);
+            let dw = match blocks {
+                1 => Bind::Out(1),
+                b => Bind::Scratch { at: 0, len: m * b },
+            };
+            out.push(dispatch(
+                "rms_grad_cols",
+                vec![Bind::In(0), dy, Bind::Out(0), dw],
+                split(),
+                groups(tiles * blocks),
+            ));
+            if blocks > 1 {
+                out.push(dispatch(
+                    "rms_grad_cols_merge",
+                    vec![dw, Bind::Out(1)],
+                    split(),
+                    groups(m),
+                ));
+            }
+        }
+        // Without affine, x stands in for the weight (never read).
+        let w = Bind::In(if self.affine { 1 } else { 0 });
+        out.push(dispatch(
+            "rms_grad_dx",
+            vec![Bind::In(0), w, dy, Bind::Out(0)],
+            params(),
+            groups(rows),
+        ));
+        Ok(out)
+    }
+}
+
+impl Eval for RmsNormGrad {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let m = row_len(io.in_shape(0), self.dims);
+        let eps = self.eps;
+        let (ins, [dx, dw]) = io.split::<2>();
+        let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
+        let w = self.affine.then(|| ins.get(1));
+        if m == 0 {
+            return;
+        }
+        dx.par_chunks_mut(m)
+            .zip(x.par_chunks(m).zip(dy.par_chunks(m)))
+            .for_each(|(dx, (x, dy))| {
+                let rstd = row_rstd(x, eps);
+                let g = |j: usize| dy[j].to_f64() * w.map_or(1.0, |w| w[j].to_f64());
+                let xhat = |j: usize| x[j].to_f64() * rstd;
+                let sum_gx: f64 = (0..m).map(|j| g(j) * xhat(j)).sum();
+                let mean_gx = sum_gx / m as f64;
+                for (j, dx) in dx.iter_mut().enumerate() {
+                    *dx = T::of(rstd * (g(j) - xhat(j) * mean_gx));
+                }
+            });
+        if self.affine {
+            // Rows in order, so each column's sum has a fixed order.
+            dw.fill(T::ZERO);
+            for (x, dy) in x.chunks(m).zip(dy.chunks(m)) {
+                let rstd = row_rstd(x, eps);
+                for j in 0..m {
+                    dw[j] += dy[j] * T::of(x[j].to_f64() * rstd);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1626,5 +1840,89 @@ mod tests {
                 gradcheck(ln(dims, affine), &args);
             }
         }
+    }
+
+    fn rms(dims: usize, affine: bool) -> OpKind {
+        OpKind::RmsNorm(RmsNorm {
+            eps: 1e-6,
+            dims,
+            affine,
+        })
+    }
+
+    const RMS_CASES: [(&[usize], usize); 4] = [
+        (&[2, 3, 7, 5], 2),
+        (&[2, 3, 7, 5], 1),
+        (&[1, 7, 5], 2),
+        (&[5, 1], 1),
+    ];
+
+    #[test]
+    fn rmsnorm_matches_the_formula() {
+        for (shape, dims) in RMS_CASES {
+            for affine in [true, false] {
+                let norm = &shape[shape.len() - dims..];
+                let m: usize = norm.iter().product();
+                let mut ins = vec![f32_input(shape, 30)];
+                if affine {
+                    ins.push(f32_input(norm, 31));
+                }
+                let x = &ins[0].1;
+                let mut want = vec![0.0; x.len()];
+                for r in 0..x.len() / m {
+                    let row = &x[r * m..(r + 1) * m];
+                    let ms = row.iter().map(|v| v * v).sum::<f64>() / m as f64;
+                    for j in 0..m {
+                        let w = if affine { ins[1].1[j] } else { 1.0 };
+                        want[r * m + j] = row[j] / (ms + 1e-6).sqrt() * w;
+                    }
+                }
+                let got = eval_f64(&rms(dims, affine), &ins);
+                assert_close(&got[0], &want, 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_gradient() {
+        for (shape, dims) in RMS_CASES {
+            for affine in [true, false] {
+                let norm = shape[shape.len() - dims..].to_vec();
+                let mut args = vec![Arg::Float(shape.to_vec())];
+                if affine {
+                    args.push(Arg::Float(norm.clone()));
+                }
+                // A row of one element: y = x/√(x² + eps)·w is flat but for |x| ≲ √eps, so the
+                // gradient is tested with an eps that keeps it away from 0.
+                let eps = if norm.iter().product::<usize>() == 1 {
+                    0.5
+                } else {
+                    1e-6
+                };
+                gradcheck(OpKind::RmsNorm(RmsNorm { eps, dims, affine }), &args);
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_checks_its_shapes() {
+        let x = TensorType::f32(vec![2, 3, 4]);
+        let op = |dims| RmsNorm {
+            eps: 1e-6,
+            dims,
+            affine: true,
+        };
+        let w = TensorType::f32(vec![3, 4]);
+        assert!(op(2).infer(&[&x, &w]).is_ok());
+        assert!(op(1).infer(&[&x, &w]).is_err());
+        assert!(op(3).infer(&[&x, &TensorType::f32(vec![2, 3, 4])]).is_err());
+        assert!(op(2).infer(&[&x]).is_err());
+        let grad = RmsNormGrad {
+            eps: 1e-6,
+            dims: 2,
+            affine: true,
+        };
+        let outs = grad.infer(&[&x, &w, &x]).unwrap();
+        assert_eq!(outs, vec![x.clone(), w]);
     }
 }
