@@ -1,4 +1,5 @@
-// Data movement (src/ops/movement.rs): copies, concat, slice, gather and its gradient, fill.
+// Data movement (src/ops/movement.rs): copies, permute, concat, slice, gather and its gradient,
+// fill.
 // Every entry shares one Params struct (fields an entry does not use are 0); one thread per
 // element written.
 //
@@ -21,6 +22,20 @@ struct Params {
     value: f32,
     // A quiet NaN (uniform, so no compiler folds it away): what an invalid id gives.
     nan: f32,
+    // permute: the output's dims d0..d5 (outermost first) and the input stride each steps,
+    // padded at the front with dims of 1 and strides of 0.
+    d0: u32,
+    d1: u32,
+    d2: u32,
+    d3: u32,
+    d4: u32,
+    d5: u32,
+    s0: u32,
+    s1: u32,
+    s2: u32,
+    s3: u32,
+    s4: u32,
+    s5: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,6 +54,30 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     b1[i] = b0[i];
+}
+
+// b0 x, b1 y = x with its axes permuted: y's element i, unravelled over the output dims, steps
+// each dim's input stride.
+@compute @workgroup_size(256)
+fn permute(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    var r = i;
+    var at = (r % p.d5) * p.s5;
+    r = r / p.d5;
+    at = at + (r % p.d4) * p.s4;
+    r = r / p.d4;
+    at = at + (r % p.d3) * p.s3;
+    r = r / p.d3;
+    at = at + (r % p.d2) * p.s2;
+    r = r / p.d2;
+    at = at + (r % p.d1) * p.s1;
+    r = r / p.d1;
+    at = at + (r % p.d0) * p.s0;
+    b1[i] = b0[at];
 }
 
 // One input of a concat: b0 x [outer, run], b1 y [outer, stride]; x's row o goes to y's row o

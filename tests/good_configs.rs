@@ -76,6 +76,32 @@ fn dag_of_image_ops() {
 }
 
 #[test]
+fn patch_tokens() {
+    let j = check("tests/configs/good/patches.toml");
+    expect(
+        &j,
+        &[
+            ("patch", "conv2d", json!([8, 7, 7]), 8 * 3 * 2 * 2 + 8),
+            ("grid", "reshape", json!([8, 49]), 0),
+            ("tokens", "permute", json!([49, 8]), 0),
+            ("norm", "layernorm", json!([49, 8]), 2 * 8),
+            ("mix", "linear", json!([49, 6]), 8 * 6 + 6),
+            ("channels", "transpose", json!([6, 49]), 0),
+            ("flat", "flatten", json!([294]), 0),
+            ("head", "linear", json!([4]), 294 * 4 + 4),
+        ],
+    );
+    assert_eq!(j["params"], 104 + 16 + 54 + 1180);
+    let layers = j["layers"].as_array().unwrap();
+    for l in layers
+        .iter()
+        .filter(|l| l["op"] == "permute" || l["op"] == "transpose")
+    {
+        assert_eq!(l["flops_per_sample"], 0, "{}", l["name"]);
+    }
+}
+
+#[test]
 fn token_model() {
     let j = check("tests/configs/good/tokens.toml");
     expect(
@@ -98,6 +124,7 @@ fn every_layer_op_is_exercised_by_a_config() {
         "tests/configs/good/dag.toml",
         "tests/configs/good/tokens.toml",
         "tests/configs/good/gpt_tiny.toml",
+        "tests/configs/good/patches.toml",
         "configs/resnet.toml",
         "configs/lenet.toml",
     ] {

@@ -8,7 +8,7 @@ use trainer::backend::gpu::{compare_with_cpu, test_gpu, test_gpus};
 use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     AdamStep, Concat, CountUp, CrossEntropy, CrossEntropyGrad, Dropout, Fill, Gather, GatherGrad,
-    GradNormCoef, Mse, MseGrad, OpKind, Reshape, SgdStep, Slice,
+    GradNormCoef, Mse, MseGrad, OpKind, Permute, Reshape, SgdStep, Slice,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::{DType, TensorType};
@@ -370,6 +370,21 @@ fn movement_ops_match_the_cpu() {
     for (shapes, axis) in cases {
         let ins: Vec<Tensor> = shapes.iter().map(|s| random(&mut rng, s)).collect();
         assert_close(&OpKind::Concat(Concat { axis }), &ins);
+    }
+    // Odd shapes of ranks 1 to 6; the last is over 65,535 · 256 elements, so its grid folds.
+    let perms: [(&[usize], &[usize]); 7] = [
+        (&[37], &[0]),
+        (&[3, 5, 7], &[0, 2, 1]),
+        (&[5, 13, 11, 9], &[0, 3, 1, 2]),
+        (&[3, 7, 5, 11, 2], &[4, 2, 0, 3, 1]),
+        (&[2, 3, 5, 1, 7, 3], &[5, 3, 1, 4, 0, 2]),
+        (&[3, 0, 2], &[2, 0, 1]),
+        (&[3, 4099, 1367], &[0, 2, 1]),
+    ];
+    for (shape, perm) in perms {
+        let x = random(&mut rng, shape);
+        let perm = perm.to_vec();
+        assert_close(&OpKind::Permute(Permute { perm }), &[x]);
     }
     for (axis, start, len) in [(1, 2, 3), (0, 1, 2), (2, 0, 7), (2, 6, 1), (1, 0, 5)] {
         let op = OpKind::Slice(Slice { axis, start, len });

@@ -16,7 +16,7 @@ use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
 
-const CONFIGS: [&str; 10] = [
+const CONFIGS: [&str; 11] = [
     "benches/configs/gemm1024.toml",
     "benches/configs/gemm4096.toml",
     "configs/mlp.toml",
@@ -27,6 +27,7 @@ const CONFIGS: [&str; 10] = [
     "tests/configs/good/resnet_tiny.toml",
     "tests/configs/good/tokens.toml",
     "tests/configs/good/gpt_tiny.toml",
+    "tests/configs/good/patches.toml",
 ];
 
 /// Each distinct kernel source with its entry points, and the op and layer that first used it.

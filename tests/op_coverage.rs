@@ -23,8 +23,8 @@ use trainer::ops::{
     AdamStep, Attention, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad,
     BatchNormRunningStats, Binary, BinaryFn, Chain, Concat, Conv2d, CountUp, CrossEntropy, Dropout,
     ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias,
-    MeanAxes, Mse, OpKind, Operand, Pool2d, PoolKind, Reshape, RmsNorm, SgdStep, Softmax, Unary,
-    UnaryFn,
+    MeanAxes, Mse, OpKind, Operand, Permute, Pool2d, PoolKind, Reshape, RmsNorm, SgdStep, Softmax,
+    Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -121,6 +121,18 @@ fn gradient_cases() -> Vec<GradCase> {
         case(
             OpKind::Reshape(Reshape { shape: vec![15, 7] }),
             vec![f(&[3, 5, 7])],
+        ),
+        case(
+            OpKind::Permute(Permute {
+                perm: vec![0, 2, 1],
+            }),
+            vec![f(&[3, 5, 7])],
+        ),
+        case(
+            OpKind::Permute(Permute {
+                perm: vec![0, 3, 1, 2],
+            }),
+            vec![f(&[2, 3, 4, 5])],
         ),
         case(
             OpKind::Concat(Concat { axis: 1 }),

@@ -169,6 +169,8 @@ layer_ops! {
     "global_avg_pool" => GlobalAvgPool(pool::GlobalAvgPool),
     "flatten" => Flatten(shape::Flatten),
     "reshape" => Reshape(shape::ReshapeSpec),
+    "permute" => Permute(shape::PermuteSpec),
+    "transpose" => Transpose(shape::TransposeSpec),
     "add" => Add(shape::Add),
     "mul" => Mul(shape::Mul),
     "concat" => Concat(shape::ConcatSpec),

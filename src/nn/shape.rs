@@ -2,7 +2,7 @@ use serde::Deserialize;
 
 use super::lower::{Arity, LayerSpec};
 use crate::nn::Lower;
-use crate::ops::{Binary, BinaryFn, Concat, OpKind, Reshape, broadcast};
+use crate::ops::{Binary, BinaryFn, Concat, OpKind, Permute, Reshape, broadcast};
 use crate::tensor::TensorId;
 use crate::tensor::fmt_shape;
 
@@ -69,6 +69,64 @@ impl LayerSpec for ReshapeSpec {
         let mut shape = vec![cx.batch()];
         shape.extend(target);
         cx.op(OpKind::Reshape(Reshape { shape }), &inputs[..1])
+    }
+}
+
+/// The per-sample axes in a new order (torch's `x.permute(dims)` on a sample): output axis d is
+/// input axis `dims[d]`; negative axes count from the end. The batch axis stays first.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermuteSpec {
+    pub dims: Vec<i64>,
+}
+
+impl LayerSpec for PermuteSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        if self.dims.len() != s.len() {
+            return Err(format!(
+                "dims {:?} must order all {} axes of {}",
+                self.dims,
+                s.len(),
+                fmt_shape(&s)
+            ));
+        }
+        let mut perm = vec![0];
+        for &d in &self.dims {
+            let a = cx.sample_axis(inputs[0], d);
+            perm.push(a.map_err(|e| format!("dims {:?}: {e}", self.dims))?);
+        }
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!(
+                "dims {:?} is not a permutation of the axes of {}: an axis repeats",
+                self.dims,
+                fmt_shape(&s)
+            ));
+        }
+        cx.op(OpKind::Permute(Permute { perm }), &inputs[..1])
+    }
+}
+
+/// Two per-sample axes swapped (torch.transpose on a sample; negative axes count from the end).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransposeSpec {
+    pub dims: [i64; 2],
+}
+
+impl LayerSpec for TransposeSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        let axis = |d: i64| {
+            let a = cx.sample_axis(inputs[0], d);
+            a.map_err(|e| format!("dims {:?}: {e}", self.dims))
+        };
+        let (a, b) = (axis(self.dims[0])?, axis(self.dims[1])?);
+        let mut perm: Vec<usize> = (0..=s.len()).collect();
+        perm.swap(a, b);
+        cx.op(OpKind::Permute(Permute { perm }), &inputs[..1])
     }
 }
 

@@ -24,7 +24,9 @@ pub use elementwise::{
 pub use foreach::Foreach;
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
-pub use movement::{Concat, Fill, Gather, GatherGrad, Reshape, Slice};
+pub use movement::{
+    Concat, Fill, Gather, GatherGrad, MAX_PERMUTE_RANK, Permute, Reshape, Slice, check_permutation,
+};
 pub use norm::{
     BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, LayerNorm,
     LayerNormGrad, RmsNorm, RmsNormGrad,
@@ -237,6 +239,7 @@ op_kinds! {
     RmsNorm(RmsNorm),
     Pool2d(Pool2d),
     Reshape(Reshape),
+    Permute(Permute),
     Concat(Concat),
     Gather(Gather),
     Dropout(Dropout),

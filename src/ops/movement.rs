@@ -1,6 +1,7 @@
-//! Ops that move data without arithmetic: reshape, concat and its gradient slice, gather
-//! (embedding lookup) and its gradient.
+//! Ops that move data without arithmetic: reshape, permute, concat and its gradient slice,
+//! gather (embedding lookup) and its gradient.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::kernel::cpu::{Io, Real};
@@ -25,6 +26,10 @@ struct MoveParams {
     width: usize,
     count: usize,
     value: f64,
+    /// permute: the output's dims and, for each, the input stride it steps, both padded at the
+    /// front to `MAX_PERMUTE_RANK` (dim 1, stride 0).
+    dims: [usize; MAX_PERMUTE_RANK],
+    strides: [usize; MAX_PERMUTE_RANK],
 }
 
 /// One dispatch of kernels/movement.wgsl, one thread per element of `params.n`.
@@ -38,7 +43,12 @@ fn kernel(entry: &'static str, bindings: Vec<Bind>, params: MoveParams) -> Dispa
         .u32(params.width)
         .u32(params.count)
         .f32(params.value)
-        .f32(f64::NAN)
+        .f32(f64::NAN);
+    let words = params
+        .dims
+        .iter()
+        .chain(&params.strides)
+        .fold(words, |w, &v| w.u32(v))
         .done();
     Dispatch {
         shader: Shader::file(include_str!("../../kernels/movement.wgsl"), entry),
@@ -103,6 +113,144 @@ impl Eval for Reshape {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
         let (ins, outs) = io.split::<1>();
         outs[0].copy_from_slice(ins.get(0));
+    }
+}
+
+/// The most axes a permute takes (the GPU kernel's fixed-size parameters).
+pub const MAX_PERMUTE_RANK: usize = 6;
+
+/// torch.permute over every axis (batch included): output axis d is input axis `perm[d]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Permute {
+    pub perm: Vec<usize>,
+}
+
+impl Permute {
+    /// The permutation that undoes this one: `inverse[perm[d]] = d`.
+    pub fn inverse(&self) -> Vec<usize> {
+        let mut inv = vec![0; self.perm.len()];
+        for (d, &p) in self.perm.iter().enumerate() {
+            inv[p] = d;
+        }
+        inv
+    }
+
+    /// The output's dims and, for each, the stride of the input axis it walks, padded at the
+    /// front to `MAX_PERMUTE_RANK` with dims of 1 and strides of 0.
+    fn walk(&self, x: &[usize]) -> ([usize; MAX_PERMUTE_RANK], [usize; MAX_PERMUTE_RANK]) {
+        let mut in_strides = [0; MAX_PERMUTE_RANK];
+        let mut s = 1;
+        for a in (0..x.len()).rev() {
+            in_strides[a] = s;
+            s *= x[a];
+        }
+        let (mut dims, mut strides) = ([1; MAX_PERMUTE_RANK], [0; MAX_PERMUTE_RANK]);
+        let pad = MAX_PERMUTE_RANK - self.perm.len();
+        for (d, &p) in self.perm.iter().enumerate() {
+            dims[pad + d] = x[p];
+            strides[pad + d] = in_strides[p];
+        }
+        (dims, strides)
+    }
+}
+
+/// Whether `perm` is a permutation of 0..rank; the error says why not.
+pub fn check_permutation(perm: &[usize], rank: usize) -> Result<(), String> {
+    if perm.len() != rank {
+        return Err(format!(
+            "permutation {perm:?} has {} axes, the tensor {rank}",
+            perm.len()
+        ));
+    }
+    let mut seen = vec![false; rank];
+    for &p in perm {
+        if p >= rank {
+            return Err(format!(
+                "permutation {perm:?}: axis {p} is out of range for rank {rank}"
+            ));
+        }
+        if std::mem::replace(&mut seen[p], true) {
+            return Err(format!("permutation {perm:?} repeats axis {p}"));
+        }
+    }
+    Ok(())
+}
+
+impl Primitive for Permute {
+    fn name(&self) -> &'static str {
+        "permute"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 1)?;
+        let x = inputs[0];
+        check_permutation(&self.perm, x.rank())?;
+        if x.rank() > MAX_PERMUTE_RANK {
+            return Err(format!(
+                "permutes at most {MAX_PERMUTE_RANK} axes, got {}",
+                x.rank()
+            ));
+        }
+        Ok(vec![TensorType {
+            shape: self.perm.iter().map(|&p| x.shape[p]).collect(),
+            dtype: x.dtype,
+        }])
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("perm", format!("{:?}", self.perm))]
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let perm = self.inverse();
+        let dx = cx.op(OpKind::Permute(Permute { perm }), &[a.dy()?])?;
+        Ok(vec![Some(dx)])
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let (dims, strides) = self.walk(&args.inputs[0].shape);
+        let params = MoveParams {
+            n: args.numel_out(0),
+            dims,
+            strides,
+            ..Default::default()
+        };
+        Ok(vec![kernel(
+            "permute",
+            vec![Bind::In(0), Bind::Out(0)],
+            params,
+        )])
+    }
+}
+
+/// A strided copy, in parallel over chunks of output rows (the last output axis).
+impl Eval for Permute {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let (dims, strides) = self.walk(io.in_shape(0));
+        let (ins, [y]) = io.split::<1>();
+        let x = ins.get(0);
+        let last = MAX_PERMUTE_RANK - 1;
+        let (width, step) = (dims[last], strides[last]);
+        if y.is_empty() {
+            return;
+        }
+        // About 16K elements a task.
+        let rows = (16384 / width).max(1);
+        y.par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (r, row) in chunk.chunks_exact_mut(width).enumerate() {
+                    // The input offset of this row's first element.
+                    let mut rest = c * rows + r;
+                    let mut at = 0;
+                    for d in (0..last).rev() {
+                        at += rest % dims[d] * strides[d];
+                        rest /= dims[d];
+                    }
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = x[at + j * step];
+                    }
+                }
+            });
     }
 }
 
@@ -541,6 +689,81 @@ mod tests {
     fn reshape_gradient() {
         let op = OpKind::Reshape(Reshape { shape: vec![5, 6] });
         assert_grad(op, &[Arg::Float(vec![3, 5, 2])]);
+    }
+
+    #[test]
+    fn permute_matches_naive_indexing() {
+        let cases: [(&[usize], &[usize]); 6] = [
+            (&[3, 5, 7], &[0, 2, 1]),
+            (&[2, 3, 4, 5], &[0, 3, 1, 2]),
+            (&[2, 3, 4, 5], &[3, 2, 1, 0]),
+            (&[4, 3, 2, 1, 3, 2], &[5, 0, 3, 1, 4, 2]),
+            (&[6, 1], &[1, 0]),
+            (&[3, 0, 2], &[2, 1, 0]),
+        ];
+        for (shape, perm) in cases {
+            let x = data(shape.iter().product(), 0.3);
+            let op = OpKind::Permute(Permute {
+                perm: perm.to_vec(),
+            });
+            let y = run(&op, &[(&x, TensorType::f32(shape.to_vec()))]);
+            let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            // y[c] = x[c'] with c'[perm[d]] = c[d].
+            let naive: Vec<f64> = (0..out_shape.iter().product())
+                .map(|flat| {
+                    let c = unravel(flat, &out_shape);
+                    let mut src = vec![0; shape.len()];
+                    for (d, &p) in perm.iter().enumerate() {
+                        src[p] = c[d];
+                    }
+                    x[ravel(&src, shape)]
+                })
+                .collect();
+            assert_eq!(y[0], naive, "{shape:?} by {perm:?}");
+        }
+        // Large enough for several parallel chunks, with short rows.
+        let shape = [3, 70, 200, 2];
+        let x = data(shape.iter().product(), 0.1);
+        let op = OpKind::Permute(Permute {
+            perm: vec![2, 0, 1, 3],
+        });
+        let y = run(&op, &[(&x, TensorType::f32(shape.to_vec()))]);
+        let back = OpKind::Permute(Permute {
+            perm: vec![1, 2, 0, 3],
+        });
+        let z = run(&back, &[(&y[0], TensorType::f32(vec![200, 3, 70, 2]))]);
+        assert_eq!(z[0], x);
+    }
+
+    #[test]
+    fn permute_rejects_what_is_not_a_permutation() {
+        let x = TensorType::f32(vec![2, 3, 4]);
+        for (perm, says) in [
+            (vec![0, 1], "has 2 axes, the tensor 3"),
+            (vec![0, 1, 3], "axis 3 is out of range"),
+            (vec![0, 1, 1], "repeats axis 1"),
+        ] {
+            let err = Permute { perm }.infer(&[&x]).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        let big = TensorType::f32(vec![1; 7]);
+        let perm = (0..7).collect();
+        assert!(Permute { perm }.infer(&[&big]).is_err());
+        let p = Permute {
+            perm: vec![2, 0, 3, 1],
+        };
+        assert_eq!(p.inverse(), vec![1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn permute_gradient() {
+        let op = |perm: &[usize]| {
+            OpKind::Permute(Permute {
+                perm: perm.to_vec(),
+            })
+        };
+        assert_grad(op(&[0, 2, 1]), &[Arg::Float(vec![3, 5, 7])]);
+        assert_grad(op(&[0, 3, 1, 2]), &[Arg::Float(vec![2, 3, 4, 5])]);
     }
 
     #[test]
