@@ -17,6 +17,7 @@ const SHIPPED: &[&str] = &[
     "configs/mlp.toml",
     "configs/lenet.toml",
     "configs/gpt.toml",
+    "configs/vit.toml",
 ];
 
 #[test]
