@@ -211,8 +211,8 @@ fn counted_rows(@builtin(local_invocation_id) lid3: vec3<u32>, lanes: Lanes) {
 }
 
 // dlogits = dloss / count · (softmax − target): b0 logits, b1 labels, b2 dloss [], b3 dlogits,
-// b4 the counted rows (counted_rows); an ignored row's gradient is 0. Each workgroup takes
-// WORKGROUP / lanes rows, one per run.
+// b4 the counted rows (counted_rows, run only with an ignore_index); an ignored row's gradient
+// is 0. Each workgroup takes WORKGROUP / lanes rows, one per run.
 @compute @workgroup_size(256)
 fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>,
@@ -230,7 +230,12 @@ fn cross_entropy_grad(@builtin(workgroup_id) wid: vec3<u32>,
     let y = b1[row];
     let ok = valid_label(y);
     let skip = ignored(y);
-    let scale = b2[0] / b4[0];
+    // The counted rows (b4, from counted_rows) only where a label is ignored; else all rows.
+    var count = f32(p.rows);
+    if (p.has_ignore != 0u) {
+        count = b4[0];
+    }
+    let scale = b2[0] / count;
     let lse = st.m + log(st.sum_exp);
     for (var j = lane; j < p.cols; j = j + p.lanes) {
         var d = select(p.nan, 0.0, skip);

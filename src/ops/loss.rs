@@ -88,8 +88,8 @@ fn cross_entropy_kernel(ce: &CrossEntropy, grad: bool, args: &KernelArgs) -> Vec
         ..Default::default()
     };
     if grad {
-        // The counted rows first (one workgroup, fixed order), then the gradient divides by
-        // them; without an ignored label that count is `rows`, exactly.
+        // With an ignored label, the counted rows first (one workgroup, fixed order), then the
+        // gradient divides by them; without one the count is `rows`, known at plan time.
         let count = Bind::Scratch { at: 0, len: 1 };
         let grad = Dispatch {
             shader: shader("cross_entropy_grad"),
@@ -97,6 +97,9 @@ fn cross_entropy_kernel(ce: &CrossEntropy, grad: bool, args: &KernelArgs) -> Vec
             params: base.words(),
             workgroups: groups(rows.div_ceil(per_round)),
         };
+        if ce.ignore_index.is_none() {
+            return vec![grad];
+        }
         let counting = Dispatch {
             shader: shader("counted_rows"),
             bindings: vec![Bind::In(1), count],
