@@ -479,7 +479,68 @@ fn batchnorm_relu_gradient_is_the_unfused_launches_bit_for_bit() {
                 }
             }
             let owned: Vec<_> = fused_ins.into_iter().cloned().collect();
-            assert_close(&fused, &owned);
+            let scales = bn_grad_scales(&owned, affine, adds);
+            assert_close_to_scales(&fused, &owned, &scales);
+        }
+    }
+}
+
+/// The sizes of the terms each output of the fused batchnorm-relu gradient sums: |γ·dy|/σ for
+/// dx, Σ|dy·x̂| for dγ and Σ|dy| for dβ (outputs even without affine), with dy = relu'(y)·Σ g
+/// in f64. Relu's zeros leave a
+/// channel of a small batch few rows, where dx cancels to near zero; f32 rounding is then
+/// relative to these terms, not to the result.
+fn bn_grad_scales(ins: &[(TensorType, Vec<f32>)], affine: bool, adds: bool) -> Vec<Vec<f64>> {
+    let x = &ins[0];
+    let (n, c) = (x.0.shape[0], x.0.shape[1]);
+    let s: usize = x.0.shape[2..].iter().product();
+    let at = affine as usize;
+    let (mean, var, y) = (&ins[1 + at].1, &ins[2 + at].1, &ins[3 + at].1);
+    let gamma = |ch: usize| if affine { ins[1].1[ch] as f64 } else { 1.0 };
+    let inv_std = |ch: usize| 1.0 / (var[ch] as f64 + 1e-5).sqrt();
+    let dy = |k: usize| {
+        let g: f64 = ins[4 + at..5 + at + adds as usize]
+            .iter()
+            .map(|g| g.1[k] as f64)
+            .sum();
+        if y[k] > 0.0 { g } else { 0.0 }
+    };
+    let channel = |k: usize| (k / s) % c;
+    let dx = (0..n * c * s)
+        .map(|k| (gamma(channel(k)) * dy(k) * inv_std(channel(k))).abs())
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
+    for k in 0..n * c * s {
+        let ch = channel(k);
+        let xhat = (x.1[k] as f64 - mean[ch] as f64) * inv_std(ch);
+        dgamma[ch] += (dy(k) * xhat).abs();
+        dbeta[ch] += dy(k).abs();
+    }
+    vec![dx, dgamma, dbeta]
+}
+
+/// `op` on every test GPU against the CPU, each output's error measured against `scales`
+/// (one size per element) rather than against the output itself.
+fn assert_close_to_scales(op: &OpKind, ins: &[(TensorType, Vec<f32>)], scales: &[Vec<f64>]) {
+    let refs: Vec<(&TensorType, &[f32])> = ins.iter().map(|(t, v)| (t, &v[..])).collect();
+    let want = cpu::eval_once(op, &refs, StepCtx::default()).unwrap();
+    for gpu in test_gpus() {
+        let got = eval_once(gpu, op, &refs, StepCtx::default()).unwrap();
+        assert_eq!(got.len(), scales.len());
+        for (k, ((g, w), scale)) in got.iter().zip(&want).zip(scales).enumerate() {
+            let diff: f64 = g
+                .iter()
+                .zip(w)
+                .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
+                .sum();
+            let norm: f64 = scale.iter().map(|s| s * s).sum();
+            let e = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
+            assert!(
+                e < 1e-4 || diff == 0.0,
+                "{op:?} output {k} ({}), input shapes {:?}: error {e} of the terms' size",
+                variant(gpu),
+                ins.iter().map(|(t, _)| &t.shape).collect::<Vec<_>>()
+            );
         }
     }
 }
