@@ -1,5 +1,5 @@
 // Data movement (src/ops/movement.rs): copies, permute, concat, slice, gather and its gradient,
-// fill.
+// fill, the causal mask.
 // Every entry shares one Params struct (fields an entry does not use are 0); one thread per
 // element written.
 //
@@ -103,6 +103,19 @@ fn slice(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     let o = i / p.run;
     b1[i] = b0[o * p.stride + p.offset + i % p.run];
+}
+
+// b0 scores [.., T, S] (stride = T, run = S), b1 y: key j past query i (j > i) gets `value`.
+@compute @workgroup_size(256)
+fn causal_fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let j = i % p.run;
+    let row = (i / p.run) % p.stride;
+    b1[i] = select(b0[i], p.value, j > row);
 }
 
 // The table row an id (an integer stored as f32) picks, or vocab when it is outside [0, vocab)

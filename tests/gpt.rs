@@ -152,12 +152,22 @@ fn train(device: &str, steps: usize) -> Run {
 
 /// `train` with more arguments (`--set`s).
 fn train_with(device: &str, steps: usize, extra: &[&str]) -> Run {
+    train_edited(device, steps, |c| c, extra)
+}
+
+/// `train_with` of the config as `edit` rewrites it.
+fn train_edited(
+    device: &str,
+    steps: usize,
+    edit: impl Fn(String) -> String,
+    extra: &[&str],
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let text = shakespeare(60_000);
     std::fs::write(dir.path().join("slice.txt"), &text).unwrap();
     let vocab = Vocab::chars_of(&text);
     let cfg = dir.path().join("gpt.toml");
-    std::fs::write(&cfg, config(vocab.len(), steps)).unwrap();
+    std::fs::write(&cfg, edit(config(vocab.len(), steps))).unwrap();
     let run = dir.path().join("run");
     let args = [
         "fit",
@@ -288,7 +298,7 @@ fn a_tiny_gpt_learns_shakespeare_on_the_gpu() {
 /// layer would add 1.6 GB a layer at T = 1024).
 #[test]
 fn the_plan_keeps_attention_memory_linear_in_the_context() {
-    let plan = |t: usize| -> (u64, String) {
+    let plan = |t: usize, more: &[&str]| -> (u64, String) {
         let sets = [
             "--set".to_string(),
             format!("data.block_size={t}"),
@@ -298,16 +308,21 @@ fn the_plan_keeps_attention_memory_linear_in_the_context() {
         let args: Vec<&str> = ["plan", "configs/gpt.toml"]
             .into_iter()
             .chain(sets.iter().map(String::as_str))
+            .chain(more.iter().copied())
             .collect();
         let json = text(&trainer(&[&args[..], &["--json"]].concat()));
         let j: serde_json::Value = serde_json::from_str(&json).unwrap();
         let launches = text(&trainer(&[&args[..], &["--launches"]].concat()));
         (j["bytes"]["activations_peak"].as_u64().unwrap(), launches)
     };
-    let (small, _) = plan(256);
-    let (large, launches) = plan(1024);
+    let (small, _) = plan(256, &[]);
+    let (large, launches) = plan(1024, &[]);
     let ratio = large as f64 / small as f64;
     assert!((3.8..4.2).contains(&ratio), "{small} -> {large}: {ratio}");
+    // The decomposition keeps each layer's T × T weights: its peak grows past 6× (about 8×).
+    let unfused = ["--set", "model.blocks.attn.body.1.fused=false"];
+    let ((small, _), (large, _)) = (plan(256, &unfused), plan(1024, &unfused));
+    assert!(large > 6 * small, "decomposed: {small} -> {large}");
     let attention: Vec<&str> = launches
         .lines()
         .filter(|l| l.contains(" attention "))
@@ -341,4 +356,41 @@ fn fusion_changes_no_bits_of_the_tiny_gpt() {
     assert!(model(&fused) == model(&unfused), "fused weights differ");
     let plan = |sets: &[&str]| text(&trainer(&[&["plan", &fused.config()][..], sets].concat()));
     assert!(plan(&[]).contains("before fusion"));
+}
+
+/// `fused = false` lowers attention to separate launches (split, batched q·kᵀ, causal mask,
+/// softmax, dropout with the fused op's mask, ·v): the same function, so training with it
+/// follows the fused kernels' losses to rounding, on the CPU and on the GPU.
+#[test]
+fn decomposed_attention_trains_like_the_fused_op() {
+    let mut devices = vec!["cpu"];
+    if trainer::backend::gpu::test_gpu().is_some() {
+        devices.push("gpu");
+    }
+    let decompose = |c: String| {
+        let fused = "heads = 2, dropout = 0.1 }";
+        assert!(c.contains(fused));
+        c.replace(fused, "heads = 2, dropout = 0.1, fused = false }")
+    };
+    for device in devices {
+        let fused = train_with(device, 20, &["--set", "log.every_steps=5"]);
+        let split = train_edited(device, 20, decompose, &["--set", "log.every_steps=5"]);
+        assert!(fused.train.len() >= 4, "{:?}", fused.train);
+        assert_eq!(fused.train.len(), split.train.len());
+        for (a, b) in fused
+            .train
+            .iter()
+            .chain(&fused.val)
+            .zip(split.train.iter().chain(&split.val))
+        {
+            assert!(
+                (a - b).abs() < 1e-4 * a.abs(),
+                "{device}: fused {:?} {:?}, decomposed {:?} {:?}",
+                fused.train,
+                fused.val,
+                split.train,
+                split.val
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use trainer::backend::gpu::{compare_with_cpu, eval_once, test_gpu};
 use trainer::kernel::gpu::{Dispatch, KernelArgs, Tile};
 use trainer::ops::{
-    Binary, BinaryFn, Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulBias,
+    BatchMatMul, Binary, BinaryFn, Conv2d, Conv2dGradInput, Conv2dGradWeight, MatMul, MatMulBias,
     MatMulGradInput, MatMulGradWeight, OpKind, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
@@ -210,6 +210,38 @@ fn slices(op: &OpKind, ins: &[&[usize]]) -> usize {
 }
 
 /// The cases above run every GEMM tile shape (kernel/gpu/gemm.rs `Tile::ALL`).
+/// Batched products of two activations (one GEMM per batch from one launch, group strides
+/// in kernels/matmul.wgsl), each transpose of each operand, on sizes across tiles, with group
+/// strides that are and are not multiples of 4 (vec4 and scalar reads), and split-K.
+#[test]
+fn batched_matmul_matches_the_cpu_on_odd_sizes() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let mut rng = seeded();
+    let cases: [(&[usize], usize, usize, usize); 6] = [
+        (&[1], 1, 1, 1),
+        (&[3], 5, 7, 3),
+        (&[2, 3], 17, 33, 8),
+        (&[5], 65, 67, 9),
+        (&[2], 64, 64, 64),
+        // Split-K: an inner dim of 1,030.
+        (&[3], 5, 9, 1030),
+    ];
+    for (batch, m, n, k) in cases {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let dims = |rows: usize, cols: usize| -> Vec<usize> {
+                batch.iter().copied().chain([rows, cols]).collect()
+            };
+            let a = if trans_a { dims(k, m) } else { dims(m, k) };
+            let b = if trans_b { dims(n, k) } else { dims(k, n) };
+            let op = OpKind::BatchMatMul(BatchMatMul { trans_a, trans_b });
+            assert_eq!(out_shape(&op, &[&a, &b]), dims(m, n));
+            assert_close(&op, &[random(&mut rng, &a), random(&mut rng, &b)]);
+        }
+    }
+}
+
 #[test]
 fn the_cases_cover_every_tile() {
     let mut sources = String::new();

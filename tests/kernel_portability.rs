@@ -36,11 +36,17 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
     let mut missing = Vec::new();
     for path in CONFIGS {
         // Batch 128 too: large enough that reductions take their two-pass kernels.
-        for (sets, batch) in [
+        let mut variants = vec![
             (vec![], 2),
             (vec!["optimizer.clip_grad_norm=1.0".to_string()], 2),
             (vec![], 128),
-        ] {
+        ];
+        // Attention as separate launches: batched matmuls, split, the causal mask.
+        if path.ends_with("gpt_tiny.toml") {
+            let unfused = "model.blocks.attn.body.1.fused=false".to_string();
+            variants.push((vec![unfused], 2));
+        }
+        for (sets, batch) in variants {
             let loaded = config::load(std::path::Path::new(path), &sets);
             let cfg = loaded
                 .result

@@ -20,11 +20,11 @@ use trainer::backend::gpu::{Gpu, compare_with_cpu, test_gpu, test_gpus};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
-    AdamStep, Attention, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad,
-    BatchNormRunningStats, Binary, BinaryFn, Chain, Concat, Conv2d, CountUp, CrossEntropy, Dropout,
-    ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias,
-    MeanAxes, Mse, OpKind, Operand, Permute, Pool2d, PoolKind, Reshape, RmsNorm, SgdStep, Softmax,
-    Unary, UnaryFn,
+    AdamStep, Attention, BatchMatMul, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad,
+    BatchNormRunningStats, Binary, BinaryFn, CausalFill, Chain, Concat, Conv2d, CountUp,
+    CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm,
+    Link, MatMul, MatMulBias, MeanAxes, Mse, OpKind, Operand, Permute, Pool2d, PoolKind, Reshape,
+    RmsNorm, SgdStep, Softmax, Split, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -137,6 +137,48 @@ fn gradient_cases() -> Vec<GradCase> {
         case(
             OpKind::Concat(Concat { axis: 1 }),
             vec![f(&[3, 2, 5]), f(&[3, 1, 5]), f(&[3, 4, 5])],
+        ),
+        // Batched products of two activations, each transpose of each operand.
+        case(
+            OpKind::BatchMatMul(BatchMatMul {
+                trans_a: false,
+                trans_b: false,
+            }),
+            vec![f(&[2, 3, 5, 4]), f(&[2, 3, 4, 7])],
+        ),
+        case(
+            OpKind::BatchMatMul(BatchMatMul {
+                trans_a: false,
+                trans_b: true,
+            }),
+            vec![f(&[3, 5, 4]), f(&[3, 7, 4])],
+        ),
+        case(
+            OpKind::BatchMatMul(BatchMatMul {
+                trans_a: true,
+                trans_b: false,
+            }),
+            vec![f(&[3, 4, 5]), f(&[3, 4, 7])],
+        ),
+        case(
+            OpKind::BatchMatMul(BatchMatMul {
+                trans_a: true,
+                trans_b: true,
+            }),
+            vec![f(&[2, 4, 5]), f(&[2, 7, 4])],
+        ),
+        // The middle piece gets no gradient: its part of dx is zeros.
+        GradCase {
+            op: OpKind::Split(Split {
+                axis: 1,
+                sizes: vec![2, 1, 3],
+            }),
+            args: vec![f(&[3, 6, 5])],
+            outputs: vec![0, 2],
+        },
+        case(
+            OpKind::CausalFill(CausalFill { value: -3.0 }),
+            vec![f(&[2, 3, 5, 5])],
         ),
         case(
             OpKind::Gather(Gather),

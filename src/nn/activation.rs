@@ -60,6 +60,25 @@ impl LayerSpec for LeakyRelu {
     }
 }
 
+/// factor·x
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    pub factor: Finite,
+}
+
+impl LayerSpec for Scale {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        unary(
+            cx,
+            inputs[0],
+            UnaryFn::Scale {
+                factor: self.factor.0,
+            },
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Approximate {

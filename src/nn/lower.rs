@@ -129,6 +129,11 @@ impl<'a> Lower<'a> {
             .add(op, inputs, self.layer)
             .map_err(|e| format!("{name} {e}"))
     }
+    /// [`Lower::op`] for an op of several outputs: all of them.
+    pub fn op_all(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<Vec<TensorId>, String> {
+        let first = self.op(op, inputs)?;
+        Ok(self.g.outputs(first.node()))
+    }
     pub fn ty(&self, t: TensorId) -> &TensorType {
         self.g.ty(t)
     }

@@ -161,6 +161,7 @@ layer_ops! {
     activations {
         "leaky_relu" => LeakyRelu(activation::LeakyRelu),
         "gelu" => Gelu(activation::Gelu),
+        "scale" => Scale(activation::Scale),
     }
     "softmax" => Softmax(activation::SoftmaxSpec),
     "dropout" => Dropout(activation::DropoutSpec),

@@ -31,6 +31,27 @@ fn gemm_kernel(
     strided_gemm([m, n, k], [a_m, a_k], [b_k, b_n], Bind::In(1), 0, None)
 }
 
+/// One GEMM per group from a single launch: `gemm_kernel`'s product for each of `groups`
+/// matrices of `a` and `b`, `a_g` and `b_g` values apart; `c` holds them one after another.
+fn batched_gemm_kernel(
+    groups: usize,
+    [m, n, k]: [usize; 3],
+    [a_g, a_m, a_k]: [usize; 3],
+    [b_g, b_k, b_n]: [usize; 3],
+) -> Result<Vec<Dispatch>, String> {
+    Gemm {
+        groups,
+        ..gemm(
+            [m, n, k],
+            [a_g, a_m, a_k],
+            [b_g, b_k, b_n],
+            Bind::In(1),
+            None,
+        )
+    }
+    .dispatches()
+}
+
 /// y [m, n] = x [m, k] · wᵀ, w [n, k], then the epilogue if any: the matmul's kernels, with
 /// or without a linear layer's bias and activation, so both sum alike. Large products multiply
 /// by wᵀ [k, n] copied into the workspace, read along its rows.
@@ -56,6 +77,18 @@ fn strided_gemm(
     at: usize,
     epilogue: Option<Epilogue>,
 ) -> Result<Vec<Dispatch>, String> {
+    gemm([m, n, k], [0, a_m, a_k], [0, b_k, b_n], b, epilogue).dispatches_from(at)
+}
+
+/// The `Gemm` of kernels/matmul.wgsl over `a` (input 0) and `b`, strides along group, rows
+/// and inner dim of `a` and along group, inner dim and columns of `b`; one group.
+fn gemm(
+    [m, n, k]: [usize; 3],
+    [a_g, a_m, a_k]: [usize; 3],
+    [b_g, b_k, b_n]: [usize; 3],
+    b: Bind,
+    epilogue: Option<Epilogue>,
+) -> Gemm {
     let params = Params::new()
         .u32(m)
         .u32(n)
@@ -64,6 +97,8 @@ fn strided_gemm(
         .u32(a_k)
         .u32(b_k)
         .u32(b_n)
+        .u32(a_g)
+        .u32(b_g)
         .u32(usize::from(a_k == 1))
         .u32(usize::from(b_k == 1));
     Gemm {
@@ -76,7 +111,6 @@ fn strided_gemm(
         inputs: [Bind::In(0), b],
         epilogue,
     }
-    .dispatches_from(at)
 }
 
 /// [m, n, k] of the GPU args of x [.., k] and w [n, k] (x·wᵀ, dy·w, the fused linear).
@@ -368,5 +402,169 @@ impl Eval for MatMulGradWeight {
     }
     fn scratch(&self, inputs: &[&TensorType], outputs: &[TensorType], _: usize) -> usize {
         matmul_scratch(outputs[0].shape[0], rows(inputs[0]))
+    }
+}
+
+/// torch.matmul of two activations with equal batch dims: `c [.., M, N] = op(a) · op(b)`,
+/// where op transposes the last two dims of `a` [.., K, M] when `trans_a` and of `b` [.., N, K]
+/// when `trans_b` (so `q · kᵀ` needs no transposed copy). Each product is summed in order of
+/// K, on the CPU and the GPU alike; the GPU runs every batch's product from one launch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchMatMul {
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// [groups, m, n, k] of a batched product over inputs of these shapes (checked by `infer`).
+fn batch_sizes(op: &BatchMatMul, a: &[usize], b: &[usize]) -> [usize; 4] {
+    let r = a.len();
+    let groups = a[..r - 2].iter().product();
+    let (m, k) = match op.trans_a {
+        false => (a[r - 2], a[r - 1]),
+        true => (a[r - 1], a[r - 2]),
+    };
+    let n = if op.trans_b { b[r - 2] } else { b[r - 1] };
+    [groups, m, n, k]
+}
+
+impl BatchMatMul {
+    /// Strides of `a` along (group, rows, inner) and of `b` along (group, inner, columns).
+    fn strides(&self, [_, m, n, k]: [usize; 4]) -> ([usize; 3], [usize; 3]) {
+        let a = match self.trans_a {
+            false => [m * k, k, 1],
+            true => [m * k, 1, m],
+        };
+        let b = match self.trans_b {
+            false => [k * n, n, 1],
+            true => [k * n, 1, k],
+        };
+        (a, b)
+    }
+}
+
+impl Primitive for BatchMatMul {
+    fn name(&self) -> &'static str {
+        "batch_matmul"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 2)?;
+        let (a, b) = (inputs[0], inputs[1]);
+        expect_f32(a, "the left operand")?;
+        expect_f32(b, "the right operand")?;
+        let r = a.rank();
+        if r < 2 || b.rank() != r || a.shape[..r - 2] != b.shape[..r - 2] {
+            return Err(format!(
+                "expects operands of rank 2 or more with equal batch dims, got {} and {}",
+                fmt_shape(&a.shape),
+                fmt_shape(&b.shape)
+            ));
+        }
+        let ka = if self.trans_a {
+            a.shape[r - 2]
+        } else {
+            a.shape[r - 1]
+        };
+        let kb = if self.trans_b {
+            b.shape[r - 1]
+        } else {
+            b.shape[r - 2]
+        };
+        if ka != kb {
+            return Err(format!(
+                "{}{} · {}{}: inner dims {ka} and {kb} differ",
+                fmt_shape(&a.shape),
+                if self.trans_a { "ᵀ" } else { "" },
+                fmt_shape(&b.shape),
+                if self.trans_b { "ᵀ" } else { "" },
+            ));
+        }
+        let [_, m, n, _] = batch_sizes(self, &a.shape, &b.shape);
+        let mut shape = a.shape[..r - 2].to_vec();
+        shape.extend([m, n]);
+        Ok(vec![TensorType::f32(shape)])
+    }
+    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
+        let [g, m, n, k] = batch_sizes(self, &inputs[0].shape, &inputs[1].shape);
+        2 * [g, m, n, k]
+            .iter()
+            .fold(1u64, |p, &d| p.saturating_mul(d as u64))
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        let mut attrs = Vec::new();
+        if self.trans_a {
+            attrs.push(("trans_a", "true".into()));
+        }
+        if self.trans_b {
+            attrs.push(("trans_b", "true".into()));
+        }
+        attrs
+    }
+    fn cost(&self) -> Cost {
+        Cost::Compute
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let sizes = batch_sizes(self, &args.inputs[0].shape, &args.inputs[1].shape);
+        let [groups, m, n, k] = sizes;
+        let ([a_g, a_m, a_k], [b_g, b_k, b_n]) = self.strides(sizes);
+        batched_gemm_kernel(groups, [m, n, k], [a_g, a_m, a_k], [b_g, b_k, b_n])
+    }
+    /// With c = op(a)·op(b): dop(a) = dc·op(b)ᵀ and dop(b) = op(a)ᵀ·dc, each a batched
+    /// product of its own, arranged so that no operand is copied transposed.
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dc = a.dy()?;
+        let (x, y) = (a.inputs[0], a.inputs[1]);
+        let bmm = |trans_a, trans_b| OpKind::BatchMatMul(BatchMatMul { trans_a, trans_b });
+        let (da, db) = match (self.trans_a, self.trans_b) {
+            (false, false) => ((bmm(false, true), [dc, y]), (bmm(true, false), [x, dc])),
+            (false, true) => ((bmm(false, false), [dc, y]), (bmm(true, false), [dc, x])),
+            (true, false) => ((bmm(false, true), [y, dc]), (bmm(false, false), [x, dc])),
+            (true, true) => ((bmm(true, true), [y, dc]), (bmm(true, true), [dc, x])),
+        };
+        let da = match a.wants(0) {
+            true => Some(cx.op(da.0, &da.1)?),
+            false => None,
+        };
+        let db = match a.wants(1) {
+            true => Some(cx.op(db.0, &db.1)?),
+            false => None,
+        };
+        Ok(vec![da, db])
+    }
+}
+
+impl Eval for BatchMatMul {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let sizes = batch_sizes(self, io.in_shape(0), io.in_shape(1));
+        let [groups, m, n, k] = sizes;
+        let ([a_g, a_m, a_k], [b_g, b_k, b_n]) = self.strides(sizes);
+        let (ins, outs, scratch) = io.split_scratch::<1>(matmul_scratch(m, k));
+        let (a, b) = (ins.get(0), ins.get(1));
+        let c = outs.into_iter().next().expect("one output");
+        for g in 0..groups {
+            matmul(
+                &a[g * a_g..],
+                Mat {
+                    rows: m,
+                    cols: k,
+                    row: a_m,
+                    col: a_k,
+                },
+                &b[g * b_g..],
+                Mat {
+                    rows: k,
+                    cols: n,
+                    row: b_k,
+                    col: b_n,
+                },
+                &mut c[g * m * n..(g + 1) * m * n],
+                Mat::rows(m, n),
+                false,
+                scratch,
+            );
+        }
+    }
+    fn scratch(&self, inputs: &[&TensorType], _: &[TensorType], _: usize) -> usize {
+        let [_, m, _, k] = batch_sizes(self, &inputs[0].shape, &inputs[1].shape);
+        matmul_scratch(m, k)
     }
 }

@@ -23,9 +23,10 @@ pub use elementwise::{
 };
 pub use foreach::Foreach;
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
-pub use matmul::{MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
+pub use matmul::{BatchMatMul, MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
 pub use movement::{
-    Concat, Fill, Gather, GatherGrad, MAX_PERMUTE_RANK, Permute, Reshape, Slice, check_permutation,
+    CausalFill, Concat, Fill, Gather, GatherGrad, MAX_PERMUTE_RANK, Permute, Reshape, Slice, Split,
+    check_permutation,
 };
 pub use norm::{
     BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, LayerNorm,
@@ -229,6 +230,7 @@ op_kinds! {
     Parameter(Parameter),
     Conv2d(Conv2d),
     MatMul(MatMul),
+    BatchMatMul(BatchMatMul),
     Unary(Unary),
     Binary(Binary),
     Softmax(Softmax),
@@ -241,6 +243,8 @@ op_kinds! {
     Reshape(Reshape),
     Permute(Permute),
     Concat(Concat),
+    Split(Split),
+    CausalFill(CausalFill),
     Gather(Gather),
     Dropout(Dropout),
     CrossEntropy(CrossEntropy),

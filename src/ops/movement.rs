@@ -406,35 +406,46 @@ impl Primitive for Slice {
         ]
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let x = &args.inputs[0].shape;
-        let inner: usize = x[self.axis + 1..].iter().product();
+        Ok(vec![self.kernel(
+            &args.inputs[0].shape,
+            0,
+            args.numel_out(0),
+        )])
+    }
+}
+
+impl Slice {
+    /// movement.wgsl's `slice` from x of `shape` into output `out` of `n` elements.
+    fn kernel(&self, shape: &[usize], out: usize, n: usize) -> Dispatch {
+        let inner: usize = shape[self.axis + 1..].iter().product();
         let params = MoveParams {
-            n: args.numel_out(0),
+            n,
             run: self.len * inner,
-            stride: x[self.axis] * inner,
+            stride: shape[self.axis] * inner,
             offset: self.start * inner,
             ..Default::default()
         };
-        Ok(vec![kernel(
-            "slice",
-            vec![Bind::In(0), Bind::Out(0)],
-            params,
-        )])
+        kernel("slice", vec![Bind::In(0), Bind::Out(out)], params)
+    }
+
+    /// The slice of `x` (of `shape`) into `out`.
+    fn copy<T: Copy>(&self, shape: &[usize], x: &[T], out: &mut [T]) {
+        let outer: usize = shape[..self.axis].iter().product();
+        let inner: usize = shape[self.axis + 1..].iter().product();
+        let (from, run) = (self.start * inner, self.len * inner);
+        let stride = shape[self.axis] * inner;
+        for o in 0..outer {
+            out[o * run..(o + 1) * run]
+                .copy_from_slice(&x[o * stride + from..o * stride + from + run]);
+        }
     }
 }
 
 impl Eval for Slice {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let x = io.in_shape(0);
-        let outer: usize = x[..self.axis].iter().product();
-        let inner: usize = x[self.axis + 1..].iter().product();
-        let (from, run) = (self.start * inner, self.len * inner);
-        let stride = x[self.axis] * inner;
+        let x = io.in_shape(0).to_vec();
         let (ins, outs) = io.split::<1>();
-        for o in 0..outer {
-            outs[0][o * run..(o + 1) * run]
-                .copy_from_slice(&ins.get(0)[o * stride + from..o * stride + from + run]);
-        }
+        self.copy(&x, ins.get(0), outs[0]);
     }
 }
 
@@ -583,6 +594,170 @@ impl Eval for GatherGrad {
                     *acc += g;
                 }
             }
+        }
+    }
+}
+
+/// torch.split: `x` cut along `axis` into consecutive pieces of `sizes` (which sum to the
+/// axis; at most `MAX_PIECES`), one output each. Its gradient is the concat of the pieces'
+/// gradients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Split {
+    pub axis: usize,
+    pub sizes: Vec<usize>,
+}
+
+/// The most pieces a `Split` makes (the CPU's launches take a fixed number of outputs).
+pub const MAX_PIECES: usize = 16;
+
+impl Split {
+    /// Each piece as the `Slice` that takes it.
+    fn pieces(&self) -> impl Iterator<Item = Slice> + '_ {
+        self.sizes.iter().scan(0, |start, &len| {
+            *start += len;
+            Some(Slice {
+                axis: self.axis,
+                start: *start - len,
+                len,
+            })
+        })
+    }
+}
+
+impl Primitive for Split {
+    fn name(&self) -> &'static str {
+        "split"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 1)?;
+        let x = inputs[0];
+        let total: usize = self.sizes.iter().sum();
+        let count = self.sizes.len();
+        if self.axis >= x.rank()
+            || total != x.shape[self.axis]
+            || !(1..=MAX_PIECES).contains(&count)
+        {
+            return Err(format!(
+                "cannot split axis {} of {} into {:?}",
+                self.axis,
+                fmt_shape(&x.shape),
+                self.sizes
+            ));
+        }
+        self.pieces()
+            .map(|p| Ok(p.infer(inputs)?.remove(0)))
+            .collect()
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("axis", self.axis.to_string()),
+            ("sizes", format!("{:?}", self.sizes)),
+        ]
+    }
+    /// Pieces no gradient reaches count as zeros.
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        if !a.wants(0) {
+            return Ok(vec![None]);
+        }
+        let mut parts = Vec::with_capacity(self.sizes.len());
+        for (k, g) in a.grads.iter().enumerate() {
+            parts.push(match *g {
+                Some(g) => g,
+                None => {
+                    let ty = cx.ty(a.outputs[k]).clone();
+                    cx.op(OpKind::Fill(Fill { ty, value: 0.0 }), &[])?
+                }
+            });
+        }
+        let concat = Concat {
+            axis: self.axis as i64,
+        };
+        Ok(vec![Some(cx.op(OpKind::Concat(concat), &parts)?)])
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = &args.inputs[0].shape;
+        Ok(self
+            .pieces()
+            .enumerate()
+            .filter(|&(k, _)| args.numel_out(k) > 0)
+            .map(|(k, piece)| piece.kernel(x, k, args.numel_out(k)))
+            .collect())
+    }
+}
+
+impl Eval for Split {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let x = io.in_shape(0).to_vec();
+        let (ins, mut outs) = io.split::<MAX_PIECES>();
+        for (piece, out) in self.pieces().zip(outs.iter_mut()) {
+            piece.copy(&x, ins.get(0), out);
+        }
+    }
+}
+
+/// The causal mask on scores `[.., T, S]`: element (i, j) with key j past query i (j > i, as
+/// torch.tril keeps) becomes `value`, the rest is copied. With value −∞ a softmax after it
+/// gives those keys no weight; its gradient is the same op with value 0 on dy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CausalFill {
+    pub value: f64,
+}
+
+impl Primitive for CausalFill {
+    fn name(&self) -> &'static str {
+        "causal_fill"
+    }
+    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
+        expect_arity(inputs, 1)?;
+        expect_f32(inputs[0], "the input")?;
+        if inputs[0].rank() < 2 {
+            return Err(format!(
+                "expects scores [.., queries, keys], got {}",
+                fmt_shape(&inputs[0].shape)
+            ));
+        }
+        Ok(vec![inputs[0].clone()])
+    }
+    fn flops(&self, _: &[&TensorType], _: &[TensorType]) -> u64 {
+        0
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![("value", self.value.to_string())]
+    }
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dy = a.dy()?;
+        let zero = OpKind::CausalFill(CausalFill { value: 0.0 });
+        Ok(vec![a.wants(0).then(|| cx.op(zero, &[dy])).transpose()?])
+    }
+    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
+        let x = &args.inputs[0].shape;
+        let params = MoveParams {
+            n: args.numel_out(0),
+            run: x[x.len() - 1],
+            stride: x[x.len() - 2],
+            value: self.value,
+            ..Default::default()
+        };
+        Ok(vec![kernel(
+            "causal_fill",
+            vec![Bind::In(0), Bind::Out(0)],
+            params,
+        )])
+    }
+}
+
+impl Eval for CausalFill {
+    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
+        let x = io.in_shape(0);
+        let (t, s) = (x[x.len() - 2], x[x.len() - 1]);
+        let (ins, outs) = io.split::<1>();
+        let fill = T::of(self.value);
+        for (k, (y, &v)) in outs[0].iter_mut().zip(ins.get(0)).enumerate() {
+            let (i, j) = ((k / s) % t, k % s);
+            *y = if j > i { fill } else { v };
         }
     }
 }

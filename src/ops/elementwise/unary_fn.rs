@@ -320,6 +320,19 @@ unary_fns! {
             wgsl: "1.0 - a * a",
         },
     },
+    /// factor·x (the attention scores' 1/√d in an unfused attention).
+    Scale { factor = [0.5, -2.0] } = "scale" {
+        layer: "scale",
+        cost: 1,
+        value(x): T::of(factor) * x,
+        derivative(_x): T::of(factor),
+        wgsl: "p.alpha * a",
+        wgsl_derivative: "p.alpha",
+        grad_from_output: when (factor != 0.0) {
+            derivative_from_output(_y): T::of(factor),
+            wgsl: "p.alpha",
+        },
+    },
     /// x·σ(x), as torch.nn.SiLU (swish); f'(x) = σ(x)·(1 + x·(1 − σ(x))). Its gradient needs
     /// x: y does not determine it (silu is not monotonic).
     Silu = "silu" {
