@@ -174,6 +174,7 @@ layer_ops! {
     "transpose" => Transpose(shape::TransposeSpec),
     "add" => Add(shape::Add),
     "mul" => Mul(shape::Mul),
+    "matmul" => MatMul(shape::MatMulSpec),
     "concat" => Concat(shape::ConcatSpec),
     "positional" => Positional(sequence::PositionalSpec),
     "attention" => Attention(attention::AttentionSpec),

@@ -2,7 +2,7 @@ use serde::Deserialize;
 
 use super::lower::{Arity, LayerSpec};
 use crate::nn::Lower;
-use crate::ops::{Binary, BinaryFn, Concat, OpKind, Permute, Reshape, broadcast};
+use crate::ops::{BatchMatMul, Binary, BinaryFn, Concat, OpKind, Permute, Reshape, broadcast};
 use crate::tensor::TensorId;
 use crate::tensor::fmt_shape;
 
@@ -186,6 +186,34 @@ impl LayerSpec for Mul {
     const ARITY: Arity = Arity::AtLeastTwo;
     fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
         elementwise(cx, inputs, BinaryFn::Mul, "multiply")
+    }
+}
+
+/// torch.matmul of two activations with the same leading dims (batch included): `a [.., M, K]
+/// · b [.., K, N]`, either operand's last two dims transposed first where asked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatMulSpec {
+    #[serde(default)]
+    pub transpose_a: bool,
+    #[serde(default)]
+    pub transpose_b: bool,
+}
+
+impl LayerSpec for MatMulSpec {
+    const ARITY: Arity = Arity::AtLeastTwo;
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        if inputs.len() != 2 {
+            return Err(format!(
+                "multiplies two tensors, got {} inputs",
+                inputs.len()
+            ));
+        }
+        let op = BatchMatMul {
+            trans_a: self.transpose_a,
+            trans_b: self.transpose_b,
+        };
+        cx.op(OpKind::BatchMatMul(op), inputs)
     }
 }
 
