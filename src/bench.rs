@@ -8,7 +8,9 @@
 //! dispatches are grouped by op and input shapes: count per step, total and mean µs per step,
 //! share of the step's kernel time, achieved GFLOP/s (the op's `Primitive::flops`) and GB/s
 //! (the bytes its dispatches bind), largest total first; then the sum of kernel times against
-//! the step's wall time (the gap is launch and submit overhead). An adapter without
+//! the step's wall time (the gap is launch and submit overhead). A second table sums the time
+//! by layer op, forward and backward (`attention` fused or decomposed, whatever its ops). An
+//! adapter without
 //! TIMESTAMP_QUERY is refused (exit 2).
 //!
 //! `--loader` times the data path alone (no model, no device): the training `Loader` over the
@@ -27,6 +29,7 @@ use crate::backend::cpu::CpuExec;
 use crate::backend::PrepareError;
 use crate::backend::gpu::{Gpu, GpuExec, PipelineStats, Timestamps};
 use crate::data::{self, DataError, Loader};
+use crate::graph::Phase;
 use crate::host_memory::{self, MemoryError};
 use crate::schedule::Plan;
 use crate::tensor::DType;
@@ -263,6 +266,20 @@ pub struct ProfileRow {
     pub gb_s: f64,
 }
 
+/// A profiled step's kernel time by the config op of the layer each launch belongs to (a
+/// vjp's ops count toward their forward layer; a fused launch toward its first op's layer),
+/// optimizer updates apart: what one layer kind costs, however many ops it lowers to.
+#[derive(Debug, Serialize)]
+pub struct LayerOpRow {
+    /// The layer op (`attention`, `linear`, ...), or `update` for the optimizer's launches.
+    pub op: String,
+    /// Forward (recomputation included) and backward GPU time per step, in microseconds.
+    pub forward_us: f64,
+    pub backward_us: f64,
+    /// Of the step's summed kernel time.
+    pub share: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ProfileResult {
     pub device: String,
@@ -278,6 +295,8 @@ pub struct ProfileResult {
     pub kernel_ms: f64,
     /// Largest total first.
     pub rows: Vec<ProfileRow>,
+    /// Largest total first.
+    pub layer_ops: Vec<LayerOpRow>,
 }
 
 #[derive(Default)]
@@ -301,6 +320,8 @@ pub fn profile_gpu(
     let (exec, _) = warmed_up(gpu, plan, seed)?;
     let g = &exec.plan.graph;
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    // (forward, backward) seconds by layer op.
+    let mut layer_ops: BTreeMap<String, [f64; 2]> = BTreeMap::new();
     let mut wall = 0.0;
     for step in WARMUP..WARMUP + steps {
         let profile = exec.profile_step(ctx(step, seed))?;
@@ -324,6 +345,12 @@ pub fn profile_gpu(
             let node_id = exec.plan.launches[d.launch].node;
             group.flops += g.flops(node_id) as f64 / per_launch[&d.launch] as f64;
             group.bytes += d.bytes as f64;
+            let (op, side) = match node.phase {
+                Phase::Update => ("update", 0),
+                Phase::Backward => (g.layers[node.layer].op.as_str(), 1),
+                Phase::Forward | Phase::Recompute => (g.layers[node.layer].op.as_str(), 0),
+            };
+            layer_ops.entry(op.to_string()).or_default()[side] += d.seconds;
         }
     }
     let steps_f = steps as f64;
@@ -349,6 +376,17 @@ pub fn profile_gpu(
         })
         .collect();
     rows.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
+    let mut layer_ops: Vec<LayerOpRow> = layer_ops
+        .into_iter()
+        .map(|(op, [fwd, bwd])| LayerOpRow {
+            op,
+            forward_us: fwd / steps_f * 1e6,
+            backward_us: bwd / steps_f * 1e6,
+            share: per_second((fwd + bwd) / steps_f, kernel_seconds),
+        })
+        .collect();
+    layer_ops
+        .sort_by(|a, b| (b.forward_us + b.backward_us).total_cmp(&(a.forward_us + a.backward_us)));
     Ok(ProfileResult {
         device: format!("gpu ({})", gpu.describe()),
         batch,
@@ -359,6 +397,7 @@ pub fn profile_gpu(
         step_ms: wall / steps_f * 1e3,
         kernel_ms: kernel_seconds * 1e3,
         rows,
+        layer_ops,
     })
 }
 
@@ -392,6 +431,27 @@ pub fn profile_table(config: &str, p: &ProfileResult) -> String {
             r.gflop_s,
             r.gb_s,
             if r.shapes.is_empty() { "-" } else { &r.shapes }
+        );
+    }
+    let width = p
+        .layer_ops
+        .iter()
+        .map(|r| r.op.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    out += &format!(
+        "\n{:<width$}  {:>11}  {:>11}  {:>11}  {:>6}\n",
+        "layer op", "forward µs", "backward µs", "total µs", "share"
+    );
+    for r in &p.layer_ops {
+        out += &format!(
+            "{:<width$}  {:>11.1}  {:>11.1}  {:>11.1}  {:>5.1}%\n",
+            r.op,
+            r.forward_us,
+            r.backward_us,
+            r.forward_us + r.backward_us,
+            r.share * 100.0
         );
     }
     out += &format!(

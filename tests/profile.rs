@@ -127,6 +127,39 @@ fn profile_json_covers_every_launched_kernel() {
         kernel_ms > 0.0 && v["step_ms"].as_f64().unwrap() > 0.0,
         "{v}"
     );
+    // By layer op: every layer kind that launches, the optimizer's updates apart, the same sum.
+    let layer_ops = v["layer_ops"].as_array().expect("layer_ops");
+    let kinds: BTreeSet<&str> = layer_ops
+        .iter()
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    let mut want: BTreeSet<&str> = p
+        .launches
+        .iter()
+        .map(|l| &p.graph.dag[l.node])
+        .filter(|n| !matches!(n.op.primitive().name(), "parameter" | "input"))
+        .map(|n| match n.phase {
+            trainer::graph::Phase::Update => "update",
+            _ => p.graph.layers[n.layer].op.as_str(),
+        })
+        .collect();
+    want.insert("update");
+    assert_eq!(kinds, want);
+    let by_layer_ms: f64 = layer_ops
+        .iter()
+        .map(|r| r["forward_us"].as_f64().unwrap() + r["backward_us"].as_f64().unwrap())
+        .sum::<f64>()
+        / 1e3;
+    assert!(
+        (by_layer_ms - kernel_ms).abs() <= 1e-9 * kernel_ms.max(1.0),
+        "{v}"
+    );
+    assert!(
+        layer_ops
+            .iter()
+            .any(|r| r["backward_us"].as_f64().unwrap() > 0.0),
+        "{v}"
+    );
 
     // The table names the same groups and the kernel sum against the wall time.
     let (code, table, err) = trainer(&[
@@ -141,9 +174,10 @@ fn profile_json_covers_every_launched_kernel() {
         "1",
     ]);
     assert_eq!(code, 0, "{err}");
-    for op in &ops {
-        assert!(table.contains(op.as_str()), "{op} missing in\n{table}");
+    for op in ops.iter().map(String::as_str).chain(kinds) {
+        assert!(table.contains(op), "{op} missing in\n{table}");
     }
+    assert!(table.contains("layer op"), "{table}");
     assert!(table.contains("ms step"), "{table}");
 }
 
