@@ -209,9 +209,40 @@ impl LayerSpec for MatMulSpec {
                 inputs.len()
             ));
         }
+        let (a, b) = (cx.sample(inputs[0]).to_vec(), cx.sample(inputs[1]).to_vec());
+        let r = a.len();
+        if r < 2 || b.len() != r || a[..r - 2] != b[..r - 2] {
+            return Err(format!(
+                "multiplies matrices over their last two dims with equal dims before them, got \
+                 {} and {}",
+                fmt_shape(&a),
+                fmt_shape(&b)
+            ));
+        }
+        let (ta, tb) = (self.transpose_a, self.transpose_b);
+        let inner = |ta: bool, tb: bool| (a[r - 1 - ta as usize], b[r - 2 + tb as usize]);
+        let (ka, kb) = inner(ta, tb);
+        if ka != kb {
+            let fix = match (inner(ta, !tb), inner(!ta, tb)) {
+                ((x, y), _) if x == y => format!("; transpose_b = {} would fit", !tb),
+                (_, (x, y)) if x == y => format!("; transpose_a = {} would fit", !ta),
+                _ => String::new(),
+            };
+            return Err(format!(
+                "cannot multiply {} by {}{}: inner dims {ka} and {kb} differ{fix}",
+                fmt_shape(&a),
+                fmt_shape(&b),
+                match (ta, tb) {
+                    (false, false) => "",
+                    (true, false) => " (the first transposed)",
+                    (false, true) => " (the second transposed)",
+                    (true, true) => " (both transposed)",
+                },
+            ));
+        }
         let op = BatchMatMul {
-            trans_a: self.transpose_a,
-            trans_b: self.transpose_b,
+            trans_a: ta,
+            trans_b: tb,
         };
         cx.op(OpKind::BatchMatMul(op), inputs)
     }
