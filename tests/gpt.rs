@@ -394,3 +394,65 @@ fn decomposed_attention_trains_like_the_fused_op() {
         }
     }
 }
+
+/// Heads wider than the fused kernels take (128) lower to the decomposed launches, so such a
+/// model plans and trains on every backend; narrower ones keep the fused op.
+#[test]
+fn wide_heads_fall_back_to_the_decomposition() {
+    let dir = tempfile::tempdir().unwrap();
+    let launches = |head: usize| {
+        let cfg = dir.path().join(format!("wide{head}.toml"));
+        let c = 2 * head;
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[data]
+dataset = "synthetic"
+classes = 5
+batch_size = 2
+
+[model]
+input = {{ shape = [6], dtype = "i32" }}
+
+[[model.layers]]
+op = "embedding"
+vocab = 5
+dim = {c}
+
+[[model.layers]]
+op = "linear"
+out = {qkv}
+
+[[model.layers]]
+op = "attention"
+heads = 2
+
+[[model.layers]]
+op = "linear"
+out = 5
+
+[loss]
+kind = "cross_entropy"
+
+[optimizer]
+kind = "adamw"
+lr = 0.001
+"#,
+                qkv = 3 * c
+            ),
+        )
+        .unwrap();
+        text(&trainer(&["plan", cfg.to_str().unwrap(), "--launches"]))
+    };
+    let wide = launches(136);
+    assert!(!wide.contains(" attention "), "{wide}");
+    assert!(
+        wide.contains(" batch_matmul ") && wide.contains(" causal_fill "),
+        "{wide}"
+    );
+    let narrow = launches(128);
+    assert!(
+        narrow.contains(" attention ") && !narrow.contains(" batch_matmul "),
+        "{narrow}"
+    );
+}

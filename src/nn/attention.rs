@@ -9,8 +9,8 @@ use super::{LayerSpec, Lower};
 use crate::config::values::{Fraction, Positive};
 use crate::graph::Mode;
 use crate::ops::{
-    Attention, BatchMatMul, CausalFill, Dropout, OpKind, Permute, Reshape, Softmax, Split, Unary,
-    UnaryFn,
+    Attention, BatchMatMul, CausalFill, Dropout, MAX_GPU_HEAD, OpKind, Permute, Reshape, Softmax,
+    Split, Unary, UnaryFn,
 };
 use crate::tensor::{TensorId, fmt_shape};
 
@@ -64,7 +64,9 @@ impl LayerSpec for AttentionSpec {
             },
             stream,
         };
-        match self.fused {
+        // Heads wider than the kernels take run as separate launches, as PyTorch's SDPA falls
+        // back to its math path: one graph for every backend.
+        match self.fused && width <= MAX_GPU_HEAD {
             true => cx.op(OpKind::Attention(op), &inputs[..1]),
             false => decomposed(cx, &op, inputs[0]),
         }

@@ -24,7 +24,8 @@ use crate::tensor::{StepCtx, TensorType, fmt_shape};
 /// Rows (queries or keys) a workgroup of kernels/attention.wgsl takes: its `BLOCK`.
 const BLOCK: usize = 64;
 /// The widest head the kernels compile for: a thread keeps three rows of D in registers.
-const MAX_GPU_HEAD: usize = 128;
+/// The `attention` layer lowers wider heads to separate launches (nn/attention.rs).
+pub const MAX_GPU_HEAD: usize = 128;
 
 /// Entry `entry` of kernels/attention.wgsl compiled for head width `d`: rows staged `TILE` at a
 /// time, 32 at most and as many as 32 KiB of workgroup memory holds (Metal's limit) with the

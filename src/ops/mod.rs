@@ -16,7 +16,7 @@ mod random;
 mod reduce;
 mod vjp;
 
-pub use attention::{Attention, AttentionGrad};
+pub use attention::{Attention, AttentionGrad, MAX_GPU_HEAD};
 pub use conv::{Conv2d, Conv2dGradInput, Conv2dGradWeight};
 pub use elementwise::{
     Binary, BinaryFn, Chain, ElementwiseFn, Link, Operand, Unary, UnaryFn, UnaryGrad, broadcast,
