@@ -456,3 +456,28 @@ lr = 0.001
         "{narrow}"
     );
 }
+
+/// A loss over every position needs a label at every position: `fit` on one-label-a-sample
+/// data says so at the loss, before any run directory exists (not a shape error mid-step).
+#[test]
+fn a_sequence_loss_on_one_label_a_sample_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = trainer(&[
+        "fit",
+        "tests/configs/good/gpt_tiny.toml",
+        "--device",
+        "cpu",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the loss takes 8 labels a sample ([8])"),
+        "{err}"
+    );
+    assert!(err.contains("gpt_tiny.toml:"), "{err}");
+    assert!(err.contains("dataset = \"text\""), "{err}");
+    assert!(!run.exists());
+}

@@ -195,8 +195,12 @@ fn prepare<'a, 'g>(
     let t = Instant::now();
     let (splits, steps_per_epoch) = open_data(cfg, &origin.manifest.config_dir)?;
     startup.data = t.elapsed().as_secs_f64();
-    let vocab = splits.vocab.as_deref().map(|v| (v, splits.source.as_str()));
-    let (mut models, tensors) = build_models(cfg, gpu, &mut startup, vocab)?;
+    let data = DataFit {
+        vocab: splits.vocab.as_deref(),
+        labels_per_sample: splits.train.labels_per_sample(),
+        source: &splits.source,
+    };
+    let (mut models, tensors) = build_models(cfg, gpu, &mut startup, data)?;
     let Timeline {
         total_steps,
         schedule,
@@ -341,23 +345,57 @@ fn keep_vocab(run: &Path, vocab: &data::Vocab) -> Result<(), FitError> {
     vocab.save(&path).map_err(FitError::Runtime)
 }
 
+/// What the model must fit in its data: a text's vocabulary, the labels each sample has, and
+/// where the data came from (for messages).
+struct DataFit<'a> {
+    vocab: Option<&'a data::Vocab>,
+    labels_per_sample: usize,
+    source: &'a str,
+}
+
+/// The loss's labels a sample against the data's: a loss over every position of a sequence
+/// needs a dataset that labels every position (`text`), not one label a sample.
+fn check_labels(g: &crate::graph::Graph, data: &DataFit) -> Result<(), crate::diag::Diagnostic> {
+    let labels = g.ty(g.labels);
+    let want = labels.numel() / g.batch.max(1);
+    if want == data.labels_per_sample {
+        return Ok(());
+    }
+    let layer = &g.layers[g.dag[g.loss.node()].layer];
+    let per_sample = crate::tensor::fmt_shape(&labels.shape[1..]);
+    let fix = match data.labels_per_sample {
+        1 => {
+            "a language model trains on dataset = \"text\" (a label at every position); a \
+              classifier pools the positions before its last layer"
+        }
+        _ => "the model's output must give one prediction a label",
+    };
+    Err(crate::diag::Diagnostic::new(format!(
+        "the loss takes {want} labels a sample ({per_sample}), but {} gives {} a sample",
+        data.source, data.labels_per_sample
+    ))
+    .at(layer.loc, "this loss")
+    .note(fix))
+}
+
 /// The planned training step on its executor and the evaluation model (see `Models`), with
-/// the tensors of the step the loop feeds and reads; notes the seconds each took. With a
-/// text's vocabulary (and where it came from), the model is checked against it first.
+/// the tensors of the step the loop feeds and reads; notes the seconds each took. The model is
+/// first checked against its data: a text's vocabulary, the labels a sample gives.
 fn build_models<'g>(
     cfg: &Config,
     gpu: Option<&'g Gpu>,
     startup: &mut Startup,
-    vocab: Option<(&data::Vocab, &str)>,
+    data: DataFit,
 ) -> Result<(Models<'g>, StepTensors), FitError> {
     let t = Instant::now();
     let batch = cfg.data.batch_size.0;
     let eval_batch = cfg.data.eval_batch_size.map_or(batch, |b| b.0);
     let diag = |d: crate::diag::Diagnostic| FitError::Config(Box::new(d));
     let forward = build_for(cfg, batch, Mode::Train).map_err(diag)?;
-    if let Some((v, source)) = vocab {
-        data::text::check_model(&forward, v, source).map_err(diag)?;
+    if let Some(v) = data.vocab {
+        data::text::check_model(&forward, v, data.source).map_err(diag)?;
     }
+    check_labels(&forward, &data).map_err(diag)?;
     let train_graph = training_graph(&forward, &cfg.optimizer).map_err(diag)?;
     let plan = crate::schedule::plan(
         &train_graph,
