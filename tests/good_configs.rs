@@ -125,6 +125,7 @@ fn every_layer_op_is_exercised_by_a_config() {
         "tests/configs/good/tokens.toml",
         "tests/configs/good/gpt_tiny.toml",
         "tests/configs/good/patches.toml",
+        "tests/configs/good/attention_by_hand.toml",
         "configs/resnet.toml",
         "configs/lenet.toml",
     ] {

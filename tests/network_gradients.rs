@@ -133,6 +133,12 @@ fn tiny_gpt_gradients_match_finite_differences() {
 }
 
 #[test]
+fn attention_by_hand_gradients_match_finite_differences() {
+    // Batched matmuls of two activations (one transposed), scale, softmax over the keys.
+    check("tests/configs/good/attention_by_hand.toml", 2, 5);
+}
+
+#[test]
 fn two_block_resnet_gradients_match_finite_differences() {
     check("tests/configs/good/resnet_tiny.toml", 2, 5);
 }

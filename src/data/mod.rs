@@ -30,6 +30,7 @@ pub use order::epoch_order;
 pub use split::Split;
 pub use text::{VOCAB_FILE, Vocab};
 
+use crate::config::model::InputDecl;
 use crate::config::sections::{Data, Dataset};
 use cifar::Cifar;
 use order::{Purpose, permutation, rng_for};
@@ -168,14 +169,16 @@ pub fn class_names(cfg: &Data, config_dir: &Path, classes: usize) -> Vec<String>
 /// Reads the dataset and makes the train, validation and test splits.
 ///
 /// `config_dir` is the directory of the config file (relative data.path resolves against it);
-/// `input_shape` is the model's per-sample input shape (e.g. [1, 28, 28]); a mismatch with the
-/// data is an error naming both. `seed` (the run seed) draws the `val_split` hold-out.
+/// `input` is the model's per-sample input (e.g. [1, 28, 28] f32): a shape that differs from
+/// the data's is an error naming both; synthetic data for integer inputs is ids. `seed` (the
+/// run seed) draws the `val_split` hold-out.
 pub fn open(
     cfg: &Data,
     config_dir: &Path,
-    input_shape: &[usize],
+    input: &InputDecl,
     seed: u64,
 ) -> Result<Splits, DataError> {
+    let input_shape = &input.shape[..];
     let name = dataset_name(cfg.dataset);
     let (train, test, place) = match cfg.dataset {
         Dataset::FashionMnist | Dataset::Mnist | Dataset::Idx => {
@@ -212,7 +215,8 @@ pub fn open(
         Dataset::Synthetic => {
             let samples = cfg.samples.map_or(1024, |s| s.0);
             let classes = cfg.classes.map_or(10, |c| c.0);
-            let (train, test) = synthetic::generate(input_shape, samples, classes, seed)?;
+            let ids = input.dtype == crate::tensor::DType::I32;
+            let (train, test) = synthetic::generate(input_shape, samples, classes, seed, ids)?;
             (
                 train,
                 Some(test),

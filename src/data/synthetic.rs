@@ -1,7 +1,9 @@
 //! Synthetic data that a model can learn: each class has a seeded random prototype (uniform in
 //! [0, 1) per element) and its samples are the prototype plus Gaussian noise (σ = 0.1), labels
-//! drawn uniformly. Train and test share the prototypes but draw samples from separate
-//! streams; the test split has ⌈samples / 4⌉ samples.
+//! drawn uniformly. For a model of integer inputs the prototypes are ids below the number of
+//! classes, and noise replaces an id by a uniform one with probability 0.1 (an embedding
+//! reading them needs a vocabulary of at least that many). Train and test share the prototypes
+//! but draw samples from separate streams; the test split has ⌈samples / 4⌉ samples.
 
 use std::sync::Arc;
 
@@ -17,12 +19,14 @@ const NOISE: f64 = 0.1;
 /// Elements of synthetic data we are willing to allocate (the config refuses more, at the key).
 const MAX_ELEMENTS: usize = crate::config::values::MAX_SYNTHETIC_ELEMENTS;
 
-/// (train, test) stores of `samples` and ⌈samples/4⌉ samples of `shape`.
+/// (train, test) stores of `samples` and ⌈samples/4⌉ samples of `shape`; of integer ids below
+/// `classes` where `ids`.
 pub(crate) fn generate(
     shape: &[usize],
     samples: usize,
     classes: usize,
     seed: u64,
+    ids: bool,
 ) -> Result<(Store, Store), DataError> {
     let len: usize = shape.iter().product();
     let total = samples
@@ -46,7 +50,11 @@ pub(crate) fn generate(
     };
     host_memory::check(bytes).map_err(short)?;
     let mut rng = rng_for(seed, Purpose::SyntheticPrototypes, 0, 0);
-    let protos: Vec<f32> = (0..classes * len).map(|_| unit(&mut rng) as f32).collect();
+    let draw = |rng: &mut ChaCha8Rng| match ids {
+        true => below(rng, classes as u64) as f32,
+        false => unit(rng) as f32,
+    };
+    let protos: Vec<f32> = (0..classes * len).map(|_| draw(&mut rng)).collect();
     let names = Arc::new((0..classes).map(|i| i.to_string()).collect::<Vec<_>>());
     let make = |n: usize, purpose: Purpose| -> Result<Store, DataError> {
         let mut rng = rng_for(seed, purpose, 0, 0);
@@ -57,7 +65,11 @@ pub(crate) fn generate(
             let k = below(&mut rng, classes as u64) as usize;
             labels.push(k as u32);
             for &p in &protos[k * len..(k + 1) * len] {
-                pixels.push(p + (NOISE * gaussian(&mut rng)) as f32);
+                pixels.push(match ids {
+                    true if unit(&mut rng) < NOISE => below(&mut rng, classes as u64) as f32,
+                    true => p,
+                    false => p + (NOISE * gaussian(&mut rng)) as f32,
+                });
             }
         }
         Ok(Store {
@@ -91,16 +103,37 @@ mod tests {
         }
     }
 
+    /// For integer inputs: ids below the classes, mostly each class's own prototype.
+    #[test]
+    fn integer_inputs_are_ids_of_their_class() {
+        let (train, _) = generate(&[12], 300, 5, 4, true).unwrap();
+        let x = f32s(&train);
+        assert!(
+            x.iter()
+                .all(|&v| v.fract() == 0.0 && (0.0..5.0).contains(&v))
+        );
+        // Two samples of one class agree at about 0.9² + 0.1²/5 of their positions.
+        let class: Vec<usize> = (0..300).filter(|&i| train.labels[i] == 2).collect();
+        let (mut same, mut pairs) = (0, 0);
+        for w in class.windows(2) {
+            let (a, b) = (&x[w[0] * 12..][..12], &x[w[1] * 12..][..12]);
+            same += a.iter().zip(b).filter(|(p, q)| p == q).count();
+            pairs += 12;
+        }
+        let agree = same as f64 / pairs as f64;
+        assert!((0.7..0.95).contains(&agree), "{agree}");
+    }
+
     #[test]
     fn sizes_labels_and_determinism() {
-        let (train, test) = generate(&[2, 3], 40, 4, 9).unwrap();
+        let (train, test) = generate(&[2, 3], 40, 4, 9, false).unwrap();
         assert_eq!(train.len(), 40);
         assert_eq!(test.len(), 10);
         assert_eq!(f32s(&train).len(), 40 * 6);
         assert!(train.labels.iter().all(|&l| l < 4));
-        let (again, _) = generate(&[2, 3], 40, 4, 9).unwrap();
+        let (again, _) = generate(&[2, 3], 40, 4, 9, false).unwrap();
         assert_eq!(f32s(&train), f32s(&again));
-        let (other, _) = generate(&[2, 3], 40, 4, 10).unwrap();
+        let (other, _) = generate(&[2, 3], 40, 4, 10, false).unwrap();
         assert_ne!(f32s(&train), f32s(&other));
         // Train and test come from different streams.
         assert_ne!(&f32s(&train)[..60], f32s(&test));
@@ -108,7 +141,7 @@ mod tests {
 
     #[test]
     fn too_large_is_an_error_not_an_abort() {
-        let e = generate(&[1 << 20, 1 << 20], 1 << 30, 10, 0)
+        let e = generate(&[1 << 20, 1 << 20], 1 << 30, 10, 0, false)
             .err()
             .unwrap()
             .to_string();
@@ -118,7 +151,7 @@ mod tests {
     #[test]
     fn nearest_prototype_classifies_test_samples() {
         // Learnable: the class mean of the training samples classifies the test samples.
-        let (train, test) = generate(&[16], 400, 5, 3).unwrap();
+        let (train, test) = generate(&[16], 400, 5, 3, false).unwrap();
         let (tp, sp) = (f32s(&train), f32s(&test));
         let mut means = vec![0f32; 5 * 16];
         let mut counts = [0f32; 5];
