@@ -4,7 +4,7 @@ use super::lower::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
 use crate::graph::{Init, Mode};
 use crate::nn::Lower;
-use crate::ops::{BatchNorm, LayerNorm, OpKind, RmsNorm};
+use crate::ops::{BatchNorm, LayerNorm, OpKind};
 use crate::tensor::TensorId;
 use crate::tensor::{DType, TensorType, fmt_shape};
 
@@ -109,6 +109,7 @@ impl LayerSpec for LayerNormSpec {
                 eps: self.eps.0,
                 dims: d,
                 affine: self.affine,
+                centered: true,
             }),
             &args,
         )
@@ -148,11 +149,7 @@ impl LayerSpec for RmsNormSpec {
             args.push(cx.param("weight", s[s.len() - d..].to_vec(), Init::Ones)?);
         }
         cx.op(
-            OpKind::RmsNorm(RmsNorm {
-                eps: self.eps.0,
-                dims: d,
-                affine: self.affine,
-            }),
+            OpKind::LayerNorm(LayerNorm::rms(self.eps.0, d, self.affine)),
             &args,
         )
     }
