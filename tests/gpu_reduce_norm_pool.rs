@@ -12,7 +12,7 @@ use trainer::kernel::gpu::{KernelArgs, workspace};
 use trainer::ops::{
     BatchNorm, BatchNormGrad, BatchNormReluGrad, BatchNormRunningStats, Binary, BinaryFn,
     LayerNorm, LayerNormGrad, MeanAxes, MeanAxesGrad, OpKind, Pool2d, Pool2dGrad, PoolKind,
-    RmsNorm, RmsNormGrad, Softmax, SoftmaxGrad, SumTo, UnaryFn, UnaryGrad,
+    Softmax, SoftmaxGrad, SumTo, UnaryFn, UnaryGrad,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorType;
@@ -584,11 +584,12 @@ const LN_BLOCKS: [usize; 9] = [5, 1, 1, 1, 1, 1, 150, 10, 275];
 fn ln_blocks(shape: &[usize], dims: usize) -> usize {
     let x = TensorType::f32(shape.to_vec());
     let w = TensorType::f32(shape[shape.len() - dims..].to_vec());
-    let op = OpKind::LayerNormGrad(LayerNormGrad {
+    let op = OpKind::LayerNormGrad(LayerNormGrad(LayerNorm {
         eps: 1e-5,
         dims,
         affine: true,
-    });
+        centered: true,
+    }));
     let ins = [&x, &w, &x];
     let outputs = op.primitive().infer(&ins).unwrap();
     let args = KernelArgs {
@@ -644,14 +645,10 @@ fn layernorm_and_its_gradient() {
                 eps: 1e-5,
                 dims,
                 affine,
+                centered: true,
             };
-            assert_close(&OpKind::LayerNorm(op), &fwd);
-            let op = LayerNormGrad {
-                eps: 1e-5,
-                dims,
-                affine,
-            };
-            assert_close(&OpKind::LayerNormGrad(op), &bwd);
+            assert_close(&OpKind::LayerNorm(op.clone()), &fwd);
+            assert_close(&OpKind::LayerNormGrad(LayerNormGrad(op)), &bwd);
         }
     }
 }
@@ -676,11 +673,7 @@ fn rmsnorm_test_shapes_split_into_blocks() {
     for ((shape, dims), want) in RMS_CASES.into_iter().zip(want) {
         let x = TensorType::f32(shape.to_vec());
         let w = TensorType::f32(shape[shape.len() - dims..].to_vec());
-        let op = OpKind::RmsNormGrad(RmsNormGrad {
-            eps: 1e-6,
-            dims,
-            affine: true,
-        });
+        let op = OpKind::LayerNormGrad(LayerNormGrad(LayerNorm::rms(1e-6, dims, true)));
         let ins = [&x, &w, &x];
         let outputs = op.primitive().infer(&ins).unwrap();
         let args = KernelArgs {
@@ -688,7 +681,7 @@ fn rmsnorm_test_shapes_split_into_blocks() {
             outputs: &outputs,
         };
         let ds = op.primitive().gpu(&args).unwrap();
-        let merged = ds.iter().any(|d| d.shader.entry == "rms_grad_cols_merge");
+        let merged = ds.iter().any(|d| d.shader.entry == "ln_grad_cols_merge");
         assert_eq!(merged, want, "{shape:?}");
         assert_eq!(workspace(&ds) > 0, merged, "{shape:?}");
     }
@@ -719,10 +712,9 @@ fn rmsnorm_and_its_gradient() {
             } else {
                 1e-6
             };
-            let op = RmsNorm { eps, dims, affine };
-            assert_close(&OpKind::RmsNorm(op), &fwd);
-            let op = RmsNormGrad { eps, dims, affine };
-            assert_close(&OpKind::RmsNormGrad(op), &bwd);
+            let op = LayerNorm::rms(eps, dims, affine);
+            assert_close(&OpKind::LayerNorm(op.clone()), &fwd);
+            assert_close(&OpKind::LayerNormGrad(LayerNormGrad(op)), &bwd);
         }
     }
 }
@@ -872,19 +864,16 @@ fn same_bits_twice(gpu: &Gpu) {
             vec![x.clone(), (c.clone(), mean), (c, var), dy.clone()],
         ),
         (
-            OpKind::LayerNormGrad(LayerNormGrad {
+            OpKind::LayerNormGrad(LayerNormGrad(LayerNorm {
                 eps: 1e-5,
                 dims: 2,
                 affine: false,
-            }),
+                centered: true,
+            })),
             vec![x.clone(), dy.clone()],
         ),
         (
-            OpKind::RmsNormGrad(RmsNormGrad {
-                eps: 1e-6,
-                dims: 1,
-                affine: true,
-            }),
+            OpKind::LayerNormGrad(LayerNormGrad(LayerNorm::rms(1e-6, 1, true))),
             vec![x.clone(), normal(&mut rng, &[37]), dy],
         ),
     ];

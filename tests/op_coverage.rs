@@ -24,7 +24,7 @@ use trainer::ops::{
     BatchNormRunningStats, Binary, BinaryFn, CausalFill, Chain, Concat, Conv2d, CountUp,
     CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm,
     Link, MatMul, MatMulBias, MeanAxes, Mse, OpKind, Operand, Permute, Pool2d, PoolKind, Reshape,
-    RmsNorm, SgdStep, Softmax, Split, Unary, UnaryFn,
+    SgdStep, Softmax, Split, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -270,6 +270,7 @@ fn gradient_cases() -> Vec<GradCase> {
                 eps: 1e-5,
                 dims: 2,
                 affine: true,
+                centered: true,
             }),
             vec![f(&[2, 3, 4, 5]), f(&[4, 5]), f(&[4, 5])],
         ),
@@ -278,32 +279,21 @@ fn gradient_cases() -> Vec<GradCase> {
                 eps: 1e-5,
                 dims: 1,
                 affine: false,
+                centered: true,
             }),
             vec![f(&[3, 7])],
         ),
         case(
-            OpKind::RmsNorm(RmsNorm {
-                eps: 1e-6,
-                dims: 2,
-                affine: true,
-            }),
+            OpKind::LayerNorm(LayerNorm::rms(1e-6, 2, true)),
             vec![f(&[2, 3, 5, 7]), f(&[5, 7])],
         ),
         case(
-            OpKind::RmsNorm(RmsNorm {
-                eps: 1e-6,
-                dims: 1,
-                affine: false,
-            }),
+            OpKind::LayerNorm(LayerNorm::rms(1e-6, 1, false)),
             vec![f(&[3, 11])],
         ),
         case(
             // Rows of one element, whose gradient is away from 0 for |x| ≲ √eps only.
-            OpKind::RmsNorm(RmsNorm {
-                eps: 0.5,
-                dims: 1,
-                affine: true,
-            }),
+            OpKind::LayerNorm(LayerNorm::rms(0.5, 1, true)),
             vec![f(&[5, 1]), f(&[1])],
         ),
     ]);
@@ -329,7 +319,6 @@ const THROUGH_PARENT: &[(&str, &str)] = &[
     ("MseGrad", "Mse"),
     ("BatchNormGrad", "BatchNorm"),
     ("LayerNormGrad", "LayerNorm"),
-    ("RmsNormGrad", "RmsNorm"),
 ];
 
 /// An instance of an op with its inputs, the step it runs at, and its outputs by an

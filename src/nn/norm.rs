@@ -4,7 +4,7 @@ use super::lower::LayerSpec;
 use crate::config::values::{Fraction, Positive, PositiveFloat};
 use crate::graph::{Init, Mode};
 use crate::nn::Lower;
-use crate::ops::{BatchNorm, LayerNorm, OpKind, RmsNorm};
+use crate::ops::{BatchNorm, LayerNorm, OpKind};
 use crate::tensor::TensorId;
 use crate::tensor::{DType, TensorType, fmt_shape};
 
@@ -72,23 +72,38 @@ impl LayerSpec for BatchNormSpec {
     }
 }
 
-/// Layer normalisation over the last `dims` dims of each sample.
+/// Layer normalisation over the last `dims` dims of each sample (`torch.nn.LayerNorm`), or, not
+/// `CENTERED`, root-mean-square normalisation (`torch.nn.RMSNorm`): learned `weight` only, no
+/// bias, and PyTorch's default eps for it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LayerNormSpec {
+pub struct NormSpec<const CENTERED: bool> {
     #[serde(default = "one")]
     pub dims: Positive,
-    #[serde(default = "eps")]
+    #[serde(default = "norm_eps::<CENTERED>")]
     pub eps: PositiveFloat,
     #[serde(default = "yes")]
     pub affine: bool,
 }
 
+pub type LayerNormSpec = NormSpec<true>;
+pub type RmsNormSpec = NormSpec<false>;
+
 fn one() -> Positive {
     Positive(1)
 }
 
-impl LayerSpec for LayerNormSpec {
+/// Layernorm's default eps, or `RMSNorm`'s (`eps=None`): `torch.finfo(torch.float32).eps`.
+fn norm_eps<const CENTERED: bool>() -> PositiveFloat {
+    match CENTERED {
+        true => eps(),
+        false => PositiveFloat(f32::EPSILON as f64),
+    }
+}
+
+/// The op over the last `dims` dims of each sample, with a `weight` (ones) and, centred, a
+/// `bias` (zeros) of their shape when affine.
+impl<const CENTERED: bool> LayerSpec for NormSpec<CENTERED> {
     fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
         let s = cx.sample(inputs[0]).to_vec();
         let d = self.dims.0;
@@ -102,58 +117,16 @@ impl LayerSpec for LayerNormSpec {
         let mut args = vec![inputs[0]];
         if self.affine {
             args.push(cx.param("weight", normalized.clone(), Init::Ones)?);
-            args.push(cx.param("bias", normalized, Init::Zeros)?);
+            if CENTERED {
+                args.push(cx.param("bias", normalized, Init::Zeros)?);
+            }
         }
-        cx.op(
-            OpKind::LayerNorm(LayerNorm {
-                eps: self.eps.0,
-                dims: d,
-                affine: self.affine,
-            }),
-            &args,
-        )
-    }
-}
-
-/// PyTorch's default eps of `RMSNorm` (`eps=None`): `torch.finfo(torch.float32).eps`.
-fn f32_epsilon() -> PositiveFloat {
-    PositiveFloat(f32::EPSILON as f64)
-}
-
-/// Root-mean-square normalisation over the last `dims` dims of each sample
-/// (`torch.nn.RMSNorm`): learned `weight` only, no bias.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RmsNormSpec {
-    #[serde(default = "one")]
-    pub dims: Positive,
-    #[serde(default = "f32_epsilon")]
-    pub eps: PositiveFloat,
-    #[serde(default = "yes")]
-    pub affine: bool,
-}
-
-impl LayerSpec for RmsNormSpec {
-    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
-        let s = cx.sample(inputs[0]).to_vec();
-        let d = self.dims.0;
-        if d > s.len() {
-            return Err(format!(
-                "cannot normalise the last {d} dims of a {} sample",
-                fmt_shape(&s)
-            ));
-        }
-        let mut args = vec![inputs[0]];
-        if self.affine {
-            args.push(cx.param("weight", s[s.len() - d..].to_vec(), Init::Ones)?);
-        }
-        cx.op(
-            OpKind::RmsNorm(RmsNorm {
-                eps: self.eps.0,
-                dims: d,
-                affine: self.affine,
-            }),
-            &args,
-        )
+        let op = LayerNorm {
+            eps: self.eps.0,
+            dims: d,
+            affine: self.affine,
+            centered: CENTERED,
+        };
+        cx.op(OpKind::LayerNorm(op), &args)
     }
 }

@@ -30,7 +30,7 @@ pub use movement::{
 };
 pub use norm::{
     BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, LayerNorm,
-    LayerNormGrad, RmsNorm, RmsNormGrad,
+    LayerNormGrad,
 };
 pub use optim::{AdamStep, CountUp, GradNormCoef, SgdStep};
 pub use pool::{Pool2d, Pool2dGrad, PoolKind};
@@ -238,7 +238,6 @@ op_kinds! {
     MeanAxes(MeanAxes),
     BatchNorm(BatchNorm),
     LayerNorm(LayerNorm),
-    RmsNorm(RmsNorm),
     Pool2d(Pool2d),
     Reshape(Reshape),
     Permute(Permute),
@@ -264,7 +263,6 @@ op_kinds! {
     BatchNormGrad(BatchNormGrad),
     BatchNormRunningStats(BatchNormRunningStats),
     LayerNormGrad(LayerNormGrad),
-    RmsNormGrad(RmsNormGrad),
     SoftmaxGrad(SoftmaxGrad),
     AttentionGrad(AttentionGrad),
     MeanAxesGrad(MeanAxesGrad),

@@ -1,5 +1,6 @@
 //! Normalisations. Batchnorm normalises over every axis but the channel axis 1 (so it covers
-//! both [N, C] and [N, C, H, W]); layernorm over the trailing `dims` axes. Statistics are summed
+//! both [N, C] and [N, C, H, W]); layernorm over the trailing `dims` axes, and rmsnorm is
+//! layernorm without centring (`LayerNorm::centered` false). Statistics are summed
 //! in f64 in a fixed order (per channel or per row), so results do not depend on threads.
 
 use rayon::prelude::*;
@@ -17,6 +18,7 @@ use crate::kernel::gpu::{Shader, multi, section};
 use crate::tensor::{TensorType, fmt_shape};
 
 const KERNELS: &str = include_str!("../../kernels/norm.wgsl");
+const LAYERNORM: &str = include_str!("../../kernels/layernorm.wgsl");
 
 fn dispatch(entry: &'static str, bindings: Vec<Bind>, params: Params, wg: [u32; 3]) -> Dispatch {
     Dispatch {
@@ -169,14 +171,6 @@ fn for_blocks(
 /// task's scheduling.
 fn blocks_per_task(s: usize) -> usize {
     (1 << 12) / s.max(1) + 1
-}
-
-/// Mean and biased variance of one row, two passes in f64.
-fn row_moments<T: Real>(x: &[T]) -> (f64, f64) {
-    let count = x.len() as f64;
-    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / count;
-    let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / count;
-    (mean, var)
 }
 
 impl Primitive for BatchNorm {
@@ -1039,12 +1033,15 @@ impl Eval for BatchNormRunningStats {
 }
 
 /// PyTorch's `F.layer_norm` over the trailing `dims` axes (biased variance, eps inside the
-/// square root). Inputs: x, then weight and bias of the normalised shape when affine.
+/// square root), or, not `centered`, its `F.rms_norm`: y = x / √(mean(x²) + eps) · weight, no
+/// mean subtracted and no bias. Inputs: x, then weight (and bias, when centred) of the
+/// normalised shape when affine.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerNorm {
     pub eps: f64,
     pub dims: usize,
     pub affine: bool,
+    pub centered: bool,
 }
 
 /// Checks x and the affine parameters of a layernorm over the last `dims` axes; returns the
@@ -1068,22 +1065,87 @@ fn layernorm_shapes(x: &TensorType, params: &[&TensorType], dims: usize) -> Resu
     Ok(normalized.iter().product())
 }
 
-/// Elements each layernorm row normalises: the product of the last `dims` dims.
-fn row_len(shape: &[usize], dims: usize) -> usize {
-    shape[shape.len() - dims..].iter().product()
+impl LayerNorm {
+    /// Rmsnorm (PyTorch's `F.rms_norm`): layernorm without centring.
+    pub fn rms(eps: f64, dims: usize, affine: bool) -> LayerNorm {
+        LayerNorm {
+            eps,
+            dims,
+            affine,
+            centered: false,
+        }
+    }
+    /// Whether there is a bias: affine and centred.
+    fn bias(&self) -> bool {
+        self.affine && self.centered
+    }
+    /// (rows, m): the rows of x and the elements each normalises (the last `dims` dims).
+    fn rows(&self, shape: &[usize]) -> (usize, usize) {
+        let m: usize = shape[shape.len() - self.dims..].iter().product();
+        (
+            shape.iter().product::<usize>().checked_div(m).unwrap_or(0),
+            m,
+        )
+    }
+    /// The mean of one row (0 uncentred) and 1/√(var + eps), var the mean square about that
+    /// mean: two passes in f64.
+    fn row_stats<T: Real>(&self, x: &[T]) -> (f64, f64) {
+        let count = x.len() as f64;
+        let mean = match self.centered {
+            true => x.iter().map(|v| v.to_f64()).sum::<f64>() / count,
+            false => 0.0,
+        };
+        let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / count;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+    /// Entry `entry` of kernels/layernorm.wgsl (`CENTERED` as this op is), with its `Params`
+    /// (`blocks` and `chunk`: the gradient's column sums).
+    fn dispatch(
+        &self,
+        entry: &'static str,
+        bindings: Vec<Bind>,
+        (rows, m, blocks, chunk): (usize, usize, usize, usize),
+        wg: [u32; 3],
+    ) -> Dispatch {
+        let mut shader = section(LAYERNORM, entry);
+        if !self.centered {
+            let (on, off) = (
+                "const CENTERED: bool = true;",
+                "const CENTERED: bool = false;",
+            );
+            assert!(
+                shader.source.contains(on),
+                "kernels/layernorm.wgsl declares CENTERED"
+            );
+            shader.source = shader.source.replacen(on, off, 1).into();
+        }
+        let params = Params::new().u32(rows).u32(m).u32(self.affine as usize);
+        let params = params.f32(self.eps).u32(blocks).u32(chunk).u32(0).u32(0);
+        Dispatch {
+            shader,
+            bindings,
+            params: params.done(),
+            workgroups: wg,
+        }
+    }
 }
 
 impl Primitive for LayerNorm {
     fn name(&self) -> &'static str {
-        "layernorm"
+        if self.centered {
+            "layernorm"
+        } else {
+            "rmsnorm"
+        }
     }
     fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
-        expect_arity(inputs, if self.affine { 3 } else { 1 })?;
+        expect_arity(inputs, 1 + self.affine as usize + self.bias() as usize)?;
         layernorm_shapes(inputs[0], &inputs[1..], self.dims)?;
         Ok(vec![inputs[0].clone()])
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
-        5 * inputs[0].numel() as u64
+        // (centre,) square, sum, scale, shift or weight: about 5 per element, 4 uncentred.
+        (4 + self.centered as u64) * inputs[0].numel() as u64
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -1097,45 +1159,32 @@ impl Primitive for LayerNorm {
             ins.push(a.inputs[1]);
         }
         ins.push(a.dy()?);
-        let op = LayerNormGrad {
-            eps: self.eps,
-            dims: self.dims,
-            affine: self.affine,
-        };
-        let g = cx.op_all(OpKind::LayerNormGrad(op), &ins)?;
+        let g = cx.op_all(OpKind::LayerNormGrad(LayerNormGrad(self.clone())), &ins)?;
         Ok((0..a.inputs.len())
             .map(|i| a.wants(i).then(|| g[i]))
             .collect())
     }
     /// One workgroup per row.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let x = args.inputs[0];
-        let m = row_len(&x.shape, self.dims);
-        let rows = x.numel().checked_div(m).unwrap_or(0);
-        // Without affine, x stands in for weight and bias (never read).
-        let (w, b) = match self.affine {
-            true => (Bind::In(1), Bind::In(2)),
-            false => (Bind::In(0), Bind::In(0)),
-        };
-        Ok(vec![dispatch(
+        let (rows, m) = self.rows(&args.inputs[0].shape);
+        // Without affine, x stands in for weight and bias; uncentred, for the bias (never read).
+        let w = Bind::In(if self.affine { 1 } else { 0 });
+        let b = Bind::In(if self.bias() { 2 } else { 0 });
+        Ok(vec![self.dispatch(
             "ln_forward",
             vec![Bind::In(0), w, b, Bind::Out(0)],
-            ln_params(rows, m, self.affine, self.eps),
+            (rows, m, 0, 0),
             groups(rows),
         )])
     }
 }
 
-fn ln_params(rows: usize, m: usize, affine: bool, eps: f64) -> Params {
-    Params::new().u32(rows).u32(m).u32(affine as usize).f32(eps)
-}
-
 impl Eval for LayerNorm {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let m = row_len(io.in_shape(0), self.dims);
-        let eps = self.eps;
+        let (_, m) = self.rows(io.in_shape(0));
         let (ins, outs) = io.split::<1>();
-        let affine = self.affine.then(|| (ins.get(1), ins.get(2)));
+        let w = self.affine.then(|| ins.get(1));
+        let b = self.bias().then(|| ins.get(2));
         if m == 0 {
             return;
         }
@@ -1143,105 +1192,99 @@ impl Eval for LayerNorm {
             .par_chunks_mut(m)
             .zip(ins.get(0).par_chunks(m))
             .for_each(|(y, x)| {
-                let (mean, var) = row_moments(x);
-                let rstd = 1.0 / (var + eps).sqrt();
+                let (mean, rstd) = self.row_stats(x);
                 for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
                     let xhat = T::of((x.to_f64() - mean) * rstd);
-                    *y = match affine {
-                        Some((w, b)) => xhat * w[j] + b[j],
-                        None => xhat,
+                    *y = match (w, b) {
+                        (Some(w), Some(b)) => xhat * w[j] + b[j],
+                        (Some(w), None) => xhat * w[j],
+                        _ => xhat,
                     };
                 }
             });
     }
 }
 
-/// The gradient of [`LayerNorm`]; recomputes each row's mean and rstd. Inputs: x, weight (when
-/// affine), dy. Outputs: dx, then dweight = Σ_rows dy·x̂ and dbias = Σ_rows dy when affine.
+/// The gradient of a [`LayerNorm`]; recomputes each row's statistics. Inputs: x, weight (when
+/// affine), dy. Outputs: dx, then when affine dweight = Σ_rows dy·x̂ and, centred, dbias =
+/// Σ_rows dy.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LayerNormGrad {
-    pub eps: f64,
-    pub dims: usize,
-    pub affine: bool,
-}
+pub struct LayerNormGrad(pub LayerNorm);
 
 impl Primitive for LayerNormGrad {
     fn name(&self) -> &'static str {
-        "layernorm_grad"
+        if self.0.centered {
+            "layernorm_grad"
+        } else {
+            "rmsnorm_grad"
+        }
     }
     fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
-        expect_arity(inputs, if self.affine { 3 } else { 2 })?;
+        let ln = &self.0;
+        expect_arity(inputs, if ln.affine { 3 } else { 2 })?;
         let (x, dy) = (inputs[0], inputs[inputs.len() - 1]);
         if x != dy {
             return Err("x and dy differ".into());
         }
-        layernorm_shapes(x, &inputs[1..inputs.len() - 1], self.dims)?;
+        layernorm_shapes(x, &inputs[1..inputs.len() - 1], ln.dims)?;
         let mut out = vec![x.clone()];
-        if self.affine {
-            let normalized = TensorType::f32(x.shape[x.rank() - self.dims..].to_vec());
-            out.extend([normalized.clone(), normalized]);
-        }
+        let normalized = TensorType::f32(x.shape[x.rank() - ln.dims..].to_vec());
+        let params = ln.affine as usize + ln.bias() as usize;
+        out.extend(std::iter::repeat_n(normalized, params));
         Ok(out)
     }
     fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
-        10 * inputs[0].numel() as u64
+        (8 + 2 * self.0.centered as u64) * inputs[0].numel() as u64
     }
     fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("eps", self.eps.to_string()),
-            ("dims", self.dims.to_string()),
-        ]
+        self.0.attrs()
     }
-    /// With affine, dweight and dbias first (row statistics parked in dx; then a thread per
+    /// With affine, dweight (and dbias) first (row statistics parked in dx; then a thread per
     /// column over blocks of rows, whose partials a workgroup per column adds); then dx, a
     /// workgroup per row.
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let x = args.inputs[0];
-        let m = row_len(&x.shape, self.dims);
-        let rows = x.numel().checked_div(m).unwrap_or(0);
+        let ln = &self.0;
+        let (rows, m) = ln.rows(&args.inputs[0].shape);
         let dy = Bind::In(args.inputs.len() - 1);
-        let params = || ln_params(rows, m, self.affine, self.eps);
         let mut out = Vec::new();
-        if self.affine {
-            out.push(dispatch(
+        if ln.affine {
+            out.push(ln.dispatch(
                 "ln_row_stats",
                 vec![Bind::In(0), Bind::Out(0)],
-                params(),
+                (rows, m, 0, 0),
                 groups(rows),
             ));
             // Rounds of one row per thread of a tile of columns.
             let tiles = m.div_ceil(WORKGROUP as usize);
             let (blocks, chunk) = split_reduction(tiles, rows);
-            let split = || params().u32(blocks).u32(chunk).u32(0).u32(0);
-            let [dw, db] = match blocks {
-                1 => [Bind::Out(1), Bind::Out(2)],
-                b => partial_pair(m * b),
+            // Uncentred, dweight's place stands in for dbias's (never written).
+            let db = Bind::Out(if ln.centered { 2 } else { 1 });
+            let parts = match (blocks, ln.centered) {
+                (1, _) => [Bind::Out(1), db],
+                (b, true) => partial_pair(m * b),
+                (b, false) => [Bind::Scratch { at: 0, len: m * b }; 2],
             };
-            out.push(dispatch(
+            out.push(ln.dispatch(
                 "ln_grad_cols",
-                vec![Bind::In(0), dy, Bind::Out(0), dw, db],
-                split(),
+                vec![Bind::In(0), dy, Bind::Out(0), parts[0], parts[1]],
+                (rows, m, blocks, chunk),
                 groups(tiles * blocks),
             ));
             if blocks > 1 {
-                out.push(dispatch(
+                out.push(ln.dispatch(
                     "ln_grad_cols_merge",
-                    vec![dw, db, Bind::Out(1), Bind::Out(2)],
-                    split(),
+                    vec![Bind::In(0), parts[0], parts[1], Bind::Out(1), db],
+                    (rows, m, blocks, chunk),
                     groups(m),
                 ));
             }
         }
         // Without affine, x stands in for the weight (never read).
-        let w = if self.affine {
-            Bind::In(1)
-        } else {
-            Bind::In(0)
-        };
-        out.push(dispatch(
+        let w = Bind::In(if ln.affine { 1 } else { 0 });
+        out.push(ln.dispatch(
             "ln_grad_dx",
             vec![Bind::In(0), w, dy, Bind::Out(0)],
-            params(),
+            (rows, m, 0, 0),
             groups(rows),
         ));
         Ok(out)
@@ -1250,25 +1293,20 @@ impl Primitive for LayerNormGrad {
 
 impl Eval for LayerNormGrad {
     fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let m = row_len(io.in_shape(0), self.dims);
-        let eps = self.eps;
-        let io_outputs = io.out_types.len();
-        let (ins, mut outs) = io.split::<3>();
+        let ln = &self.0;
+        let (_, m) = ln.rows(io.in_shape(0));
+        let (ins, [dx, dw, db]) = io.split::<3>();
         let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
-        let w = self.affine.then(|| ins.get(1));
+        let w = ln.affine.then(|| ins.get(1));
         if m == 0 {
             return;
         }
-        let stats = |x: &[T]| {
-            let (mean, var) = row_moments(x);
-            (mean, 1.0 / (var + eps).sqrt())
-        };
-        // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row.
-        outs[0]
-            .par_chunks_mut(m)
+        // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w (uncentred without mean(g)), row
+        // by row.
+        dx.par_chunks_mut(m)
             .zip(x.par_chunks(m).zip(dy.par_chunks(m)))
             .for_each(|(dx, (x, dy))| {
-                let (mean, rstd) = stats(x);
+                let (mean, rstd) = ln.row_stats(x);
                 let g = |j: usize| dy[j].to_f64() * w.map_or(1.0, |w| w[j].to_f64());
                 let xhat = |j: usize| (x[j].to_f64() - mean) * rstd;
                 let (mut sum_g, mut sum_gx) = (0.0, 0.0);
@@ -1276,234 +1314,23 @@ impl Eval for LayerNormGrad {
                     sum_g += g(j);
                     sum_gx += g(j) * xhat(j);
                 }
-                let (mean_g, mean_gx) = (sum_g / m as f64, sum_gx / m as f64);
+                let mean_g = if ln.centered { sum_g / m as f64 } else { 0.0 };
+                let mean_gx = sum_gx / m as f64;
                 for (j, dx) in dx.iter_mut().enumerate() {
                     *dx = T::of(rstd * (g(j) - mean_g - xhat(j) * mean_gx));
                 }
             });
-        if let ([_, dw, db], true) = (outs.as_mut_slice(), io_outputs == 3) {
+        if ln.affine {
             // Rows in order, so each column's sum has a fixed order.
             dw.fill(T::ZERO);
             db.fill(T::ZERO);
             for (x, dy) in x.chunks(m).zip(dy.chunks(m)) {
-                let (mean, rstd) = stats(x);
+                let (mean, rstd) = ln.row_stats(x);
                 for j in 0..m {
                     dw[j] += dy[j] * T::of((x[j].to_f64() - mean) * rstd);
-                    db[j] += dy[j];
-                }
-            }
-        }
-    }
-}
-
-/// PyTorch's `F.rms_norm` over the trailing `dims` axes: y = x / √(mean(x²) + eps) · weight
-/// (no centring, no bias). Inputs: x, then weight of the normalised shape when affine.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RmsNorm {
-    pub eps: f64,
-    pub dims: usize,
-    pub affine: bool,
-}
-
-/// 1/√(mean(x²) + eps) of one row, its sum of squares in f64 in index order.
-fn row_rstd<T: Real>(x: &[T], eps: f64) -> f64 {
-    let sq = x.iter().map(|v| v.to_f64().powi(2)).sum::<f64>();
-    1.0 / (sq / x.len() as f64 + eps).sqrt()
-}
-
-impl Primitive for RmsNorm {
-    fn name(&self) -> &'static str {
-        "rmsnorm"
-    }
-    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
-        expect_arity(inputs, if self.affine { 2 } else { 1 })?;
-        layernorm_shapes(inputs[0], &inputs[1..], self.dims)?;
-        Ok(vec![inputs[0].clone()])
-    }
-    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
-        // square, sum, scale, weight: about 4 per element.
-        4 * inputs[0].numel() as u64
-    }
-    fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("eps", self.eps.to_string()),
-            ("dims", self.dims.to_string()),
-        ]
-    }
-    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
-        let mut ins = vec![a.inputs[0]];
-        if self.affine {
-            ins.push(a.inputs[1]);
-        }
-        ins.push(a.dy()?);
-        let op = RmsNormGrad {
-            eps: self.eps,
-            dims: self.dims,
-            affine: self.affine,
-        };
-        let g = cx.op_all(OpKind::RmsNormGrad(op), &ins)?;
-        Ok((0..a.inputs.len())
-            .map(|i| a.wants(i).then(|| g[i]))
-            .collect())
-    }
-    /// One workgroup per row.
-    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let x = args.inputs[0];
-        let m = row_len(&x.shape, self.dims);
-        let rows = x.numel().checked_div(m).unwrap_or(0);
-        // Without affine, x stands in for the weight (never read).
-        let w = Bind::In(if self.affine { 1 } else { 0 });
-        Ok(vec![dispatch(
-            "rms_forward",
-            vec![Bind::In(0), w, Bind::Out(0)],
-            ln_params(rows, m, self.affine, self.eps),
-            groups(rows),
-        )])
-    }
-}
-
-impl Eval for RmsNorm {
-    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let m = row_len(io.in_shape(0), self.dims);
-        let eps = self.eps;
-        let (ins, outs) = io.split::<1>();
-        let w = self.affine.then(|| ins.get(1));
-        if m == 0 {
-            return;
-        }
-        outs[0]
-            .par_chunks_mut(m)
-            .zip(ins.get(0).par_chunks(m))
-            .for_each(|(y, x)| {
-                let rstd = row_rstd(x, eps);
-                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    let xhat = T::of(x.to_f64() * rstd);
-                    *y = match w {
-                        Some(w) => xhat * w[j],
-                        None => xhat,
-                    };
-                }
-            });
-    }
-}
-
-/// The gradient of [`RmsNorm`]; recomputes each row's rstd. Inputs: x, weight (when affine),
-/// dy. Outputs: dx = rstd·(g − x̂·mean(g·x̂)) with g = dy·weight and x̂ = x·rstd, then
-/// dweight = Σ_rows dy·x̂ when affine.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RmsNormGrad {
-    pub eps: f64,
-    pub dims: usize,
-    pub affine: bool,
-}
-
-impl Primitive for RmsNormGrad {
-    fn name(&self) -> &'static str {
-        "rmsnorm_grad"
-    }
-    fn infer(&self, inputs: &[&TensorType]) -> ShapeResult {
-        expect_arity(inputs, if self.affine { 3 } else { 2 })?;
-        let (x, dy) = (inputs[0], inputs[inputs.len() - 1]);
-        if x != dy {
-            return Err("x and dy differ".into());
-        }
-        layernorm_shapes(x, &inputs[1..inputs.len() - 1], self.dims)?;
-        let mut out = vec![x.clone()];
-        if self.affine {
-            out.push(TensorType::f32(x.shape[x.rank() - self.dims..].to_vec()));
-        }
-        Ok(out)
-    }
-    fn flops(&self, inputs: &[&TensorType], _: &[TensorType]) -> u64 {
-        8 * inputs[0].numel() as u64
-    }
-    fn attrs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("eps", self.eps.to_string()),
-            ("dims", self.dims.to_string()),
-        ]
-    }
-    /// With affine, dweight first (row rstds parked in dx; then a thread per column over
-    /// blocks of rows, whose partials a workgroup per column adds); then dx, a workgroup per
-    /// row.
-    fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
-        let x = args.inputs[0];
-        let m = row_len(&x.shape, self.dims);
-        let rows = x.numel().checked_div(m).unwrap_or(0);
-        let dy = Bind::In(args.inputs.len() - 1);
-        let params = || ln_params(rows, m, self.affine, self.eps);
-        let mut out = Vec::new();
-        if self.affine {
-            out.push(dispatch(
-                "rms_row_stats",
-                vec![Bind::In(0), Bind::Out(0)],
-                params(),
-                groups(rows),
-            ));
-            // Rounds of one row per thread of a tile of columns.
-            let tiles = m.div_ceil(WORKGROUP as usize);
-            let (blocks, chunk) = split_reduction(tiles, rows);
-            let split = || params().u32(blocks).u32(chunk).u32(0).u32(0);
-            let dw = match blocks {
-                1 => Bind::Out(1),
-                b => Bind::Scratch { at: 0, len: m * b },
-            };
-            out.push(dispatch(
-                "rms_grad_cols",
-                vec![Bind::In(0), dy, Bind::Out(0), dw],
-                split(),
-                groups(tiles * blocks),
-            ));
-            if blocks > 1 {
-                out.push(dispatch(
-                    "rms_grad_cols_merge",
-                    vec![dw, Bind::Out(1)],
-                    split(),
-                    groups(m),
-                ));
-            }
-        }
-        // Without affine, x stands in for the weight (never read).
-        let w = Bind::In(if self.affine { 1 } else { 0 });
-        out.push(dispatch(
-            "rms_grad_dx",
-            vec![Bind::In(0), w, dy, Bind::Out(0)],
-            params(),
-            groups(rows),
-        ));
-        Ok(out)
-    }
-}
-
-impl Eval for RmsNormGrad {
-    fn eval<T: Real>(&self, io: &mut Io<'_, T>) {
-        let m = row_len(io.in_shape(0), self.dims);
-        let eps = self.eps;
-        let (ins, [dx, dw]) = io.split::<2>();
-        let (x, dy) = (ins.get(0), ins.get(ins.len() - 1));
-        let w = self.affine.then(|| ins.get(1));
-        if m == 0 {
-            return;
-        }
-        dx.par_chunks_mut(m)
-            .zip(x.par_chunks(m).zip(dy.par_chunks(m)))
-            .for_each(|(dx, (x, dy))| {
-                let rstd = row_rstd(x, eps);
-                let g = |j: usize| dy[j].to_f64() * w.map_or(1.0, |w| w[j].to_f64());
-                let xhat = |j: usize| x[j].to_f64() * rstd;
-                let sum_gx: f64 = (0..m).map(|j| g(j) * xhat(j)).sum();
-                let mean_gx = sum_gx / m as f64;
-                for (j, dx) in dx.iter_mut().enumerate() {
-                    *dx = T::of(rstd * (g(j) - xhat(j) * mean_gx));
-                }
-            });
-        if self.affine {
-            // Rows in order, so each column's sum has a fixed order.
-            dw.fill(T::ZERO);
-            for (x, dy) in x.chunks(m).zip(dy.chunks(m)) {
-                let rstd = row_rstd(x, eps);
-                for j in 0..m {
-                    dw[j] += dy[j] * T::of(x[j].to_f64() * rstd);
+                    if ln.centered {
+                        db[j] += dy[j];
+                    }
                 }
             }
         }
@@ -1786,6 +1613,7 @@ mod tests {
             eps: 1e-5,
             dims,
             affine,
+            centered: true,
         })
     }
 
@@ -1842,14 +1670,6 @@ mod tests {
         }
     }
 
-    fn rms(dims: usize, affine: bool) -> OpKind {
-        OpKind::RmsNorm(RmsNorm {
-            eps: 1e-6,
-            dims,
-            affine,
-        })
-    }
-
     const RMS_CASES: [(&[usize], usize); 4] = [
         (&[2, 3, 7, 5], 2),
         (&[2, 3, 7, 5], 1),
@@ -1877,7 +1697,7 @@ mod tests {
                         want[r * m + j] = row[j] / (ms + 1e-6).sqrt() * w;
                     }
                 }
-                let got = eval_f64(&rms(dims, affine), &ins);
+                let got = eval_f64(&OpKind::LayerNorm(LayerNorm::rms(1e-6, dims, affine)), &ins);
                 assert_close(&got[0], &want, 1e-12);
             }
         }
@@ -1899,7 +1719,7 @@ mod tests {
                 } else {
                     1e-6
                 };
-                gradcheck(OpKind::RmsNorm(RmsNorm { eps, dims, affine }), &args);
+                gradcheck(OpKind::LayerNorm(LayerNorm::rms(eps, dims, affine)), &args);
             }
         }
     }
@@ -1907,22 +1727,18 @@ mod tests {
     #[test]
     fn rmsnorm_checks_its_shapes() {
         let x = TensorType::f32(vec![2, 3, 4]);
-        let op = |dims| RmsNorm {
-            eps: 1e-6,
-            dims,
-            affine: true,
-        };
+        let op = |dims| LayerNorm::rms(1e-6, dims, true);
         let w = TensorType::f32(vec![3, 4]);
         assert!(op(2).infer(&[&x, &w]).is_ok());
         assert!(op(1).infer(&[&x, &w]).is_err());
         assert!(op(3).infer(&[&x, &TensorType::f32(vec![2, 3, 4])]).is_err());
         assert!(op(2).infer(&[&x]).is_err());
-        let grad = RmsNormGrad {
-            eps: 1e-6,
-            dims: 2,
-            affine: true,
-        };
-        let outs = grad.infer(&[&x, &w, &x]).unwrap();
+        // No bias: a third input is refused, and the gradient has dx and dweight only.
+        assert!(op(2).infer(&[&x, &w, &w]).is_err());
+        let outs = LayerNormGrad(op(2)).infer(&[&x, &w, &x]).unwrap();
         assert_eq!(outs, vec![x.clone(), w]);
+        // The plan and profile name the uncentred variant.
+        assert_eq!(op(2).name(), "rmsnorm");
+        assert_eq!(LayerNormGrad(op(2)).name(), "rmsnorm_grad");
     }
 }
