@@ -41,6 +41,14 @@ pub enum Command {
     /// Classify inputs (IDX image files, PNG or JPEG images) with a checkpoint
     Predict(PredictArgs),
     /// Sample text from a language model's checkpoint, reproducibly by seed
+    ///
+    /// By default a key/value cache keeps each token's keys and values on the device, so a new
+    /// token costs one position, not the whole window. A learned position table ends at the
+    /// model's block_size: when the context outgrows it, the cache is refilled from the last
+    /// block_size/2 tokens (a context shift) and sampling goes on. Up to block_size tokens the
+    /// text is the uncached model's; past it, the uncached model (--no-cache) slides its window
+    /// by one token every token (nanoGPT's generate), so the two texts may differ from there.
+    /// Models without causal attention run uncached.
     Generate(GenerateArgs),
     /// List the GPU adapters wgpu can see: name, backend, driver, limits, features
     Devices(DevicesArgs),
@@ -196,6 +204,10 @@ pub struct GenerateArgs {
     /// Seeds the sampling: the same seed gives the same text
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    /// Run the whole window for every token, without the key/value cache (nanoGPT's generate:
+    /// past block_size tokens the window slides by one token instead of a context shift)
+    #[arg(long)]
+    pub no_cache: bool,
     /// Backend (default: the config's run.device)
     #[arg(long, value_enum)]
     pub device: Option<Device>,
@@ -592,6 +604,7 @@ fn generate(args: GenerateArgs, sets: &[String]) -> Result<(), u8> {
         temperature,
         top_k,
         seed,
+        no_cache,
         device,
         json,
     } = args;
@@ -603,6 +616,7 @@ fn generate(args: GenerateArgs, sets: &[String]) -> Result<(), u8> {
         temperature,
         top_k: top_k.map(|k| k as usize),
         seed,
+        cache: !no_cache,
     };
     let result = crate::train::generate::generate(&cfg, gpu_of(&backend), &checkpoint, &sampling);
     report(result, json, |g| format!("{}{}\n", g.prompt, g.text))

@@ -2,7 +2,8 @@
 //! trained through the binary on a slice of the shipped Shakespeare, on the CPU and on the GPU
 //! backend (lavapipe in CI): the loss falls well below uniform guessing on both, the two runs'
 //! validation losses agree, and each checkpoint holds the tied output projection under both of
-//! PyTorch's names; `trainer generate` continues a prompt, the same text for the same seed.
+//! PyTorch's names; `trainer generate` continues a prompt, the same text for the same seed, and
+//! its key/value cache gives the whole window's greedy text while the context fits block_size.
 
 use std::io::Read;
 use std::path::Path;
@@ -265,6 +266,7 @@ fn a_tiny_gpt_learns_shakespeare_on_the_cpu() {
     let greedy = ["--tokens", "30", "--temperature", "0", "--top-k", "3"];
     let g = text(&generate(&r, "cpu", "KING", &greedy));
     assert_eq!(g, text(&generate(&r, "cpu", "KING", &greedy)));
+    cache_and_window_agree(&r, "cpu");
     // A prompt character the vocabulary lacks is a clear error.
     let out = generate(&r, "cpu", "KING \u{263a}", &tokens);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -290,6 +292,41 @@ fn a_tiny_gpt_learns_shakespeare_on_the_gpu() {
     let a = text(&generate(&gpu, "gpu", "KING", &tokens));
     assert_eq!(a.chars().count(), 4 + 40 + 1, "{a:?}");
     assert_eq!(a, text(&generate(&gpu, "gpu", "KING", &tokens)));
+    cache_and_window_agree(&gpu, "gpu");
+}
+
+/// `generate` with the key/value cache (the default) and with the whole window per token
+/// (`--no-cache`) on `device`: the same greedy text (`--top-k 1`) while the context fits
+/// block_size (32: the prompt's 4 characters and 28 more); past it the cache shifts its context
+/// and the run goes on; the same seed gives the same text, with and without the cache.
+fn cache_and_window_agree(r: &Run, device: &str) {
+    let json = |out: &Output| -> serde_json::Value { serde_json::from_str(&text(out)).unwrap() };
+    let fits = ["--tokens", "28", "--top-k", "1", "--json"];
+    let cached = json(&generate(r, device, "KING", &fits));
+    let window = json(&generate(
+        r,
+        device,
+        "KING",
+        &[&fits[..], &["--no-cache"]].concat(),
+    ));
+    assert_eq!(cached["cached"], true, "{cached}");
+    assert_eq!(window["cached"], false, "{window}");
+    assert_eq!(cached["text"], window["text"], "{cached}\n{window}");
+    assert_eq!(cached["text"].as_str().unwrap().chars().count(), 28);
+    assert_eq!(cached["context_shifts"], 0);
+    let long = ["--tokens", "100", "--seed", "3", "--json"];
+    let a = json(&generate(r, device, "KING", &long));
+    assert_eq!(a["text"].as_str().unwrap().chars().count(), 100, "{a}");
+    // Contexts up to 103 characters in windows of 32, refilled from the last 16 at 33, 50, 67,
+    // 84 and 101.
+    assert_eq!(a["context_shifts"], 5, "{a}");
+    assert_eq!(a["text"], json(&generate(r, device, "KING", &long))["text"]);
+    let uncached = [&long[..], &["--no-cache"]].concat();
+    let b = json(&generate(r, device, "KING", &uncached));
+    assert_eq!(
+        b["text"],
+        json(&generate(r, device, "KING", &uncached))["text"]
+    );
 }
 
 /// `trainer plan` of configs/gpt.toml: attention keeps O(T) memory per head (the rows'

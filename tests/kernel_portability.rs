@@ -1,7 +1,8 @@
 //! Every WGSL kernel the shipped and test configs launch (forward, backward, optimizer; with
 //! gradient clipping too) parses and validates with naga and translates to Metal (MSL),
 //! Vulkan (SPIR-V) and DX12 (HLSL): a kernel that would not compile on a Mac cannot land,
-//! even though CI only has Vulkan. Needs no GPU.
+//! even though CI only has Vulkan. Their decode-step models (`trainer generate`'s key/value
+//! cache) too, where they have one. Needs no GPU.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +10,8 @@ use trainer::config;
 use trainer::kernel::gpu::{KernelArgs, Shader, Tile};
 use trainer::nn;
 use trainer::ops::{
-    AdamStep, BatchNormRunningStats, BinaryFn, Chain, CountUp, ElementwiseFn, Foreach, Link,
-    MatMul, MatMulBias, OpKind, Operand, SgdStep, UnaryFn,
+    AdamStep, AttentionDecode, BatchNormRunningStats, BinaryFn, CacheWrite, Chain, CountUp,
+    ElementwiseFn, Foreach, Link, MatMul, MatMulBias, OpKind, Operand, SgdStep, UnaryFn,
 };
 use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
@@ -54,11 +55,13 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
                 .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
             let g = nn::build_with_batch(&cfg, batch).expect("builds");
             let unfused = training::training_graph(&g, &cfg.optimizer).expect("differentiates");
+            let decode = nn::build_decode(&cfg, batch).ok().map(|d| d.graph);
+            let all = trainer::config::sections::Fusion::ALL;
             // The fusion pass's multi-tensor kernels too.
-            for t in [
-                fuse::fuse(&unfused, trainer::config::sections::Fusion::ALL),
-                unfused,
-            ] {
+            let graphs = [fuse::fuse(&unfused, all), unfused]
+                .into_iter()
+                .chain(decode.into_iter().flat_map(|g| [fuse::fuse(&g, all), g]));
+            for t in graphs {
                 for id in t.dag.node_indices() {
                     let n = &t.dag[id];
                     if matches!(n.op, OpKind::Parameter(_) | OpKind::Input(_)) {
@@ -151,6 +154,48 @@ fn kernels() -> BTreeMap<String, (Vec<&'static str>, String)> {
                 .or_insert_with(|| (Vec::new(), fused.primitive().name().to_string()));
             if !e.0.contains(&d.shader.entry) {
                 e.0.push(d.shader.entry);
+            }
+        }
+    }
+    // The key/value cache's kernels at head widths from 1 to the widest (128), odd ones too.
+    let ids = TensorType {
+        shape: vec![2, 1],
+        dtype: trainer::tensor::DType::I32,
+    };
+    for d in [1, 5, 64, 128] {
+        let (qkv, cache) = (
+            TensorType::f32(vec![2, 1, 3 * 3 * d]),
+            TensorType::f32(vec![2, 3, 7, d]),
+        );
+        let ops = [
+            (
+                OpKind::AttentionDecode(AttentionDecode {
+                    heads: 3,
+                    scale: 0.5,
+                }),
+                vec![&qkv, &cache, &cache, &ids],
+            ),
+            (
+                OpKind::CacheWrite(CacheWrite {
+                    heads: 3,
+                    positions: 7,
+                }),
+                vec![&qkv, &ids],
+            ),
+        ];
+        for (op, inputs) in ops {
+            let outputs = op.primitive().infer(&inputs).expect("a decode op");
+            let args = KernelArgs {
+                inputs: &inputs,
+                outputs: &outputs,
+            };
+            for k in op.primitive().gpu(&args).expect("its kernel") {
+                let e = out
+                    .entry(k.shader.source.to_string())
+                    .or_insert_with(|| (Vec::new(), format!("{op:?} at head width {d}")));
+                if !e.0.contains(&k.shader.entry) {
+                    e.0.push(k.shader.entry);
+                }
             }
         }
     }
@@ -307,6 +352,14 @@ fn every_kernel_translates_to_metal_spirv_and_hlsl() {
         assert!(
             all.values().any(|(entries, _)| entries.contains(&entry)),
             "no config launches `{entry}`"
+        );
+    }
+    // gpt_tiny's decode-step model launches the key/value cache's kernels.
+    for entry in ["attention_decode", "cache_write"] {
+        let ours = |e: &[&str], what: &str| e.contains(&entry) && what.contains("gpt_tiny");
+        assert!(
+            all.values().any(|(e, what)| ours(e, what)),
+            "gpt_tiny's decode-step model does not launch `{entry}`"
         );
     }
     // The fusion pass's batchnorm gradients of relu's gradient (of a gradient sum too) make dy

@@ -20,11 +20,11 @@ use trainer::backend::gpu::{Gpu, compare_with_cpu, test_gpu, test_gpus};
 use trainer::gradcheck::{Arg, check_op, evaluated_ops};
 use trainer::graph::{Graph, Init, Phase};
 use trainer::ops::{
-    AdamStep, Attention, BatchMatMul, BatchNorm, BatchNormGrad, BatchNormRelu, BatchNormReluGrad,
-    BatchNormRunningStats, Binary, BinaryFn, CausalFill, Chain, Concat, Conv2d, CountUp,
-    CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather, GradNormCoef, Input, LayerNorm,
-    Link, MatMul, MatMulBias, MeanAxes, Mse, OpKind, Operand, Permute, Pool2d, PoolKind, Reshape,
-    SgdStep, Softmax, Split, Unary, UnaryFn,
+    AdamStep, Attention, AttentionDecode, BatchMatMul, CacheWrite, BatchNorm, BatchNormGrad,
+    BatchNormRelu, BatchNormReluGrad, BatchNormRunningStats, Binary, BinaryFn, CausalFill, Chain,
+    Concat, Conv2d, CountUp, CrossEntropy, Dropout, ElementwiseFn, Fill, Foreach, Gather,
+    GradNormCoef, Input, LayerNorm, Link, MatMul, MatMulBias, MeanAxes, Mse, OpKind, Operand,
+    Permute, Pool2d, PoolKind, Reshape, SgdStep, Softmax, Split, Unary, UnaryFn,
 };
 use trainer::tensor::StepCtx;
 use trainer::tensor::TensorId;
@@ -404,6 +404,16 @@ const NO_VJP: &[(&str, &str, ValueCheck)] = &[
         "MatMulBias",
         "made by the fusion pass, after autodiff (the vjps of matmul, add and activation cover it)",
         ValueCheck::Formula(matmul_bias_cases),
+    ),
+    (
+        "AttentionDecode",
+        "an op of the decode-step model (trainer generate), which is never trained",
+        ValueCheck::Formula(attention_decode_cases),
+    ),
+    (
+        "CacheWrite",
+        "it updates the key/value caches, state that is never trained",
+        ValueCheck::Formula(cache_write_cases),
     ),
 ];
 
@@ -940,6 +950,95 @@ fn running_stats_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
     }]
 }
 
+/// Position ids i32 [B, 1].
+fn positions(ids: &[usize]) -> (TensorType, Vec<f64>) {
+    let ty = TensorType {
+        shape: vec![ids.len(), 1],
+        dtype: DType::I32,
+    };
+    (ty, ids.iter().map(|&i| i as f64).collect())
+}
+
+/// Attention of one new position per row over key/value caches [B, heads, P, D]: row b's keys
+/// are the caches' rows before pos[b] and its own k from qkv; y = softmax(q·kⱼ·scale)·v,
+/// lse = log Σ exp(q·kⱼ·scale); a position past the caches gives NaN.
+fn attention_decode_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let mut out = Vec::new();
+    for (heads, d, p, pos, scale) in [
+        (2, 3, 5, vec![0, 3], 0.6),
+        (1, 5, 4, vec![3], 0.45),
+        (1, 2, 3, vec![1, 3], 1.0),
+    ] {
+        let b = pos.len();
+        let c = heads * d;
+        let qkv = uniform(rng, &[b, 1, 3 * c], -1.5, 1.5);
+        let kc = uniform(rng, &[b, heads, p, d], -1.5, 1.5);
+        let vc = uniform(rng, &[b, heads, p, d], -1.5, 1.5);
+        let (mut y, mut lse) = (vec![f64::NAN; b * c], vec![f64::NAN; b * heads]);
+        for r in 0..b {
+            let n = pos[r];
+            if n >= p {
+                continue;
+            }
+            for h in 0..heads {
+                let x = |which: usize, e: usize| qkv.1[r * 3 * c + which * c + h * d + e];
+                let at = |j: usize, e: usize| ((r * heads + h) * p + j) * d + e;
+                let k = |j: usize, e: usize| if j == n { x(1, e) } else { kc.1[at(j, e)] };
+                let v = |j: usize, e: usize| if j == n { x(2, e) } else { vc.1[at(j, e)] };
+                let s: Vec<f64> = (0..=n)
+                    .map(|j| scale * (0..d).map(|e| x(0, e) * k(j, e)).sum::<f64>())
+                    .collect();
+                let total: f64 = s.iter().map(|s| s.exp()).sum();
+                lse[r * heads + h] = total.ln();
+                for e in 0..d {
+                    y[r * c + h * d + e] = (0..=n).map(|j| s[j].exp() / total * v(j, e)).sum();
+                }
+            }
+        }
+        out.push(ValueCase {
+            op: OpKind::AttentionDecode(AttentionDecode { heads, scale }),
+            inputs: vec![qkv, kc, vc, positions(&pos)],
+            ctx: StepCtx::default(),
+            want: vec![y, lse],
+        });
+    }
+    out
+}
+
+/// The new position's k and v into row pos[b] of each head's cache; nothing else is written
+/// (NaN: the outputs' poison stays), nothing at all for a position past the caches.
+fn cache_write_cases(rng: &mut ChaCha8Rng) -> Vec<ValueCase> {
+    let (heads, d, p) = (2, 3, 4);
+    let pos = [2, 0, 4];
+    let (b, c) = (pos.len(), heads * d);
+    let qkv = uniform(rng, &[b, 1, 3 * c], -1.0, 1.0);
+    let (mut k, mut v) = (
+        vec![f64::NAN; b * heads * p * d],
+        vec![f64::NAN; b * heads * p * d],
+    );
+    for (r, &n) in pos.iter().enumerate() {
+        if n >= p {
+            continue;
+        }
+        for h in 0..heads {
+            for e in 0..d {
+                let at = ((r * heads + h) * p + n) * d + e;
+                k[at] = qkv.1[r * 3 * c + c + h * d + e];
+                v[at] = qkv.1[r * 3 * c + 2 * c + h * d + e];
+            }
+        }
+    }
+    vec![ValueCase {
+        op: OpKind::CacheWrite(CacheWrite {
+            heads,
+            positions: p,
+        }),
+        inputs: vec![qkv, positions(&pos)],
+        ctx: StepCtx::default(),
+        want: vec![k, v],
+    }]
+}
+
 /// Runs a value case on the CPU in f64 against its formula.
 fn check_value(c: &ValueCase) -> Result<(), String> {
     let ins: Vec<(&TensorType, &[f64])> = c.inputs.iter().map(|(t, v)| (t, &v[..])).collect();
@@ -956,8 +1055,9 @@ fn check_value(c: &ValueCase) -> Result<(), String> {
             ));
         }
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            // Written so that a NaN is not close.
-            let close = (a - b).abs() <= 1e-12 * (1.0 + b.abs());
+            // Written so that a NaN is not close, unless the formula says NaN (an element
+            // the op must leave unwritten, or a position past a cache).
+            let close = (a - b).abs() <= 1e-12 * (1.0 + b.abs()) || (a.is_nan() && b.is_nan());
             if !close {
                 return Err(format!("output {k}[{i}]: {a}, the formula gives {b}"));
             }

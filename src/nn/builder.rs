@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use petgraph::graph::DiGraph;
 
 use super::lower::Arity;
-use super::lower::Lower;
+use super::lower::{Decode, Lower};
 use super::{LayerOp, parse_op};
 use crate::graph::{Graph, Layer, Mode};
 
@@ -50,6 +50,8 @@ struct Builder<'c> {
     config: &'c Config,
     random_streams: u64,
     mode: Mode,
+    /// Set for the decode-step model (nn/decode.rs).
+    decode: Option<Decode>,
     /// Blocks being expanded (name, use site), outermost first.
     expanding: Vec<(String, Loc)>,
     /// Full names of the block instances being expanded, outermost first.
@@ -69,6 +71,27 @@ pub fn build_with_batch(config: &Config, batch: usize) -> Result<Graph, Diagnost
 /// with running statistics and skip dropout; their parameters are the training graph's, in the
 /// same order, so weights carry over by index.
 pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Diagnostic> {
+    build_graph(config, batch, mode, false).map(|(g, _)| g)
+}
+
+/// The evaluation graph for one new position per sequence (nn/decode.rs): the input is
+/// [batch, 1] of the model's token ids, and a second input `position` (i32 [batch, 1], on the
+/// input's layer) gives each sequence's position, which layers see through `Lower::decode`.
+/// Returns the graph and that input.
+pub(super) fn build_decode_graph(
+    config: &Config,
+    batch: usize,
+) -> Result<(Graph, TensorId), Diagnostic> {
+    let (g, position) = build_graph(config, batch, Mode::Eval, true)?;
+    Ok((g, position.expect("a decode graph has a position input")))
+}
+
+fn build_graph(
+    config: &Config,
+    batch: usize,
+    mode: Mode,
+    decode: bool,
+) -> Result<(Graph, Option<TensorId>), Diagnostic> {
     let model = &config.model;
     check_data(config)?;
     let placeholder = TensorId { node: 0, output: 0 };
@@ -91,11 +114,29 @@ pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Dia
         config,
         random_streams: 0,
         mode,
+        decode: None,
         expanding: Vec::new(),
         instances: Vec::new(),
     };
     let mut shape = vec![batch];
-    shape.extend(&model.input.shape);
+    let positions = match model.input.shape[..] {
+        [positions] if decode && model.input.dtype == DType::I32 => positions,
+        _ if decode => {
+            return Err(Diagnostic::new(format!(
+                "decoding one position at a time needs a model of token ids, input shape \
+                 [positions] and dtype \"i32\", not {} {}",
+                model.input.dtype.name(),
+                fmt_shape(&model.input.shape)
+            ))
+            .at(model.input.loc, "the model input"));
+        }
+        _ => 0,
+    };
+    if decode {
+        shape.push(1);
+    } else {
+        shape.extend(&model.input.shape);
+    }
     let features = b.input(
         "input",
         model.input.loc,
@@ -105,6 +146,23 @@ pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Dia
         },
     )?;
     b.g.features = features.tensor;
+    let mut position = None;
+    if decode {
+        let op = OpKind::Input(Input {
+            name: "position".into(),
+            ty: TensorType {
+                shape: vec![batch, 1],
+                dtype: DType::I32,
+            },
+        });
+        let layer = b.g.node(features.tensor.node()).layer;
+        let t = b.g.add(op, &[], layer).map_err(Diagnostic::new)?;
+        b.decode = Some(Decode {
+            positions,
+            position: t,
+        });
+        position = Some(t);
+    }
     for l in &model.layers {
         reject_params(l)?;
     }
@@ -117,7 +175,7 @@ pub fn build_for(config: &Config, batch: usize, mode: Mode) -> Result<Graph, Dia
         .collect();
     config.check_param_groups(&trainable)?;
     debug_assert_eq!(b.g.verify(), Ok(()));
-    Ok(b.g)
+    Ok((b.g, position))
 }
 
 /// The model's input must match the dataset's samples when the dataset's layout is fixed.
@@ -404,7 +462,13 @@ impl<'c> Builder<'c> {
     ) -> Result<Sym, Diagnostic> {
         let layer = self.push_layer(full.clone(), op.name(), loc)?;
         let tensors: Vec<TensorId> = inputs.iter().map(|s| s.tensor).collect();
-        let mut cx = Lower::new(&mut self.g, layer, &mut self.random_streams, self.mode);
+        let mut cx = Lower::new(
+            &mut self.g,
+            layer,
+            &mut self.random_streams,
+            self.mode,
+            self.decode,
+        );
         match op.lower(&mut cx, &tensors) {
             Ok(tensor) => {
                 self.g.layers[layer].output = Some(tensor);

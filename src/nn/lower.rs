@@ -5,8 +5,8 @@
 use serde::de::DeserializeOwned;
 
 use crate::graph::{Graph, Init, Mode};
-use crate::ops::{self, OpKind};
-use crate::tensor::{TensorId, TensorType};
+use crate::ops::{self, Attention, AttentionDecode, CacheWrite, OpKind};
+use crate::tensor::{TensorId, TensorType, fmt_shape};
 
 /// How many inputs a layer takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,17 @@ pub struct Lower<'a> {
     layer: usize,
     random_streams: &'a mut u64,
     mode: Mode,
+    decode: Option<Decode>,
+}
+
+/// What a layer sees of the decode-step model (nn/decode.rs): one new position per sequence
+/// instead of the window.
+#[derive(Clone, Copy, Debug)]
+pub struct Decode {
+    /// The positions of the full model (its input's length): a position table's rows.
+    pub positions: usize,
+    /// The position of each sequence's new token: i32 [batch, 1].
+    pub position: TensorId,
 }
 
 impl<'a> Lower<'a> {
@@ -37,13 +48,19 @@ impl<'a> Lower<'a> {
         layer: usize,
         random_streams: &'a mut u64,
         mode: Mode,
+        decode: Option<Decode>,
     ) -> Lower<'a> {
         Lower {
             g,
             layer,
             random_streams,
             mode,
+            decode,
         }
+    }
+    /// Set when building the decode-step model: the layer sees one position per sequence.
+    pub fn decode(&self) -> Option<Decode> {
+        self.decode
     }
     /// Training graphs use batch statistics and dropout; evaluation graphs do not.
     pub fn mode(&self) -> Mode {
@@ -123,7 +140,16 @@ impl<'a> Lower<'a> {
         let name = self.full(local);
         self.g.add_param(name, ty, init, false, self.layer, read)
     }
+    /// Adds a primitive op; returns its first output. In the decode-step model a causal
+    /// attention becomes attention over a key/value cache (nn/decode.rs).
     pub fn op(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
+        if let (Some(d), OpKind::Attention(a)) = (self.decode, &op) {
+            return self.decode_attention(d, a, inputs);
+        }
+        self.add(op, inputs)
+    }
+    /// `op` as given.
+    fn add(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
         let name = op.primitive().name();
         self.g
             .add(op, inputs, self.layer)
@@ -133,6 +159,75 @@ impl<'a> Lower<'a> {
     pub fn op_all(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<Vec<TensorId>, String> {
         let first = self.op(op, inputs)?;
         Ok(self.g.outputs(first.node()))
+    }
+    /// An update op (`Phase::Update`, after the forward) whose output k replaces parameter
+    /// `params[k]` in place (`Graph::updates`), as the optimizer's do.
+    fn update(&mut self, op: OpKind, inputs: &[TensorId], params: &[usize]) -> Result<(), String> {
+        let name = op.primitive().name();
+        let n = self
+            .g
+            .add_node(op, inputs, self.layer, crate::graph::Phase::Update)
+            .map_err(|e| format!("{name} {e}"))?;
+        for (k, &i) in params.iter().enumerate() {
+            self.g.updates.push((i, TensorId::of(n, k)));
+        }
+        Ok(())
+    }
+    /// The index in `Graph::params` of the last parameter or buffer added.
+    fn last_param(&self) -> usize {
+        self.g.params.len() - 1
+    }
+    /// What the attention `a` over `inputs` (qkv [batch, 1, 3C]) lowers to in the decode-step
+    /// model (nn/decode.rs): `AttentionDecode` over the layer's buffers `k_cache` and `v_cache`,
+    /// and the `CacheWrite` update of the new position's row. Refused where it is not causal.
+    fn decode_attention(
+        &mut self,
+        d: Decode,
+        a: &Attention,
+        inputs: &[TensorId],
+    ) -> Result<TensorId, String> {
+        if !a.causal {
+            return Err(
+                "is not causal (every position sees the later ones): a new token would change the \
+                 earlier positions, so there is no key/value cache to decode with"
+                    .into(),
+            );
+        }
+        let qkv = inputs[0];
+        let shape = self.ty(qkv).shape.clone();
+        let [b, 1, w] = shape[..] else {
+            return Err(format!(
+                "decodes one position at a time, qkv [1, 3·C], got {}",
+                fmt_shape(&shape[1..])
+            ));
+        };
+        if a.heads == 0 || w % (3 * a.heads) != 0 {
+            return Err(format!(
+                "expects q, k and v side by side, got {}",
+                fmt_shape(&shape[1..])
+            ));
+        }
+        let ty = TensorType::f32(vec![b, a.heads, d.positions, w / 3 / a.heads]);
+        let k = self.buffer("k_cache", ty.clone(), Init::Zeros, true)?;
+        let k_index = self.last_param();
+        let v = self.buffer("v_cache", ty, Init::Zeros, true)?;
+        let v_index = self.last_param();
+        let (k, v) = (k.expect("read"), v.expect("read"));
+        let op = AttentionDecode {
+            heads: a.heads,
+            scale: a.scale,
+        };
+        let y = self.add(OpKind::AttentionDecode(op), &[qkv, k, v, d.position])?;
+        let write = CacheWrite {
+            heads: a.heads,
+            positions: d.positions,
+        };
+        self.update(
+            OpKind::CacheWrite(write),
+            &[qkv, d.position],
+            &[k_index, v_index],
+        )?;
+        Ok(y)
     }
     pub fn ty(&self, t: TensorId) -> &TensorType {
         self.g.ty(t)

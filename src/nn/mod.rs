@@ -9,6 +9,7 @@ mod activation;
 mod attention;
 mod builder;
 mod conv;
+mod decode;
 mod linear;
 mod lower;
 mod norm;
@@ -17,6 +18,7 @@ mod sequence;
 mod shape;
 
 pub use builder::{build, build_for, build_with_batch};
+pub use decode::{Decoding, build_decode};
 pub use lower::{Arity, LayerSpec, Lower};
 
 use crate::config::de::{field_names, from_value_in};

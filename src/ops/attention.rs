@@ -142,7 +142,7 @@ fn factor<T: Real>(mask: Option<Mask>, k: usize) -> T {
 }
 
 /// (B, T, C, D) of an attention input qkv [B, T, 3C] with `heads` heads.
-fn dims(qkv: &TensorType, heads: usize) -> Result<[usize; 4], String> {
+pub(super) fn dims(qkv: &TensorType, heads: usize) -> Result<[usize; 4], String> {
     expect_f32(qkv, "the input")?;
     let bad = || {
         format!(

@@ -6,6 +6,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod foreach;
+mod kv_cache;
 mod loss;
 mod matmul;
 mod movement;
@@ -22,6 +23,7 @@ pub use elementwise::{
     Binary, BinaryFn, Chain, ElementwiseFn, Link, Operand, Unary, UnaryFn, UnaryGrad, broadcast,
 };
 pub use foreach::Foreach;
+pub use kv_cache::{AttentionDecode, CacheWrite};
 pub use loss::{CrossEntropy, CrossEntropyGrad, Mse, MseGrad};
 pub use matmul::{BatchMatMul, MatMul, MatMulBias, MatMulGradInput, MatMulGradWeight};
 pub use movement::{
@@ -271,6 +273,9 @@ op_kinds! {
     Conv2dGradInput(Conv2dGradInput),
     Conv2dGradWeight(Conv2dGradWeight),
     Pool2dGrad(Pool2dGrad),
+    // The key/value cache of the decode-step model (nn/decode.rs).
+    AttentionDecode(AttentionDecode),
+    CacheWrite(CacheWrite),
     // Made by the fusion pass (schedule/fuse/).
     Foreach(Foreach),
     BatchNormRelu(BatchNormRelu),

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::backend::gpu::Gpu;
-use crate::checkpoint::{self, Part};
+use crate::checkpoint::{self, NamedTensor, Part};
 use crate::config::Config;
+use crate::graph::Param;
 use crate::train::evaluate::{EvalModel, check_fits};
 use crate::train::metrics::top_k;
 
@@ -101,14 +102,21 @@ pub fn model_at<'g>(
     batch: usize,
 ) -> Result<(EvalModel<'g>, PathBuf), String> {
     let mut m = EvalModel::new(cfg, gpu, batch).map_err(|d| d.message)?;
-    let found = checkpoint::resolve(path, Part::Weights, &mut |c| check_fits(m.params(), c))
+    let (weights, at) = weights_for(m.params(), path)?;
+    m.load(&weights)
+        .map_err(|e| format!("{}: {e}", at.display()))?;
+    Ok((m, at))
+}
+
+/// The weights of the checkpoint `path` stands for that fit a model of `params` (see `model`),
+/// and the checkpoint's path; each one passed over is a warning on stderr.
+pub fn weights_for(params: &[Param], path: &Path) -> Result<(Vec<NamedTensor>, PathBuf), String> {
+    let found = checkpoint::resolve(path, Part::Weights, &mut |c| check_fits(params, c))
         .map_err(|e| e.to_string())?;
     for w in &found.warnings {
         crate::errln!("warning: {w}");
     }
-    m.load(&found.checkpoint.weights)
-        .map_err(|e| format!("{}: {e}", found.path.display()))?;
-    Ok((m, found.path))
+    Ok((found.checkpoint.weights, found.path))
 }
 
 pub fn evaluate(

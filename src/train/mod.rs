@@ -4,6 +4,7 @@
 //! with a checkpoint, text generation, and signals.
 
 mod csv;
+pub mod decode;
 pub mod evaluate;
 mod events;
 pub mod fit;
