@@ -29,6 +29,7 @@ pub struct Lower<'a> {
     layer: usize,
     random_streams: &'a mut u64,
     mode: Mode,
+    blamed: Option<&'static str>,
 }
 
 impl<'a> Lower<'a> {
@@ -43,7 +44,18 @@ impl<'a> Lower<'a> {
             layer,
             random_streams,
             mode,
+            blamed: None,
         }
+    }
+    /// Marks an error as being about attribute `key` (the builder then points at its value,
+    /// when the config set it); returns `message` for `Err(..)`.
+    pub fn blame(&mut self, key: &'static str, message: String) -> String {
+        self.blamed = Some(key);
+        message
+    }
+    /// The attribute an error was blamed on ([`Lower::blame`]).
+    pub(super) fn blamed(&self) -> Option<&'static str> {
+        self.blamed
     }
     /// Training graphs use batch statistics and dropout; evaluation graphs do not.
     pub fn mode(&self) -> Mode {
