@@ -16,7 +16,7 @@ use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
 
-const CONFIGS: [&str; 11] = [
+const CONFIGS: [&str; 12] = [
     "benches/configs/gemm1024.toml",
     "benches/configs/gemm4096.toml",
     "configs/mlp.toml",
@@ -28,6 +28,7 @@ const CONFIGS: [&str; 11] = [
     "tests/configs/good/tokens.toml",
     "tests/configs/good/gpt_tiny.toml",
     "tests/configs/good/patches.toml",
+    "tests/configs/good/vit_tiny.toml",
 ];
 
 /// Each distinct kernel source with its entry points, and the op and layer that first used it.

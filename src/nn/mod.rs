@@ -174,7 +174,9 @@ layer_ops! {
     "add" => Add(shape::Add),
     "mul" => Mul(shape::Mul),
     "concat" => Concat(shape::ConcatSpec),
+    "slice" => Slice(shape::SliceSpec),
     "positional" => Positional(sequence::PositionalSpec),
+    "class_token" => ClassToken(sequence::ClassTokenSpec),
     "attention" => Attention(attention::AttentionSpec),
 }
 
