@@ -560,12 +560,17 @@ pub fn run_loader(
     })
 }
 
-/// The loader's rates as text, for `trainer bench --loader` without `--json`.
-pub fn loader_text(config: &str, r: &LoaderResult) -> String {
+/// The loader's rates as text, for `trainer bench --loader` without `--json`, in `unit`
+/// (images, or a text's tokens).
+pub fn loader_text(config: &str, r: &LoaderResult, unit: crate::config::Throughput) -> String {
     let rate = |what: &str, size: usize, l: &LoaderRate| {
         format!(
-            "{what}: {} batches of {size} in {:.3} s: {:.3} ms/batch, {:.0} images/s\n",
-            l.batches, l.seconds, l.ms_per_batch, l.img_per_s
+            "{what}: {} batches of {size} in {:.3} s: {:.3} ms/batch, {:.0} {}\n",
+            l.batches,
+            l.seconds,
+            l.ms_per_batch,
+            unit.of(l.img_per_s),
+            unit.long
         )
     };
     format!(

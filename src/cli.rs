@@ -431,6 +431,7 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
     let (plan, cfg) = plan_step(&config, sets, batch)?;
     let device = device_of(device, &cfg);
     let (seed, steps) = (cfg.run.seed, steps.map_or(10, |s| s as usize));
+    let unit = cfg.data.throughput();
     if profile {
         let Backend::Gpu(gpu) = open_backend(device)? else {
             crate::errln!("error: --profile times GPU kernels: pass --device gpu");
@@ -465,13 +466,14 @@ fn bench(args: BenchArgs, sets: &[String]) -> Result<(), u8> {
             None => String::new(),
         };
         print_out(&format!(
-            "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} images/s\n{}\n",
+            "{}: {} at batch {}: {:.1} ms/step ({} steps{submits}), {:.0} {}\n{}\n",
             config.display(),
             result.device,
             result.batch,
             result.step_ms,
             result.steps,
-            result.img_per_s,
+            unit.of(result.img_per_s),
+            unit.long,
             result.startup.line(),
         ))
     }
@@ -498,6 +500,7 @@ fn bench_loader(
         print_out(&crate::bench::loader_text(
             &config.display().to_string(),
             &result,
+            cfg.data.throughput(),
         ))
     }
 }

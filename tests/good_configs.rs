@@ -102,6 +102,35 @@ fn patch_tokens() {
 }
 
 #[test]
+fn vit_with_class_token() {
+    let j = check("tests/configs/good/vit_tiny.toml");
+    expect(
+        &j,
+        &[
+            ("tokens", "transpose", json!([49, 8]), 0),
+            ("cls_token", "class_token", json!([50, 8]), 8),
+            ("pos_embed", "positional", json!([50, 8]), 50 * 8),
+            ("norm", "layernorm", json!([50, 8]), 2 * 8),
+            ("cls", "slice", json!([1, 8]), 0),
+            ("flat", "flatten", json!([8]), 0),
+            ("head", "linear", json!([4]), 8 * 4 + 4),
+        ],
+    );
+    // patch 104, class token 8, positions 400, the block (2 norms 32, qkv 216, proj 72, fc1
+    // 144, fc2 136), the final norm 16, head 36.
+    assert_eq!(
+        j["params"],
+        104 + 8 + 400 + 32 + 216 + 72 + 144 + 136 + 16 + 36
+    );
+    let flops = |name: &str| {
+        let layers = j["layers"].as_array().unwrap();
+        layers.iter().find(|l| l["name"] == name).unwrap()["flops_per_sample"].clone()
+    };
+    assert_eq!(flops("cls_token"), 8);
+    assert_eq!(flops("cls"), 0);
+}
+
+#[test]
 fn token_model() {
     let j = check("tests/configs/good/tokens.toml");
     expect(
@@ -126,6 +155,7 @@ fn every_layer_op_is_exercised_by_a_config() {
         "tests/configs/good/gpt_tiny.toml",
         "tests/configs/good/patches.toml",
         "tests/configs/good/attention_by_hand.toml",
+        "tests/configs/good/vit_tiny.toml",
         "configs/resnet.toml",
         "configs/lenet.toml",
     ] {

@@ -17,7 +17,7 @@ use trainer::schedule::fuse;
 use trainer::tensor::TensorType;
 use trainer::training;
 
-const CONFIGS: [&str; 12] = [
+const CONFIGS: [&str; 13] = [
     "benches/configs/gemm1024.toml",
     "benches/configs/gemm4096.toml",
     "configs/mlp.toml",
@@ -30,6 +30,7 @@ const CONFIGS: [&str; 12] = [
     "tests/configs/good/gpt_tiny.toml",
     "tests/configs/good/patches.toml",
     "tests/configs/good/attention_by_hand.toml",
+    "tests/configs/good/vit_tiny.toml",
 ];
 
 /// Each distinct kernel source with its entry points, and the op and layer that first used it.

@@ -211,6 +211,64 @@ fn a_character_model_learns_a_slice_of_shakespeare() {
     );
 }
 
+/// Speed is counted in the data's unit: a text run's progress lines and `trainer bench` lines
+/// (steps and `--loader`) in tokens a second, an image run's in images a second.
+#[test]
+fn speed_is_in_tokens_for_text_and_in_images_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = shakespeare(20_000);
+    std::fs::write(dir.path().join("slice.txt"), &text).unwrap();
+    let v = Vocab::chars_of(&text).len();
+    let c = config(dir.path(), "slice.txt", 32, v, v, "");
+    let cs = c.to_str().unwrap();
+    let short = ["--set", "train.max_steps=3"];
+    let run = dir.path().join("run");
+    let args = [
+        "fit",
+        cs,
+        "--device",
+        "cpu",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ];
+    let out = trainer(&[&args[..], &short].concat());
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(e.contains(" tok/s eta ") && !e.contains("img/s"), "{e}");
+    let bench = |args: &[&str]| {
+        let out = trainer(args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let steps = bench(&["bench", cs, "--device", "cpu", "--steps", "1"]);
+    assert!(
+        steps.contains(" tokens/s\n") && !steps.contains("images"),
+        "{steps}"
+    );
+    let loader = bench(&["bench", cs, "--loader", "--steps", "2"]);
+    assert_eq!(loader.matches(" tokens/s\n").count(), 2, "{loader}");
+
+    let images = "tests/configs/good/vit_tiny.toml";
+    let run = dir.path().join("images");
+    let args = [
+        "fit",
+        images,
+        "--device",
+        "cpu",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ];
+    let out = trainer(&[&args[..], &short].concat());
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(e.contains(" img/s eta ") && !e.contains("tok/s"), "{e}");
+    let steps = bench(&["bench", images, "--device", "cpu", "--steps", "1"]);
+    assert!(
+        steps.contains(" images/s\n") && !steps.contains("tokens"),
+        "{steps}"
+    );
+}
+
 #[test]
 fn the_model_must_fit_the_vocabulary() {
     let dir = tempfile::tempdir().unwrap();

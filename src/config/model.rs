@@ -118,6 +118,8 @@ pub enum What<Op> {
     Op {
         op: Box<Op>,
         op_loc: Loc,
+        /// Where each attribute's value is, for errors about one attribute.
+        attr_locs: Vec<(String, Loc)>,
     },
     Block(BlockUse),
 }
@@ -383,8 +385,10 @@ pub fn parse_layer<Op>(
         (Some(op), None) => {
             let op_name = named(&op.value, "`op`")?;
             let mut attrs = Table::new();
+            let mut attr_locs = Vec::new();
             for (k, e) in t {
                 if !LAYER_KEYS.contains(&k.as_str()) {
+                    attr_locs.push((k.clone(), e.value.loc));
                     attrs.insert(k.clone(), e.clone());
                 }
             }
@@ -396,6 +400,7 @@ pub fn parse_layer<Op>(
             What::Op {
                 op,
                 op_loc: op_name.loc,
+                attr_locs,
             }
         }
         (None, Some(block)) => {

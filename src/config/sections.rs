@@ -180,6 +180,43 @@ pub struct Data {
     pub block_size: Option<Positive>,
 }
 
+/// How a run's speed is counted (progress lines, `trainer bench`): images a second, or for
+/// `text` data tokens a second (windows a second × `block_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throughput {
+    /// "img/s" or "tok/s".
+    pub short: &'static str,
+    /// "images/s" or "tokens/s".
+    pub long: &'static str,
+    /// Units per sample: 1 image, or `block_size` tokens.
+    pub per_sample: usize,
+}
+
+impl Throughput {
+    pub const IMAGES: Throughput = Throughput {
+        short: "img/s",
+        long: "images/s",
+        per_sample: 1,
+    };
+    /// `samples` a second in this unit.
+    pub fn of(self, samples: f64) -> f64 {
+        samples * self.per_sample as f64
+    }
+}
+
+impl Data {
+    pub fn throughput(&self) -> Throughput {
+        match (self.dataset, self.block_size) {
+            (Dataset::Text, Some(b)) => Throughput {
+                short: "tok/s",
+                long: "tokens/s",
+                per_sample: b.0,
+            },
+            _ => Throughput::IMAGES,
+        }
+    }
+}
+
 /// `data.tokenizer` of `text` data.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -430,7 +430,11 @@ impl<'c> Builder<'c> {
         inputs: Vec<Sym>,
     ) -> Result<Sym, Diagnostic> {
         match &decl.what {
-            What::Op { op, op_loc } => {
+            What::Op {
+                op,
+                op_loc,
+                attr_locs,
+            } => {
                 let n = inputs.len();
                 let bad_arity = match op.arity() {
                     Arity::One => n != 1,
@@ -447,7 +451,7 @@ impl<'c> Builder<'c> {
                         .note("name the tensors it reads with `inputs = [\"a\", \"b\"]`");
                     return Err(self.in_blocks(d));
                 }
-                self.lower(full, op, *op_loc, &inputs)
+                self.lower_at(full, op, *op_loc, attr_locs, &inputs)
             }
             What::Block(u) => self.block(full, u, inputs),
         }
@@ -460,6 +464,19 @@ impl<'c> Builder<'c> {
         loc: Loc,
         inputs: &[Sym],
     ) -> Result<Sym, Diagnostic> {
+        self.lower_at(full, op, loc, &[], inputs)
+    }
+
+    /// [`Self::lower`] of a declared layer: an error blamed on an attribute
+    /// ([`Lower::blame`]) points at its value in `attr_locs`.
+    fn lower_at(
+        &mut self,
+        full: String,
+        op: &LayerOp,
+        loc: Loc,
+        attr_locs: &[(String, Loc)],
+        inputs: &[Sym],
+    ) -> Result<Sym, Diagnostic> {
         let layer = self.push_layer(full.clone(), op.name(), loc)?;
         let tensors: Vec<TensorId> = inputs.iter().map(|s| s.tensor).collect();
         let mut cx = Lower::new(
@@ -469,7 +486,9 @@ impl<'c> Builder<'c> {
             self.mode,
             self.decode,
         );
-        match op.lower(&mut cx, &tensors) {
+        let lowered = op.lower(&mut cx, &tensors);
+        let blamed = cx.blamed();
+        match lowered {
             Ok(tensor) => {
                 self.g.layers[layer].output = Some(tensor);
                 Ok(Sym {
@@ -479,8 +498,14 @@ impl<'c> Builder<'c> {
                 })
             }
             Err(msg) => {
-                let mut d = Diagnostic::new(format!("layer `{full}` ({}): {msg}", op.name()))
-                    .at(loc, "in this layer");
+                let d = Diagnostic::new(format!("layer `{full}` ({}): {msg}", op.name()));
+                let attr = blamed.and_then(|k| attr_locs.iter().find(|(a, _)| a == k));
+                let mut d = match attr {
+                    Some((key, at)) => d
+                        .at(*at, format!("this `{key}`"))
+                        .also(loc, format!("layer `{full}`")),
+                    None => d.at(loc, "in this layer"),
+                };
                 for s in inputs {
                     let shape = fmt_shape(&self.g.ty(s.tensor).shape[1..]);
                     d = d.also(s.loc, format!("`{}` gives {shape}", s.name));

@@ -30,6 +30,7 @@ pub struct Lower<'a> {
     random_streams: &'a mut u64,
     mode: Mode,
     decode: Option<Decode>,
+    blamed: Option<&'static str>,
 }
 
 /// What a layer sees of the decode-step model (nn/decode.rs): one new position per sequence
@@ -56,11 +57,22 @@ impl<'a> Lower<'a> {
             random_streams,
             mode,
             decode,
+            blamed: None,
         }
     }
     /// Set when building the decode-step model: the layer sees one position per sequence.
     pub fn decode(&self) -> Option<Decode> {
         self.decode
+    }
+    /// Marks an error as being about attribute `key` (the builder then points at its value,
+    /// when the config set it); returns `message` for `Err(..)`.
+    pub fn blame(&mut self, key: &'static str, message: String) -> String {
+        self.blamed = Some(key);
+        message
+    }
+    /// The attribute an error was blamed on ([`Lower::blame`]).
+    pub(super) fn blamed(&self) -> Option<&'static str> {
+        self.blamed
     }
     /// Training graphs use batch statistics and dropout; evaluation graphs do not.
     pub fn mode(&self) -> Mode {

@@ -178,7 +178,9 @@ layer_ops! {
     "mul" => Mul(shape::Mul),
     "matmul" => MatMul(shape::MatMulSpec),
     "concat" => Concat(shape::ConcatSpec),
+    "slice" => Slice(shape::SliceSpec),
     "positional" => Positional(sequence::PositionalSpec),
+    "class_token" => ClassToken(sequence::ClassTokenSpec),
     "attention" => Attention(attention::AttentionSpec),
 }
 

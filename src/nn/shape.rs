@@ -2,7 +2,9 @@ use serde::Deserialize;
 
 use super::lower::{Arity, LayerSpec};
 use crate::nn::Lower;
-use crate::ops::{BatchMatMul, Binary, BinaryFn, Concat, OpKind, Permute, Reshape, broadcast};
+use crate::ops::{
+    BatchMatMul, Binary, BinaryFn, Concat, OpKind, Permute, Reshape, Slice, broadcast,
+};
 use crate::tensor::TensorId;
 use crate::tensor::fmt_shape;
 
@@ -279,5 +281,84 @@ impl LayerSpec for ConcatSpec {
             }
         }
         cx.op(OpKind::Concat(Concat { axis: axis as i64 }), inputs)
+    }
+}
+
+/// A range of one per-sample axis, as PyTorch's `x[..., start:end]` on a sample: `end`
+/// exclusive, both negative from the end, `end` unset to the end of the axis. The range must
+/// lie in the axis and hold at least one element (PyTorch would clamp or give an empty tensor;
+/// in a config either is a mistake).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceSpec {
+    pub axis: i64,
+    #[serde(default)]
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+impl LayerSpec for SliceSpec {
+    fn lower(&self, cx: &mut Lower, inputs: &[TensorId]) -> Result<TensorId, String> {
+        let s = cx.sample(inputs[0]).to_vec();
+        let shape = fmt_shape(&s);
+        let rank = s.len() as i64;
+        let axis = match cx.sample_axis(inputs[0], self.axis) {
+            Ok(a) => a,
+            Err(_) => {
+                let m = format!(
+                    "axis {} is not an axis of a sample {shape}: 0 to {} or -{rank} to -1 (the batch axis cannot be sliced)",
+                    self.axis,
+                    rank - 1
+                );
+                return Err(cx.blame("axis", m));
+            }
+        };
+        let (ax, size) = (axis - 1, s[axis - 1] as i64);
+        // Negative indices count from the end, as in Python; `named` shows both.
+        let index = |i: i64| if i < 0 { i + size } else { i };
+        let named = |what: &str, i: i64| match i < 0 {
+            true => format!("{what} {i} (index {})", i + size),
+            false => format!("{what} {i}"),
+        };
+        let start = index(self.start);
+        if !(0..size).contains(&start) {
+            let m = format!(
+                "start {} is outside axis {ax} of {shape}, which has {size} elements: start is 0 to {} or -{size} to -1",
+                self.start,
+                size - 1
+            );
+            return Err(cx.blame("start", m));
+        }
+        let end = self.end.map_or(size, index);
+        if let Some(e) = self.end {
+            if !(0..=size).contains(&end) {
+                let m = format!(
+                    "end {e} is outside axis {ax} of {shape}, which has {size} elements: end is 0 to {size} or -{size} to -1"
+                );
+                return Err(cx.blame("end", m));
+            }
+            if end < start {
+                let m = format!(
+                    "{} is past {} on axis {ax} of {shape}: the range would be empty",
+                    named("start", self.start),
+                    named("end", e)
+                );
+                return Err(cx.blame("start", m));
+            }
+            if end == start {
+                let m = format!(
+                    "the range {}:{e} of axis {ax} of {shape} is empty (end is exclusive): use end = {}",
+                    self.start,
+                    start + 1
+                );
+                return Err(cx.blame("end", m));
+            }
+        }
+        let op = Slice {
+            axis,
+            start: start as usize,
+            len: (end - start) as usize,
+        };
+        cx.op(OpKind::Slice(op), &inputs[..1])
     }
 }

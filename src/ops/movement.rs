@@ -405,6 +405,35 @@ impl Primitive for Slice {
             ("len", self.len.to_string()),
         ]
     }
+    /// dy in its place among zeros: a concat of zero fills before and after it (none where
+    /// the slice starts or ends at an end of the axis; dy itself for the whole axis).
+    fn vjp(&self, cx: &mut VjpCx, a: &VjpArgs) -> VjpResult {
+        let dy = a.dy()?;
+        let x = cx.ty(a.inputs[0]).clone();
+        let after = x.shape[self.axis] - self.start - self.len;
+        let mut zeros = |n: usize| {
+            let mut shape = x.shape.clone();
+            shape[self.axis] = n;
+            let ty = TensorType {
+                shape,
+                dtype: x.dtype,
+            };
+            cx.op(OpKind::Fill(Fill { ty, value: 0.0 }), &[])
+        };
+        let mut parts = Vec::with_capacity(3);
+        if self.start > 0 {
+            parts.push(zeros(self.start)?);
+        }
+        parts.push(dy);
+        if after > 0 {
+            parts.push(zeros(after)?);
+        }
+        if parts.len() == 1 {
+            return Ok(vec![Some(dy)]);
+        }
+        let axis = self.axis as i64;
+        Ok(vec![Some(cx.op(OpKind::Concat(Concat { axis }), &parts)?)])
+    }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         Ok(vec![self.kernel(
             &args.inputs[0].shape,
@@ -1030,6 +1059,19 @@ mod tests {
             op(0),
             &[Arg::Const(vec![2, 3], -1.0, 1.0), Arg::Float(vec![3, 3])],
         );
+    }
+
+    #[test]
+    fn slice_gradient_scatters_dy_into_zeros() {
+        let op = |axis, start, len| OpKind::Slice(Slice { axis, start, len });
+        let x = |s: &[usize]| [Arg::Float(s.to_vec())];
+        // A middle range (zeros on both sides), a first row (ViT's class token), a tail, the
+        // whole axis (dy itself), and an axis that is not the last.
+        assert_grad(op(1, 2, 3), &x(&[2, 7, 3]));
+        assert_grad(op(1, 0, 1), &x(&[3, 5, 4]));
+        assert_grad(op(2, 3, 2), &x(&[2, 3, 5]));
+        assert_grad(op(0, 0, 4), &x(&[4, 3]));
+        assert_grad(op(0, 1, 1), &x(&[3, 2, 2]));
     }
 
     #[test]

@@ -621,6 +621,7 @@ impl Loop<'_> {
             self.total_steps as usize,
             self.steps_per_epoch as usize,
             state.step as usize,
+            cfg.data.throughput(),
         );
         if resumed {
             logger.session_start(state.step);

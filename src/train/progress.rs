@@ -3,7 +3,8 @@
 //! A bar redraws in place, which in a log file (CI, nohup, a cluster job) becomes thousands
 //! of carriage-return fragments; so off a terminal we print one self-contained line at most
 //! every N seconds (10 by default, `TRAINER_PROGRESS_SECS` overrides), which greps and tails
-//! well: `epoch 3/15 step 1200/7020 loss 0.3121 acc 88.4% 2410 img/s eta 4m12s`.
+//! well: `epoch 3/15 step 1200/7020 loss 0.3121 acc 88.4% 2410 img/s eta 4m12s` (a text run
+//! counts tokens: `tok/s`, [`Throughput`]).
 //!
 //! Speed and ETA are this process's own ([`Pace`]): the steps it ran over the time since it
 //! started, so a resumed run's steps before the restart never count as done in no time.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Progress as Mode;
+use crate::config::Throughput;
 use crate::errln;
 
 /// Default seconds between two plain lines.
@@ -25,6 +27,7 @@ pub struct Progress {
     total_steps: usize,
     total_epochs: usize,
     pace: Pace,
+    unit: Throughput,
 }
 
 enum Display {
@@ -42,12 +45,14 @@ impl Progress {
     /// `mode`: auto and bar draw a bar on a terminal (stderr); auto and plain print lines off
     /// one. Bar off a terminal falls back to plain lines (a bar cannot be drawn there, and
     /// silence would hide a hung run); plain on a terminal stays plain. `start_step`: the
-    /// steps done before this process (a resumed run's checkpoint), 0 for a new run.
+    /// steps done before this process (a resumed run's checkpoint), 0 for a new run; `unit`:
+    /// how the speed is counted (the data's).
     pub fn new(
         mode: Mode,
         total_steps: usize,
         steps_per_epoch: usize,
         start_step: usize,
+        unit: Throughput,
     ) -> Progress {
         Progress::starting_at(
             Instant::now(),
@@ -55,6 +60,7 @@ impl Progress {
             total_steps,
             steps_per_epoch,
             start_step,
+            unit,
         )
     }
 
@@ -64,6 +70,7 @@ impl Progress {
         total_steps: usize,
         steps_per_epoch: usize,
         start_step: usize,
+        unit: Throughput,
     ) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let display = match mode {
@@ -80,6 +87,7 @@ impl Progress {
             total_steps,
             total_epochs: total_steps.div_ceil(steps_per_epoch.max(1)),
             pace: Pace::new(now, start_step),
+            unit,
         }
     }
 
@@ -172,8 +180,10 @@ pub struct Status {
     pub steps: usize,
     pub loss: f64,
     pub accuracy: Option<f64>,
-    /// None until a step of this process is done.
-    pub img_per_s: Option<f64>,
+    /// Images (or tokens) a second; None until a step of this process is done.
+    pub per_s: Option<f64>,
+    /// What `per_s` counts.
+    pub unit: Throughput,
     pub eta: Option<Duration>,
 }
 
@@ -196,7 +206,8 @@ impl Progress {
             steps: self.total_steps,
             loss,
             accuracy,
-            img_per_s: self.pace.img_per_s(now),
+            per_s: self.pace.img_per_s(now).map(|r| self.unit.of(r)),
+            unit: self.unit,
             eta: self.pace.eta(now, step, self.total_steps),
         }
     }
@@ -257,15 +268,15 @@ pub fn format_line(s: &Status) -> String {
     )
 }
 
-/// `loss 0.3121 acc 88.4% 2410 img/s` (no `acc` without an accuracy, no speed before it is
+/// `loss 0.3121 acc 88.4% 2410 img/s` (or `tok/s`; no `acc` without an accuracy, no speed before it is
 /// known).
 fn metrics(s: &Status) -> String {
     let acc = s
         .accuracy
         .map_or(String::new(), |a| format!(" acc {:.1}%", a * 100.0));
     let speed = s
-        .img_per_s
-        .map_or(String::new(), |r| format!(" {r:.0} img/s"));
+        .per_s
+        .map_or(String::new(), |r| format!(" {r:.0} {}", s.unit.short));
     format!("loss {:.4}{acc}{speed}", s.loss)
 }
 
@@ -301,7 +312,8 @@ mod tests {
             steps: 7020,
             loss: 0.31214,
             accuracy: Some(0.8841),
-            img_per_s: Some(2410.4),
+            per_s: Some(2410.4),
+            unit: Throughput::IMAGES,
             eta: Some(Duration::from_secs(252)),
         };
         assert_eq!(
@@ -319,10 +331,7 @@ mod tests {
             "epoch 3/15 step 1200/7020 loss NaN 2410 img/s eta ?"
         );
         // No speed before it is known: never "0 img/s".
-        let s = Status {
-            img_per_s: None,
-            ..s
-        };
+        let s = Status { per_s: None, ..s };
         assert_eq!(format_line(&s), "epoch 3/15 step 1200/7020 loss NaN eta ?");
     }
 
@@ -359,15 +368,24 @@ mod tests {
 
     #[test]
     fn epochs_round_up() {
-        let p = Progress::new(Mode::Off, 7020, 468, 0);
+        let p = Progress::new(Mode::Off, 7020, 468, 0, Throughput::IMAGES);
         assert_eq!(p.total_epochs, 15);
     }
 
     /// The lines of a run, with a fake clock: `updates` are (seconds since the process
     /// started, step, images of that step).
     fn lines(start_step: usize, total: usize, updates: &[(f64, usize, usize)]) -> Vec<String> {
+        lines_in(Throughput::IMAGES, start_step, total, updates)
+    }
+
+    fn lines_in(
+        unit: Throughput,
+        start_step: usize,
+        total: usize,
+        updates: &[(f64, usize, usize)],
+    ) -> Vec<String> {
         let t0 = Instant::now();
-        let mut p = Progress::starting_at(t0, Mode::Off, total, 100, start_step);
+        let mut p = Progress::starting_at(t0, Mode::Off, total, 100, start_step, unit);
         updates
             .iter()
             .map(|&(secs, step, images)| {
@@ -405,6 +423,21 @@ mod tests {
         assert_eq!(
             l[1],
             "epoch 51/100 step 5010/10000 loss 0.5000 640 img/s eta 16m38s"
+        );
+    }
+
+    /// A text run counts tokens: 64 windows of 32 tokens in 0.5 s are 4096 tokens a second.
+    #[test]
+    fn text_runs_count_tokens() {
+        let text = Throughput {
+            short: "tok/s",
+            long: "tokens/s",
+            per_sample: 32,
+        };
+        let l = lines_in(text, 0, 1000, &[(0.5, 1, 64)]);
+        assert_eq!(
+            l[0],
+            "epoch 1/10 step 1/1000 loss 0.5000 4096 tok/s eta 8m20s"
         );
     }
 }
