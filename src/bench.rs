@@ -520,7 +520,7 @@ pub fn run_loader(
     steps: Option<usize>,
 ) -> Result<LoaderResult, DataError> {
     let t0 = Instant::now();
-    let splits = data::open(&cfg.data, config_dir, &cfg.model.input, cfg.run.seed)?;
+    let splits = data::open_for(&cfg.data, config_dir, &cfg.model.input, cfg.run.seed)?;
     let open_s = t0.elapsed().as_secs_f64();
     let (train_len, seed) = (splits.train.per_epoch(), cfg.run.seed);
     let steps = steps.unwrap_or_else(|| data::batches_per_epoch(train_len, batch).max(1));

@@ -32,6 +32,7 @@ pub use text::{VOCAB_FILE, Vocab};
 
 use crate::config::model::InputDecl;
 use crate::config::sections::{Data, Dataset};
+use crate::tensor::DType;
 use cifar::Cifar;
 use order::{Purpose, permutation, rng_for};
 use split::Store;
@@ -169,16 +170,35 @@ pub fn class_names(cfg: &Data, config_dir: &Path, classes: usize) -> Vec<String>
 /// Reads the dataset and makes the train, validation and test splits.
 ///
 /// `config_dir` is the directory of the config file (relative data.path resolves against it);
-/// `input` is the model's per-sample input (e.g. [1, 28, 28] f32): a shape that differs from
-/// the data's is an error naming both; synthetic data for integer inputs is ids. `seed` (the
-/// run seed) draws the `val_split` hold-out.
+/// `input_shape` is the model's per-sample input shape (e.g. [1, 28, 28]), of f32: a shape that
+/// differs from the data's is an error naming both. `seed` (the run seed) draws the
+/// `val_split` hold-out.
 pub fn open(
+    cfg: &Data,
+    config_dir: &Path,
+    input_shape: &[usize],
+    seed: u64,
+) -> Result<Splits, DataError> {
+    open_typed(cfg, config_dir, input_shape, DType::F32, seed)
+}
+
+/// [`open`] for the model's declared input: synthetic data for integer inputs is ids.
+pub fn open_for(
     cfg: &Data,
     config_dir: &Path,
     input: &InputDecl,
     seed: u64,
 ) -> Result<Splits, DataError> {
-    let input_shape = &input.shape[..];
+    open_typed(cfg, config_dir, &input.shape, input.dtype, seed)
+}
+
+fn open_typed(
+    cfg: &Data,
+    config_dir: &Path,
+    input_shape: &[usize],
+    dtype: DType,
+    seed: u64,
+) -> Result<Splits, DataError> {
     let name = dataset_name(cfg.dataset);
     let (train, test, place) = match cfg.dataset {
         Dataset::FashionMnist | Dataset::Mnist | Dataset::Idx => {
@@ -215,7 +235,7 @@ pub fn open(
         Dataset::Synthetic => {
             let samples = cfg.samples.map_or(1024, |s| s.0);
             let classes = cfg.classes.map_or(10, |c| c.0);
-            let ids = input.dtype == crate::tensor::DType::I32;
+            let ids = dtype == DType::I32;
             let (train, test) = synthetic::generate(input_shape, samples, classes, seed, ids)?;
             (
                 train,

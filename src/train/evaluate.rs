@@ -268,7 +268,8 @@ mod tests {
         let cfg = loaded
             .result
             .unwrap_or_else(|e| panic!("{}", e.render(&loaded.sources)));
-        let splits = crate::data::open(&cfg.data, Path::new("."), &cfg.model.input, 1).unwrap();
+        let splits =
+            crate::data::open(&cfg.data, Path::new("."), &cfg.model.input.shape, 1).unwrap();
         assert!(
             !splits.val.len().is_multiple_of(4),
             "a last batch cut short"

@@ -306,7 +306,7 @@ fn new_manifest(cfg: &Config, gpu: Option<&Gpu>, opts: &FitOptions, resolved: &s
 /// The dataset's splits (relative paths resolve against `config_dir`) and the training steps
 /// in one epoch, at least one.
 fn open_data(cfg: &Config, config_dir: &Path) -> Result<(Splits, usize), FitError> {
-    let splits = data::open(&cfg.data, config_dir, &cfg.model.input, cfg.run.seed)
+    let splits = data::open_for(&cfg.data, config_dir, &cfg.model.input, cfg.run.seed)
         .map_err(|e| FitError::User(e.to_string()))?;
     let batch = cfg.data.batch_size.0;
     let steps_per_epoch = data::batches_per_epoch(splits.train.per_epoch(), batch);

@@ -128,7 +128,7 @@ pub fn evaluate(
 ) -> Result<EvalReport, String> {
     let (mut m, at) = model(cfg, gpu, checkpoint)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    let splits = crate::data::open(&cfg.data, dir, &cfg.model.input, cfg.run.seed)
+    let splits = crate::data::open_for(&cfg.data, dir, &cfg.model.input, cfg.run.seed)
         .map_err(|e| e.to_string())?;
     if let Some(v) = &splits.vocab {
         let g =
