@@ -220,53 +220,41 @@ fn speed_is_in_tokens_for_text_and_in_images_otherwise() {
     std::fs::write(dir.path().join("slice.txt"), &text).unwrap();
     let v = Vocab::chars_of(&text).len();
     let c = config(dir.path(), "slice.txt", 32, v, v, "");
-    let cs = c.to_str().unwrap();
-    let short = ["--set", "train.max_steps=3"];
-    let run = dir.path().join("run");
-    let args = [
-        "fit",
-        cs,
-        "--device",
-        "cpu",
-        "--run-dir",
-        run.to_str().unwrap(),
-    ];
-    let out = trainer(&[&args[..], &short].concat());
-    let e = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{e}");
-    assert!(e.contains(" tok/s eta ") && !e.contains("img/s"), "{e}");
-    let bench = |args: &[&str]| {
-        let out = trainer(args);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
+    // Three steps of `fit` (its progress lines), one `bench` step, a `bench --loader`: each
+    // names `unit` (the progress line's, then bench's) and never `other`.
+    let check = |config: &str, run: &str, unit: [&str; 2], other: [&str; 2]| {
+        let run = dir.path().join(run);
+        let run = run.to_str().unwrap();
+        let fit = ["fit", config, "--device", "cpu", "--run-dir", run];
+        let out = trainer(&[&fit[..], &["--set", "train.max_steps=3"]].concat());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        assert!(
+            e.contains(&format!(" {} eta ", unit[0])) && !e.contains(other[0]),
+            "{e}"
+        );
+        let bench = |args: &[&str]| {
+            let out = trainer(args);
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let line = format!(" {}\n", unit[1]);
+        let steps = bench(&["bench", config, "--device", "cpu", "--steps", "1"]);
+        assert!(
+            steps.contains(&line) && !steps.contains(other[1]),
+            "{steps}"
+        );
+        let loader = bench(&["bench", config, "--loader", "--steps", "2"]);
+        assert_eq!(loader.matches(&line).count(), 2, "{loader}");
     };
-    let steps = bench(&["bench", cs, "--device", "cpu", "--steps", "1"]);
-    assert!(
-        steps.contains(" tokens/s\n") && !steps.contains("images"),
-        "{steps}"
+    check(
+        c.to_str().unwrap(),
+        "text",
+        ["tok/s", "tokens/s"],
+        ["img/s", "images"],
     );
-    let loader = bench(&["bench", cs, "--loader", "--steps", "2"]);
-    assert_eq!(loader.matches(" tokens/s\n").count(), 2, "{loader}");
-
     let images = "tests/configs/good/vit_tiny.toml";
-    let run = dir.path().join("images");
-    let args = [
-        "fit",
-        images,
-        "--device",
-        "cpu",
-        "--run-dir",
-        run.to_str().unwrap(),
-    ];
-    let out = trainer(&[&args[..], &short].concat());
-    let e = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{e}");
-    assert!(e.contains(" img/s eta ") && !e.contains("tok/s"), "{e}");
-    let steps = bench(&["bench", images, "--device", "cpu", "--steps", "1"]);
-    assert!(
-        steps.contains(" images/s\n") && !steps.contains("tokens"),
-        "{steps}"
-    );
+    check(images, "images", ["img/s", "images/s"], ["tok/s", "tokens"]);
 }
 
 #[test]
