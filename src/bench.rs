@@ -321,7 +321,7 @@ pub fn profile_gpu(
     let g = &exec.plan.graph;
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     // (forward, backward) seconds by layer op.
-    let mut layer_ops: BTreeMap<String, [f64; 2]> = BTreeMap::new();
+    let mut layer_ops: BTreeMap<&str, [f64; 2]> = BTreeMap::new();
     let mut wall = 0.0;
     for step in WARMUP..WARMUP + steps {
         let profile = exec.profile_step(ctx(step, seed))?;
@@ -350,7 +350,7 @@ pub fn profile_gpu(
                 Phase::Backward => (g.layers[node.layer].op.as_str(), 1),
                 Phase::Forward | Phase::Recompute => (g.layers[node.layer].op.as_str(), 0),
             };
-            layer_ops.entry(op.to_string()).or_default()[side] += d.seconds;
+            layer_ops.entry(op).or_default()[side] += d.seconds;
         }
     }
     let steps_f = steps as f64;
@@ -379,7 +379,7 @@ pub fn profile_gpu(
     let mut layer_ops: Vec<LayerOpRow> = layer_ops
         .into_iter()
         .map(|(op, [fwd, bwd])| LayerOpRow {
-            op,
+            op: op.to_string(),
             forward_us: fwd / steps_f * 1e6,
             backward_us: bwd / steps_f * 1e6,
             share: per_second((fwd + bwd) / steps_f, kernel_seconds),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::kernel::cpu::{Io, Real};
 use crate::kernel::gpu::{Bind, Params, Shader, grid};
 
-use crate::tensor::{DType, TensorType, fmt_shape};
+use crate::tensor::{DType, TensorId, TensorType, fmt_shape};
 
 use crate::kernel::gpu::{Dispatch, KernelArgs};
 
@@ -411,28 +411,8 @@ impl Primitive for Slice {
         let dy = a.dy()?;
         let x = cx.ty(a.inputs[0]).clone();
         let after = x.shape[self.axis] - self.start - self.len;
-        let mut zeros = |n: usize| {
-            let mut shape = x.shape.clone();
-            shape[self.axis] = n;
-            let ty = TensorType {
-                shape,
-                dtype: x.dtype,
-            };
-            cx.op(OpKind::Fill(Fill { ty, value: 0.0 }), &[])
-        };
-        let mut parts = Vec::with_capacity(3);
-        if self.start > 0 {
-            parts.push(zeros(self.start)?);
-        }
-        parts.push(dy);
-        if after > 0 {
-            parts.push(zeros(after)?);
-        }
-        if parts.len() == 1 {
-            return Ok(vec![Some(dy)]);
-        }
-        let axis = self.axis as i64;
-        Ok(vec![Some(cx.op(OpKind::Concat(Concat { axis }), &parts)?)])
+        let pieces = [(self.start, None), (self.len, Some(dy)), (after, None)];
+        Ok(vec![Some(pieces_grad(cx, &x, self.axis, &pieces)?)])
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         Ok(vec![self.kernel(
@@ -440,6 +420,48 @@ impl Primitive for Slice {
             0,
             args.numel_out(0),
         )])
+    }
+}
+
+/// The gradient of `x` (of type `x`) from the gradients of consecutive pieces along `axis`,
+/// each (length, gradient): the pieces' gradients side by side (`Concat`), zeros where none
+/// reaches a piece; empty pieces left out, a lone piece's gradient as it is. Slice's and
+/// split's vjp.
+fn pieces_grad(
+    cx: &mut VjpCx,
+    x: &TensorType,
+    axis: usize,
+    pieces: &[(usize, Option<TensorId>)],
+) -> Result<TensorId, String> {
+    let mut parts = Vec::with_capacity(pieces.len());
+    for &(len, grad) in pieces.iter().filter(|p| p.0 > 0) {
+        parts.push(match grad {
+            Some(g) => g,
+            None => {
+                let mut shape = x.shape.clone();
+                shape[axis] = len;
+                let ty = TensorType {
+                    shape,
+                    dtype: x.dtype,
+                };
+                cx.op(OpKind::Fill(Fill { ty, value: 0.0 }), &[])?
+            }
+        });
+    }
+    match parts[..] {
+        [only] => Ok(only),
+        // An empty axis: x has no elements.
+        [] => cx.op(
+            OpKind::Fill(Fill {
+                ty: x.clone(),
+                value: 0.0,
+            }),
+            &[],
+        ),
+        _ => {
+            let concat = Concat { axis: axis as i64 };
+            cx.op(OpKind::Concat(concat), &parts)
+        }
     }
 }
 
@@ -691,20 +713,14 @@ impl Primitive for Split {
         if !a.wants(0) {
             return Ok(vec![None]);
         }
-        let mut parts = Vec::with_capacity(self.sizes.len());
-        for (k, g) in a.grads.iter().enumerate() {
-            parts.push(match *g {
-                Some(g) => g,
-                None => {
-                    let ty = cx.ty(a.outputs[k]).clone();
-                    cx.op(OpKind::Fill(Fill { ty, value: 0.0 }), &[])?
-                }
-            });
-        }
-        let concat = Concat {
-            axis: self.axis as i64,
-        };
-        Ok(vec![Some(cx.op(OpKind::Concat(concat), &parts)?)])
+        let x = cx.ty(a.inputs[0]).clone();
+        let pieces: Vec<_> = self
+            .sizes
+            .iter()
+            .copied()
+            .zip(a.grads.iter().copied())
+            .collect();
+        Ok(vec![Some(pieces_grad(cx, &x, self.axis, &pieces)?)])
     }
     fn gpu(&self, args: &KernelArgs) -> Result<Vec<Dispatch>, String> {
         let x = &args.inputs[0].shape;
