@@ -64,10 +64,13 @@ impl LayerSpec for AttentionSpec {
             },
             stream,
         };
+        // The decode-step model attends over its key/value cache (nn/decode.rs).
+        if let Some(d) = cx.decode() {
+            return cx.decode_attention(d, &op, inputs);
+        }
         // Heads wider than the kernels take run as separate launches, as PyTorch's SDPA falls
-        // back to its math path: one graph for every backend. The decode-step model always
-        // takes the op, which `Lower::op` turns into attention over the key/value cache.
-        match (self.fused && width <= MAX_GPU_HEAD) || cx.decode().is_some() {
+        // back to its math path: one graph for every backend.
+        match self.fused && width <= MAX_GPU_HEAD {
             true => cx.op(OpKind::Attention(op), &inputs[..1]),
             false => decomposed(cx, &op, inputs[0]),
         }

@@ -4,7 +4,8 @@
 //! The builder lowers the model with a [batch, 1] input of token ids and a `position` input
 //! (i32 [batch, 1]); the `positional` layer adds its table's row of that position
 //! (nn/sequence.rs); linear, layernorm, gelu, embedding and the rest are per position already.
-//! Each causal `attention` op lowers (`Lower::op`, nn/lower.rs) to `AttentionDecode` over two buffers, its key and
+//! Each causal `attention` layer lowers (`Lower::decode_attention`, nn/lower.rs) to
+//! `AttentionDecode` over two buffers, its key and
 //! value caches [batch, heads, positions, head width] (zeros at first, never in a checkpoint),
 //! and a `CacheWrite` update writes the new position's key and value into row `position` of
 //! them in place after the forward (`Graph::updates`, as optimizer state is kept): a step costs

@@ -152,16 +152,8 @@ impl<'a> Lower<'a> {
         let name = self.full(local);
         self.g.add_param(name, ty, init, false, self.layer, read)
     }
-    /// Adds a primitive op; returns its first output. In the decode-step model a causal
-    /// attention becomes attention over a key/value cache (nn/decode.rs).
+    /// Adds a primitive op; returns its first output.
     pub fn op(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
-        if let (Some(d), OpKind::Attention(a)) = (self.decode, &op) {
-            return self.decode_attention(d, a, inputs);
-        }
-        self.add(op, inputs)
-    }
-    /// `op` as given.
-    fn add(&mut self, op: OpKind, inputs: &[TensorId]) -> Result<TensorId, String> {
         let name = op.primitive().name();
         self.g
             .add(op, inputs, self.layer)
@@ -192,7 +184,7 @@ impl<'a> Lower<'a> {
     /// What the attention `a` over `inputs` (qkv [batch, 1, 3C]) lowers to in the decode-step
     /// model (nn/decode.rs): `AttentionDecode` over the layer's buffers `k_cache` and `v_cache`,
     /// and the `CacheWrite` update of the new position's row. Refused where it is not causal.
-    fn decode_attention(
+    pub fn decode_attention(
         &mut self,
         d: Decode,
         a: &Attention,
@@ -229,7 +221,7 @@ impl<'a> Lower<'a> {
             heads: a.heads,
             scale: a.scale,
         };
-        let y = self.add(OpKind::AttentionDecode(op), &[qkv, k, v, d.position])?;
+        let y = self.op(OpKind::AttentionDecode(op), &[qkv, k, v, d.position])?;
         let write = CacheWrite {
             heads: a.heads,
             positions: d.positions,
